@@ -1,0 +1,1 @@
+"""Shared building blocks: errors, codec, transports, middleware, settings, metrics."""

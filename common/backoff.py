@@ -1,0 +1,51 @@
+"""Retry delays: one pure function, so every backend retries on the same schedule."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+__all__ = ["RetryPolicy", "compute_backoff"]
+
+
+def compute_backoff(
+    attempt: int, *, base: float, factor: float, cap: float, jitter: float, rng: random.Random
+) -> float:
+    """Seconds to wait before attempt ``attempt + 1``, after attempt ``attempt`` failed.
+
+    ``delay = min(cap, base × factor^(attempt−1)) × (1 − jitter × u)``, ``u ~ Uniform[0, 1)``
+
+    With ``jitter = 0.5`` ("equal jitter") a delay falls in [½·d, d]: retries of jobs that
+    failed together spread out (no thundering herd against a recovering dependency) while
+    the schedule keeps growing, which full jitter (``jitter = 1``) would not guarantee.
+    """
+    if attempt < 1:
+        raise ValueError("attempt starts at 1")
+    exponent = min(attempt - 1, 64)  # large attempts must not overflow before the cap
+    ceiling = min(cap, base * factor**exponent)
+    return ceiling * (1.0 - jitter * rng.random())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """What a failed job may spend: attempts *and* age, both bounded."""
+
+    max_attempts: int = 5
+    max_age: float = 24 * 3600.0  # seconds since the job was created
+    base: float = 1.0
+    factor: float = 4.0
+    cap: float = 3600.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be ≥ 1")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError("jitter must be within [0, 1]")
+        if self.base <= 0 or self.factor < 1 or self.cap < self.base:
+            raise ValueError("need base > 0, factor ≥ 1 and cap ≥ base")
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return compute_backoff(
+            attempt, base=self.base, factor=self.factor, cap=self.cap, jitter=self.jitter, rng=rng
+        )

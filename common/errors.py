@@ -1,0 +1,121 @@
+"""One exception hierarchy for Conveyor.
+
+    ConveyorError
+    ├── ConfigurationError          bad settings or job options, found at start-up
+    ├── TransportError              a broker could not be reached or answered badly
+    │   ├── PublishNotConfirmed     the broker nacked or returned (unroutable) a publish
+    │   ├── PublishOutcomeUnknown   no confirm in time: the message may or may not exist
+    │   └── AlreadySettled          a delivery was acked/nacked twice
+    ├── RejectedMessage             bad input; carries a ``reason`` code; goes to the DLQ
+    │   ├── MessageTooLarge           reason ``oversize``
+    │   ├── MalformedMessage          reason ``malformed``
+    │   ├── UnknownJobType            reason ``unknown_job_type``
+    │   ├── UnknownSchemaVersion      reason ``unknown_version``
+    │   └── InvalidPayload            reason ``invalid_payload``
+    ├── JobFailure                  raised by handlers to steer the outcome
+    │   ├── RetryableError            try again later (the default for other exceptions)
+    │   └── PermanentError            do not retry; dead-letter now
+    ├── JobTimeout                  the handler ran past its time limit (retryable)
+    └── CircuitOpen                 a breaker refused the call (no attempt spent)
+
+Third-party exceptions are mapped at the transport boundary with ``raise … from``,
+so callers only ever catch these types. Error texts never echo message field values:
+they can hold secrets.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadySettled",
+    "CircuitOpen",
+    "ConfigurationError",
+    "ConveyorError",
+    "InvalidPayload",
+    "JobFailure",
+    "JobTimeout",
+    "MalformedMessage",
+    "MessageTooLarge",
+    "PermanentError",
+    "PublishNotConfirmed",
+    "PublishOutcomeUnknown",
+    "RejectedMessage",
+    "RetryableError",
+    "TransportError",
+    "UnknownJobType",
+    "UnknownSchemaVersion",
+]
+
+
+class ConveyorError(Exception):
+    """Base of every error Conveyor raises on purpose."""
+
+
+class ConfigurationError(ConveyorError):
+    """Settings or job options are invalid; raised at start-up, never mid-run."""
+
+
+class TransportError(ConveyorError):
+    """The broker could not be reached, or it answered in a way we cannot use."""
+
+
+class PublishNotConfirmed(TransportError):
+    """The broker refused the message (nack) or could not route it (return)."""
+
+
+class PublishOutcomeUnknown(TransportError):
+    """No confirm arrived in time; retry with the *same* job id, never a new one."""
+
+
+class AlreadySettled(TransportError):
+    """A delivery may be settled exactly once."""
+
+
+class RejectedMessage(ConveyorError):
+    """Input that can never succeed; it goes to the dead-letter queue with ``reason``."""
+
+    reason = "rejected"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class MessageTooLarge(RejectedMessage):
+    reason = "oversize"
+
+
+class MalformedMessage(RejectedMessage):
+    reason = "malformed"
+
+
+class UnknownJobType(RejectedMessage):
+    reason = "unknown_job_type"
+
+
+class UnknownSchemaVersion(RejectedMessage):
+    reason = "unknown_version"
+
+
+class InvalidPayload(RejectedMessage):
+    reason = "invalid_payload"
+
+
+class JobFailure(ConveyorError):
+    """Raise a subclass from a handler to choose the outcome explicitly."""
+
+
+class RetryableError(JobFailure):
+    """A transient failure: the job is retried after a backoff delay."""
+
+
+class PermanentError(JobFailure):
+    """A failure that retrying cannot fix: the job is dead-lettered at once."""
+
+
+class JobTimeout(ConveyorError):
+    """The handler exceeded its time limit and was cancelled; retried like any failure."""
+
+
+class CircuitOpen(ConveyorError):
+    """A circuit breaker is open; the job was not attempted."""

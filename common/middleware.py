@@ -1,0 +1,68 @@
+"""The middleware chain: cross-cutting behaviour as a finite, typed set of hooks.
+
+Each middleware may wrap consuming (``consume(ctx, call_next)``) and publishing
+(``publish(cmd, call_next)``) and may act at start-up and shutdown. The chain runs in the
+order given: the first middleware is the outermost. Settlement (ack, retry, dead-letter)
+is core and deliberately *not* a middleware, so no configuration can remove it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from consumer.context import JobContext
+    from producer.command import PublishCommand
+
+__all__ = ["ConsumeNext", "Middleware", "PublishNext", "build_consume_chain", "build_publish_chain"]
+
+ConsumeNext = Callable[["JobContext"], Awaitable[Any]]
+PublishNext = Callable[["PublishCommand"], Awaitable[None]]
+
+
+class Middleware:
+    """Override only the hooks you need; the defaults pass straight through."""
+
+    #: Job options this middleware owns (validated at registration, see ``consumer.registry``).
+    options: frozenset[str] = frozenset()
+
+    async def startup(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        return None
+
+    async def consume(self, ctx: JobContext, call_next: ConsumeNext) -> Any:
+        return await call_next(ctx)
+
+    async def publish(self, cmd: PublishCommand, call_next: PublishNext) -> None:
+        await call_next(cmd)
+
+
+def build_consume_chain(middlewares: Sequence[Middleware], innermost: ConsumeNext) -> ConsumeNext:
+    call = innermost
+    for middleware in reversed(middlewares):
+        call = _bind_consume(middleware, call)
+    return call
+
+
+def build_publish_chain(middlewares: Sequence[Middleware], innermost: PublishNext) -> PublishNext:
+    call = innermost
+    for middleware in reversed(middlewares):
+        call = _bind_publish(middleware, call)
+    return call
+
+
+def _bind_consume(middleware: Middleware, call_next: ConsumeNext) -> ConsumeNext:
+    async def call(ctx: JobContext) -> Any:
+        return await middleware.consume(ctx, call_next)
+
+    return call
+
+
+def _bind_publish(middleware: Middleware, call_next: PublishNext) -> PublishNext:
+    async def call(cmd: PublishCommand) -> None:
+        await middleware.publish(cmd, call_next)
+
+    return call

@@ -1,0 +1,140 @@
+"""The transport contract every broker implements, and nothing more.
+
+A transport connects, declares a queue's topology idempotently, publishes a message and
+returns only once the broker confirmed it (honouring an optional delay), consumes into
+``Delivery`` objects that can be settled exactly once, fetches single messages for DLQ
+browsing, and closes. Retry policy, dead-lettering, breakers and replay live above this
+line, so every backend gets them for free and stays at parity.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from common.errors import AlreadySettled
+
+__all__ = [
+    "ConsumerHandle",
+    "Delivery",
+    "DeliveryHandler",
+    "OutgoingMessage",
+    "Transport",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    body: bytes
+    message_id: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds; the broker holds it, never the worker's memory
+    # Messages with the same key keep their order where the backend supports it.
+    ordering_key: str | None = None
+
+
+class Delivery(abc.ABC):
+    """One received message. Settle it exactly once: ``ack`` or ``release``."""
+
+    __slots__ = ("body", "headers", "message_id", "queue", "redelivered", "delivery_count", "_settled")
+
+    def __init__(
+        self,
+        *,
+        body: bytes,
+        headers: Mapping[str, str],
+        message_id: str,
+        queue: str,
+        redelivered: bool,
+        delivery_count: int,
+    ) -> None:
+        self.body = body
+        self.headers = dict(headers)
+        self.message_id = message_id
+        self.queue = queue
+        self.redelivered = redelivered
+        self.delivery_count = delivery_count
+        self._settled = False
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def ack(self) -> None:
+        """Remove the message from the broker: it succeeded or a copy now stands in for it."""
+        self._claim()
+        await self._ack()
+
+    async def release(self) -> None:
+        """Give the message back untouched (drain, open breaker); no attempt is spent."""
+        self._claim()
+        await self._release()
+
+    def _claim(self) -> None:
+        if self._settled:
+            raise AlreadySettled(f"delivery {self.message_id} is already settled")
+        self._settled = True
+
+    @abc.abstractmethod
+    async def _ack(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _release(self) -> None: ...
+
+
+DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+
+
+class ConsumerHandle(abc.ABC):
+    """A running consumer; ``attached`` is what readiness probes report."""
+
+    @property
+    @abc.abstractmethod
+    def attached(self) -> bool: ...
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop receiving new deliveries; ones already handed out stay with their owner."""
+
+
+class Transport(abc.ABC):
+    """Connection to one broker. Use as ``async with transport:``."""
+
+    scheme: str = ""
+
+    async def __aenter__(self) -> Transport:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def declare(self, queue: str) -> None:
+        """Create ``queue``, its delayed-delivery path and its DLQ; safe to call repeatedly."""
+
+    @abc.abstractmethod
+    async def publish(self, queue: str, message: OutgoingMessage) -> None:
+        """Send and wait for the broker's confirm; raise ``PublishNotConfirmed`` if refused."""
+
+    @abc.abstractmethod
+    async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> ConsumerHandle:
+        """Call ``handler`` for each delivery, with at most ``prefetch`` unsettled at once."""
+
+    @abc.abstractmethod
+    async def get(self, queue: str) -> Delivery | None:
+        """Fetch one message without a consumer (DLQ tooling); None when the queue is empty."""
+
+    @abc.abstractmethod
+    async def depth(self, queue: str) -> int:
+        """Messages ready in ``queue`` (not counting delayed or unacked ones)."""
+
+    def dead_letter_queue(self, queue: str) -> str:
+        return f"{queue}.dlq"

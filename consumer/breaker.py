@@ -1,0 +1,156 @@
+"""Circuit breakers: stop pulling work while a dependency is down.
+
+A breaker opens after ``consecutive_failures`` failures in a row, or when the failure
+rate over the last ``window`` calls reaches ``failure_rate`` (once ``min_calls`` were
+seen). While open, the worker cancels its consumers on the affected queues, so messages
+stay in the broker and no attempt is spent. After ``reset_timeout`` it goes half-open:
+exactly one probe call is let through; success closes it, failure opens it again.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from common.clock import Clock
+from common.errors import CircuitOpen, PermanentError, RejectedMessage
+from common.middleware import ConsumeNext, Middleware
+from consumer.context import JobContext
+
+__all__ = ["BreakerBoard", "BreakerConfig", "BreakerMiddleware", "BreakerState", "CircuitBreaker"]
+
+
+class BreakerState(enum.IntEnum):
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    consecutive_failures: int = 5
+    failure_rate: float = 0.5
+    window: int = 50
+    min_calls: int = 20
+    reset_timeout: float = 30.0
+
+
+Listener = Callable[["CircuitBreaker"], None]
+
+
+class CircuitBreaker:
+    def __init__(self, name: str, config: BreakerConfig, clock: Clock, listener: Listener) -> None:
+        self.name = name
+        self.config = config
+        self._clock = clock
+        self._listener = listener
+        self.state = BreakerState.CLOSED
+        self.opened_at = 0.0
+        self._consecutive = 0
+        self._results: collections.deque[bool] = collections.deque(maxlen=config.window)
+        self._probe_in_flight = False
+
+    def allow(self) -> bool:
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            if self._clock.monotonic() - self.opened_at < self.config.reset_timeout:
+                return False
+            self._transition(BreakerState.HALF_OPEN)
+        if self._probe_in_flight:
+            return False
+        self._probe_in_flight = True
+        return True
+
+    def record_success(self) -> None:
+        self._probe_in_flight = False
+        self._consecutive = 0
+        self._results.append(True)
+        if self.state is not BreakerState.CLOSED:
+            self._results.clear()
+            self._transition(BreakerState.CLOSED)
+
+    def record_failure(self) -> None:
+        self._probe_in_flight = False
+        self._consecutive += 1
+        self._results.append(False)
+        if self.state is BreakerState.HALF_OPEN or self._tripped():
+            self.opened_at = self._clock.monotonic()
+            self._transition(BreakerState.OPEN)
+
+    def abandon_probe(self) -> None:
+        self._probe_in_flight = False
+
+    def half_open(self) -> None:
+        """Called by the worker's timer when ``reset_timeout`` has passed."""
+        if self.state is BreakerState.OPEN:
+            self._transition(BreakerState.HALF_OPEN)
+
+    def _tripped(self) -> bool:
+        if self.state is BreakerState.OPEN:
+            return False
+        if self._consecutive >= self.config.consecutive_failures:
+            return True
+        if len(self._results) < self.config.min_calls:
+            return False
+        failures = sum(1 for ok in self._results if not ok)
+        return failures / len(self._results) >= self.config.failure_rate
+
+    def _transition(self, state: BreakerState) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        if state is BreakerState.CLOSED:
+            self._consecutive = 0
+        self._listener(self)
+
+
+class BreakerBoard:
+    """All breakers of one worker, created on first use, each reporting state changes."""
+
+    def __init__(self, config: BreakerConfig, clock: Clock, listener: Listener) -> None:
+        self._config = config
+        self._clock = clock
+        self._listener = listener
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def get(self, name: str) -> CircuitBreaker:
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            breaker = CircuitBreaker(name, self._config, self._clock, self._listener)
+            self._breakers[name] = breaker
+        return breaker
+
+    def states(self) -> dict[str, BreakerState]:
+        return {name: b.state for name, b in sorted(self._breakers.items())}
+
+
+class BreakerMiddleware(Middleware):
+    """Gate each job on its breaker (``@job(..., breaker="smtp")``; default: its job type).
+
+    Only failures that say something about the dependency count: errors and timeouts.
+    Rejected input and permanent errors are the message's fault, not the dependency's.
+    """
+
+    def __init__(self, board: BreakerBoard) -> None:
+        self._board = board
+
+    async def consume(self, ctx: JobContext, call_next: ConsumeNext) -> object:
+        breaker = self._board.get(ctx.spec.breaker or ctx.spec.job_type)
+        if not breaker.allow():
+            raise CircuitOpen(f"breaker {breaker.name!r} is {breaker.state.name.lower()}")
+        try:
+            result = await call_next(ctx)
+        except (PermanentError, RejectedMessage):
+            breaker.record_success()  # the dependency answered; the job was wrong
+            raise
+        except Exception:
+            breaker.record_failure()
+            raise
+        except BaseException:  # cancelled (shutdown): not evidence either way
+            breaker.abandon_probe()
+            raise
+        breaker.record_success()
+        return result

@@ -1,0 +1,50 @@
+"""Per-message state that flows through the middleware chain to the handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from schemas.envelope import Envelope
+
+if TYPE_CHECKING:
+    from consumer.registry import JobSpec
+
+__all__ = ["JobContext"]
+
+
+@dataclass
+class JobContext:
+    envelope: Envelope
+    spec: JobSpec
+    payload: BaseModel
+    worker_id: str
+    queue: str
+    # Middleware may stash per-message values here (timings, spans) without new fields.
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def job_id(self) -> str:
+        return self.envelope.job_id
+
+    @property
+    def attempt(self) -> int:
+        return self.envelope.attempt
+
+    @property
+    def job_type(self) -> str:
+        return self.envelope.job_type
+
+    @property
+    def correlation_id(self) -> str:
+        return self.envelope.correlation_id
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "job_type": self.job_type,
+            "attempt": self.attempt,
+            "correlation_id": self.correlation_id,
+        }

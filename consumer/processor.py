@@ -1,0 +1,132 @@
+"""Decode → resolve → middleware → handler → ``Outcome``. Never settles, never raises.
+
+Every way a delivery can go wrong maps to exactly one outcome here, so settlement has one
+decision table to carry out and bad input can never escape as a traceback loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import traceback as traceback_module
+from collections.abc import Sequence
+from dataclasses import replace
+
+from common.clock import Clock
+from common.codec import decode_envelope
+from common.errors import CircuitOpen, JobTimeout, PermanentError, RejectedMessage
+from common.middleware import Middleware, build_consume_chain
+from common.transport.base import Delivery
+from consumer.context import JobContext
+from consumer.outcome import Outcome, OutcomeKind
+from consumer.payloads import PayloadResolver
+from consumer.registry import JobRegistry
+from schemas.envelope import Envelope
+from schemas.registry import SchemaTooNew
+
+__all__ = ["Processor"]
+
+_MAX_ERROR_TEXT = 1000
+
+
+class Processor:
+    def __init__(
+        self,
+        *,
+        registry: JobRegistry,
+        middlewares: Sequence[Middleware],
+        payloads: PayloadResolver,
+        clock: Clock,
+        worker_id: str,
+        max_message_bytes: int,
+    ) -> None:
+        self._registry = registry
+        self._payloads = payloads
+        self._clock = clock
+        self._worker_id = worker_id
+        self._max_bytes = max_message_bytes
+        self._chain = build_consume_chain(middlewares, self._invoke)
+
+    async def process(self, delivery: Delivery) -> Outcome:
+        started = self._clock.now()
+        try:
+            envelope = decode_envelope(delivery.body, max_bytes=self._max_bytes)
+        except RejectedMessage as exc:
+            return self._failed(OutcomeKind.DEAD, None, exc, started, reason=exc.reason)
+        if envelope.expired(started):
+            return Outcome(OutcomeKind.DEAD, envelope, reason="expired", started_at=started, finished_at=started)
+        try:
+            ctx = await self._context(envelope, delivery.queue)
+        except SchemaTooNew as exc:
+            return self._failed(OutcomeKind.DEFER, envelope, exc, started, reason=exc.reason)
+        except RejectedMessage as exc:
+            return self._failed(OutcomeKind.DEAD, envelope, exc, started, reason=exc.reason)
+        except PermanentError as exc:
+            return self._failed(OutcomeKind.DEAD, envelope, exc, started, reason="permanent")
+        except Exception as exc:  # e.g. the payload store is down: worth another try
+            return self._failed(OutcomeKind.RETRY, envelope, exc, started, reason="payload_unavailable")
+        return await self._run(ctx, started)
+
+    async def _context(self, envelope: Envelope, queue: str) -> JobContext:
+        spec = self._registry.get(envelope.job_type)
+        data = await self._payloads.load(envelope.payload)
+        payload = self._registry.schemas.resolve(
+            envelope.job_type, envelope.schema_version, data, target=spec.version
+        )
+        return JobContext(envelope=envelope, spec=spec, payload=payload, worker_id=self._worker_id, queue=queue)
+
+    async def _run(self, ctx: JobContext, started: object) -> Outcome:
+        begin = self._clock.monotonic()
+        try:
+            await self._chain(ctx)
+        except CircuitOpen as exc:
+            return Outcome(OutcomeKind.RELEASE, ctx.envelope, reason="circuit_open", error_type=type(exc).__name__)
+        except PermanentError as exc:
+            return self._failed(OutcomeKind.DEAD, ctx.envelope, exc, started, reason="permanent", begin=begin)
+        except JobTimeout as exc:
+            outcome = self._failed(OutcomeKind.RETRY, ctx.envelope, exc, started, reason="timeout", begin=begin)
+            return replace(outcome, timed_out=True)
+        except Exception as exc:
+            return self._failed(OutcomeKind.RETRY, ctx.envelope, exc, started, reason="error", begin=begin)
+        return Outcome(
+            OutcomeKind.SUCCEEDED,
+            ctx.envelope,
+            started_at=started,  # type: ignore[arg-type]
+            finished_at=self._clock.now(),
+            duration=self._clock.monotonic() - begin,
+        )
+
+    async def _invoke(self, ctx: JobContext) -> object:
+        """The innermost call: the handler itself, under its time limit."""
+        spec = ctx.spec
+        if spec.is_async:
+            call = spec.handler(ctx.payload, ctx)
+        else:
+            # Sync handlers run in a thread so the loop (and AMQP heartbeats) never starve.
+            call = asyncio.to_thread(functools.partial(spec.handler, ctx.payload, ctx))
+        try:
+            return await asyncio.wait_for(call, timeout=spec.timeout)
+        except TimeoutError:
+            raise JobTimeout(f"{spec.job_type} exceeded its {spec.timeout:g}s timeout") from None
+
+    def _failed(
+        self,
+        kind: OutcomeKind,
+        envelope: Envelope | None,
+        exc: BaseException,
+        started: object,
+        *,
+        reason: str,
+        begin: float | None = None,
+    ) -> Outcome:
+        return Outcome(
+            kind,
+            envelope,
+            reason=reason,
+            error_type=type(exc).__name__,
+            error_message=str(exc)[:_MAX_ERROR_TEXT],
+            traceback="".join(traceback_module.format_exception(exc))[-20_000:],
+            started_at=started,  # type: ignore[arg-type]
+            finished_at=self._clock.now(),
+            duration=0.0 if begin is None else self._clock.monotonic() - begin,
+        )

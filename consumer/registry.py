@@ -1,0 +1,136 @@
+"""Job registry: job type → handler, its schema version and its options.
+
+    jobs = JobRegistry()
+
+    @jobs.job("email.send", version=2, queue="emails", timeout=30, breaker="smtp")
+    async def send_email(payload: SendEmailV2, ctx: JobContext) -> None: ...
+
+The payload model is taken from the first parameter's annotation (or ``model=``) and
+registered in the registry's ``SchemaRegistry``, which producers share to validate.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from common.backoff import RetryPolicy
+from common.errors import ConfigurationError, UnknownJobType
+from schemas.registry import SchemaRegistry
+
+__all__ = ["DEFAULT_QUEUE", "Handler", "JobRegistry", "JobSpec"]
+
+DEFAULT_QUEUE = "conveyor.default"
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_type: str
+    version: int
+    handler: Handler
+    model: type[BaseModel]
+    queue: str
+    timeout: float
+    retry: RetryPolicy
+    breaker: str | None
+    is_async: bool
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)
+
+
+class JobRegistry:
+    """The handlers one application provides; pass it to a Worker (and its schemas to a Producer)."""
+
+    def __init__(self, schemas: SchemaRegistry | None = None) -> None:
+        self.schemas = schemas or SchemaRegistry()
+        self._specs: dict[str, JobSpec] = {}
+
+    def job(
+        self,
+        job_type: str,
+        *,
+        version: int = 1,
+        model: type[BaseModel] | None = None,
+        queue: str = DEFAULT_QUEUE,
+        timeout: float = 300.0,
+        retry: RetryPolicy | None = None,
+        breaker: str | None = None,
+        **options: Any,
+    ) -> Callable[[Handler], Handler]:
+        if timeout <= 0:
+            raise ConfigurationError(f"{job_type}: timeout must be positive")
+
+        def decorate(handler: Handler) -> Handler:
+            resolved = model or _model_from_annotation(handler)
+            if resolved is None:
+                raise ConfigurationError(
+                    f"{job_type}: annotate the handler's first parameter with a pydantic model or pass model="
+                )
+            self.add(
+                JobSpec(
+                    job_type=job_type,
+                    version=version,
+                    handler=handler,
+                    model=resolved,
+                    queue=queue,
+                    timeout=timeout,
+                    retry=retry or RetryPolicy(),
+                    breaker=breaker,
+                    is_async=inspect.iscoroutinefunction(handler),
+                    options=tuple(sorted(options.items())),
+                )
+            )
+            return handler
+
+        return decorate
+
+    def add(self, spec: JobSpec) -> None:
+        if spec.job_type in self._specs:
+            raise ConfigurationError(f"job type {spec.job_type!r} already has a handler")
+        self.schemas.register(spec.job_type, spec.version, spec.model)
+        self._specs[spec.job_type] = spec
+
+    def get(self, job_type: str) -> JobSpec:
+        try:
+            return self._specs[job_type]
+        except KeyError:
+            raise UnknownJobType(f"no handler for job type {job_type!r}") from None
+
+    def specs(self) -> list[JobSpec]:
+        return [self._specs[name] for name in sorted(self._specs)]
+
+    def queues(self) -> list[str]:
+        return sorted({spec.queue for spec in self._specs.values()})
+
+    def check_options(self, owned: Iterable[str]) -> None:
+        """Every job option must belong to a configured middleware; name the culprit."""
+        known = set(owned)
+        for spec in self._specs.values():
+            for name, _ in spec.options:
+                if name not in known:
+                    raise ConfigurationError(
+                        f"{spec.job_type}: unknown job option {name!r}; no configured middleware owns it"
+                    )
+        self.schemas.check()
+
+
+def _model_from_annotation(handler: Handler) -> type[BaseModel] | None:
+    params = list(inspect.signature(handler).parameters.values())
+    if not params:
+        return None
+    try:
+        hints = typing.get_type_hints(handler)
+    except Exception:  # unresolvable forward refs: fall back to model=
+        return None
+    annotation = hints.get(params[0].name)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None

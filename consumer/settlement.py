@@ -1,0 +1,158 @@
+"""Settlement: the only code that acks, releases, or publishes retry and dead-letter copies.
+
+Order matters and is always the same: publish the copy, wait for the broker's confirm,
+*then* ack the original. If anything fails in between, the original is released (or
+left to the broker when the connection is gone), so the job is redelivered rather than
+lost; a duplicate copy is possible, a lost job is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+from common.backoff import RetryPolicy
+from common.clock import Clock
+from common.codec import encode_model
+from common.metrics import WorkerMetrics
+from common.transport.base import Delivery, OutgoingMessage, Transport
+from consumer.outcome import Outcome, OutcomeKind
+from schemas.dead_letter import DeadLetterRecord
+from schemas.envelope import AttemptRecord, Envelope, new_job_id
+
+__all__ = ["DeferPolicy", "Settlement"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeferPolicy:
+    """Messages from a newer producer wait for a newer worker, within a bound."""
+
+    delay: float = 30.0
+    max_deferrals: int = 120
+
+
+class Settlement:
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        clock: Clock,
+        worker_id: str,
+        metrics: WorkerMetrics,
+        rng: random.Random | None = None,
+        defer: DeferPolicy | None = None,
+    ) -> None:
+        self._transport = transport
+        self._clock = clock
+        self._worker_id = worker_id
+        self._metrics = metrics
+        self._rng = rng or random.Random()
+        self._defer = defer or DeferPolicy()
+
+    async def settle(self, delivery: Delivery, outcome: Outcome, policy: RetryPolicy | None) -> str:
+        """Carry out ``outcome``; returns what was done. Raises only if the broker failed us."""
+        job_type = outcome.job_type if policy is not None else None
+        match outcome.kind:
+            case OutcomeKind.SUCCEEDED:
+                await delivery.ack()
+                action = "succeeded"
+            case OutcomeKind.RELEASE:
+                await delivery.release()
+                action = "released"
+            case OutcomeKind.DEFER:
+                action = await self._defer_or_dead(delivery, outcome)
+            case OutcomeKind.RETRY:
+                action = await self._retry_or_dead(delivery, outcome, policy or RetryPolicy())
+            case OutcomeKind.DEAD:
+                action = await self._dead_letter(delivery, outcome, outcome.reason or "rejected")
+        self._metrics.settled(job_type, action, outcome)
+        return action
+
+    async def _retry_or_dead(self, delivery: Delivery, outcome: Outcome, policy: RetryPolicy) -> str:
+        envelope = outcome.envelope
+        assert envelope is not None  # RETRY only follows a decoded envelope
+        if envelope.attempt >= policy.max_attempts:
+            return await self._dead_letter(delivery, outcome, "exhausted")
+        delay = policy.delay(envelope.attempt, self._rng)
+        due = self._clock.now() + timedelta(seconds=delay)
+        if due - envelope.created_at > timedelta(seconds=policy.max_age):
+            return await self._dead_letter(delivery, outcome, "exhausted")
+        if envelope.deadline is not None and due >= envelope.deadline:
+            return await self._dead_letter(delivery, outcome, "expired")
+        kind = "timeout" if outcome.timed_out else "retried"
+        copy = envelope.next_attempt(self._attempt_record(envelope, outcome, kind))
+        await self._publish_copy(delivery.queue, copy, delay)
+        await delivery.ack()
+        return "retried"
+
+    async def _defer_or_dead(self, delivery: Delivery, outcome: Outcome) -> str:
+        envelope = outcome.envelope
+        assert envelope is not None
+        deferrals = sum(1 for h in envelope.history if h.outcome == "deferred")
+        if deferrals >= self._defer.max_deferrals:
+            return await self._dead_letter(delivery, outcome, "unknown_version")
+        copy = envelope.with_history(self._attempt_record(envelope, outcome, "deferred"))
+        await self._publish_copy(delivery.queue, copy, self._defer.delay)
+        await delivery.ack()
+        return "deferred"
+
+    async def _dead_letter(self, delivery: Delivery, outcome: Outcome, reason: str) -> str:
+        envelope = outcome.envelope
+        history: tuple[AttemptRecord, ...] = ()
+        if envelope is not None:
+            last = self._attempt_record(envelope, outcome, "failed" if outcome.error_type else "rejected")
+            history = (*envelope.history, last)
+        record = DeadLetterRecord(
+            dead_letter_id=new_job_id(),
+            queue=delivery.queue,
+            reason=reason,
+            error_type=outcome.error_type,
+            error_message=outcome.error_message,
+            traceback=outcome.traceback,
+            dead_lettered_at=self._clock.now(),
+            worker_id=self._worker_id,
+            job_id=envelope.job_id if envelope else None,
+            job_type=envelope.job_type if envelope else None,
+            attempt=envelope.attempt if envelope else None,
+            history=history,
+            original_headers=delivery.headers,
+            original_body_b64=DeadLetterRecord.encode_body(delivery.body),
+        )
+        message = OutgoingMessage(
+            body=encode_model(record),
+            message_id=record.dead_letter_id,
+            headers={"x-conveyor-reason": reason, "x-conveyor-job-type": record.job_type or ""},
+        )
+        await self._transport.publish(self._transport.dead_letter_queue(delivery.queue), message)
+        await delivery.ack()
+        self._metrics.dead_letter(record.job_type, reason)
+        log.warning(
+            "job dead-lettered",
+            extra={"job_id": record.job_id, "job_type": record.job_type, "reason": reason},
+        )
+        return "dead_lettered"
+
+    async def _publish_copy(self, queue: str, envelope: Envelope, delay: float) -> None:
+        message = OutgoingMessage(
+            body=encode_model(envelope),
+            message_id=envelope.job_id,
+            headers={"x-conveyor-job-type": envelope.job_type, "x-conveyor-attempt": str(envelope.attempt)},
+            delay=delay,
+        )
+        await self._transport.publish(queue, message)
+
+    def _attempt_record(self, envelope: Envelope, outcome: Outcome, kind: str) -> AttemptRecord:
+        now = self._clock.now()
+        return AttemptRecord(
+            attempt=envelope.attempt,
+            worker_id=self._worker_id,
+            started_at=outcome.started_at or now,
+            finished_at=outcome.finished_at or now,
+            outcome=kind,  # type: ignore[arg-type]
+            error_type=outcome.error_type,
+            error_message=(outcome.error_message or None) and outcome.error_message[:1000],
+        )

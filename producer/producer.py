@@ -1,0 +1,208 @@
+"""The producer: validate, build the envelope, publish, and return only once confirmed.
+
+A publish that times out has an *unknown* outcome: the broker may have stored it. It is
+retried with the same job id (bounded, with backoff), never under a new id, so consumers
+can recognise the duplicate by its job id and idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from common.clock import Clock, SystemClock
+from common.codec import DEFAULT_MAX_MESSAGE_BYTES, encode_model
+from common.errors import (
+    ConfigurationError,
+    MessageTooLarge,
+    PublishNotConfirmed,
+    PublishOutcomeUnknown,
+    TransportError,
+    UnknownJobType,
+)
+from common.metrics import WorkerMetrics
+from common.middleware import Middleware, build_publish_chain
+from common.transport.base import OutgoingMessage, Transport
+from consumer.registry import DEFAULT_QUEUE, JobRegistry
+from producer.command import PublishCommand, PublishReceipt
+from schemas.envelope import Envelope, InlinePayload, new_job_id
+from schemas.registry import SchemaRegistry
+
+__all__ = ["Producer"]
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    # A refusal or an unroutable message will not change by retrying; a lost confirm
+    # or a dropped connection may.
+    return isinstance(exc, TransportError) and not isinstance(exc, PublishNotConfirmed)
+
+
+class Producer:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        schemas: SchemaRegistry | None = None,
+        routes: Mapping[str, str] | None = None,
+        default_queue: str = DEFAULT_QUEUE,
+        middlewares: Sequence[Middleware] = (),
+        clock: Clock | None = None,
+        metrics: WorkerMetrics | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        confirm_timeout: float = 10.0,
+        publish_tries: int = 4,
+        allow_unregistered: bool = False,
+        declare_queues: bool = True,
+        manage_transport: bool = True,
+    ) -> None:
+        if confirm_timeout <= 0 or publish_tries < 1:
+            raise ConfigurationError("confirm_timeout must be > 0 and publish_tries ≥ 1")
+        self.transport = transport
+        self.schemas = schemas or SchemaRegistry()
+        self._routes = dict(routes or {})
+        self._default_queue = default_queue
+        self._clock = clock or SystemClock()
+        self.metrics = metrics or WorkerMetrics()
+        self._max_bytes = max_message_bytes
+        self._confirm_timeout = confirm_timeout
+        self._tries = publish_tries
+        self._allow_unregistered = allow_unregistered
+        self._declare = declare_queues
+        self._manage_transport = manage_transport
+        self._declared: set[str] = set()
+        self._middlewares = list(middlewares)
+        self._send = build_publish_chain(self._middlewares, self._confirmed_send)
+
+    @classmethod
+    def for_registry(cls, transport: Transport, jobs: JobRegistry, **kwargs: Any) -> Producer:
+        """A producer that knows the schemas and queues of a worker's job registry."""
+        routes = {spec.job_type: spec.queue for spec in jobs.specs()}
+        return cls(transport, schemas=jobs.schemas, routes=routes, **kwargs)
+
+    async def __aenter__(self) -> Producer:
+        if self._manage_transport:
+            await self.transport.connect()
+        for middleware in self._middlewares:
+            await middleware.startup()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for middleware in reversed(self._middlewares):
+            await middleware.shutdown()
+        if self._manage_transport:
+            await self.transport.close()
+
+    async def publish(
+        self,
+        job_type: str,
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        delay: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        deadline: datetime | timedelta | None = None,
+        version: int | None = None,
+        queue: str | None = None,
+        job_id: str | None = None,
+    ) -> PublishReceipt:
+        envelope = self.build_envelope(
+            job_type,
+            payload,
+            idempotency_key=idempotency_key,
+            headers=headers,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            deadline=deadline,
+            version=version,
+            job_id=job_id,
+        )
+        return await self.publish_envelope(envelope, queue=queue, delay=delay)
+
+    def build_envelope(
+        self,
+        job_type: str,
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        deadline: datetime | timedelta | None = None,
+        version: int | None = None,
+        job_id: str | None = None,
+    ) -> Envelope:
+        """Validate the payload against its schema (before anything is sent) and wrap it."""
+        data = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else dict(payload)
+        version = self._validate(job_type, data, version)
+        now = self._clock.now()
+        if isinstance(deadline, timedelta):
+            deadline = now + deadline
+        job_id = job_id or new_job_id()
+        return Envelope(
+            job_id=job_id,
+            idempotency_key=idempotency_key or job_id,
+            job_type=job_type,
+            schema_version=version,
+            correlation_id=correlation_id or job_id,
+            causation_id=causation_id,
+            created_at=now,
+            deadline=deadline,
+            headers=dict(headers or {}),
+            payload=InlinePayload(data=data),
+        )
+
+    async def publish_envelope(self, envelope: Envelope, *, queue: str | None = None, delay: float = 0.0) -> PublishReceipt:
+        target = queue or self._routes.get(envelope.job_type, self._default_queue)
+        command = PublishCommand(queue=target, envelope=envelope, delay=max(0.0, delay))
+        tries = 0
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(self._tries),
+            wait=wait_exponential_jitter(initial=0.2, max=5.0),
+            retry=retry_if_exception(_worth_retrying),
+            reraise=True,
+        ):
+            with attempt:
+                tries += 1
+                await self._send(command)
+        self.metrics.published.labels(self.metrics.label(envelope.job_type)).inc()
+        return PublishReceipt(job_id=envelope.job_id, queue=target, confirmed_at=self._clock.now(), tries=tries)
+
+    async def _confirmed_send(self, command: PublishCommand) -> None:
+        body = encode_model(command.envelope)
+        if len(body) > self._max_bytes:
+            raise MessageTooLarge(f"encoded job is {len(body)} bytes, limit is {self._max_bytes}")
+        if self._declare and command.queue not in self._declared:
+            await self.transport.declare(command.queue)
+            self._declared.add(command.queue)
+        message = OutgoingMessage(
+            body=body,
+            message_id=command.envelope.job_id,
+            headers={
+                "x-conveyor-job-type": command.envelope.job_type,
+                "x-conveyor-attempt": str(command.envelope.attempt),
+                **command.headers,
+            },
+            delay=command.delay,
+        )
+        try:
+            await asyncio.wait_for(self.transport.publish(command.queue, message), self._confirm_timeout)
+        except TimeoutError:
+            raise PublishOutcomeUnknown(
+                f"no confirm within {self._confirm_timeout:g}s for job {command.envelope.job_id}"
+            ) from None
+
+    def _validate(self, job_type: str, data: dict[str, Any], version: int | None) -> int:
+        if not self.schemas.knows(job_type):
+            if not self._allow_unregistered:
+                raise UnknownJobType(f"job type {job_type!r} is not registered with this producer")
+            return version or 1
+        version = version or self.schemas.latest_version(job_type)
+        self.schemas.validate(job_type, version, data)
+        return version
