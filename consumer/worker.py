@@ -183,6 +183,10 @@ class Worker:
         return all(r.attached for r in self._runners.values() if not r.paused)
 
     @property
+    def attached_queues(self) -> int:
+        return sum(1 for r in self._runners.values() if r.attached)
+
+    @property
     def in_flight(self) -> int:
         return len(self._active)
 

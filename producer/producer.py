@@ -164,7 +164,7 @@ class Producer:
         tries = 0
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self._tries),
-            wait=wait_exponential_jitter(initial=0.2, max=5.0),
+            wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.2),
             retry=retry_if_exception(_worth_retrying),
             reraise=True,
         ):

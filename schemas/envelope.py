@@ -31,6 +31,8 @@ JobType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,127}$")
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 HeaderValue = Annotated[str, StringConstraints(max_length=1024)]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+# Strict: "1" is not an attempt number; a producer sending strings for counters is broken.
+Count = Annotated[int, Field(strict=True, ge=1, le=10_000)]
 
 
 def new_job_id() -> str:
@@ -61,7 +63,7 @@ class PayloadReference(_Frozen):
     bucket: Annotated[str, StringConstraints(min_length=1, max_length=255)]
     key: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
     sha256: Sha256Hex
-    size: Annotated[int, Field(ge=0, le=5 * 1024**3)]
+    size: Annotated[int, Field(strict=True, ge=0, le=5 * 1024**3)]
     content_type: Literal["application/json"] = "application/json"
 
 
@@ -71,7 +73,7 @@ Payload = Annotated[InlinePayload | PayloadReference, Field(discriminator="kind"
 class AttemptRecord(_Frozen):
     """One finished attempt, kept in the envelope so retries and dead letters carry it."""
 
-    attempt: Annotated[int, Field(ge=1, le=10_000)]
+    attempt: Count
     worker_id: Annotated[str, StringConstraints(max_length=128)]
     started_at: AwareDatetime
     finished_at: AwareDatetime
@@ -87,10 +89,10 @@ class Envelope(_Frozen):
     job_id: Identifier
     idempotency_key: Identifier
     job_type: JobType
-    schema_version: Annotated[int, Field(ge=1, le=10_000)]
+    schema_version: Count
     correlation_id: Identifier
     causation_id: Identifier | None = None
-    attempt: Annotated[int, Field(ge=1, le=10_000)] = 1
+    attempt: Count = 1
     created_at: AwareDatetime
     deadline: AwareDatetime | None = None
     headers: Annotated[dict[HeaderName, HeaderValue], Field(max_length=64)] = Field(

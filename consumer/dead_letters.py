@@ -1,0 +1,180 @@
+"""Dead-letter queue tooling: list, show, replay and purge, over any transport.
+
+Reading a DLQ takes messages without acking them and gives back everything it does not
+remove when it is done, so listing is safe to interrupt. A replayed entry is removed only
+after its republish was confirmed: a replay killed half-way may leave an entry that was
+already republished (a duplicate, caught by idempotency keys), never a lost job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from common.clock import Clock, SystemClock
+from common.codec import decode_dead_letter, decode_envelope, encode_model
+from common.errors import RejectedMessage
+from common.transport.base import Delivery, OutgoingMessage, Transport
+from schemas.dead_letter import DeadLetterRecord
+
+__all__ = ["DeadLetterFilter", "DeadLetters", "ReplayReport"]
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    reason: str | None = None
+    job_type: str | None = None
+    dead_letter_id: str | None = None
+
+    def matches(self, record: DeadLetterRecord) -> bool:
+        return (
+            (self.reason is None or record.reason == self.reason)
+            and (self.job_type is None or record.job_type == self.job_type)
+            and (self.dead_letter_id is None or record.dead_letter_id in (self.dead_letter_id, record.job_id))
+        )
+
+
+@dataclass
+class ReplayReport:
+    matched: int = 0
+    replayed: int = 0
+    skipped_unreplayable: int = 0
+    dry_run: bool = False
+    by_reason: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+def record_from_delivery(delivery: Delivery) -> DeadLetterRecord:
+    """A worker-written record, or a raw message the broker's delivery limit dead-lettered."""
+    try:
+        return decode_dead_letter(delivery.body)
+    except RejectedMessage:
+        pass
+    job_id = job_type = None
+    with contextlib.suppress(RejectedMessage):
+        envelope = decode_envelope(delivery.body)
+        job_id, job_type = envelope.job_id, envelope.job_type
+    queue = delivery.queue.removesuffix(".dlq").removesuffix("-DLQ")
+    return DeadLetterRecord(
+        dead_letter_id=delivery.message_id or "unknown",
+        queue=queue,
+        reason="delivery_limit",
+        error_message="the broker dead-lettered this message after too many deliveries (crash loop backstop)",
+        dead_lettered_at=datetime.now(UTC),
+        worker_id="broker",
+        job_id=job_id,
+        job_type=job_type,
+        original_headers={k: str(v) for k, v in delivery.headers.items()},
+        original_body_b64=DeadLetterRecord.encode_body(delivery.body),
+    )
+
+
+class DeadLetters:
+    def __init__(self, transport: Transport, queue: str, *, clock: Clock | None = None) -> None:
+        self._transport = transport
+        self.queue = queue
+        self.dlq = transport.dead_letter_queue(queue)
+        self._clock = clock or SystemClock()
+
+    async def depth(self) -> int:
+        return await self._transport.depth(self.dlq)
+
+    async def list(self, flt: DeadLetterFilter | None = None, *, limit: int = 100) -> list[DeadLetterRecord]:
+        flt = flt or DeadLetterFilter()
+        found: list[DeadLetterRecord] = []
+        async with self._scan() as entries:
+            async for _, record in entries:
+                if flt.matches(record):
+                    found.append(record)
+                    if len(found) >= limit:
+                        break
+        return found
+
+    async def show(self, entry_id: str) -> DeadLetterRecord | None:
+        records = await self.list(DeadLetterFilter(dead_letter_id=entry_id), limit=1)
+        return records[0] if records else None
+
+    async def replay(
+        self,
+        flt: DeadLetterFilter | None = None,
+        *,
+        limit: int | None = None,
+        rate: float | None = None,
+        dry_run: bool = False,
+        progress: Callable[[ReplayReport], None] | None = None,
+    ) -> ReplayReport:
+        """Republish matching entries with a fresh attempt budget, then remove each one."""
+        flt = flt or DeadLetterFilter()
+        report = ReplayReport(dry_run=dry_run)
+        interval = 1.0 / rate if rate else 0.0
+        async with self._scan() as entries:
+            async for delivery, record in entries:
+                if limit is not None and report.matched >= limit:
+                    break
+                if not flt.matches(record):
+                    continue
+                report.matched += 1
+                report.by_reason[record.reason] += 1
+                if not dry_run:
+                    await self._replay_one(delivery, record, report)
+                    if interval:
+                        await self._clock.sleep(interval)
+                if progress:
+                    progress(report)
+        return report
+
+    async def _replay_one(self, delivery: Delivery, record: DeadLetterRecord, report: ReplayReport) -> None:
+        if await self._republish(record):
+            await delivery.ack()
+            report.replayed += 1
+        else:
+            report.skipped_unreplayable += 1
+
+    async def purge(self, flt: DeadLetterFilter | None = None) -> int:
+        flt = flt or DeadLetterFilter()
+        removed = 0
+        async with self._scan() as entries:
+            async for delivery, record in entries:
+                if flt.matches(record):
+                    await delivery.ack()
+                    removed += 1
+        return removed
+
+    async def _republish(self, record: DeadLetterRecord) -> bool:
+        try:
+            envelope = decode_envelope(record.original_body)
+        except RejectedMessage:
+            return False  # bytes that never decoded cannot run; keep them for inspection
+        fresh = envelope.model_copy(update={"attempt": 1})  # same job id and history, new budget
+        message = OutgoingMessage(
+            body=encode_model(fresh),
+            message_id=fresh.job_id,
+            headers={"x-conveyor-job-type": fresh.job_type, "x-conveyor-replayed-from": record.dead_letter_id},
+        )
+        await self._transport.declare(record.queue)
+        await self._transport.publish(record.queue, message)
+        return True
+
+    @contextlib.asynccontextmanager
+    async def _scan(self) -> AsyncIterator[AsyncIterator[tuple[Delivery, DeadLetterRecord]]]:
+        """Take messages one by one; whatever was not settled is given back at the end."""
+        held: list[Delivery] = []
+
+        async def entries() -> AsyncIterator[tuple[Delivery, DeadLetterRecord]]:
+            while True:
+                delivery = await self._transport.get(self.dlq)
+                if delivery is None:
+                    return
+                held.append(delivery)
+                yield delivery, record_from_delivery(delivery)
+
+        try:
+            yield entries()
+        finally:
+            for delivery in reversed(held):  # last first, so the queue keeps its order
+                if not delivery.settled:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(delivery.release())

@@ -1,0 +1,78 @@
+"""Which brokers the shared suites run against, and how to reach them.
+
+``CONVEYOR_TEST_BACKENDS`` (default ``memory,rabbitmq``) lists them. A listed real broker
+without its URL is a hard failure: run ``scripts/test`` (which starts the servers) or set
+``CONVEYOR_AMQP_URL`` / ``CONVEYOR_PULSAR_URL`` yourself. Nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from common.transport.base import Transport
+from common.transport.memory import MemoryBroker, MemoryTransport
+
+__all__ = ["Backend", "backend_names", "make_backend", "require_env"]
+
+# Small delay tiers so retry tests take well under a second per hop on RabbitMQ.
+TEST_DELAY_TIERS = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def backend_names() -> list[str]:
+    raw = os.environ.get("CONVEYOR_TEST_BACKENDS", "memory,rabbitmq")
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
+def require_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(
+            f"{name} is not set: run scripts/test (it starts the servers) or export {name}",
+            pytrace=False,
+        )
+    return value
+
+
+@dataclass
+class Backend:
+    name: str
+    _factory: Callable[[], Transport]
+    queue: str = field(default_factory=lambda: f"conformance.{uuid.uuid4().hex[:12]}")
+    opened: list[Transport] = field(default_factory=list)
+    memory: MemoryBroker | None = None
+
+    async def transport(self) -> Transport:
+        """A new connected transport (a new connection, as a separate process would have)."""
+        transport = self._factory()
+        await transport.connect()
+        self.opened.append(transport)
+        return transport
+
+    async def close_all(self) -> None:
+        for transport in reversed(self.opened):
+            try:
+                await transport.close()
+            except Exception:  # noqa: BLE001 - teardown of an already broken connection
+                pass
+
+
+def make_backend(name: str) -> Backend:
+    if name == "memory":
+        broker = MemoryBroker()
+        return Backend(name, lambda: MemoryTransport(broker), memory=broker)
+    if name == "rabbitmq":
+        from common.transport.rabbitmq import RabbitMQTransport
+
+        url = require_env("CONVEYOR_AMQP_URL")
+        return Backend(name, lambda: RabbitMQTransport(url, delay_tiers=TEST_DELAY_TIERS))
+    if name == "pulsar":
+        from common.transport.factory import transport_from_url
+
+        url = require_env("CONVEYOR_PULSAR_URL")
+        return Backend(name, lambda: transport_from_url(url))
+    raise ValueError(f"unknown test backend {name!r}")

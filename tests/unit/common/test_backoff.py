@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from common.backoff import RetryPolicy, compute_backoff
+
+
+def test_backoff_grows_exponentially_without_jitter() -> None:
+    rng = random.Random(1)
+    delays = [compute_backoff(a, base=1, factor=2, cap=100, jitter=0, rng=rng) for a in range(1, 6)]
+    assert delays == [1, 2, 4, 8, 16]
+
+
+def test_backoff_is_capped_even_for_huge_attempts() -> None:
+    assert compute_backoff(10_000, base=1, factor=4, cap=60, jitter=0, rng=random.Random()) == 60
+
+
+def test_equal_jitter_stays_within_half_and_full_delay_and_spreads() -> None:
+    rng = random.Random(42)
+    delays = [compute_backoff(3, base=1, factor=2, cap=100, jitter=0.5, rng=rng) for _ in range(500)]
+    assert all(2.0 <= d <= 4.0 for d in delays)
+    assert max(delays) - min(delays) > 1.5, "jitter must spread retries that failed together"
+
+
+def test_policy_validates_its_options() -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ValueError):
+        RetryPolicy(jitter=2)

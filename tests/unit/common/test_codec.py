@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import pytest
+
+from common.codec import decode_envelope, encode_model, strict_json_loads
+from common.errors import MalformedMessage, MessageTooLarge
+from schemas.envelope import Envelope, InlinePayload
+
+
+def _envelope(**overrides) -> dict:
+    base = {
+        "job_id": "j1",
+        "idempotency_key": "k1",
+        "job_type": "email.send",
+        "schema_version": 1,
+        "correlation_id": "c1",
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "payload": {"kind": "inline", "data": {"to": "a@example.com"}},
+    }
+    base.update(overrides)
+    return base
+
+
+def test_round_trip_keeps_every_field() -> None:
+    env = Envelope.model_validate(_envelope(headers={"tenant": "t1"}))
+    assert decode_envelope(encode_model(env)) == env
+
+
+def test_size_is_checked_before_parsing() -> None:
+    with pytest.raises(MessageTooLarge) as err:
+        strict_json_loads(b"{" * 2000, max_bytes=1000)
+    assert err.value.reason == "oversize"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": NaN}',
+        b'{"a": Infinity}',
+        b'{"a": -Infinity}',
+        b'{"a": 1e400}',
+        b'{"a": 123456789012345678901234567890}',
+        b'{"a": 9007199254740993}',
+        b'{"a": 1, "a": 2}',
+        b'{"a": {"b": 1, "b": 1}}',
+        b"\xff\xfe",
+        b"[1, 2",
+    ],
+)
+def test_hostile_json_is_rejected_as_malformed(body: bytes) -> None:
+    with pytest.raises(MalformedMessage) as err:
+        strict_json_loads(body)
+    assert err.value.reason == "malformed"
+
+
+def test_unknown_envelope_field_is_rejected() -> None:
+    import orjson
+
+    with pytest.raises(MalformedMessage, match="smuggled"):
+        decode_envelope(orjson.dumps(_envelope(smuggled=True)))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("attempt", 0), ("attempt", "1"), ("schema_version", -1), ("job_type", "Bad Type"), ("created_at", "yesterday")],
+)
+def test_wrong_types_are_rejected_and_name_the_field(field: str, value: object) -> None:
+    import orjson
+
+    with pytest.raises(MalformedMessage) as err:
+        decode_envelope(orjson.dumps(_envelope(**{field: value})))
+    assert field in str(err.value)
+
+
+def test_error_text_never_echoes_field_values() -> None:
+    import orjson
+
+    secret = "sk_live_CANARY_1234"
+    body = orjson.dumps(_envelope(job_id=secret + " !!", headers={"x": secret * 100}))
+    with pytest.raises(MalformedMessage) as err:
+        decode_envelope(body)
+    assert secret not in str(err.value)
+
+
+def test_payload_must_be_inline_or_reference() -> None:
+    import orjson
+
+    with pytest.raises(MalformedMessage):
+        decode_envelope(orjson.dumps(_envelope(payload={"kind": "url", "url": "http://x"})))
+    env = decode_envelope(orjson.dumps(_envelope()))
+    assert isinstance(env.payload, InlinePayload)

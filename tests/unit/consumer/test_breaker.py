@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from common.clock import FakeClock
+from consumer.breaker import BreakerConfig, BreakerState, CircuitBreaker
+
+
+def make(**config) -> tuple[CircuitBreaker, FakeClock, list[BreakerState]]:
+    clock = FakeClock()
+    changes: list[BreakerState] = []
+    breaker = CircuitBreaker("dep", BreakerConfig(**config), clock, lambda b: changes.append(b.state))
+    return breaker, clock, changes
+
+
+def test_consecutive_failures_open_the_breaker() -> None:
+    breaker, _, changes = make(consecutive_failures=3)
+    for _ in range(2):
+        breaker.record_failure()
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN and changes == [BreakerState.OPEN]
+    assert not breaker.allow()
+
+
+def test_failure_rate_opens_the_breaker_once_enough_calls_were_seen() -> None:
+    breaker, _, _ = make(consecutive_failures=100, failure_rate=0.5, window=10, min_calls=10)
+    for i in range(9):
+        (breaker.record_failure if i % 2 else breaker.record_success)()
+    assert breaker.state is BreakerState.CLOSED  # 4/9 failures, and under min_calls
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN  # 5/10
+
+
+def test_half_open_lets_exactly_one_probe_through_then_closes_on_success() -> None:
+    breaker, clock, changes = make(consecutive_failures=1, reset_timeout=30)
+    breaker.record_failure()
+    clock.advance(29)
+    assert not breaker.allow()
+    clock.advance(2)
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # only one at a time
+    breaker.record_success()
+    assert changes == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+    assert breaker.allow()
+
+
+def test_failed_probe_opens_again_and_restarts_the_timer() -> None:
+    breaker, clock, _ = make(consecutive_failures=1, reset_timeout=10)
+    breaker.record_failure()
+    clock.advance(10)
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+    clock.advance(5)
+    assert not breaker.allow()
+
+
+def test_a_cancelled_probe_does_not_wedge_the_breaker() -> None:
+    breaker, clock, _ = make(consecutive_failures=1, reset_timeout=1)
+    breaker.record_failure()
+    clock.advance(1)
+    assert breaker.allow()
+    breaker.abandon_probe()
+    assert breaker.allow()

@@ -1,0 +1,147 @@
+"""Worker behaviour on the in-memory broker with a fake clock: no sleeps, exact timing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from pydantic import BaseModel
+
+from common.backoff import RetryPolicy
+from common.clock import FakeClock
+from common.errors import RetryableError
+from common.transport.memory import MemoryBroker, MemoryTransport
+from consumer.context import JobContext
+from consumer.registry import DEFAULT_QUEUE, JobRegistry
+from consumer.worker import Worker, WorkerConfig
+from producer.producer import Producer
+
+
+class Job(BaseModel):
+    n: int
+
+
+async def settle_loop() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_retry_waits_for_the_backoff_on_the_broker_not_in_the_worker() -> None:
+    clock = FakeClock()
+    broker = MemoryBroker(clock)
+    attempts: list[int] = []
+    jobs = JobRegistry()
+
+    @jobs.job("t.job", retry=RetryPolicy(max_attempts=3, base=10, factor=3, jitter=0))
+    async def handler(payload: Job, ctx: JobContext) -> None:
+        attempts.append(ctx.attempt)
+        raise RetryableError("no")
+
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(broker), jobs, clock=clock) as producer:
+        async with Worker(transport, jobs, clock=clock, rng=random.Random(0)) as worker:
+            await producer.publish("t.job", Job(n=1))
+            await settle_loop()
+            assert attempts == [1]
+            assert worker.in_flight == 0, "a delayed retry is never held by the worker"
+            assert broker.in_flight(DEFAULT_QUEUE) == 1  # parked on the broker
+            clock.advance(9.9)
+            await settle_loop()
+            assert attempts == [1]
+            clock.advance(0.2)
+            await settle_loop()
+            assert attempts == [1, 2]
+            clock.advance(30)
+            await settle_loop()
+            assert attempts == [1, 2, 3]
+            assert worker.counts["dead_lettered"] == 1
+            assert broker.depth(DEFAULT_QUEUE + ".dlq") == 1
+
+
+async def test_job_timeout_cancels_the_handler_and_counts_as_retryable() -> None:
+    broker = MemoryBroker()
+    cancelled = asyncio.Event()
+    jobs = JobRegistry()
+
+    @jobs.job("t.slow", timeout=0.05, retry=RetryPolicy(max_attempts=1))
+    async def slow(payload: Job, ctx: JobContext) -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer, Worker(transport, jobs) as worker:
+        await producer.publish("t.slow", Job(n=1))
+        await broker.join(DEFAULT_QUEUE)
+    assert cancelled.is_set()
+    assert worker.counts["dead_lettered"] == 1
+    assert worker.metrics.failed.labels("t.slow", "timeout")._value.get() == 1
+
+
+async def test_sync_handlers_run_off_the_event_loop() -> None:
+    import threading
+
+    broker = MemoryBroker()
+    threads: list[str] = []
+    jobs = JobRegistry()
+
+    @jobs.job("t.sync")
+    def blocking(payload: Job, ctx: JobContext) -> None:
+        threads.append(threading.current_thread().name)
+
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer, Worker(transport, jobs) as worker:
+        await producer.publish("t.sync", Job(n=1))
+        await broker.join(DEFAULT_QUEUE)
+    assert worker.counts["succeeded"] == 1
+    assert threads and threads[0] != threading.main_thread().name
+
+
+async def test_settlement_failure_gives_the_message_back_instead_of_losing_it() -> None:
+    broker = MemoryBroker()
+    jobs = JobRegistry()
+
+    @jobs.job("t.fail", retry=RetryPolicy(max_attempts=5, base=1))
+    async def fail(payload: Job, ctx: JobContext) -> None:
+        raise RetryableError("x")
+
+    class BrokenPublish(MemoryTransport):
+        async def publish(self, queue, message):  # the retry copy cannot be confirmed
+            raise ConnectionError("broker gone")
+
+    transport = BrokenPublish(broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer:
+        await producer.publish("t.fail", Job(n=1))
+        worker = Worker(transport, jobs, config=WorkerConfig(concurrency=1))
+        await worker.start()
+        await settle_loop()
+        await worker.drain(0)
+        await worker.stop()
+    assert worker.counts["retried"] == 0
+    assert worker.counts["released"] >= 1
+    assert broker.depth(DEFAULT_QUEUE) == 1, "the original must still be on the broker"
+
+
+async def test_metrics_have_no_series_per_job_id() -> None:
+    broker = MemoryBroker()
+    jobs = JobRegistry()
+
+    @jobs.job("t.many")
+    async def ok(payload: Job, ctx: JobContext) -> None:
+        return None
+
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer, Worker(transport, jobs) as worker:
+        for i in range(200):
+            await producer.publish("t.many", Job(n=i))
+        await broker.join(DEFAULT_QUEUE)
+    text = worker.metrics.render().decode()
+    assert 'conveyor_jobs_succeeded_total{job_type="t.many"} 200.0' in text
+    assert text.count("conveyor_jobs_succeeded_total{") == 1
