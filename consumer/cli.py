@@ -73,8 +73,11 @@ def main(log_level: str, log_format: str) -> None:
 @click.option("--jobs", "jobs_count", default=300, show_default=True, help="How many jobs to publish")
 def demo(jobs_count: int) -> None:
     """Run the whole job life cycle on the embedded broker (no server needed)."""
+    import logging
+
     from consumer.demo import run_demo
 
+    logging.getLogger().setLevel(logging.ERROR)  # the demo's tables tell the story
     _run(run_demo(_console, jobs_count=jobs_count))
 
 
@@ -214,7 +217,10 @@ def dlq_show(entry_id: str, broker: str, queue: str) -> None:
     if record is None:
         raise click.ClickException(f"no dead letter {entry_id!r} in {queue}")
     data = record.model_dump(mode="json")
-    data["original_body"] = record.original_body.decode("utf-8", "replace")
+    try:  # show the original as JSON when it is JSON; poison stays a (replaced) string
+        data["original_body"] = strict_json_loads(record.original_body, max_bytes=len(record.original_body) + 1)
+    except ConveyorError:
+        data["original_body"] = record.original_body.decode("utf-8", "replace")
     del data["original_body_b64"]
     click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 

@@ -20,6 +20,7 @@ from common.codec import decode_dead_letter, decode_envelope, encode_model
 from common.errors import RejectedMessage
 from common.transport.base import Delivery, OutgoingMessage, Transport
 from schemas.dead_letter import DeadLetterRecord
+from schemas.envelope import MAX_HISTORY
 
 __all__ = ["DeadLetterFilter", "DeadLetters", "ReplayReport"]
 
@@ -148,7 +149,10 @@ class DeadLetters:
             envelope = decode_envelope(record.original_body)
         except RejectedMessage:
             return False  # bytes that never decoded cannot run; keep them for inspection
-        fresh = envelope.model_copy(update={"attempt": 1})  # same job id and history, new budget
+        # Same job id, the full history including the attempt that dead-lettered it, and a
+        # fresh attempt budget.
+        history = (record.history or envelope.history)[-MAX_HISTORY:]
+        fresh = envelope.model_copy(update={"attempt": 1, "history": history})
         message = OutgoingMessage(
             body=encode_model(fresh),
             message_id=fresh.job_id,

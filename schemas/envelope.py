@@ -18,6 +18,7 @@ __all__ = [
     "AttemptRecord",
     "Envelope",
     "InlinePayload",
+    "MAX_HISTORY",
     "Payload",
     "PayloadReference",
     "new_job_id",

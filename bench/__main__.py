@@ -1,0 +1,100 @@
+"""``python -m bench [--quick] [--jobs N] …``: run every scenario, print a table, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench.machine import describe, rabbitmq_version
+from bench.report import render
+from bench.scenarios import Config, Runner
+from bench.support import sweep_prefix
+
+DEFAULT_URL = "amqp://conveyor:conveyor@127.0.0.1:5672/"
+RESULTS = Path(__file__).resolve().parent / "results"
+SCENARIOS = ("publish", "drain", "latency", "retry", "others")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--url", default=os.environ.get("CONVEYOR_AMQP_URL", DEFAULT_URL), help="AMQP URL (env CONVEYOR_AMQP_URL)")
+    p.add_argument("--quick", action="store_true", help="small run: 2,000 jobs, 3 s of latency, 1,000 retries")
+    p.add_argument("--jobs", type=int, help="jobs per publish/drain scenario (default 20,000; 2,000 with --quick)")
+    p.add_argument("--retry-jobs", type=int, help="jobs in the retry scenario (default 5,000; 1,000 with --quick)")
+    p.add_argument("--window", type=int, default=100, help="publishes in flight in the pipelined row (default 100)")
+    p.add_argument("--prefetch", type=int, default=64, help="prefetch = concurrency of both workers (default 64)")
+    p.add_argument("--latency-rate", type=float, default=500.0, help="jobs/s in the latency scenario (default 500)")
+    p.add_argument("--latency-seconds", type=float, help="duration of the latency scenario (default 10; 3 with --quick)")
+    p.add_argument("--only", help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+    p.add_argument("--no-others", action="store_true", help="skip the Celery and Dramatiq rows")
+    p.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="JSON results file")
+    args = p.parse_args(argv)
+    if args.only:
+        unknown = set(args.only.split(",")) - set(SCENARIOS)
+        if unknown:
+            p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def make_config(args: argparse.Namespace) -> Config:
+    return Config(
+        url=args.url,
+        jobs=args.jobs or (2_000 if args.quick else 20_000),
+        retry_jobs=args.retry_jobs or (1_000 if args.quick else 5_000),
+        window=args.window,
+        prefetch=args.prefetch,
+        latency_rate=args.latency_rate,
+        latency_seconds=args.latency_seconds or (3.0 if args.quick else 10.0),
+        others=not args.no_others,
+        only=frozenset(args.only.split(",")) if args.only else frozenset(),
+    )
+
+
+async def main_async(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    config = make_config(args)
+    machine = describe(await rabbitmq_version(config.url))
+    runner = Runner(config, progress=lambda text: console.log(text))
+    started = time.perf_counter()
+    error: str | None = None
+    try:
+        await runner.run()
+    except Exception as exc:  # noqa: BLE001 - report what finished, then fail
+        error = f"{type(exc).__name__}: {exc}"
+        console.print_exception(show_locals=False)
+    finally:
+        swept = await sweep_prefix(config.url, runner.prefix)
+        if any(swept):
+            console.log(f"swept leftover queues/exchanges: {swept}")
+    return {
+        "machine": machine,
+        "config": {k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in vars(config).items() if k != "url"},
+        "run_prefix": runner.prefix,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "rows": [row.as_dict() for row in runner.rows],
+        "others": runner.others,
+        "error": error,
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    results = asyncio.run(main_async(args, console))
+    render(results, console)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    console.print(f"results written to {args.output}")
+    return 1 if results["error"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

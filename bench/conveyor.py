@@ -1,0 +1,137 @@
+"""Conveyor's side of each scenario: ``Producer.publish`` and ``Worker`` on ``RabbitMQTransport``.
+
+Everything a production worker has stays on: metrics (the Worker's own registry), JSON
+logging at INFO (to /dev/null, so formatting cost still counts), payload validation, the
+breaker middleware, settlement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from bench.support import emit, ready, run_windowed
+from common.backoff import RetryPolicy
+from common.errors import RetryableError
+from common.logging import configure_logging
+from common.transport.rabbitmq import RabbitMQTransport
+from consumer.context import JobContext
+from consumer.registry import JobRegistry
+from consumer.worker import Worker, WorkerConfig
+from producer.producer import Producer
+
+__all__ = ["JOB_TYPE", "BenchJob", "make_transport", "prepublish", "publish_paced", "publish_rate", "worker_main"]
+
+JOB_TYPE = "bench.noop"
+# Small tiers so a retry waits ~50 ms, as the raw loop's retry-queue TTL does.
+DELAY_TIERS = (0.05, 0.5, 5.0)
+RETRY_DELAY = 0.05
+
+
+class BenchJob(BaseModel):
+    i: int
+    sent_at: float
+
+
+def make_transport(url: str) -> RabbitMQTransport:
+    return RabbitMQTransport(url, delay_tiers=DELAY_TIERS)
+
+
+def retry_policy() -> RetryPolicy:
+    # delay = min(cap, base × factor^(n-1)) × (1 − jitter·u) = 0.05 s exactly
+    return RetryPolicy(max_attempts=5, base=RETRY_DELAY, factor=1.0, cap=RETRY_DELAY, jitter=0.0)
+
+
+def make_registry(queue: str, handler: Any = None) -> JobRegistry:
+    jobs = JobRegistry()
+
+    async def default(payload: BenchJob, ctx: JobContext) -> None:
+        return None
+
+    jobs.job(JOB_TYPE, model=BenchJob, queue=queue, retry=retry_policy())(handler or default)
+    return jobs
+
+
+async def publish_rate(url: str, queue: str, n: int, window: int) -> float:
+    """Seconds for ``n`` ``Producer.publish`` calls with ``window`` in flight (each confirmed)."""
+    transport = make_transport(url)
+    async with Producer.for_registry(transport, make_registry(queue)) as producer:
+        await producer.transport.declare(queue)
+
+        async def publish_one(i: int) -> None:
+            await producer.publish(JOB_TYPE, {"i": i, "sent_at": time.time()})
+
+        return await run_windowed(publish_one, n, window)
+
+
+async def prepublish(url: str, queue: str, n: int, window: int = 200) -> None:
+    await publish_rate(url, queue, n, window)
+
+
+async def publish_paced(url: str, queue: str, rate: float, n: int) -> float:
+    from bench.raw import _paced
+
+    transport = make_transport(url)
+    async with Producer.for_registry(transport, make_registry(queue)) as producer:
+
+        async def publish_one(i: int) -> None:
+            await producer.publish(JOB_TYPE, {"i": i, "sent_at": time.time()})
+
+        return await _paced(publish_one, rate, n)
+
+
+async def declare(url: str, queue: str) -> None:
+    async with make_transport(url) as transport:
+        await transport.declare(queue)
+
+
+# -- the worker subprocess side -------------------------------------------------------------
+
+
+async def worker_main(spec: dict[str, Any]) -> None:
+    mode = spec["mode"]
+    n = int(spec["n"])
+    prefetch = int(spec["prefetch"])
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    configure_logging("INFO", "json", stream=devnull)
+    state = {"handled": 0, "first": 0.0}
+    latencies: list[float] = []
+    handled_all = asyncio.Event()
+
+    async def handler(payload: BenchJob, ctx: JobContext) -> None:
+        if not state["first"]:
+            state["first"] = time.perf_counter()
+        if mode == "latency":
+            latencies.append(time.time() - payload.sent_at)
+        if mode == "retry" and ctx.attempt == 1:
+            raise RetryableError("fails once by design")
+        state["handled"] += 1
+        if state["handled"] >= n:
+            handled_all.set()
+
+    jobs = make_registry(spec["queue"], handler)
+    transport = make_transport(spec["url"])
+    await transport.connect()
+    worker = Worker(transport, jobs, config=WorkerConfig(concurrency=prefetch, prefetch=prefetch))
+    await worker.start()
+    ready()
+    result: dict[str, Any] = {}
+    try:
+        await asyncio.wait_for(handled_all.wait(), float(spec["timeout"]))
+        # The last handler returned; the job counts once its ack is on the wire.
+        while worker.counts["succeeded"] < n:
+            await asyncio.sleep(0.0005)
+        result["seconds"] = time.perf_counter() - state["first"]
+    except TimeoutError:
+        pass
+    result["completed"] = worker.counts["succeeded"]
+    result["counts"] = dict(worker.counts)
+    if mode == "latency":
+        result["latencies"] = latencies
+    await worker.stop(grace_period=5.0)
+    await transport.close()
+    emit(result)

@@ -1,0 +1,68 @@
+"""Where and with what a run happened: printed in the header and stored in the JSON."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+
+__all__ = ["describe", "rabbitmq_version"]
+
+_LIBRARIES = ("conveyor", "aio-pika", "aiormq", "pamqp", "pydantic", "orjson", "prometheus-client", "celery", "kombu", "dramatiq", "pika")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+async def rabbitmq_version(url: str) -> str:
+    connection = await aio_pika.connect(url)
+    try:
+        props = connection.transport.connection.server_properties if connection.transport else {}
+        version = props.get("version", b"?")
+        return version.decode() if isinstance(version, bytes) else str(version)
+    finally:
+        await connection.close()
+
+
+def describe(broker_version: str) -> dict[str, Any]:
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "ram_gib": _ram_gib(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": sys.version.split()[0],
+        "rabbitmq": broker_version,
+        "libraries": {name: _version(name) for name in _LIBRARIES},
+    }

@@ -1,0 +1,87 @@
+"""Render results as rich tables (the JSON holds the same numbers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["render"]
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if unit == "jobs/s":
+        return f"{value:,.0f}"
+    if unit == "ms":
+        return f"{value:,.1f}"
+    return f"{value:,.1f}"
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    ok = row["meets_target"]
+    if ok is None:
+        return ""
+    return "[green]meets[/green]" if ok else "[red]below[/red]"
+
+
+def render(results: dict[str, Any], console: Console) -> None:
+    m = results["machine"]
+    libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
+    console.rule("Conveyor benchmark")
+    console.print(
+        f"{m['date']}  ·  {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM  ·  {m['os']}\n"
+        f"Python {m['python']}  ·  RabbitMQ {m['rabbitmq']}  ·  {libs}\n"
+        f"command: {results['command']}  ·  wall time {results['wall_seconds']} s"
+    )
+    cfg = results["config"]
+    console.print(
+        f"jobs {cfg['jobs']:,}  ·  retry jobs {cfg['retry_jobs']:,}  ·  window {cfg['window']}  ·  "
+        f"prefetch = concurrency {cfg['prefetch']}  ·  latency {cfg['latency_rate']:g}/s × {cfg['latency_seconds']:g} s"
+    )
+
+    table = Table(title="Conveyor vs a minimal raw aio-pika loop (same broker, same run)", show_lines=False)
+    for name, justify in (
+        ("scenario", "left"),
+        ("metric", "left"),
+        ("unit", "left"),
+        ("raw aio-pika", "right"),
+        ("Conveyor", "right"),
+        ("Conveyor/raw", "right"),
+        ("target", "right"),
+        ("", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in results["rows"]:
+        ratio = row["ratio_conveyor_over_raw"]
+        target = row["target_ratio"]
+        table.add_row(
+            row["scenario"],
+            row["metric"],
+            row["unit"] + (" ↓" if row["better"] == "lower" else ""),
+            _num(row["raw"], row["unit"]),
+            _num(row["conveyor"], row["unit"]),
+            "—" if ratio is None else f"{ratio:.2f}",
+            "" if target is None else f"≥ {target:.2f}",
+            _verdict(row),
+        )
+    console.print(table)
+    console.print("↓ lower is better. Ratios are Conveyor ÷ raw: above 1 is faster for rates, slower for latency/RSS.")
+
+    if results["others"]:
+        other = Table(title="Other libraries, same jobs and broker (publish sequential with confirms)")
+        for name in ("library", "publish jobs/s", "drain jobs/s", "peak RSS MiB", "status"):
+            other.add_column(name, justify="left" if name in ("library", "status") else "right")
+        for entry in results["others"]:
+            other.add_row(
+                entry["library"],
+                _num(entry.get("publish_jobs_per_s"), "jobs/s"),
+                _num(entry.get("drain_jobs_per_s"), "jobs/s"),
+                _num(entry.get("peak_rss_mib")),
+                entry.get("status", ""),
+            )
+        console.print(other)
+    if results.get("error"):
+        console.print(f"[red]run failed:[/red] {results['error']}")

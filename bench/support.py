@@ -1,0 +1,206 @@
+"""Helpers shared by both sides of every scenario, so the harness itself is never the difference."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+
+__all__ = [
+    "QUORUM",
+    "WorkerRun",
+    "delete_queues",
+    "percentile",
+    "run_windowed",
+    "run_worker_process",
+    "sweep_prefix",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+QUORUM = {"x-queue-type": "quorum"}
+
+
+async def run_windowed(publish_one: Callable[[int], Awaitable[object]], n: int, window: int) -> float:
+    """Call ``publish_one(0..n-1)`` with at most ``window`` awaiting at once; return seconds.
+
+    ``window == 1`` is a plain sequential ``await`` loop. Otherwise ``window`` lanes pull the
+    next index from a shared counter (a sliding window: a slow confirm never stalls the others).
+    The same function drives Conveyor and raw aio-pika, so both pay the same harness cost.
+    """
+    started = time.perf_counter()
+    if window <= 1:
+        for i in range(n):
+            await publish_one(i)
+        return time.perf_counter() - started
+    counter = itertools.count()
+
+    async def lane() -> None:
+        while (i := next(counter)) < n:
+            await publish_one(i)
+
+    await asyncio.gather(*(lane() for _ in range(min(window, n))))
+    return time.perf_counter() - started
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]) of an unsorted sequence."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+async def delete_queues(url: str, names: Sequence[str], exchanges: Sequence[str] = ()) -> None:
+    """Delete queues/exchanges by name; a missing one is fine (each on its own channel)."""
+    connection = await aio_pika.connect(url)
+    try:
+        for name in names:
+            channel = await connection.channel()
+            try:
+                await channel.queue_delete(name)
+            except Exception:  # noqa: BLE001 - already gone closes the channel; carry on
+                pass
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        for name in exchanges:
+            channel = await connection.channel()
+            try:
+                await channel.exchange_delete(name)
+            except Exception:  # noqa: BLE001
+                pass
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+    finally:
+        await connection.close()
+
+
+def _rabbitmqctl(*args: str) -> list[str]:
+    exe = shutil.which("rabbitmqctl") or ("/usr/sbin/rabbitmqctl" if Path("/usr/sbin/rabbitmqctl").exists() else None)
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, "-q", *args], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    return [line.split("\t")[0].strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+async def sweep_prefix(url: str, prefix: str) -> tuple[list[str], list[str]]:
+    """Delete every queue and exchange whose name starts with ``prefix`` (needs rabbitmqctl).
+
+    The per-scenario cleanups already delete the names they know; this catches whatever a
+    library declared on its own (delay tiers, DLQs, Celery/Dramatiq side queues).
+    """
+    queues = [q for q in _rabbitmqctl("list_queues", "name") if q.startswith(prefix)]
+    exchanges = [e for e in _rabbitmqctl("list_exchanges", "name") if e.startswith(prefix)]
+    if queues or exchanges:
+        await delete_queues(url, queues, exchanges)
+    return queues, exchanges
+
+
+@dataclass
+class WorkerRun:
+    """What a worker subprocess reported (its last stdout line is one JSON object)."""
+
+    result: dict[str, Any]
+    stderr_tail: str
+
+
+def _spawn(module: str, spec: dict[str, Any], stderr: Any) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    return subprocess.Popen(
+        [sys.executable, "-m", module, json.dumps(spec)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,  # a file, not a pipe: a chatty worker must never block on a full pipe
+        text=True,
+    )
+
+
+async def run_worker_process(
+    module: str,
+    spec: dict[str, Any],
+    *,
+    timeout: float,
+    after_ready: Callable[[], Awaitable[object]] | None = None,
+) -> WorkerRun:
+    """Start ``python -m module spec``; wait for ``READY``, run ``after_ready``, collect its JSON.
+
+    The worker runs in its own process so its peak RSS is its own and it never shares an
+    event loop (or a core's worth of GIL) with the publisher.
+    """
+    errfile = tempfile.TemporaryFile(mode="w+t")
+    proc = await asyncio.to_thread(_spawn, module, spec, errfile)
+    stdout_lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            line = await asyncio.wait_for(
+                asyncio.to_thread(proc.stdout.readline), max(0.1, deadline - time.monotonic())
+            )
+            if not line:
+                break
+            stdout_lines.append(line)
+            if line.strip() == "READY":
+                if after_ready is not None:
+                    await after_ready()
+                after_ready = None
+        await asyncio.wait_for(asyncio.to_thread(proc.wait), max(1.0, deadline - time.monotonic()))
+    except (TimeoutError, asyncio.TimeoutError):
+        proc.kill()
+        await asyncio.to_thread(proc.wait)
+        err = _read_all(errfile)
+        raise RuntimeError(f"{module} timed out after {timeout:.0f}s; stderr tail:\n{err[-3000:]}") from None
+    err = _read_all(errfile)
+    payload = next((ln for ln in reversed(stdout_lines) if ln.startswith("{")), None)
+    if proc.returncode != 0 or payload is None:
+        raise RuntimeError(f"{module} failed (exit {proc.returncode}); stderr tail:\n{err[-3000:]}")
+    return WorkerRun(result=json.loads(payload), stderr_tail=err[-2000:])
+
+
+def _read_all(handle: Any) -> str:
+    handle.seek(0)
+    text = handle.read()
+    handle.close()
+    return str(text)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (ru_maxrss is KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def emit(result: dict[str, Any]) -> None:
+    """The worker subprocess's last stdout line."""
+    result.setdefault("peak_rss_mib", round(peak_rss_mib(), 1))
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def ready() -> None:
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()

@@ -1,0 +1,444 @@
+"""The RabbitMQ transport (aio-pika), for RabbitMQ 3.10 and later.
+
+The queues it declares, the delay tiers and why they are quorum queues on the default
+exchange: see ``common.transport.rabbitmq_topology``.
+
+* **Two connections.** RabbitMQ blocks a *publishing* connection under a memory or disk
+  alarm; consuming, acking, ``get``, ``declare`` and ``depth`` use the other connection, so
+  workers keep draining queues while publishes wait.
+* **Robust.** Both are ``connect_robust``: after a broker restart or a cut connection the
+  consumers are re-attached with the same prefetch, and ``ConsumerHandle.attached`` is False
+  until they are (readiness). Deliveries from before the cut cannot be settled any more
+  (``TransportError``): the broker has already put them back.
+* **Confirms.** ``publish`` returns after the broker's confirm; a nack or a return
+  (unroutable, ``mandatory``) is ``PublishNotConfirmed``; a connection lost after sending is
+  ``PublishOutcomeUnknown``. Messages are persistent and carry ``message_id`` and headers.
+* **Delivery fields.** ``delivery_count`` comes from the quorum queue's ``x-delivery-count``
+  (+1). ``headers`` keep string values only: broker-set ``x-death`` (a list) and
+  ``x-delivery-count`` are dropped, ``x-first-death-reason`` & co. are kept, so a message
+  dead-lettered by the delivery limit is recognisable in the DLQ.
+* The URL's password never appears in a log line, an error or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import unquote
+
+import aio_pika
+import aiormq
+import aiormq.abc
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection, AbstractRobustQueue
+from aio_pika.exceptions import (
+    AMQPError,
+    ChannelInvalidStateError,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
+)
+
+from common.errors import ConfigurationError, PublishNotConfirmed, PublishOutcomeUnknown, TransportError
+from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, Transport
+from common.transport.factory import mask_url
+from common.transport.rabbitmq_topology import DEFAULT_DELAY_TIERS, Topology
+
+__all__ = ["RabbitMQTransport"]
+
+log = logging.getLogger(__name__)
+
+# What goes wrong talking to a broker: aiormq/aio-pika errors (ChannelInvalidStateError is a
+# RuntimeError, not an AMQPError: "the channel is closed"), socket errors, timeouts.
+_BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError, asyncio.TimeoutError)
+
+
+class _AmqpDelivery(Delivery):
+    __slots__ = ("_message", "_on_settled")
+
+    def __init__(self, message: AbstractIncomingMessage, queue: str, on_settled: Any = None) -> None:
+        raw = message.headers or {}
+        count = raw.get("x-delivery-count")  # quorum queues: deliveries before this one
+        if isinstance(count, int) and not isinstance(count, bool):
+            delivery_count = count + 1
+        else:
+            delivery_count = 2 if message.redelivered else 1
+        super().__init__(
+            body=message.body,
+            headers=_string_headers(raw),
+            message_id=message.message_id or "",
+            queue=queue,
+            redelivered=bool(message.redelivered),
+            delivery_count=delivery_count,
+        )
+        self._message = message
+        self._on_settled = on_settled
+
+    async def _ack(self) -> None:
+        try:
+            await self._message.ack()
+        except _BROKER_ERRORS as exc:
+            raise TransportError("ack failed: the channel is gone, the broker redelivers this message") from exc
+        finally:
+            self._settled_hook()
+
+    async def _release(self) -> None:
+        try:
+            await self._message.nack(requeue=True)
+        except _BROKER_ERRORS as exc:
+            raise TransportError("release failed: the channel is gone, the broker redelivers this message") from exc
+        finally:
+            self._settled_hook()
+
+    def _settled_hook(self) -> None:
+        if self._on_settled is not None:
+            self._on_settled()
+
+
+def _string_headers(raw: Mapping[str, Any]) -> dict[str, str]:
+    headers = {}
+    for key, value in raw.items():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if isinstance(value, str):
+            headers[key] = value
+    return headers
+
+
+class _Consumer(ConsumerHandle):
+    """One ``consume()`` call: its own robust channel (own prefetch), one consumer tag."""
+
+    def __init__(self, owner: RabbitMQTransport, queue: str, handler: DeliveryHandler) -> None:
+        self._owner = owner
+        self._queue_name = queue
+        self._handler = handler
+        self._channel: AbstractRobustChannel | None = None
+        self._queue: AbstractRobustQueue | None = None
+        self._tag: str | None = None
+        self._cancelled = False
+        self._outstanding = 0
+
+    async def start(self, prefetch: int) -> None:
+        channel = await self._owner._consumer_connection().channel(publisher_confirms=False)
+        self._channel = channel
+        await channel.set_qos(prefetch_count=prefetch)
+        # Passive: consume never creates topology. The robust channel re-declares (passively)
+        # and re-consumes with the same tag after a reconnect.
+        self._queue = await channel.declare_queue(self._queue_name, passive=True)
+        self._tag = await self._queue.consume(self._on_message, no_ack=False)
+
+    @property
+    def attached(self) -> bool:
+        channel, connection = self._channel, self._owner._consumer
+        if self._cancelled or channel is None or self._tag is None or channel.is_closed:
+            return False
+        if connection is None or connection.is_closed or not connection.connected.is_set():
+            return False
+        # aio-pika has no synchronous accessor for the live aiormq channel. During recovery the
+        # channel object is replaced first and the consumer re-registered last, so "our tag is
+        # registered on the live channel" is exactly "the broker delivers to us again".
+        underlay = getattr(channel, "_channel", None)
+        live = getattr(underlay, "channel", None)
+        return live is not None and not live.is_closed and self._tag in live.consumers
+
+    async def cancel(self) -> None:
+        if self._cancelled:
+            return
+        self._cancelled = True
+        if self._queue is not None and self._tag is not None:
+            if self._channel is not None and not self._channel.is_closed:
+                with contextlib.suppress(*_BROKER_ERRORS):
+                    # basic.cancel: no new deliveries; unacked ones stay with their handlers.
+                    await asyncio.wait_for(self._queue.cancel(self._tag), self._owner.connect_timeout)
+            else:
+                # Connection down: nothing to cancel on the broker, but stop the robust channel
+                # from re-attaching the consumer when the connection comes back.
+                await self._close_channel()
+                return
+        if self._outstanding == 0:
+            await self._close_channel()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._cancelled:
+            # Sent before the broker processed our basic.cancel: never handed out, give it back.
+            with contextlib.suppress(*_BROKER_ERRORS):
+                await message.nack(requeue=True)
+            return
+        self._outstanding += 1
+        delivery = _AmqpDelivery(message, self._queue_name, self._on_settled)
+        # The handler runs in a task of our own: aiormq cancels its per-delivery tasks when a
+        # channel closes, and a connection blip must not cancel a job half-way.
+        self._owner._spawn(self._run(delivery))
+
+    async def _run(self, delivery: _AmqpDelivery) -> None:
+        try:
+            await self._handler(delivery)
+        except Exception:  # the worker settles; a handler bug must not kill the consumer
+            log.exception("delivery handler raised; message stays unsettled", extra={"queue": self._queue_name})
+
+    def _on_settled(self) -> None:
+        self._outstanding -= 1
+        if self._cancelled and self._outstanding == 0:
+            self._owner._spawn(self._close_channel())
+
+    async def _close_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
+                await asyncio.wait_for(channel.close(), self._owner.connect_timeout)
+
+
+class RabbitMQTransport(Transport):
+    """Transport over RabbitMQ ≥ 3.10 with quorum queues and delay tiers (see module docs)."""
+
+    scheme = "amqp"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        delay_tiers: Sequence[float] = DEFAULT_DELAY_TIERS,
+        delivery_limit: int = 20,
+        connect_timeout: float = 10.0,
+        reconnect_interval: float = 1.0,
+        connection_name: str = "conveyor",
+    ) -> None:
+        if not url.lower().startswith(("amqp://", "amqps://")):
+            raise ConfigurationError(f"not an AMQP URL: {mask_url(url)!r}")
+        if connect_timeout <= 0 or reconnect_interval <= 0:
+            raise ConfigurationError("connect_timeout and reconnect_interval must be > 0")
+        self.topology = Topology.create(delay_tiers, delivery_limit)
+        self._url = url
+        self.connect_timeout = connect_timeout
+        self._reconnect_interval = reconnect_interval
+        self._connection_name = connection_name
+        self._publisher: AbstractRobustConnection | None = None
+        self._consumer: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._get_channel: aiormq.abc.AbstractChannel | None = None
+        self._consumers: list[_Consumer] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+        self._known_queues: set[str] = set()  # seen to exist, so basic.get cannot hit a 404
+
+    def __repr__(self) -> str:
+        return f"RabbitMQTransport({mask_url(self._url)!r})"
+
+    @property
+    def max_delay(self) -> float:
+        """The longest delay honoured exactly; longer ones are clamped to it."""
+        return self.topology.max_delay
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def connect(self) -> None:
+        async with self._lock:
+            if self._publisher is not None:
+                return
+            publisher = await self._open_connection("publisher")
+            consumer: AbstractRobustConnection | None = None
+            try:
+                consumer = await self._open_connection("consumer")
+                channel = await publisher.channel(publisher_confirms=True, on_return_raises=True)
+            except BaseException as exc:
+                for connection in (consumer, publisher):
+                    if connection is not None:
+                        with contextlib.suppress(Exception):
+                            await connection.close()
+                if isinstance(exc, _BROKER_ERRORS):
+                    raise TransportError(f"cannot open the publisher channel: {self._scrub(exc)}") from exc
+                raise
+            self._publisher, self._consumer, self._publish_channel = publisher, consumer, channel
+            self._known_queues.clear()
+
+    async def _open_connection(self, role: str) -> AbstractRobustConnection:
+        try:
+            return await aio_pika.connect_robust(
+                self._url,
+                timeout=self.connect_timeout,
+                reconnect_interval=self._reconnect_interval,
+                client_properties={"connection_name": f"{self._connection_name}:{role}"},
+            )
+        except _BROKER_ERRORS as exc:
+            raise TransportError(
+                f"cannot connect to {mask_url(self._url)} ({role}): {self._scrub(exc)}"
+            ) from exc
+
+    async def close(self) -> None:
+        async with self._lock:
+            publisher, consumer = self._publisher, self._consumer
+            self._publisher = self._consumer = self._publish_channel = self._get_channel = None
+            consumers, self._consumers = self._consumers, []
+            for handle in consumers:
+                handle._cancelled = True
+            # Closing the connections returns every unsettled delivery (consumed or fetched)
+            # to its queue, as the contract asks.
+            for connection in (consumer, publisher):
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await connection.close()
+
+    # -- topology --------------------------------------------------------------------
+    async def declare(self, queue: str) -> None:
+        plan = self.topology.declarations(queue, self.dead_letter_queue(queue))
+        async with self._control_channel() as channel:
+            for name, arguments in plan:
+                try:
+                    await channel.queue_declare(name, durable=True, arguments=arguments)
+                except ChannelPreconditionFailed as exc:
+                    raise ConfigurationError(
+                        f"queue {name!r} exists with other settings; delete it or match them: {self._scrub(exc)}"
+                    ) from exc
+                self._known_queues.add(name)
+
+    async def depth(self, queue: str) -> int:
+        async with self._control_channel() as channel:
+            try:
+                declared = await channel.queue_declare(queue, passive=True)
+            except ChannelNotFoundEntity:
+                self._known_queues.discard(queue)
+                raise TransportError(f"no queue {queue!r}") from None
+        self._known_queues.add(queue)
+        return int(declared.message_count or 0)
+
+    async def _require_queue(self, queue: str) -> None:
+        if queue not in self._known_queues:
+            await self.depth(queue)
+
+    # -- publish ---------------------------------------------------------------------
+    async def publish(self, queue: str, message: OutgoingMessage) -> None:
+        target, ttl_ms = self.topology.route(queue, message.delay)
+        amqp_message = aio_pika.Message(
+            body=bytes(message.body),
+            headers=dict(message.headers),
+            message_id=message.message_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            # aio-pika takes seconds and truncates to whole ms; +0.5 ms makes that exact.
+            expiration=None if ttl_ms is None else (ttl_ms + 0.5) / 1000,
+        )
+        channel = await self._ready_publish_channel()
+        try:
+            await channel.default_exchange.publish(amqp_message, routing_key=target, mandatory=True)
+        except PublishError as exc:  # basic.return: no queue by that name
+            raise PublishNotConfirmed(f"no queue {target!r}: message unroutable (declare {queue!r} first)") from exc
+        except DeliveryError as exc:  # basic.nack
+            raise PublishNotConfirmed(f"broker refused the message for {target!r}") from exc
+        except ChannelInvalidStateError as exc:  # checked before anything was sent
+            raise TransportError("publisher channel is closed; message not sent") from exc
+        except _BROKER_ERRORS as exc:
+            raise PublishOutcomeUnknown(
+                f"connection lost before the confirm for {target!r}: the message may or may not be stored"
+            ) from exc
+
+    async def _ready_publish_channel(self) -> AbstractRobustChannel:
+        channel = self._publish_channel
+        if channel is None:
+            raise TransportError("RabbitMQ transport is not connected")
+        try:
+            # During a reconnect, wait (bounded) for the robust channel to be reopened.
+            await asyncio.wait_for(channel.ready(), self.connect_timeout)
+        except asyncio.TimeoutError:
+            raise TransportError(f"publisher connection not re-established within {self.connect_timeout:g}s") from None
+        return channel
+
+    # -- consume / get ---------------------------------------------------------------
+    async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> ConsumerHandle:
+        # Checked on a throwaway channel: a 404 on the robust consumer channel would make it
+        # race to reopen itself while we close it.
+        await self._require_queue(queue)
+        handle = _Consumer(self, queue, handler)
+        try:
+            await handle.start(max(1, prefetch))
+        except ChannelNotFoundEntity:
+            await handle._close_channel()
+            raise TransportError(f"no queue {queue!r}") from None
+        except (*_BROKER_ERRORS, RuntimeError) as exc:  # aio-pika: RuntimeError on a closed connection
+            await handle._close_channel()
+            raise TransportError(f"cannot consume from {queue!r}: {self._scrub(exc)}") from exc
+        self._consumers = [c for c in self._consumers if not c._cancelled]
+        self._consumers.append(handle)
+        return handle
+
+    async def get(self, queue: str) -> Delivery | None:
+        # A 404 would close the get channel and with it hand back everything fetched on it
+        # and not yet settled: check an unknown queue on a throwaway channel first.
+        await self._require_queue(queue)
+        channel = await self._getter()
+        try:
+            message = await channel.basic_get(queue, no_ack=False, timeout=self.connect_timeout)
+        except ChannelNotFoundEntity:
+            self._known_queues.discard(queue)
+            raise TransportError(f"no queue {queue!r}") from None
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"basic.get from {queue!r} failed: {self._scrub(exc)}") from exc
+        if isinstance(message.delivery, aiormq.spec.Basic.GetEmpty):
+            return None
+        return _AmqpDelivery(aio_pika.IncomingMessage(message, no_ack=False), queue)
+
+    async def _getter(self) -> aiormq.abc.AbstractChannel:
+        # One long-lived channel for basic.get: what it fetched stays unacked on it until
+        # settled, or until the transport closes and the broker takes it back.
+        if self._get_channel is None or self._get_channel.is_closed:
+            self._get_channel = await self._raw_channel()
+        return self._get_channel
+
+    # -- helpers ---------------------------------------------------------------------
+    def _consumer_connection(self) -> AbstractRobustConnection:
+        if self._consumer is None:
+            raise TransportError("RabbitMQ transport is not connected")
+        return self._consumer
+
+    async def _raw_channel(self) -> aiormq.abc.AbstractChannel:
+        """A plain (non-robust) channel on the consumer connection, for one-off RPCs.
+
+        Plain because a failed passive declare closes the channel with 404, and a robust
+        channel would then race to reopen itself under us.
+        """
+        connection = self._consumer_connection()
+        try:
+            await asyncio.wait_for(connection.ready(), self.connect_timeout)
+            transport = connection.transport
+            if transport is None:
+                raise TransportError("RabbitMQ connection is reconnecting")
+            return await transport.connection.channel(publisher_confirms=False, timeout=self.connect_timeout)
+        except asyncio.TimeoutError:
+            raise TransportError(f"RabbitMQ connection not available within {self.connect_timeout:g}s") from None
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"cannot open a channel: {self._scrub(exc)}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _control_channel(self) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+        channel = await self._raw_channel()
+        try:
+            yield channel
+        except (ChannelNotFoundEntity, ChannelPreconditionFailed):
+            raise
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"RabbitMQ request failed: {self._scrub(exc)}") from exc
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(*_BROKER_ERRORS):
+                    await channel.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _scrub(self, exc: BaseException) -> str:
+        """An exception's text, guaranteed free of the URL's password."""
+        text = str(exc) or type(exc).__name__
+        password = _password(self._url)
+        if password:
+            text = text.replace(password, "***")
+        return text.replace(self._url, mask_url(self._url))
+
+
+def _password(url: str) -> str | None:
+    netloc = url.partition("://")[2].split("/", 1)[0]
+    userinfo = netloc.rpartition("@")[0]
+    if ":" not in userinfo:
+        return None
+    return unquote(userinfo.partition(":")[2]) or None

@@ -1,0 +1,123 @@
+"""The ``conveyor`` CLI as a user runs it: a subprocess, real signals, a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.backends import require_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def conveyor(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "consumer.cli", *args],
+        cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_demo_accounts_for_every_job() -> None:
+    result = conveyor("demo", "--jobs", "120")
+    assert result.returncode == 0, result.stderr
+    assert "Final accounting" in result.stdout
+    assert "120/120 ✓" in result.stdout
+    assert "MISMATCH" not in result.stdout
+
+
+@pytest.fixture
+def amqp() -> str:
+    return require_env("CONVEYOR_AMQP_URL")
+
+
+def test_worker_drains_on_sigterm_and_exits_zero(amqp: str, tmp_path: Path) -> None:
+    queue = f"e2e.{uuid.uuid4().hex[:10]}"
+    out = tmp_path / "done.txt"
+    env = {"E2E_QUEUE": queue, "E2E_OUT": str(out), "CONVEYOR_BROKER_URL": amqp, "PYTHONPATH": str(ROOT)}
+    ids = []
+    for _ in range(6):
+        published = conveyor("publish", "e2e.nap", "--payload", '{"seconds": 1.0}', "--app", "tests.e2e.app:jobs",
+                             env=env)
+        assert published.returncode == 0, published.stderr
+        ids.append(json.loads(published.stdout)["job_id"])
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "consumer.cli", "worker", "tests.e2e.app:jobs", "--concurrency", "2",
+         "--http-port", "0", "--grace-period", "10"],
+        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not out.exists() or not out.read_text().strip():
+            assert worker.poll() is None, worker.communicate()[1]
+            assert time.monotonic() < deadline, "worker never finished a job"
+            time.sleep(0.1)
+        worker.send_signal(signal.SIGTERM)
+        stdout, stderr = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, stderr
+    assert "draining" in stdout
+    done = [line.split() for line in out.read_text().splitlines()]
+    assert all(attempt == "1" for _, attempt in done)
+    # Whatever did not finish is back in the queue, unspent: a second worker finishes it.
+    second = subprocess.Popen(
+        [sys.executable, "-m", "consumer.cli", "worker", "tests.e2e.app:jobs", "--concurrency", "4", "--http-port", "0"],
+        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(out.read_text().splitlines()) < 6:
+            assert time.monotonic() < deadline, f"only {len(out.read_text().splitlines())} of 6 jobs finished"
+            time.sleep(0.1)
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=30)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    finished = [line.split() for line in out.read_text().splitlines()]
+    assert sorted(job for job, _ in finished) == sorted(ids), "every job ran exactly once"
+    assert all(attempt == "1" for _, attempt in finished), "drained jobs must not spend an attempt"
+
+
+def test_dlq_replay_dry_run_changes_nothing(amqp: str) -> None:
+    queue = f"e2e.{uuid.uuid4().hex[:10]}"
+    env = {"CONVEYOR_BROKER_URL": amqp}
+    from common.transport.base import OutgoingMessage  # noqa: F401 - documents what we plant
+
+    planted = conveyor("publish", "e2e.nap", "--payload", '{"seconds": "not a number"}', "--queue", queue, env=env)
+    assert planted.returncode == 0, planted.stderr
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "consumer.cli", "worker", "tests.e2e.app:jobs", "--http-port", "0"],
+        cwd=ROOT, env={**os.environ, **env, "E2E_QUEUE": queue, "E2E_OUT": "/dev/null"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            listed = conveyor("dlq", "list", "--queue", queue, "--json", env=env)
+            if listed.stdout.strip():
+                break
+            assert time.monotonic() < deadline, "job never reached the DLQ"
+            time.sleep(0.3)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
+    entry = json.loads(listed.stdout.splitlines()[0])
+    assert entry["reason"] == "invalid_payload"
+    dry = conveyor("dlq", "replay", "--queue", queue, "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "would replay 1 of 1" in dry.stdout
+    again = conveyor("dlq", "list", "--queue", queue, "--json", env=env)
+    assert len(again.stdout.splitlines()) == 1
+    shown = conveyor("dlq", "show", entry["dead_letter_id"], "--queue", queue, env=env)
+    assert shown.returncode == 0 and '"not a number"' in shown.stdout
+    assert "conveyor:" not in shown.stdout or "***" in shown.stdout

@@ -1,0 +1,48 @@
+"""Fixtures for tests against real servers. A missing server FAILS the test, never skips it.
+
+Start the servers with ``scripts/services/<name>.sh up`` and export what it prints, e.g.
+``CONVEYOR_AMQP_URL=$(scripts/services/rabbitmq.sh up | tail -n1)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import pytest
+
+from common.transport.factory import mask_url
+
+
+def _require_env(name: str, how: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        pytest.fail(f"{name} is not set: integration tests need a real server ({how})", pytrace=False)
+    return value
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The RabbitMQ under test; checked once per session with a real AMQP handshake."""
+    url = _require_env("CONVEYOR_AMQP_URL", "run scripts/services/rabbitmq.sh up")
+
+    async def probe() -> None:
+        import aio_pika
+
+        connection = await aio_pika.connect(url, timeout=10)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:  # any failure to reach or log in is fatal for these tests
+        pytest.fail(
+            f"RabbitMQ at {mask_url(url)} is unreachable: {type(exc).__name__}: {str(exc)[:300]}", pytrace=False
+        )
+    return url
+
+
+@pytest.fixture
+def queue_name(request: pytest.FixtureRequest) -> str:
+    """A queue name no other test (or concurrent test run) uses."""
+    return f"test.{request.node.name[:40]}.{uuid.uuid4().hex[:12]}"

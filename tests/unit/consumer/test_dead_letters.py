@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from common.backoff import RetryPolicy
+from common.clock import FakeClock
+from common.errors import PermanentError, RetryableError
+from common.transport.base import OutgoingMessage
+from common.transport.memory import MemoryBroker, MemoryTransport
+from consumer.context import JobContext
+from consumer.dead_letters import DeadLetterFilter, DeadLetters
+from consumer.registry import DEFAULT_QUEUE, JobRegistry
+from consumer.worker import Worker
+from producer.producer import Producer
+
+
+class Job(BaseModel):
+    n: int
+
+
+async def populated() -> tuple[MemoryBroker, JobRegistry, dict[str, bool]]:
+    """A DLQ with 3 exhausted, 2 permanent and 1 malformed entry."""
+    broker = MemoryBroker()
+    state = {"fixed": False}
+    jobs = JobRegistry()
+
+    @jobs.job("t.job", retry=RetryPolicy(max_attempts=1))
+    async def handler(payload: Job, ctx: JobContext) -> None:
+        if payload.n < 0:
+            raise PermanentError("negative")
+        if not state["fixed"]:
+            raise RetryableError("down")
+
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer, Worker(transport, jobs):
+        for n in (1, 2, 3, -1, -2):
+            await producer.publish("t.job", Job(n=n))
+        await producer.transport.publish(DEFAULT_QUEUE, OutgoingMessage(body=b"garbage", message_id="p"))
+        await broker.join(DEFAULT_QUEUE)
+    return broker, jobs, state
+
+
+async def dlq(broker: MemoryBroker) -> DeadLetters:
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    return DeadLetters(transport, DEFAULT_QUEUE, clock=FakeClock())
+
+
+async def test_list_filters_and_leaves_entries_in_place() -> None:
+    broker, _, _ = await populated()
+    letters = await dlq(broker)
+    assert len(await letters.list()) == 6
+    assert {r.reason for r in await letters.list(DeadLetterFilter(reason="permanent"))} == {"permanent"}
+    assert len(await letters.list(DeadLetterFilter(reason="exhausted"), limit=2)) == 2
+    assert await letters.depth() == 6
+
+
+async def test_dry_run_changes_nothing() -> None:
+    broker, _, _ = await populated()
+    letters = await dlq(broker)
+    report = await letters.replay(DeadLetterFilter(reason="exhausted"), dry_run=True)
+    assert (report.matched, report.replayed) == (3, 0)
+    assert await letters.depth() == 6
+    assert broker.depth(DEFAULT_QUEUE) == 0
+
+
+async def test_replay_republishes_with_fresh_budget_same_id_and_history() -> None:
+    broker, jobs, state = await populated()
+    letters = await dlq(broker)
+    [before] = await letters.list(DeadLetterFilter(reason="exhausted"), limit=1)
+    state["fixed"] = True
+    seen: list[tuple[str, int, int]] = []
+
+    @jobs.job("t.audit", queue="unused")
+    async def _unused(payload: Job, ctx: JobContext) -> None:
+        return None
+
+    report = await letters.replay(DeadLetterFilter(reason="exhausted"), limit=2)
+    assert (report.matched, report.replayed) == (2, 2)
+    assert await letters.depth() == 4
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    from common.codec import decode_envelope
+
+    while (delivery := await transport.get(DEFAULT_QUEUE)) is not None:
+        env = decode_envelope(delivery.body)
+        seen.append((env.job_id, env.attempt, len(env.history)))
+        await delivery.ack()
+    assert before.job_id in {s[0] for s in seen}
+    assert all(attempt == 1 and history == 1 for _, attempt, history in seen)
+
+
+async def test_malformed_entries_are_kept_not_replayed() -> None:
+    broker, _, _ = await populated()
+    letters = await dlq(broker)
+    report = await letters.replay(DeadLetterFilter(reason="malformed"))
+    assert (report.matched, report.replayed, report.skipped_unreplayable) == (1, 0, 1)
+    assert await letters.depth() == 6
+
+
+async def test_purge_removes_only_matching_entries() -> None:
+    broker, _, _ = await populated()
+    letters = await dlq(broker)
+    assert await letters.purge(DeadLetterFilter(reason="permanent")) == 2
+    assert sorted(r.reason for r in await letters.list()) == ["exhausted"] * 3 + ["malformed"]

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import BaseModel
+
+from common.errors import InvalidPayload, MessageTooLarge, PublishNotConfirmed, UnknownJobType
+from common.transport.base import OutgoingMessage
+from common.transport.memory import MemoryBroker, MemoryTransport
+from consumer.registry import DEFAULT_QUEUE, JobRegistry
+from producer.producer import Producer
+
+
+class Email(BaseModel):
+    to: str
+
+
+def jobs() -> JobRegistry:
+    registry = JobRegistry()
+    registry.job("email.send")(_handler)
+    return registry
+
+
+async def _handler(payload: Email, ctx: object) -> None:
+    return None
+
+
+class FlakyConfirm(MemoryTransport):
+    """The first publish is stored but its confirm is lost (the outcome is unknown)."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        super().__init__(broker)
+        self.sent: list[str] = []
+
+    async def publish(self, queue: str, message: OutgoingMessage) -> None:
+        self.sent.append(message.message_id)
+        await super().publish(queue, message)
+        if len(self.sent) == 1:
+            await asyncio.sleep(10)
+
+
+async def test_invalid_payload_is_rejected_before_anything_is_sent() -> None:
+    broker = MemoryBroker()
+    async with Producer.for_registry(MemoryTransport(broker), jobs()) as producer:
+        with pytest.raises(InvalidPayload):
+            await producer.publish("email.send", {"too": "x"})
+        with pytest.raises(UnknownJobType):
+            await producer.publish("email.unknown", {"to": "x"})
+    assert broker.queue_names() == []
+
+
+async def test_unknown_confirm_is_retried_with_the_same_job_id() -> None:
+    broker = MemoryBroker()
+    transport = FlakyConfirm(broker)
+    async with Producer.for_registry(transport, jobs(), confirm_timeout=0.05) as producer:
+        receipt = await producer.publish("email.send", Email(to="a@example.com"))
+    assert receipt.tries == 2
+    assert transport.sent == [receipt.job_id, receipt.job_id]
+
+
+async def test_unroutable_publish_raises_and_is_not_retried() -> None:
+    broker = MemoryBroker()
+    async with Producer.for_registry(MemoryTransport(broker), jobs(), declare_queues=False) as producer:
+        with pytest.raises(PublishNotConfirmed):
+            await producer.publish("email.send", Email(to="a@example.com"))
+
+
+async def test_oversize_job_is_refused_at_the_producer() -> None:
+    async with Producer.for_registry(MemoryTransport(), jobs(), max_message_bytes=2048) as producer:
+        with pytest.raises(MessageTooLarge):
+            await producer.publish("email.send", Email(to="x" * 4000))
+
+
+async def test_envelope_carries_keys_and_routing() -> None:
+    broker = MemoryBroker()
+    async with Producer.for_registry(MemoryTransport(broker), jobs()) as producer:
+        receipt = await producer.publish(
+            "email.send", Email(to="a@b.c"), idempotency_key="order-1", correlation_id="req-9", headers={"tenant": "t"}
+        )
+    reader = MemoryTransport(broker)
+    await reader.connect()
+    delivery = await reader.get(DEFAULT_QUEUE)
+    assert delivery is not None
+    from common.codec import decode_envelope
+
+    envelope = decode_envelope(delivery.body)
+    assert (envelope.job_id, envelope.idempotency_key, envelope.correlation_id) == (receipt.job_id, "order-1", "req-9")
+    assert envelope.headers == {"tenant": "t"} and envelope.attempt == 1
