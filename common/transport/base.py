@@ -133,6 +133,10 @@ class Transport(abc.ABC):
         """Fetch one message without a consumer (DLQ tooling); None when the queue is empty."""
 
     @abc.abstractmethod
+    async def delete(self, queue: str) -> None:
+        """Remove ``queue``, its delayed-delivery path and its DLQ, with their messages."""
+
+    @abc.abstractmethod
     async def depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (not counting delayed or unacked ones)."""
 

@@ -271,6 +271,11 @@ class MemoryTransport(Transport):
         self.broker.declare(queue)
         self.broker.declare(self.dead_letter_queue(queue))
 
+    async def delete(self, queue: str) -> None:
+        self._check()
+        for name in (queue, self.dead_letter_queue(queue)):
+            self.broker._queues.pop(name, None)
+
     async def publish(self, queue: str, message: OutgoingMessage) -> None:
         self._check()
         self.broker.publish(queue, message)

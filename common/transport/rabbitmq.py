@@ -293,6 +293,13 @@ class RabbitMQTransport(Transport):
                     ) from exc
                 self._known_queues.add(name)
 
+    async def delete(self, queue: str) -> None:
+        plan = self.topology.declarations(queue, self.dead_letter_queue(queue))
+        async with self._control_channel() as channel:
+            for name, _ in reversed(plan):  # tiers and the work queue before their DLQ
+                await channel.queue_delete(name)
+                self._known_queues.discard(name)
+
     async def depth(self, queue: str) -> int:
         async with self._control_channel() as channel:
             try:

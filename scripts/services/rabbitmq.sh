@@ -26,6 +26,7 @@ set -euo pipefail
 readonly RUN_DIR="${CONVEYOR_RUN_DIR:-$HOME/.cache/conveyor/run}"
 readonly START_TIMEOUT="${CONVEYOR_RABBITMQ_START_TIMEOUT:-90}"
 readonly STOP_TIMEOUT=60
+readonly OPEN_FILES=65536
 readonly HOST="127.0.0.1"
 readonly PORT=5672
 # guest/guest only works over loopback; a dedicated user also works from another host/netns
@@ -49,10 +50,23 @@ else
     SUDO=(sudo -n)
 fi
 
-# The CLI tools in /usr/sbin are wrappers that switch to the rabbitmq user when run as root.
-# Every call gets a timeout: a wedged node must not hang a CI job.
-ctl() { timeout 60 "${SUDO[@]}" rabbitmqctl "$@"; }
-diag() { timeout 30 "${SUDO[@]}" rabbitmq-diagnostics "$@"; }
+# The node is rabbit@<short hostname>, which must resolve. Containers and CI machines sometimes
+# lack an /etc/hosts entry for their own name; then the node is rabbit@localhost instead (the
+# CLI tools and the server read RABBITMQ_NODENAME from the environment).
+NODE_ENV=()
+if ! getent hosts "$(hostname -s 2>/dev/null || hostname)" >/dev/null 2>&1; then
+    NODE_ENV=(RABBITMQ_NODENAME=rabbit@localhost)
+fi
+
+# Run a RabbitMQ tool (the /usr/sbin wrappers switch to the rabbitmq user when run as root)
+# under a timeout: a wedged node must not hang a CI job.
+rmq() {
+    local seconds=$1
+    shift
+    timeout "$seconds" "${SUDO[@]}" env "${NODE_ENV[@]}" "$@"
+}
+ctl() { rmq 60 rabbitmqctl "$@"; }
+diag() { rmq 30 rabbitmq-diagnostics "$@"; }
 
 # ---------------------------------------------------------------------------------------------
 # Install
@@ -106,56 +120,95 @@ install_package() {
 # Node state
 # ---------------------------------------------------------------------------------------------
 
-pinging() { diag -q ping >/dev/null 2>&1; }
+pinging() { diag -q ping --timeout 10 >/dev/null 2>&1; }
 
 # The rabbit application (not just the Erlang VM) is running: `ping` alone also answers for a
 # node whose app was stopped or is still booting.
-app_running() { diag -q check_running >/dev/null 2>&1; }
+app_running() { diag -q check_running --timeout 10 >/dev/null 2>&1; }
 
-accepts_amqp() { (exec 3<>"/dev/tcp/${HOST}/${PORT}") 2>/dev/null; }
+accepts_tcp() { (exec 3<>"/dev/tcp/${HOST}/${PORT}") 2>/dev/null; }
+
+# The listener completes an AMQP handshake: after the protocol header the broker sends
+# Connection.Start, a method frame (type 1). A node that accepts TCP but never answers is not
+# healthy: e.g. out of file handles, it queues every new connection forever.
+accepts_amqp() {
+    local first
+    first=$(timeout 5 bash -c 'exec 3<>"/dev/tcp/$1/$2" || exit 1
+        printf "AMQP\0\0\x09\x01" >&3
+        head -c 1 <&3 | od -An -tx1' _ "$HOST" "$PORT" 2>/dev/null) || return 1
+    [[ ${first// /} == 01 ]]
+}
 
 healthy() { pinging && app_running && accepts_amqp; }
 
-# PIDs of RabbitMQ Erlang VMs on this machine: the node's pid file (written by
-# `rabbitmq-server -detached`), plus any beam.smp of the rabbitmq user that boots the `rabbit`
-# application (a node whose pid file was removed). Only processes of the rabbitmq user.
-node_pids() {
-    local f pid
-    {
-        for f in "$MNESIA_BASE"/*.pid; do
-            [[ -f $f ]] || continue
-            pid=$("${SUDO[@]}" cat "$f" 2>/dev/null) || continue
-            [[ $pid =~ ^[0-9]+$ ]] && printf '%s\n' "$pid"
-        done
-        pgrep -u rabbitmq -f 'beam.*-s rabbit' 2>/dev/null || true
-    } | sort -un | while read -r pid; do
-        [[ $(ps -o user= -p "$pid" 2>/dev/null | tr -d ' ') == rabbitmq ]] || continue
-        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'beam' || continue
-        printf '%s\n' "$pid"
-    done
+# The node's name, as the server and the CLI tools derive it: RABBITMQ_NODENAME (ours, above),
+# else NODENAME in rabbitmq-env.conf, else rabbit@<short hostname>.
+node_name() {
+    local name=""
+    if ((${#NODE_ENV[@]})); then
+        name=${NODE_ENV[0]#RABBITMQ_NODENAME=}
+    elif [[ -r /etc/rabbitmq/rabbitmq-env.conf ]]; then
+        name=$(sed -n 's/^[[:space:]]*NODENAME=//p' /etc/rabbitmq/rabbitmq-env.conf | tail -n 1 | tr -d "\"'")
+    fi
+    name=${name:-rabbit}
+    [[ $name == *@* ]] || name="${name}@$(hostname -s 2>/dev/null || hostname)"
+    printf '%s\n' "$name"
 }
 
-# Stop a node that exists but is not healthy: a polite `rabbitmqctl stop`, then signals to the
-# VM's own pid (never by process name).
+# PID of this machine's RabbitMQ VM, from the pid file `rabbitmq-server -detached` writes,
+# if that process is alive and is an Erlang VM of the rabbitmq user. Other nodes on the machine
+# (other names, other data dirs) are never touched.
+node_pids() {
+    local file pid
+    file="${MNESIA_BASE}/$(node_name).pid"
+    pid=$("${SUDO[@]}" cat "$file" 2>/dev/null) || return 0
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    [[ $(ps -o user= -p "$pid" 2>/dev/null | tr -d ' ') == rabbitmq ]] || return 0
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'beam' || return 0
+    printf '%s\n' "$pid"
+}
+
+# True while any of the given pids is alive.
+any_alive() {
+    local pid
+    for pid in "$@"; do
+        "${SUDO[@]}" kill -0 "$pid" 2>/dev/null && return 0
+    done
+    return 1
+}
+
+# Wait up to $1 seconds for the given pids to exit.
+wait_exit() {
+    local deadline=$((SECONDS + $1))
+    shift
+    while any_alive "$@" && ((SECONDS < deadline)); do sleep 0.3; done
+    ! any_alive "$@"
+}
+
+# Stop this machine's node for good: `rabbitmqctl stop` (given $1 seconds; 0 = skip) if it
+# answers, then signals to the VM's own pid (taken from its pid file before anything else, since
+# the node removes the file early in its shutdown; never by process name).
 kill_node() {
-    local pids pid
+    local polite=${1:-$STOP_TIMEOUT} pids pid
     pids=$(node_pids)
+    if ((polite)) && pinging; then
+        log "stopping RabbitMQ${pids:+ (VM ${pids})}: rabbitmqctl stop"
+        rmq "$polite" rabbitmqctl -q stop >/dev/null 2>&1 || log "rabbitmqctl stop failed or timed out"
+        [[ -n $pids ]] || return 0
+        # shellcheck disable=SC2086  # one pid per word
+        wait_exit 15 $pids && return 0
+    fi
     [[ -n $pids ]] || return 0
-    log "stopping RabbitMQ VM(s) $(echo $pids): polite stop first"
-    ctl stop >/dev/null 2>&1 || true
-    local deadline=$((SECONDS + 15))
-    while [[ -n $(node_pids) ]] && ((SECONDS < deadline)); do sleep 0.5; done
-    pids=$(node_pids)
-    [[ -n $pids ]] || return 0
-    log "VM(s) $(echo $pids) still there; sending SIGTERM"
+    log "sending SIGTERM to RabbitMQ VM ${pids}"
+    # SIGCONT first: a stopped (SIGSTOP, ^Z) VM cannot act on SIGTERM.
+    for pid in $pids; do "${SUDO[@]}" kill -CONT "$pid" 2>/dev/null || true; done
     for pid in $pids; do "${SUDO[@]}" kill -TERM "$pid" 2>/dev/null || true; done
-    deadline=$((SECONDS + 15))
-    while [[ -n $(node_pids) ]] && ((SECONDS < deadline)); do sleep 0.5; done
-    pids=$(node_pids)
-    [[ -n $pids ]] || return 0
-    log "VM(s) $(echo $pids) ignored SIGTERM; sending SIGKILL"
+    # shellcheck disable=SC2086
+    wait_exit 15 $pids && return 0
+    log "RabbitMQ VM ${pids} ignored SIGTERM; sending SIGKILL"
     for pid in $pids; do "${SUDO[@]}" kill -KILL "$pid" 2>/dev/null || true; done
-    sleep 1
+    # shellcheck disable=SC2086
+    wait_exit 5 $pids || die "RabbitMQ VM ${pids} survived SIGKILL"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -172,13 +225,33 @@ print_log_tail() {
 }
 
 start_node() {
-    if accepts_amqp && [[ -z $(node_pids) ]]; then
+    if accepts_tcp && [[ -z $(node_pids) ]]; then
         die "port ${PORT} on ${HOST} is taken by a process that is not this machine's RabbitMQ node"
     fi
     log "starting RabbitMQ (rabbitmq-server -detached; logs in ${LOG_DIR})"
+    # Started as the rabbitmq user with a raised open-files limit. Debian's wrapper, run as root,
+    # switches user through su/PAM, which resets the soft limit to 1024; with that, a node
+    # holding a few hundred quorum queues runs out of file handles and then accepts TCP
+    # connections but never completes an AMQP handshake. 65536 is what the package's systemd
+    # unit sets (LimitNOFILE); we take the hard limit if that is lower. The wrapper, run as the
+    # rabbitmq user, cds to /var/lib/rabbitmq and logs to startup_log/startup_err.
     # -detached daemonises; 9>&- keeps the lock fd out of the long-lived node.
-    "${SUDO[@]}" rabbitmq-server -detached >&2 9>&- \
+    # shellcheck disable=SC2016  # expanded by the inner shell
+    rmq 60 su rabbitmq -s /bin/sh -c \
+        'ulimit -n "$1" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+         exec /usr/sbin/rabbitmq-server -detached' _ "$OPEN_FILES" >&2 9>&- \
         || { print_log_tail; die "rabbitmq-server -detached failed"; }
+}
+
+# Warn when a node we did not just start runs with a small open-files limit.
+check_open_files() {
+    local pid soft
+    pid=$(node_pids | head -n 1)
+    [[ -n $pid ]] || return 0
+    soft=$("${SUDO[@]}" awk '/^Max open files/ {print $4}' "/proc/$pid/limits" 2>/dev/null) || return 0
+    if [[ $soft =~ ^[0-9]+$ ]] && ((soft < 4096)); then
+        log "warning: the node runs with an open-files limit of ${soft}; '$0 down && $0 up' raises it"
+    fi
 }
 
 wait_ready() {
@@ -205,6 +278,18 @@ wait_ready() {
     die "RabbitMQ not ready after ${START_TIMEOUT}s"
 }
 
+# Conveyor needs 3.10+: quorum queues with message TTL and at-least-once dead-lettering.
+check_version() {
+    local version
+    version=$(ctl -q version 2>/dev/null | tail -n 1) || return 0
+    if [[ $version =~ ^([0-9]+)\.([0-9]+) ]]; then
+        local major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
+        if ((major < 3 || (major == 3 && minor < 10))); then
+            die "RabbitMQ ${version} is too old: Conveyor needs 3.10 or later (quorum queue TTL)"
+        fi
+    fi
+}
+
 # The test user with full permissions on the vhost. Idempotent; a wrong password is reset.
 ensure_user() {
     if ctl -q list_users 2>/dev/null | awk '{print $1}' | grep -qx "$AMQP_USER"; then
@@ -226,12 +311,7 @@ stop_node() {
         log "not running"
         return 0
     fi
-    log "stopping RabbitMQ"
-    # `stop` without a pid file argument returns once the node has shut down.
-    if ! timeout "$STOP_TIMEOUT" "${SUDO[@]}" rabbitmqctl -q stop >/dev/null 2>&1; then
-        log "rabbitmqctl stop failed or timed out"
-    fi
-    kill_node
+    kill_node "$STOP_TIMEOUT"
     log "stopped"
 }
 
@@ -253,23 +333,27 @@ cmd_up() {
     fi
     take_lock
     install_package
-    if healthy; then
-        log "already running"
-    else
-        if [[ -n $(node_pids) ]] || pinging; then
-            if pinging && ! app_running; then
-                # The VM is up but the app is stopped (e.g. `rabbitmqctl stop_app`): start it.
-                log "node is up but the rabbit app is not; trying start_app"
-                ctl -q start_app >/dev/null 2>&1 || true
-            fi
+    if pinging; then
+        if app_running && accepts_amqp; then
+            log "already running"
+        else
+            # The VM answers but the app is stopped or stuck (e.g. `rabbitmqctl stop_app`).
+            log "node is up but the rabbit app is not serving; trying start_app"
+            ctl -q start_app >/dev/null 2>&1 || true
             if ! healthy; then
-                log "a RabbitMQ VM is running but unhealthy; restarting it"
-                kill_node
+                log "node still unhealthy; restarting it"
+                kill_node 20
             fi
         fi
-        healthy || start_node
+    elif [[ -n $(node_pids) ]]; then
+        # A VM from an earlier run that does not even answer ping: hung, stopped or half dead.
+        log "a RabbitMQ VM ($(node_pids)) is running but does not answer; restarting it"
+        kill_node 0
     fi
+    healthy || start_node
     wait_ready
+    check_version
+    check_open_files
     ensure_user
     log "ready: ${AMQP_URL/:${AMQP_PASSWORD}@/:***@}"
     printf '%s\n' "$AMQP_URL"

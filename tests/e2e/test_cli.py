@@ -38,8 +38,17 @@ def amqp() -> str:
     return require_env("CONVEYOR_AMQP_URL")
 
 
-def test_worker_drains_on_sigterm_and_exits_zero(amqp: str, tmp_path: Path) -> None:
-    queue = f"e2e.{uuid.uuid4().hex[:10]}"
+@pytest.fixture
+async def queue(amqp: str):
+    name = f"e2e.{uuid.uuid4().hex[:10]}"
+    yield name
+    from common.transport.rabbitmq import RabbitMQTransport
+
+    async with RabbitMQTransport(amqp) as transport:
+        await transport.delete(name)
+
+
+def test_worker_drains_on_sigterm_and_exits_zero(amqp: str, queue: str, tmp_path: Path) -> None:
     out = tmp_path / "done.txt"
     env = {"E2E_QUEUE": queue, "E2E_OUT": str(out), "CONVEYOR_BROKER_URL": amqp, "PYTHONPATH": str(ROOT)}
     ids = []
@@ -88,11 +97,8 @@ def test_worker_drains_on_sigterm_and_exits_zero(amqp: str, tmp_path: Path) -> N
     assert all(attempt == "1" for _, attempt in finished), "drained jobs must not spend an attempt"
 
 
-def test_dlq_replay_dry_run_changes_nothing(amqp: str) -> None:
-    queue = f"e2e.{uuid.uuid4().hex[:10]}"
+def test_dlq_replay_dry_run_changes_nothing(amqp: str, queue: str) -> None:
     env = {"CONVEYOR_BROKER_URL": amqp}
-    from common.transport.base import OutgoingMessage  # noqa: F401 - documents what we plant
-
     planted = conveyor("publish", "e2e.nap", "--payload", '{"seconds": "not a number"}', "--queue", queue, env=env)
     assert planted.returncode == 0, planted.stderr
     worker = subprocess.Popen(

@@ -101,7 +101,7 @@ async def test_publish_is_confirmed_and_lands_in_the_queue(transport: RabbitMQTr
     await eventually(lambda: _depth_is(transport, queue_name, 2))
 
 
-async def test_publish_to_an_undeclared_queue_raises_not_confirmed(transport: RabbitMQTransport) -> None:
+async def test_publish_to_an_undeclared_queue_raises_not_confirmed(transport: RabbitMQTransport, amqp_url: str) -> None:
     missing = f"test.missing.{uuid.uuid4().hex}"
     with pytest.raises(PublishNotConfirmed, match="unroutable"):
         await transport.publish(missing, message())
@@ -113,7 +113,7 @@ async def test_publish_to_an_undeclared_queue_raises_not_confirmed(transport: Ra
     try:
         await transport.publish(missing, message())
     finally:
-        await delete_queues(transport._url, missing)
+        await delete_queues(amqp_url, missing)
 
 
 async def test_message_id_headers_and_body_round_trip(transport: RabbitMQTransport, queue_name: str) -> None:
@@ -178,7 +178,7 @@ async def test_delayed_publish_arrives_after_its_delay(transport: RabbitMQTransp
     handle = await transport.consume(queue_name, seen, prefetch=10)
     start = time.monotonic()
     await transport.publish(queue_name, message(b"later", delay=1.0))
-    assert await transport.depth(tier_queue(queue_name, 1.0)) == 1
+    await eventually(lambda: _depth_is(transport, tier_queue(queue_name, 1.0), 1), timeout=0.9)
     await eventually(lambda: len(seen.deliveries) == 1, timeout=10)
     assert seen.arrived[0] - start >= 1.0
     assert seen.bodies == [b"later"]

@@ -54,6 +54,15 @@ class Backend:
         return transport
 
     async def close_all(self) -> None:
+        # Remove this test's queues: quorum queues left behind pile up on a long-lived broker.
+        if self.opened:
+            cleaner = self._factory()
+            try:
+                await cleaner.connect()
+                await cleaner.delete(self.queue)
+                await cleaner.close()
+            except Exception:  # noqa: BLE001 - best effort; a broken broker fails the tests anyway
+                pass
         for transport in reversed(self.opened):
             try:
                 await transport.close()

@@ -1,0 +1,54 @@
+"""Choosing a transport from a URL, and showing URLs without their secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.errors import ConfigurationError
+from common.transport.factory import mask_url, transport_from_url
+from common.transport.memory import MemoryTransport
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://user:pa55@host:5672/vhost", "amqp://user:***@host:5672/vhost"),
+        ("amqps://user:p%40ss@host/", "amqps://user:***@host/"),
+        ("amqp://user@host/", "amqp://user@host/"),
+        ("amqp://host", "amqp://host"),
+        ("amqp://user:pw@host/?heartbeat=30", "amqp://user:***@host/?heartbeat=30"),
+        ("pulsar://h1:6650,h2:6650", "pulsar://h1:6650,h2:6650"),
+        ("pulsar+ssl://h1:6651/?token=abc.def&x=1", "pulsar+ssl://h1:6651/?token=***&x=1"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_mask_url_hides_passwords_and_tokens(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+def test_memory_url_gives_a_memory_transport_with_its_own_broker() -> None:
+    first, second = transport_from_url("memory://"), transport_from_url("memory://")
+    assert isinstance(first, MemoryTransport)
+    assert first.broker is not second.broker
+
+
+def test_amqp_url_gives_a_rabbitmq_transport_with_options() -> None:
+    from common.transport.rabbitmq import RabbitMQTransport
+
+    transport = transport_from_url("amqps://u:secret@host/", delay_tiers=(2, 10), delivery_limit=5)
+    assert isinstance(transport, RabbitMQTransport)
+    assert transport.topology.delay_tiers == (2.0, 10.0)
+    assert transport.topology.delivery_limit == 5
+    assert "secret" not in repr(transport)
+
+
+@pytest.mark.parametrize("url", ["pulsar://localhost:6650", "pulsar+ssl://localhost:6651"])
+def test_pulsar_is_not_available_yet(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="not yet"):
+        transport_from_url(url)
+
+
+def test_unknown_scheme_is_a_configuration_error_without_the_password() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        transport_from_url("redis://u:hunter2@host/")
+    assert "hunter2" not in str(caught.value)
