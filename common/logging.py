@@ -10,12 +10,33 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "configure_logging", "mask_secrets"]
+__all__ = ["JobLogContext", "JsonFormatter", "configure_logging", "job_log_fields", "mask_secrets"]
+
+# The job being handled in this task: its fields are added to every log line written while
+# it runs, including the handler's own ``logging`` calls. A ContextVar, so concurrent jobs
+# in one process never mix their fields.
+job_log_fields: ContextVar[dict[str, Any] | None] = ContextVar("conveyor_job_log_fields", default=None)
+
+
+class JobLogContext:
+    """``with JobLogContext(fields):`` — every log line inside carries ``fields``."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._fields = fields
+        self._token: Token[dict[str, Any] | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = job_log_fields.set(self._fields)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            job_log_fields.reset(self._token)
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.I)
 _MAX_VALUE = 2000
@@ -42,6 +63,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": _clean(record.getMessage()),
         }
+        job = job_log_fields.get()
+        if job:
+            entry.update(job)
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value if isinstance(value, list) else _clean(value)

@@ -24,6 +24,7 @@ from common.metrics import WorkerMetrics
 from common.middleware import Middleware
 from common.transport.base import ConsumerHandle, Delivery, Transport
 from consumer.breaker import BreakerBoard, BreakerConfig, BreakerMiddleware, BreakerState, CircuitBreaker
+from consumer.log_context import LogContextMiddleware
 from consumer.outcome import Outcome
 from consumer.payloads import PayloadResolver
 from consumer.processor import Processor
@@ -105,7 +106,9 @@ class Worker:
         self.clock = clock or SystemClock()
         self.metrics = metrics or WorkerMetrics()
         self.breakers = BreakerBoard(self.config.breaker, self.clock, self._on_breaker_change)
-        self.middlewares = [*middlewares, BreakerMiddleware(self.breakers)]
+        # Log context outermost (its fields cover every hook), the breaker innermost (it
+        # must see the handler's own outcome, not another middleware's).
+        self.middlewares = [LogContextMiddleware(), *middlewares, BreakerMiddleware(self.breakers)]
         registry.check_options(opt for m in self.middlewares for opt in m.options)
         self.metrics.know_job_types([s.job_type for s in registry.specs()])
         self.processor = Processor(

@@ -1,0 +1,29 @@
+"""Middleware: every log line written while a job runs carries its job fields."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from common.logging import JobLogContext
+from common.middleware import ConsumeNext, Middleware
+from consumer.context import JobContext
+
+__all__ = ["LogContextMiddleware"]
+
+log = logging.getLogger("conveyor.jobs")
+
+
+class LogContextMiddleware(Middleware):
+    """Adds job_id, job_type, attempt and correlation_id to log lines; logs failures."""
+
+    async def consume(self, ctx: JobContext, call_next: ConsumeNext) -> Any:
+        with JobLogContext(ctx.log_fields()):
+            try:
+                result = await call_next(ctx)
+            except Exception as exc:
+                # Type only: exception messages can carry payload values (secrets).
+                log.info("job attempt failed", extra={"error_type": type(exc).__name__})
+                raise
+            log.debug("job succeeded")
+            return result
