@@ -11,11 +11,17 @@
     │   ├── MalformedMessage          reason ``malformed``
     │   ├── UnknownJobType            reason ``unknown_job_type``
     │   ├── UnknownSchemaVersion      reason ``unknown_version``
-    │   └── InvalidPayload            reason ``invalid_payload``
+    │   ├── InvalidPayload            reason ``invalid_payload``
+    │   ├── PayloadReferenceInvalid   reason ``payload_reference_invalid`` (checked before any request)
+    │   ├── PayloadMissing            reason ``payload_missing`` (the store has no such object)
+    │   ├── PayloadIntegrityError     reason ``payload_integrity`` (size or sha256 mismatch)
+    │   └── IdempotencyConflict       reason ``idempotency_conflict`` (key reused, other payload)
     ├── JobFailure                  raised by handlers to steer the outcome
     │   ├── RetryableError            try again later (the default for other exceptions)
     │   └── PermanentError            do not retry; dead-letter now
     ├── JobTimeout                  the handler ran past its time limit (retryable)
+    ├── PayloadStoreUnavailable     the payload store is unreachable or failed (retryable)
+    ├── IdempotencyStoreUnavailable the processed-key database failed (retryable)
     └── CircuitOpen                 a breaker refused the call (no attempt spent)
 
 Third-party exceptions are mapped at the transport boundary with ``raise … from``,
@@ -27,6 +33,8 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadySettled",
+    "IdempotencyConflict",
+    "IdempotencyStoreUnavailable",
     "CircuitOpen",
     "ConfigurationError",
     "ConveyorError",
@@ -35,6 +43,10 @@ __all__ = [
     "JobTimeout",
     "MalformedMessage",
     "MessageTooLarge",
+    "PayloadIntegrityError",
+    "PayloadMissing",
+    "PayloadReferenceInvalid",
+    "PayloadStoreUnavailable",
     "PermanentError",
     "PublishNotConfirmed",
     "PublishOutcomeUnknown",
@@ -101,6 +113,24 @@ class InvalidPayload(RejectedMessage):
     reason = "invalid_payload"
 
 
+class PayloadReferenceInvalid(RejectedMessage):
+    """A claim check outside the configured store, bucket or prefix, or a malformed key."""
+
+    reason = "payload_reference_invalid"
+
+
+class PayloadMissing(RejectedMessage):
+    """The claim check points at an object the store does not have (deleted, expired)."""
+
+    reason = "payload_missing"
+
+
+class PayloadIntegrityError(RejectedMessage):
+    """The fetched object's size or sha256 differs from the reference: tampered or torn."""
+
+    reason = "payload_integrity"
+
+
 class JobFailure(ConveyorError):
     """Raise a subclass from a handler to choose the outcome explicitly."""
 
@@ -117,5 +147,19 @@ class JobTimeout(ConveyorError):
     """The handler exceeded its time limit and was cancelled; retried like any failure."""
 
 
+class PayloadStoreUnavailable(ConveyorError):
+    """The payload store could not be reached, timed out or failed; worth another try."""
+
+
 class CircuitOpen(ConveyorError):
     """A circuit breaker is open; the job was not attempted."""
+
+
+class IdempotencyConflict(RejectedMessage):
+    """The idempotency key already succeeded with a different payload; goes to the DLQ."""
+
+    reason = "idempotency_conflict"
+
+
+class IdempotencyStoreUnavailable(ConveyorError):
+    """The processed-key database could not be reached or failed; worth another try."""

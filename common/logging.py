@@ -1,7 +1,8 @@
 """Structured JSON logs (one orjson object per line), with secrets masked.
 
 Fields passed with ``extra={...}`` (job_id, correlation_id, attempt, job_type, …) become
-top-level keys. Anything that looks like a credential in a URL is masked, and long values
+top-level keys. With OpenTelemetry installed, a line written while a span is active carries
+its ``trace_id`` and ``span_id``. Anything that looks like a credential in a URL is masked, and long values
 are truncated so one hostile message cannot flood the log.
 """
 
@@ -15,6 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+try:  # optional: trace ids on log lines when OpenTelemetry is installed
+    from opentelemetry import trace as _otel_trace
+except ImportError:  # pragma: no cover
+    _otel_trace = None  # type: ignore[assignment]
 
 __all__ = ["JobLogContext", "JsonFormatter", "configure_logging", "job_log_fields", "mask_secrets"]
 
@@ -66,12 +72,22 @@ class JsonFormatter(logging.Formatter):
         job = job_log_fields.get()
         if job:
             entry.update(job)
+        _add_trace_ids(entry)
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value if isinstance(value, list) else _clean(value)
         if record.exc_info:
             entry["exc"] = mask_secrets(self.formatException(record.exc_info))[-8000:]
         return orjson.dumps(entry, default=str).decode()
+
+
+def _add_trace_ids(entry: dict[str, Any]) -> None:
+    if _otel_trace is None:
+        return
+    context = _otel_trace.get_current_span().get_span_context()
+    if context.is_valid:
+        entry["trace_id"] = format(context.trace_id, "032x")
+        entry["span_id"] = format(context.span_id, "016x")
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:

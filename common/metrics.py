@@ -1,8 +1,37 @@
 """Prometheus metrics, on a registry owned by each worker or producer (no global state).
 
 Labels are bounded sets: job types registered with the worker (anything else is
-``unknown``), closed reason codes, queue names from configuration. Never job ids or error
-messages, which would create a series per job.
+``unknown``), closed reason codes, queue names from configuration, breaker names from job
+options. Never job ids or error messages, which would create a series per job.
+
+The service-level indicators, and the series that carry them (names as exported):
+
+==========================  ================================================================
+success rate                ``conveyor_jobs_succeeded_total`` / ``conveyor_jobs_dead_lettered_total``
+                            (terminal outcomes); ``conveyor_jobs_failed_total`` counts attempts
+duration percentiles        ``conveyor_job_duration_seconds`` (handler time)
+queue depth                 ``conveyor_queue_depth{queue, state="ready|delayed|dead_letter"}``,
+                            sampled by every worker every ``metrics_interval`` seconds
+time from publish to start  ``conveyor_job_start_delay_seconds{queue}``: from the moment a message
+                            became due (publish, or the end of its retry delay) to the start of
+                            its attempt. Needs reasonably synced clocks between hosts.
+oldest message (estimate)   ``conveyor_queue_max_start_delay_seconds{queue}``: the longest start
+                            delay among jobs *started* in the last one or two sampling
+                            intervals. It does not grow while nothing starts: pair it with
+                            ``conveyor_queue_depth`` and ``conveyor_queue_consumers`` (the
+                            alerts do). ``conveyor_queue_oldest_age_seconds`` is exported only
+                            by transports that know the exact age (the in-memory broker).
+retries                     ``conveyor_jobs_retried_total{job_type, reason}``,
+                            ``conveyor_job_attempts`` (attempts a job took, at its end)
+dead-letter rate            ``conveyor_jobs_dead_lettered_total{job_type, reason}``
+in flight                   ``conveyor_jobs_in_flight{queue}``
+breakers                    ``conveyor_breaker_state{breaker}``,
+                            ``conveyor_breaker_transitions_total{breaker, state}``
+publish confirm latency     ``conveyor_publish_confirm_seconds{kind="job|retry|defer|dead_letter"}``,
+                            ``conveyor_publish_failures_total{kind, error}``
+consumers, reconnects       ``conveyor_queue_consumers{queue}`` (this worker: 0/1), ``conveyor_queue_paused{queue}``,
+                            ``conveyor_consumers_attached``, ``conveyor_consumer_reconnects_total{queue}``
+==========================  ================================================================
 """
 
 from __future__ import annotations
@@ -14,10 +43,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 if TYPE_CHECKING:
     from consumer.outcome import Outcome
 
-__all__ = ["WorkerMetrics"]
+__all__ = ["PUBLISH_KINDS", "QUEUE_STATES", "WorkerMetrics"]
 
 UNKNOWN = "unknown"
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+_CONFIRM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 7, 10, 15, 20, 50)
+PUBLISH_KINDS = frozenset({"job", "retry", "defer", "dead_letter", "replay"})
+QUEUE_STATES = ("ready", "delayed", "dead_letter")
+# Publish errors are labelled by exception class, but only from this closed set.
+_PUBLISH_ERRORS = frozenset(
+    {"PublishNotConfirmed", "PublishOutcomeUnknown", "TransportError", "MessageTooLarge", "TimeoutError"}
+)
 
 
 class WorkerMetrics:
@@ -29,7 +67,10 @@ class WorkerMetrics:
         self.failed = Counter(
             "conveyor_jobs_failed", "Failed attempts, by reason", ["job_type", "reason"], registry=r
         )
-        self.retried = Counter("conveyor_jobs_retried", "Retry copies published", ["job_type"], registry=r)
+        self.retried = Counter(
+            "conveyor_jobs_retried", "Retry copies published, by the reason of the failed attempt",
+            ["job_type", "reason"], registry=r,
+        )
         self.deferred = Counter("conveyor_jobs_deferred", "Jobs deferred (schema too new)", ["job_type"], registry=r)
         self.released = Counter("conveyor_jobs_released", "Deliveries given back untouched", ["job_type"], registry=r)
         self.dead_lettered = Counter(
@@ -45,7 +86,56 @@ class WorkerMetrics:
         self.consumers_attached = Gauge(
             "conveyor_consumers_attached", "Queues with an attached consumer", registry=r
         )
+        self.attempts = Histogram(
+            "conveyor_job_attempts", "Attempts a job took, observed when it succeeded or was dead-lettered",
+            ["job_type", "outcome"], buckets=_ATTEMPT_BUCKETS, registry=r,
+        )
+        self.start_delay = Histogram(
+            "conveyor_job_start_delay_seconds",
+            "Time from when a message became due (publish or end of its retry delay) to the start of its attempt",
+            ["queue"], buckets=_DELAY_BUCKETS, registry=r,
+        )
+        self.max_start_delay = Gauge(
+            "conveyor_queue_max_start_delay_seconds",
+            "Longest start delay among jobs started in the last one or two sampling intervals",
+            ["queue"], registry=r,
+        )
+        self.queue_depth = Gauge(
+            "conveyor_queue_depth", "Messages in the broker by state (sampled)", ["queue", "state"], registry=r
+        )
+        self.oldest_age = Gauge(
+            "conveyor_queue_oldest_age_seconds",
+            "Age of the oldest ready message (only from transports that know it exactly)", ["queue"], registry=r,
+        )
+        self.queue_consumers = Gauge(
+            "conveyor_queue_consumers", "Whether this worker has a consumer attached to the queue (0/1)",
+            ["queue"], registry=r,
+        )
+        self.queue_paused = Gauge(
+            "conveyor_queue_paused", "Whether this worker paused the queue because a breaker is open (0/1)",
+            ["queue"], registry=r,
+        )
+        self.reconnects = Counter(
+            "conveyor_consumer_reconnects", "Consumers re-attached by the transport after losing the broker",
+            ["queue"], registry=r,
+        )
+        self.sample_errors = Counter(
+            "conveyor_queue_sample_errors", "Failed queue depth samples", ["queue"], registry=r
+        )
+        self.breaker_transitions = Counter(
+            "conveyor_breaker_transitions", "Circuit breaker state changes, by the state entered",
+            ["breaker", "state"], registry=r,
+        )
+        self.publish_confirm = Histogram(
+            "conveyor_publish_confirm_seconds", "Time from publish to the broker's confirm",
+            ["kind"], buckets=_CONFIRM_BUCKETS, registry=r,
+        )
+        self.publish_failures = Counter(
+            "conveyor_publish_failures", "Publishes that were not confirmed, by error", ["kind", "error"], registry=r
+        )
         self._known: set[str] = set()
+        self._window_max: dict[str, float] = {}
+        self._previous_max: dict[str, float] = {}
 
     def know_job_types(self, job_types: list[str]) -> None:
         self._known.update(job_types)
@@ -62,15 +152,62 @@ class WorkerMetrics:
         match action:
             case "succeeded":
                 self.succeeded.labels(label).inc()
+                if outcome.envelope is not None:
+                    self.attempts.labels(label, "succeeded").observe(outcome.envelope.attempt)
             case "retried":
-                self.retried.labels(label).inc()
+                self.retried.labels(label, outcome.reason or UNKNOWN).inc()
             case "deferred":
                 self.deferred.labels(label).inc()
             case "released":
                 self.released.labels(label).inc()
 
-    def dead_letter(self, job_type: str | None, reason: str) -> None:
-        self.dead_lettered.labels(self.label(job_type), reason).inc()
+    def dead_letter(self, job_type: str | None, reason: str, attempt: int | None = None) -> None:
+        label = self.label(job_type)
+        self.dead_lettered.labels(label, reason).inc()
+        if attempt is not None:
+            self.attempts.labels(label, "dead_lettered").observe(attempt)
+
+    # -- publishing ------------------------------------------------------------------------
+    def confirmed(self, kind: str, seconds: float) -> None:
+        self.publish_confirm.labels(_kind(kind)).observe(max(0.0, seconds))
+
+    def publish_failed(self, kind: str, error: BaseException) -> None:
+        name = type(error).__name__
+        self.publish_failures.labels(_kind(kind), name if name in _PUBLISH_ERRORS else "other").inc()
+
+    # -- queues ----------------------------------------------------------------------------
+    def started(self, queue: str, delay: float) -> None:
+        """A job started ``delay`` seconds after it became due."""
+        delay = max(0.0, delay)
+        self.start_delay.labels(queue).observe(delay)
+        if delay > self._window_max.get(queue, -1.0):
+            self._window_max[queue] = delay
+            self.max_start_delay.labels(queue).set(max(delay, self._previous_max.get(queue, 0.0)))
+
+    def roll_window(self, queue: str) -> None:
+        """Start a new sampling interval: the gauge keeps the max of the last two intervals."""
+        previous = self._window_max.pop(queue, 0.0)
+        self._previous_max[queue] = previous
+        self.max_start_delay.labels(queue).set(previous)
+
+    def sampled(
+        self,
+        queue: str,
+        *,
+        ready: int | None,
+        delayed: int | None,
+        dead_letters: int | None,
+        oldest_age: float | None = None,
+    ) -> None:
+        for state, value in zip(QUEUE_STATES, (ready, delayed, dead_letters), strict=True):
+            if value is not None:
+                self.queue_depth.labels(queue, state).set(value)
+        if oldest_age is not None:
+            self.oldest_age.labels(queue).set(oldest_age)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _kind(kind: str) -> str:
+    return kind if kind in PUBLISH_KINDS else UNKNOWN

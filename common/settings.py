@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.codec import DEFAULT_MAX_MESSAGE_BYTES
+from common.payload_store.base import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PAYLOAD_THRESHOLD, DEFAULT_STORE_TIMEOUT
 
 __all__ = ["Settings"]
 
@@ -29,6 +30,27 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024, description="Size limit, checked before parsing")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field(default="json", pattern="^(json|text)$", description="json or text")
+    metrics_interval: float = Field(default=15.0, ge=0, description="Seconds between queue depth samples (0: off)")
+    tracing: str = Field(
+        default="off", pattern="^(off|otlp|console)$",
+        description="OpenTelemetry traces: off, otlp (OTEL_EXPORTER_OTLP_* settings) or console; needs conveyor[otel]",
+    )
+    idempotency_url: SecretStr | None = Field(
+        default=None,
+        description="Processed-key store: sqlite:///path/keys.db or postgresql://… (unset: off)",
+    )
+    payload_store: str | None = Field(
+        default=None, description="Claim-check store: file:///path, s3://bucket/prefix, memory:// (unset: off)"
+    )
+    payload_threshold_bytes: int = Field(
+        default=DEFAULT_PAYLOAD_THRESHOLD, ge=1024, description="Encoded payloads above this go to the store"
+    )
+    payload_max_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=1024, description="Largest payload stored")
+    payload_timeout: float = Field(default=DEFAULT_STORE_TIMEOUT, gt=0, description="Seconds per upload/download")
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint (unset: AWS)")
+    s3_access_key: str | None = Field(default=None, description="S3 access key (unset: the AWS default chain)")
+    s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret key")
+    s3_region: str = Field(default="us-east-1", description="S3 region (signing)")
 
     def broker(self) -> str:
         return self.broker_url.get_secret_value()

@@ -13,11 +13,15 @@ import collections
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from common.clock import Clock
 from common.errors import CircuitOpen, PermanentError, RejectedMessage
 from common.middleware import ConsumeNext, Middleware
 from consumer.context import JobContext
+
+if TYPE_CHECKING:
+    from consumer.registry import JobSpec
 
 __all__ = ["BreakerBoard", "BreakerConfig", "BreakerMiddleware", "BreakerState", "CircuitBreaker"]
 
@@ -63,6 +67,14 @@ class CircuitBreaker:
             return False
         self._probe_in_flight = True
         return True
+
+    def admits(self) -> bool:
+        """Would ``allow`` let a call through now? Unlike ``allow`` it takes no probe."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            return self._clock.monotonic() - self.opened_at >= self.config.reset_timeout
+        return not self._probe_in_flight
 
     def record_success(self) -> None:
         self._probe_in_flight = False
@@ -123,6 +135,10 @@ class BreakerBoard:
             self._breakers[name] = breaker
         return breaker
 
+    def for_job(self, spec: JobSpec) -> CircuitBreaker:
+        """The breaker a job answers to: its ``breaker=`` name, else its job type."""
+        return self.get(spec.breaker or spec.job_type)
+
     def states(self) -> dict[str, BreakerState]:
         return {name: b.state for name, b in sorted(self._breakers.items())}
 
@@ -132,13 +148,15 @@ class BreakerMiddleware(Middleware):
 
     Only failures that say something about the dependency count: errors and timeouts.
     Rejected input and permanent errors are the message's fault, not the dependency's.
+    The processor also counts a payload store outage against the same breaker, before the
+    chain runs (see ``Processor._load``): each job casts exactly one vote.
     """
 
     def __init__(self, board: BreakerBoard) -> None:
         self._board = board
 
     async def consume(self, ctx: JobContext, call_next: ConsumeNext) -> object:
-        breaker = self._board.get(ctx.spec.breaker or ctx.spec.job_type)
+        breaker = self._board.for_job(ctx.spec)
         if not breaker.allow():
             raise CircuitOpen(f"breaker {breaker.name!r} is {breaker.state.name.lower()}")
         try:

@@ -1,4 +1,4 @@
-"""The ``conveyor`` command line: demo, worker, publish, dlq, status.
+"""The ``conveyor`` command line: demo, worker, publish, dlq, payloads, status.
 
 Every option also reads a ``CONVEYOR_*`` environment variable (see ``common.settings``);
 flags win. Broker URLs are masked whenever they are shown.
@@ -59,6 +59,25 @@ broker_option = click.option(
     help="Broker URL: memory://, amqp://…, pulsar://…",
 )
 queue_option = click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Work queue name")
+payload_store_option = click.option(
+    "--payload-store", default=None,
+    help="Claim-check store: file:///path, s3://bucket/prefix [env CONVEYOR_PAYLOAD_STORE; unset: off]",
+)
+
+
+def _tracing(settings: Settings, service: str) -> tuple[list[Any], Any]:
+    """Middlewares and tracer provider for CONVEYOR_TRACING=otlp|console (needs conveyor[otel])."""
+    if settings.tracing == "off":
+        return [], None
+    from common.tracing import TracingMiddleware, configure_tracing
+
+    return [TracingMiddleware()], configure_tracing(service, settings.tracing)
+
+
+def _payload_store(settings: Settings) -> Any:
+    from common.payload_store.factory import store_from_settings
+
+    return store_from_settings(settings)
 
 
 @click.group()
@@ -89,6 +108,9 @@ def demo(jobs_count: int) -> None:
 @click.option("--grace-period", type=float, default=None, help="Seconds to finish jobs on SIGTERM [30]")
 @click.option("--http-host", default=None, help="Health/metrics address [127.0.0.1]")
 @click.option("--http-port", type=int, default=None, help="Health/metrics port, 0 to disable [9464]")
+@payload_store_option
+@click.option("--idempotency-url", default=None,
+              help="Processed-key store: sqlite:///path or postgresql://… [env CONVEYOR_IDEMPOTENCY_URL; off]")
 def worker(target: str, broker: str, **overrides: Any) -> None:
     """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT."""
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -105,14 +127,23 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
         prefetch=settings.prefetch,
         grace_period=settings.grace_period,
         max_message_bytes=settings.max_message_bytes,
+        metrics_interval=settings.metrics_interval,
     )
+    middlewares, tracer_provider = _tracing(settings, "conveyor-worker")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     transport = transport_from_url(broker)
+    store = _payload_store(settings)
+    keys = None
+    if settings.idempotency_url is not None:
+        from common.idempotency import store_from_url
+
+        keys = store_from_url(settings.idempotency_url.get_secret_value())
     async with transport:
-        async with Worker(transport, registry, config=config) as running:
+        async with Worker(transport, registry, config=config, payload_store=store, middlewares=middlewares,
+                          idempotency=keys) as running:
             http = HealthServer(running, settings.http_host, settings.http_port) if settings.http_port else None
             if http:
                 await http.start()
@@ -126,6 +157,10 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
             await running.drain()
             if http:
                 await http.stop()
+    if store is not None:
+        await store.close()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()  # flush the last spans
     _console.print("stopped")
 
 
@@ -139,10 +174,15 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
 @click.option("--idempotency-key", default=None)
 @click.option("--delay", type=float, default=0.0, help="Seconds before the job may run")
 @click.option("--header", "headers", multiple=True, help="name=value, repeatable")
+@payload_store_option
 def publish(job_type: str, payload: str, broker: str, app: str | None, queue: str | None,
-            schema_version: int | None, idempotency_key: str | None, delay: float, headers: tuple[str, ...]) -> None:
-    """Publish one job and wait for the broker's confirm."""
+            schema_version: int | None, idempotency_key: str | None, delay: float, headers: tuple[str, ...],
+            payload_store: str | None) -> None:
+    """Publish one job and wait for the broker's confirm (large payloads go to the payload store)."""
     from producer.producer import Producer
+
+    settings = Settings(**({"payload_store": payload_store} if payload_store else {}))
+    store_options = {"payload_threshold": settings.payload_threshold_bytes}
 
     raw = Path(payload[1:]).read_bytes() if payload.startswith("@") else payload.encode()
     data = strict_json_loads(raw)
@@ -152,15 +192,24 @@ def publish(job_type: str, payload: str, broker: str, app: str | None, queue: st
 
     async def go() -> None:
         transport = transport_from_url(broker)
+        store = _payload_store(settings)
+        middlewares, tracer_provider = _tracing(settings, "conveyor-publish")
+        options: dict[str, Any] = {"payload_store": store, "middlewares": middlewares, **store_options}
         if app:
-            producer = Producer.for_registry(transport, _load_registry(app))
+            producer = Producer.for_registry(transport, _load_registry(app), **options)
         else:
-            producer = Producer(transport, allow_unregistered=True)
-        async with producer:
-            receipt = await producer.publish(
-                job_type, data, idempotency_key=idempotency_key, delay=delay, headers=header_map,
-                version=schema_version, queue=queue,
-            )
+            producer = Producer(transport, allow_unregistered=True, **options)
+        try:
+            async with producer:
+                receipt = await producer.publish(
+                    job_type, data, idempotency_key=idempotency_key, delay=delay, headers=header_map,
+                    version=schema_version, queue=queue,
+                )
+        finally:
+            if store is not None:
+                await store.close()
+            if tracer_provider is not None:
+                tracer_provider.shutdown()
         click.echo(orjson.dumps({"job_id": receipt.job_id, "queue": receipt.queue, "confirmed": True}).decode())
 
     _run(go())
@@ -257,40 +306,98 @@ def dlq_replay(broker: str, queue: str, reason: str | None, job_type: str | None
 @queue_option
 @_filters
 @click.option("--yes", is_flag=True, help="Really delete; without it nothing is removed")
-def dlq_purge(broker: str, queue: str, reason: str | None, job_type: str | None, yes: bool) -> None:
-    """Delete matching dead letters for good."""
+@payload_store_option
+def dlq_purge(broker: str, queue: str, reason: str | None, job_type: str | None, yes: bool,
+              payload_store: str | None) -> None:
+    """Delete matching dead letters for good, with their stored payloads."""
     if not yes:
         raise click.ClickException("purge deletes dead letters for good: add --yes")
-    removed = _run(_with_dlq(broker, queue, lambda d: d.purge(DeadLetterFilter(reason, job_type))))
-    click.echo(f"purged {removed} entries")
+    settings = Settings(**({"payload_store": payload_store} if payload_store else {}))
+
+    async def go() -> tuple[int, int]:
+        from consumer.payloads import PayloadResolver
+
+        store = _payload_store(settings)
+        transport = transport_from_url(broker)
+        try:
+            async with transport:
+                await transport.declare(queue)
+                letters = DeadLetters(transport, queue, payloads=PayloadResolver.for_store(store))
+                removed = await letters.purge(DeadLetterFilter(reason, job_type))
+                return removed, letters.payloads_deleted
+        finally:
+            if store is not None:
+                await store.close()
+
+    removed, deleted = _run(go())
+    click.echo(f"purged {removed} entries; deleted {deleted} stored payloads")
+
+
+@main.group()
+def payloads() -> None:
+    """Maintain the claim-check payload store."""
+
+
+@payloads.command("sweep")
+@click.option("--older-than", required=True,
+              help="Age of orphans: 90m, 12h, 7d, 2w (must exceed max job age + DLQ retention)")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing")
+@payload_store_option
+def payloads_sweep(older_than: str, dry_run: bool, payload_store: str | None) -> None:
+    """Delete stored payloads older than --older-than (orphans: see the README's rule)."""
+    from datetime import UTC, datetime
+
+    from consumer.payload_sweep import parse_age, sweep
+
+    settings = Settings(**({"payload_store": payload_store} if payload_store else {}))
+
+    async def go() -> Any:
+        age = parse_age(older_than)
+        store = _payload_store(settings)
+        if store is None:
+            raise click.ClickException("no payload store configured: set CONVEYOR_PAYLOAD_STORE or --payload-store")
+        try:
+            return await sweep(store, age, now=datetime.now(UTC), dry_run=dry_run)
+        finally:
+            await store.close()
+
+    report = _run(go())
+    verb = "would delete" if dry_run else "deleted"
+    count = report.orphans if dry_run else report.deleted
+    click.echo(f"scanned {report.scanned} objects; {verb} {count} older than {older_than} "
+               f"({report.orphan_bytes} bytes)" + (f"; {report.failed} deletes failed" if report.failed else ""))
+    if report.failed:
+        sys.exit(1)
 
 
 @main.command()
 @broker_option
-@click.option("--queue", "queues", multiple=True, default=[DEFAULT_QUEUE], show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def status(broker: str, queues: tuple[str, ...], as_json: bool) -> None:
-    """Queue depths and dead-letter counts."""
-    async def go() -> list[dict[str, Any]]:
-        transport = transport_from_url(broker)
-        rows = []
-        async with transport:
-            for queue in queues:
-                await transport.declare(queue)
-                rows.append({"queue": queue, "ready": await transport.depth(queue),
-                             "dead_letters": await transport.depth(transport.dead_letter_queue(queue))})
-        return rows
+@click.option("--queue", "queues", multiple=True, default=[DEFAULT_QUEUE], show_default=True,
+              help="Work queue, repeatable")
+@click.option("--worker", "workers", multiple=True, metavar="URL",
+              help="A worker's metrics endpoint (http://host:9464), repeatable: breakers, in flight, jobs/s")
+@click.option("--interval", type=float, default=2.0, show_default=True,
+              help="Seconds between the two samples rates are computed from (0: one sample, no rates)")
+@click.option("--dlq-scan-limit", type=int, default=1000, show_default=True,
+              help="Dead letters browsed per queue to group them by reason")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tables")
+def status(broker: str, queues: tuple[str, ...], workers: tuple[str, ...], interval: float, dlq_scan_limit: int,
+           as_json: bool) -> None:
+    """Queues (depth, rate, oldest age, consumers, dead letters by reason) and workers (breakers)."""
+    from consumer.status import collect_status, render_tables
 
-    rows = _run(go())
+    async def go() -> Any:
+        transport = transport_from_url(broker)
+        async with transport:
+            return await collect_status(transport, list(queues), interval=interval, workers=list(workers),
+                                        dlq_scan_limit=dlq_scan_limit)
+
+    report = _run(go())
     if as_json:
-        click.echo(orjson.dumps(rows).decode())
+        click.echo(orjson.dumps({"broker": mask_url(broker), **report.to_dict()}).decode())
         return
-    table = Table(title=f"Queues on {mask_url(broker)}")
-    for column in ("queue", "ready", "dead letters"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(row["queue"], str(row["ready"]), str(row["dead_letters"]))
-    _console.print(table)
+    for table in render_tables(report, mask_url(broker)):
+        _console.print(table)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,21 @@ class JobContext:
     queue: str
     # Middleware may stash per-message values here (timings, spans) without new fields.
     state: dict[str, Any] = field(default_factory=dict)
+    # The delivery's transport headers (e.g. the W3C trace context a publish middleware added).
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def last_checkpoint(self) -> dict[str, Any] | None:
+        """What ``checkpoint`` saved in an earlier attempt of this job (needs an idempotency store)."""
+        from consumer import idempotency
+
+        return idempotency.last_checkpoint(self)
+
+    async def checkpoint(self, state: dict[str, Any]) -> None:
+        """Save progress; a retry or a redelivery after a crash resumes from it."""
+        from consumer import idempotency
+
+        await idempotency.save_checkpoint(self, state)
 
     @property
     def job_id(self) -> str:

@@ -4,6 +4,10 @@ Reading a DLQ takes messages without acking them and gives back everything it do
 remove when it is done, so listing is safe to interrupt. A replayed entry is removed only
 after its republish was confirmed: a replay killed half-way may leave an entry that was
 already republished (a duplicate, caught by idempotency keys), never a lost job.
+
+A dead-lettered job keeps its claim-check object (a replay needs it); purging an entry
+deletes that object too, after the entry itself is gone (best effort: the sweep catches a
+failed delete).
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from datetime import UTC, datetime
 from common.clock import Clock, SystemClock
 from common.codec import decode_dead_letter, decode_envelope, encode_model
 from common.errors import RejectedMessage
+from common.headers import DUE_AT, JOB_TYPE, carried_over, format_due_at
 from common.transport.base import Delivery, OutgoingMessage, Transport
+from consumer.payloads import PayloadResolver
 from schemas.dead_letter import DeadLetterRecord
-from schemas.envelope import MAX_HISTORY
+from schemas.envelope import MAX_HISTORY, PayloadReference
 
 __all__ = ["DeadLetterFilter", "DeadLetters", "ReplayReport"]
 
@@ -74,11 +80,15 @@ def record_from_delivery(delivery: Delivery) -> DeadLetterRecord:
 
 
 class DeadLetters:
-    def __init__(self, transport: Transport, queue: str, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, transport: Transport, queue: str, *, clock: Clock | None = None, payloads: PayloadResolver | None = None
+    ) -> None:
         self._transport = transport
         self.queue = queue
         self.dlq = transport.dead_letter_queue(queue)
         self._clock = clock or SystemClock()
+        self._payloads = payloads
+        self.payloads_deleted = 0  # claim-check objects removed by purge
 
     async def depth(self) -> int:
         return await self._transport.depth(self.dlq)
@@ -142,7 +152,18 @@ class DeadLetters:
                 if flt.matches(record):
                     await delivery.ack()
                     removed += 1
+                    await self._discard_payload(record)
         return removed
+
+    async def _discard_payload(self, record: DeadLetterRecord) -> None:
+        if self._payloads is None:
+            return
+        try:
+            envelope = decode_envelope(record.original_body)
+        except RejectedMessage:
+            return  # never decoded: it has no claim check we could trust
+        if isinstance(envelope.payload, PayloadReference) and await self._payloads.discard(envelope.payload):
+            self.payloads_deleted += 1
 
     async def _republish(self, record: DeadLetterRecord) -> bool:
         try:
@@ -156,7 +177,12 @@ class DeadLetters:
         message = OutgoingMessage(
             body=encode_model(fresh),
             message_id=fresh.job_id,
-            headers={"x-conveyor-job-type": fresh.job_type, "x-conveyor-replayed-from": record.dead_letter_id},
+            headers={
+                **carried_over(record.original_headers),  # trace context: the replay joins the job's trace
+                JOB_TYPE: fresh.job_type,
+                "x-conveyor-replayed-from": record.dead_letter_id,
+                DUE_AT: format_due_at(self._clock.now()),
+            },
         )
         await self._transport.declare(record.queue)
         await self._transport.publish(record.queue, message)

@@ -122,6 +122,10 @@ async def run_demo(console: Console | None = None, *, jobs_count: int = 300, see
         "\nNext: run a worker on RabbitMQ with [bold]conveyor worker consumer.demo:demo_jobs "
         "--broker amqp://…[/]; metrics on http://127.0.0.1:9464/metrics"
     )
+    console.print(
+        "Dashboards: deploy/grafana/dashboards ([bold]docker compose up -d[/] → Grafana on http://localhost:3000); "
+        "alerts: deploy/prometheus/rules; runbook: docs/runbook.md"
+    )
     return {"published": published, **final, "dlq_remaining": remaining, "replayed": report.replayed}
 
 

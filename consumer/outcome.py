@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import traceback as traceback_module
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from schemas.envelope import Envelope
@@ -31,6 +32,15 @@ class Outcome:
     finished_at: datetime | None = None
     timed_out: bool = False
     duration: float = 0.0
+    # The exception behind a failure. Formatting a traceback costs more than the rest of a
+    # retry, and only dead letters keep one, so it is formatted on demand: ``traceback_text``.
+    error: BaseException | None = field(default=None, repr=False, compare=False)
+
+    def traceback_text(self) -> str | None:
+        """``traceback`` if set, else the formatted traceback of ``error`` (last 20,000 chars)."""
+        if self.traceback is not None or self.error is None:
+            return self.traceback
+        return "".join(traceback_module.format_exception(self.error))[-20_000:]
 
     @property
     def job_type(self) -> str | None:

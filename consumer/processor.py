@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import traceback as traceback_module
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -17,11 +16,12 @@ from common.codec import decode_envelope
 from common.errors import CircuitOpen, JobTimeout, PermanentError, RejectedMessage
 from common.middleware import Middleware, build_consume_chain
 from common.transport.base import Delivery
+from consumer.breaker import BreakerBoard
 from consumer.context import JobContext
 from consumer.outcome import Outcome, OutcomeKind
 from consumer.payloads import PayloadResolver
-from consumer.registry import JobRegistry
-from schemas.envelope import Envelope
+from consumer.registry import JobRegistry, JobSpec
+from schemas.envelope import Envelope, InlinePayload
 from schemas.registry import SchemaTooNew
 
 __all__ = ["Processor"]
@@ -39,8 +39,10 @@ class Processor:
         clock: Clock,
         worker_id: str,
         max_message_bytes: int,
+        breakers: BreakerBoard | None = None,
     ) -> None:
         self._registry = registry
+        self._breakers = breakers
         self._payloads = payloads
         self._clock = clock
         self._worker_id = worker_id
@@ -57,6 +59,8 @@ class Processor:
             return Outcome(OutcomeKind.DEAD, envelope, reason="expired", started_at=started, finished_at=started)
         try:
             ctx = await self._context(envelope, delivery.queue)
+        except CircuitOpen as exc:
+            return Outcome(OutcomeKind.RELEASE, envelope, reason="circuit_open", error_type=type(exc).__name__)
         except SchemaTooNew as exc:
             return self._failed(OutcomeKind.DEFER, envelope, exc, started, reason=exc.reason)
         except RejectedMessage as exc:
@@ -65,15 +69,42 @@ class Processor:
             return self._failed(OutcomeKind.DEAD, envelope, exc, started, reason="permanent")
         except Exception as exc:  # e.g. the payload store is down: worth another try
             return self._failed(OutcomeKind.RETRY, envelope, exc, started, reason="payload_unavailable")
+        ctx.headers = dict(delivery.headers)
         return await self._run(ctx, started)
 
     async def _context(self, envelope: Envelope, queue: str) -> JobContext:
         spec = self._registry.get(envelope.job_type)
-        data = await self._payloads.load(envelope.payload)
+        if envelope.schema_version > spec.version:
+            # Say so before fetching a claim check that this worker could not use anyway.
+            raise SchemaTooNew(
+                f"{envelope.job_type} v{envelope.schema_version} is newer than v{spec.version} known here"
+            )
+        data = await self._load(envelope, spec)
         payload = self._registry.schemas.resolve(
             envelope.job_type, envelope.schema_version, data, target=spec.version
         )
         return JobContext(envelope=envelope, spec=spec, payload=payload, worker_id=self._worker_id, queue=queue)
+
+    async def _load(self, envelope: Envelope, spec: JobSpec) -> dict[str, object]:
+        """Resolve the payload; a claim-check fetch answers to the job's breaker.
+
+        An open breaker means no fetch at all (the delivery is released, no attempt spent).
+        A store outage counts as the job's failure, exactly as if the handler had failed
+        against its dependency; a successful fetch casts no vote, the handler's outcome does.
+        """
+        if isinstance(envelope.payload, InlinePayload) or self._breakers is None:
+            return await self._payloads.load(envelope.payload)
+        self._payloads.check(envelope.payload)  # a bad reference is the message's fault: no vote
+        breaker = self._breakers.for_job(spec)
+        if not breaker.admits():
+            raise CircuitOpen(f"breaker {breaker.name!r} is {breaker.state.name.lower()}")
+        try:
+            return await self._payloads.load(envelope.payload)
+        except RejectedMessage:
+            raise
+        except Exception:
+            breaker.record_failure()
+            raise
 
     async def _run(self, ctx: JobContext, started: object) -> Outcome:
         begin = self._clock.monotonic()
@@ -83,6 +114,8 @@ class Processor:
             return Outcome(OutcomeKind.RELEASE, ctx.envelope, reason="circuit_open", error_type=type(exc).__name__)
         except PermanentError as exc:
             return self._failed(OutcomeKind.DEAD, ctx.envelope, exc, started, reason="permanent", begin=begin)
+        except RejectedMessage as exc:  # a middleware judged the input (e.g. idempotency conflict)
+            return self._failed(OutcomeKind.DEAD, ctx.envelope, exc, started, reason=exc.reason, begin=begin)
         except JobTimeout as exc:
             outcome = self._failed(OutcomeKind.RETRY, ctx.envelope, exc, started, reason="timeout", begin=begin)
             return replace(outcome, timed_out=True)
@@ -105,7 +138,9 @@ class Processor:
             # Sync handlers run in a thread so the loop (and AMQP heartbeats) never starve.
             call = asyncio.to_thread(functools.partial(spec.handler, ctx.payload, ctx))
         try:
-            return await asyncio.wait_for(call, timeout=spec.timeout)
+            # asyncio.timeout, not wait_for: the same limit without a task per job.
+            async with asyncio.timeout(spec.timeout):
+                return await call
         except TimeoutError:
             raise JobTimeout(f"{spec.job_type} exceeded its {spec.timeout:g}s timeout") from None
 
@@ -125,7 +160,7 @@ class Processor:
             reason=reason,
             error_type=type(exc).__name__,
             error_message=str(exc)[:_MAX_ERROR_TEXT],
-            traceback="".join(traceback_module.format_exception(exc))[-20_000:],
+            error=exc,  # its traceback is formatted only if a dead letter needs it
             started_at=started,  # type: ignore[arg-type]
             finished_at=self._clock.now(),
             duration=0.0 if begin is None else self._clock.monotonic() - begin,

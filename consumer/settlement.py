@@ -4,6 +4,11 @@ Order matters and is always the same: publish the copy, wait for the broker's co
 *then* ack the original. If anything fails in between, the original is released (or
 left to the broker when the connection is gone), so the job is redelivered rather than
 lost; a duplicate copy is possible, a lost job is not.
+
+Claim checks: after a success is acked, the job's stored payload is deleted (best effort: a
+failure is logged, and the sweep or a bucket lifecycle rule removes it later). Retry,
+deferral and dead-letter copies carry the same reference, so the object stays until the job
+succeeds or its dead letter is purged.
 """
 
 from __future__ import annotations
@@ -13,14 +18,17 @@ import random
 from dataclasses import dataclass
 from datetime import timedelta
 
+from common import headers as h
+
 from common.backoff import RetryPolicy
 from common.clock import Clock
 from common.codec import encode_model
 from common.metrics import WorkerMetrics
 from common.transport.base import Delivery, OutgoingMessage, Transport
 from consumer.outcome import Outcome, OutcomeKind
+from consumer.payloads import PayloadResolver
 from schemas.dead_letter import DeadLetterRecord
-from schemas.envelope import AttemptRecord, Envelope, new_job_id
+from schemas.envelope import AttemptRecord, Envelope, PayloadReference, new_job_id
 
 __all__ = ["DeferPolicy", "Settlement"]
 
@@ -45,8 +53,10 @@ class Settlement:
         metrics: WorkerMetrics,
         rng: random.Random | None = None,
         defer: DeferPolicy | None = None,
+        payloads: PayloadResolver | None = None,
     ) -> None:
         self._transport = transport
+        self._payloads = payloads
         self._clock = clock
         self._worker_id = worker_id
         self._metrics = metrics
@@ -59,6 +69,7 @@ class Settlement:
         match outcome.kind:
             case OutcomeKind.SUCCEEDED:
                 await delivery.ack()
+                await self._discard_payload(outcome.envelope)
                 action = "succeeded"
             case OutcomeKind.RELEASE:
                 await delivery.release()
@@ -85,7 +96,7 @@ class Settlement:
             return await self._dead_letter(delivery, outcome, "expired")
         kind = "timeout" if outcome.timed_out else "retried"
         copy = envelope.next_attempt(self._attempt_record(envelope, outcome, kind))
-        await self._publish_copy(delivery.queue, copy, delay)
+        await self._publish_copy(delivery, copy, delay, "retry")
         await delivery.ack()
         return "retried"
 
@@ -96,7 +107,7 @@ class Settlement:
         if deferrals >= self._defer.max_deferrals:
             return await self._dead_letter(delivery, outcome, "unknown_version")
         copy = envelope.with_history(self._attempt_record(envelope, outcome, "deferred"))
-        await self._publish_copy(delivery.queue, copy, self._defer.delay)
+        await self._publish_copy(delivery, copy, self._defer.delay, "defer")
         await delivery.ack()
         return "deferred"
 
@@ -112,7 +123,7 @@ class Settlement:
             reason=reason,
             error_type=outcome.error_type,
             error_message=outcome.error_message,
-            traceback=outcome.traceback,
+            traceback=outcome.traceback_text(),
             dead_lettered_at=self._clock.now(),
             worker_id=self._worker_id,
             job_id=envelope.job_id if envelope else None,
@@ -125,25 +136,47 @@ class Settlement:
         message = OutgoingMessage(
             body=encode_model(record),
             message_id=record.dead_letter_id,
-            headers={"x-conveyor-reason": reason, "x-conveyor-job-type": record.job_type or ""},
+            headers={
+                **h.carried_over(delivery.headers),  # trace context: the dead letter stays in the job's trace
+                "x-conveyor-reason": reason,
+                h.JOB_TYPE: record.job_type or "",
+            },
         )
-        await self._transport.publish(self._transport.dead_letter_queue(delivery.queue), message)
+        await self._confirmed(self._transport.dead_letter_queue(delivery.queue), message, "dead_letter")
         await delivery.ack()
-        self._metrics.dead_letter(record.job_type, reason)
+        self._metrics.dead_letter(record.job_type, reason, record.attempt)
         log.warning(
             "job dead-lettered",
             extra={"job_id": record.job_id, "job_type": record.job_type, "reason": reason},
         )
         return "dead_lettered"
 
-    async def _publish_copy(self, queue: str, envelope: Envelope, delay: float) -> None:
+    async def _discard_payload(self, envelope: Envelope | None) -> None:
+        if self._payloads is not None and envelope is not None and isinstance(envelope.payload, PayloadReference):
+            await self._payloads.discard(envelope.payload)
+
+    async def _publish_copy(self, delivery: Delivery, envelope: Envelope, delay: float, kind: str) -> None:
         message = OutgoingMessage(
             body=encode_model(envelope),
             message_id=envelope.job_id,
-            headers={"x-conveyor-job-type": envelope.job_type, "x-conveyor-attempt": str(envelope.attempt)},
+            headers={
+                **h.carried_over(delivery.headers),
+                h.JOB_TYPE: envelope.job_type,
+                h.ATTEMPT: str(envelope.attempt),
+                h.DUE_AT: h.format_due_at(self._clock.now() + timedelta(seconds=delay)),
+            },
             delay=delay,
         )
-        await self._transport.publish(queue, message)
+        await self._confirmed(delivery.queue, message, kind)
+
+    async def _confirmed(self, queue: str, message: OutgoingMessage, kind: str) -> None:
+        begin = self._clock.monotonic()
+        try:
+            await self._transport.publish(queue, message)
+        except Exception as exc:
+            self._metrics.publish_failed(kind, exc)
+            raise
+        self._metrics.confirmed(kind, self._clock.monotonic() - begin)
 
     def _attempt_record(self, envelope: Envelope, outcome: Outcome, kind: str) -> AttemptRecord:
         now = self._clock.now()

@@ -20,10 +20,14 @@ from dataclasses import dataclass, field
 from common.clock import Clock, SystemClock
 from common.codec import DEFAULT_MAX_MESSAGE_BYTES
 from common.errors import ConfigurationError
+from common.headers import due_at
 from common.metrics import WorkerMetrics
 from common.middleware import Middleware
+from common.payload_store.base import PayloadStore
 from common.transport.base import ConsumerHandle, Delivery, Transport
 from consumer.breaker import BreakerBoard, BreakerConfig, BreakerMiddleware, BreakerState, CircuitBreaker
+from common.idempotency.base import ProcessedKeyStore
+from consumer.idempotency import IdempotencyMiddleware
 from consumer.log_context import LogContextMiddleware
 from consumer.outcome import Outcome
 from consumer.payloads import PayloadResolver
@@ -49,6 +53,8 @@ class WorkerConfig:
     worker_id: str = field(default_factory=default_worker_id)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     defer: DeferPolicy = field(default_factory=DeferPolicy)
+    # Seconds between queue depth samples (``Transport.stats``) for the metrics; 0: never.
+    metrics_interval: float = 15.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -57,6 +63,8 @@ class WorkerConfig:
             raise ConfigurationError("prefetch must be ≥ 1")
         if self.grace_period < 0:
             raise ConfigurationError("grace_period must be ≥ 0")
+        if self.metrics_interval < 0:
+            raise ConfigurationError("metrics_interval must be ≥ 0")
 
     @property
     def effective_prefetch(self) -> int:
@@ -71,6 +79,10 @@ class _QueueRunner:
         self._worker = worker
         self.handle: ConsumerHandle | None = None
         self.paused = False
+        # What the monitor saw last: a handle that was detached by the transport and is
+        # attached again (same handle) is a reconnect.
+        self.seen_handle: ConsumerHandle | None = None
+        self.seen_attached = False
 
     @property
     def attached(self) -> bool:
@@ -98,8 +110,14 @@ class Worker:
         clock: Clock | None = None,
         metrics: WorkerMetrics | None = None,
         payloads: PayloadResolver | None = None,
+        payload_store: PayloadStore | None = None,
+        idempotency: ProcessedKeyStore | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """``payload_store`` is where claim checks are fetched from (the caller closes it);
+        ``payloads`` is the lower-level alternative for several stores."""
+        if payloads is not None and payload_store is not None:
+            raise ConfigurationError("pass payload_store= or payloads=, not both")
         self.transport = transport
         self.registry = registry
         self.config = config or WorkerConfig()
@@ -108,16 +126,23 @@ class Worker:
         self.breakers = BreakerBoard(self.config.breaker, self.clock, self._on_breaker_change)
         # Log context outermost (its fields cover every hook), the breaker innermost (it
         # must see the handler's own outcome, not another middleware's).
-        self.middlewares = [LogContextMiddleware(), *middlewares, BreakerMiddleware(self.breakers)]
+        # Deduplication sits just inside the caller's middlewares (tracing and metrics still
+        # see a skipped duplicate) and outside the breaker (which counts real runs only).
+        dedupe = [IdempotencyMiddleware(idempotency)] if idempotency is not None else []
+        self.middlewares = [LogContextMiddleware(), *middlewares, *dedupe, BreakerMiddleware(self.breakers)]
         registry.check_options(opt for m in self.middlewares for opt in m.options)
         self.metrics.know_job_types([s.job_type for s in registry.specs()])
+        for spec in registry.specs():  # every breaker is exported from the start, closed
+            self.metrics.breaker_state.labels(spec.breaker or spec.job_type).set(int(BreakerState.CLOSED))
+        self.payloads = payloads or PayloadResolver.for_store(payload_store)
         self.processor = Processor(
             registry=registry,
             middlewares=self.middlewares,
-            payloads=payloads or PayloadResolver(),
+            payloads=self.payloads,
             clock=self.clock,
             worker_id=self.config.worker_id,
             max_message_bytes=self.config.max_message_bytes,
+            breakers=self.breakers,
         )
         self.settlement = Settlement(
             transport=transport,
@@ -126,12 +151,14 @@ class Worker:
             metrics=self.metrics,
             rng=rng,
             defer=self.config.defer,
+            payloads=self.payloads,
         )
         self.counts: collections.Counter[str] = collections.Counter()
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._runners = {queue: _QueueRunner(self, queue) for queue in registry.queues()}
         self._active: dict[asyncio.Task[object], Delivery] = {}
         self._timers: set[asyncio.Task[None]] = set()
+        self._monitor: asyncio.Task[None] | None = None
         self._started = False
         self._draining = False
 
@@ -150,6 +177,8 @@ class Worker:
             await self.transport.declare(queue)
             await runner.attach(self.config.effective_prefetch)
         self._started = True
+        if self.config.metrics_interval > 0:
+            self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())
         log.info("worker started", extra={"worker_id": self.config.worker_id, "queues": list(self._runners)})
 
     async def drain(self, grace_period: float | None = None) -> None:
@@ -172,6 +201,10 @@ class Worker:
     async def stop(self, grace_period: float | None = None) -> None:
         if not self._draining:
             await self.drain(grace_period)
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.cancel()
+            await asyncio.wait({monitor}, timeout=5.0)
         for middleware in reversed(self.middlewares):
             with contextlib.suppress(Exception):
                 await middleware.shutdown()
@@ -209,6 +242,7 @@ class Worker:
             gauge.inc()
             try:
                 outcome = await self.processor.process(delivery)
+                self._observe_start(delivery, outcome)
                 await asyncio.shield(self._settle(delivery, outcome))
             except asyncio.CancelledError:
                 await asyncio.shield(self._give_back(delivery))
@@ -216,6 +250,13 @@ class Worker:
             finally:
                 gauge.dec()
                 self._active.pop(task, None)
+
+    def _observe_start(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Time from publish (or the end of the retry delay) to the start of this attempt."""
+        if outcome.envelope is None or outcome.started_at is None:
+            return  # never decoded, or given back without starting (breaker open)
+        due = due_at(delivery.headers) or outcome.envelope.created_at
+        self.metrics.started(delivery.queue, (outcome.started_at - due).total_seconds())
 
     async def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
         spec = None
@@ -244,6 +285,7 @@ class Worker:
     # -- breakers --------------------------------------------------------------------
     def _on_breaker_change(self, breaker: CircuitBreaker) -> None:
         self.metrics.breaker_state.labels(breaker.name).set(int(breaker.state))
+        self.metrics.breaker_transitions.labels(breaker.name, breaker.state.name.lower()).inc()
         log.warning("breaker %s", breaker.state.name.lower(), extra={"breaker": breaker.name})
         if self._draining:
             return
@@ -266,6 +308,49 @@ class Worker:
             for runner in runners:
                 runner.paused = False
                 await runner.attach(self.config.effective_prefetch)
+
+    # -- monitoring ------------------------------------------------------------------
+    async def _monitor_loop(self) -> None:
+        """Watch consumers every second; sample queue depths every ``metrics_interval``."""
+        interval = self.config.metrics_interval
+        next_sample = self.clock.monotonic()
+        while True:
+            self.watch_consumers()
+            if self.clock.monotonic() >= next_sample:
+                next_sample = self.clock.monotonic() + interval
+                await self.sample_queues()
+            await self.clock.sleep(min(1.0, interval))
+
+    def watch_consumers(self) -> None:
+        """Update the consumer gauges; count a consumer the transport re-attached as a reconnect.
+
+        Polled (every second by the monitor), so a blip shorter than a poll is not counted; a
+        consumer the worker itself detached and re-created (breaker) is a new handle, not a
+        reconnect.
+        """
+        for queue, runner in self._runners.items():
+            attached = runner.attached
+            if runner.handle is not None and runner.handle is runner.seen_handle:
+                if attached and not runner.seen_attached:
+                    self.metrics.reconnects.labels(queue).inc()
+            runner.seen_handle, runner.seen_attached = runner.handle, attached
+            self.metrics.queue_consumers.labels(queue).set(1 if attached else 0)
+            self.metrics.queue_paused.labels(queue).set(1 if runner.paused else 0)
+        self.metrics.consumers_attached.set(self.attached_queues)
+
+    async def sample_queues(self) -> None:
+        for queue in self._runners:
+            self.metrics.roll_window(queue)
+            try:
+                stats = await asyncio.wait_for(self.transport.stats(queue), timeout=10.0)
+            except Exception:  # monitoring must never take the worker down
+                self.metrics.sample_errors.labels(queue).inc()
+                log.debug("queue depth sample failed", exc_info=True, extra={"queue": queue})
+                continue
+            self.metrics.sampled(
+                queue, ready=stats.ready, delayed=stats.delayed, dead_letters=stats.dead_letters,
+                oldest_age=stats.oldest_age,
+            )
 
     def _spawn_timer(self, coro: object) -> None:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]

@@ -3,11 +3,19 @@
 A publish that times out has an *unknown* outcome: the broker may have stored it. It is
 retried with the same job id (bounded, with backoff), never under a new id, so consumers
 can recognise the duplicate by its job id and idempotency key.
+
+With a ``payload_store``, a payload over ``payload_threshold`` bytes is uploaded first and the
+message carries a claim check (``producer.claim_check``). The upload happens once, before the
+publish retries, so every try sends the same reference. If the broker definitely refused the
+message, the object is deleted again (best effort); after an *unknown* outcome it is kept,
+since the message may exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,15 +33,20 @@ from common.errors import (
     TransportError,
     UnknownJobType,
 )
-from common.metrics import WorkerMetrics
+from common.headers import ATTEMPT, DUE_AT, JOB_TYPE, format_due_at
+from common.metrics import UNKNOWN, WorkerMetrics
 from common.middleware import Middleware, build_publish_chain
+from common.payload_store.base import DEFAULT_PAYLOAD_THRESHOLD, PayloadStore
 from common.transport.base import OutgoingMessage, Transport
 from consumer.registry import DEFAULT_QUEUE, JobRegistry
+from producer.claim_check import ClaimCheck
 from producer.command import PublishCommand, PublishReceipt
-from schemas.envelope import Envelope, InlinePayload, new_job_id
+from schemas.envelope import Envelope, InlinePayload, PayloadReference, new_job_id
 from schemas.registry import SchemaRegistry
 
 __all__ = ["Producer"]
+
+log = logging.getLogger(__name__)
 
 
 def _worth_retrying(exc: BaseException) -> bool:
@@ -59,6 +72,8 @@ class Producer:
         allow_unregistered: bool = False,
         declare_queues: bool = True,
         manage_transport: bool = True,
+        payload_store: PayloadStore | None = None,
+        payload_threshold: int = DEFAULT_PAYLOAD_THRESHOLD,
     ) -> None:
         if confirm_timeout <= 0 or publish_tries < 1:
             raise ConfigurationError("confirm_timeout must be > 0 and publish_tries ≥ 1")
@@ -75,8 +90,13 @@ class Producer:
         self._declare = declare_queues
         self._manage_transport = manage_transport
         self._declared: set[str] = set()
+        self._declare_lock = asyncio.Lock()
         self._middlewares = list(middlewares)
         self._send = build_publish_chain(self._middlewares, self._confirmed_send)
+        # The caller owns (and closes) the store, as it owns the transport unless told otherwise.
+        self.claim_check = (
+            ClaimCheck(payload_store, self._clock, threshold=payload_threshold) if payload_store else None
+        )
 
     @classmethod
     def for_registry(cls, transport: Transport, jobs: JobRegistry, **kwargs: Any) -> Producer:
@@ -160,7 +180,47 @@ class Producer:
 
     async def publish_envelope(self, envelope: Envelope, *, queue: str | None = None, delay: float = 0.0) -> PublishReceipt:
         target = queue or self._routes.get(envelope.job_type, self._default_queue)
+        if self.claim_check is not None:
+            offloaded = await self.claim_check.offload(envelope)
+            if offloaded is not envelope:
+                try:
+                    return await self._publish(offloaded, target, delay)
+                except Exception as exc:
+                    # Refused or never sent: nothing references the object. After a lost
+                    # confirm or connection the message may exist, so its payload stays.
+                    if isinstance(exc, PublishNotConfirmed) or not isinstance(exc, TransportError):
+                        await self._discard(offloaded.payload)
+                    raise
+        return await self._publish(envelope, target, delay)
+
+    async def _discard(self, reference: object) -> None:
+        if self.claim_check is not None and isinstance(reference, PayloadReference):
+            with contextlib.suppress(Exception):
+                await self.claim_check.discard(reference)
+                return
+            log.warning("could not delete the payload of a refused publish; the sweep removes it")
+
+    async def _publish(self, envelope: Envelope, target: str, delay: float) -> PublishReceipt:
         command = PublishCommand(queue=target, envelope=envelope, delay=max(0.0, delay))
+        try:
+            # Fast path: almost every publish is confirmed on the first try, and building a
+            # tenacity controller per call costs more CPU than the rest of the publish.
+            await self._send(command)
+            tries = 1
+        except Exception as exc:
+            if self._tries == 1 or not _worth_retrying(exc):
+                raise
+            tries = await self._send_with_retries(command, exc)
+        known = self.schemas.knows(envelope.job_type)  # a bounded label: registered types only
+        self.metrics.published.labels(envelope.job_type if known else UNKNOWN).inc()
+        return PublishReceipt(job_id=envelope.job_id, queue=target, confirmed_at=self._clock.now(), tries=tries)
+
+    async def _send_with_retries(self, command: PublishCommand, first_error: Exception) -> int:
+        """Attempts 2…``publish_tries`` after attempt 1 failed with ``first_error``.
+
+        Tenacity replays attempt 1's failure, so the stop, wait and retry rules (and the
+        backoff before attempt 2) are exactly those of a loop that ran from attempt 1.
+        """
         tries = 0
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self._tries),
@@ -170,33 +230,46 @@ class Producer:
         ):
             with attempt:
                 tries += 1
+                if tries == 1:
+                    raise first_error
                 await self._send(command)
-        self.metrics.published.labels(self.metrics.label(envelope.job_type)).inc()
-        return PublishReceipt(job_id=envelope.job_id, queue=target, confirmed_at=self._clock.now(), tries=tries)
+        return tries
 
     async def _confirmed_send(self, command: PublishCommand) -> None:
         body = encode_model(command.envelope)
         if len(body) > self._max_bytes:
             raise MessageTooLarge(f"encoded job is {len(body)} bytes, limit is {self._max_bytes}")
         if self._declare and command.queue not in self._declared:
-            await self.transport.declare(command.queue)
-            self._declared.add(command.queue)
+            async with self._declare_lock:  # concurrent first publishes declare once, not N times
+                if command.queue not in self._declared:
+                    await self.transport.declare(command.queue)
+                    self._declared.add(command.queue)
         message = OutgoingMessage(
             body=body,
             message_id=command.envelope.job_id,
             headers={
-                "x-conveyor-job-type": command.envelope.job_type,
-                "x-conveyor-attempt": str(command.envelope.attempt),
+                JOB_TYPE: command.envelope.job_type,
+                ATTEMPT: str(command.envelope.attempt),
+                DUE_AT: format_due_at(self._clock.now() + timedelta(seconds=command.delay)),
                 **command.headers,
             },
             delay=command.delay,
         )
+        begin = self._clock.monotonic()
         try:
-            await asyncio.wait_for(self.transport.publish(command.queue, message), self._confirm_timeout)
+            # asyncio.timeout, not wait_for: the same deadline without a task per publish.
+            async with asyncio.timeout(self._confirm_timeout):
+                await self.transport.publish(command.queue, message)
         except TimeoutError:
-            raise PublishOutcomeUnknown(
+            error = PublishOutcomeUnknown(
                 f"no confirm within {self._confirm_timeout:g}s for job {command.envelope.job_id}"
-            ) from None
+            )
+            self.metrics.publish_failed("job", error)
+            raise error from None
+        except Exception as exc:
+            self.metrics.publish_failed("job", exc)
+            raise
+        self.metrics.confirmed("job", self._clock.monotonic() - begin)
 
     def _validate(self, job_type: str, data: dict[str, Any], version: int | None) -> int:
         if not self.schemas.knows(job_type):

@@ -23,6 +23,9 @@ REASONS = (
     "invalid_payload",  # the payload does not match its schema
     "delivery_limit",  # the broker's crash-loop backstop dead-lettered it
     "rejected",
+    "payload_reference_invalid",  # a claim check outside the allowed store/bucket/prefix
+    "payload_missing",  # the claim check's object is gone
+    "payload_integrity",  # the object's size or sha256 does not match its claim check
 )
 
 

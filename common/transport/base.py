@@ -20,6 +20,7 @@ __all__ = [
     "Delivery",
     "DeliveryHandler",
     "OutgoingMessage",
+    "QueueStats",
     "Transport",
 ]
 
@@ -86,6 +87,18 @@ class Delivery(abc.ABC):
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What a broker can tell about one work queue; ``None`` means "this transport can't tell"."""
+
+    queue: str
+    ready: int
+    delayed: int | None = None  # waiting out a retry delay (delay tiers, scheduled messages)
+    dead_letters: int | None = None
+    consumers: int | None = None  # consumers attached, from every worker
+    oldest_age: float | None = None  # seconds the oldest ready message has waited
+
+
 class ConsumerHandle(abc.ABC):
     """A running consumer; ``attached`` is what readiness probes report."""
 
@@ -142,3 +155,13 @@ class Transport(abc.ABC):
 
     def dead_letter_queue(self, queue: str) -> str:
         return f"{queue}.dlq"
+
+    async def stats(self, queue: str) -> QueueStats:
+        """Optional capability: depth by state, consumers, oldest age, as far as known.
+
+        The default asks only ``depth`` (ready messages in the queue and its DLQ); transports
+        that can tell more override it. Monitoring (``conveyor status``, the worker's
+        ``conveyor_queue_depth`` gauge) uses this, so it must stay cheap.
+        """
+        return QueueStats(queue=queue, ready=await self.depth(queue),
+                          dead_letters=await self.depth(self.dead_letter_queue(queue)))

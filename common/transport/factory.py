@@ -2,7 +2,7 @@
 
     memory://                  MemoryTransport on a new, private MemoryBroker
     amqp://  amqps://          RabbitMQTransport (aio-pika)
-    pulsar:// pulsar+ssl://    not yet (ConfigurationError)
+    pulsar:// pulsar+ssl://    PulsarTransport (pulsar-client's asyncio API)
 
 Broker clients are imported only when their scheme is used, so a memory-only install
 does not need them.
@@ -35,7 +35,9 @@ def transport_from_url(url: str, **kwargs: Any) -> Transport:
 
         return RabbitMQTransport(url, **kwargs)
     if scheme in ("pulsar", "pulsar+ssl"):
-        raise ConfigurationError("the Pulsar transport is not yet available")
+        from common.transport.pulsar import PulsarTransport
+
+        return PulsarTransport(url, **kwargs)
     raise ConfigurationError(
         f"unsupported broker URL {mask_url(url)!r}: use memory://, amqp://, amqps://, pulsar:// or pulsar+ssl://"
     )

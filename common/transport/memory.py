@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from common.clock import Clock, SystemClock
 from common.errors import PublishNotConfirmed, TransportError
-from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, Transport
+from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
 
@@ -29,6 +29,7 @@ class _Stored:
     headers: dict[str, str]
     message_id: str
     delivery_count: int = 0
+    ready_since: float = 0.0  # broker clock (monotonic) when it last became ready
 
 
 @dataclass(eq=False)
@@ -112,11 +113,27 @@ class MemoryBroker:
         q = self._require(queue)
         return q.unacked + q.delayed
 
+    def stats(self, queue: str, dead_letter_queue: str) -> QueueStats:
+        q = self._require(queue)
+        dlq = self._queues.get(dead_letter_queue)
+        # Released messages go back to the front with their first ready time, so the head
+        # is the oldest ready message.
+        oldest = self.clock.monotonic() - q.ready[0].ready_since if q.ready else 0.0
+        return QueueStats(
+            queue=queue,
+            ready=len(q.ready),
+            delayed=q.delayed,
+            dead_letters=len(dlq.ready) if dlq is not None else None,
+            consumers=sum(1 for c in q.consumers if c.attached),
+            oldest_age=max(0.0, oldest),
+        )
+
     def publish(self, queue: str, message: OutgoingMessage) -> None:
         q = self._queues.get(queue)
         if q is None:
             raise PublishNotConfirmed(f"no queue {queue!r}: message unroutable")
         stored = _Stored(bytes(message.body), dict(message.headers), message.message_id)
+        stored.ready_since = self.clock.monotonic()
         if message.delay > 0:
             q.delayed += 1
             self._spawn(self._deliver_later(queue, stored, message.delay))
@@ -140,6 +157,7 @@ class MemoryBroker:
         await self.clock.sleep(delay)
         q = self._require(queue)
         q.delayed -= 1
+        stored.ready_since = self.clock.monotonic()
         q.ready.append(stored)
         self._dispatch(queue)
 
@@ -293,6 +311,10 @@ class MemoryTransport(Transport):
     async def depth(self, queue: str) -> int:
         self._check()
         return self.broker.depth(queue)
+
+    async def stats(self, queue: str) -> QueueStats:
+        self._check()
+        return self.broker.stats(queue, self.dead_letter_queue(queue))
 
     def _check(self) -> None:
         if not self.connected:

@@ -43,9 +43,9 @@ from aio_pika.exceptions import (
 )
 
 from common.errors import ConfigurationError, PublishNotConfirmed, PublishOutcomeUnknown, TransportError
-from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, Transport
+from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
 from common.transport.factory import mask_url
-from common.transport.rabbitmq_topology import DEFAULT_DELAY_TIERS, Topology
+from common.transport.rabbitmq_topology import DEFAULT_DELAY_TIERS, Topology, tier_queue
 
 __all__ = ["RabbitMQTransport"]
 
@@ -310,6 +310,40 @@ class RabbitMQTransport(Transport):
         self._known_queues.add(queue)
         return int(declared.message_count or 0)
 
+    async def stats(self, queue: str) -> QueueStats:
+        """Ready messages and consumers of ``queue``, its delay tiers summed, its DLQ.
+
+        Passive declares (no management plugin needed), on one channel unless a tier is
+        missing (a worker with other delay tiers declared the queue). AMQP cannot tell a
+        message's age without taking it, so ``oldest_age`` stays unknown.
+        """
+        dlq = self.dead_letter_queue(queue)
+        pending = [queue, dlq, *(tier_queue(queue, tier) for tier in self.topology.delay_tiers)]
+        counts: dict[str, tuple[int, int]] = {}
+        while pending:
+            async with self._control_channel() as channel:
+                while pending:
+                    name = pending.pop(0)
+                    try:
+                        declared = await channel.queue_declare(name, passive=True)
+                    except ChannelNotFoundEntity:
+                        if name in (queue, dlq):
+                            raise TransportError(f"no queue {name!r}") from None
+                        # A tier this process's topology has and the declarer's had not: skip
+                        # it; the 404 closed the channel, go on with a new one.
+                        break
+                    counts[name] = (int(declared.message_count or 0), int(declared.consumer_count or 0))
+        self._known_queues.update(counts)
+        ready, consumers = counts.pop(queue)
+        dead_letters, _ = counts.pop(dlq)
+        return QueueStats(
+            queue=queue,
+            ready=ready,
+            delayed=sum(count for count, _ in counts.values()),
+            dead_letters=dead_letters,
+            consumers=consumers,
+        )
+
     async def _require_queue(self, queue: str) -> None:
         if queue not in self._known_queues:
             await self.depth(queue)
@@ -345,7 +379,9 @@ class RabbitMQTransport(Transport):
             raise TransportError("RabbitMQ transport is not connected")
         try:
             # During a reconnect, wait (bounded) for the robust channel to be reopened.
-            await asyncio.wait_for(channel.ready(), self.connect_timeout)
+            # asyncio.timeout, not wait_for: no extra task (and loop round trips) per publish.
+            async with asyncio.timeout(self.connect_timeout):
+                await channel.ready()
         except asyncio.TimeoutError:
             raise TransportError(f"publisher connection not re-established within {self.connect_timeout:g}s") from None
         return channel

@@ -13,6 +13,8 @@
 #   CONVEYOR_RUN_DIR       pid file, logs (default ~/.cache/conveyor/run)
 #   CONVEYOR_M2_REPO       Maven local repository used for the download (default ~/.m2/repository)
 #   CONVEYOR_PULSAR_READY_TIMEOUT  seconds to wait for readiness (default 180)
+#   CONVEYOR_PULSAR_KEEP_DATA=1    `up` keeps the broker's data/ (topics, subscriptions, messages)
+#                                  instead of starting fresh: a restart, as in the broker-restart test
 #
 # All diagnostics go to stderr so that callers can take the URL from stdout.
 set -euo pipefail
@@ -197,8 +199,10 @@ start() {
         port_in_use "$port" && die "port ${port} on ${HOST} is already in use by another process"
     done
     # A fresh start gets fresh state: leftovers from an earlier run (or a crash) can keep the
-    # bookie from starting and would leak messages between test runs.
-    rm -rf "${PULSAR_HOME_DIR}/data"
+    # bookie from starting and would leak messages between test runs. A restart keeps them.
+    if [[ "${CONVEYOR_PULSAR_KEEP_DATA:-0}" != "1" ]]; then
+        rm -rf "${PULSAR_HOME_DIR}/data"
+    fi
     mkdir -p "$RUN_DIR"
     log "starting Pulsar ${PULSAR_VERSION} standalone (log: ${LOG_FILE})"
     # setsid detaches it from our session/terminal so it survives the caller (CI step, shell).

@@ -42,6 +42,30 @@ def amqp_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def pulsar_url() -> str:
+    """The Pulsar under test; checked once per session (binary protocol and admin API)."""
+    url = _require_env("CONVEYOR_PULSAR_URL", "run scripts/services/pulsar.sh up")
+
+    async def probe() -> None:
+        from common.transport.pulsar import PulsarTransport
+
+        transport = PulsarTransport(url, connect_timeout=15)
+        await transport.connect()
+        try:
+            await transport._admin_client().subscriptions(transport.names.rest_path("conveyor-probe"))
+        finally:
+            await transport.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:  # any failure to reach the broker or its admin API is fatal for these tests
+        pytest.fail(
+            f"Pulsar at {mask_url(url)} is unreachable: {type(exc).__name__}: {str(exc)[:300]}", pytrace=False
+        )
+    return url
+
+
 @pytest.fixture
 def queue_name(request: pytest.FixtureRequest) -> str:
     """A queue name no other test (or concurrent test run) uses."""

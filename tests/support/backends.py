@@ -1,6 +1,6 @@
 """Which brokers the shared suites run against, and how to reach them.
 
-``CONVEYOR_TEST_BACKENDS`` (default ``memory,rabbitmq``) lists them. A listed real broker
+``CONVEYOR_TEST_BACKENDS`` (default ``memory,rabbitmq,pulsar``) lists them. A listed real broker
 without its URL is a hard failure: run ``scripts/test`` (which starts the servers) or set
 ``CONVEYOR_AMQP_URL`` / ``CONVEYOR_PULSAR_URL`` yourself. Nothing is skipped.
 """
@@ -24,7 +24,7 @@ TEST_DELAY_TIERS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 def backend_names() -> list[str]:
-    raw = os.environ.get("CONVEYOR_TEST_BACKENDS", "memory,rabbitmq")
+    raw = os.environ.get("CONVEYOR_TEST_BACKENDS", "memory,rabbitmq,pulsar")
     return [name.strip() for name in raw.split(",") if name.strip()]
 
 

@@ -42,10 +42,15 @@ def test_amqp_url_gives_a_rabbitmq_transport_with_options() -> None:
     assert "secret" not in repr(transport)
 
 
-@pytest.mark.parametrize("url", ["pulsar://localhost:6650", "pulsar+ssl://localhost:6651"])
-def test_pulsar_is_not_available_yet(url: str) -> None:
-    with pytest.raises(ConfigurationError, match="not yet"):
-        transport_from_url(url)
+def test_pulsar_url_gives_a_pulsar_transport_with_options_and_no_secret_in_repr() -> None:
+    from common.transport.pulsar import PulsarTransport
+
+    transport = transport_from_url("pulsar+ssl://h1:6651,h2:6651/?token=s3cr3t&subscription=billing", nack_delay=0.2)
+    assert isinstance(transport, PulsarTransport)
+    assert (transport.subscription, transport.nack_delay) == ("billing", 0.2)
+    assert transport.admin_url == "https://h1:8443"
+    assert transport.dead_letter_queue("orders") == "orders-DLQ"
+    assert "s3cr3t" not in repr(transport)
 
 
 def test_unknown_scheme_is_a_configuration_error_without_the_password() -> None:

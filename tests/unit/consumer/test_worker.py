@@ -145,3 +145,30 @@ async def test_metrics_have_no_series_per_job_id() -> None:
     text = worker.metrics.render().decode()
     assert 'conveyor_jobs_succeeded_total{job_type="t.many"} 200.0' in text
     assert text.count("conveyor_jobs_succeeded_total{") == 1
+
+
+async def test_worker_idempotency_option_dedupes_and_exposes_checkpoints() -> None:
+    from common.idempotency.memory import MemoryProcessedKeyStore
+
+    broker = MemoryBroker()
+    runs: list[tuple[int, dict | None]] = []
+    jobs = JobRegistry()
+
+    @jobs.job("t.steps", retry=RetryPolicy(max_attempts=3, base=0.01, jitter=0))
+    async def steps(payload: Job, ctx: JobContext) -> None:
+        runs.append((ctx.attempt, ctx.last_checkpoint))
+        if ctx.attempt == 1:
+            await ctx.checkpoint({"done": 5})
+            raise RetryableError("crash half-way")
+
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    store = MemoryProcessedKeyStore()
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer:
+        async with Worker(transport, jobs, idempotency=store) as worker:
+            await producer.publish("t.steps", Job(n=1), idempotency_key="order-7")
+            await broker.join(DEFAULT_QUEUE)
+            await producer.publish("t.steps", Job(n=1), idempotency_key="order-7")  # a duplicate
+            await broker.join(DEFAULT_QUEUE)
+    assert runs == [(1, None), (2, {"done": 5})], "resumed from the checkpoint, and the duplicate never ran"
+    assert worker.counts["succeeded"] == 2

@@ -1,0 +1,52 @@
+"""Processed-key stores (idempotency) and job checkpoints: memory, SQLite, PostgreSQL.
+
+``store_from_url`` picks one by URL: ``memory://``, ``sqlite:///absolute/path.db`` (or
+``sqlite:relative/path.db``), ``postgresql://user:password@host:port/db`` (``postgres://``
+too). The drivers (aiosqlite, asyncpg) are imported only when a store opens.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from common.clock import Clock
+from common.errors import ConfigurationError
+from common.idempotency.base import (
+    IdempotencyConflict,
+    IdempotencyStoreUnavailable,
+    ProcessedKeyStore,
+    Record,
+    StoreTransaction,
+)
+from common.idempotency.memory import MemoryProcessedKeyStore
+from common.idempotency.postgres import PostgresProcessedKeyStore
+from common.idempotency.sqlite import SQLiteProcessedKeyStore
+
+__all__ = [
+    "IdempotencyConflict",
+    "IdempotencyStoreUnavailable",
+    "MemoryProcessedKeyStore",
+    "PostgresProcessedKeyStore",
+    "ProcessedKeyStore",
+    "Record",
+    "SQLiteProcessedKeyStore",
+    "StoreTransaction",
+    "store_from_url",
+]
+
+
+def store_from_url(url: str, *, clock: Clock | None = None, table_prefix: str | None = None) -> ProcessedKeyStore:
+    scheme = urlsplit(url).scheme.lower()
+    prefix = {} if table_prefix is None else {"table_prefix": table_prefix}
+    if scheme == "memory":
+        return MemoryProcessedKeyStore(clock=clock)
+    if scheme == "sqlite":
+        path = url[len("sqlite:") :]
+        path = path[2:] if path.startswith("//") else path  # sqlite:///abs → /abs
+        if not path:
+            raise ConfigurationError("sqlite URL needs a file path: sqlite:///var/lib/conveyor/keys.db")
+        return SQLiteProcessedKeyStore(path, clock=clock, **prefix)
+    if scheme in ("postgresql", "postgres"):
+        return PostgresProcessedKeyStore(url, clock=clock, **prefix)
+    # Never echo the URL: it may carry a password.
+    raise ConfigurationError(f"unsupported idempotency store scheme {scheme!r}: use memory, sqlite or postgresql")

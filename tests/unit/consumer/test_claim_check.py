@@ -1,0 +1,282 @@
+"""Claim checks end to end on the in-memory broker and store: publish, fetch, verify, clean up."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from common.backoff import RetryPolicy
+from common.codec import decode_envelope, encode_model
+from common.errors import MessageTooLarge, PublishNotConfirmed
+from common.payload_store.memory import MemoryPayloadStore
+from common.transport.base import OutgoingMessage
+from common.transport.memory import MemoryBroker, MemoryTransport
+from consumer.breaker import BreakerConfig, BreakerState
+from consumer.context import JobContext
+from consumer.dead_letters import DeadLetterFilter, DeadLetters
+from consumer.payloads import PayloadResolver
+from consumer.registry import DEFAULT_QUEUE, JobRegistry
+from consumer.worker import Worker, WorkerConfig
+from producer.producer import Producer
+from schemas.envelope import InlinePayload, PayloadReference
+
+THRESHOLD = 1024
+
+
+class Blob(BaseModel):
+    text: str
+
+
+class Harness:
+    def __init__(self, *, retry: RetryPolicy | None = None, breaker: BreakerConfig | None = None) -> None:
+        self.broker = MemoryBroker()
+        self.store = MemoryPayloadStore()
+        self.seen: list[str] = []
+        self.jobs = JobRegistry()
+        self.fail = False
+
+        @self.jobs.job("t.blob", retry=retry or RetryPolicy(max_attempts=3, base=0.01, jitter=0), breaker="blobs")
+        async def handle(payload: Blob, ctx: JobContext) -> None:
+            self.seen.append(payload.text)
+            if self.fail:
+                from common.errors import PermanentError
+
+                raise PermanentError("no")
+
+        self.config = WorkerConfig(concurrency=2, breaker=breaker or BreakerConfig())
+
+    def producer(self, **kwargs: object) -> Producer:
+        options = {"payload_store": self.store, "payload_threshold": THRESHOLD, **kwargs}
+        return Producer.for_registry(MemoryTransport(self.broker), self.jobs, **options)  # type: ignore[arg-type]
+
+    async def worker(self) -> Worker:
+        transport = MemoryTransport(self.broker)
+        await transport.connect()
+        return Worker(transport, self.jobs, config=self.config, payload_store=self.store)
+
+    async def raw(self, body: bytes) -> None:
+        transport = MemoryTransport(self.broker)
+        await transport.connect()
+        await transport.declare(DEFAULT_QUEUE)
+        await transport.publish(DEFAULT_QUEUE, OutgoingMessage(body=body, message_id="raw"))
+
+    async def dead_letters(self) -> list:
+        transport = MemoryTransport(self.broker)
+        await transport.connect()
+        return await DeadLetters(transport, DEFAULT_QUEUE).list()
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    for _ in range(2000):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition not reached")
+
+
+async def published_envelope(h: Harness):  # type: ignore[no-untyped-def]
+    reader = MemoryTransport(h.broker)
+    await reader.connect()
+    delivery = await reader.get(DEFAULT_QUEUE)
+    assert delivery is not None
+    await delivery.release()
+    return decode_envelope(delivery.body)
+
+
+async def test_small_payloads_stay_inline_and_touch_no_store() -> None:
+    h = Harness()
+    async with h.producer() as producer:
+        await producer.publish("t.blob", Blob(text="small"))
+    envelope = await published_envelope(h)
+    assert isinstance(envelope.payload, InlinePayload)
+    assert h.store.requests == []
+
+
+async def test_a_large_payload_travels_as_a_structured_reference_and_comes_back_whole() -> None:
+    h = Harness()
+    text = "é" * 5000
+    async with h.producer() as producer:
+        receipt = await producer.publish("t.blob", Blob(text=text))
+    envelope = await published_envelope(h)
+    reference = envelope.payload
+    assert isinstance(reference, PayloadReference)
+    stored = h.store.objects[reference.key].data
+    assert stored == orjson.dumps({"text": text})
+    assert (reference.store, reference.bucket, reference.size) == ("memory", "conveyor", len(stored))
+    assert reference.sha256 == hashlib.sha256(stored).hexdigest()
+    assert reference.content_type == "application/json"
+    assert re.fullmatch(rf"payloads/t\.blob/\d{{4}}/\d{{2}}/\d{{2}}/{receipt.job_id}-[0-9a-f]{{32}}\.json", reference.key)
+    assert "://" not in encode_model(envelope).decode()  # a claim check, never a URL
+    async with await h.worker() as worker:
+        await until(lambda: worker.counts["succeeded"] == 1)
+    assert h.seen == [text]
+    assert h.store.objects == {}, "a succeeded job's object is deleted after the ack"
+
+
+async def test_a_tampered_object_goes_to_the_dlq_after_one_delivery_and_the_handler_never_runs() -> None:
+    h = Harness()
+    async with h.producer() as producer:
+        await producer.publish("t.blob", Blob(text="a" * 2000))
+    key = next(iter(h.store.objects))
+    h.store.tamper(key, b'{"text": "' + b"b" * 2000 + b'"}')
+    async with await h.worker() as worker:
+        await until(lambda: worker.counts["dead_lettered"] == 1)
+    [record] = await h.dead_letters()
+    assert record.reason == "payload_integrity"
+    assert h.seen == [] and worker.counts["retried"] == 0
+    assert key in h.store.objects, "a dead-lettered job keeps its object"
+
+
+async def test_a_missing_object_goes_to_the_dlq_as_payload_missing() -> None:
+    h = Harness()
+    async with h.producer() as producer:
+        await producer.publish("t.blob", Blob(text="a" * 2000))
+    h.store.objects.clear()
+    async with await h.worker() as worker:
+        await until(lambda: worker.counts["dead_lettered"] == 1)
+    [record] = await h.dead_letters()
+    assert record.reason == "payload_missing"
+
+
+async def test_an_escaping_reference_is_dead_lettered_without_any_store_request() -> None:
+    h = Harness()
+    async with h.producer(payload_store=None) as producer:
+        envelope = producer.build_envelope("t.blob", Blob(text="x"))
+    hostile = PayloadReference(store="memory", bucket="conveyor", key="payloads/../../etc/passwd", sha256="0" * 64, size=4)
+    await h.raw(encode_model(envelope.model_copy(update={"payload": hostile})))
+    async with await h.worker() as worker:
+        await until(lambda: worker.counts["dead_lettered"] == 1)
+    [record] = await h.dead_letters()
+    assert record.reason == "payload_reference_invalid"
+    assert h.store.requests == []
+
+
+async def test_a_store_outage_is_retried_and_opens_the_jobs_breaker_without_fetching_more() -> None:
+    h = Harness(retry=RetryPolicy(max_attempts=10, base=5, jitter=0),
+                breaker=BreakerConfig(consecutive_failures=2, reset_timeout=60))
+    h.config = WorkerConfig(concurrency=1, breaker=h.config.breaker)
+    async with h.producer() as producer:
+        for i in range(4):
+            await producer.publish("t.blob", Blob(text=str(i) * 2000))
+    h.store.fail_with = ConnectionError("store down")
+    fetches_before = len(h.store.requests)
+    async with await h.worker() as worker:
+        await until(lambda: worker.breakers.get("blobs").state is BreakerState.OPEN)
+        await asyncio.sleep(0.05)
+        assert worker.counts["retried"] == 2 and worker.counts["dead_lettered"] == 0
+        assert len(h.store.requests) - fetches_before == 2, "an open breaker stops fetching"
+    assert h.seen == []
+
+
+async def test_an_open_breaker_releases_a_reference_job_unfetched() -> None:
+    h = Harness()
+    async with h.producer() as producer:
+        await producer.publish("t.blob", Blob(text="z" * 2000))
+    worker = await h.worker()
+    breaker = worker.breakers.get("blobs")
+    for _ in range(5):
+        breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+    fetches = len(h.store.requests)
+    reader = MemoryTransport(h.broker)
+    await reader.connect()
+    delivery = await reader.get(DEFAULT_QUEUE)
+    assert delivery is not None
+    outcome = await worker.processor.process(delivery)
+    assert outcome.kind.name == "RELEASE" and outcome.reason == "circuit_open"
+    assert len(h.store.requests) == fetches
+    await delivery.release()
+
+
+async def test_a_failed_delete_after_success_is_logged_and_the_job_still_succeeds(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    async with h.producer() as producer:
+        await producer.publish("t.blob", Blob(text="q" * 2000))
+    worker = await h.worker()
+    original_delete = h.store.delete
+
+    async def broken_delete(reference: PayloadReference) -> None:
+        raise ConnectionError("delete failed")
+
+    h.store.delete = broken_delete  # type: ignore[method-assign]
+    async with worker:
+        await until(lambda: worker.counts["succeeded"] == 1)
+    assert "payload delete failed" in caplog.text
+    assert len(h.store.objects) == 1  # left for the sweep or a lifecycle rule
+    h.store.delete = original_delete  # type: ignore[method-assign]
+
+
+async def test_dlq_purge_deletes_the_objects_of_purged_entries_only() -> None:
+    h = Harness()
+    h.fail = True
+    async with h.producer() as producer:
+        await producer.publish("t.blob", Blob(text="1" * 2000))
+        await producer.publish("t.blob", Blob(text="2" * 2000))
+    async with await h.worker() as worker:
+        await until(lambda: worker.counts["dead_lettered"] == 2)
+    assert len(h.store.objects) == 2, "dead-lettered jobs keep their objects"
+    transport = MemoryTransport(h.broker)
+    await transport.connect()
+    letters = DeadLetters(transport, DEFAULT_QUEUE, payloads=PayloadResolver([h.store]))
+    [first, _] = await letters.list()
+    assert await letters.purge(DeadLetterFilter(dead_letter_id=first.dead_letter_id)) == 1
+    assert letters.payloads_deleted == 1 and len(h.store.objects) == 1
+
+
+async def test_a_refused_publish_deletes_its_uploaded_object() -> None:
+    h = Harness()
+    async with h.producer(declare_queues=False) as producer:
+        with pytest.raises(PublishNotConfirmed):
+            await producer.publish("t.blob", Blob(text="r" * 2000))
+    assert h.store.objects == {}
+
+
+async def test_an_unknown_publish_outcome_is_retried_with_the_same_reference() -> None:
+    h = Harness()
+
+    class LostConfirm(MemoryTransport):
+        bodies: list[bytes] = []
+
+        async def publish(self, queue: str, message: OutgoingMessage) -> None:
+            self.bodies.append(message.body)
+            await super().publish(queue, message)
+            if len(self.bodies) == 1:
+                await asyncio.sleep(10)
+
+    transport = LostConfirm(h.broker)
+    producer = Producer.for_registry(transport, h.jobs, payload_store=h.store, payload_threshold=THRESHOLD,
+                                     confirm_timeout=0.05)
+    async with producer:
+        receipt = await producer.publish("t.blob", Blob(text="u" * 2000))
+    assert receipt.tries == 2
+    assert len(h.store.objects) == 1 and [op for op, _ in h.store.requests] == ["put"]
+    first, second = (decode_envelope(b).payload for b in transport.bodies)
+    assert first == second
+
+
+async def test_a_payload_over_the_store_limit_is_refused_before_upload() -> None:
+    h = Harness()
+    h.store.max_bytes = 4096
+    async with h.producer() as producer:
+        with pytest.raises(MessageTooLarge):
+            await producer.publish("t.blob", Blob(text="o" * 5000))
+    assert h.store.requests == []
+
+
+async def test_a_newer_version_is_deferred_without_fetching_its_payload() -> None:
+    h = Harness()
+    async with h.producer() as producer:
+        envelope = producer.build_envelope("t.blob", Blob(text="n" * 2000))
+        offloaded = await producer.claim_check.offload(envelope)  # type: ignore[union-attr]
+    await h.raw(encode_model(offloaded.model_copy(update={"schema_version": 2})))
+    fetches = len(h.store.requests)
+    async with await h.worker() as worker:
+        await until(lambda: worker.counts["deferred"] == 1)
+    assert len(h.store.requests) == fetches
+    assert len(h.store.objects) == 1
