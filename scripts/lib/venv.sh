@@ -1,5 +1,6 @@
 # Sourced by scripts/*: make sure .venv exists and holds this checkout's dependencies.
-# Re-installs only when pyproject.toml changed, so repeated runs start at once.
+# Installs the test and otel extras (the tracing tests exercise the OTLP exporter).
+# Re-installs only when pyproject.toml or this script changed, so repeated runs start at once.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${CONVEYOR_VENV:-$ROOT/.venv}"
@@ -10,11 +11,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON_BIN" -m venv "$VENV"
 fi
 stamp="$VENV/.conveyor-installed"
-want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+want="$(cat "$ROOT/pyproject.toml" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing Conveyor and its test dependencies into $VENV" >&2
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]" >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test,otel]" >&2
   echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
