@@ -29,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small run: 2,000 jobs, 3 s of latency, 1,000 retries")
     p.add_argument("--jobs", type=int, help="jobs per publish/drain scenario (default 20,000; 2,000 with --quick)")
     p.add_argument("--retry-jobs", type=int, help="jobs in the retry scenario (default 5,000; 1,000 with --quick)")
+    p.add_argument("--repeat", type=int, help="samples per side, ABBA order, best reported (default 2; 1 with --quick)")
     p.add_argument("--window", type=int, default=100, help="publishes in flight in the pipelined row (default 100)")
     p.add_argument("--prefetch", type=int, default=64, help="prefetch = concurrency of both workers (default 64)")
     p.add_argument("--latency-rate", type=float, default=500.0, help="jobs/s in the latency scenario (default 500)")
@@ -50,6 +51,7 @@ def make_config(args: argparse.Namespace) -> Config:
         jobs=args.jobs or (2_000 if args.quick else 20_000),
         retry_jobs=args.retry_jobs or (1_000 if args.quick else 5_000),
         window=args.window,
+        repeat=max(1, args.repeat or (1 if args.quick else 2)),
         prefetch=args.prefetch,
         latency_rate=args.latency_rate,
         latency_seconds=args.latency_seconds or (3.0 if args.quick else 10.0),
@@ -62,6 +64,7 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, An
     config = make_config(args)
     machine = describe(await rabbitmq_version(config.url))
     runner = Runner(config, progress=lambda text: console.log(text))
+    machine["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     error: str | None = None
     try:
@@ -73,6 +76,7 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, An
         swept = await sweep_prefix(config.url, runner.prefix)
         if any(swept):
             console.log(f"swept leftover queues/exchanges: {swept}")
+    machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return {
         "machine": machine,
         "config": {k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in vars(config).items() if k != "url"},
@@ -80,6 +84,7 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, An
         "wall_seconds": round(time.perf_counter() - started, 1),
         "rows": [row.as_dict() for row in runner.rows],
         "others": runner.others,
+        "broker_interruptions": runner.interruptions,
         "error": error,
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
     }

@@ -45,7 +45,7 @@ def _version(name: str) -> str:
 
 
 async def rabbitmq_version(url: str) -> str:
-    connection = await aio_pika.connect(url)
+    connection = await aio_pika.connect(url, timeout=15)
     try:
         props = connection.transport.connection.server_properties if connection.transport else {}
         version = props.get("version", b"?")

@@ -52,8 +52,8 @@ async def declare_retry_topology(url: str, queue: str, retry_queue: str, ttl_ms:
         await channel.declare_queue(retry_queue, durable=True, arguments=arguments)
 
 
-async def publish_rate(url: str, queue: str, n: int, window: int) -> float:
-    """Seconds to publish ``n`` confirmed persistent messages with ``window`` in flight."""
+async def publish_rate(url: str, queue: str, n: int, window: int) -> tuple[float, float]:
+    """(wall, CPU) seconds to publish ``n`` confirmed persistent messages with ``window`` in flight."""
     connection, channel = await _connect(url)
     async with connection:
         await channel.declare_queue(queue, durable=True, arguments=QUORUM)
@@ -68,7 +68,7 @@ async def publish_rate(url: str, queue: str, n: int, window: int) -> float:
         return await run_windowed(publish_one, n, window)
 
 
-async def prepublish(url: str, queue: str, n: int, window: int = 200) -> None:
+async def prepublish(url: str, queue: str, n: int, window: int = 500) -> None:
     await publish_rate(url, queue, n, window)
 
 
@@ -119,7 +119,7 @@ async def worker_main(spec: dict[str, Any]) -> None:
     await channel.set_qos(prefetch_count=int(spec["prefetch"]))
     queue = await channel.declare_queue(spec["queue"], durable=True, arguments=QUORUM, passive=True)
     done = asyncio.Event()
-    state = {"count": 0, "first": 0.0, "last": 0.0}
+    state = {"count": 0, "first": 0.0, "last": 0.0, "cpu_first": 0.0, "cpu_last": 0.0}
     latencies: list[float] = []
     exchange = channel.default_exchange
     retry_queue = spec.get("retry_queue")
@@ -128,11 +128,13 @@ async def worker_main(spec: dict[str, Any]) -> None:
         state["count"] += 1
         if state["count"] >= n:
             state["last"] = time.perf_counter()
+            state["cpu_last"] = time.process_time()
             done.set()
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         if not state["first"]:
             state["first"] = time.perf_counter()
+            state["cpu_first"] = time.process_time()
         data = orjson.loads(message.body)
         if mode == "latency":
             latencies.append(time.time() - data["sent_at"])
@@ -164,6 +166,7 @@ async def worker_main(spec: dict[str, Any]) -> None:
     result: dict[str, Any] = {"completed": state["count"]}
     if state["count"] >= n:
         result["seconds"] = state["last"] - state["first"]
+        result["cpu_seconds"] = state["cpu_last"] - state["cpu_first"]
     if mode == "latency":
         result["latencies"] = latencies
     await connection.close()

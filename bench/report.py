@@ -27,6 +27,13 @@ def _verdict(row: dict[str, Any]) -> str:
     return "[green]meets[/green]" if ok else "[red]below[/red]"
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    cpu = row.get("detail", {}).get("cpu_us_per_job")
+    if not cpu or cpu.get("raw") is None or cpu.get("conveyor") is None:
+        return ""
+    return f"{cpu['raw']:.0f} · {cpu['conveyor']:.0f}"
+
+
 def render(results: dict[str, Any], console: Console) -> None:
     m = results["machine"]
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
@@ -34,11 +41,13 @@ def render(results: dict[str, Any], console: Console) -> None:
     console.print(
         f"{m['date']}  ·  {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM  ·  {m['os']}\n"
         f"Python {m['python']}  ·  RabbitMQ {m['rabbitmq']}  ·  {libs}\n"
-        f"command: {results['command']}  ·  wall time {results['wall_seconds']} s"
+        f"command: {results['command']}  ·  wall time {results['wall_seconds']} s  ·  "
+        f"load average before {m.get('load_average_before')}, after {m.get('load_average_after')}"
     )
     cfg = results["config"]
     console.print(
         f"jobs {cfg['jobs']:,}  ·  retry jobs {cfg['retry_jobs']:,}  ·  window {cfg['window']}  ·  "
+        f"{cfg['repeat']} sample(s) per side, ABBA order, best shown  ·  "
         f"prefetch = concurrency {cfg['prefetch']}  ·  latency {cfg['latency_rate']:g}/s × {cfg['latency_seconds']:g} s"
     )
 
@@ -52,6 +61,7 @@ def render(results: dict[str, Any], console: Console) -> None:
         ("Conveyor/raw", "right"),
         ("target", "right"),
         ("", "left"),
+        ("CPU µs/job raw · Conveyor", "right"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in results["rows"]:
@@ -66,9 +76,14 @@ def render(results: dict[str, Any], console: Console) -> None:
             "—" if ratio is None else f"{ratio:.2f}",
             "" if target is None else f"≥ {target:.2f}",
             _verdict(row),
+            _cpu(row),
         )
     console.print(table)
-    console.print("↓ lower is better. Ratios are Conveyor ÷ raw: above 1 is faster for rates, slower for latency/RSS.")
+    console.print(
+        "↓ lower is better. Ratios are Conveyor ÷ raw: above 1 is faster for rates, slower for latency/RSS.\n"
+        "CPU µs/job: CPU time of the publishing process (publish rows) or of the worker process (drain, retry)\n"
+        "over the timed span, divided by the jobs: the client-side cost per job, independent of broker speed."
+    )
 
     if results["others"]:
         other = Table(title="Other libraries, same jobs and broker (publish sequential with confirms)")
@@ -83,5 +98,10 @@ def render(results: dict[str, Any], console: Console) -> None:
                 entry.get("status", ""),
             )
         console.print(other)
+    if results.get("broker_interruptions"):
+        console.print(
+            f"[yellow]the broker was unreachable {results['broker_interruptions']} time(s) between steps "
+            "(someone restarted it); the harness waited for it, but treat nearby numbers with care[/yellow]"
+        )
     if results.get("error"):
         console.print(f"[red]run failed:[/red] {results['error']}")

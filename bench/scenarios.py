@@ -10,11 +10,17 @@ Every number is a rate or a latency measured the same way for both sides:
               records ``handler start − send time`` (wall clock, same machine).
 * retry     — ``n`` jobs each failing once: a confirmed copy into a 50 ms TTL queue that
               dead-letters back, then the original acked; timed to the ``n``-th success.
+
+Each pair runs ``repeat`` times in ABBA order (raw, Conveyor, Conveyor, raw, …) so that a
+drifting broker or a noisy neighbour does not favour whichever side runs first; the best
+sample of each side is reported (rates: highest; latency: lowest p99; CPU: lowest), and
+every sample is kept in the JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import importlib.util
 import time
 import uuid
@@ -23,13 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import raw
-from bench.support import delete_queues, percentile, run_worker_process
+from bench.support import delete_queues, percentile, run_worker_process, wait_for_broker
 
 __all__ = ["Config", "Row", "Runner"]
 
 SIDES = ("raw", "conveyor")
 QUORUM = {"x-queue-type": "quorum"}
 AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+Sample = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class Config:
     latency_rate: float = 500.0
     latency_seconds: float = 10.0
     retry_jobs: int = 5_000
+    repeat: int = 2
     others: bool = True
     only: frozenset[str] = frozenset()
 
@@ -85,6 +93,15 @@ class Row:
         }
 
 
+def _best_rate(samples: list[Sample]) -> float:
+    return max(s["rate"] for s in samples)
+
+
+def _min_cpu(samples: list[Sample]) -> float | None:
+    values = [s["cpu_us"] for s in samples if s.get("cpu_us") is not None]
+    return min(values) if values else None
+
+
 class Runner:
     def __init__(self, config: Config, progress: Callable[[str], None]) -> None:
         self.config = config
@@ -92,18 +109,24 @@ class Runner:
         self._say = progress
         self.rows: list[Row] = []
         self.others: list[dict[str, Any]] = []
-        self.created: list[str] = []  # every queue name this run made (for cleanup)
-        self.created_exchanges: list[str] = []
+        self._serial = 0
+        self.interruptions = 0  # times the broker was unreachable between steps
+        # Queues the publish scenario filled with exactly ``jobs`` messages, kept for the drain
+        # scenario (saves re-publishing; the drain then reads what the publish rows wrote).
+        self.filled: dict[str, list[str]] = {s: [] for s in SIDES}
 
     def wants(self, name: str) -> bool:
         return not self.config.only or name in self.config.only
 
     def queue(self, label: str) -> str:
-        return f"{self.prefix}.{label}"
+        self._serial += 1
+        return f"{self.prefix}.{label}.{self._serial}"
+
+    def orders(self, repeat: int | None = None) -> list[tuple[str, ...]]:
+        """ABBA…: each side goes first equally often."""
+        return [SIDES if i % 2 == 0 else SIDES[::-1] for i in range(repeat or self.config.repeat)]
 
     async def cleanup(self, *queues: str) -> None:
-        from common.transport.rabbitmq import tier_queue
-
         from bench.conveyor import DELAY_TIERS
 
         names: list[str] = []
@@ -111,181 +134,209 @@ class Runner:
             names += [q, f"{q}.dlq", f"{q}.retry", f"{q}.DQ", f"{q}.XQ", *(tier_queue(q, t) for t in DELAY_TIERS)]
         await delete_queues(self.config.url, names, exchanges=list(queues))
 
+    def _pair_row(self, scenario: str, metric: str, samples: dict[str, list[Sample]], **kwargs: Any) -> Row:
+        return Row(
+            scenario,
+            metric,
+            "jobs/s",
+            _best_rate(samples["raw"]),
+            _best_rate(samples["conveyor"]),
+            detail={"cpu_us_per_job": {s: _min_cpu(samples[s]) for s in SIDES}, "samples": samples},
+            **kwargs,
+        )
+
     # -- 1. publish ------------------------------------------------------------------
     async def publish(self) -> None:
         from bench import conveyor
 
         n, url = self.config.jobs, self.config.url
-        publishers: dict[str, Callable[[str, int, int], Awaitable[float]]] = {
+        publishers: dict[str, Callable[[str, int, int], Awaitable[tuple[float, float]]]] = {
             "raw": lambda q, n_, w: raw.publish_rate(url, q, n_, w),
             "conveyor": lambda q, n_, w: conveyor.publish_rate(url, q, n_, w),
         }
-        for window, order in ((1, SIDES), (self.config.window, SIDES[::-1])):
-            rates: dict[str, float] = {}
-            for side in order:
-                q = self.queue(f"publish.{side}.w{window}")
-                self._say(f"publish: {side}, {n} jobs, window {window}")
-                seconds = await publishers[side](q, n, window)
-                rates[side] = n / seconds
-                await self.cleanup(q)
-            label = "sequential await" if window == 1 else f"{window} in flight"
-            self.rows.append(Row("publish", label, "jobs/s", rates["raw"], rates["conveyor"], target=0.85))
+        for window in (1, self.config.window):
+            samples: dict[str, list[Sample]] = {s: [] for s in SIDES}
+            for order in self.orders():
+                for side in order:
+                    q = self.queue(f"publish.{side}.w{window}")
+                    self._say(f"publish: {side}, {n} jobs, window {window}")
+                    seconds, cpu_seconds = await publishers[side](q, n, window)
+                    samples[side].append({"rate": n / seconds, "cpu_us": cpu_seconds / n * 1e6})
+                    if self.wants("drain") and len(self.filled[side]) < self.config.repeat:
+                        self.filled[side].append(q)
+                    else:
+                        await self.cleanup(q)
+            label = "sequential await" if window == 1 else f"{window} in flight (sliding window)"
+            self.rows.append(self._pair_row("publish", label, samples, target=0.85))
 
     # -- 2. drain + 5. RSS ---------------------------------------------------------------
     async def drain(self) -> None:
         from bench import conveyor
 
         n, url, prefetch = self.config.jobs, self.config.url, self.config.prefetch
-        results: dict[str, dict[str, Any]] = {}
-        for side in SIDES:
-            q = self.queue(f"drain.{side}")
-            self._say(f"drain: publishing {n} {side} jobs (untimed)")
-            if side == "raw":
-                await raw.prepublish(url, q, n)
-            else:
-                await conveyor.prepublish(url, q, n)
-            self._say(f"drain: {side} worker, prefetch/concurrency {prefetch}")
-            spec = {"side": side, "mode": "drain", "url": url, "queue": q, "n": n, "prefetch": prefetch, "timeout": 600}
-            run = await run_worker_process("bench.worker", spec, timeout=660)
-            _require_complete(run.result, n, f"{side} drain")
-            results[side] = run.result
-            await self.cleanup(q)
+        samples: dict[str, list[Sample]] = {s: [] for s in SIDES}
+        for order in self.orders():
+            for side in order:
+                if self.filled[side]:
+                    q = self.filled[side].pop(0)  # filled by the publish scenario
+                else:
+                    q = self.queue(f"drain.{side}")
+                    self._say(f"drain: publishing {n} {side} jobs (untimed)")
+                    if side == "raw":
+                        await raw.prepublish(url, q, n)
+                    else:
+                        await conveyor.declare(url, q)
+                        await conveyor.prepublish(url, q, n)
+                self._say(f"drain: {side} worker, prefetch = concurrency = {prefetch}")
+                spec = {"side": side, "mode": "drain", "url": url, "queue": q, "n": n, "prefetch": prefetch, "timeout": 600}
+                run = await run_worker_process("bench.worker", spec, timeout=660)
+                _require_complete(run.result, n, f"{side} drain")
+                samples[side].append(
+                    {"rate": n / run.result["seconds"], "cpu_us": _cpu_us(run.result, n), "peak_rss_mib": run.result["peak_rss_mib"]}
+                )
+                await self.cleanup(q)
+                await asyncio.sleep(1.0)  # let the broker finish deleting a large quorum queue
         self.rows.append(
-            Row(
+            self._pair_row(
                 "drain",
                 f"ack after no-op handler, prefetch {prefetch}",
-                "jobs/s",
-                n / results["raw"]["seconds"],
-                n / results["conveyor"]["seconds"],
+                samples,
                 target=0.85,
                 note="Conveyor: metrics on, JSON logs at INFO",
             )
         )
+        rss = {s: max(x["peak_rss_mib"] for x in samples[s]) for s in SIDES}
         self.rows.append(
             Row(
                 "worker RSS",
-                f"peak RSS of the drain worker process ({n} jobs)",
+                f"peak RSS, drain worker process ({n:,} jobs)",
                 "MiB",
-                results["raw"]["peak_rss_mib"],
-                results["conveyor"]["peak_rss_mib"],
+                rss["raw"],
+                rss["conveyor"],
                 better="lower",
-                note="ru_maxrss of the worker subprocess",
+                note="VmHWM of the worker subprocess; worst sample",
             )
         )
 
     # -- 3. latency ------------------------------------------------------------------
     async def latency(self) -> None:
-        from bench import conveyor
-
-        url, rate = self.config.url, self.config.latency_rate
+        rate = self.config.latency_rate
         n = max(1, round(rate * self.config.latency_seconds))
-        stats: dict[str, dict[str, float]] = {}
-        for side in SIDES:
-            q = self.queue(f"latency.{side}")
-            if side == "raw":
-                await raw.declare_queue(url, q)
-                paced = lambda q=q: raw.publish_paced(url, q, rate, n)  # noqa: E731
-            else:
-                await conveyor.declare(url, q)
-                paced = lambda q=q: conveyor.publish_paced(url, q, rate, n)  # noqa: E731
-            lag: dict[str, float] = {}
-
-            async def publish(paced: Callable[[], Awaitable[float]] = paced) -> None:
-                lag["worst"] = await paced()
-
-            self._say(f"latency: {side}, {n} jobs at {rate:g}/s")
-            spec = {
-                "side": side,
-                "mode": "latency",
-                "url": url,
-                "queue": q,
-                "n": n,
-                "prefetch": self.config.prefetch,
-                "timeout": self.config.latency_seconds + 60,
-            }
-            run = await run_worker_process(
-                "bench.worker", spec, timeout=self.config.latency_seconds + 120, after_ready=publish
-            )
-            _require_complete(run.result, n, f"{side} latency")
-            values = run.result["latencies"]
-            stats[side] = {
-                "p50": percentile(values, 50) * 1000,
-                "p99": percentile(values, 99) * 1000,
-                "max": max(values) * 1000,
-                "publisher_worst_lag_ms": lag.get("worst", 0.0) * 1000,
-            }
-            await self.cleanup(q)
+        samples: dict[str, list[Sample]] = {s: [] for s in SIDES}
+        for order in self.orders():
+            for side in order:
+                samples[side].append(await self._latency_once(side, n))
+        best = {s: min(samples[s], key=lambda x: x["p99"]) for s in SIDES}
         for key in ("p50", "p99"):
             self.rows.append(
                 Row(
                     "latency",
                     f"publish → handler start, {key}, {rate:g} jobs/s × {self.config.latency_seconds:g} s",
                     "ms",
-                    stats["raw"][key],
-                    stats["conveyor"][key],
+                    best["raw"][key],
+                    best["conveyor"][key],
                     better="lower",
-                    detail={"raw": stats["raw"], "conveyor": stats["conveyor"]} if key == "p99" else {},
+                    note="sample with the lower p99 of each side",
+                    detail={"samples": samples} if key == "p99" else {},
                 )
             )
+
+    async def _latency_once(self, side: str, n: int) -> Sample:
+        from bench import conveyor
+
+        url, rate = self.config.url, self.config.latency_rate
+        q = self.queue(f"latency.{side}")
+        if side == "raw":
+            await raw.declare_queue(url, q)
+            paced: Callable[[], Awaitable[float]] = lambda: raw.publish_paced(url, q, rate, n)  # noqa: E731
+        else:
+            await conveyor.declare(url, q)
+            paced = lambda: conveyor.publish_paced(url, q, rate, n)  # noqa: E731
+        lag: dict[str, float] = {}
+
+        async def publish() -> None:
+            lag["worst"] = await paced()
+
+        self._say(f"latency: {side}, {n} jobs at {rate:g}/s")
+        spec = {
+            "side": side,
+            "mode": "latency",
+            "url": url,
+            "queue": q,
+            "n": n,
+            "prefetch": self.config.prefetch,
+            "timeout": self.config.latency_seconds + 60,
+        }
+        run = await run_worker_process("bench.worker", spec, timeout=self.config.latency_seconds + 120, after_ready=publish)
+        _require_complete(run.result, n, f"{side} latency")
+        values = run.result["latencies"]
+        await self.cleanup(q)
+        return {
+            "p50": percentile(values, 50) * 1000,
+            "p99": percentile(values, 99) * 1000,
+            "max": max(values) * 1000,
+            "publisher_worst_lag_ms": lag.get("worst", 0.0) * 1000,
+        }
 
     # -- 4. retry --------------------------------------------------------------------
     async def retry(self) -> None:
         from bench import conveyor
 
-        n, url, prefetch = self.config.retry_jobs, self.config.url, self.config.prefetch
         ttl_ms = round(conveyor.RETRY_DELAY * 1000)
-        # "raw-alo" mirrors Conveyor's tier queues exactly (at-least-once dead-lettering), to
-        # separate the broker's cost of that safety choice from Conveyor's Python-side cost.
-        variants = [
-            ("raw", QUORUM, "raw"),
-            ("conveyor", {}, "conveyor"),
-            ("raw-alo", {**QUORUM, **AT_LEAST_ONCE}, "raw"),
-        ]
-        results: dict[str, float] = {}
-        for key, retry_args, side in variants:
-            q = self.queue(f"retry.{key}")
-            if side == "raw":
-                await raw.declare_retry_topology(url, q, f"{q}.retry", ttl_ms, retry_args)
-                await raw.prepublish(url, q, n)
-            else:
-                await conveyor.declare(url, q)
-                await conveyor.prepublish(url, q, n)
-            self._say(f"retry: {key}, {n} jobs each failing once ({ttl_ms} ms delay)")
-            spec = {
-                "side": side,
-                "mode": "retry",
-                "url": url,
-                "queue": q,
-                "retry_queue": f"{q}.retry",
-                "n": n,
-                "prefetch": prefetch,
-                "timeout": 600,
-            }
-            run = await run_worker_process("bench.worker", spec, timeout=660)
-            _require_complete(run.result, n, f"{key} retry")
-            results[key] = n / run.result["seconds"]
-            await self.cleanup(q)
+        samples: dict[str, list[Sample]] = {s: [] for s in SIDES}
+        for order in self.orders():
+            for side in order:
+                samples[side].append(await self._retry_once(side, QUORUM, ttl_ms))
         self.rows.append(
-            Row(
+            self._pair_row(
                 "retry",
                 f"fail once → {ttl_ms} ms TTL queue → succeed",
-                "jobs/s",
-                results["raw"],
-                results["conveyor"],
+                samples,
                 target=0.60,
                 note="raw retry queue: quorum, default (at-most-once) dead-lettering",
             )
         )
+        # Once more with the raw retry queue declared exactly like Conveyor's tiers: separates
+        # the broker's cost of at-least-once dead-lettering from Conveyor's client-side cost.
+        alo = await self._retry_once("raw", {**QUORUM, **AT_LEAST_ONCE}, ttl_ms)
         self.rows.append(
             Row(
                 "retry",
-                "same, raw retry queue with at-least-once dead-lettering (as Conveyor's tiers)",
+                "same, raw retry queue with at-least-once dead-lettering (like Conveyor's tiers)",
                 "jobs/s",
-                results["raw-alo"],
-                results["conveyor"],
-                note="isolates the broker cost of x-dead-letter-strategy=at-least-once",
+                alo["rate"],
+                _best_rate(samples["conveyor"]),
+                detail={"cpu_us_per_job": {"raw": alo["cpu_us"], "conveyor": _min_cpu(samples["conveyor"])}},
+                note="one raw sample; isolates the broker cost of x-dead-letter-strategy=at-least-once",
             )
         )
+
+    async def _retry_once(self, side: str, retry_args: dict[str, Any], ttl_ms: int) -> Sample:
+        from bench import conveyor
+
+        n, url = self.config.retry_jobs, self.config.url
+        q = self.queue(f"retry.{side}")
+        if side == "raw":
+            await raw.declare_retry_topology(url, q, f"{q}.retry", ttl_ms, retry_args)
+            await raw.prepublish(url, q, n)
+        else:
+            await conveyor.declare(url, q)
+            await conveyor.prepublish(url, q, n)
+        self._say(f"retry: {side}, {n} jobs each failing once ({ttl_ms} ms delay)")
+        spec = {
+            "side": side,
+            "mode": "retry",
+            "url": url,
+            "queue": q,
+            "retry_queue": f"{q}.retry",
+            "n": n,
+            "prefetch": self.config.prefetch,
+            "timeout": 600,
+        }
+        run = await run_worker_process("bench.worker", spec, timeout=660)
+        _require_complete(run.result, n, f"{side} retry")
+        await self.cleanup(q)
+        return {"rate": n / run.result["seconds"], "cpu_us": _cpu_us(run.result, n)}
 
     # -- 6. Celery, Dramatiq ---------------------------------------------------------
     async def other_libraries(self) -> None:
@@ -301,12 +352,10 @@ class Runner:
                 entry["status"] = f"failed: {type(exc).__name__}: {str(exc)[-300:]}"
 
     async def _other(self, name: str, module: str, entry: dict[str, Any]) -> None:
-        import importlib
-
         n, url = self.config.jobs, self.config.url
         side = importlib.import_module(module)
         q = self.queue(name)
-        self.created_exchanges.append(q)
+        await self._broker_up()
         try:
             self._say(f"{name}: publishing {n} jobs (sequential, confirms on)")
             seconds = await asyncio.to_thread(side.publish_sequential, url, q, n)
@@ -330,6 +379,7 @@ class Runner:
         ]
         for name, step in steps:
             if self.wants(name):
+                await self._broker_up()
                 started = time.perf_counter()
                 await step()
                 self._say(f"{name} done in {time.perf_counter() - started:.1f}s")
@@ -337,7 +387,29 @@ class Runner:
             await self.other_libraries()
 
 
+    async def _broker_up(self) -> None:
+        waited = await wait_for_broker(self.config.url)
+        if waited > 1.0:
+            self._say(f"broker was unreachable; waited {waited:.0f}s for it to come back")
+            self.interruptions += 1
+
+
+def tier_queue(queue: str, tier: float) -> str:
+    """Conveyor's tier-queue name (mirrored here; the final prefix sweep catches any drift)."""
+    try:
+        from common.transport.rabbitmq_topology import tier_queue as conveyors
+    except ImportError:
+        if float(tier).is_integer():
+            return f"{queue}.retry.{int(tier)}s"
+        return f"{queue}.retry.{round(tier * 1000)}ms"
+    return str(conveyors(queue, tier))
+
+
+def _cpu_us(result: dict[str, Any], n: int) -> float | None:
+    cpu = result.get("cpu_seconds")
+    return None if cpu is None else cpu / n * 1e6
+
+
 def _require_complete(result: dict[str, Any], n: int, what: str) -> None:
     if result.get("completed", 0) < n or "seconds" not in result:
         raise RuntimeError(f"{what}: only {result.get('completed', 0)} of {n} jobs completed before the timeout")
-

@@ -27,24 +27,29 @@ __all__ = [
     "run_windowed",
     "run_worker_process",
     "sweep_prefix",
+    "wait_for_broker",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
 QUORUM = {"x-queue-type": "quorum"}
 
 
-async def run_windowed(publish_one: Callable[[int], Awaitable[object]], n: int, window: int) -> float:
-    """Call ``publish_one(0..n-1)`` with at most ``window`` awaiting at once; return seconds.
+async def run_windowed(
+    publish_one: Callable[[int], Awaitable[object]], n: int, window: int
+) -> tuple[float, float]:
+    """Call ``publish_one(0..n-1)`` with at most ``window`` awaiting at once.
+
+    Returns (wall seconds, CPU seconds of this process over the same span).
 
     ``window == 1`` is a plain sequential ``await`` loop. Otherwise ``window`` lanes pull the
     next index from a shared counter (a sliding window: a slow confirm never stalls the others).
     The same function drives Conveyor and raw aio-pika, so both pay the same harness cost.
     """
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     if window <= 1:
         for i in range(n):
             await publish_one(i)
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu
     counter = itertools.count()
 
     async def lane() -> None:
@@ -52,7 +57,7 @@ async def run_windowed(publish_one: Callable[[int], Awaitable[object]], n: int, 
             await publish_one(i)
 
     await asyncio.gather(*(lane() for _ in range(min(window, n))))
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -66,7 +71,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 async def delete_queues(url: str, names: Sequence[str], exchanges: Sequence[str] = ()) -> None:
     """Delete queues/exchanges by name; a missing one is fine (each on its own channel)."""
-    connection = await aio_pika.connect(url)
+    connection = await aio_pika.connect(url, timeout=15)
     try:
         for name in names:
             channel = await connection.channel()
@@ -88,6 +93,24 @@ async def delete_queues(url: str, names: Sequence[str], exchanges: Sequence[str]
                     await channel.close()
     finally:
         await connection.close()
+
+
+async def wait_for_broker(url: str, timeout: float = 120.0) -> float:
+    """Block until an AMQP connection succeeds (a shared test broker may be mid-restart).
+
+    Returns the seconds waited; raises the last connection error after ``timeout``.
+    """
+    started = time.monotonic()
+    while True:
+        try:
+            connection = await aio_pika.connect(url, timeout=10)
+        except Exception:
+            if time.monotonic() - started > timeout:
+                raise
+            await asyncio.sleep(2.0)
+            continue
+        await connection.close()
+        return time.monotonic() - started
 
 
 def _rabbitmqctl(*args: str) -> list[str]:
@@ -188,7 +211,19 @@ def _read_all(handle: Any) -> str:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size (ru_maxrss is KiB on Linux)."""
+    """This process's peak resident set size, in MiB.
+
+    ``VmHWM`` from /proc/self/status, not ``ru_maxrss``: Linux carries the pre-``exec`` image's
+    peak into ``ru_maxrss``, so a child spawned from a 50 MiB harness would report at least
+    50 MiB whatever it used itself. ``ru_maxrss`` is the fallback off Linux.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
