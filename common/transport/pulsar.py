@@ -1,7 +1,8 @@
 """The Apache Pulsar transport, on pulsar-client's native asyncio API (``pulsar.asyncio``).
 
 Names, URL options, the admin REST calls and what the backlog counts: see
-``common.transport.pulsar_admin``.
+``common.transport.pulsar_admin``; deliveries, consumers and ``get()`` browsers:
+``common.transport.pulsar_consumer``.
 
 * **A queue is a persistent topic with one durable subscription** (``conveyor`` unless
   configured), its DLQ the topic ``<queue>-DLQ``. A topic without a subscription keeps
@@ -24,9 +25,19 @@ Names, URL options, the admin REST calls and what the backlog counts: see
 * **Delays** are ``deliver_after``: the broker keeps the message until it is due, never the
   worker's memory, and (``isDelayedDeliveryDeliverAtTimeStrict=true``) never early. No retry
   topic and no client nack backoff (the C++ client's redelivery delay is one fixed value).
+* **Delayed copies are passed on once.** Pulsar 4.0's Shared dispatcher spends a round-robin
+  turn on a delayed message when it first reads it (it picks a consumer, then finds the
+  message delayed) and another when it is due: with an even number of consumers and only
+  delayed traffic, every delayed message goes to the same half of them (measured with two
+  consumers: 24 of 24 to the same one; undelayed ones alternate). A job deferred by a worker
+  that cannot run it could then bounce between old workers forever. So a delayed copy that
+  comes back to the transport that published it (``pass_on_own_delayed``, Shared only) is
+  negatively acked once, unseen: the broker hands it to the next consumer, or back to this
+  one after ``nack_delay`` if it is alone.
 * **release** is a negative ack with a short redelivery delay (``nack_delay``, 0.5 s). Closing
   the transport (or a consumer with nothing left in flight) gives every unsettled delivery
-  back at once. Acks are grouped by the client (≤ 100 ms) and flushed on close.
+  back at once. Acks are grouped by the client (≤ 100 ms; not configurable from Python) and
+  flushed on close: after a crash, jobs settled in its last 100 ms are delivered again.
 * **Prefetch.** ``consume`` hands out at most ``prefetch`` unsettled deliveries; the client
   buffers up to ``receiver_queue_size`` (default: ``prefetch``) more, which the broker gives to
   other consumers when this one closes. (A zero-size receive queue would be exact, but the
@@ -47,9 +58,10 @@ Names, URL options, the admin REST calls and what the backlog counts: see
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -69,20 +81,27 @@ from common.transport.pulsar_admin import (
     check_name,
     parse_pulsar_url,
 )
+from common.transport.pulsar_consumer import (
+    MESSAGE_ID_PROPERTY,
+    Browser,
+    PulsarConsumer,
+    PulsarDelivery,
+    mark_retrieved,
+    result_of,
+)
 
 __all__ = ["PulsarTransport"]
 
 log = logging.getLogger(__name__)
 
-# The native client's own warnings and errors go straight to stderr. Not through Python
-# logging: with a Python logger attached, pulsar-client 3.13 aborts or segfaults the process at
-# interpreter exit in about one run of ten (measured: 7 of 60 with, 0 of 60 without); its
-# console logger would write to stdout, which the CLI's --json output owns. The client is only
-# ever given the credential-free service URL, so its lines hold no secret.
+# The native client's own warnings and errors go straight to stderr through its file logger:
+# its console logger writes to stdout, which the CLI's --json output owns, and a Python logger
+# is unavailable while the interpreter exits, when the client falls back to that console logger.
+# The client is only ever given the credential-free service URL, so its lines hold no secret.
 _CLIENT_LOG_FILE = "/dev/stderr"
 _CLOSE_GRACE = 0.05  # seconds; see PulsarTransport.close
+_OWN_DELAYED_LIMIT = 10_000  # delayed copies remembered for passing on (oldest forgotten first)
 
-MESSAGE_ID_PROPERTY = "conveyor.message_id"
 _Result = pulsar.Result
 # The broker or client refused the message: it was not stored, and sending it again will not help.
 _REFUSED = {
@@ -103,189 +122,6 @@ _NOT_SENT = {
     _Result.ProducerQueueIsFull,
     _Result.MemoryBufferIsFull,
 }
-
-
-def _result(exc: PulsarException) -> Any:
-    return exc.error()
-
-
-class _PulsarDelivery(Delivery):
-    __slots__ = ("_message", "_consumer", "_on_settled")
-
-    def __init__(
-        self, message: pulsar.Message, queue: str, consumer: pulsar_asyncio.Consumer, on_settled: Callable[[], None]
-    ) -> None:
-        properties = dict(message.properties())
-        count = message.redelivery_count()  # earlier deliveries (the broker's redelivery tracker)
-        super().__init__(
-            body=message.data(),
-            headers=properties,
-            message_id=properties.pop(MESSAGE_ID_PROPERTY, None) or str(message.message_id()),
-            queue=queue,
-            redelivered=count > 0,
-            delivery_count=count + 1,
-        )
-        self._message = message
-        self._consumer = consumer
-        self._on_settled = on_settled
-
-    async def _ack(self) -> None:
-        try:
-            await self._consumer.acknowledge(self._message)
-        except PulsarException as exc:
-            raise TransportError(f"ack failed ({_result(exc).name}): the broker redelivers this message") from exc
-        finally:
-            self._on_settled()
-
-    async def _release(self) -> None:
-        try:
-            await self._consumer.negative_acknowledge(self._message)
-        except (PulsarException, RuntimeError) as exc:
-            raise TransportError("release failed: the broker redelivers this message") from exc
-        finally:
-            self._on_settled()
-
-
-class _Consumer(ConsumerHandle):
-    """One ``consume()`` call: one Pulsar consumer and the task that receives for it."""
-
-    def __init__(self, owner: PulsarTransport, queue: str, handler: DeliveryHandler, prefetch: int) -> None:
-        self._owner = owner
-        self._queue = queue
-        self._handler = handler
-        self._slots = asyncio.Semaphore(prefetch)
-        self._prefetch = prefetch
-        self._consumer: pulsar_asyncio.Consumer | None = None
-        self._pump: asyncio.Task[None] | None = None
-        self._receive: asyncio.Future[pulsar.Message] | None = None
-        self._outstanding = 0
-        self._cancelled = False
-        self._closed = False
-        # key_shared: per ordering key, the completion of the last delivery handed out.
-        self._key_tails: dict[str, asyncio.Future[None]] = {}
-
-    async def start(self) -> None:
-        size = self._owner.receiver_queue_size or self._prefetch
-        self._consumer = await self._owner._subscribe(self._queue, receiver_queue_size=size)
-        self._pump = self._owner._spawn(self._run())
-
-    @property
-    def attached(self) -> bool:
-        consumer = self._consumer
-        if self._cancelled or self._closed or consumer is None or self._pump is None or self._pump.done():
-            return False
-        return bool(consumer._consumer.is_connected())
-
-    async def cancel(self) -> None:
-        if self._cancelled:
-            return
-        self._cancelled = True
-        pump = self._pump
-        if pump is not None and not pump.done():
-            # asyncio.wait() does not cancel what it waits on: the pending receive survives.
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-        receive, self._receive = self._receive, None
-        if receive is not None:
-            receive.add_done_callback(self._give_back_late)
-        if self._outstanding == 0:
-            await self._close()
-
-    async def _run(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        while True:
-            await self._slots.acquire()
-            if self._receive is None:
-                self._receive = asyncio.ensure_future(consumer.receive())
-                self._receive.add_done_callback(_retrieve)  # fails with AlreadyClosed on close
-            await asyncio.wait({self._receive})
-            receive, self._receive = self._receive, None
-            try:
-                message = receive.result()
-            except PulsarException as exc:
-                self._slots.release()
-                if _result(exc) == _Result.AlreadyClosed or self._closed:
-                    return
-                log.warning("receive failed (%s); retrying", _result(exc).name, extra={"queue": self._queue})
-                await asyncio.sleep(1.0)
-                continue
-            self._dispatch(message)
-
-    def _dispatch(self, message: pulsar.Message) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        self._outstanding += 1
-        delivery = _PulsarDelivery(message, self._queue, consumer, self._on_settled)
-        previous = done = None
-        key = self._owner.key_shared and (message.ordering_key() or message.partition_key())
-        if key:
-            previous = self._key_tails.get(key)
-            done = asyncio.get_running_loop().create_future()
-            self._key_tails[key] = done
-        self._owner._spawn(self._run_handler(delivery, key or "", previous, done))
-
-    async def _run_handler(
-        self, delivery: Delivery, key: str, previous: asyncio.Future[None] | None, done: asyncio.Future[None] | None
-    ) -> None:
-        try:
-            if previous is not None:
-                await previous  # same ordering key: strictly one after the other
-            await self._handler(delivery)
-        except Exception:  # the worker settles; a handler bug must not kill the consumer
-            log.exception("delivery handler raised; message stays unsettled", extra={"queue": self._queue})
-        finally:
-            if done is not None:
-                done.set_result(None)
-                if self._key_tails.get(key) is done:
-                    del self._key_tails[key]
-
-    def _on_settled(self) -> None:
-        self._outstanding -= 1
-        self._slots.release()
-        if self._cancelled and self._outstanding == 0:
-            self._owner._spawn(self._close(), housekeeping=True)
-
-    def _give_back_late(self, receive: asyncio.Future[pulsar.Message]) -> None:
-        """A receive still pending at cancel() completed: never hand it out, give it back."""
-        if receive.cancelled() or receive.exception() is not None:
-            return
-        if not self._closed and self._consumer is not None:
-            self._owner._spawn(self._nack_quietly(self._consumer, receive.result()), housekeeping=True)
-
-    async def _nack_quietly(self, consumer: pulsar_asyncio.Consumer, message: pulsar.Message) -> None:
-        with contextlib.suppress(PulsarException, RuntimeError):
-            await consumer.negative_acknowledge(message)
-
-    async def _close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._consumer is not None:
-            await self._owner._close_consumer(self._consumer)
-
-
-class _Browser:
-    """The consumer behind ``get()`` for one queue, with its one pending receive."""
-
-    def __init__(self, consumer: pulsar_asyncio.Consumer) -> None:
-        self.consumer = consumer
-        self.pending: asyncio.Future[pulsar.Message] | None = None
-        self.outstanding = 0
-        self.exhausted = False
-
-    def receive(self) -> asyncio.Future[pulsar.Message]:
-        if self.pending is None:
-            self.pending = asyncio.ensure_future(self.consumer.receive())
-            self.pending.add_done_callback(_retrieve)
-        return self.pending
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a failed background receive as seen (it fails with AlreadyClosed on close)."""
-    if not future.cancelled():
-        future.exception()
 
 
 class PulsarTransport(Transport):
@@ -311,6 +147,7 @@ class PulsarTransport(Transport):
         get_wait: float = 0.5,
         get_max_wait: float = 10.0,
         max_pending_sends: int = 1000,
+        pass_on_own_delayed: bool = True,
     ) -> None:
         parsed = parse_pulsar_url(url)
         options = parsed.options
@@ -341,11 +178,14 @@ class PulsarTransport(Transport):
         self.get_wait = get_wait
         self.get_max_wait = max(get_max_wait, get_wait)
         self._max_pending = max_pending_sends
+        self.pass_on_own_delayed = pass_on_own_delayed and not self.key_shared
+        # Ids of delayed copies this transport published and has not seen come back (bounded).
+        self._own_delayed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._client: pulsar_asyncio.Client | None = None
         self._admin: AdminClient | None = None
         self._producers: dict[str, asyncio.Future[tuple[pulsar_asyncio.Producer, asyncio.Semaphore]]] = {}
-        self._consumers: list[_Consumer] = []
-        self._browsers: dict[str, _Browser] = {}
+        self._consumers: list[PulsarConsumer] = []
+        self._browsers: dict[str, Browser] = {}
         self._browse_lock = asyncio.Lock()
         self._declared: set[str] = set()  # queues known to have our subscription
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -380,7 +220,7 @@ class PulsarTransport(Transport):
                     await asyncio.wait_for(client.close(), self.operation_timeout)
                 await admin.close()
                 if isinstance(exc, (PulsarException, asyncio.TimeoutError)):
-                    reason = _result(exc).name if isinstance(exc, PulsarException) else "Timeout"
+                    reason = result_of(exc).name if isinstance(exc, PulsarException) else "Timeout"
                     raise TransportError(f"cannot connect to {mask_url(self._url)}: {reason}") from exc
                 raise
             self._client, self._admin = client, admin
@@ -413,13 +253,9 @@ class PulsarTransport(Transport):
             self._declared.clear()
             # Closing a consumer flushes its grouped acks, fails its pending receive, and makes the
             # broker take back every unsettled delivery (consumed or fetched), as the contract asks.
-            # Each one explicitly, before the client: a consumer left to client.close() with a
-            # receive pending aborts the process at exit (measured with pulsar-client 3.13).
+            # Each one explicitly, before the client, and waited for.
             for handle in consumers:
-                handle._cancelled = True
-                if handle._pump is not None:
-                    handle._pump.cancel()
-                await handle._close()
+                await handle.close()
             for browser in browsers:
                 await self._close_consumer(browser.consumer)
             if self._housekeeping:  # consumers being closed, releases being sent
@@ -429,8 +265,9 @@ class PulsarTransport(Transport):
                     await asyncio.wait_for(client.close(), self.operation_timeout)
                 # The close callback fires while the client's I/O thread is still winding down;
                 # destroying the client (or exiting the process) right then aborts or segfaults
-                # in about one run of twenty (pulsar-client 3.13, measured). A short pause, with
-                # the client still referenced, lets the thread finish first (0 crashes in 80).
+                # in one run of ten to twenty (pulsar-client 3.13, measured). A short pause, with
+                # the client still referenced, lets the thread finish first (0 crashes in 160
+                # runs, half of them on a machine with both cores busy).
                 await asyncio.sleep(_CLOSE_GRACE)
             if admin is not None:
                 await admin.close()
@@ -509,9 +346,20 @@ class PulsarTransport(Transport):
                 await producer.send(bytes(message.body), **options)
             except PulsarException as exc:
                 raise self._send_error(queue, exc) from exc
+        if message.delay > 0 and self.pass_on_own_delayed:
+            self._own_delayed[message.message_id] = None
+            if len(self._own_delayed) > _OWN_DELAYED_LIMIT:
+                self._own_delayed.popitem(last=False)
+
+    def _came_back(self, message_id: str) -> bool:
+        """True, once, for a delayed copy this transport published (see module docs)."""
+        if message_id in self._own_delayed:
+            del self._own_delayed[message_id]
+            return True
+        return False
 
     def _send_error(self, queue: str, exc: PulsarException) -> TransportError:
-        result = _result(exc)
+        result = result_of(exc)
         if result in _REFUSED:
             return PublishNotConfirmed(f"broker refused the message for {queue!r} ({result.name})")
         if result in _NOT_SENT:
@@ -523,17 +371,13 @@ class PulsarTransport(Transport):
     async def _producer(self, queue: str) -> tuple[pulsar_asyncio.Producer, asyncio.Semaphore]:
         topic = self.names.topic(queue)
         future = self._producers.get(topic)
-        if future is None:
+        if future is None or (future.done() and (future.cancelled() or future.exception() is not None)):
             future = asyncio.ensure_future(self._create_producer(queue, topic))
-            future.add_done_callback(_retrieve)
+            future.add_done_callback(mark_retrieved)
             self._producers[topic] = future
-        try:
-            # Shielded: one caller giving up must not cancel the creation others wait on.
-            return await asyncio.shield(future)
-        except BaseException:
-            if future.done() and self._producers.get(topic) is future:
-                del self._producers[topic]
-            raise
+        # Shielded: one caller giving up must not cancel the creation others wait on. A failed
+        # creation stays cached only until the next publish, which tries again.
+        return await asyncio.shield(future)
 
     async def _create_producer(self, queue: str, topic: str) -> tuple[pulsar_asyncio.Producer, asyncio.Semaphore]:
         if not await self._is_declared(queue):
@@ -547,16 +391,16 @@ class PulsarTransport(Transport):
                 block_if_queue_full=False,  # True would block the event loop's thread
             )
         except PulsarException as exc:
-            raise TransportError(f"cannot create a producer for {queue!r} ({_result(exc).name})") from exc
+            raise TransportError(f"cannot create a producer for {queue!r} ({result_of(exc).name})") from exc
         return producer, asyncio.Semaphore(self._max_pending)
 
     # -- consume / get ---------------------------------------------------------------
     async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> ConsumerHandle:
         if not await self._is_declared(queue):
             raise TransportError(f"no queue {queue!r}")
-        handle = _Consumer(self, queue, handler, max(1, prefetch))
+        handle = PulsarConsumer(self, queue, handler, max(1, prefetch))
         await handle.start()
-        self._consumers = [c for c in self._consumers if not c._closed]
+        self._consumers = [c for c in self._consumers if not c.closed]
         self._consumers.append(handle)
         return handle
 
@@ -566,7 +410,7 @@ class PulsarTransport(Transport):
             if browser is None:
                 if not await self._is_declared(queue):
                     raise TransportError(f"no queue {queue!r}")
-                browser = _Browser(await self._subscribe(queue, receiver_queue_size=1))
+                browser = Browser(await self._subscribe(queue, receiver_queue_size=1))
                 self._browsers[queue] = browser
             message = await self._next_message(queue, browser)
             if message is None:
@@ -576,29 +420,26 @@ class PulsarTransport(Transport):
                 return None
             browser.exhausted = False
             browser.outstanding += 1
-            return _PulsarDelivery(message, queue, browser.consumer, lambda: self._browsed_settled(queue, browser))
+            return PulsarDelivery(message, queue, browser.consumer, lambda: self._browsed_settled(queue, browser))
 
-    async def _next_message(self, queue: str, browser: _Browser) -> pulsar.Message | None:
+    async def _next_message(self, queue: str, browser: Browser) -> pulsar.Message | None:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.get_max_wait
         while True:
-            pending = browser.receive()
-            # Wait on the receive without ever cancelling it (see module docs).
-            await asyncio.wait({pending}, timeout=min(self.get_wait, max(0.0, give_up - loop.time())))
-            if not pending.done() and loop.time() < give_up:
-                # Nothing came: is anything stored that no consumer holds (e.g. still on its way)?
-                if (await self._stats(queue)).ready > 0:
-                    continue
-            if not pending.done():
-                return None
-            browser.pending = None
+            remaining = give_up - loop.time()
             try:
-                return pending.result()
+                message = await browser.wait(min(self.get_wait, max(0.0, remaining)))
+                # Nothing came: is anything stored that no consumer holds (e.g. still on its way)?
+                if message is None and remaining > 0 and (await self._stats(queue)).ready > 0:
+                    continue
+                if message is None:
+                    message = await browser.wait(0)  # unless it arrived meanwhile
             except PulsarException as exc:
                 await self._drop_browser(queue, browser)
-                raise TransportError(f"receive from {queue!r} failed ({_result(exc).name})") from exc
+                raise TransportError(f"receive from {queue!r} failed ({result_of(exc).name})") from exc
+            return message
 
-    def _browsed_settled(self, queue: str, browser: _Browser) -> None:
+    def _browsed_settled(self, queue: str, browser: Browser) -> None:
         browser.outstanding -= 1
         if browser.outstanding == 0 and browser.exhausted and self._browsers.get(queue) is browser:
             # The scan is over and everything it took is settled: closing gives back at once
@@ -606,7 +447,7 @@ class PulsarTransport(Transport):
             del self._browsers[queue]
             self._spawn(self._close_consumer(browser.consumer), housekeeping=True)
 
-    async def _drop_browser(self, queue: str, browser: _Browser) -> None:
+    async def _drop_browser(self, queue: str, browser: Browser) -> None:
         if self._browsers.get(queue) is browser:
             del self._browsers[queue]
         await self._close_consumer(browser.consumer)
@@ -624,7 +465,7 @@ class PulsarTransport(Transport):
                 negative_ack_redelivery_delay_ms=round(self.nack_delay * 1000),
             )
         except PulsarException as exc:
-            result = _result(exc)
+            result = result_of(exc)
             if result in (_Result.ConsumerBusy, _Result.NotAllowedError):
                 raise ConfigurationError(
                     f"cannot subscribe to {queue!r} as {self.subscription!r} ({result.name}): "
@@ -646,7 +487,7 @@ class PulsarTransport(Transport):
             raise TransportError("Pulsar transport is not connected")
         return self._admin
 
-    def _spawn(self, coro: Any, *, housekeeping: bool = False) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], *, housekeeping: bool = False) -> asyncio.Task[Any]:
         """Run ``coro`` in the background; ``close()`` waits for housekeeping (closes, nacks)."""
         task = asyncio.get_running_loop().create_task(coro)
         tasks = self._housekeeping if housekeeping else self._tasks

@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl, quote, unquote
 import aiohttp
 
 from common.errors import ConfigurationError, TransportError
+from common.transport.factory import mask_url
 
 __all__ = [
     "DEFAULT_SUBSCRIPTION",
@@ -207,4 +208,4 @@ class AdminClient:
                     return await response.json()
                 return None
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise TransportError(f"Pulsar admin API at {self._base} unreachable: {type(exc).__name__}") from exc
+            raise TransportError(f"Pulsar admin API at {mask_url(self._base)} unreachable: {type(exc).__name__}") from exc

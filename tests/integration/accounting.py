@@ -49,10 +49,11 @@ class Run:
         return {**os.environ, "ACCOUNTING_QUEUE": self.queue, "ACCOUNTING_OUT": str(self.out),
                 "CONVEYOR_BROKER_URL": self.url, "PYTHONPATH": str(ROOT), "CONVEYOR_LOG_LEVEL": "WARNING"}
 
-    def start_worker(self, concurrency: int = 8) -> subprocess.Popen[bytes]:
+    def start_worker(self, concurrency: int = 8, http_port: int = 0) -> subprocess.Popen[bytes]:
+        """A worker process; ``http_port`` serves /readyz (0: no HTTP server)."""
         return subprocess.Popen(
             [sys.executable, "-m", "consumer.cli", "worker", "tests.integration.accounting_app:jobs",
-             "--concurrency", str(concurrency), "--http-port", "0", "--grace-period", "10"],
+             "--concurrency", str(concurrency), "--http-port", str(http_port), "--grace-period", "10"],
             cwd=ROOT, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
 

@@ -1,0 +1,256 @@
+"""The receiving side of the Pulsar transport: deliveries, ``consume()`` handles, ``get()`` browsers.
+
+The rules they follow (prefetch, the never-cancelled receive, what closing gives back) are
+described in ``common.transport.pulsar``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+import pulsar
+import pulsar.asyncio as pulsar_asyncio
+from pulsar.asyncio import PulsarException
+
+from common.errors import TransportError
+from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler
+
+__all__ = [
+    "MESSAGE_ID_PROPERTY",
+    "Browser",
+    "ConsumerOwner",
+    "PulsarConsumer",
+    "PulsarDelivery",
+    "mark_retrieved",
+    "result_of",
+]
+
+log = logging.getLogger(__name__)
+
+MESSAGE_ID_PROPERTY = "conveyor.message_id"  # reserved property; not part of ``Delivery.headers``
+
+
+def result_of(exc: PulsarException) -> Any:
+    """The ``pulsar.Result`` code of an exception from ``pulsar.asyncio``."""
+    return exc.error()
+
+
+def mark_retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a failed background receive as seen (it fails with AlreadyClosed on close)."""
+    if not future.cancelled():
+        future.exception()
+
+
+class ConsumerOwner(Protocol):
+    """What a consumer handle needs from its transport."""
+
+    key_shared: bool
+    receiver_queue_size: int | None
+
+    async def _subscribe(self, queue: str, *, receiver_queue_size: int) -> pulsar_asyncio.Consumer: ...
+
+    async def _close_consumer(self, consumer: pulsar_asyncio.Consumer) -> None: ...
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], *, housekeeping: bool = False) -> asyncio.Task[Any]: ...
+
+    def _came_back(self, message_id: str) -> bool: ...
+
+
+class PulsarDelivery(Delivery):
+    __slots__ = ("_message", "_consumer", "_on_settled")
+
+    def __init__(
+        self, message: pulsar.Message, queue: str, consumer: pulsar_asyncio.Consumer, on_settled: Callable[[], None]
+    ) -> None:
+        properties = dict(message.properties())
+        count = message.redelivery_count()  # earlier deliveries (the broker's redelivery tracker)
+        super().__init__(
+            body=message.data(),
+            headers=properties,
+            message_id=properties.pop(MESSAGE_ID_PROPERTY, None) or str(message.message_id()),
+            queue=queue,
+            redelivered=count > 0,
+            delivery_count=count + 1,
+        )
+        self._message = message
+        self._consumer = consumer
+        self._on_settled = on_settled
+
+    async def _ack(self) -> None:
+        try:
+            await self._consumer.acknowledge(self._message)
+        except PulsarException as exc:
+            raise TransportError(f"ack failed ({result_of(exc).name}): the broker redelivers this message") from exc
+        finally:
+            self._on_settled()
+
+    async def _release(self) -> None:
+        try:
+            await self._consumer.negative_acknowledge(self._message)
+        except (PulsarException, RuntimeError) as exc:
+            raise TransportError("release failed: the broker redelivers this message") from exc
+        finally:
+            self._on_settled()
+
+
+class PulsarConsumer(ConsumerHandle):
+    """One ``consume()`` call: one Pulsar consumer and the task that receives for it."""
+
+    def __init__(self, owner: ConsumerOwner, queue: str, handler: DeliveryHandler, prefetch: int) -> None:
+        self._owner = owner
+        self._queue = queue
+        self._handler = handler
+        self._slots = asyncio.Semaphore(prefetch)  # a slot per unsettled delivery handed out
+        self._prefetch = prefetch
+        self._consumer: pulsar_asyncio.Consumer | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._receive: asyncio.Future[pulsar.Message] | None = None
+        self._outstanding = 0
+        self.cancelled = False
+        self.closed = False
+        # key_shared: per ordering key, the completion of the last delivery handed out.
+        self._key_tails: dict[str, asyncio.Future[None]] = {}
+
+    async def start(self) -> None:
+        size = self._owner.receiver_queue_size or self._prefetch
+        self._consumer = await self._owner._subscribe(self._queue, receiver_queue_size=size)
+        self._pump = self._owner._spawn(self._run())
+
+    @property
+    def attached(self) -> bool:
+        consumer = self._consumer
+        if self.cancelled or self.closed or consumer is None or self._pump is None or self._pump.done():
+            return False
+        # pulsar.asyncio.Consumer has no is_connected(); the native consumer it wraps has.
+        return bool(consumer._consumer.is_connected())
+
+    async def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        pump = self._pump
+        if pump is not None and not pump.done():
+            # asyncio.wait() does not cancel what it waits on: the pending receive survives.
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        receive, self._receive = self._receive, None
+        if receive is not None:
+            receive.add_done_callback(self._give_back_late)
+        if self._outstanding == 0:
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the Pulsar consumer: the broker takes back whatever it still holds."""
+        self.cancelled = True
+        if self._pump is not None:
+            self._pump.cancel()
+        if self.closed:
+            return
+        self.closed = True
+        if self._consumer is not None:
+            await self._owner._close_consumer(self._consumer)
+
+    async def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            await self._slots.acquire()
+            if self._receive is None:
+                self._receive = asyncio.ensure_future(consumer.receive())
+                self._receive.add_done_callback(mark_retrieved)
+            await asyncio.wait({self._receive})
+            receive, self._receive = self._receive, None
+            try:
+                message = receive.result()
+            except PulsarException as exc:
+                self._slots.release()
+                if result_of(exc) == pulsar.Result.AlreadyClosed or self.closed:
+                    return
+                log.warning("receive failed (%s); retrying", result_of(exc).name, extra={"queue": self._queue})
+                await asyncio.sleep(1.0)
+                continue
+            self._dispatch(message)
+
+    def _dispatch(self, message: pulsar.Message) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        if self._owner._came_back(message.properties().get(MESSAGE_ID_PROPERTY, "")):
+            # A delayed copy this transport published came back to it: pass it on once (see
+            # PulsarTransport's notes on delayed dispatch). Never handed out: its slot is free.
+            self._slots.release()
+            self._owner._spawn(_nack_quietly(consumer, message), housekeeping=True)
+            return
+        self._outstanding += 1
+        delivery = PulsarDelivery(message, self._queue, consumer, self._on_settled)
+        previous = done = None
+        key = self._owner.key_shared and (message.ordering_key() or message.partition_key())
+        if key:
+            previous = self._key_tails.get(key)
+            done = asyncio.get_running_loop().create_future()
+            self._key_tails[key] = done
+        self._owner._spawn(self._run_handler(delivery, key or "", previous, done))
+
+    async def _run_handler(
+        self, delivery: Delivery, key: str, previous: asyncio.Future[None] | None, done: asyncio.Future[None] | None
+    ) -> None:
+        try:
+            if previous is not None:
+                await previous  # same ordering key: strictly one after the other
+            await self._handler(delivery)
+        except Exception:  # the worker settles; a handler bug must not kill the consumer
+            log.exception("delivery handler raised; message stays unsettled", extra={"queue": self._queue})
+        finally:
+            if done is not None:
+                done.set_result(None)
+                if self._key_tails.get(key) is done:
+                    del self._key_tails[key]
+
+    def _on_settled(self) -> None:
+        self._outstanding -= 1
+        self._slots.release()
+        if self.cancelled and self._outstanding == 0:
+            self._owner._spawn(self.close(), housekeeping=True)
+
+    def _give_back_late(self, receive: asyncio.Future[pulsar.Message]) -> None:
+        """A receive still pending at cancel() completed: never hand it out, give it back."""
+        if receive.cancelled() or receive.exception() is not None:
+            return
+        if not self.closed and self._consumer is not None:
+            self._owner._spawn(_nack_quietly(self._consumer, receive.result()), housekeeping=True)
+
+
+async def _nack_quietly(consumer: pulsar_asyncio.Consumer, message: pulsar.Message) -> None:
+    with contextlib.suppress(PulsarException, RuntimeError):
+        await consumer.negative_acknowledge(message)
+
+
+class Browser:
+    """The consumer behind ``get()`` for one queue, with its one pending receive."""
+
+    def __init__(self, consumer: pulsar_asyncio.Consumer) -> None:
+        self.consumer = consumer
+        self.pending: asyncio.Future[pulsar.Message] | None = None
+        self.outstanding = 0  # fetched, not yet settled
+        self.exhausted = False  # the last get() came up empty
+
+    def receive(self) -> asyncio.Future[pulsar.Message]:
+        """The pending receive, started if there is none. Never cancel it: it would swallow
+        the next message."""
+        if self.pending is None:
+            self.pending = asyncio.ensure_future(self.consumer.receive())
+            self.pending.add_done_callback(mark_retrieved)
+        return self.pending
+
+    async def wait(self, timeout: float) -> pulsar.Message | None:
+        """The next message if one arrives within ``timeout``, else None (still pending)."""
+        pending = self.receive()
+        await asyncio.wait({pending}, timeout=timeout)
+        if not pending.done():
+            return None
+        self.pending = None
+        return pending.result()  # PulsarException if the consumer failed
