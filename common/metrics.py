@@ -36,7 +36,7 @@ consumers, reconnects       ``conveyor_queue_consumers{queue}`` (this worker: 0/
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -134,8 +134,18 @@ class WorkerMetrics:
             "conveyor_publish_failures", "Publishes that were not confirmed, by error", ["kind", "error"], registry=r
         )
         self._known: set[str] = set()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._window_max: dict[str, float] = {}
         self._previous_max: dict[str, float] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, cached: labels() takes a lock and builds a key on
+        every call, which shows in the per-job hot path; label sets are bounded anyway."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def know_job_types(self, job_types: list[str]) -> None:
         self._known.update(job_types)
@@ -146,49 +156,49 @@ class WorkerMetrics:
     def settled(self, job_type: str | None, action: str, outcome: Outcome) -> None:
         label = self.label(job_type)
         if outcome.duration:
-            self.duration.labels(label).observe(outcome.duration)
+            self._child(self.duration, label).observe(outcome.duration)
         if outcome.error_type and outcome.reason:
-            self.failed.labels(label, outcome.reason).inc()
+            self._child(self.failed, label, outcome.reason).inc()
         match action:
             case "succeeded":
-                self.succeeded.labels(label).inc()
+                self._child(self.succeeded, label).inc()
                 if outcome.envelope is not None:
-                    self.attempts.labels(label, "succeeded").observe(outcome.envelope.attempt)
+                    self._child(self.attempts, label, "succeeded").observe(outcome.envelope.attempt)
             case "retried":
-                self.retried.labels(label, outcome.reason or UNKNOWN).inc()
+                self._child(self.retried, label, outcome.reason or UNKNOWN).inc()
             case "deferred":
-                self.deferred.labels(label).inc()
+                self._child(self.deferred, label).inc()
             case "released":
-                self.released.labels(label).inc()
+                self._child(self.released, label).inc()
 
     def dead_letter(self, job_type: str | None, reason: str, attempt: int | None = None) -> None:
         label = self.label(job_type)
-        self.dead_lettered.labels(label, reason).inc()
+        self._child(self.dead_lettered, label, reason).inc()
         if attempt is not None:
-            self.attempts.labels(label, "dead_lettered").observe(attempt)
+            self._child(self.attempts, label, "dead_lettered").observe(attempt)
 
     # -- publishing ------------------------------------------------------------------------
     def confirmed(self, kind: str, seconds: float) -> None:
-        self.publish_confirm.labels(_kind(kind)).observe(max(0.0, seconds))
+        self._child(self.publish_confirm, _kind(kind)).observe(max(0.0, seconds))
 
     def publish_failed(self, kind: str, error: BaseException) -> None:
         name = type(error).__name__
-        self.publish_failures.labels(_kind(kind), name if name in _PUBLISH_ERRORS else "other").inc()
+        self._child(self.publish_failures, _kind(kind), name if name in _PUBLISH_ERRORS else "other").inc()
 
     # -- queues ----------------------------------------------------------------------------
     def started(self, queue: str, delay: float) -> None:
         """A job started ``delay`` seconds after it became due."""
         delay = max(0.0, delay)
-        self.start_delay.labels(queue).observe(delay)
+        self._child(self.start_delay, queue).observe(delay)
         if delay > self._window_max.get(queue, -1.0):
             self._window_max[queue] = delay
-            self.max_start_delay.labels(queue).set(max(delay, self._previous_max.get(queue, 0.0)))
+            self._child(self.max_start_delay, queue).set(max(delay, self._previous_max.get(queue, 0.0)))
 
     def roll_window(self, queue: str) -> None:
         """Start a new sampling interval: the gauge keeps the max of the last two intervals."""
         previous = self._window_max.pop(queue, 0.0)
         self._previous_max[queue] = previous
-        self.max_start_delay.labels(queue).set(previous)
+        self._child(self.max_start_delay, queue).set(previous)
 
     def sampled(
         self,
@@ -201,9 +211,9 @@ class WorkerMetrics:
     ) -> None:
         for state, value in zip(QUEUE_STATES, (ready, delayed, dead_letters), strict=True):
             if value is not None:
-                self.queue_depth.labels(queue, state).set(value)
+                self._child(self.queue_depth, queue, state).set(value)
         if oldest_age is not None:
-            self.oldest_age.labels(queue).set(oldest_age)
+            self._child(self.oldest_age, queue).set(oldest_age)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

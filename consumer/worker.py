@@ -157,6 +157,7 @@ class Worker:
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._runners = {queue: _QueueRunner(self, queue) for queue in registry.queues()}
         self._active: dict[asyncio.Task[object], Delivery] = {}
+        self._processing: set[asyncio.Task[object]] = set()
         self._timers: set[asyncio.Task[None]] = set()
         self._monitor: asyncio.Task[None] | None = None
         self._started = False
@@ -193,9 +194,10 @@ class Worker:
         if pending:
             _, still_running = await asyncio.wait(pending, timeout=grace)
             for task in still_running:
-                task.cancel()  # _on_delivery releases its delivery on cancellation
+                if task in self._processing:
+                    task.cancel()  # _on_delivery releases its delivery on cancellation
             if still_running:
-                await asyncio.wait(still_running, timeout=5.0)
+                await asyncio.wait(still_running, timeout=15.0)  # settling: bounded by confirms
         log.info("worker drained", extra={"worker_id": self.config.worker_id, "cut_short": len(pending)})
 
     async def stop(self, grace_period: float | None = None) -> None:
@@ -238,12 +240,18 @@ class Worker:
             task = asyncio.current_task()
             assert task is not None
             self._active[task] = delivery
-            gauge = self.metrics.in_flight.labels(delivery.queue)
+            gauge = self.metrics._child(self.metrics.in_flight, delivery.queue)
             gauge.inc()
             try:
-                outcome = await self.processor.process(delivery)
+                # Only this phase may be cut short by drain(); settling is never cancelled
+                # by us (no shield, so no extra task per delivery), it is bounded by confirms.
+                self._processing.add(task)
+                try:
+                    outcome = await self.processor.process(delivery)
+                finally:
+                    self._processing.discard(task)
                 self._observe_start(delivery, outcome)
-                await asyncio.shield(self._settle(delivery, outcome))
+                await self._settle(delivery, outcome)
             except asyncio.CancelledError:
                 await asyncio.shield(self._give_back(delivery))
                 raise
