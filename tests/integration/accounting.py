@@ -28,6 +28,7 @@ from tests.integration import accounting_app
 __all__ = [
     "ROOT",
     "Run",
+    "kill_9_mid_batch",
     "assert_exact_accounting",
     "dead_lettered_ids",
     "publish_all",
@@ -130,3 +131,34 @@ def stop(process: subprocess.Popen[bytes]) -> int:
             process.kill()
             process.wait()
     return process.returncode
+
+
+async def kill_9_mid_batch(run: Run, *, jobs: int = 400, fail_every: int = 25,
+                           settle_timeout: float = 120) -> tuple[dict[str, bool], list[str], list[str]]:
+    """Publish ``jobs``, kill -9 the first worker after 60 successes, let a second finish.
+
+    Returns what was published and the succeeded / dead-lettered job ids for the caller's
+    broker-specific assertions.
+    """
+    published = await publish_all(run, jobs, fail_every=fail_every)
+    victim = run.start_worker()
+    try:
+        deadline = time.monotonic() + 90
+        while len(run.succeeded()) < 60:
+            assert victim.poll() is None, victim.stderr.read().decode() if victim.stderr else ""
+            assert time.monotonic() < deadline, "the first worker made no progress"
+            await asyncio.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    survivor = run.start_worker()
+    try:
+        done, dead = await wait_for_all(run, published, timeout=settle_timeout)
+    finally:
+        assert stop(survivor) == 0
+    duplicates = len(done) - len(set(done))
+    print(f"\nkill -9: {len(published)} jobs, {len(set(done))} succeeded, {len(dead)} dead-lettered "
+          f"({len(dead) - len(set(dead))} twice), {duplicates} re-run after the kill (at-least-once)")
+    return published, done, dead

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import time
 import uuid
@@ -23,6 +22,7 @@ from tests.integration.accounting import (
     ROOT,
     Run,
     assert_exact_accounting,
+    kill_9_mid_batch,
     publish_all,
     stop,
     wait_for_all,
@@ -45,27 +45,8 @@ async def run(pulsar_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 async def test_kill_9_of_a_worker_mid_batch_loses_nothing(run: Run) -> None:
-    published = await publish_all(run, 400, fail_every=25)
-    victim = run.start_worker()
-    try:
-        deadline = time.monotonic() + 90
-        while len(run.succeeded()) < 60:
-            assert victim.poll() is None, victim.stderr.read().decode() if victim.stderr else ""
-            assert time.monotonic() < deadline, "the first worker made no progress"
-            await asyncio.sleep(0.05)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-    survivor = run.start_worker()
-    try:
-        done, dead = await wait_for_all(run, published, timeout=180)
-    finally:
-        assert stop(survivor) == 0
+    published, done, dead = await kill_9_mid_batch(run, settle_timeout=180)
     duplicates = len(done) - len(set(done))
-    print(f"\nkill -9: {len(published)} jobs, {len(set(done))} succeeded, {len(dead)} dead-lettered "
-          f"({len(dead) - len(set(dead))} twice), {duplicates} re-run after the kill (at-least-once)")
     # Differs from RabbitMQ, where an ack leaves at once: the Pulsar client groups acks for up to
     # 100 ms (pulsar-client's Python API cannot turn that off), so besides the jobs in flight at
     # the kill (concurrency 8), the jobs settled in its last 100 ms are redelivered and run again;

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from common.transport.rabbitmq import RabbitMQTransport
 from tests.integration.accounting import (
     Run,
     assert_exact_accounting,
+    kill_9_mid_batch,
     publish_all,
     stop,
     wait_for_all,
@@ -31,29 +31,9 @@ async def run(amqp_url: str, queue_name: str, tmp_path: Path, monkeypatch: pytes
 
 
 async def test_kill_9_of_a_worker_mid_batch_loses_nothing(run: Run) -> None:
-    published = await publish_all(run, 400, fail_every=25)
-    victim = run.start_worker()
-    try:
-        deadline = time.monotonic() + 60
-        while len(run.succeeded()) < 60:
-            assert victim.poll() is None, victim.stderr.read().decode() if victim.stderr else ""
-            assert time.monotonic() < deadline, "the first worker made no progress"
-            await asyncio.sleep(0.05)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-    survivor = run.start_worker()
-    try:
-        done, dead = await wait_for_all(run, published, timeout=120)
-    finally:
-        assert stop(survivor) == 0
+    published, done, dead = await kill_9_mid_batch(run)
     assert_exact_accounting(published, done, dead)
-    duplicates = len(done) - len(set(done))
-    print(f"\nkill -9: {len(published)} jobs, {len(set(done))} succeeded, {len(dead)} dead-lettered, "
-          f"{duplicates} re-run after the kill (at-least-once)")
-    assert duplicates <= 8, "only jobs in flight at the kill (concurrency 8) may run twice"
+    assert len(done) - len(set(done)) <= 8, "only jobs in flight at the kill (concurrency 8) may run twice"
 
 
 def _rabbitmqctl() -> str:
