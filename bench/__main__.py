@@ -13,12 +13,14 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.machine import describe, rabbitmq_version
+from bench.machine import describe, pulsar_version, rabbitmq_version
 from bench.report import render
 from bench.scenarios import Config, Runner
 from bench.support import sweep_prefix
 
 DEFAULT_URL = "amqp://conveyor:conveyor@127.0.0.1:5672/"
+DEFAULT_PULSAR_URL = "pulsar://127.0.0.1:6650"
+BROKERS = {"rabbitmq": ("rabbitmq",), "pulsar": ("pulsar",), "all": ("rabbitmq", "pulsar")}
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("publish", "drain", "latency", "retry", "others")
 
@@ -35,6 +37,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-rate", type=float, default=500.0, help="jobs/s in the latency scenario (default 500)")
     p.add_argument("--latency-seconds", type=float, help="duration of the latency scenario (default 10; 3 with --quick)")
     p.add_argument("--only", help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+    p.add_argument(
+        "--broker",
+        choices=sorted(BROKERS),
+        default="rabbitmq",
+        help="rabbitmq (default), pulsar (publish + drain rows on Pulsar only) or all",
+    )
+    p.add_argument(
+        "--pulsar-url",
+        default=os.environ.get("CONVEYOR_PULSAR_URL", DEFAULT_PULSAR_URL),
+        help="Pulsar service URL (env CONVEYOR_PULSAR_URL)",
+    )
     p.add_argument("--no-others", action="store_true", help="skip the Celery and Dramatiq rows")
     p.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="JSON results file")
     args = p.parse_args(argv)
@@ -57,12 +70,18 @@ def make_config(args: argparse.Namespace) -> Config:
         latency_seconds=args.latency_seconds or (3.0 if args.quick else 10.0),
         others=not args.no_others,
         only=frozenset(args.only.split(",")) if args.only else frozenset(),
+        brokers=frozenset(BROKERS[args.broker]),
+        pulsar_url=args.pulsar_url,
     )
 
 
 async def main_async(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     config = make_config(args)
-    machine = describe(await rabbitmq_version(config.url))
+    rabbitmq = "rabbitmq" in config.brokers
+    machine = describe(
+        await rabbitmq_version(config.url) if rabbitmq else "not used",
+        await pulsar_version(config.pulsar_url) if "pulsar" in config.brokers else None,
+    )
     runner = Runner(config, progress=lambda text: console.log(text))
     machine["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
@@ -73,13 +92,16 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, An
         error = f"{type(exc).__name__}: {exc}"
         console.print_exception(show_locals=False)
     finally:
-        swept = await sweep_prefix(config.url, runner.prefix)
-        if any(swept):
-            console.log(f"swept leftover queues/exchanges: {swept}")
+        if rabbitmq:
+            swept = await sweep_prefix(config.url, runner.prefix)
+            if any(swept):
+                console.log(f"swept leftover queues/exchanges: {swept}")
     machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return {
         "machine": machine,
-        "config": {k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in vars(config).items() if k != "url"},
+        "config": {
+            k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in vars(config).items() if k not in ("url", "pulsar_url")
+        },
         "run_prefix": runner.prefix,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "rows": [row.as_dict() for row in runner.rows],

@@ -12,9 +12,9 @@ from typing import Any
 
 import aio_pika
 
-__all__ = ["describe", "rabbitmq_version"]
+__all__ = ["describe", "pulsar_version", "rabbitmq_version"]
 
-_LIBRARIES = ("conveyor", "aio-pika", "aiormq", "pamqp", "pydantic", "orjson", "prometheus-client", "celery", "kombu", "dramatiq", "pika")
+_LIBRARIES = ("conveyor", "aio-pika", "aiormq", "pamqp", "pydantic", "orjson", "prometheus-client", "celery", "kombu", "dramatiq", "pika", "pulsar-client")
 
 
 def _cpu_model() -> str:
@@ -54,7 +54,22 @@ async def rabbitmq_version(url: str) -> str:
         await connection.close()
 
 
-def describe(broker_version: str) -> dict[str, Any]:
+async def pulsar_version(url: str) -> str:
+    """The broker's version from its admin API (``/admin/v2/brokers/version``)."""
+    from common.transport.pulsar_admin import parse_pulsar_url
+
+    import aiohttp
+
+    admin = parse_pulsar_url(url).admin_url.rstrip("/")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.get(f"{admin}/admin/v2/brokers/version") as response:
+                return (await response.text()).strip() if response.status == 200 else "?"
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return "?"
+
+
+def describe(broker_version: str, pulsar: str | None = None) -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -64,5 +79,6 @@ def describe(broker_version: str) -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
         "rabbitmq": broker_version,
+        "pulsar": pulsar,
         "libraries": {name: _version(name) for name in _LIBRARIES},
     }

@@ -40,7 +40,9 @@ def render(results: dict[str, Any], console: Console) -> None:
     console.rule("Conveyor benchmark")
     console.print(
         f"{m['date']}  ·  {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM  ·  {m['os']}\n"
-        f"Python {m['python']}  ·  RabbitMQ {m['rabbitmq']}  ·  {libs}\n"
+        f"Python {m['python']}  ·  RabbitMQ {m['rabbitmq']}"
+        + (f"  ·  Pulsar {m['pulsar']}" if m.get("pulsar") else "")
+        + f"  ·  {libs}\n"
         f"command: {results['command']}  ·  wall time {results['wall_seconds']} s  ·  "
         f"load average before {m.get('load_average_before')}, after {m.get('load_average_after')}"
     )
@@ -51,12 +53,15 @@ def render(results: dict[str, Any], console: Console) -> None:
         f"prefetch = concurrency {cfg['prefetch']}  ·  latency {cfg['latency_rate']:g}/s × {cfg['latency_seconds']:g} s"
     )
 
-    table = Table(title="Conveyor vs a minimal raw aio-pika loop (same broker, same run)", show_lines=False)
+    table = Table(
+        title="Conveyor vs a minimal raw client loop (aio-pika; pulsar-client on the pulsar rows; same broker, same run)",
+        show_lines=False,
+    )
     for name, justify in (
         ("scenario", "left"),
         ("metric", "left"),
         ("unit", "left"),
-        ("raw aio-pika", "right"),
+        ("raw client", "right"),
         ("Conveyor", "right"),
         ("Conveyor/raw", "right"),
         ("target", "right"),

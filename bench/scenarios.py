@@ -51,6 +51,8 @@ class Config:
     repeat: int = 2
     others: bool = True
     only: frozenset[str] = frozenset()
+    brokers: frozenset[str] = frozenset({"rabbitmq"})
+    pulsar_url: str = "pulsar://127.0.0.1:6650"
 
 
 @dataclass
@@ -370,6 +372,80 @@ class Runner:
         finally:
             await self.cleanup(q)
 
+    # -- 7. Pulsar: publish + drain, PulsarTransport beside raw pulsar-client --------------
+    async def pulsar(self) -> None:
+        """Publish (sequential, window) and drain rows on Pulsar; topics deleted afterwards."""
+        from bench import pulsar_conveyor, pulsar_raw
+
+        n, url, prefetch = self.config.jobs, self.config.pulsar_url, self.config.prefetch
+        publishers: dict[str, Callable[[str, int, int], Awaitable[tuple[float, float]]]] = {
+            "raw": lambda q, n_, w: pulsar_raw.publish_rate(url, q, n_, w),
+            "conveyor": lambda q, n_, w: pulsar_conveyor.publish_rate(url, q, n_, w),
+        }
+        filled: dict[str, list[str]] = {s: [] for s in SIDES}
+        created: list[str] = []
+        try:
+            if self.wants("publish"):
+                for window in (1, self.config.window):
+                    samples: dict[str, list[Sample]] = {s: [] for s in SIDES}
+                    for order in self.orders():
+                        for side in order:
+                            q = self.queue(f"pulsar.publish.{side}.w{window}")
+                            created.append(q)
+                            self._say(f"pulsar publish: {side}, {n} jobs, window {window}")
+                            seconds, cpu_seconds = await publishers[side](q, n, window)
+                            samples[side].append({"rate": n / seconds, "cpu_us": cpu_seconds / n * 1e6})
+                            if self.wants("drain") and len(filled[side]) < self.config.repeat:
+                                filled[side].append(q)
+                            else:
+                                await pulsar_conveyor.delete(url, q)
+                    label = "sequential await" if window == 1 else f"{window} in flight (sliding window)"
+                    self.rows.append(self._pair_row("pulsar publish", label, samples, target=0.85))
+            if self.wants("drain"):
+                samples = {s: [] for s in SIDES}
+                for order in self.orders():
+                    for side in order:
+                        if filled[side]:
+                            q = filled[side].pop(0)  # filled by the publish rows
+                        else:
+                            q = self.queue(f"pulsar.drain.{side}")
+                            created.append(q)
+                            self._say(f"pulsar drain: publishing {n} {side} jobs (untimed)")
+                            publisher = pulsar_raw if side == "raw" else pulsar_conveyor
+                            await publisher.prepublish(url, q, n)
+                        self._say(f"pulsar drain: {side} worker, prefetch = concurrency = {prefetch}")
+                        spec = {"side": f"pulsar-{side}", "url": url, "queue": q, "n": n, "prefetch": prefetch, "timeout": 600}
+                        run = await run_worker_process("bench.worker", spec, timeout=660)
+                        _require_complete(run.result, n, f"pulsar {side} drain")
+                        samples[side].append(
+                            {"rate": n / run.result["seconds"], "cpu_us": _cpu_us(run.result, n), "peak_rss_mib": run.result["peak_rss_mib"]}
+                        )
+                        await pulsar_conveyor.delete(url, q)
+                self.rows.append(
+                    self._pair_row(
+                        "pulsar drain",
+                        f"ack after no-op handler, prefetch {prefetch}",
+                        samples,
+                        target=0.85,
+                        note="raw: pulsar-client Shared subscription; Conveyor: metrics on, JSON logs at INFO",
+                    )
+                )
+                rss = {s: max(x["peak_rss_mib"] for x in samples[s]) for s in SIDES}
+                self.rows.append(
+                    Row(
+                        "pulsar worker RSS",
+                        f"peak RSS, drain worker process ({n:,} jobs)",
+                        "MiB",
+                        rss["raw"],
+                        rss["conveyor"],
+                        better="lower",
+                        note="VmHWM of the worker subprocess; worst sample",
+                    )
+                )
+        finally:
+            # Every topic this run created, whatever happened (deleting a missing one is fine).
+            await pulsar_conveyor.delete(url, *created)
+
     async def run(self) -> None:
         steps = [
             ("publish", self.publish),
@@ -377,14 +453,19 @@ class Runner:
             ("latency", self.latency),
             ("retry", self.retry),
         ]
-        for name, step in steps:
-            if self.wants(name):
-                await self._broker_up()
-                started = time.perf_counter()
-                await step()
-                self._say(f"{name} done in {time.perf_counter() - started:.1f}s")
-        if self.config.others and self.wants("others"):
-            await self.other_libraries()
+        if "rabbitmq" in self.config.brokers:
+            for name, step in steps:
+                if self.wants(name):
+                    await self._broker_up()
+                    started = time.perf_counter()
+                    await step()
+                    self._say(f"{name} done in {time.perf_counter() - started:.1f}s")
+            if self.config.others and self.wants("others"):
+                await self.other_libraries()
+        if "pulsar" in self.config.brokers and (self.wants("publish") or self.wants("drain")):
+            started = time.perf_counter()
+            await self.pulsar()
+            self._say(f"pulsar done in {time.perf_counter() - started:.1f}s")
 
 
     async def _broker_up(self) -> None:

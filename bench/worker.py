@@ -16,6 +16,10 @@ def main() -> None:
         from bench.raw import worker_main
     elif spec["side"] == "conveyor":
         from bench.conveyor import worker_main
+    elif spec["side"] == "pulsar-raw":
+        from bench.pulsar_raw import worker_main
+    elif spec["side"] == "pulsar-conveyor":
+        from bench.pulsar_conveyor import worker_main
     else:
         raise SystemExit(f"unknown side {spec['side']!r}")
     asyncio.run(worker_main(spec))

@@ -1,0 +1,122 @@
+"""Conveyor's side of the Pulsar rows: ``Producer.publish`` and ``Worker`` on ``PulsarTransport``.
+
+As on RabbitMQ, everything a production worker has stays on: metrics, JSON logging at INFO
+(to /dev/null), payload validation, the breaker middleware, settlement. Imports nothing of the
+RabbitMQ side, so the worker's RSS is its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from bench.support import emit, ready, run_windowed
+from common.logging import configure_logging
+from common.transport.pulsar import PulsarTransport
+from consumer.context import JobContext
+from consumer.registry import JobRegistry
+from consumer.worker import Worker, WorkerConfig
+
+if TYPE_CHECKING:
+    from producer.producer import Producer
+
+__all__ = ["JOB_TYPE", "declare", "delete", "make_transport", "prepublish", "publish_rate", "worker_main"]
+
+JOB_TYPE = "bench.noop"
+
+
+class BenchJob(BaseModel):
+    i: int
+    sent_at: float
+
+
+def make_transport(url: str) -> PulsarTransport:
+    return PulsarTransport(url)
+
+
+def make_registry(queue: str, handler: Any = None) -> JobRegistry:
+    jobs = JobRegistry()
+
+    async def default(payload: BenchJob, ctx: JobContext) -> None:
+        return None
+
+    jobs.job(JOB_TYPE, model=BenchJob, queue=queue)(handler or default)
+    return jobs
+
+
+def make_producer(url: str, queue: str) -> Producer:
+    from producer.producer import Producer
+
+    return Producer.for_registry(make_transport(url), make_registry(queue))
+
+
+async def declare(url: str, queue: str) -> None:
+    async with make_transport(url) as transport:
+        await transport.declare(queue)
+
+
+async def delete(url: str, *queues: str) -> None:
+    """Delete each queue's topic and its DLQ topic (a missing one is fine)."""
+    async with make_transport(url) as transport:
+        for queue in queues:
+            await transport.delete(queue)
+
+
+async def publish_rate(url: str, queue: str, n: int, window: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for ``n`` ``Producer.publish`` calls with ``window`` in flight (each with its receipt)."""
+    async with make_producer(url, queue) as producer:
+        await producer.transport.declare(queue)
+
+        async def publish_one(i: int) -> None:
+            await producer.publish(JOB_TYPE, {"i": i, "sent_at": time.time()})
+
+        return await run_windowed(publish_one, n, window)
+
+
+async def prepublish(url: str, queue: str, n: int, window: int = 500) -> None:
+    await publish_rate(url, queue, n, window)
+
+
+# -- the worker subprocess side -------------------------------------------------------------
+
+
+async def worker_main(spec: dict[str, Any]) -> None:
+    n, prefetch = int(spec["n"]), int(spec["prefetch"])
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    configure_logging("INFO", "json", stream=devnull)
+    state = {"handled": 0, "first": 0.0, "cpu_first": 0.0}
+    handled_all = asyncio.Event()
+
+    async def handler(payload: BenchJob, ctx: JobContext) -> None:
+        if not state["first"]:
+            state["first"] = time.perf_counter()
+            state["cpu_first"] = time.process_time()
+        state["handled"] += 1
+        if state["handled"] >= n:
+            handled_all.set()
+
+    jobs = make_registry(spec["queue"], handler)
+    transport = make_transport(spec["url"])
+    await transport.connect()
+    worker = Worker(transport, jobs, config=WorkerConfig(concurrency=prefetch, prefetch=prefetch))
+    await worker.start()
+    ready()
+    result: dict[str, Any] = {}
+    try:
+        await asyncio.wait_for(handled_all.wait(), float(spec["timeout"]))
+        # The last handler returned; the job counts once its ack is sent.
+        while worker.counts["succeeded"] < n:
+            await asyncio.sleep(0.0005)
+        result["seconds"] = time.perf_counter() - state["first"]
+        result["cpu_seconds"] = time.process_time() - state["cpu_first"]
+    except TimeoutError:
+        pass
+    result["completed"] = worker.counts["succeeded"]
+    result["counts"] = dict(worker.counts)
+    await worker.stop(grace_period=5.0)
+    await transport.close()
+    emit(result)
