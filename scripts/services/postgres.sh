@@ -44,13 +44,8 @@ log() { printf 'postgres: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; exit 2; }
 
-if [[ $(id -u) == 0 ]]; then
-    SUDO=()
-    SVC_USER="postgres"
-else
-    SUDO=(sudo -n)
-    SVC_USER="$(id -un)"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+if [[ $(id -u) == 0 ]]; then SVC_USER="postgres"; else SVC_USER="$(id -un)"; fi
 
 # Set by resolve_layout once the package is installed.
 PG_BIN=""
@@ -76,39 +71,9 @@ find_pg_bin() {
 
 installed() { [[ -n $(find_pg_bin) ]]; }
 
-apt_has_candidate() {
-    local candidate
-    candidate=$(apt-cache policy postgresql 2>/dev/null | awk '/Candidate:/ {print $2}')
-    [[ -n $candidate && $candidate != "(none)" ]]
-}
-
 install_package() {
     installed && return 0
-    command -v apt-get >/dev/null || die "PostgreSQL is not installed and apt-get is missing"
-    if ! apt_has_candidate; then
-        log "postgresql not in the apt cache; running apt-get update"
-        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
-    fi
-    # The package's postinst creates the system cluster and runs `invoke-rc.d postgresql start`;
-    # without systemd that may fail and fail the whole install. A policy-rc.d answering 101
-    # ("action forbidden") makes invoke-rc.d skip it: we run our own cluster anyway. An existing
-    # policy (Docker images ship one) is left alone.
-    local policy=/usr/sbin/policy-rc.d added_policy=0
-    if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\n# added by conveyor postgres.sh during package install\nexit 101\n' \
-            | "${SUDO[@]}" tee "$policy" >/dev/null
-        "${SUDO[@]}" chmod 755 "$policy"
-        added_policy=1
-    fi
-    log "installing the Debian package postgresql"
-    local rc=0
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        postgresql >&2 || rc=$?
-    if ((added_policy)); then
-        "${SUDO[@]}" rm -f "$policy"
-    fi
-    ((rc == 0)) || die "apt-get install postgresql failed (exit $rc)"
+    apt_install_package postgresql
     installed || die "no PostgreSQL server binaries under /usr/lib/postgresql after apt-get install"
 }
 

@@ -43,7 +43,7 @@ log() { printf 'prometheus: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2; exit 2; }
 
-if [[ $(id -u) == 0 ]]; then SUDO=(); else SUDO=(sudo -n); fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # Install
@@ -53,29 +53,7 @@ installed() { command -v prometheus >/dev/null && command -v promtool >/dev/null
 
 install_package() {
     installed && return 0
-    command -v apt-get >/dev/null || die "prometheus is not installed and apt-get is missing"
-    local candidate
-    candidate=$(apt-cache policy prometheus 2>/dev/null | awk '/Candidate:/ {print $2}')
-    if [[ -z $candidate || $candidate == "(none)" ]]; then
-        log "prometheus not in the apt cache; running apt-get update"
-        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
-    fi
-    # The package's postinst starts a system-wide prometheus on :9090 through invoke-rc.d. A
-    # policy-rc.d answering 101 ("action forbidden") stops that; we run our own server. An
-    # existing policy (Docker images ship one) is left alone.
-    local policy=/usr/sbin/policy-rc.d added_policy=0
-    if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\n# added by conveyor prometheus.sh during package install\nexit 101\n' \
-            | "${SUDO[@]}" tee "$policy" >/dev/null
-        "${SUDO[@]}" chmod 755 "$policy"
-        added_policy=1
-    fi
-    log "installing the Debian package prometheus"
-    local rc=0
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold prometheus >&2 || rc=$?
-    ((added_policy)) && "${SUDO[@]}" rm -f "$policy"
-    ((rc == 0)) || die "apt-get install prometheus failed (exit $rc)"
+    apt_install_package prometheus
     installed || die "prometheus still not installed after apt-get install"
 }
 

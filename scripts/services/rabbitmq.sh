@@ -44,11 +44,7 @@ log() { printf 'rabbitmq: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; exit 2; }
 
-if [[ $(id -u) == 0 ]]; then
-    SUDO=()
-else
-    SUDO=(sudo -n)
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # The node is rabbit@<short hostname>, which must resolve. Containers and CI machines sometimes
 # lack an /etc/hosts entry for their own name; then the node is rabbit@localhost instead (the
@@ -77,42 +73,9 @@ installed() {
         && dpkg-query -W -f='${Status}' rabbitmq-server 2>/dev/null | grep -q 'install ok installed'
 }
 
-# apt knows a candidate version of the package (i.e. the package lists are not empty/stale).
-apt_has_candidate() {
-    local candidate
-    candidate=$(apt-cache policy rabbitmq-server 2>/dev/null | awk '/Candidate:/ {print $2}')
-    [[ -n $candidate && $candidate != "(none)" ]]
-}
-
 install_package() {
     installed && return 0
-    command -v apt-get >/dev/null || die "rabbitmq-server is not installed and apt-get is missing"
-    if ! apt_has_candidate; then
-        log "rabbitmq-server not in the apt cache; running apt-get update"
-        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 \
-            || die "apt-get update failed"
-    fi
-    # The package's postinst runs `invoke-rc.d rabbitmq-server start || exit 1`. Without systemd
-    # that runs the SysV script, which may fail (or start a node behind our back) and then fails
-    # the whole install. A policy-rc.d that answers 101 ("action forbidden") makes invoke-rc.d
-    # skip the start; we start the node ourselves below. An existing policy (Docker images ship
-    # one) is left alone.
-    local policy=/usr/sbin/policy-rc.d added_policy=0
-    if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\n# added by conveyor rabbitmq.sh during package install\nexit 101\n' \
-            | "${SUDO[@]}" tee "$policy" >/dev/null
-        "${SUDO[@]}" chmod 755 "$policy"
-        added_policy=1
-    fi
-    log "installing the Debian package rabbitmq-server"
-    local rc=0
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        rabbitmq-server >&2 || rc=$?
-    if ((added_policy)); then
-        "${SUDO[@]}" rm -f "$policy"
-    fi
-    ((rc == 0)) || die "apt-get install rabbitmq-server failed (exit $rc)"
+    apt_install_package rabbitmq-server
     installed || die "rabbitmq-server still not installed after apt-get install"
 }
 
