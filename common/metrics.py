@@ -138,7 +138,7 @@ class WorkerMetrics:
         self._window_max: dict[str, float] = {}
         self._previous_max: dict[str, float] = {}
 
-    def _child(self, metric: Any, *values: str) -> Any:
+    def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, cached: labels() takes a lock and builds a key on
         every call, which shows in the per-job hot path; label sets are bounded anyway."""
         key = (id(metric), values)
@@ -156,49 +156,49 @@ class WorkerMetrics:
     def settled(self, job_type: str | None, action: str, outcome: Outcome) -> None:
         label = self.label(job_type)
         if outcome.duration:
-            self._child(self.duration, label).observe(outcome.duration)
+            self.child(self.duration, label).observe(outcome.duration)
         if outcome.error_type and outcome.reason:
-            self._child(self.failed, label, outcome.reason).inc()
+            self.child(self.failed, label, outcome.reason).inc()
         match action:
             case "succeeded":
-                self._child(self.succeeded, label).inc()
+                self.child(self.succeeded, label).inc()
                 if outcome.envelope is not None:
-                    self._child(self.attempts, label, "succeeded").observe(outcome.envelope.attempt)
+                    self.child(self.attempts, label, "succeeded").observe(outcome.envelope.attempt)
             case "retried":
-                self._child(self.retried, label, outcome.reason or UNKNOWN).inc()
+                self.child(self.retried, label, outcome.reason or UNKNOWN).inc()
             case "deferred":
-                self._child(self.deferred, label).inc()
+                self.child(self.deferred, label).inc()
             case "released":
-                self._child(self.released, label).inc()
+                self.child(self.released, label).inc()
 
     def dead_letter(self, job_type: str | None, reason: str, attempt: int | None = None) -> None:
         label = self.label(job_type)
-        self._child(self.dead_lettered, label, reason).inc()
+        self.child(self.dead_lettered, label, reason).inc()
         if attempt is not None:
-            self._child(self.attempts, label, "dead_lettered").observe(attempt)
+            self.child(self.attempts, label, "dead_lettered").observe(attempt)
 
     # -- publishing ------------------------------------------------------------------------
     def confirmed(self, kind: str, seconds: float) -> None:
-        self._child(self.publish_confirm, _kind(kind)).observe(max(0.0, seconds))
+        self.child(self.publish_confirm, _kind(kind)).observe(max(0.0, seconds))
 
     def publish_failed(self, kind: str, error: BaseException) -> None:
         name = type(error).__name__
-        self._child(self.publish_failures, _kind(kind), name if name in _PUBLISH_ERRORS else "other").inc()
+        self.child(self.publish_failures, _kind(kind), name if name in _PUBLISH_ERRORS else "other").inc()
 
     # -- queues ----------------------------------------------------------------------------
     def started(self, queue: str, delay: float) -> None:
         """A job started ``delay`` seconds after it became due."""
         delay = max(0.0, delay)
-        self._child(self.start_delay, queue).observe(delay)
+        self.child(self.start_delay, queue).observe(delay)
         if delay > self._window_max.get(queue, -1.0):
             self._window_max[queue] = delay
-            self._child(self.max_start_delay, queue).set(max(delay, self._previous_max.get(queue, 0.0)))
+            self.child(self.max_start_delay, queue).set(max(delay, self._previous_max.get(queue, 0.0)))
 
     def roll_window(self, queue: str) -> None:
         """Start a new sampling interval: the gauge keeps the max of the last two intervals."""
         previous = self._window_max.pop(queue, 0.0)
         self._previous_max[queue] = previous
-        self._child(self.max_start_delay, queue).set(previous)
+        self.child(self.max_start_delay, queue).set(previous)
 
     def sampled(
         self,
@@ -211,9 +211,9 @@ class WorkerMetrics:
     ) -> None:
         for state, value in zip(QUEUE_STATES, (ready, delayed, dead_letters), strict=True):
             if value is not None:
-                self._child(self.queue_depth, queue, state).set(value)
+                self.child(self.queue_depth, queue, state).set(value)
         if oldest_age is not None:
-            self._child(self.oldest_age, queue).set(oldest_age)
+            self.child(self.oldest_age, queue).set(oldest_age)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

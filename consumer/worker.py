@@ -240,7 +240,7 @@ class Worker:
             task = asyncio.current_task()
             assert task is not None
             self._active[task] = delivery
-            gauge = self.metrics._child(self.metrics.in_flight, delivery.queue)
+            gauge = self.metrics.child(self.metrics.in_flight, delivery.queue)
             gauge.inc()
             try:
                 # Only this phase may be cut short by drain(); settling is never cancelled

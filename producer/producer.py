@@ -212,7 +212,7 @@ class Producer:
                 raise
             tries = await self._send_with_retries(command, exc)
         known = self.schemas.knows(envelope.job_type)  # a bounded label: registered types only
-        self.metrics.published.labels(envelope.job_type if known else UNKNOWN).inc()
+        self.metrics.child(self.metrics.published, envelope.job_type if known else UNKNOWN).inc()
         return PublishReceipt(job_id=envelope.job_id, queue=target, confirmed_at=self._clock.now(), tries=tries)
 
     async def _send_with_retries(self, command: PublishCommand, first_error: Exception) -> int:
