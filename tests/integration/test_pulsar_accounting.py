@@ -131,6 +131,10 @@ async def test_broker_restart_mid_run_loses_nothing_and_workers_resume(run: Run)
     finally:
         code = stop(worker)
     assert code == 0
-    assert_exact_accounting(published, done, dead)
+    # As in the kill -9 test: acks the client was still grouping (up to 100 ms) when the broker
+    # went down are lost with the connection, so a job dead-lettered just before the restart is
+    # redelivered and dead-lettered again (same job id, two records; seen once in CI). Nothing is
+    # lost and no job both succeeded and was dead-lettered; those checks stay strict.
+    assert_exact_accounting(published, done, dead, max_duplicate_dead_letters=2)
     print(f"\nbroker restart: {len(published)} jobs, {len(set(done))} succeeded, {len(dead)} dead-lettered, "
           f"{len(done) - len(set(done))} re-run")
