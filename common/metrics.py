@@ -29,6 +29,7 @@ breakers                    ``conveyor_breaker_state{breaker}``,
                             ``conveyor_breaker_transitions_total{breaker, state}``
 publish confirm latency     ``conveyor_publish_confirm_seconds{kind="job|retry|defer|dead_letter"}``,
                             ``conveyor_publish_failures_total{kind, error}``
+loop stalls                 ``conveyor_event_loop_stalls_total`` (blocking code in an async handler)
 consumers, reconnects       ``conveyor_queue_consumers{queue}`` (this worker: 0/1), ``conveyor_queue_paused{queue}``,
                             ``conveyor_consumers_attached``, ``conveyor_consumer_reconnects_total{queue}``
 ==========================  ================================================================
@@ -132,6 +133,10 @@ class WorkerMetrics:
         )
         self.publish_failures = Counter(
             "conveyor_publish_failures", "Publishes that were not confirmed, by error", ["kind", "error"], registry=r
+        )
+        self.event_loop_stalls = Counter(
+            "conveyor_event_loop_stalls", "Times the event loop was blocked longer than the watchdog allows",
+            registry=r,
         )
         self._known: set[str] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}

@@ -31,6 +31,13 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field(default="json", pattern="^(json|text)$", description="json or text")
     metrics_interval: float = Field(default=15.0, ge=0, description="Seconds between queue depth samples (0: off)")
+    stall_warn_after: float = Field(
+        default=5.0, ge=0, description="Seconds the event loop may be blocked before a stall is logged (0: off)"
+    )
+    stall_exit_after: float = Field(
+        default=60.0, ge=0,
+        description="Seconds the event loop may be blocked before the worker exits so its jobs are redelivered (0: never)",
+    )
     tracing: str = Field(
         default="off", pattern="^(off|otlp|console)$",
         description="OpenTelemetry traces: off, otlp (OTEL_EXPORTER_OTLP_* settings) or console; needs conveyor[otel]",

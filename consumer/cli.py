@@ -120,6 +120,7 @@ def worker(target: str, broker: str, **overrides: Any) -> None:
 
 async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -> None:
     from consumer.http import HealthServer
+    from consumer.watchdog import WatchdogConfig
     from consumer.worker import Worker, WorkerConfig
 
     config = WorkerConfig(
@@ -128,6 +129,10 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
         grace_period=settings.grace_period,
         max_message_bytes=settings.max_message_bytes,
         metrics_interval=settings.metrics_interval,
+        watchdog=WatchdogConfig(
+            warn_after=settings.stall_warn_after,
+            exit_after=settings.stall_exit_after or None,
+        ),
     )
     middlewares, tracer_provider = _tracing(settings, "conveyor-worker")
     stop = asyncio.Event()

@@ -34,6 +34,7 @@ from consumer.payloads import PayloadResolver
 from consumer.processor import Processor
 from consumer.registry import JobRegistry
 from consumer.settlement import DeferPolicy, Settlement
+from consumer.watchdog import StallWatchdog, WatchdogConfig
 
 __all__ = ["Worker", "WorkerConfig", "default_worker_id"]
 
@@ -55,6 +56,7 @@ class WorkerConfig:
     defer: DeferPolicy = field(default_factory=DeferPolicy)
     # Seconds between queue depth samples (``Transport.stats``) for the metrics; 0: never.
     metrics_interval: float = 15.0
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -160,6 +162,11 @@ class Worker:
         self._processing: set[asyncio.Task[object]] = set()
         self._timers: set[asyncio.Task[None]] = set()
         self._monitor: asyncio.Task[None] | None = None
+        self.watchdog = StallWatchdog(
+            self.config.watchdog,
+            in_flight=lambda: [d.message_id for d in list(self._active.values())],
+            on_stall=self.metrics.event_loop_stalls.inc,
+        )
         self._started = False
         self._draining = False
 
@@ -172,6 +179,7 @@ class Worker:
         await self.stop()
 
     async def start(self) -> None:
+        self.watchdog.start()
         for middleware in self.middlewares:
             await middleware.startup()
         for queue, runner in self._runners.items():
@@ -210,6 +218,7 @@ class Worker:
         for middleware in reversed(self.middlewares):
             with contextlib.suppress(Exception):
                 await middleware.shutdown()
+        await self.watchdog.stop()
         self._started = False
 
     # -- state -----------------------------------------------------------------------
@@ -350,7 +359,10 @@ class Worker:
         for queue in self._runners:
             self.metrics.roll_window(queue)
             try:
-                stats = await asyncio.wait_for(self.transport.stats(queue), timeout=10.0)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the monitor's own
+                # cancellation when the inner call finishes in the same turn, and stop() hangs.
+                async with asyncio.timeout(10.0):
+                    stats = await self.transport.stats(queue)
             except Exception:  # monitoring must never take the worker down
                 self.metrics.sample_errors.labels(queue).inc()
                 log.debug("queue depth sample failed", exc_info=True, extra={"queue": queue})

@@ -172,3 +172,26 @@ async def test_worker_idempotency_option_dedupes_and_exposes_checkpoints() -> No
             await broker.join(DEFAULT_QUEUE)
     assert runs == [(1, None), (2, {"done": 5})], "resumed from the checkpoint, and the duplicate never ran"
     assert worker.counts["succeeded"] == 2
+
+
+async def test_stop_cancels_the_monitor_even_mid_sample() -> None:
+    """Regression: the depth sampler used wait_for, which on 3.11 can swallow the monitor's
+    cancellation, so stop() sat out its 5 s safety timeout."""
+    broker = MemoryBroker()
+    jobs = JobRegistry()
+
+    @jobs.job("t.noop")
+    async def noop(payload: Job, ctx: JobContext) -> None:
+        pass
+
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer:
+        worker = Worker(transport, jobs)
+        await worker.start()
+        await producer.publish("t.noop", Job(n=1))
+        await broker.join(DEFAULT_QUEUE)
+        monitor = worker._monitor
+        async with asyncio.timeout(2):
+            await worker.stop()
+    assert monitor is not None and monitor.done()

@@ -1,0 +1,106 @@
+"""The stall watchdog: a blocked event loop is noticed, named and (when configured) ends the process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+from pydantic import BaseModel
+
+from common.errors import ConfigurationError
+from common.transport.memory import MemoryBroker, MemoryTransport
+from consumer.context import JobContext
+from consumer.registry import JobRegistry
+from consumer.watchdog import EXIT_CODE, StallWatchdog, WatchdogConfig
+from consumer.worker import Worker, WorkerConfig
+from producer.producer import Producer
+
+
+class Job(BaseModel):
+    n: int
+
+
+def a_blocking_call(seconds: float) -> None:
+    time.sleep(seconds)  # the bug the watchdog exists for: blocking code on the loop
+
+
+async def test_a_blocked_loop_is_logged_with_its_stack_and_the_process_exits(caplog: pytest.LogCaptureFixture) -> None:
+    exits: list[int] = []
+    stalls: list[None] = []
+    watchdog = StallWatchdog(
+        WatchdogConfig(warn_after=0.2, exit_after=0.5, interval=0.05),
+        in_flight=lambda: ["job-1"],
+        on_stall=lambda: stalls.append(None),
+        exit_process=exits.append,
+    )
+    caplog.set_level(logging.ERROR, logger="consumer.watchdog")
+    watchdog.start()
+    try:
+        await asyncio.sleep(0.1)
+        a_blocking_call(0.9)
+        await asyncio.sleep(0.1)
+    finally:
+        await watchdog.stop()
+    assert exits == [EXIT_CODE]
+    assert len(stalls) == 1 and watchdog.stalls == 1
+    blocked = [r for r in caplog.records if r.getMessage().startswith("event loop blocked:")]
+    assert len(blocked) == 1
+    assert "a_blocking_call" in blocked[0].loop_stack  # type: ignore[attr-defined]
+    assert blocked[0].in_flight_job_ids == ["job-1"]  # type: ignore[attr-defined]
+
+
+async def test_a_turning_loop_is_never_reported() -> None:
+    exits: list[int] = []
+    watchdog = StallWatchdog(WatchdogConfig(warn_after=0.2, exit_after=0.3, interval=0.05), exit_process=exits.append)
+    watchdog.start()
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0.03)  # busy, but yielding
+    finally:
+        await watchdog.stop()
+    assert watchdog.stalls == 0 and exits == []
+
+
+async def test_without_exit_after_the_watchdog_only_reports() -> None:
+    exits: list[int] = []
+    watchdog = StallWatchdog(WatchdogConfig(warn_after=0.1, interval=0.02), exit_process=exits.append)
+    watchdog.start()
+    try:
+        await asyncio.sleep(0.05)
+        a_blocking_call(0.4)
+        await asyncio.sleep(0.1)
+    finally:
+        await watchdog.stop()
+    assert watchdog.stalls == 1 and exits == []
+
+
+def test_exit_before_warning_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError):
+        WatchdogConfig(warn_after=5, exit_after=1)
+
+
+async def test_the_worker_counts_a_stall_and_names_the_job_in_flight(caplog: pytest.LogCaptureFixture) -> None:
+    broker = MemoryBroker()
+    jobs = JobRegistry()
+    exits: list[int] = []
+
+    @jobs.job("t.blocks")
+    async def blocks(payload: Job, ctx: JobContext) -> None:
+        a_blocking_call(0.6)
+
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    config = WorkerConfig(watchdog=WatchdogConfig(warn_after=0.2, exit_after=0.4, interval=0.05))
+    caplog.set_level(logging.ERROR, logger="consumer.watchdog")
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer:
+        worker = Worker(transport, jobs, config=config)
+        worker.watchdog._exit = exits.append  # the test process must survive
+        async with worker:
+            receipt = await producer.publish("t.blocks", Job(n=1))
+            await broker.join(jobs.get("t.blocks").queue)
+    assert exits == [EXIT_CODE]
+    assert worker.metrics.registry.get_sample_value("conveyor_event_loop_stalls_total") == 1
+    blocked = [r for r in caplog.records if r.getMessage().startswith("event loop blocked:")]
+    assert blocked and blocked[0].in_flight_job_ids == [receipt.job_id]  # type: ignore[attr-defined]
