@@ -26,7 +26,16 @@ def promtool() -> None:
     assert result.returncode == 0, f"cannot install promtool:\n{result.stderr}"
 
 
-def test_check_deploy_passes() -> None:
+@pytest.fixture(scope="module")
+def compose() -> str:
+    """The pinned Docker Compose v2, built from source once (~2 min cold) and cached; never skipped."""
+    result = subprocess.run(["bash", str(ROOT / "scripts/services/compose.sh"), "install"],
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, f"cannot build Docker Compose:\n{result.stderr[-6000:]}"
+    return result.stdout.splitlines()[-1]
+
+
+def test_check_deploy_passes(compose: str) -> None:
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "check-deploy")],
         cwd=ROOT, env={**os.environ, "CONVEYOR_PYTHON": sys.executable},
@@ -36,6 +45,13 @@ def test_check_deploy_passes() -> None:
     assert result.returncode == 0, output[-6000:]
     assert "check-deploy: all passed" in output
     assert "FAIL" not in output
+    # The real `docker compose config` ran (it is never skipped), once per profile too.
+    assert "docker compose config (no profile): ok" in output
+    profiles = {p for svc in _load("docker-compose.yml")["services"].values() for p in svc.get("profiles", [])}
+    assert profiles, "docker-compose.yml defines profiles; this test expects at least one"
+    for profile in profiles:
+        assert f"docker compose config ({profile}): ok" in output
+    assert "docker compose config: ok (Docker Compose 2." in output
 
 
 def _load(path: str) -> dict:
@@ -80,6 +96,34 @@ def test_compose_schema_rejects_a_broken_service() -> None:
     assert not list(Draft202012Validator(schema).iter_errors(doc))
     doc["services"]["consumer"]["deploy"]["replica"] = 3  # typo
     assert list(Draft202012Validator(schema).iter_errors(doc))
+
+
+def _compose_config(compose: str, directory: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("COMPOSE_PROFILES", "COMPOSE_FILE")}
+    return subprocess.run([compose, "-f", "docker-compose.yml", *args, "config", "--quiet"],
+                          cwd=directory, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_compose_config_rejects_an_undefined_dependency(compose: str, tmp_path: Path) -> None:
+    """What the schema cannot see: depends_on naming no service, also in a profile-only service."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    # The shared worker anchor (consumer, producer) and consumer-pulsar's own depends_on.
+    assert text.count("\n    minio-setup:\n") == 1 and text.count("\n      minio-setup:\n") == 1
+    (tmp_path / "docker-compose.yml").write_text(text)
+    assert _compose_config(compose, tmp_path).returncode == 0
+
+    (tmp_path / "docker-compose.yml").write_text(text.replace("\n    minio-setup:\n", "\n    minio-setupp:\n"))
+    result = _compose_config(compose, tmp_path)
+    assert result.returncode != 0
+    assert 'undefined service "minio-setupp"' in result.stderr
+
+    # Only consumer-pulsar (profile "pulsar") is broken: the default project resolves, so
+    # check-deploy runs config once per profile as well.
+    (tmp_path / "docker-compose.yml").write_text(text.replace("\n      minio-setup:\n", "\n      minio-setupp:\n"))
+    assert _compose_config(compose, tmp_path).returncode == 0
+    result = _compose_config(compose, tmp_path, "--profile", "pulsar")
+    assert result.returncode != 0
+    assert 'undefined service "minio-setupp"' in result.stderr
 
 
 def test_promtool_rejects_a_broken_expression(tmp_path: Path) -> None:
