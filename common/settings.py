@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field(default="json", pattern="^(json|text)$", description="json or text")
     metrics_interval: float = Field(default=15.0, ge=0, description="Seconds between queue depth samples (0: off)")
+    breaker_consecutive_failures: int = Field(
+        default=5, ge=1, description="Consecutive failures that open a job's circuit breaker"
+    )
+    breaker_reset_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds an open breaker waits before a half-open probe"
+    )
     stall_warn_after: float = Field(
         default=5.0, ge=0, description="Seconds the event loop may be blocked before a stall is logged (0: off)"
     )

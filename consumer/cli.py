@@ -120,6 +120,7 @@ def worker(target: str, broker: str, **overrides: Any) -> None:
 
 async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -> None:
     from consumer.http import HealthServer
+    from consumer.breaker import BreakerConfig
     from consumer.watchdog import WatchdogConfig
     from consumer.worker import Worker, WorkerConfig
 
@@ -129,6 +130,10 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
         grace_period=settings.grace_period,
         max_message_bytes=settings.max_message_bytes,
         metrics_interval=settings.metrics_interval,
+        breaker=BreakerConfig(
+            consecutive_failures=settings.breaker_consecutive_failures,
+            reset_timeout=settings.breaker_reset_timeout,
+        ),
         watchdog=WatchdogConfig(
             warn_after=settings.stall_warn_after,
             exit_after=settings.stall_exit_after or None,
