@@ -37,7 +37,7 @@ __all__ = ["EXIT_CODE", "StallWatchdog", "WatchdogConfig"]
 log = logging.getLogger(__name__)
 
 EXIT_CODE = 70  # EX_SOFTWARE: the process is broken, not the configuration
-_MAX_STACK_CHARS = 4000
+_STACK_FRAMES = 6  # the innermost frames: the blocking call and the handler that made it
 
 
 @dataclass(frozen=True)
@@ -150,4 +150,4 @@ class StallWatchdog:
         frame = sys._current_frames().get(self._loop_thread_id)
         if frame is None:
             return ""
-        return "".join(traceback.format_stack(frame))[-_MAX_STACK_CHARS:]
+        return "".join(traceback.format_stack(frame, limit=_STACK_FRAMES))

@@ -1,0 +1,185 @@
+"""Drive a fault scenario: real worker processes, a real broker (which the test may kill), the ledger.
+
+A scenario publishes jobs (``publish``), starts ``conveyor worker`` processes
+(``start_worker``), breaks something, heals it, then ``settle``s: waits until every job is
+accounted for and returns the ``Figures``, which ``check`` holds to the invariants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from common.transport.base import OutgoingMessage
+from common.transport.factory import transport_from_url
+from producer.producer import Producer
+from tests.faults import app
+from tests.integration.accounting import publish_until_confirmed
+from tests.faults.ledger import POISON_HEADER, Figures, Ledger
+
+__all__ = ["BrokerControl", "FaultRun", "check"]
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_DIR = Path(os.environ.get("CONVEYOR_RUN_DIR", Path.home() / ".cache" / "conveyor" / "run"))
+
+
+@dataclass(frozen=True)
+class BrokerControl:
+    """Kill -9 and restart the broker this machine runs (scripts/services/<name>.sh)."""
+
+    name: str  # rabbitmq | pulsar
+
+    def pid(self) -> int:
+        if self.name == "pulsar":
+            return int((RUN_DIR / "pulsar.pid").read_text().strip())
+        found = subprocess.run(["pgrep", "-f", "beam.smp.*rabbit"], capture_output=True, text=True, check=False)
+        pids = [int(p) for p in found.stdout.split()]
+        if len(pids) != 1:
+            pytest.fail(f"expected one local RabbitMQ VM to kill, found {pids}: the broker-kill scenario "
+                        "needs the broker scripts/services/rabbitmq.sh runs on this machine")
+        return pids[0]
+
+    def kill_9(self) -> None:
+        os.kill(self.pid(), signal.SIGKILL)
+
+    async def restart(self) -> None:
+        """``up`` is idempotent: it starts the broker again and waits until it serves."""
+        process = await asyncio.create_subprocess_exec(
+            "bash", str(ROOT / "scripts" / "services" / f"{self.name}.sh"), "up",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await process.communicate()
+        assert process.returncode == 0, f"{self.name} did not come back: {err.decode()[-2000:]}"
+
+
+@dataclass
+class FaultRun:
+    scenario: str
+    broker: str  # rabbitmq | pulsar
+    url: str
+    queue: str
+    workdir: Path
+    ledger: Ledger
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def outage_flag(self) -> Path:
+        return self.workdir / "outage"
+
+    def env(self, url: str | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        markers = self.workdir / "markers"
+        markers.mkdir(exist_ok=True)
+        return {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "CONVEYOR_BROKER_URL": url or self.url,
+            "CONVEYOR_IDEMPOTENCY_URL": self.ledger.database_url,
+            "CONVEYOR_LOG_LEVEL": "WARNING",
+            "CONVEYOR_METRICS_INTERVAL": "0",
+            "FAULT_QUEUE": self.queue,
+            "FAULT_EXECUTIONS": str(self.ledger.executions_file),
+            "FAULT_EFFECTS_TABLE": self.ledger.effects_table,
+            "FAULT_MARKERS": str(markers),
+            "FAULT_OUTAGE_FLAG": str(self.outage_flag),
+            **(extra or {}),
+        }
+
+    def start_worker(self, *, concurrency: int = 8, prefetch: int | None = None, grace: float = 10,
+                     url: str | None = None, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        args = [sys.executable, "-m", "consumer.cli", "worker", "tests.faults.app:jobs",
+                "--concurrency", str(concurrency), "--http-port", "0", "--grace-period", str(grace)]
+        if prefetch is not None:
+            args += ["--prefetch", str(prefetch)]
+        log = open(self.workdir / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115 - the process owns it
+        process = subprocess.Popen(args, cwd=ROOT, env=self.env(url, extra_env), stdout=log, stderr=log)
+        log.close()
+        self.workers.append(process)
+        return process
+
+    def worker_log(self, process: subprocess.Popen[bytes]) -> str:
+        return (self.workdir / f"worker-{self.workers.index(process)}.log").read_text(errors="replace")
+
+    async def publish(self, payloads: list[dict[str, object]], *, dead: set[int] = frozenset(),  # type: ignore[assignment]
+                      deadline: float = 120.0) -> list[str]:
+        """Publish one job per payload (index in ``dead``: meant to be dead-lettered); confirmed each."""
+        ids = []
+        async with Producer.for_registry(transport_from_url(self.url), app.jobs()) as producer:
+            for i, payload in enumerate(payloads):
+                envelope = producer.build_envelope(app.JOB_TYPE, payload)
+                await publish_until_confirmed(producer, envelope, deadline)
+                self.ledger.expect(envelope.job_id, dead=i in dead)
+                ids.append(envelope.job_id)
+        return ids
+
+    async def publish_raw(self, marker: str, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        """A poison message: bytes no producer of ours would send, tagged so its dead letter is found."""
+        async with transport_from_url(self.url) as transport:
+            await transport.declare(self.queue)
+            message = OutgoingMessage(body=body, message_id=f"poison-{marker}",
+                                      headers={**(headers or {}), POISON_HEADER: marker})
+            await transport.publish(self.queue, message)
+        self.ledger.poison[marker] = marker
+
+    async def wait_for_effects(self, count: int, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len((await self.ledger.effects())[0]) < count:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.scenario}: fewer than {count} jobs succeeded after {timeout}s")
+            self.assert_workers_alive()
+            await asyncio.sleep(0.1)
+
+    def assert_workers_alive(self) -> None:
+        for process in self.workers:
+            code = process.poll()
+            if code is not None and code != 0 and code != -signal.SIGKILL:
+                pytest.fail(f"a worker died with {code}:\n{self.worker_log(process)[-3000:]}")
+
+    async def settle(self, timeout: float = 180.0, healed_at: float | None = None) -> Figures:
+        """Wait until every job is accounted for; the figures (printed in the session summary)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            snap = await self.ledger.snapshot()
+            if self.ledger.settled(snap):
+                break
+            if time.monotonic() > deadline:
+                figures = self.ledger.figures(self.scenario, self.broker, snap)
+                pytest.fail(f"not settled after {timeout}s: {figures.line()}")
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)  # late duplicates (redeliveries in flight) show up in the figures
+        snap = await self.ledger.snapshot()
+        figures = self.ledger.figures(self.scenario, self.broker, snap)
+        if healed_at is not None:
+            after = [t.timestamp() for t in snap.effect_times.values() if t.timestamp() >= healed_at]
+            figures.recover_seconds = (min(after) - healed_at) if after else None
+        return figures
+
+    def stop_workers(self) -> list[int]:
+        codes = []
+        for process in self.workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.workers:
+            try:
+                codes.append(process.wait(40))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes.append(process.wait())
+        return codes
+
+
+def check(figures: Figures, *, max_duplicate_dead_letters: int = 0) -> None:
+    """The invariants of every scenario."""
+    assert figures.lost == 0, figures.line()
+    assert figures.duplicate_effects == 0, figures.line()
+    assert figures.both == 0, figures.line()
+    assert figures.unexpected_dead == 0, figures.line()
+    assert figures.duplicate_dead_letters <= max_duplicate_dead_letters, figures.line()
