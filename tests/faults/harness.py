@@ -53,9 +53,13 @@ class BrokerControl:
 
     async def restart(self) -> None:
         """``up`` is idempotent: it starts the broker again and waits until it serves."""
+        # Without the URL variables: given one, ``up`` only prints it (an external broker).
+        # KEEP_DATA: a restart, not Pulsar's usual fresh start.
+        env = {k: v for k, v in os.environ.items() if k not in ("CONVEYOR_AMQP_URL", "CONVEYOR_PULSAR_URL")}
+        env["CONVEYOR_PULSAR_KEEP_DATA"] = "1"
         process = await asyncio.create_subprocess_exec(
             "bash", str(ROOT / "scripts" / "services" / f"{self.name}.sh"), "up",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
         )
         _, err = await process.communicate()
         assert process.returncode == 0, f"{self.name} did not come back: {err.decode()[-2000:]}"
