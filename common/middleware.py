@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from consumer.context import JobContext
+    from consumer.registry import JobSpec
     from producer.command import PublishCommand
+    from schemas.envelope import Envelope
 
 __all__ = ["ConsumeNext", "Middleware", "PublishNext", "build_consume_chain", "build_publish_chain"]
 
@@ -32,6 +34,12 @@ class Middleware:
 
     async def shutdown(self) -> None:
         return None
+
+    async def succeeded_before(self, envelope: Envelope, spec: JobSpec) -> bool:
+        """True if this very job already succeeded (a redelivery after a lost ack): the worker
+        then acks it without fetching its claim-check payload or running it. Asked before the
+        fetch because a succeeded job's stored payload may already be deleted."""
+        return False
 
     async def consume(self, ctx: JobContext, call_next: ConsumeNext) -> Any:
         return await call_next(ctx)

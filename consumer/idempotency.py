@@ -54,6 +54,8 @@ from common.middleware import ConsumeNext, Middleware
 
 if TYPE_CHECKING:
     from consumer.context import JobContext
+    from consumer.registry import JobSpec
+    from schemas.envelope import Envelope
 
 __all__ = [
     "IDEMPOTENCY_STATE",
@@ -222,6 +224,14 @@ class IdempotencyMiddleware(Middleware):
             await asyncio.wait({sweeper}, timeout=5.0)
         if self._close_store:
             await self.store.close()
+
+    async def succeeded_before(self, envelope: Envelope, spec: JobSpec) -> bool:
+        """Same key *and* same job id recorded: a redelivery of a job that succeeded. (Another
+        job reusing the key goes through ``consume``, where its payload hash is compared.)"""
+        if spec.option("idempotent", True) is False:
+            return False
+        record = await self.store.get(f"{envelope.job_type}:{envelope.idempotency_key}")
+        return record is not None and record.job_id == envelope.job_id
 
     async def consume(self, ctx: JobContext, call_next: ConsumeNext) -> Any:
         if ctx.spec.option("idempotent", True) is False:

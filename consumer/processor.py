@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from common.clock import Clock
 from common.codec import decode_envelope
 from common.errors import CircuitOpen, JobTimeout, PermanentError, RejectedMessage
+from common.logging import mask_secrets
 from common.middleware import Middleware, build_consume_chain
 from common.transport.base import Delivery
 from consumer.breaker import BreakerBoard
@@ -25,6 +27,12 @@ from schemas.envelope import Envelope, InlinePayload
 from schemas.registry import SchemaTooNew
 
 __all__ = ["Processor"]
+
+log = logging.getLogger(__name__)
+
+
+class _SucceededBefore(Exception):
+    """A middleware recognised a redelivery of a job that already succeeded."""
 
 _MAX_ERROR_TEXT = 1000
 
@@ -40,13 +48,16 @@ class Processor:
         worker_id: str,
         max_message_bytes: int,
         breakers: BreakerBoard | None = None,
+        redact: Callable[[str], str] = mask_secrets,
     ) -> None:
         self._registry = registry
+        self._redact = redact
         self._breakers = breakers
         self._payloads = payloads
         self._clock = clock
         self._worker_id = worker_id
         self._max_bytes = max_message_bytes
+        self._middlewares = tuple(middlewares)
         self._chain = build_consume_chain(middlewares, self._invoke)
 
     async def process(self, delivery: Delivery) -> Outcome:
@@ -61,6 +72,10 @@ class Processor:
             ctx = await self._context(envelope, delivery.queue)
         except CircuitOpen as exc:
             return Outcome(OutcomeKind.RELEASE, envelope, reason="circuit_open", error_type=type(exc).__name__)
+        except _SucceededBefore:
+            log.info("redelivered job already succeeded; acked without fetching its payload",
+                     extra={"job_id": envelope.job_id})
+            return Outcome(OutcomeKind.SUCCEEDED, envelope, started_at=started, finished_at=self._clock.now())
         except SchemaTooNew as exc:
             return self._failed(OutcomeKind.DEFER, envelope, exc, started, reason=exc.reason)
         except RejectedMessage as exc:
@@ -79,6 +94,10 @@ class Processor:
             raise SchemaTooNew(
                 f"{envelope.job_type} v{envelope.schema_version} is newer than v{spec.version} known here"
             )
+        if not isinstance(envelope.payload, InlinePayload):
+            for middleware in self._middlewares:
+                if await middleware.succeeded_before(envelope, spec):
+                    raise _SucceededBefore
         data = await self._load(envelope, spec)
         payload = self._registry.schemas.resolve(
             envelope.job_type, envelope.schema_version, data, target=spec.version
@@ -159,7 +178,9 @@ class Processor:
             envelope,
             reason=reason,
             error_type=type(exc).__name__,
-            error_message=str(exc)[:_MAX_ERROR_TEXT],
+            # Masked before it goes anywhere: a handler may well put a URL or a key into its
+            # exception (cut first, so a huge message is not scanned whole).
+            error_message=self._redact(str(exc)[: _MAX_ERROR_TEXT * 4])[:_MAX_ERROR_TEXT],
             error=exc,  # its traceback is formatted only if a dead letter needs it
             started_at=started,  # type: ignore[arg-type]
             finished_at=self._clock.now(),

@@ -280,3 +280,26 @@ async def test_a_newer_version_is_deferred_without_fetching_its_payload() -> Non
         await until(lambda: worker.counts["deferred"] == 1)
     assert len(h.store.requests) == fetches
     assert len(h.store.objects) == 1
+
+
+async def test_a_redelivered_claim_check_job_that_already_succeeded_is_acked_without_a_fetch() -> None:
+    """The ack of a succeeded job was lost; its object is deleted; the redelivery must not be
+    dead-lettered as payload_missing (that job succeeded): the processed key says so first."""
+    from common.idempotency.memory import MemoryProcessedKeyStore
+
+    h = Harness()
+    keys = MemoryProcessedKeyStore()
+    async with h.producer() as producer:
+        await producer.publish("t.blob", Blob(text="c" * 2000))
+    original = await published_envelope(h)
+    transport = MemoryTransport(h.broker)
+    await transport.connect()
+    async with Worker(transport, h.jobs, config=h.config, payload_store=h.store, idempotency=keys) as worker:
+        await until(lambda: worker.counts["succeeded"] == 1)
+        assert h.store.objects == {}
+        requests = len(h.store.requests)
+        await h.raw(encode_model(original))  # the broker redelivers the same message
+        await until(lambda: worker.counts["succeeded"] == 2)
+    assert h.seen == ["c" * 2000], "the handler ran once"
+    assert await h.dead_letters() == []
+    assert all(op != "get" for op, *_ in h.store.requests[requests:]), "no fetch for the redelivery"
