@@ -134,7 +134,9 @@ class Runner:
         names: list[str] = []
         for q in queues:
             names += [q, f"{q}.dlq", f"{q}.retry", f"{q}.DQ", f"{q}.XQ", *(tier_queue(q, t) for t in DELAY_TIERS)]
-        await delete_queues(self.config.url, names, exchanges=list(queues))
+        # Conveyor's per-queue exchanges (rabbitmq_topology), beside the Celery-side ones named q.
+        exchanges = [*queues, *(f"{q}.{suffix}" for q in queues for suffix in ("jobs", "retry", "dlx"))]
+        await delete_queues(self.config.url, names, exchanges=exchanges)
 
     def _pair_row(self, scenario: str, metric: str, samples: dict[str, list[Sample]], **kwargs: Any) -> Row:
         return Row(

@@ -3,7 +3,9 @@
     ConveyorError
     ├── ConfigurationError          bad settings or job options, found at start-up
     ├── TransportError              a broker could not be reached or answered badly
-    │   ├── PublishNotConfirmed     the broker nacked or returned (unroutable) a publish
+    │   ├── AccessRefused           the broker user lacks a permission (declare, consume, get)
+    │   ├── TlsError                the TLS handshake failed: certificate not trusted, wrong host name
+    │   ├── PublishNotConfirmed     the broker nacked, returned (unroutable) or refused a publish
     │   ├── PublishOutcomeUnknown   no confirm in time: the message may or may not exist
     │   └── AlreadySettled          a delivery was acked/nacked twice
     ├── RejectedMessage             bad input; carries a ``reason`` code; goes to the DLQ
@@ -32,6 +34,7 @@ they can hold secrets.
 from __future__ import annotations
 
 __all__ = [
+    "AccessRefused",
     "AlreadySettled",
     "IdempotencyConflict",
     "IdempotencyStoreUnavailable",
@@ -52,6 +55,7 @@ __all__ = [
     "PublishOutcomeUnknown",
     "RejectedMessage",
     "RetryableError",
+    "TlsError",
     "TransportError",
     "UnknownJobType",
     "UnknownSchemaVersion",
@@ -70,8 +74,21 @@ class TransportError(ConveyorError):
     """The broker could not be reached, or it answered in a way we cannot use."""
 
 
+class AccessRefused(TransportError):
+    """The broker refused this user an operation (its permissions); retrying cannot help.
+
+    A publish the user may not make is a ``PublishNotConfirmed`` instead: the contract of
+    ``publish`` names one error for "the broker did not take it".
+    """
+
+
+class TlsError(TransportError):
+    """The broker's certificate was not trusted or not valid for the host name, or the TLS
+    handshake failed otherwise. Nothing was sent over the connection; it is not retried."""
+
+
 class PublishNotConfirmed(TransportError):
-    """The broker refused the message (nack) or could not route it (return)."""
+    """The broker refused the message (nack, no write permission) or could not route it (return)."""
 
 
 class PublishOutcomeUnknown(TransportError):

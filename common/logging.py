@@ -2,8 +2,11 @@
 
 Fields passed with ``extra={...}`` (job_id, correlation_id, attempt, job_type, …) become
 top-level keys. With OpenTelemetry installed, a line written while a span is active carries
-its ``trace_id`` and ``span_id``. Anything that looks like a credential in a URL is masked, and long values
-are truncated so one hostile message cannot flood the log.
+its ``trace_id`` and ``span_id``. Anything that looks like a credential in a URL is masked, as is
+every secret value the process knows (``redact``: a ``common.secrets.Redactor``, passed in by
+whoever configures logging). Values are truncated and a whole line is bounded (16 KiB), so one
+hostile message cannot flood the log; JSON escapes newlines and quotes, and the text format
+escapes newlines too: one record is always one line.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +26,7 @@ try:  # optional: trace ids on log lines when OpenTelemetry is installed
 except ImportError:  # pragma: no cover
     _otel_trace = None  # type: ignore[assignment]
 
-__all__ = ["JobLogContext", "JsonFormatter", "configure_logging", "job_log_fields", "mask_secrets"]
+__all__ = ["JobLogContext", "JsonFormatter", "TextFormatter", "configure_logging", "job_log_fields", "mask_secrets"]
 
 # The job being handled in this task: its fields are added to every log line written while
 # it runs, including the handler's own ``logging`` calls. A ContextVar, so concurrent jobs
@@ -46,39 +50,77 @@ class JobLogContext:
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.I)
 _MAX_VALUE = 2000
+_MAX_EXC = 8000
+_MAX_LIST = 50
+_MAX_LINE = 16 * 1024  # characters of one JSON line, all fields together
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+Redact = Callable[[str], str]
 
 
 def mask_secrets(text: str) -> str:
+    if "@" not in text:  # no URL credentials without one; the substring test is far cheaper than the regex
+        return text
     return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, str):
-        return mask_secrets(value)[:_MAX_VALUE]
-    if isinstance(value, (int, float, bool)) or value is None:
-        return value
-    return mask_secrets(str(value))[:_MAX_VALUE]
-
-
 class JsonFormatter(logging.Formatter):
+    def __init__(self, redact: Redact = mask_secrets) -> None:
+        super().__init__()
+        self._redact = redact
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": _clean(record.getMessage()),
+            "msg": self._clean(record.getMessage()),
         }
         job = job_log_fields.get()
         if job:
-            entry.update(job)
+            entry.update((key, self._clean(value)) for key, value in job.items())
         _add_trace_ids(entry)
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value if isinstance(value, list) else _clean(value)
+                if isinstance(value, list):
+                    entry[key] = [self._clean(v) for v in value[:_MAX_LIST]]
+                else:
+                    entry[key] = self._clean(value)
         if record.exc_info:
-            entry["exc"] = mask_secrets(self.formatException(record.exc_info))[-8000:]
-        return orjson.dumps(entry, default=str).decode()
+            entry["exc"] = self._redact(self.formatException(record.exc_info)[-_MAX_EXC * 4 :])[-_MAX_EXC:]
+        line = orjson.dumps(entry, default=str).decode()
+        return line if len(line) <= _MAX_LINE else _shrunk(entry)
+
+    def _clean(self, value: Any, limit: int = _MAX_VALUE) -> Any:
+        if isinstance(value, (int, float, bool)) or value is None:
+            return value
+        text = value if isinstance(value, str) else str(value)
+        return self._redact(text[: limit * 4])[:limit]  # cut first: a 1 MB value is not scanned whole
+
+
+def _shrunk(entry: dict[str, Any]) -> str:
+    """A line over the bound: every value cut to a few hundred characters, then extra keys dropped."""
+    small = {key: (value[:300] if isinstance(value, str) else value) for key, value in entry.items()
+             if not isinstance(value, list)}
+    small["exc"] = str(entry.get("exc", ""))[-2000:] or None
+    small["truncated"] = True
+    line = orjson.dumps(small, default=str).decode()
+    if len(line) <= _MAX_LINE:
+        return line
+    core = {key: small[key] for key in ("ts", "level", "logger", "msg", "truncated") if key in small}
+    return orjson.dumps(core, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger: message`` on one line: secrets masked, newlines escaped, bounded."""
+
+    def __init__(self, redact: Redact = mask_secrets) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self._redact(super().format(record)[: _MAX_LINE * 4])[:_MAX_LINE]
+        return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _add_trace_ids(entry: dict[str, Any]) -> None:
@@ -90,12 +132,12 @@ def _add_trace_ids(entry: dict[str, Any]) -> None:
         entry["span_id"] = format(context.span_id, "016x")
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
+def configure_logging(
+    level: str = "INFO", fmt: str = "json", stream: Any = None, redact: Redact = mask_secrets
+) -> None:
+    """One handler on the root logger; ``redact`` masks the secrets this process knows."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter(redact) if fmt == "json" else TextFormatter(redact))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

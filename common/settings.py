@@ -1,16 +1,23 @@
 """Typed settings from flags and ``CONVEYOR_*`` environment variables.
 
-Secrets (a broker URL with a password) are ``SecretStr``: they never appear in a repr,
-a log line or an error message; use ``common.transport.factory.mask_url`` to show a URL.
+Secrets (a broker URL with a password, the idempotency database URL, the S3 secret key) are
+``SecretStr``: they never appear in a repr, a log line or an error message; use
+``common.transport.factory.mask_url`` to show a URL. Each also reads ``CONVEYOR_<NAME>_FILE``
+(a mounted secret file) and feeds the ``Redactor`` that masks its value in every output
+(``common.secrets``). Precedence: flags, then the variable or its ``_FILE`` (not both).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from common.codec import DEFAULT_MAX_MESSAGE_BYTES
 from common.payload_store.base import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PAYLOAD_THRESHOLD, DEFAULT_STORE_TIMEOUT
+from common.secrets import SecretFilesSource
+from common.tls import TlsConfig
 
 __all__ = ["Settings"]
 
@@ -64,6 +71,28 @@ class Settings(BaseSettings):
     s3_access_key: str | None = Field(default=None, description="S3 access key (unset: the AWS default chain)")
     s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret key")
     s3_region: str = Field(default="us-east-1", description="S3 region (signing)")
+    # TLS for amqps:// and pulsar+ssl:// (see common.tls): which CA to trust, and an optional
+    # client certificate. There is deliberately no setting that turns verification off.
+    tls_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle that signed the brokers' certificates (unset: system trust store)"
+    )
+    tls_cert_file: Path | None = Field(default=None, description="Client certificate (PEM), if the broker asks for one")
+    tls_key_file: Path | None = Field(default=None, description="Its private key (PEM; unset: in the cert file)")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # CONVEYOR_<SECRET>_FILE right after the environment (the two never both set).
+        return init_settings, env_settings, SecretFilesSource(settings_cls), dotenv_settings, file_secret_settings
 
     def broker(self) -> str:
         return self.broker_url.get_secret_value()
+
+    def tls(self) -> TlsConfig:
+        return TlsConfig(ca_file=self.tls_ca_file, cert_file=self.tls_cert_file, key_file=self.tls_key_file)

@@ -1,7 +1,9 @@
 """The ``conveyor`` command line: demo, worker, publish, dlq, payloads, status.
 
 Every option also reads a ``CONVEYOR_*`` environment variable (see ``common.settings``);
-flags win. Broker URLs are masked whenever they are shown.
+flags win. Broker URLs are masked whenever they are shown, and every secret a command knows
+is masked in its logs and errors; a password typed as a flag gets a ``ps`` warning
+(``consumer.cli_secrets``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from common.codec import strict_json_loads
 from common.errors import ConveyorError
 from common.logging import configure_logging
 from common.settings import Settings
+from common.transport.base import Transport
 from common.transport.factory import mask_url, transport_from_url
+from consumer.cli_secrets import DEFAULT_BROKER, broker_from_environment, protect, redactor, warn_if_credentials
 from consumer.dead_letters import DeadLetterFilter, DeadLetters
 from consumer.registry import DEFAULT_QUEUE, JobRegistry
 
@@ -34,11 +38,15 @@ T = TypeVar("T")
 _console = Console()
 
 
-def _run(coro: Awaitable[T]) -> T:
+def _run(coro: Awaitable[T], *, secrets: bool = True) -> T:
+    """Run a command's coroutine; first, mask every secret it knows (env, files, its flags)."""
     try:
+        if secrets:
+            params = click.get_current_context().params
+            protect(None, params.get("broker"), params.get("idempotency_url"))
         return asyncio.run(coro)  # type: ignore[arg-type]
     except ConveyorError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        raise click.ClickException(redactor()(f"{type(exc).__name__}: {exc}")) from None
 
 
 def _load_registry(target: str) -> JobRegistry:
@@ -55,8 +63,10 @@ def _load_registry(target: str) -> JobRegistry:
 
 
 broker_option = click.option(
-    "--broker", envvar="CONVEYOR_BROKER_URL", default="memory://", show_default=True,
-    help="Broker URL: memory://, amqp://…, pulsar://…",
+    "--broker", envvar="CONVEYOR_BROKER_URL", default=None, show_default=DEFAULT_BROKER,
+    callback=broker_from_environment,
+    help="Broker URL: memory://, amqp://…, pulsar://… [env CONVEYOR_BROKER_URL or CONVEYOR_BROKER_URL_FILE; "
+         "a password here shows in ps]",
 )
 queue_option = click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Work queue name")
 payload_store_option = click.option(
@@ -72,6 +82,11 @@ def _tracing(settings: Settings, service: str) -> tuple[list[Any], Any]:
     from common.tracing import TracingMiddleware, configure_tracing
 
     return [TracingMiddleware()], configure_tracing(service, settings.tracing)
+
+
+def _transport(broker: str, settings: Settings | None = None) -> Transport:
+    """The broker's transport; amqps:// and pulsar+ssl:// get the CONVEYOR_TLS_* settings."""
+    return transport_from_url(broker, tls=(settings or Settings()).tls())
 
 
 def _payload_store(settings: Settings) -> Any:
@@ -97,7 +112,7 @@ def demo(jobs_count: int) -> None:
     from consumer.demo import run_demo
 
     logging.getLogger().setLevel(logging.ERROR)  # the demo's tables tell the story
-    _run(run_demo(_console, jobs_count=jobs_count))
+    _run(run_demo(_console, jobs_count=jobs_count), secrets=False)
 
 
 @main.command()
@@ -109,8 +124,9 @@ def demo(jobs_count: int) -> None:
 @click.option("--http-host", default=None, help="Health/metrics address [127.0.0.1]")
 @click.option("--http-port", type=int, default=None, help="Health/metrics port, 0 to disable [9464]")
 @payload_store_option
-@click.option("--idempotency-url", default=None,
-              help="Processed-key store: sqlite:///path or postgresql://… [env CONVEYOR_IDEMPOTENCY_URL; off]")
+@click.option("--idempotency-url", default=None, callback=warn_if_credentials,
+              help="Processed-key store: sqlite:///path or postgresql://… [env CONVEYOR_IDEMPOTENCY_URL or "
+                   "CONVEYOR_IDEMPOTENCY_URL_FILE; off]")
 def worker(target: str, broker: str, **overrides: Any) -> None:
     """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT."""
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -144,7 +160,7 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    transport = transport_from_url(broker)
+    transport = _transport(broker, settings)
     store = _payload_store(settings)
     keys = None
     if settings.idempotency_url is not None:
@@ -153,7 +169,7 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
         keys = store_from_url(settings.idempotency_url.get_secret_value())
     async with transport:
         async with Worker(transport, registry, config=config, payload_store=store, middlewares=middlewares,
-                          idempotency=keys) as running:
+                          idempotency=keys, redact=redactor()) as running:
             http = HealthServer(running, settings.http_host, settings.http_port) if settings.http_port else None
             if http:
                 await http.start()
@@ -201,7 +217,7 @@ def publish(job_type: str, payload: str, broker: str, app: str | None, queue: st
     header_map = dict(h.split("=", 1) for h in headers)
 
     async def go() -> None:
-        transport = transport_from_url(broker)
+        transport = _transport(broker, settings)
         store = _payload_store(settings)
         middlewares, tracer_provider = _tracing(settings, "conveyor-publish")
         options: dict[str, Any] = {"payload_store": store, "middlewares": middlewares, **store_options}
@@ -237,7 +253,7 @@ def _filters(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 async def _with_dlq(broker: str, queue: str, action: Callable[[DeadLetters], Awaitable[T]]) -> T:
-    transport = transport_from_url(broker)
+    transport = _transport(broker)
     async with transport:
         await transport.declare(queue)
         return await action(DeadLetters(transport, queue))
@@ -328,7 +344,7 @@ def dlq_purge(broker: str, queue: str, reason: str | None, job_type: str | None,
         from consumer.payloads import PayloadResolver
 
         store = _payload_store(settings)
-        transport = transport_from_url(broker)
+        transport = _transport(broker, settings)
         try:
             async with transport:
                 await transport.declare(queue)
@@ -397,7 +413,7 @@ def status(broker: str, queues: tuple[str, ...], workers: tuple[str, ...], inter
     from consumer.status import collect_status, render_tables
 
     async def go() -> Any:
-        transport = transport_from_url(broker)
+        transport = _transport(broker)
         async with transport:
             return await collect_status(transport, list(queues), interval=interval, workers=list(workers),
                                         dlq_scan_limit=dlq_scan_limit)

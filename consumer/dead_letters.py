@@ -89,6 +89,7 @@ class DeadLetters:
         self._clock = clock or SystemClock()
         self._payloads = payloads
         self.payloads_deleted = 0  # claim-check objects removed by purge
+        self._declared: set[str] = set()  # queues replayed into, declared (or checked) once
 
     async def depth(self) -> int:
         return await self._transport.depth(self.dlq)
@@ -184,7 +185,9 @@ class DeadLetters:
                 DUE_AT: format_due_at(self._clock.now()),
             },
         )
-        await self._transport.declare(record.queue)
+        if record.queue not in self._declared:  # once per queue: a check costs round trips
+            await self._transport.declare(record.queue)
+            self._declared.add(record.queue)
         await self._transport.publish(record.queue, message)
         return True
 

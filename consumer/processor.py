@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from common.clock import Clock
 from common.codec import decode_envelope
+from common.deadlines import TimeLimit
 from common.errors import CircuitOpen, JobTimeout, PermanentError, RejectedMessage
 from common.logging import mask_secrets
 from common.middleware import Middleware, build_consume_chain
@@ -59,6 +60,7 @@ class Processor:
         self._max_bytes = max_message_bytes
         self._middlewares = tuple(middlewares)
         self._chain = build_consume_chain(middlewares, self._invoke)
+        self._limits: dict[float, TimeLimit] = {}  # by a job's timeout: few distinct values
 
     async def process(self, delivery: Delivery) -> Outcome:
         started = self._clock.now()
@@ -156,9 +158,13 @@ class Processor:
         else:
             # Sync handlers run in a thread so the loop (and AMQP heartbeats) never starve.
             call = asyncio.to_thread(functools.partial(spec.handler, ctx.payload, ctx))
+        limit = self._limits.get(spec.timeout)
+        if limit is None:
+            limit = self._limits[spec.timeout] = TimeLimit(spec.timeout)
         try:
-            # asyncio.timeout, not wait_for: the same limit without a task per job.
-            async with asyncio.timeout(spec.timeout):
+            # Not wait_for (a task per job), nor asyncio.timeout (a timer per job): one timer
+            # per distinct limit, see common.deadlines.
+            with limit():
                 return await call
         except TimeoutError:
             raise JobTimeout(f"{spec.job_type} exceeded its {spec.timeout:g}s timeout") from None

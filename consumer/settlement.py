@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -23,6 +24,7 @@ from common import headers as h
 from common.backoff import RetryPolicy
 from common.clock import Clock
 from common.codec import encode_model
+from common.logging import mask_secrets
 from common.metrics import WorkerMetrics
 from common.transport.base import Delivery, OutgoingMessage, Transport
 from consumer.outcome import Outcome, OutcomeKind
@@ -54,8 +56,10 @@ class Settlement:
         rng: random.Random | None = None,
         defer: DeferPolicy | None = None,
         payloads: PayloadResolver | None = None,
+        redact: Callable[[str], str] = mask_secrets,
     ) -> None:
         self._transport = transport
+        self._redact = redact  # tracebacks quote the raising line and its message
         self._payloads = payloads
         self._clock = clock
         self._worker_id = worker_id
@@ -123,7 +127,7 @@ class Settlement:
             reason=reason,
             error_type=outcome.error_type,
             error_message=outcome.error_message,
-            traceback=outcome.traceback_text(),
+            traceback=_masked(outcome.traceback_text(), self._redact),
             dead_lettered_at=self._clock.now(),
             worker_id=self._worker_id,
             job_id=envelope.job_id if envelope else None,
@@ -141,6 +145,7 @@ class Settlement:
                 "x-conveyor-reason": reason,
                 h.JOB_TYPE: record.job_type or "",
             },
+            kind="dead_letter",
         )
         await self._confirmed(self._transport.dead_letter_queue(delivery.queue), message, "dead_letter")
         await delivery.ack()
@@ -166,6 +171,7 @@ class Settlement:
                 h.DUE_AT: h.format_due_at(self._clock.now() + timedelta(seconds=delay)),
             },
             delay=delay,
+            kind="retry",  # deferrals too: a worker may send copies back, never new jobs
         )
         await self._confirmed(delivery.queue, message, kind)
 
@@ -189,3 +195,7 @@ class Settlement:
             error_type=outcome.error_type,
             error_message=(outcome.error_message or None) and outcome.error_message[:1000],
         )
+
+
+def _masked(text: str | None, redact: Callable[[str], str]) -> str | None:
+    return None if text is None else redact(text)

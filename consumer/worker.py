@@ -14,13 +14,14 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from common.clock import Clock, SystemClock
 from common.codec import DEFAULT_MAX_MESSAGE_BYTES
 from common.errors import ConfigurationError
 from common.headers import due_at
+from common.logging import mask_secrets
 from common.metrics import WorkerMetrics
 from common.middleware import Middleware
 from common.payload_store.base import PayloadStore
@@ -115,9 +116,12 @@ class Worker:
         payload_store: PayloadStore | None = None,
         idempotency: ProcessedKeyStore | None = None,
         rng: random.Random | None = None,
+        redact: Callable[[str], str] = mask_secrets,
     ) -> None:
         """``payload_store`` is where claim checks are fetched from (the caller closes it);
-        ``payloads`` is the lower-level alternative for several stores."""
+        ``payloads`` is the lower-level alternative for several stores. ``redact`` masks
+        secrets in error texts before they go into retry copies, dead letters and logs
+        (a ``common.secrets.Redactor``; default: URL passwords only)."""
         if payloads is not None and payload_store is not None:
             raise ConfigurationError("pass payload_store= or payloads=, not both")
         self.transport = transport
@@ -145,6 +149,7 @@ class Worker:
             worker_id=self.config.worker_id,
             max_message_bytes=self.config.max_message_bytes,
             breakers=self.breakers,
+            redact=redact,
         )
         self.settlement = Settlement(
             transport=transport,
@@ -154,6 +159,7 @@ class Worker:
             rng=rng,
             defer=self.config.defer,
             payloads=self.payloads,
+            redact=redact,
         )
         self.counts: collections.Counter[str] = collections.Counter()
         self._slots = asyncio.Semaphore(self.config.concurrency)
@@ -249,8 +255,8 @@ class Worker:
             task = asyncio.current_task()
             assert task is not None
             self._active[task] = delivery
-            gauge = self.metrics.child(self.metrics.in_flight, delivery.queue)
-            gauge.inc()
+            add_in_flight = self.metrics.adder(self.metrics.in_flight, delivery.queue)
+            add_in_flight(1)
             try:
                 # Only this phase may be cut short by drain(); settling is never cancelled
                 # by us (no shield, so no extra task per delivery), it is bounded by confirms.
@@ -265,7 +271,7 @@ class Worker:
                 await asyncio.shield(self._give_back(delivery))
                 raise
             finally:
-                gauge.dec()
+                add_in_flight(-1)
                 self._active.pop(task, None)
 
     def _observe_start(self, delivery: Delivery, outcome: Outcome) -> None:

@@ -25,6 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from common.clock import Clock, SystemClock
 from common.codec import DEFAULT_MAX_MESSAGE_BYTES, encode_model
+from common.deadlines import TimeLimit
 from common.errors import (
     ConfigurationError,
     MessageTooLarge,
@@ -85,6 +86,7 @@ class Producer:
         self.metrics = metrics or WorkerMetrics()
         self._max_bytes = max_message_bytes
         self._confirm_timeout = confirm_timeout
+        self._confirm_limit = TimeLimit(confirm_timeout)
         self._tries = publish_tries
         self._allow_unregistered = allow_unregistered
         self._declare = declare_queues
@@ -212,7 +214,7 @@ class Producer:
                 raise
             tries = await self._send_with_retries(command, exc)
         known = self.schemas.knows(envelope.job_type)  # a bounded label: registered types only
-        self.metrics.child(self.metrics.published, envelope.job_type if known else UNKNOWN).inc()
+        self.metrics.adder(self.metrics.published, envelope.job_type if known else UNKNOWN)(1)
         return PublishReceipt(job_id=envelope.job_id, queue=target, confirmed_at=self._clock.now(), tries=tries)
 
     async def _send_with_retries(self, command: PublishCommand, first_error: Exception) -> int:
@@ -257,8 +259,9 @@ class Producer:
         )
         begin = self._clock.monotonic()
         try:
-            # asyncio.timeout, not wait_for: the same deadline without a task per publish.
-            async with asyncio.timeout(self._confirm_timeout):
+            # Not wait_for (a task per publish), nor asyncio.timeout (a timer per publish): one
+            # timer for every publish in flight, see common.deadlines.
+            with self._confirm_limit():
                 await self.transport.publish(command.queue, message)
         except TimeoutError:
             error = PublishOutcomeUnknown(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from common.errors import AlreadySettled
 
@@ -19,10 +20,18 @@ __all__ = [
     "ConsumerHandle",
     "Delivery",
     "DeliveryHandler",
+    "MessageKind",
     "OutgoingMessage",
     "QueueStats",
     "Transport",
 ]
+
+
+# Who sends a message: ``job`` a new job or a replay (producers, operators), ``retry`` a
+# worker's retry or deferral copy, ``dead_letter`` a worker's dead letter (sent to the DLQ).
+# A broker that can scope permissions by sender routes each kind its own way (RabbitMQ: one
+# exchange each, see ``rabbitmq_topology``); the others ignore it. Delivery is the same.
+MessageKind = Literal["job", "retry", "dead_letter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +42,7 @@ class OutgoingMessage:
     delay: float = 0.0  # seconds; the broker holds it, never the worker's memory
     # Messages with the same key keep their order where the backend supports it.
     ordering_key: str | None = None
+    kind: MessageKind = "job"
 
 
 class Delivery(abc.ABC):

@@ -5,16 +5,20 @@
     pulsar:// pulsar+ssl://    PulsarTransport (pulsar-client's asyncio API)
 
 Broker clients are imported only when their scheme is used, so a memory-only install
-does not need them.
+does not need them. ``tls`` (CA and client certificate, see ``common.tls``) goes to the broker
+transports; the URL's scheme alone decides whether TLS is used.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 from common.errors import ConfigurationError
 from common.transport.base import Transport
+
+if TYPE_CHECKING:
+    from common.tls import TlsConfig
 
 __all__ = ["mask_url", "transport_from_url"]
 
@@ -23,8 +27,11 @@ _MASK = "***"
 _SECRET_PARAMS = ("password", "passwd", "secret", "token", "key")
 
 
-def transport_from_url(url: str, **kwargs: Any) -> Transport:
-    """The transport for ``url``; ``kwargs`` go to its constructor."""
+def transport_from_url(url: str, *, tls: TlsConfig | None = None, **kwargs: Any) -> Transport:
+    """The transport for ``url``; ``tls`` and ``kwargs`` go to its constructor.
+
+    The in-process ``memory://`` broker has no network, so it ignores ``tls``.
+    """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme == "memory":
         from common.transport.memory import MemoryBroker, MemoryTransport
@@ -33,11 +40,11 @@ def transport_from_url(url: str, **kwargs: Any) -> Transport:
     if scheme in ("amqp", "amqps"):
         from common.transport.rabbitmq import RabbitMQTransport
 
-        return RabbitMQTransport(url, **kwargs)
+        return RabbitMQTransport(url, tls=tls, **kwargs)
     if scheme in ("pulsar", "pulsar+ssl"):
         from common.transport.pulsar import PulsarTransport
 
-        return PulsarTransport(url, **kwargs)
+        return PulsarTransport(url, tls=tls, **kwargs)
     raise ConfigurationError(
         f"unsupported broker URL {mask_url(url)!r}: use memory://, amqp://, amqps://, pulsar:// or pulsar+ssl://"
     )

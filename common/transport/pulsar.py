@@ -52,6 +52,12 @@ Names, URL options, the admin REST calls and what the backlog counts: see
   counts releases (nacks) but not a take-back from a consumer that closed or crashed.
 * **Recovery.** The client reconnects producers and consumers by itself after a broker restart
   or a cut connection; ``ConsumerHandle.attached`` is False while a consumer is disconnected.
+* **TLS** (``pulsar+ssl://``, see ``common.tls``): the client trusts ``tls.ca_file`` (else the
+  system bundle), always validates the host name and never allows an insecure connection; the
+  https admin API uses one verifying ``ssl.SSLContext`` with the same CA, built once at
+  ``connect``. ``pulsar://`` never uses TLS. The client reports a failed handshake only as
+  ``ConnectError``, so ``connect`` then completes one TLS handshake of its own with the first
+  host (sending nothing) to name the cause: ``TlsError``, at once, not retried.
 * The token or password never appears in a log line, an error or a repr.
 """
 
@@ -61,15 +67,18 @@ import asyncio
 import collections
 import contextlib
 import logging
+import ssl
 from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pulsar
 import pulsar.asyncio as pulsar_asyncio
 from pulsar.asyncio import PulsarException
 
-from common.errors import ConfigurationError, PublishNotConfirmed, PublishOutcomeUnknown, TransportError
+from common.errors import ConfigurationError, PublishNotConfirmed, PublishOutcomeUnknown, TlsError, TransportError
+from common.tls import TlsConfig, check_scheme, probe_handshake
 from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
 from common.transport.factory import mask_url
 from common.transport.pulsar_admin import (
@@ -148,11 +157,17 @@ class PulsarTransport(Transport):
         get_max_wait: float = 10.0,
         max_pending_sends: int = 1000,
         pass_on_own_delayed: bool = True,
+        tls: TlsConfig | None = None,
     ) -> None:
         parsed = parse_pulsar_url(url)
         options = parsed.options
         self._url = url
         self._service_url = parsed.service_url
+        self._secure = parsed.service_url.startswith("pulsar+ssl://")
+        check_scheme(tls, secure=self._secure, shown_url=mask_url(url))
+        self._tls = tls or TlsConfig()
+        self._ssl_context: ssl.SSLContext | None = None  # built once, at the first connect
+        self._client_tls: dict[str, Any] = {}
         self.subscription = check_name("subscription", subscription or options.get("subscription", DEFAULT_SUBSCRIPTION))
         kind = (subscription_type or options.get("subscription_type", "shared")).lower()
         if kind not in SUBSCRIPTION_TYPES:
@@ -170,6 +185,9 @@ class PulsarTransport(Transport):
         self._token = token or options.get("token") or None
         self._username, self._password = parsed.username, parsed.password
         self.admin_url = (admin_url or parsed.admin_url).rstrip("/")
+        if self._secure and not self.admin_url.lower().startswith("https://"):
+            # The admin API carries the token or password too: no plaintext side door.
+            raise ConfigurationError("a pulsar+ssl:// URL needs an https:// admin_url")
         self.send_timeout = send_timeout
         self.operation_timeout = operation_timeout
         self.connect_timeout = connect_timeout
@@ -203,11 +221,15 @@ class PulsarTransport(Transport):
         async with self._lock:
             if self._client is not None:
                 return
+            if self._ssl_context is None and (self._secure or self.admin_url.lower().startswith("https://")):
+                # Reads certificate files: in a thread, once per transport.
+                self._ssl_context, self._client_tls = await asyncio.to_thread(self._tls_setup)
             client = self._new_client()
             admin = AdminClient(
                 self.admin_url,
                 timeout=self.operation_timeout,
                 headers=AdminClient.auth_headers(token=self._token, username=self._username, password=self._password),
+                ssl_context=self._ssl_context,
             )
             try:
                 # The client connects lazily: a topic lookup (it creates nothing) proves the broker
@@ -220,11 +242,26 @@ class PulsarTransport(Transport):
                     await asyncio.wait_for(client.close(), self.operation_timeout)
                 await admin.close()
                 if isinstance(exc, (PulsarException, asyncio.TimeoutError)):
+                    failed = await self._tls_failure()
+                    if failed is not None:
+                        raise failed from exc
                     reason = result_of(exc).name if isinstance(exc, PulsarException) else "Timeout"
                     raise TransportError(f"cannot connect to {mask_url(self._url)}: {reason}") from exc
                 raise
             self._client, self._admin = client, admin
             self._declared.clear()
+
+    def _tls_setup(self) -> tuple[ssl.SSLContext, dict[str, Any]]:
+        """The admin API's context and the client's TLS options (blocking: reads files)."""
+        return self._tls.ssl_context(), self._tls.pulsar_client_options() if self._secure else {}
+
+    async def _tls_failure(self) -> TlsError | None:
+        """Why the first broker refused our TLS handshake, if it did (see module docs)."""
+        if not self._secure or self._ssl_context is None:
+            return None
+        first = urlsplit("//" + self._service_url.partition("://")[2].split(",")[0])
+        host, port = first.hostname or "localhost", first.port or 6651
+        return await probe_handshake(host, port, self._ssl_context, timeout=self.connect_timeout)
 
     def _new_client(self) -> pulsar_asyncio.Client:
         authentication = None
@@ -239,6 +276,7 @@ class PulsarTransport(Transport):
                 operation_timeout_seconds=max(1, round(self.operation_timeout)),
                 connection_timeout_ms=max(1, round(self.connect_timeout * 1000)),
                 logger=pulsar.FileLogger(pulsar.LoggerLevel.Warn, _CLIENT_LOG_FILE),
+                **self._client_tls,
             )
         except (ValueError, pulsar.PulsarException) as exc:
             raise ConfigurationError(f"invalid Pulsar URL {mask_url(self._url)!r}: {self._scrub(exc)}") from exc
@@ -371,6 +409,8 @@ class PulsarTransport(Transport):
     async def _producer(self, queue: str) -> tuple[pulsar_asyncio.Producer, asyncio.Semaphore]:
         topic = self.names.topic(queue)
         future = self._producers.get(topic)
+        if future is not None and future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()  # created: no shield (an extra future and callbacks per publish)
         if future is None or (future.done() and (future.cancelled() or future.exception() is not None)):
             future = asyncio.ensure_future(self._create_producer(queue, topic))
             future.add_done_callback(mark_retrieved)

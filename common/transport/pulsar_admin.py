@@ -16,6 +16,9 @@ No pulsar-client import: the rules are readable and testable without the native 
   ``admin_url`` is given. The transport needs it for ``depth``/``stats``/``delete``, for
   ``get``'s "is it really empty" check, and to check that a queue nobody declared in this
   process exists; declare, publish, consume and settle use the binary protocol only.
+  An ``https://`` admin URL is verified like the broker connection (same CA, host name always
+  checked; see ``common.tls``). The transport refuses ``pulsar+ssl://`` with an ``http://``
+  admin URL: the token or password would travel in clear.
 * **Backlog.** ``msgBacklog`` counts every message of the subscription not yet acked:
   ready, handed out (``unackedMessages``, which includes messages sitting in a client's
   receive queue) and delayed. ``msgDelayed`` is known only while a consumer is attached (the
@@ -29,13 +32,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import aiohttp
 
 from common.errors import ConfigurationError, TransportError
+from common.tls import tls_error
 from common.transport.factory import mask_url
 
 __all__ = [
@@ -151,10 +156,21 @@ class SubscriptionStats:
 class AdminClient:
     """The handful of ``/admin/v2`` calls we need, over one aiohttp session."""
 
-    def __init__(self, base_url: str, *, timeout: float, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._base = f"{base_url.rstrip('/')}/admin/v2"
+        self._host = urlsplit(base_url).hostname or "localhost"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = dict(headers or {})
+        # For https: the transport's verifying context; without one aiohttp's default, which
+        # verifies too. Never False.
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
 
     @staticmethod
@@ -168,7 +184,9 @@ class AdminClient:
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, headers=self._headers, connector=aiohttp.TCPConnector(ssl=self._ssl)
+            )
 
     async def close(self) -> None:
         session, self._session = self._session, None
@@ -208,4 +226,7 @@ class AdminClient:
                     return await response.json()
                 return None
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            failed = tls_error(exc, host=self._host)
+            if failed is not None:
+                raise failed from exc
             raise TransportError(f"Pulsar admin API at {mask_url(self._base)} unreachable: {type(exc).__name__}") from exc

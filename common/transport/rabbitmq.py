@@ -1,7 +1,7 @@
 """The RabbitMQ transport (aio-pika), for RabbitMQ 3.10 and later.
 
-The queues it declares, the delay tiers and why they are quorum queues on the default
-exchange: see ``common.transport.rabbitmq_topology``.
+The exchanges and queues it declares, the delay tiers and why they are quorum queues behind
+one exchange per sender (least-privilege users): see ``common.transport.rabbitmq_topology``.
 
 * **Two connections.** RabbitMQ blocks a *publishing* connection under a memory or disk
   alarm; consuming, acking, ``get``, ``declare`` and ``depth`` use the other connection, so
@@ -10,13 +10,26 @@ exchange: see ``common.transport.rabbitmq_topology``.
   consumers are re-attached with the same prefetch, and ``ConsumerHandle.attached`` is False
   until they are (readiness). Deliveries from before the cut cannot be settled any more
   (``TransportError``): the broker has already put them back.
-* **Confirms.** ``publish`` returns after the broker's confirm; a nack or a return
-  (unroutable, ``mandatory``) is ``PublishNotConfirmed``; a connection lost after sending is
-  ``PublishOutcomeUnknown``. Messages are persistent and carry ``message_id`` and headers.
+* **Confirms.** ``publish`` returns after the broker's confirm; a nack, a return
+  (unroutable, ``mandatory``), a missing exchange or a missing write permission is
+  ``PublishNotConfirmed``; a connection lost after sending is ``PublishOutcomeUnknown``.
+  Messages are persistent and carry ``message_id`` and headers. A 404/403 closes an AMQP
+  channel, so the first publish to each exchange probes it on a channel of its own
+  (``common.transport.rabbitmq_publisher``).
+* **Declaring needs ``configure``.** A user without it (a least-privilege producer or
+  operator) gets ``declare`` as a check instead: passive declares, which need no permission,
+  confirm that a worker or an operator already created the topology (``AccessRefused`` if not).
 * **Delivery fields.** ``delivery_count`` comes from the quorum queue's ``x-delivery-count``
   (+1). ``headers`` keep string values only: broker-set ``x-death`` (a list) and
   ``x-delivery-count`` are dropped, ``x-first-death-reason`` & co. are kept, so a message
   dead-lettered by the delivery limit is recognisable in the DLQ.
+* **TLS** (``amqps://``, see ``common.tls``): one verifying ``ssl.SSLContext`` (CA from
+  ``tls``, else the system store; host name always checked), built once at ``connect`` and
+  used by both connections and every reconnect. ``amqp://`` never uses TLS and ``amqps://``
+  never falls back to plaintext. aiormq's URL options that would pick or skip certificates
+  (``no_verify_ssl``, ``cafile``, …) are refused. A failed handshake on connect is a
+  ``TlsError`` at once, not a retry loop; after a successful connect, reconnects keep
+  insisting on TLS (a certificate that stopped verifying is logged and retried).
 * The URL's password never appears in a log line, an error or a repr.
 """
 
@@ -25,9 +38,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -38,14 +52,16 @@ from aio_pika.exceptions import (
     ChannelInvalidStateError,
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
-    DeliveryError,
-    PublishError,
 )
 
-from common.errors import ConfigurationError, PublishNotConfirmed, PublishOutcomeUnknown, TransportError
+from aiormq.exceptions import ChannelAccessRefused
+
+from common.errors import AccessRefused, ConfigurationError, TransportError
 from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
+from common.tls import TlsConfig, check_scheme, tls_error
 from common.transport.factory import mask_url
-from common.transport.rabbitmq_topology import DEFAULT_DELAY_TIERS, Topology, tier_queue
+from common.transport.rabbitmq_publisher import ExchangePublisher
+from common.transport.rabbitmq_topology import DEFAULT_DELAY_TIERS, DIRECT, Topology, tier_queue
 
 __all__ = ["RabbitMQTransport"]
 
@@ -54,6 +70,10 @@ log = logging.getLogger(__name__)
 # What goes wrong talking to a broker: aiormq/aio-pika errors (ChannelInvalidStateError is a
 # RuntimeError, not an AMQPError: "the channel is closed"), socket errors, timeouts.
 _BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError, asyncio.TimeoutError)
+_PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+# aiormq's URL options for certificates: our context would silently override them, and
+# no_verify_ssl must never even look like an option. TLS comes from ``tls`` (CONVEYOR_TLS_*).
+_TLS_URL_OPTIONS = frozenset({"cafile", "capath", "cadata", "keyfile", "certfile", "no_verify_ssl"})
 
 
 class _AmqpDelivery(Delivery):
@@ -205,9 +225,22 @@ class RabbitMQTransport(Transport):
         connect_timeout: float = 10.0,
         reconnect_interval: float = 1.0,
         connection_name: str = "conveyor",
+        tls: TlsConfig | None = None,
     ) -> None:
         if not url.lower().startswith(("amqp://", "amqps://")):
             raise ConfigurationError(f"not an AMQP URL: {mask_url(url)!r}")
+        secure = url.lower().startswith("amqps://")
+        check_scheme(tls, secure=secure, shown_url=mask_url(url))
+        refused = sorted(_TLS_URL_OPTIONS.intersection(name.lower() for name, _ in parse_qsl(urlsplit(url).query)))
+        if refused:
+            raise ConfigurationError(
+                f"AMQP URL option(s) {', '.join(refused)} not accepted: TLS is always verified; "
+                "set the CA and client certificate with CONVEYOR_TLS_CA_FILE / _CERT_FILE / _KEY_FILE"
+            )
+        # amqps only; None keeps a plain amqp:// connection plain.
+        self._tls = (tls or TlsConfig()) if secure else None
+        self._ssl_context: ssl.SSLContext | None = None
+        self._host = urlsplit(url).hostname or "localhost"
         if connect_timeout <= 0 or reconnect_interval <= 0:
             raise ConfigurationError("connect_timeout and reconnect_interval must be > 0")
         self.topology = Topology.create(delay_tiers, delivery_limit)
@@ -223,6 +256,11 @@ class RabbitMQTransport(Transport):
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._known_queues: set[str] = set()  # seen to exist, so basic.get cannot hit a 404
+        self._exchanges = ExchangePublisher(
+            shared_channel=self._ready_publish_channel,
+            probe_channel=lambda: self._raw_channel(self._publisher, confirms=True),
+            scrub=self._scrub,
+        )
 
     def __repr__(self) -> str:
         return f"RabbitMQTransport({mask_url(self._url)!r})"
@@ -237,6 +275,10 @@ class RabbitMQTransport(Transport):
         async with self._lock:
             if self._publisher is not None:
                 return
+            if self._tls is not None and self._ssl_context is None:
+                # Once per transport (it reads files, hence the thread); both connections and
+                # every reconnect share it.
+                self._ssl_context = await asyncio.to_thread(self._tls.ssl_context)
             publisher = await self._open_connection("publisher")
             consumer: AbstractRobustConnection | None = None
             try:
@@ -260,8 +302,13 @@ class RabbitMQTransport(Transport):
                 timeout=self.connect_timeout,
                 reconnect_interval=self._reconnect_interval,
                 client_properties={"connection_name": f"{self._connection_name}:{role}"},
+                ssl_context=self._ssl_context,  # None for amqp://, which aiormq never wraps in TLS
             )
         except _BROKER_ERRORS as exc:
+            # connect_robust gives up on a failed *first* attempt; a TLS failure says why.
+            failed = tls_error(exc, host=self._host)
+            if failed is not None:
+                raise failed from exc
             raise TransportError(
                 f"cannot connect to {mask_url(self._url)} ({role}): {self._scrub(exc)}"
             ) from exc
@@ -282,9 +329,23 @@ class RabbitMQTransport(Transport):
 
     # -- topology --------------------------------------------------------------------
     async def declare(self, queue: str) -> None:
-        plan = self.topology.declarations(queue, self.dead_letter_queue(queue))
+        """Exchanges, then queues, then bindings; all idempotent. Without ``configure``: a check."""
+        try:
+            await self._declare(queue)
+        except AccessRefused as refused:
+            await self._check_declared(queue, refused)
+
+    async def _declare(self, queue: str) -> None:
+        dlq = self.dead_letter_queue(queue)
         async with self._control_channel() as channel:
-            for name, arguments in plan:
+            for exchange in self.topology.exchanges(queue):
+                try:
+                    await channel.exchange_declare(exchange, exchange_type=DIRECT, durable=True)
+                except ChannelPreconditionFailed as exc:
+                    raise ConfigurationError(
+                        f"exchange {exchange!r} exists with other settings; delete it: {self._scrub(exc)}"
+                    ) from exc
+            for name, arguments in self.topology.declarations(queue, dlq):
                 try:
                     await channel.queue_declare(name, durable=True, arguments=arguments)
                 except ChannelPreconditionFailed as exc:
@@ -292,13 +353,41 @@ class RabbitMQTransport(Transport):
                         f"queue {name!r} exists with other settings; delete it or match them: {self._scrub(exc)}"
                     ) from exc
                 self._known_queues.add(name)
+            for binding in self.topology.bindings(queue, dlq):
+                await channel.queue_bind(binding.queue, binding.exchange, routing_key=binding.routing_key)
+
+    async def _check_declared(self, queue: str, refused: AccessRefused) -> None:
+        # Passive declares need no permission. Bindings cannot be checked this way (a missing
+        # one shows as an unroutable, returned publish), nor tiers: the declaring worker may
+        # have other delay tiers than this process, and only its tiers matter.
+        names = [queue, self.dead_letter_queue(queue)]
+        checks = [("exchange", x) for x in self.topology.exchanges(queue)] + [("queue", q) for q in names]
+        async with self._control_channel() as channel:
+            for kind, name in checks:
+                try:
+                    if kind == "exchange":
+                        await channel.exchange_declare(name, passive=True)
+                    else:
+                        await channel.queue_declare(name, passive=True)
+                except ChannelNotFoundEntity:
+                    raise AccessRefused(
+                        f"{kind} {name!r} does not exist and this user may not declare it ({refused}); "
+                        f"a worker or an operator with configure permission must declare {queue!r} first"
+                    ) from None
+        self._known_queues.update(names)
+        log.debug("no configure permission; %r is declared already", queue, extra={"queue": queue})
 
     async def delete(self, queue: str) -> None:
-        plan = self.topology.declarations(queue, self.dead_letter_queue(queue))
+        dlq = self.dead_letter_queue(queue)
+        plan = self.topology.declarations(queue, dlq)
+        exchanges = self.topology.exchanges(queue)
+        self._exchanges.forget(exchanges)
         async with self._control_channel() as channel:
             for name, _ in reversed(plan):  # tiers and the work queue before their DLQ
                 await channel.queue_delete(name)
                 self._known_queues.discard(name)
+            for exchange in exchanges:
+                await channel.exchange_delete(exchange)
 
     async def depth(self, queue: str) -> int:
         async with self._control_channel() as channel:
@@ -350,41 +439,34 @@ class RabbitMQTransport(Transport):
 
     # -- publish ---------------------------------------------------------------------
     async def publish(self, queue: str, message: OutgoingMessage) -> None:
-        target, ttl_ms = self.topology.route(queue, message.delay)
-        amqp_message = aio_pika.Message(
-            body=bytes(message.body),
+        target = self.topology.target(queue, message.delay, message.kind)
+        properties = aiormq.spec.Basic.Properties(
             headers=dict(message.headers),
             message_id=message.message_id,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            # aio-pika takes seconds and truncates to whole ms; +0.5 ms makes that exact.
-            expiration=None if ttl_ms is None else (ttl_ms + 0.5) / 1000,
+            delivery_mode=_PERSISTENT,
+            # Milliseconds as AMQP wants them: exact, no float seconds in between.
+            expiration=None if target.ttl_ms is None else str(target.ttl_ms),
         )
-        channel = await self._ready_publish_channel()
-        try:
-            await channel.default_exchange.publish(amqp_message, routing_key=target, mandatory=True)
-        except PublishError as exc:  # basic.return: no queue by that name
-            raise PublishNotConfirmed(f"no queue {target!r}: message unroutable (declare {queue!r} first)") from exc
-        except DeliveryError as exc:  # basic.nack
-            raise PublishNotConfirmed(f"broker refused the message for {target!r}") from exc
-        except ChannelInvalidStateError as exc:  # checked before anything was sent
-            raise TransportError("publisher channel is closed; message not sent") from exc
-        except _BROKER_ERRORS as exc:
-            raise PublishOutcomeUnknown(
-                f"connection lost before the confirm for {target!r}: the message may or may not be stored"
-            ) from exc
+        await self._exchanges.publish(target, bytes(message.body), properties, queue=queue, kind=message.kind)
 
-    async def _ready_publish_channel(self) -> AbstractRobustChannel:
-        channel = self._publish_channel
-        if channel is None:
+    async def _ready_publish_channel(self) -> aiormq.abc.AbstractChannel:
+        channel, connection = self._publish_channel, self._publisher
+        if channel is None or connection is None:
             raise TransportError("RabbitMQ transport is not connected")
+        if channel.is_closed or not connection.connected.is_set():
+            try:
+                # During a reconnect, wait (bounded) for the robust channel to be reopened. Only
+                # then: a timer per publish costs CPU, and an open channel needs no wait.
+                async with asyncio.timeout(self.connect_timeout):
+                    await channel.ready()
+            except asyncio.TimeoutError:
+                raise TransportError(
+                    f"publisher connection not re-established within {self.connect_timeout:g}s"
+                ) from None
         try:
-            # During a reconnect, wait (bounded) for the robust channel to be reopened.
-            # asyncio.timeout, not wait_for: no extra task (and loop round trips) per publish.
-            async with asyncio.timeout(self.connect_timeout):
-                await channel.ready()
-        except asyncio.TimeoutError:
-            raise TransportError(f"publisher connection not re-established within {self.connect_timeout:g}s") from None
-        return channel
+            return await channel.get_underlay_channel()
+        except ChannelInvalidStateError as exc:
+            raise TransportError("publisher channel is closed; message not sent") from exc
 
     # -- consume / get ---------------------------------------------------------------
     async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> ConsumerHandle:
@@ -397,6 +479,9 @@ class RabbitMQTransport(Transport):
         except ChannelNotFoundEntity:
             await handle._close_channel()
             raise TransportError(f"no queue {queue!r}") from None
+        except ChannelAccessRefused as exc:
+            await handle._close_channel()
+            raise AccessRefused(f"this user may not consume from {queue!r}: {self._scrub(exc)}") from exc
         except (*_BROKER_ERRORS, RuntimeError) as exc:  # aio-pika: RuntimeError on a closed connection
             await handle._close_channel()
             raise TransportError(f"cannot consume from {queue!r}: {self._scrub(exc)}") from exc
@@ -414,6 +499,8 @@ class RabbitMQTransport(Transport):
         except ChannelNotFoundEntity:
             self._known_queues.discard(queue)
             raise TransportError(f"no queue {queue!r}") from None
+        except ChannelAccessRefused as exc:  # the channel is gone, and with it what it held
+            raise AccessRefused(f"this user may not read {queue!r}: {self._scrub(exc)}") from exc
         except _BROKER_ERRORS as exc:
             raise TransportError(f"basic.get from {queue!r} failed: {self._scrub(exc)}") from exc
         if isinstance(message.delivery, aiormq.spec.Basic.GetEmpty):
@@ -433,19 +520,25 @@ class RabbitMQTransport(Transport):
             raise TransportError("RabbitMQ transport is not connected")
         return self._consumer
 
-    async def _raw_channel(self) -> aiormq.abc.AbstractChannel:
-        """A plain (non-robust) channel on the consumer connection, for one-off RPCs.
+    async def _raw_channel(
+        self, connection: AbstractRobustConnection | None = None, *, confirms: bool = False
+    ) -> aiormq.abc.AbstractChannel:
+        """A plain (non-robust) channel for one-off RPCs (default: on the consumer connection).
 
         Plain because a failed passive declare closes the channel with 404, and a robust
-        channel would then race to reopen itself under us.
+        channel would then race to reopen itself under us. With ``confirms``: a publisher
+        channel whose returns raise, for probing an exchange (``rabbitmq_publisher``).
         """
-        connection = self._consumer_connection()
+        if connection is None:
+            connection = self._consumer_connection()
         try:
             await asyncio.wait_for(connection.ready(), self.connect_timeout)
             transport = connection.transport
             if transport is None:
                 raise TransportError("RabbitMQ connection is reconnecting")
-            return await transport.connection.channel(publisher_confirms=False, timeout=self.connect_timeout)
+            return await transport.connection.channel(
+                publisher_confirms=confirms, on_return_raises=confirms, timeout=self.connect_timeout
+            )
         except asyncio.TimeoutError:
             raise TransportError(f"RabbitMQ connection not available within {self.connect_timeout:g}s") from None
         except _BROKER_ERRORS as exc:
@@ -458,6 +551,8 @@ class RabbitMQTransport(Transport):
             yield channel
         except (ChannelNotFoundEntity, ChannelPreconditionFailed):
             raise
+        except ChannelAccessRefused as exc:
+            raise AccessRefused(self._scrub(exc)) from exc
         except _BROKER_ERRORS as exc:
             raise TransportError(f"RabbitMQ request failed: {self._scrub(exc)}") from exc
         finally:

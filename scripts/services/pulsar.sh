@@ -6,6 +6,12 @@
 #   scripts/services/pulsar.sh down    stop the broker and wait for it to exit
 #   scripts/services/pulsar.sh status  exit 0 if the broker is ready, else 1
 #   scripts/services/pulsar.sh url     print the broker URL
+#   scripts/services/pulsar.sh tls-url print the TLS broker URL (pulsar+ssl://localhost:6651)
+#
+# Besides the plaintext ports (6650 binary, 8080 admin) the broker serves TLS on 6651 (binary)
+# and 8443 (admin, https) with the certificate from scripts/services/tls.sh, valid for
+# DNS:localhost only. `up` re-applies the configuration to a running broker and restarts it
+# (~15 s, data wiped as on any fresh start) only when the configuration or the certificate changed.
 #
 # Environment:
 #   CONVEYOR_PULSAR_URL    use an existing broker: `up` only prints it, nothing is installed/started
@@ -37,6 +43,13 @@ readonly STOP_TIMEOUT=60
 readonly HOST="127.0.0.1"
 readonly BROKER_URL="pulsar://${HOST}:6650"
 readonly ADMIN_URL="http://${HOST}:8080"
+# TLS: clients must say "localhost", the only name in the certificate.
+readonly TLS_HOST="localhost"
+readonly TLS_BROKER_URL="pulsar+ssl://${TLS_HOST}:6651"
+readonly TLS_ADMIN_URL="https://${TLS_HOST}:8443"
+# What the running broker was started with (see config_stamp).
+readonly CONFIG_STAMP="${RUN_DIR}/pulsar.config-stamp"
+TLS_DIR=""  # the test CA and server certificate (scripts/services/tls.sh); set by configure
 # This endpoint only answers 200 once the metadata store, the bookie and the broker are up
 # and the standalone starter has created the public/default namespace.
 readonly READY_PROBE="${ADMIN_URL}/admin/v2/namespaces/public/default"
@@ -104,19 +117,37 @@ set_conf() {
     if grep -q "^${key}=" "$file"; then
         sed -i -e "s|^${key}=.*|${key}=${escaped}|" "$file"
     else
+        # The shipped file ends without a newline: appending would extend its last line.
+        [[ -z "$(tail -c 1 "$file")" ]] || printf '\n' >>"$file"
         printf '%s=%s\n' "$key" "$value" >>"$file"
     fi
 }
 
-# Re-applied on every start (idempotent), so changing a value here takes effect without
-# re-unpacking the cached distribution.
+# Re-applied on every `up` (idempotent), so changing a value here takes effect without
+# re-unpacking the cached distribution (a running broker is restarted if the result differs).
 configure() {
     local conf="${PULSAR_HOME_DIR}/conf/standalone.conf"
     local kv
+    TLS_DIR=$(bash "$(dirname "${BASH_SOURCE[0]}")/tls.sh" up | tail -n 1) \
+        || die "could not create the TLS test material (scripts/services/tls.sh up)"
     local settings=(
         # Single node, loopback only.
         "bindAddress=${HOST}"
-        "advertisedAddress=${HOST}"
+        # The broker tells clients where a topic lives (lookup), and a TLS client checks that
+        # name against the certificate: so the TLS address is advertised as "localhost", the
+        # plaintext one stays 127.0.0.1. Two hosts need advertisedListeners, which excludes
+        # advertisedAddress (hence empty, and no `-a` on the command line).
+        "advertisedAddress="
+        "advertisedListeners=internal:pulsar://${HOST}:6650,internal:pulsar+ssl://${TLS_HOST}:6651"
+        "internalListenerName=internal"
+        # TLS ports beside the plaintext ones, server certificate only (no client certificates).
+        "brokerServicePortTls=6651"
+        "webServicePortTls=8443"
+        "tlsCertificateFilePath=${TLS_DIR}/server.pem"
+        "tlsKeyFilePath=${TLS_DIR}/server.key"
+        "tlsTrustCertsFilePath=${TLS_DIR}/ca.pem"
+        "tlsAllowInsecureConnection=false"
+        "tlsRequireTrustedClientCertOnConnect=false"
         # One bookie: every ledger must fit on it.
         "managedLedgerDefaultEnsembleSize=1"
         "managedLedgerDefaultWriteQuorum=1"
@@ -151,6 +182,32 @@ configure() {
     )
     for kv in "${settings[@]}"; do
         set_conf "$conf" "${kv%%=*}" "${kv#*=}"
+    done
+}
+
+# A digest of everything the broker reads only at start-up: its config and the TLS files
+# (their paths stay the same when tls.sh renews them). start() records it for the running broker.
+config_stamp() {
+    cat "${PULSAR_HOME_DIR}/conf/standalone.conf" "${TLS_DIR}/server.pem" "${TLS_DIR}/server.key" \
+        "${TLS_DIR}/ca.pem" | sha256sum | cut -d' ' -f1
+}
+
+# TLS answers on both ports with the test CA and the name "localhost".
+tls_ready() {
+    local code
+    timeout 10 openssl s_client -brief -connect "${HOST}:6651" -servername "$TLS_HOST" \
+        -verify_hostname "$TLS_HOST" -CAfile "${TLS_DIR}/ca.pem" -verify_return_error \
+        </dev/null >/dev/null 2>&1 || return 1
+    code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert "${TLS_DIR}/ca.pem" \
+        --resolve "${TLS_HOST}:8443:${HOST}" "${TLS_ADMIN_URL}/admin/v2/namespaces/public/default" 2>/dev/null)" || true
+    [[ "$code" == "200" ]]
+}
+
+wait_tls_ready() {
+    local deadline=$((SECONDS + 30))
+    until tls_ready; do
+        ((SECONDS < deadline)) || fail_with_log "Pulsar does not serve TLS on 6651/8443 with the test CA"
+        sleep 1
     done
 }
 
@@ -195,7 +252,7 @@ port_in_use() {
 
 start() {
     local port
-    for port in 6650 8080; do
+    for port in 6650 8080 6651 8443; do
         port_in_use "$port" && die "port ${port} on ${HOST} is already in use by another process"
     done
     # A fresh start gets fresh state: leftovers from an earlier run (or a crash) can keep the
@@ -204,6 +261,7 @@ start() {
         rm -rf "${PULSAR_HOME_DIR}/data"
     fi
     mkdir -p "$RUN_DIR"
+    config_stamp >"$CONFIG_STAMP"
     log "starting Pulsar ${PULSAR_VERSION} standalone (log: ${LOG_FILE})"
     # setsid detaches it from our session/terminal so it survives the caller (CI step, shell).
     # `9>&-` closes the lock fd in the child: otherwise the JVM would hold the lock forever.
@@ -215,8 +273,8 @@ start() {
     PULSAR_LOG_IMMEDIATE_FLUSH=true \
     PULSAR_GC_LOG="-Xlog:gc:file=${RUN_DIR}/pulsar-gc.log:time,uptime:filecount=2,filesize=10M" \
         setsid bash -c 'echo $$ >"$1"; cd "$2"; exec bin/pulsar standalone \
-            --no-functions-worker --no-stream-storage -a "$3"' \
-            pulsar-start "$PID_FILE" "$PULSAR_HOME_DIR" "$HOST" \
+            --no-functions-worker --no-stream-storage' \
+            pulsar-start "$PID_FILE" "$PULSAR_HOME_DIR" \
             >"$LOG_FILE" 2>&1 </dev/null 9>&- &
     # Wait for the pid file so later steps can track the process.
     local i
@@ -321,7 +379,14 @@ cmd_up() {
     fi
     command -v curl >/dev/null || die "curl not found"
     if running_pid >/dev/null; then
-        log "Pulsar already running (pid $(running_pid))"
+        configure
+        if [[ "$(config_stamp)" == "$(cat "$CONFIG_STAMP" 2>/dev/null)" ]]; then
+            log "Pulsar already running (pid $(running_pid))"
+        else
+            log "configuration or TLS material changed since Pulsar started; restarting it"
+            stop
+            start
+        fi
     elif is_ready; then
         # Something we did not start (another checkout's broker, a manual run) owns the ports.
         log "a Pulsar broker not started by this script is already answering on ${ADMIN_URL}; using it"
@@ -334,6 +399,7 @@ cmd_up() {
     fi
     wait_ready
     smoke_test
+    wait_tls_ready
     log "Pulsar ready"
     printf '%s\n' "$BROKER_URL"
 }
@@ -354,14 +420,17 @@ cmd_status() {
 
 cmd_url() { printf '%s\n' "${CONVEYOR_PULSAR_URL:-$BROKER_URL}"; }
 
+cmd_tls_url() { printf '%s\n' "$TLS_BROKER_URL"; }
+
 main() {
     case "${1:-}" in
         up) with_lock cmd_up ;;
         down) with_lock cmd_down ;;
         status) cmd_status ;;
         url) cmd_url ;;
+        tls-url) cmd_tls_url ;;
         *)
-            echo "usage: $0 {up|down|status|url}" >&2
+            echo "usage: $0 {up|down|status|url|tls-url}" >&2
             exit 2
             ;;
     esac

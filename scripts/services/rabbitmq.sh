@@ -5,13 +5,17 @@
 # delayed-message plugin no). It runs as the system node `rabbit@<host>` under the `rabbitmq`
 # user, with its data in /var/lib/rabbitmq and its logs in /var/log/rabbitmq.
 #
-# Usage: scripts/services/rabbitmq.sh up|down|status|url
+# Usage: scripts/services/rabbitmq.sh up|down|status|url|tls-url
 #   up      install the package if needed, start the node if it is not healthy, wait until it
 #           is, make sure the test user exists, and print the AMQP URL
 #           (amqp://conveyor:conveyor@127.0.0.1:5672/) as the last line on stdout.
+#           It also keeps a TLS (amqps) listener on 5671 configured, with the certificate from
+#           scripts/services/tls.sh (valid for DNS:localhost only), and restarts a running node
+#           only when that configuration or the certificate changed (or its listener is missing).
 #   down    stop the node (`rabbitmqctl stop`); a hung node is killed.
 #   status  say whether it runs; exit 0 when the node is up and accepts AMQP, 3 when not.
 #   url     print the AMQP URL.
+#   tls-url print the amqps URL of the TLS listener (amqps://conveyor:conveyor@localhost:5671/).
 #
 # Environment:
 #   CONVEYOR_AMQP_URL               use this external broker: `up` only prints it.
@@ -35,6 +39,15 @@ readonly AMQP_USER="conveyor"
 readonly AMQP_PASSWORD="conveyor"
 readonly VHOST="/"
 readonly AMQP_URL="amqp://${AMQP_USER}:${AMQP_PASSWORD}@${HOST}:${PORT}/"
+# The TLS listener. Clients must say "localhost": the certificate names nothing else.
+readonly TLS_PORT=5671
+readonly TLS_HOST="localhost"
+readonly AMQPS_URL="amqps://${AMQP_USER}:${AMQP_PASSWORD}@${TLS_HOST}:${TLS_PORT}/"
+# A drop-in of its own (RabbitMQ >= 3.9 reads conf.d/*.conf after rabbitmq.conf), so the TLS
+# settings never clash with other edits of the main config file. The certificate and key are
+# copied next to it: the node runs as the rabbitmq user, which cannot read a home directory.
+readonly TLS_CONF="/etc/rabbitmq/conf.d/60-conveyor-tls.conf"
+readonly TLS_FILES_DIR="/etc/rabbitmq/conveyor-tls"
 readonly LOG_DIR="/var/log/rabbitmq"
 readonly MNESIA_BASE="/var/lib/rabbitmq/mnesia"
 
@@ -104,6 +117,14 @@ accepts_amqp() {
 
 healthy() { pinging && app_running && accepts_amqp; }
 
+# The TLS listener completes a handshake with the test CA and the name "localhost". (Erlang
+# opens the port even when it cannot read the key; only a handshake shows that it works.)
+accepts_amqps() {
+    timeout 10 openssl s_client -brief -connect "${HOST}:${TLS_PORT}" -servername "$TLS_HOST" \
+        -verify_hostname "$TLS_HOST" -CAfile "${TLS_SRC_DIR}/ca.pem" -verify_return_error \
+        </dev/null >/dev/null 2>&1
+}
+
 # The node's name, as the server and the CLI tools derive it: RABBITMQ_NODENAME (ours, above),
 # else NODENAME in rabbitmq-env.conf, else rabbit@<short hostname>.
 node_name() {
@@ -172,6 +193,68 @@ kill_node() {
     for pid in $pids; do "${SUDO[@]}" kill -KILL "$pid" 2>/dev/null || true; done
     # shellcheck disable=SC2086
     wait_exit 5 $pids || die "RabbitMQ VM ${pids} survived SIGKILL"
+}
+
+# ---------------------------------------------------------------------------------------------
+# TLS listener
+# ---------------------------------------------------------------------------------------------
+
+TLS_SRC_DIR=""   # where scripts/services/tls.sh keeps the material (set by configure_tls)
+TLS_CHANGED=0    # configure_tls changed a file the node reads at start-up
+
+tls_conf() {
+    cat <<EOF
+# Written by Conveyor's scripts/services/rabbitmq.sh ('up' rewrites it): amqps for the TLS tests.
+# Test material from scripts/services/tls.sh; the certificate is valid for DNS:localhost only.
+listeners.ssl.default = ${TLS_PORT}
+ssl_options.cacertfile = ${TLS_FILES_DIR}/ca.pem
+ssl_options.certfile = ${TLS_FILES_DIR}/server.pem
+ssl_options.keyfile = ${TLS_FILES_DIR}/server.key
+# No client certificates: clients authenticate with user and password over the TLS channel.
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+EOF
+}
+
+# Make the node's TLS files and drop-in config match the test material; TLS_CHANGED=1 when a
+# file had to change (the node reads them at start-up, so it must then be restarted).
+configure_tls() {
+    local file conf
+    TLS_SRC_DIR=$(bash "$(dirname "${BASH_SOURCE[0]}")/tls.sh" up | tail -n 1) \
+        || die "could not create the TLS test material (scripts/services/tls.sh up)"
+    "${SUDO[@]}" install -d -o rabbitmq -g rabbitmq -m 0750 "$TLS_FILES_DIR"
+    for file in ca.pem server.pem server.key; do
+        if ! "${SUDO[@]}" cmp -s "${TLS_SRC_DIR}/${file}" "${TLS_FILES_DIR}/${file}"; then
+            "${SUDO[@]}" install -o rabbitmq -g rabbitmq -m 0600 "${TLS_SRC_DIR}/${file}" "${TLS_FILES_DIR}/${file}"
+            TLS_CHANGED=1
+        fi
+    done
+    conf=$(tls_conf)
+    if [[ $("${SUDO[@]}" cat "$TLS_CONF" 2>/dev/null) != "$conf" ]]; then
+        log "writing ${TLS_CONF} (TLS listener on ${TLS_PORT})"
+        "${SUDO[@]}" install -d -m 0755 "$(dirname "$TLS_CONF")"
+        printf '%s\n' "$conf" | "${SUDO[@]}" tee "${TLS_CONF}.tmp" >/dev/null
+        "${SUDO[@]}" chmod 644 "${TLS_CONF}.tmp"
+        "${SUDO[@]}" mv -f "${TLS_CONF}.tmp" "$TLS_CONF"
+        TLS_CHANGED=1
+    fi
+}
+
+# After wait_ready: a node started before the drop-in existed (or by hand) has no TLS listener.
+ensure_tls_listener() {
+    accepts_amqps && return 0
+    log "the node does not serve TLS on ${TLS_PORT}; restarting it to load ${TLS_CONF}"
+    kill_node "$STOP_TIMEOUT"
+    start_node
+    wait_ready
+    local deadline=$((SECONDS + 30))
+    until accepts_amqps; do
+        if ((SECONDS >= deadline)); then
+            print_log_tail
+            die "no TLS handshake on ${HOST}:${TLS_PORT} with the test CA"
+        fi
+        sleep 1
+    done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +379,11 @@ cmd_up() {
     fi
     take_lock
     install_package
+    configure_tls
+    if ((TLS_CHANGED)) && { [[ -n $(node_pids) ]] || pinging; }; then
+        log "TLS configuration changed; restarting the node to load it"
+        kill_node "$STOP_TIMEOUT"
+    fi
     if pinging; then
         if app_running && accepts_amqp; then
             log "already running"
@@ -315,6 +403,7 @@ cmd_up() {
     fi
     healthy || start_node
     wait_ready
+    ensure_tls_listener
     check_version
     check_open_files
     ensure_user
@@ -379,6 +468,8 @@ cmd_status() {
 
 cmd_url() { printf '%s\n' "${CONVEYOR_AMQP_URL:-$AMQP_URL}"; }
 
+cmd_tls_url() { printf '%s\n' "$AMQPS_URL"; }
+
 main() {
     [[ $# == 1 ]] || usage
     case $1 in
@@ -386,6 +477,7 @@ main() {
     down) cmd_down ;;
     status) cmd_status ;;
     url) cmd_url ;;
+    tls-url) cmd_tls_url ;;
     *) usage ;;
     esac
 }

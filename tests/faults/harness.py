@@ -34,7 +34,7 @@ RUN_DIR = Path(os.environ.get("CONVEYOR_RUN_DIR", Path.home() / ".cache" / "conv
 
 @dataclass(frozen=True)
 class BrokerControl:
-    """Kill -9 and restart the broker this machine runs (scripts/services/<name>.sh)."""
+    """Crash and restart the broker this machine runs (scripts/services/<name>.sh)."""
 
     name: str  # rabbitmq | pulsar
 
@@ -48,8 +48,21 @@ class BrokerControl:
                         "needs the broker scripts/services/rabbitmq.sh runs on this machine")
         return pids[0]
 
-    def kill_9(self) -> None:
-        os.kill(self.pid(), signal.SIGKILL)
+    async def crash(self) -> None:
+        """RabbitMQ: ``kill -9``. Pulsar: an abrupt stop of the standalone JVM (SIGTERM, 5 s
+        shutdown budget). Standalone embeds its bookie with ``journalWriteData=false`` and a
+        random bookie port, so after a ``kill -9`` it can neither promise the data nor recover
+        its ledgers (seen: restarts that never serve again); a real cluster's bookies journal
+        and fsync. The broker-side connection loss the workers see is the same."""
+        if self.name == "rabbitmq":
+            os.kill(self.pid(), signal.SIGKILL)
+            return
+        process = await asyncio.create_subprocess_exec(
+            "bash", str(ROOT / "scripts" / "services" / "pulsar.sh"), "down",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await process.communicate()
+        assert process.returncode == 0, f"pulsar did not stop: {err.decode()[-2000:]}"
 
     async def restart(self) -> None:
         """``up`` is idempotent: it starts the broker again and waits until it serves."""
@@ -148,7 +161,9 @@ class FaultRun:
                 pytest.fail(f"a worker died with {code}:\n{self.worker_log(process)[-3000:]}")
 
     async def settle(self, timeout: float = 180.0, healed_at: float | None = None) -> Figures:
-        """Wait until every job is accounted for; the figures (printed in the session summary)."""
+        """Wait until every job is accounted for; the figures (printed in the session summary).
+
+        ``healed_at``: when the fault struck (or, for an outage, ended), wall clock."""
         deadline = time.monotonic() + timeout
         while True:
             snap = await self.ledger.snapshot()
@@ -162,8 +177,11 @@ class FaultRun:
         snap = await self.ledger.snapshot()
         figures = self.ledger.figures(self.scenario, self.broker, snap)
         if healed_at is not None:
-            after = [t.timestamp() for t in snap.effect_times.values() if t.timestamp() >= healed_at]
-            figures.recover_seconds = (min(after) - healed_at) if after else None
+            # Time to recover: the longest stretch after ``healed_at`` in which no job finished
+            # (from the fault to the first success of the recovered system, or a later stall).
+            times = sorted(t.timestamp() for t in snap.effect_times.values() if t.timestamp() >= healed_at)
+            edges = [healed_at, *times]
+            figures.recover_seconds = max((b - a for a, b in zip(edges, edges[1:])), default=None)
         return figures
 
     def stop_workers(self) -> list[int]:

@@ -13,10 +13,16 @@ import aio_pika
 import pytest
 import yarl
 
-from common.errors import AlreadySettled, ConfigurationError, PublishNotConfirmed, TransportError
+from common.errors import (
+    AlreadySettled,
+    ConfigurationError,
+    PublishNotConfirmed,
+    PublishOutcomeUnknown,
+    TransportError,
+)
 from common.transport.base import Delivery, OutgoingMessage
 from common.transport.rabbitmq import RabbitMQTransport
-from common.transport.rabbitmq_topology import tier_queue
+from common.transport.rabbitmq_topology import Topology, tier_queue
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -45,10 +51,13 @@ async def delete_queues(url: str, queue: str) -> None:
     names = [queue, f"{queue}.dlq", *(tier_queue(queue, t) for t in TIERS)]
     connection = await aio_pika.connect(url)
     try:
-        for name in names:
+        for name in [*names, *(f"exchange:{x}" for x in Topology.create(TIERS, 1).exchanges(queue))]:
             channel = await connection.channel()
             try:
-                await channel.queue_delete(name)
+                if name.startswith("exchange:"):
+                    await channel.exchange_delete(name.removeprefix("exchange:"))
+                else:
+                    await channel.queue_delete(name)
             except aio_pika.exceptions.AMQPError:
                 pass
             finally:
@@ -114,6 +123,48 @@ async def test_publish_to_an_undeclared_queue_raises_not_confirmed(transport: Ra
         await transport.publish(missing, message())
     finally:
         await delete_queues(amqp_url, missing)
+
+
+async def test_a_missing_exchange_fails_only_its_own_publish(
+    transport: RabbitMQTransport, queue_name: str
+) -> None:
+    # A publish to a missing named exchange closes an AMQP channel (404): the first publish to
+    # each exchange is probed on a channel of its own, so publishes in flight are unaffected.
+    await transport.declare(queue_name)
+    await transport.publish(queue_name, message(b"warm"))  # proven: later ones share the channel
+    missing = f"test.missing.{uuid.uuid4().hex}"
+    results = await asyncio.gather(
+        *(transport.publish(queue_name, message(b"%d" % i)) for i in range(20)),
+        transport.publish(missing, message(b"lost")),
+        *(transport.publish(queue_name, message(b"%d" % i)) for i in range(20, 40)),
+        return_exceptions=True,
+    )
+    refused = results.pop(20)
+    assert isinstance(refused, PublishNotConfirmed) and f"no exchange '{missing}.jobs'" in str(refused)
+    assert results == [None] * 40
+    await eventually(lambda: _depth_is(transport, queue_name, 41))
+
+
+async def test_an_exchange_deleted_after_use_fails_cleanly_and_the_transport_recovers(
+    transport: RabbitMQTransport, amqp_url: str, queue_name: str
+) -> None:
+    other = f"test.other.{uuid.uuid4().hex[:12]}"
+    await transport.declare(queue_name)
+    await transport.declare(other)
+    try:
+        await transport.publish(queue_name, message())
+        await transport.publish(other, message())
+        await delete_queues(amqp_url, other)  # behind the transport's back
+        # The shared channel is closed by the 404: which publish caused it is unknown there,
+        # so the outcome is "unknown" (retry with the same id), and the retry names the cause.
+        with pytest.raises(PublishOutcomeUnknown, match="closed the publisher channel"):
+            await transport.publish(other, message())
+        with pytest.raises(PublishNotConfirmed, match="no exchange"):
+            await transport.publish(other, message())
+        await transport.publish(queue_name, message())  # the robust channel is back
+        await eventually(lambda: _depth_is(transport, queue_name, 2))
+    finally:
+        await delete_queues(amqp_url, other)
 
 
 async def test_message_id_headers_and_body_round_trip(transport: RabbitMQTransport, queue_name: str) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from common.errors import ConfigurationError
-from common.transport.rabbitmq_topology import Topology, tier_queue
+from common.transport.rabbitmq_topology import ROLES, Binding, Target, Topology, permissions, tier_queue
 
 TOPOLOGY = Topology.create((30, 1, 5), delivery_limit=7)
 
@@ -40,10 +43,12 @@ def test_declarations_put_dead_letter_targets_first() -> None:
     work = plan["jobs"]
     assert work["x-queue-type"] == "quorum"
     assert work["x-delivery-limit"] == 7
-    assert (work["x-dead-letter-exchange"], work["x-dead-letter-routing-key"]) == ("", "jobs.dlq")
+    # Named exchanges, never the default one: declaring a queue with a dead-letter exchange
+    # needs write permission on it, and write on amq.default would mean "publish anywhere".
+    assert (work["x-dead-letter-exchange"], work["x-dead-letter-routing-key"]) == ("jobs.dlx", "jobs.dlq")
     tier = plan["jobs.retry.5s"]
     assert tier["x-message-ttl"] == 5000
-    assert (tier["x-dead-letter-exchange"], tier["x-dead-letter-routing-key"]) == ("", "jobs")
+    assert (tier["x-dead-letter-exchange"], tier["x-dead-letter-routing-key"]) == ("jobs.retry", "jobs")
     assert tier["x-dead-letter-strategy"] == "at-least-once"
     assert tier["x-overflow"] == "reject-publish"
 
@@ -52,3 +57,64 @@ def test_declarations_put_dead_letter_targets_first() -> None:
 def test_bad_settings_are_configuration_errors(tiers: tuple[float, ...], limit: int) -> None:
     with pytest.raises(ConfigurationError):
         Topology.create(tiers, limit)
+
+
+def test_each_sender_has_its_own_exchange_named_after_the_queue() -> None:
+    assert TOPOLOGY.exchanges("jobs") == ["jobs.jobs", "jobs.retry", "jobs.dlx"]
+    assert TOPOLOGY.target("jobs", 0, "job") == Target("jobs.jobs", "jobs", None)
+    assert TOPOLOGY.target("jobs", 4.2, "job") == Target("jobs.jobs", "jobs.retry.5s", 4200)
+    assert TOPOLOGY.target("jobs", 4.2, "retry") == Target("jobs.retry", "jobs.retry.5s", 4200)
+    assert TOPOLOGY.target("jobs", 0, "retry") == Target("jobs.retry", "jobs", None)
+    assert TOPOLOGY.target("jobs.dlq", 0, "dead_letter") == Target("jobs.dlx", "jobs.dlq", None)
+    # A dead letter is recognised by its target and never delayed, whoever sends it.
+    assert TOPOLOGY.target("jobs.dlq", 5, "job") == Target("jobs.dlx", "jobs.dlq", None)
+
+
+def test_bindings_route_by_target_queue_name() -> None:
+    bindings = TOPOLOGY.bindings("jobs", "jobs.dlq")
+    for exchange in ("jobs.jobs", "jobs.retry"):
+        assert {(b.queue, b.routing_key) for b in bindings if b.exchange == exchange} == {
+            ("jobs", "jobs"), ("jobs.retry.1s", "jobs.retry.1s"), ("jobs.retry.5s", "jobs.retry.5s"),
+            ("jobs.retry.30s", "jobs.retry.30s"),
+        }
+    assert [b for b in bindings if b.exchange == "jobs.dlx"] == [Binding("jobs.dlx", "jobs.dlq", "jobs.dlq")]
+    # Every queue an expired tier or the delivery limit dead-letters into is bound for that key.
+    for name, arguments in TOPOLOGY.declarations("jobs", "jobs.dlq"):
+        if "x-dead-letter-exchange" in arguments:
+            expected = Binding(arguments["x-dead-letter-exchange"], arguments["x-dead-letter-routing-key"],
+                               arguments["x-dead-letter-routing-key"])
+            assert expected in bindings, name
+
+
+def test_dead_letters_only_go_to_a_dead_letter_queue_and_dlq_names_are_reserved() -> None:
+    with pytest.raises(ConfigurationError):
+        TOPOLOGY.target("jobs", 0, "dead_letter")
+    with pytest.raises(ConfigurationError, match="reserved"):
+        TOPOLOGY.declarations("orders.dlq", "orders.dlq.dlq")
+
+
+def test_the_readme_shows_the_permissions_the_code_computes() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    for role in ROLES:
+        assert permissions(role, ["emails"]).command(f"emails-{role}", "prod") in readme, role
+
+
+def test_permission_regexes_cover_exactly_the_names_each_role_needs() -> None:
+    names = ["emails", "emails.jobs", "emails.retry", "emails.retry.5s", "emails.retry.250ms", "emails.dlx",
+             "emails.dlq", "emails.urgent", "emails.urgent.jobs", "emails.retry.x", "other.jobs", "amq.default"]
+
+    def allowed(pattern: str) -> set[str]:
+        return {n for n in names if re.search(pattern, n)}
+
+    producer, worker, operator = (permissions(role, ["emails"]) for role in ROLES)
+    assert allowed(producer.configure) == allowed(producer.read) == set()
+    assert allowed(producer.write) == {"emails.jobs"}
+    own = {"emails", "emails.jobs", "emails.retry", "emails.retry.5s", "emails.retry.250ms", "emails.dlx", "emails.dlq"}
+    assert allowed(worker.configure) == own
+    assert allowed(worker.write) == own - {"emails.jobs"}  # never new jobs
+    assert allowed(worker.read) == own - {"emails.dlq"}  # dead letters are the operator's
+    assert (allowed(operator.configure), allowed(operator.write), allowed(operator.read)) == (
+        set(), {"emails.jobs"}, {"emails.dlq"})
+    several = permissions("producer", ["emails", "sms.out"])
+    assert {n for n in ["emails.jobs", "sms.out.jobs", "smsXout.jobs"] if re.search(several.write, n)} == {
+        "emails.jobs", "sms.out.jobs"}

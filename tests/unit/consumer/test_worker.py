@@ -195,3 +195,33 @@ async def test_stop_cancels_the_monitor_even_mid_sample() -> None:
         async with asyncio.timeout(2):
             await worker.stop()
     assert monitor is not None and monitor.done()
+
+
+async def test_secrets_in_a_handlers_exception_never_reach_retry_copies_or_dead_letters() -> None:
+    from common.secrets import Redactor
+    from consumer.dead_letters import DeadLetters
+
+    clock = FakeClock()
+    broker = MemoryBroker(clock)
+    key = "s3-key-CANARY-5b1d"
+    jobs = JobRegistry()
+
+    @jobs.job("t.leaky", retry=RetryPolicy(max_attempts=2, base=1, jitter=0))
+    async def leaky(payload: Job, ctx: JobContext) -> None:
+        raise RuntimeError(f"cannot reach amqp://u:pw-CANARY@h/ with key={key}")
+
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(broker), jobs, clock=clock) as producer:
+        async with Worker(transport, jobs, clock=clock, redact=Redactor([key])) as worker:
+            await producer.publish("t.leaky", Job(n=1))
+            await settle_loop()
+            clock.advance(2)
+            await settle_loop()
+            assert worker.counts["dead_lettered"] == 1
+        [record] = await DeadLetters(transport, DEFAULT_QUEUE).list()
+    stored = record.model_dump_json() + record.original_body.decode()  # the retry copy's history too
+    assert "CANARY" not in stored
+    assert record.error_message == "cannot reach amqp://u:***@h/ with key=***"
+    assert record.traceback is not None and "key=***" in record.traceback
+    assert [h.error_message for h in record.history] == [record.error_message] * 2

@@ -1,0 +1,92 @@
+"""One fixed time limit for many concurrent calls, kept with a single timer.
+
+``asyncio.timeout`` schedules and cancels a timer handle per call. With one per job (the
+handler's limit) and one per publish (the confirm timeout) that was a tenth of a worker's
+CPU per job. Calls under the *same* limit expire in the order they started, so one timer,
+armed for the oldest call still running, is enough: when it fires it cancels every call past
+its deadline and re-arms for the next one.
+
+Expiry behaves exactly like ``asyncio.timeout``: the task is cancelled, and that cancellation
+leaves the ``with`` block as ``TimeoutError``, unless the task was also cancelled from
+elsewhere (shutdown), which stays a ``CancelledError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+__all__ = ["TimeLimit"]
+
+
+class TimeLimit:
+    """``with limit():`` — the block is cancelled (``TimeoutError``) after ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        if seconds <= 0:
+            raise ValueError("a time limit must be positive")
+        self.seconds = seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: dict[_Call, None] = {}  # insertion order is deadline order
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_for = 0.0
+
+    def __call__(self) -> _Call:
+        return _Call(self)
+
+    def _start(self, call: _Call) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or a new event loop (tests): start afresh
+            if self._timer is not None:
+                self._timer.cancel()
+            self._loop, self._running, self._timer = loop, {}, None
+        call.when = loop.time() + self.seconds
+        self._running[call] = None
+        if self._timer is None:
+            self._arm(call.when)
+
+    def _arm(self, when: float) -> None:
+        assert self._loop is not None
+        self._armed_for = when
+        self._timer = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        assert self._loop is not None
+        self._timer = None
+        # The loop runs a timer up to one clock resolution early: what it was armed for is due.
+        now = max(self._loop.time(), self._armed_for)
+        due = []
+        for call in self._running:
+            if call.when > now:
+                self._arm(call.when)
+                break
+            due.append(call)
+        for call in due:
+            del self._running[call]
+            call.expired = True
+            call.task.cancel()
+
+
+class _Call:
+    __slots__ = ("_limit", "when", "task", "cancelling", "expired")
+
+    def __init__(self, limit: TimeLimit) -> None:
+        self._limit = limit
+        self.expired = False
+
+    def __enter__(self) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("TimeLimit must be used inside a task")
+        self.task = task
+        self.cancelling = task.cancelling()
+        self._limit._start(self)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._limit._running.pop(self, None)
+        # As asyncio.timeout: take back our own cancel; report it as a timeout unless another
+        # cancel request is pending too.
+        if self.expired and self.task.uncancel() <= self.cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc

@@ -1,0 +1,159 @@
+"""Secrets come from the environment or from files, and are masked wherever text leaves us.
+
+* **Files**: every secret setting (a ``SecretStr`` field of ``common.settings.Settings``:
+  ``broker_url``, ``idempotency_url``, ``s3_secret_key``) also reads
+  ``CONVEYOR_<NAME>_FILE=/path`` — how Kubernetes and Docker mount secrets. The file's content
+  is the value (one trailing newline dropped); setting both the variable and its ``_FILE`` is
+  a ``ConfigurationError`` rather than a silent pick. Read once, at start-up, before the event
+  loop runs.
+* **Masking**: a ``Redactor`` knows the secret values this process was given (settings and
+  command-line values) and replaces them, and any ``scheme://user:password@`` password, with
+  ``***``. It is built once at start-up and handed explicitly to whatever writes text out —
+  the log formatter, the worker's processor (error messages) and settlement (dead-letter
+  tracebacks) — so a handler that puts a credential into an exception message leaks it
+  nowhere. No global registry: two workers in one process may know different secrets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from pydantic import SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import PydanticBaseSettingsSource
+
+from common.errors import ConfigurationError
+from common.logging import mask_secrets
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
+
+__all__ = [
+    "MIN_SECRET_LENGTH",
+    "Redactor",
+    "SecretFilesSource",
+    "read_secret_file",
+    "secret_fields",
+    "secret_from_file",
+]
+
+MASK = "***"
+# Shorter values are not masked: replacing every "ab" in a log line would hide more than it
+# protects. Such a secret is weak anyway.
+MIN_SECRET_LENGTH = 4
+_MAX_SECRET_FILE_BYTES = 64 * 1024
+_SECRET_QUERY_PARAMS = ("password", "passwd", "secret", "token", "key")
+
+
+def secret_fields(settings_cls: type[BaseSettings]) -> list[str]:
+    """Names of the settings typed as secrets (``SecretStr`` or ``SecretStr | None``)."""
+    return [name for name, field in settings_cls.model_fields.items() if _is_secret(field)]
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    annotation = field.annotation
+    return annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ())
+
+
+def read_secret_file(path: Path, variable: str) -> str:
+    """The secret in ``path``: UTF-8, at most 64 KiB, one trailing newline dropped."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(_MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        # The path is not secret; the error never includes the content.
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigurationError(f"{variable}: cannot read {str(path)!r}: {reason}") from None
+    if len(raw) > _MAX_SECRET_FILE_BYTES:
+        raise ConfigurationError(f"{variable}: {str(path)!r} is larger than {_MAX_SECRET_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{variable}: {str(path)!r} is not UTF-8 text") from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise ConfigurationError(f"{variable}: {str(path)!r} is empty")
+    return text
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """``<PREFIX><NAME>_FILE`` for each secret setting (see module docs)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self._prefix = str(settings_cls.model_config.get("env_prefix", "")).upper()
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything happens in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in secret_fields(self.settings_cls):
+            value = secret_from_file(f"{self._prefix}{name.upper()}")
+            if value is not None:
+                values[name] = value
+        return values
+
+
+def secret_from_file(variable: str) -> str | None:
+    """The content of ``$<variable>_FILE`` if that is set (and ``variable`` is not), else None."""
+    environ = {key.upper(): value for key, value in os.environ.items()}
+    path = environ.get(f"{variable}_FILE")
+    if not path:
+        return None
+    if environ.get(variable):
+        raise ConfigurationError(f"set {variable} or {variable}_FILE, not both")
+    return read_secret_file(Path(path), f"{variable}_FILE")
+
+
+class Redactor:
+    """Replaces known secret values and URL passwords with ``***``; immutable, cheap to call."""
+
+    __slots__ = ("_pattern",)
+
+    def __init__(self, secrets: Iterable[str | SecretStr | None] = ()) -> None:
+        values: set[str] = set()
+        for secret in secrets:
+            if isinstance(secret, SecretStr):
+                secret = secret.get_secret_value()
+            if secret:
+                values.update(_forms(secret))
+        known = sorted((v for v in values if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, known))) if known else None
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings, *more: str | SecretStr | None) -> Redactor:
+        """Every secret setting's value, plus ``more`` (secrets given as command-line flags)."""
+        return cls([*(getattr(settings, name) for name in secret_fields(type(settings))), *more])
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is not None:
+            text = self._pattern.sub(MASK, text)
+        return mask_secrets(text)
+
+    def __repr__(self) -> str:  # never the values
+        return f"Redactor({0 if self._pattern is None else self._pattern.pattern.count('|') + 1} secrets)"
+
+
+def _forms(secret: str) -> set[str]:
+    """The value, and for a URL its password and credential query values, raw and decoded."""
+    forms = {secret}
+    _, sep, rest = secret.partition("://")
+    if not sep:
+        return forms
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    userinfo = netloc.rpartition("@")[0]
+    if ":" in userinfo:
+        password = userinfo.partition(":")[2]
+        forms.update({password, unquote(password)})
+    query = rest.partition("?")[2].partition("#")[0]
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if value and any(word in unquote(key).lower() for word in _SECRET_QUERY_PARAMS):
+            forms.update({value, unquote(value.replace("+", " "))})
+    return forms

@@ -1,0 +1,52 @@
+"""TimeLimit: one timer for many calls, expiring like asyncio.timeout."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from common.deadlines import TimeLimit
+
+
+async def _hang(limit: TimeLimit, started: asyncio.Event | None = None) -> None:
+    with limit():
+        if started is not None:
+            started.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_call_past_its_limit_raises_timeout_error() -> None:
+    with pytest.raises(TimeoutError):
+        await _hang(TimeLimit(0.01))
+
+
+async def test_calls_within_the_limit_return_and_leave_nothing_armed_for_them() -> None:
+    limit = TimeLimit(60)
+    for _ in range(3):
+        with limit():
+            await asyncio.sleep(0)
+    assert not limit._running
+
+
+async def test_every_overdue_call_expires_and_a_finished_one_is_never_cancelled() -> None:
+    limit = TimeLimit(0.01)
+    with limit():  # done before the timer fires for it
+        pass
+    results = await asyncio.gather(_hang(limit), _hang(limit), return_exceptions=True)
+    assert [type(r) for r in results] == [TimeoutError, TimeoutError]
+    assert not limit._running
+
+
+async def test_a_cancel_from_elsewhere_stays_a_cancellation() -> None:
+    started = asyncio.Event()
+    task = asyncio.create_task(_hang(TimeLimit(60), started))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_a_limit_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        TimeLimit(0)

@@ -1,0 +1,155 @@
+"""Secrets from variables or files, and masked wherever text leaves the process."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from pydantic import SecretStr
+
+from common.errors import ConfigurationError
+from common.logging import JsonFormatter, TextFormatter, configure_logging
+from common.secrets import Redactor, secret_fields
+from common.settings import Settings
+from consumer.cli import main
+
+CANARY = "cnry-7f3a9c"
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """The CLI and configure_logging replace the root handler: put the test runner's back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_every_secret_setting_is_typed_as_a_secret() -> None:
+    assert set(secret_fields(Settings)) == {"broker_url", "idempotency_url", "s3_secret_key"}
+
+
+@pytest.mark.parametrize("name", ["broker_url", "idempotency_url", "s3_secret_key"])
+def test_each_secret_setting_reads_its_file_variable(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(f"amqp://u:{CANARY}@h/\n")  # as `echo … > file` writes it
+    monkeypatch.setenv(f"CONVEYOR_{name.upper()}_FILE", str(secret))
+    value = getattr(Settings(), name)
+    assert isinstance(value, SecretStr)
+    assert value.get_secret_value() == f"amqp://u:{CANARY}@h/"
+    assert CANARY not in repr(Settings())
+
+
+def test_a_variable_and_its_file_together_are_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "key"
+    secret.write_text(CANARY)
+    monkeypatch.setenv("CONVEYOR_S3_SECRET_KEY", "other")
+    monkeypatch.setenv("CONVEYOR_S3_SECRET_KEY_FILE", str(secret))
+    with pytest.raises(ConfigurationError, match="not both"):
+        Settings()
+
+
+def test_an_unreadable_secret_file_names_the_path_never_a_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_BROKER_URL_FILE", "/nonexistent/broker-url")
+    with pytest.raises(ConfigurationError, match="CONVEYOR_BROKER_URL_FILE: cannot read '/nonexistent/broker-url'"):
+        Settings()
+
+
+def test_flags_win_over_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "url"
+    secret.write_text("sqlite:///from-file.db")
+    monkeypatch.setenv("CONVEYOR_IDEMPOTENCY_URL_FILE", str(secret))
+    assert Settings(idempotency_url="sqlite:///flag.db").idempotency_url.get_secret_value() == "sqlite:///flag.db"
+
+
+def test_redactor_masks_known_values_and_the_parts_of_urls() -> None:
+    redact = Redactor([
+        f"amqp://user:{CANARY}%21@host/vhost",
+        SecretStr("s3-" + CANARY),
+        "pulsar://h:6650/?token=tok-" + CANARY + "&tenant=public",
+        "abc",  # too short to mask: it would hide half of every line
+        None,
+    ])
+    text = (f"url amqp://user:{CANARY}%21@host/vhost pw {CANARY}! key s3-{CANARY} "
+            f"token tok-{CANARY} other amqp://x:unknown@h/ abc")
+    masked = redact(text)
+    assert CANARY not in masked and "unknown" not in masked
+    assert masked.endswith(" abc") and "tenant" not in masked
+    assert CANARY not in repr(redact)
+
+
+def test_redactor_from_settings_knows_every_secret_setting_and_flag_values() -> None:
+    settings = Settings(broker_url=SecretStr(f"amqp://u:b-{CANARY}@h/"), s3_secret_key=SecretStr(f"k-{CANARY}"),
+                        idempotency_url=SecretStr(f"postgresql://u:i-{CANARY}@db/x"))
+    redact = Redactor.from_settings(settings, f"amqp://u:flag-{CANARY}@h/")
+    for value in (f"b-{CANARY}", f"k-{CANARY}", f"i-{CANARY}", f"flag-{CANARY}"):
+        assert redact(f"..{value}..") == "..***.."
+
+
+def _record(msg: str, **extra: object) -> logging.LogRecord:
+    record = logging.makeLogRecord({"name": "t", "levelno": logging.ERROR, "levelname": "ERROR", "msg": msg})
+    record.__dict__.update(extra)
+    return record
+
+
+def test_a_huge_hostile_log_record_is_one_bounded_valid_json_line() -> None:
+    hostile = ('"quoted"\n{"level":"info","msg":"forged"}\r\n' + "\\" + "x" * 100) * 10_000  # ~1.4 MB
+    try:
+        raise RuntimeError(hostile + CANARY)
+    except RuntimeError:
+        import sys
+
+        exc_info = sys.exc_info()
+    record = _record(hostile, job_type=hostile, error_message=hostile + CANARY, tags=[hostile] * 1000)
+    record.exc_info = exc_info
+    line = JsonFormatter(Redactor([CANARY])).format(record)
+    assert "\n" not in line and "\r" not in line
+    assert len(line) <= 16 * 1024
+    parsed = orjson.loads(line)
+    assert parsed["level"] == "error" and parsed["msg"].startswith('"quoted"\n')
+    assert CANARY not in line
+
+
+def test_a_big_but_legal_line_keeps_its_fields_truncated() -> None:
+    line = JsonFormatter().format(_record("m" * 10_000, job_type="j" * 5000, job_id="abc"))
+    parsed = orjson.loads(line)
+    assert parsed["job_id"] == "abc" and len(parsed["msg"]) == 2000 and len(parsed["job_type"]) == 2000
+
+
+def test_text_logs_are_one_line_per_record_and_masked() -> None:
+    line = TextFormatter(Redactor([CANARY])).format(_record(f"a\nforged line\r\n{CANARY} amqp://u:pw12@h/"))
+    assert "\n" not in line and "\r" not in line
+    assert "a\\nforged line\\r\\n*** amqp://u:***@h/" in line
+
+
+def test_configure_logging_applies_the_redactor() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream, redact=Redactor([CANARY]))
+    logging.getLogger("t").warning("raw %s", CANARY, extra={"dsn": CANARY, "job_type": f"x{CANARY}"})
+    assert CANARY not in stream.getvalue() and stream.getvalue().count("***") == 3
+
+
+def test_a_password_on_the_command_line_is_warned_about_and_never_echoed() -> None:
+    result = CliRunner().invoke(main, ["dlq", "list", "--broker", f"amqp://u:{CANARY}@127.0.0.1:1/"])
+    assert result.exit_code != 0
+    assert "carries a credential" in result.output and "CONVEYOR_BROKER_URL_FILE" in result.output
+    assert CANARY not in result.output
+
+
+def test_the_broker_url_can_come_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "broker"
+    secret.write_text(f"amqp://u:{CANARY}@127.0.0.1:1/\n")
+    monkeypatch.setenv("CONVEYOR_BROKER_URL_FILE", str(secret))
+    monkeypatch.delenv("CONVEYOR_BROKER_URL", raising=False)
+    result = CliRunner().invoke(main, ["dlq", "list"])
+    assert result.exit_code != 0
+    assert "cannot connect to amqp://u:***@127.0.0.1:1/" in result.output  # it used the file's URL
+    assert "carries a credential" not in result.output and CANARY not in result.output
