@@ -49,6 +49,20 @@ def _run(coro: Awaitable[T], *, secrets: bool = True) -> T:
         raise click.ClickException(redactor()(f"{type(exc).__name__}: {exc}")) from None
 
 
+def _settings(**overrides: Any) -> Settings:
+    """Settings from the environment and flags; a bad value is a one-line usage error naming
+    the setting, never a traceback and never the value (it may be a secret)."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CONVEYOR_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" for error in exc.errors()
+        )
+        raise click.UsageError(f"invalid configuration: {problems}") from None
+
+
 def _load_registry(target: str) -> JobRegistry:
     """``package.module[:attr]``; attr defaults to ``jobs`` and may be a factory function."""
     module_name, _, attr = target.partition(":")
@@ -86,7 +100,7 @@ def _tracing(settings: Settings, service: str) -> tuple[list[Any], Any]:
 
 def _transport(broker: str, settings: Settings | None = None) -> Transport:
     """The broker's transport; amqps:// and pulsar+ssl:// get the CONVEYOR_TLS_* settings."""
-    return transport_from_url(broker, tls=(settings or Settings()).tls())
+    return transport_from_url(broker, tls=(settings or _settings()).tls())
 
 
 def _payload_store(settings: Settings) -> Any:
@@ -129,7 +143,7 @@ def demo(jobs_count: int) -> None:
                    "CONVEYOR_IDEMPOTENCY_URL_FILE; off]")
 def worker(target: str, broker: str, **overrides: Any) -> None:
     """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT."""
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = _settings(**{k: v for k, v in overrides.items() if v is not None})
     registry = _load_registry(target)
     _run(_worker_main(registry, broker, settings))
 
@@ -207,7 +221,7 @@ def publish(job_type: str, payload: str, broker: str, app: str | None, queue: st
     """Publish one job and wait for the broker's confirm (large payloads go to the payload store)."""
     from producer.producer import Producer
 
-    settings = Settings(**({"payload_store": payload_store} if payload_store else {}))
+    settings = _settings(**({"payload_store": payload_store} if payload_store else {}))
     store_options = {"payload_threshold": settings.payload_threshold_bytes}
 
     raw = Path(payload[1:]).read_bytes() if payload.startswith("@") else payload.encode()
@@ -338,7 +352,7 @@ def dlq_purge(broker: str, queue: str, reason: str | None, job_type: str | None,
     """Delete matching dead letters for good, with their stored payloads."""
     if not yes:
         raise click.ClickException("purge deletes dead letters for good: add --yes")
-    settings = Settings(**({"payload_store": payload_store} if payload_store else {}))
+    settings = _settings(**({"payload_store": payload_store} if payload_store else {}))
 
     async def go() -> tuple[int, int]:
         from consumer.payloads import PayloadResolver
@@ -375,7 +389,7 @@ def payloads_sweep(older_than: str, dry_run: bool, payload_store: str | None) ->
 
     from consumer.payload_sweep import parse_age, sweep
 
-    settings = Settings(**({"payload_store": payload_store} if payload_store else {}))
+    settings = _settings(**({"payload_store": payload_store} if payload_store else {}))
 
     async def go() -> Any:
         age = parse_age(older_than)

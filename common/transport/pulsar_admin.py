@@ -35,7 +35,7 @@ import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urljoin, urlsplit
 
 import aiohttp
 
@@ -58,6 +58,7 @@ SUBSCRIPTION_TYPES = ("shared", "key_shared")
 _URL_OPTIONS = ("token", "tenant", "namespace", "subscription", "subscription_type", "admin_url")
 # Pulsar's rule for tenant, namespace and (here, conservatively) topic and subscription names.
 _NAME = re.compile(r"^[A-Za-z0-9_.:=-]+$")
+_MAX_REDIRECTS = 5  # a redirect goes to the topic's owner; a chain is a misconfiguration
 
 
 @dataclass(frozen=True)
@@ -209,12 +210,30 @@ class AdminClient:
         """Delete the topic with its subscriptions and messages; a missing topic is fine."""
         await self._request("DELETE", f"{path}?force=true")
 
+    async def _follow(self, method: str, url: str) -> aiohttp.ClientResponse:
+        """Follow the broker's redirects (a topic owned by another broker answers 307) by hand,
+        so one from https to anything else is refused before a request, with its auth header,
+        goes out in clear."""
+        assert self._session is not None
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = await self._session.request(method, url, allow_redirects=False)
+            location = response.headers.get("Location")
+            if response.status not in (301, 302, 303, 307, 308) or not location:
+                return response
+            response.release()
+            target = urljoin(str(response.url), location)
+            scheme = urlsplit(target).scheme
+            if response.url.scheme == "https" and scheme != "https":
+                raise TransportError(f"Pulsar admin API redirected {method} from https to {scheme or '?'}: refused")
+            url = target
+        raise TransportError(f"Pulsar admin API: more than {_MAX_REDIRECTS} redirects for {method}")
+
     async def _request(self, method: str, path: str) -> Any:
         if self._session is None:
             raise TransportError("Pulsar admin client is not started")
         url = f"{self._base}{path}"
         try:
-            async with self._session.request(method, url) as response:
+            async with await self._follow(method, url) as response:
                 if response.status == 404:
                     return None
                 if response.status in (401, 403):

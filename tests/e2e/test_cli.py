@@ -127,3 +127,12 @@ def test_dlq_replay_dry_run_changes_nothing(amqp: str, queue: str) -> None:
     shown = conveyor("dlq", "show", entry["dead_letter_id"], "--queue", queue, env=env)
     assert shown.returncode == 0 and '"not a number"' in shown.stdout
     assert "conveyor:" not in shown.stdout or "***" in shown.stdout
+
+
+def test_a_bad_setting_is_a_one_line_error_that_names_it_but_not_its_value() -> None:
+    result = conveyor("worker", "tests.e2e.app:jobs", env={"CONVEYOR_CONCURRENCY": "0",
+                                                           "CONVEYOR_HTTP_PORT": "canary-7f3a"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "CONVEYOR_CONCURRENCY" in result.stderr and "CONVEYOR_HTTP_PORT" in result.stderr
+    assert "canary-7f3a" not in result.stderr + result.stdout, "a setting's value may be a secret"
