@@ -44,6 +44,8 @@ readonly PLUGIN="$PLUGIN_DIR/docker-compose"
 # Everything but the path goes to stderr, so `bin=$(compose.sh install | tail -n1)` is enough.
 log() { printf 'compose: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2; exit 2; }
 
 # True when $1 is a working Compose binary of the pinned version. Running it (~20 ms) rather
@@ -116,12 +118,8 @@ install_plugin() {
     log "installed the docker CLI plugin $PLUGIN -> $BIN"
 }
 
-take_lock() {
-    mkdir -p "$CACHE_DIR"
-    exec 9>"$CACHE_DIR/.compose-$COMPOSE_VERSION.lock"
-    # A concurrent cold build may take several minutes.
-    flock -w 1800 9 || die "timed out waiting for $CACHE_DIR/.compose-$COMPOSE_VERSION.lock"
-}
+# A concurrent cold build may take several minutes.
+take_lock() { hold_lock "$CACHE_DIR/.compose-$COMPOSE_VERSION.lock" 1800; }
 
 cmd_install() {
     if ! binary_is_good "$BIN"; then

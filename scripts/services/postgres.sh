@@ -283,11 +283,7 @@ stop_server() {
 }
 
 # Serialise up/down: parallel CI steps calling `up` must not start two servers.
-take_lock() {
-    mkdir -p "$RUN_DIR"
-    exec 9>"$RUN_DIR/postgres.lock"
-    flock -w 300 9 || die "timed out waiting for $RUN_DIR/postgres.lock"
-}
+take_lock() { hold_lock "$RUN_DIR/postgres.lock" 300; }
 
 # ---------------------------------------------------------------------------------------------
 # Commands

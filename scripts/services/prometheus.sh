@@ -141,11 +141,7 @@ stop_server() {
     log "stopped"
 }
 
-take_lock() {
-    mkdir -p "$STATE_DIR"
-    exec 9>"$STATE_DIR/.lock"
-    flock -w 120 9 || die "timed out waiting for $STATE_DIR/.lock"
-}
+take_lock() { hold_lock "$STATE_DIR/.lock" 120; }
 
 # ---------------------------------------------------------------------------------------------
 # Commands

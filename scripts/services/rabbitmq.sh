@@ -362,11 +362,7 @@ stop_node() {
 }
 
 # Serialise up/down: parallel CI steps calling `up` must not start two nodes.
-take_lock() {
-    mkdir -p "$RUN_DIR"
-    exec 9>"$RUN_DIR/rabbitmq.lock"
-    flock -w 300 9 || die "timed out waiting for $RUN_DIR/rabbitmq.lock"
-}
+take_lock() { hold_lock "$RUN_DIR/rabbitmq.lock" 300; }
 
 # ---------------------------------------------------------------------------------------------
 # Commands

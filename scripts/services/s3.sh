@@ -58,6 +58,8 @@ readonly ENDPOINT="http://127.0.0.1:$PORT"
 log() { printf 's3: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 usage() {
     sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2
     exit 2
@@ -236,11 +238,7 @@ stop_server() {
 }
 
 # Serialise up/down: parallel CI steps calling `up` must not start two servers on one port.
-take_lock() {
-    mkdir -p "$STATE_DIR"
-    exec 9>"$STATE_DIR/.lock"
-    flock -w 300 9 || die "timed out waiting for $STATE_DIR/.lock"
-}
+take_lock() { hold_lock "$STATE_DIR/.lock" 300; }
 
 # ---------------------------------------------------------------------------------------------
 # Commands
