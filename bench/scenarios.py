@@ -209,18 +209,7 @@ class Runner:
                 note="Conveyor: metrics on, JSON logs at INFO",
             )
         )
-        rss = {s: max(x["peak_rss_mib"] for x in samples[s]) for s in SIDES}
-        self.rows.append(
-            Row(
-                "worker RSS",
-                f"peak RSS, drain worker process ({n:,} jobs)",
-                "MiB",
-                rss["raw"],
-                rss["conveyor"],
-                better="lower",
-                note="VmHWM of the worker subprocess; worst sample",
-            )
-        )
+        self.rows.append(_rss_row("worker RSS", n, samples))
 
     # -- 3. latency ------------------------------------------------------------------
     async def latency(self) -> None:
@@ -432,18 +421,7 @@ class Runner:
                         note="raw: pulsar-client Shared subscription; Conveyor: metrics on, JSON logs at INFO",
                     )
                 )
-                rss = {s: max(x["peak_rss_mib"] for x in samples[s]) for s in SIDES}
-                self.rows.append(
-                    Row(
-                        "pulsar worker RSS",
-                        f"peak RSS, drain worker process ({n:,} jobs)",
-                        "MiB",
-                        rss["raw"],
-                        rss["conveyor"],
-                        better="lower",
-                        note="VmHWM of the worker subprocess; worst sample",
-                    )
-                )
+                self.rows.append(_rss_row("pulsar worker RSS", n, samples))
         finally:
             # Every topic this run created, whatever happened (deleting a missing one is fine).
             await pulsar_conveyor.delete(url, *created)
@@ -496,3 +474,17 @@ def _cpu_us(result: dict[str, Any], n: int) -> float | None:
 def _require_complete(result: dict[str, Any], n: int, what: str) -> None:
     if result.get("completed", 0) < n or "seconds" not in result:
         raise RuntimeError(f"{what}: only {result.get('completed', 0)} of {n} jobs completed before the timeout")
+
+
+def _rss_row(scenario: str, n: int, samples: dict[str, list[dict[str, Any]]]) -> Row:
+    """Peak RSS of the drain worker, worst sample per side."""
+    rss = {side: max(x["peak_rss_mib"] for x in samples[side]) for side in SIDES}
+    return Row(
+        scenario,
+        f"peak RSS, drain worker process ({n:,} jobs)",
+        "MiB",
+        rss["raw"],
+        rss["conveyor"],
+        better="lower",
+        note="VmHWM of the worker subprocess; worst sample",
+    )

@@ -142,7 +142,7 @@ class WorkerMetrics:
         )
         self._known: set[str] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._adders: dict[tuple[int, tuple[str, ...]], Callable[[float], None]] = {}
+        self._updaters: dict[tuple[int, tuple[str, ...]], Callable[[float], None]] = {}
         self._window_max: dict[str, float] = {}
         self._previous_max: dict[str, float] = {}
 
@@ -157,19 +157,21 @@ class WorkerMetrics:
 
     def adder(self, metric: Any, *values: str) -> Callable[[float], None]:
         """``inc`` of a counter or gauge child (a gauge's ``dec`` is adding a negative amount)."""
-        key = (id(metric), values)
-        add = self._adders.get(key)
-        if add is None:
-            add = self._adders[key] = _adder(self.child(metric, *values))
-        return add
+        return self._updater(_adder, metric, values)
 
     def observer(self, metric: Any, *values: str) -> Callable[[float], None]:
         """``observe`` of a histogram child."""
+        return self._updater(_observer, metric, values)
+
+    def _updater(
+        self, make: Callable[[Any], Callable[[float], None]], metric: Any, values: tuple[str, ...]
+    ) -> Callable[[float], None]:
+        # One cache for both kinds: a metric is either a histogram or not, so keys never clash.
         key = (id(metric), values)
-        observe = self._adders.get(key)
-        if observe is None:
-            observe = self._adders[key] = _observer(self.child(metric, *values))
-        return observe
+        update = self._updaters.get(key)
+        if update is None:
+            update = self._updaters[key] = make(self.child(metric, *values))
+        return update
 
     def know_job_types(self, job_types: list[str]) -> None:
         self._known.update(job_types)
