@@ -85,19 +85,23 @@ class Ledger:
         self.expected: dict[str, bool] = {}  # job id → meant to be dead-lettered
         self.poison: dict[str, str] = {}  # poison marker → description
         self.started = time.monotonic()
+        self._connection: asyncpg.Connection | None = None
+
+    async def _db(self) -> asyncpg.Connection:
+        # One connection for the scenario: the ledger is polled every 100 ms while it waits.
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await asyncpg.connect(self.database_url)
+        return self._connection
 
     async def create_effects_table(self) -> None:
-        connection = await asyncpg.connect(self.database_url)
-        try:
-            await connection.execute(
-                f"CREATE TABLE {self.effects_table} (job_id text NOT NULL, n integer NOT NULL, pid integer NOT NULL,"
-                " done_at timestamptz NOT NULL DEFAULT clock_timestamp())"
-            )
-        finally:
-            await connection.close()
+        await (await self._db()).execute(
+            f"CREATE TABLE {self.effects_table} (job_id text NOT NULL, n integer NOT NULL, pid integer NOT NULL,"
+            " done_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        )
 
     async def drop_effects_table(self) -> None:
-        connection = await asyncpg.connect(self.database_url)
+        """Drop the table and close the ledger's connection."""
+        connection, self._connection = await self._db(), None
         try:
             await connection.execute(f"DROP TABLE IF EXISTS {self.effects_table}")
         finally:
@@ -112,13 +116,9 @@ class Ledger:
         return [line.split()[0] for line in self.executions_file.read_text().splitlines() if line.strip()]
 
     async def effects(self) -> tuple[dict[str, int], dict[str, datetime]]:
-        connection = await asyncpg.connect(self.database_url)
-        try:
-            rows = await connection.fetch(
-                f"SELECT job_id, count(*) AS n, min(done_at) AS first FROM {self.effects_table} GROUP BY job_id"
-            )
-        finally:
-            await connection.close()
+        rows = await (await self._db()).fetch(
+            f"SELECT job_id, count(*) AS n, min(done_at) AS first FROM {self.effects_table} GROUP BY job_id"
+        )
         return {r["job_id"]: r["n"] for r in rows}, {r["job_id"]: r["first"] for r in rows}
 
     async def dead_letters(self) -> list[DeadLetterRecord]:

@@ -15,6 +15,7 @@ the service URL sees only the lookup. Pulsar's connection loss is covered by kil
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import subprocess
 import sys
@@ -232,42 +233,43 @@ async def test_poison_mix_interleaved_with_valid_jobs(fault_run: FaultRun, recor
     worker = fault_run.start_worker(concurrency=IN_FLIGHT)
     payloads, _ = _jobs(60)
     valid = iter(payloads)
-    async with Producer.for_registry(transport_from_url(fault_run.url), app.jobs()) as producer:
+    async with (
+        Producer.for_registry(transport_from_url(fault_run.url), app.jobs()) as producer,
+        transport_from_url(fault_run.url) as transport,
+    ):
         sample = orjson.loads(producer.build_envelope(app.JOB_TYPE, {"n": 0}).model_dump_json())
 
-    def envelope_with(**changes: object) -> bytes:
-        return orjson.dumps({**sample, "job_id": f"forged-{len(fault_run.ledger.poison)}", **changes})
+        def envelope_with(**changes: object) -> bytes:
+            return orjson.dumps({**sample, "job_id": f"forged-{len(fault_run.ledger.poison)}", **changes})
 
-    poison = {
-        "malformed-json": b"{not json",
-        "binary": b"\xff\xfe\x00\x01",
-        "duplicate-keys": b'{"job_id": "a", "job_id": "b"}',
-        "nan": b'{"attempt": NaN}',
-        "wrong-type": envelope_with(payload={"kind": "inline", "data": {"n": "not a number"}}),
-        "unknown-job-type": envelope_with(job_type="fault.nobody-handles-this"),
-        "unknown-field": envelope_with(surprise=True),
-        "oversize": b'{"pad": "' + b"x" * (1024 * 1024 + 10) + b'"}',
-        "huge-int": envelope_with(attempt=1).replace(b'"attempt":1', b'"attempt":' + str(2**70).encode()),
-    }
-    for marker, body in poison.items():
-        await fault_run.publish(_take(valid, 5))
-        await fault_run.publish_raw(marker, body)
-    # Valid jobs with forged broker/retry headers: never trusted for limits, they just run.
-    async with Producer.for_registry(transport_from_url(fault_run.url), app.jobs()) as producer:
+        poison = {
+            "malformed-json": b"{not json",
+            "binary": b"\xff\xfe\x00\x01",
+            "duplicate-keys": b'{"job_id": "a", "job_id": "b"}',
+            "nan": b'{"attempt": NaN}',
+            "wrong-type": envelope_with(payload={"kind": "inline", "data": {"n": "not a number"}}),
+            "unknown-job-type": envelope_with(job_type="fault.nobody-handles-this"),
+            "unknown-field": envelope_with(surprise=True),
+            "oversize": b'{"pad": "' + b"x" * (1024 * 1024 + 10) + b'"}',
+            "huge-int": envelope_with(attempt=1).replace(b'"attempt":1', b'"attempt":' + str(2**70).encode()),
+        }
+        for marker, body in poison.items():
+            await fault_run.publish(list(itertools.islice(valid, 5)))
+            await fault_run.publish_raw(marker, body)
+        # Valid jobs with forged broker/retry headers: never trusted for limits, they just run.
         forged = {"x-death": '[{"count": 9999, "reason": "expired"}]', "x-delivery-count": "999",
                   "x-first-death-reason": "rejected", "conveyor-attempt": "99", "x-conveyor-due-at": "1"}
-        async with transport_from_url(fault_run.url) as transport:
-            for n in range(5):
-                envelope = producer.build_envelope(app.JOB_TYPE, {"n": 1000 + n})
-                await transport.publish(fault_run.queue, OutgoingMessage(
-                    body=envelope.model_dump_json().encode(), message_id=envelope.job_id, headers=forged))
-                fault_run.ledger.expect(envelope.job_id)
-            # A publisher that claims the job is on attempt 999 of 10 gets a run, not a free pass
-            # to the DLQ and not an endless loop.
-            liar = producer.build_envelope(app.JOB_TYPE, {"n": 2000}).model_copy(update={"attempt": 999})
+        for n in range(5):
+            envelope = producer.build_envelope(app.JOB_TYPE, {"n": 1000 + n})
             await transport.publish(fault_run.queue, OutgoingMessage(
-                body=liar.model_dump_json().encode(), message_id=liar.job_id))
-            fault_run.ledger.expect(liar.job_id)
+                body=envelope.model_dump_json().encode(), message_id=envelope.job_id, headers=forged))
+            fault_run.ledger.expect(envelope.job_id)
+        # A publisher that claims the job is on attempt 999 of 10 gets a run, not a free pass
+        # to the DLQ and not an endless loop.
+        liar = producer.build_envelope(app.JOB_TYPE, {"n": 2000}).model_copy(update={"attempt": 999})
+        await transport.publish(fault_run.queue, OutgoingMessage(
+            body=liar.model_dump_json().encode(), message_id=liar.job_id))
+        fault_run.ledger.expect(liar.job_id)
     await fault_run.publish(list(valid))
     figures = await fault_run.settle(timeout=120)
     _report(figures, record_figures)
@@ -308,16 +310,6 @@ async def test_dlq_replay_killed_half_way(fault_run: FaultRun, record_figures: l
     check(figures)
     assert figures.succeeded == 60 and figures.dead_lettered == 0, "the DLQ is empty after the replay"
     assert fault_run.stop_workers() == [0]
-
-
-def _take(items: object, n: int) -> list[dict[str, object]]:
-    out = []
-    for _ in range(n):
-        item = next(items, None)  # type: ignore[call-overload]
-        if item is None:
-            break
-        out.append(item)
-    return out
 
 
 def _host_port(url: str) -> tuple[str, int]:
