@@ -1,9 +1,14 @@
 """Bytes ⇄ envelope, strictly.
 
-Decoding checks the size on the raw bytes *before* parsing, then parses with the standard
-library's JSON scanner plus hooks, because orjson silently keeps the last of duplicate
-keys (a field-smuggling vector) and turns huge integers into lossy floats. Encoding uses
-orjson: it is fast and always emits valid, canonical JSON.
+Decoding checks the size on the raw bytes *before* parsing. orjson alone is not strict
+enough: it silently keeps the last of duplicate keys (a field-smuggling vector) and accepts
+integers beyond the interoperable range. So orjson parses, and the result is accepted only
+if a walk over it finds every number in range and exactly as many object keys as the raw
+bytes have key-ending quotes (``"`` then ``:``): that count can only be too high (a string
+value containing ``":``), never too low, so equal counts prove there was no duplicate.
+Anything else (a mismatch, or bytes orjson refuses) goes through the standard library's
+JSON scanner with strict hooks, which gives the precise error. Encoding uses orjson: it is
+fast and always emits valid, canonical JSON.
 """
 
 from __future__ import annotations
@@ -68,10 +73,58 @@ _decoder = json.JSONDecoder(
 )
 
 
+_JSON_SPACE = b" \t\n\r"
+_FLOAT_EXACT = float(2**53)
+
+
+def _key_ends(body: bytes) -> int:
+    """How often a ``"`` is followed by a ``:`` with only JSON whitespace between them.
+
+    Every object key ends that way, so this is at least the number of keys; removing the
+    whitespace first can only add matches inside strings, never lose a key's.
+    """
+    return body.translate(None, _JSON_SPACE).count(b'":')
+
+
+def _keys_if_in_range(value: Any) -> int | None:
+    """Object keys in ``value`` (all levels); None if a number needs the strict scanner.
+
+    That is an integer out of range, and any float of magnitude 2**53 or more: orjson
+    turns integers too big for 64 bits into floats without a word, and inf/NaN fail the
+    comparison too. Such floats are rare; the scanner tells a real one from a huge integer.
+    """
+    keys = 0
+    stack = [value]
+    while stack:  # not recursive: orjson allows deeper nesting than Python's recursion limit
+        item = stack.pop()
+        kind = type(item)
+        if kind is str:
+            continue
+        if kind is dict:
+            keys += len(item)
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is int:
+            if not -_MAX_SAFE_INT <= item <= _MAX_SAFE_INT:
+                return None
+        elif kind is float and not -_FLOAT_EXACT < item < _FLOAT_EXACT:
+            return None
+    return keys
+
+
 def strict_json_loads(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
     """Parse JSON, rejecting oversize input, bad UTF-8, duplicates, NaN and huge numbers."""
     if len(body) > max_bytes:
         raise MessageTooLarge(f"message is {len(body)} bytes, limit is {max_bytes}")
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # the strict scanner below says precisely what is wrong
+    else:
+        keys = _keys_if_in_range(value)
+        if keys is not None and keys == _key_ends(body):
+            return value
     try:
         text = body.decode("utf-8")
         return _decoder.decode(text)

@@ -143,6 +143,8 @@ class WorkerMetrics:
         self._known: set[str] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._updaters: dict[tuple[int, tuple[str, ...]], Callable[[float], None]] = {}
+        # Per job type: (observe duration, add succeeded, observe attempts), the success path.
+        self._on_success: dict[str, tuple[Callable[[float], None], ...]] = {}
         self._window_max: dict[str, float] = {}
         self._previous_max: dict[str, float] = {}
 
@@ -181,6 +183,21 @@ class WorkerMetrics:
 
     def settled(self, job_type: str | None, action: str, outcome: Outcome) -> None:
         label = self.label(job_type)
+        if action == "succeeded" and not outcome.error_type:  # the per-job path: cached updaters
+            updaters = self._on_success.get(label)
+            if updaters is None:
+                updaters = self._on_success[label] = (
+                    self.observer(self.duration, label),
+                    self.adder(self.succeeded, label),
+                    self.observer(self.attempts, label, "succeeded"),
+                )
+            observe_duration, add_succeeded, observe_attempts = updaters
+            if outcome.duration:
+                observe_duration(outcome.duration)
+            add_succeeded(1)
+            if outcome.envelope is not None:
+                observe_attempts(outcome.envelope.attempt)
+            return
         if outcome.duration:
             self.observer(self.duration, label)(outcome.duration)
         if outcome.error_type and outcome.reason:
@@ -212,6 +229,10 @@ class WorkerMetrics:
         self.adder(self.publish_failures, _kind(kind), name if name in _PUBLISH_ERRORS else "other")(1)
 
     # -- queues ----------------------------------------------------------------------------
+    def count_in_flight(self, queue: str, count: Callable[[], int]) -> None:
+        """Export ``count()`` as the queue's in-flight gauge, read at scrape time (no per-job update)."""
+        self.child(self.in_flight, queue).set_function(count)
+
     def started(self, queue: str, delay: float) -> None:
         """A job started ``delay`` seconds after it became due."""
         delay = max(0.0, delay)

@@ -51,26 +51,28 @@ class Middleware:
 def build_consume_chain(middlewares: Sequence[Middleware], innermost: ConsumeNext) -> ConsumeNext:
     call = innermost
     for middleware in reversed(middlewares):
-        call = _bind_consume(middleware, call)
+        if type(middleware).consume is not Middleware.consume:  # pass-through ones cost nothing
+            call = _Link(middleware.consume, call)
     return call
 
 
 def build_publish_chain(middlewares: Sequence[Middleware], innermost: PublishNext) -> PublishNext:
     call = innermost
     for middleware in reversed(middlewares):
-        call = _bind_publish(middleware, call)
+        if type(middleware).publish is not Middleware.publish:
+            call = _Link(middleware.publish, call)
     return call
 
 
-def _bind_consume(middleware: Middleware, call_next: ConsumeNext) -> ConsumeNext:
-    async def call(ctx: JobContext) -> Any:
-        return await middleware.consume(ctx, call_next)
+class _Link:
+    """``hook(x, call_next)`` as a one-argument callable. It returns the hook's coroutine
+    itself rather than wrapping it in one more, which every job would pay per middleware."""
 
-    return call
+    __slots__ = ("_hook", "_call_next")
 
+    def __init__(self, hook: Callable[[Any, Any], Awaitable[Any]], call_next: Callable[[Any], Awaitable[Any]]) -> None:
+        self._hook = hook
+        self._call_next = call_next
 
-def _bind_publish(middleware: Middleware, call_next: PublishNext) -> PublishNext:
-    async def call(cmd: PublishCommand) -> None:
-        await middleware.publish(cmd, call_next)
-
-    return call
+    def __call__(self, value: Any) -> Awaitable[Any]:
+        return self._hook(value, self._call_next)

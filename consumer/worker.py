@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -165,6 +166,9 @@ class Worker:
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._runners = {queue: _QueueRunner(self, queue) for queue in registry.queues()}
         self._active: dict[asyncio.Task[object], Delivery] = {}
+        self._in_flight = collections.Counter[str]()  # by queue: the gauge reads it when scraped
+        for queue in self._runners:
+            self.metrics.count_in_flight(queue, functools.partial(self._in_flight.__getitem__, queue))
         self._processing: set[asyncio.Task[object]] = set()
         self._timers: set[asyncio.Task[None]] = set()
         self._monitor: asyncio.Task[None] | None = None
@@ -245,18 +249,18 @@ class Worker:
 
     # -- deliveries ------------------------------------------------------------------
     async def _on_delivery(self, delivery: Delivery) -> None:
-        if self._draining or self._runners[delivery.queue].paused:
+        runner = self._runners[delivery.queue]
+        if self._draining or runner.paused:
             await self._give_back(delivery)
             return
         async with self._slots:
-            if self._draining or self._runners[delivery.queue].paused:
+            if self._draining or runner.paused:
                 await self._give_back(delivery)
                 return
             task = asyncio.current_task()
             assert task is not None
             self._active[task] = delivery
-            add_in_flight = self.metrics.adder(self.metrics.in_flight, delivery.queue)
-            add_in_flight(1)
+            self._in_flight[delivery.queue] += 1
             try:
                 # Only this phase may be cut short by drain(); settling is never cancelled
                 # by us (no shield, so no extra task per delivery), it is bounded by confirms.
@@ -271,7 +275,7 @@ class Worker:
                 await asyncio.shield(self._give_back(delivery))
                 raise
             finally:
-                add_in_flight(-1)
+                self._in_flight[delivery.queue] -= 1
                 self._active.pop(task, None)
 
     def _observe_start(self, delivery: Delivery, outcome: Outcome) -> None:
@@ -284,8 +288,10 @@ class Worker:
     async def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
         spec = None
         if outcome.envelope is not None:
-            with contextlib.suppress(Exception):
+            try:
                 spec = self.registry.get(outcome.envelope.job_type)
+            except Exception:  # unknown job type: settled without a retry policy
+                spec = None
         try:
             action = await self.settlement.settle(delivery, outcome, spec.retry if spec else None)
         except Exception:

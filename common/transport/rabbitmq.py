@@ -7,8 +7,9 @@ one exchange per sender (least-privilege users): see ``common.transport.rabbitmq
   alarm; consuming, acking, ``get``, ``declare`` and ``depth`` use the other connection, so
   workers keep draining queues while publishes wait.
 * **Robust.** Both are ``connect_robust``: after a broker restart or a cut connection the
-  consumers are re-attached with the same prefetch, and ``ConsumerHandle.attached`` is False
-  until they are (readiness). Deliveries from before the cut cannot be settled any more
+  connections come back by themselves, and each consumer re-attaches with the same prefetch
+  and tag (``common.transport.rabbitmq_consumer``); ``ConsumerHandle.attached`` is False
+  until it has (readiness). Deliveries from before the cut cannot be settled any more
   (``TransportError``): the broker has already put them back.
 * **Confirms.** ``publish`` returns after the broker's confirm; a nack, a return
   (unroutable, ``mandatory``), a missing exchange or a missing write permission is
@@ -39,16 +40,15 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aio_pika
 import aiormq
 import aiormq.abc
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection, AbstractRobustQueue
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.exceptions import (
-    AMQPError,
     ChannelInvalidStateError,
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
@@ -60,6 +60,8 @@ from common.errors import AccessRefused, ConfigurationError, TransportError
 from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
 from common.tls import TlsConfig, check_scheme, tls_error
 from common.transport.factory import mask_url
+from common.transport.rabbitmq_consumer import BROKER_ERRORS as _BROKER_ERRORS
+from common.transport.rabbitmq_consumer import AmqpConsumer, AmqpDelivery, ChannelSettler
 from common.transport.rabbitmq_publisher import ExchangePublisher
 from common.transport.rabbitmq_topology import DEFAULT_DELAY_TIERS, DIRECT, Topology, tier_queue
 
@@ -67,148 +69,10 @@ __all__ = ["RabbitMQTransport"]
 
 log = logging.getLogger(__name__)
 
-# What goes wrong talking to a broker: aiormq/aio-pika errors (ChannelInvalidStateError is a
-# RuntimeError, not an AMQPError: "the channel is closed"), socket errors, timeouts.
-_BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError, asyncio.TimeoutError)
 _PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 # aiormq's URL options for certificates: our context would silently override them, and
 # no_verify_ssl must never even look like an option. TLS comes from ``tls`` (CONVEYOR_TLS_*).
 _TLS_URL_OPTIONS = frozenset({"cafile", "capath", "cadata", "keyfile", "certfile", "no_verify_ssl"})
-
-
-class _AmqpDelivery(Delivery):
-    __slots__ = ("_message", "_on_settled")
-
-    def __init__(self, message: AbstractIncomingMessage, queue: str, on_settled: Any = None) -> None:
-        raw = message.headers or {}
-        count = raw.get("x-delivery-count")  # quorum queues: deliveries before this one
-        if isinstance(count, int) and not isinstance(count, bool):
-            delivery_count = count + 1
-        else:
-            delivery_count = 2 if message.redelivered else 1
-        super().__init__(
-            body=message.body,
-            headers=_string_headers(raw),
-            message_id=message.message_id or "",
-            queue=queue,
-            redelivered=bool(message.redelivered),
-            delivery_count=delivery_count,
-        )
-        self._message = message
-        self._on_settled = on_settled
-
-    async def _ack(self) -> None:
-        try:
-            await self._message.ack()
-        except _BROKER_ERRORS as exc:
-            raise TransportError("ack failed: the channel is gone, the broker redelivers this message") from exc
-        finally:
-            self._settled_hook()
-
-    async def _release(self) -> None:
-        try:
-            await self._message.nack(requeue=True)
-        except _BROKER_ERRORS as exc:
-            raise TransportError("release failed: the channel is gone, the broker redelivers this message") from exc
-        finally:
-            self._settled_hook()
-
-    def _settled_hook(self) -> None:
-        if self._on_settled is not None:
-            self._on_settled()
-
-
-def _string_headers(raw: Mapping[str, Any]) -> dict[str, str]:
-    headers = {}
-    for key, value in raw.items():
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        if isinstance(value, str):
-            headers[key] = value
-    return headers
-
-
-class _Consumer(ConsumerHandle):
-    """One ``consume()`` call: its own robust channel (own prefetch), one consumer tag."""
-
-    def __init__(self, owner: RabbitMQTransport, queue: str, handler: DeliveryHandler) -> None:
-        self._owner = owner
-        self._queue_name = queue
-        self._handler = handler
-        self._channel: AbstractRobustChannel | None = None
-        self._queue: AbstractRobustQueue | None = None
-        self._tag: str | None = None
-        self._cancelled = False
-        self._outstanding = 0
-
-    async def start(self, prefetch: int) -> None:
-        channel = await self._owner._consumer_connection().channel(publisher_confirms=False)
-        self._channel = channel
-        await channel.set_qos(prefetch_count=prefetch)
-        # Passive: consume never creates topology. The robust channel re-declares (passively)
-        # and re-consumes with the same tag after a reconnect.
-        self._queue = await channel.declare_queue(self._queue_name, passive=True)
-        self._tag = await self._queue.consume(self._on_message, no_ack=False)
-
-    @property
-    def attached(self) -> bool:
-        channel, connection = self._channel, self._owner._consumer
-        if self._cancelled or channel is None or self._tag is None or channel.is_closed:
-            return False
-        if connection is None or connection.is_closed or not connection.connected.is_set():
-            return False
-        # aio-pika has no synchronous accessor for the live aiormq channel. During recovery the
-        # channel object is replaced first and the consumer re-registered last, so "our tag is
-        # registered on the live channel" is exactly "the broker delivers to us again".
-        underlay = getattr(channel, "_channel", None)
-        live = getattr(underlay, "channel", None)
-        return live is not None and not live.is_closed and self._tag in live.consumers
-
-    async def cancel(self) -> None:
-        if self._cancelled:
-            return
-        self._cancelled = True
-        if self._queue is not None and self._tag is not None:
-            if self._channel is not None and not self._channel.is_closed:
-                with contextlib.suppress(*_BROKER_ERRORS):
-                    # basic.cancel: no new deliveries; unacked ones stay with their handlers.
-                    await asyncio.wait_for(self._queue.cancel(self._tag), self._owner.connect_timeout)
-            else:
-                # Connection down: nothing to cancel on the broker, but stop the robust channel
-                # from re-attaching the consumer when the connection comes back.
-                await self._close_channel()
-                return
-        if self._outstanding == 0:
-            await self._close_channel()
-
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        if self._cancelled:
-            # Sent before the broker processed our basic.cancel: never handed out, give it back.
-            with contextlib.suppress(*_BROKER_ERRORS):
-                await message.nack(requeue=True)
-            return
-        self._outstanding += 1
-        delivery = _AmqpDelivery(message, self._queue_name, self._on_settled)
-        # The handler runs in a task of our own: aiormq cancels its per-delivery tasks when a
-        # channel closes, and a connection blip must not cancel a job half-way.
-        self._owner._spawn(self._run(delivery))
-
-    async def _run(self, delivery: _AmqpDelivery) -> None:
-        try:
-            await self._handler(delivery)
-        except Exception:  # the worker settles; a handler bug must not kill the consumer
-            log.exception("delivery handler raised; message stays unsettled", extra={"queue": self._queue_name})
-
-    def _on_settled(self) -> None:
-        self._outstanding -= 1
-        if self._cancelled and self._outstanding == 0:
-            self._owner._spawn(self._close_channel())
-
-    async def _close_channel(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            with contextlib.suppress(*_BROKER_ERRORS, RuntimeError):
-                await asyncio.wait_for(channel.close(), self._owner.connect_timeout)
 
 
 class RabbitMQTransport(Transport):
@@ -251,8 +115,8 @@ class RabbitMQTransport(Transport):
         self._publisher: AbstractRobustConnection | None = None
         self._consumer: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
-        self._get_channel: aiormq.abc.AbstractChannel | None = None
-        self._consumers: list[_Consumer] = []
+        self._get_channel: tuple[aiormq.abc.AbstractChannel, ChannelSettler] | None = None
+        self._consumers: list[AmqpConsumer] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._known_queues: set[str] = set()  # seen to exist, so basic.get cannot hit a 404
@@ -319,7 +183,7 @@ class RabbitMQTransport(Transport):
             self._publisher = self._consumer = self._publish_channel = self._get_channel = None
             consumers, self._consumers = self._consumers, []
             for handle in consumers:
-                handle._cancelled = True
+                handle._detach()
             # Closing the connections returns every unsettled delivery (consumed or fetched)
             # to its queue, as the contract asks.
             for connection in (consumer, publisher):
@@ -473,17 +337,14 @@ class RabbitMQTransport(Transport):
         # Checked on a throwaway channel: a 404 on the robust consumer channel would make it
         # race to reopen itself while we close it.
         await self._require_queue(queue)
-        handle = _Consumer(self, queue, handler)
+        handle = AmqpConsumer(self, queue, handler, max(1, prefetch))
         try:
-            await handle.start(max(1, prefetch))
+            await handle.start()  # closes its channel if it fails
         except ChannelNotFoundEntity:
-            await handle._close_channel()
             raise TransportError(f"no queue {queue!r}") from None
         except ChannelAccessRefused as exc:
-            await handle._close_channel()
             raise AccessRefused(f"this user may not consume from {queue!r}: {self._scrub(exc)}") from exc
-        except (*_BROKER_ERRORS, RuntimeError) as exc:  # aio-pika: RuntimeError on a closed connection
-            await handle._close_channel()
+        except (*_BROKER_ERRORS, RuntimeError) as exc:  # RuntimeError: the connection is closed
             raise TransportError(f"cannot consume from {queue!r}: {self._scrub(exc)}") from exc
         self._consumers = [c for c in self._consumers if not c._cancelled]
         self._consumers.append(handle)
@@ -493,7 +354,7 @@ class RabbitMQTransport(Transport):
         # A 404 would close the get channel and with it hand back everything fetched on it
         # and not yet settled: check an unknown queue on a throwaway channel first.
         await self._require_queue(queue)
-        channel = await self._getter()
+        channel, settler = await self._getter()
         try:
             message = await channel.basic_get(queue, no_ack=False, timeout=self.connect_timeout)
         except ChannelNotFoundEntity:
@@ -505,13 +366,14 @@ class RabbitMQTransport(Transport):
             raise TransportError(f"basic.get from {queue!r} failed: {self._scrub(exc)}") from exc
         if isinstance(message.delivery, aiormq.spec.Basic.GetEmpty):
             return None
-        return _AmqpDelivery(aio_pika.IncomingMessage(message, no_ack=False), queue)
+        return AmqpDelivery(message, queue, settler)
 
-    async def _getter(self) -> aiormq.abc.AbstractChannel:
+    async def _getter(self) -> tuple[aiormq.abc.AbstractChannel, ChannelSettler]:
         # One long-lived channel for basic.get: what it fetched stays unacked on it until
         # settled, or until the transport closes and the broker takes it back.
-        if self._get_channel is None or self._get_channel.is_closed:
-            self._get_channel = await self._raw_channel()
+        if self._get_channel is None or self._get_channel[0].is_closed:
+            channel = await self._raw_channel()
+            self._get_channel = (channel, ChannelSettler(channel))
         return self._get_channel
 
     # -- helpers ---------------------------------------------------------------------

@@ -43,6 +43,15 @@ def test_size_is_checked_before_parsing() -> None:
         b'{"a": 9007199254740993}',
         b'{"a": 1, "a": 2}',
         b'{"a": {"b": 1, "b": 1}}',
+        # Duplicates the key count must still see: no space, space or newline before the
+        # colon, and a string value holding '":' next to a duplicate.
+        b'{"a":1,"a":2}',
+        b'{"a":1,"a" :2}',
+        b'{"a":1,"a"\n\t:2}',
+        b'{"a":"x\\":","a":2}',
+        b'[{"a": 1}, {"b": [{"c": 1, "c": 2}]}]',
+        b'{"a": -9007199254740993}',
+        b'{"a": [18446744073709551616]}',
         b"\xff\xfe",
         b"[1, 2",
     ],
@@ -51,6 +60,28 @@ def test_hostile_json_is_rejected_as_malformed(body: bytes) -> None:
     with pytest.raises(MalformedMessage) as err:
         strict_json_loads(body)
     assert err.value.reason == "malformed"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"a": 9007199254740991, "b": -9007199254740991}', {"a": 2**53 - 1, "b": -(2**53 - 1)}),
+        (b'{"a": 1e300, "b": 0.5}', {"a": 1e300, "b": 0.5}),
+        (b'{"k": "x\\":y", "k2": {"k3" : [1, 2.5, true, null]}}', {"k": 'x":y', "k2": {"k3": [1, 2.5, True, None]}}),
+        (b'{"a":' * 2000 + b"1" + b"}" * 2000, None),
+    ],
+)
+def test_valid_json_is_accepted_whichever_parser_decides(body: bytes, expected: object) -> None:
+    # Spaces before a colon, '":' inside strings, huge floats and deep nesting take the strict
+    # scanner; the rest is orjson's. Both must agree with plain JSON.
+    import json
+
+    value = strict_json_loads(body) if expected is not None else None
+    if expected is None:
+        with pytest.raises(MalformedMessage):  # nesting deeper than either parser allows
+            strict_json_loads(body)
+    else:
+        assert value == expected == json.loads(body)
 
 
 def test_unknown_envelope_field_is_rejected() -> None:
