@@ -391,6 +391,30 @@ async def test_consumer_holds_at_most_prefetch_unsettled(transport: RabbitMQTran
     assert seen.bodies == [b"0", b"1", b"2"]
 
 
+async def test_acks_and_a_release_in_one_loop_turn_settle_each_message_as_asked(
+    transport: RabbitMQTransport, queue_name: str
+) -> None:
+    # The consumer coalesces a loop turn's acks into one multiple ack: the released message in
+    # the middle must come back, the acked ones on both sides of it must not, and nothing may
+    # close the channel (an ack for a tag already covered would).
+    await transport.declare(queue_name)
+    for i in range(8):
+        await transport.publish(queue_name, message(str(i).encode()))
+    seen = Collector()
+    handle = await transport.consume(queue_name, seen, prefetch=8)
+    await eventually(lambda: len(seen.deliveries) == 8)
+    await asyncio.gather(*(d.release() if d.body == b"3" else d.ack() for d in seen.deliveries))
+    await eventually(lambda: len(seen.deliveries) == 9)
+    back = seen.deliveries[8]
+    assert (back.body, back.delivery_count) == (b"3", 2)
+    await back.ack()
+    await asyncio.sleep(0.3)
+    assert len(seen.deliveries) == 9
+    assert handle.attached  # the channel survived every frame
+    await handle.cancel()
+    assert await transport.depth(queue_name) == 0
+
+
 async def test_cancel_stops_new_deliveries_and_keeps_held_ones(
     transport: RabbitMQTransport, queue_name: str
 ) -> None:
