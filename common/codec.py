@@ -161,7 +161,9 @@ def decode_dead_letter(body: bytes) -> DeadLetterRecord:
 
 
 def encode_model(model: BaseModel) -> bytes:
-    return orjson.dumps(model.model_dump(mode="json", exclude_defaults=False))
+    # pydantic-core writes the JSON itself: the same bytes as orjson over model_dump(mode="json"),
+    # without the intermediate dict.
+    return model.__pydantic_serializer__.to_json(model)
 
 
 def dumps(value: Any) -> bytes:

@@ -7,7 +7,7 @@ Unknown fields are rejected so a typo or a smuggled field never passes silently.
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -37,8 +37,16 @@ Count = Annotated[int, Field(strict=True, ge=1, le=10_000)]
 
 
 def new_job_id() -> str:
-    """A random, URL-safe job id; uuid4 so ids from many producers never collide."""
-    return str(uuid.uuid4())
+    """A random, URL-safe job id; uuid4 so ids from many producers never collide.
+
+    The same string as ``str(uuid.uuid4())``, built without the ``UUID`` object, whose
+    constructor costs about as much as validating the whole envelope.
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class _Frozen(BaseModel):
