@@ -18,6 +18,7 @@ from pulsar.asyncio import PulsarException
 
 from common.errors import TransportError
 from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler
+from common.transport.pulsar_inbox import LoopInbox
 
 __all__ = [
     "MESSAGE_ID_PROPERTY",
@@ -59,12 +60,19 @@ class ConsumerOwner(Protocol):
 
     def _came_back(self, message_id: str) -> bool: ...
 
+    def _inbox(self) -> LoopInbox: ...
+
 
 class PulsarDelivery(Delivery):
-    __slots__ = ("_message", "_consumer", "_on_settled")
+    __slots__ = ("_message", "_consumer", "_on_settled", "_inbox")
 
     def __init__(
-        self, message: pulsar.Message, queue: str, consumer: pulsar_asyncio.Consumer, on_settled: Callable[[], None]
+        self,
+        message: pulsar.Message,
+        queue: str,
+        consumer: pulsar_asyncio.Consumer,
+        on_settled: Callable[[], None],
+        inbox: LoopInbox | None = None,
     ) -> None:
         properties = dict(message.properties())
         count = message.redelivery_count()  # earlier deliveries (the broker's redelivery tracker)
@@ -79,10 +87,16 @@ class PulsarDelivery(Delivery):
         self._message = message
         self._consumer = consumer
         self._on_settled = on_settled
+        self._inbox = inbox
 
     async def _ack(self) -> None:
         try:
-            await self._consumer.acknowledge(self._message)
+            if self._inbox is None:
+                await self._consumer.acknowledge(self._message)
+            else:  # the consumer's hot path: the ack's completion comes back batched
+                done: asyncio.Future[None] = self._inbox.loop.create_future()
+                self._consumer._consumer.acknowledge_async(self._message._message, self._inbox.completion(done))
+                await done
         except PulsarException as exc:
             raise TransportError(f"ack failed ({result_of(exc).name}): the broker redelivers this message") from exc
         finally:
@@ -108,7 +122,7 @@ class PulsarConsumer(ConsumerHandle):
         self._prefetch = prefetch
         self._consumer: pulsar_asyncio.Consumer | None = None
         self._pump: asyncio.Task[None] | None = None
-        self._receive: asyncio.Future[pulsar.Message] | None = None
+        self._receive: asyncio.Future[Any] | None = None  # a raw _pulsar.Message
         self._outstanding = 0
         self.cancelled = False
         self.closed = False
@@ -161,12 +175,14 @@ class PulsarConsumer(ConsumerHandle):
         while True:
             await self._slots.acquire()
             if self._receive is None:
-                self._receive = asyncio.ensure_future(consumer.receive())
+                # consumer.receive() without its task: the message comes back through the inbox.
+                self._receive = self._owner._inbox().loop.create_future()
                 self._receive.add_done_callback(mark_retrieved)
+                consumer._consumer.receive_async(self._owner._inbox().completion(self._receive))
             await asyncio.wait({self._receive})
             receive, self._receive = self._receive, None
             try:
-                message = receive.result()
+                message = _wrap(receive.result(), consumer)
             except PulsarException as exc:
                 self._slots.release()
                 if result_of(exc) == pulsar.Result.AlreadyClosed or self.closed:
@@ -186,7 +202,7 @@ class PulsarConsumer(ConsumerHandle):
             self._owner._spawn(_nack_quietly(consumer, message), housekeeping=True)
             return
         self._outstanding += 1
-        delivery = PulsarDelivery(message, self._queue, consumer, self._on_settled)
+        delivery = PulsarDelivery(message, self._queue, consumer, self._on_settled, self._owner._inbox())
         previous = done = None
         key = self._owner.key_shared and (message.ordering_key() or message.partition_key())
         if key:
@@ -216,12 +232,21 @@ class PulsarConsumer(ConsumerHandle):
         if self.cancelled and self._outstanding == 0:
             self._owner._spawn(self.close(), housekeeping=True)
 
-    def _give_back_late(self, receive: asyncio.Future[pulsar.Message]) -> None:
+    def _give_back_late(self, receive: asyncio.Future[Any]) -> None:
         """A receive still pending at cancel() completed: never hand it out, give it back."""
         if receive.cancelled() or receive.exception() is not None:
             return
         if not self.closed and self._consumer is not None:
-            self._owner._spawn(_nack_quietly(self._consumer, receive.result()), housekeeping=True)
+            message = _wrap(receive.result(), self._consumer)
+            self._owner._spawn(_nack_quietly(self._consumer, message), housekeeping=True)
+
+
+def _wrap(raw: Any, consumer: pulsar_asyncio.Consumer) -> pulsar.Message:
+    """The ``pulsar.Message`` that ``pulsar.asyncio``'s ``receive()`` would have returned."""
+    message = pulsar.Message()
+    message._message = raw
+    message._schema = consumer._schema
+    return message
 
 
 async def _nack_quietly(consumer: pulsar_asyncio.Consumer, message: pulsar.Message) -> None:
