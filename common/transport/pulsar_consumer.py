@@ -112,18 +112,24 @@ class PulsarDelivery(Delivery):
 
 
 class PulsarConsumer(ConsumerHandle):
-    """One ``consume()`` call: one Pulsar consumer and the task that receives for it."""
+    """One ``consume()`` call: one Pulsar consumer, asking for one message at a time.
+
+    Driven by completions, not by a receiving task: while fewer than ``prefetch`` deliveries
+    are out, one ``receive_async`` is pending; its completion (through the transport's
+    ``LoopInbox``) hands the message out and asks for the next, so a burst the client has
+    buffered is handed out in one loop turn. A receive is never cancelled (that would swallow
+    a message): one that completes after ``cancel()`` is given back.
+    """
 
     def __init__(self, owner: ConsumerOwner, queue: str, handler: DeliveryHandler, prefetch: int) -> None:
         self._owner = owner
         self._queue = queue
         self._handler = handler
-        self._slots = asyncio.Semaphore(prefetch)  # a slot per unsettled delivery handed out
         self._prefetch = prefetch
         self._consumer: pulsar_asyncio.Consumer | None = None
-        self._pump: asyncio.Task[None] | None = None
-        self._receive: asyncio.Future[Any] | None = None  # a raw _pulsar.Message
-        self._outstanding = 0
+        self._asking = False  # a receive_async is pending
+        self._retry: asyncio.TimerHandle | None = None
+        self._outstanding = 0  # handed out, not settled yet
         self.cancelled = False
         self.closed = False
         # key_shared: per ordering key, the completion of the last delivery handed out.
@@ -132,12 +138,12 @@ class PulsarConsumer(ConsumerHandle):
     async def start(self) -> None:
         size = self._owner.receiver_queue_size or self._prefetch
         self._consumer = await self._owner._subscribe(self._queue, receiver_queue_size=size)
-        self._pump = self._owner._spawn(self._run())
+        self._ask()
 
     @property
     def attached(self) -> bool:
         consumer = self._consumer
-        if self.cancelled or self.closed or consumer is None or self._pump is None or self._pump.done():
+        if self.cancelled or self.closed or consumer is None:
             return False
         # pulsar.asyncio.Consumer has no is_connected(); the native consumer it wraps has.
         return bool(consumer._consumer.is_connected())
@@ -145,52 +151,49 @@ class PulsarConsumer(ConsumerHandle):
     async def cancel(self) -> None:
         if self.cancelled:
             return
-        self.cancelled = True
-        pump = self._pump
-        if pump is not None and not pump.done():
-            # asyncio.wait() does not cancel what it waits on: the pending receive survives.
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-        receive, self._receive = self._receive, None
-        if receive is not None:
-            receive.add_done_callback(self._give_back_late)
+        self.cancelled = True  # a pending receive gives its message back when it completes
+        if self._retry is not None:
+            self._retry.cancel()
         if self._outstanding == 0:
             await self.close()
 
     async def close(self) -> None:
         """Close the Pulsar consumer: the broker takes back whatever it still holds."""
         self.cancelled = True
-        if self._pump is not None:
-            self._pump.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
         if self.closed:
             return
         self.closed = True
         if self._consumer is not None:
             await self._owner._close_consumer(self._consumer)
 
-    async def _run(self) -> None:
+    def _ask(self) -> None:
+        if self._asking or self.cancelled or self._outstanding >= self._prefetch or self._consumer is None:
+            return
+        self._asking = True
+        self._retry = None
+        # consumer.receive() without its future and task: the completion comes through the inbox.
+        self._consumer._consumer.receive_async(self._owner._inbox().call(self._on_received))
+
+    def _on_received(self, result: Any, raw: Any) -> None:
+        self._asking = False
         consumer = self._consumer
         assert consumer is not None
-        while True:
-            await self._slots.acquire()
-            if self._receive is None:
-                # consumer.receive() without its task: the message comes back through the inbox.
-                self._receive = self._owner._inbox().loop.create_future()
-                self._receive.add_done_callback(mark_retrieved)
-                consumer._consumer.receive_async(self._owner._inbox().completion(self._receive))
-            await asyncio.wait({self._receive})
-            receive, self._receive = self._receive, None
-            try:
-                message = _wrap(receive.result(), consumer)
-            except PulsarException as exc:
-                self._slots.release()
-                if result_of(exc) == pulsar.Result.AlreadyClosed or self.closed:
-                    return
-                log.warning("receive failed (%s); retrying", result_of(exc).name, extra={"queue": self._queue})
-                await asyncio.sleep(1.0)
-                continue
-            self._dispatch(message)
+        if result != pulsar.Result.Ok:
+            if result == pulsar.Result.AlreadyClosed or self.closed or self.cancelled:
+                return
+            log.warning("receive failed (%s); retrying", result.name, extra={"queue": self._queue})
+            self._retry = self._owner._inbox().loop.call_later(1.0, self._ask)
+            return
+        message = _wrap(raw, consumer)
+        if self.cancelled:
+            # Asked for before cancel(), arrived after: never handed out, give it back.
+            if not self.closed:
+                self._owner._spawn(_nack_quietly(consumer, message), housekeeping=True)
+            return
+        self._dispatch(message)
+        self._ask()
 
     def _dispatch(self, message: pulsar.Message) -> None:
         consumer = self._consumer
@@ -198,7 +201,6 @@ class PulsarConsumer(ConsumerHandle):
         if self._owner._came_back(message.properties().get(MESSAGE_ID_PROPERTY, "")):
             # A delayed copy this transport published came back to it: pass it on once (see
             # PulsarTransport's notes on delayed dispatch). Never handed out: its slot is free.
-            self._slots.release()
             self._owner._spawn(_nack_quietly(consumer, message), housekeeping=True)
             return
         self._outstanding += 1
@@ -228,17 +230,11 @@ class PulsarConsumer(ConsumerHandle):
 
     def _on_settled(self) -> None:
         self._outstanding -= 1
-        self._slots.release()
-        if self.cancelled and self._outstanding == 0:
-            self._owner._spawn(self.close(), housekeeping=True)
-
-    def _give_back_late(self, receive: asyncio.Future[Any]) -> None:
-        """A receive still pending at cancel() completed: never hand it out, give it back."""
-        if receive.cancelled() or receive.exception() is not None:
-            return
-        if not self.closed and self._consumer is not None:
-            message = _wrap(receive.result(), self._consumer)
-            self._owner._spawn(_nack_quietly(self._consumer, message), housekeeping=True)
+        if self.cancelled:
+            if self._outstanding == 0:
+                self._owner._spawn(self.close(), housekeeping=True)
+        else:
+            self._ask()
 
 
 def _wrap(raw: Any, consumer: pulsar_asyncio.Consumer) -> pulsar.Message:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,8 @@ import _pulsar
 from pulsar.asyncio import PulsarException
 
 __all__ = ["LoopInbox"]
+
+log = logging.getLogger(__name__)
 
 _OK = _pulsar.Result.Ok
 
@@ -35,7 +38,8 @@ class LoopInbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._thread = threading.get_ident()  # made on the loop's thread
-        self._items: collections.deque[tuple[asyncio.Future[Any], Any, Any]] = collections.deque()
+        # (future to settle, or a plain callback to call with result and value; result; value)
+        self._items: collections.deque[tuple[Any, Any, Any]] = collections.deque()
         self._scheduled = False
 
     @classmethod
@@ -50,9 +54,13 @@ class LoopInbox:
         """A pulsar-client callback (``(result)`` or ``(result, value)``) that settles ``future``."""
         return functools.partial(self._put, future)
 
-    def _put(self, future: asyncio.Future[Any], result: Any, value: Any = None) -> None:
+    def call(self, callback: Callable[[Any, Any], None]) -> Callable[..., None]:
+        """A pulsar-client callback that runs ``callback(result, value)`` on the loop, batched."""
+        return functools.partial(self._put, callback)
+
+    def _put(self, target: Any, result: Any, value: Any = None) -> None:
         """Any thread."""
-        self._items.append((future, result, value))
+        self._items.append((target, result, value))
         if not self._scheduled:
             self._scheduled = True
             if threading.get_ident() == self._thread:
@@ -66,11 +74,18 @@ class LoopInbox:
     def _run(self) -> None:
         self._scheduled = False
         items = self._items
+        # Completions appended while this runs (a callback that asks for the next message, which
+        # the client has buffered, completes at once) are handled in this same run.
         while items:
-            future, result, value = items.popleft()
-            if future.done():  # its waiter gave up (cancelled)
+            target, result, value = items.popleft()
+            if not isinstance(target, asyncio.Future):
+                try:
+                    target(result, value)
+                except Exception:  # one broken callback must not strand the others
+                    log.exception("pulsar completion callback failed")
+            elif target.done():  # its waiter gave up (cancelled)
                 continue
-            if result == _OK:
-                future.set_result(value)
+            elif result == _OK:
+                target.set_result(value)
             else:
-                future.set_exception(PulsarException(result))
+                target.set_exception(PulsarException(result))
