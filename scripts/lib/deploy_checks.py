@@ -250,13 +250,27 @@ def check_kubernetes_semantics(by_kind: dict[str, dict[str, dict[str, Any]]], sc
                 check(spec.get("automountServiceAccountToken") is False, f"{kind} {name}: no service account token")
                 check(spec["securityContext"].get("runAsNonRoot") is True, f"{kind} {name}: runs as non-root")
                 for container in spec["containers"]:
+                    mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+                    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+                    for env in container.get("env", []):
+                        if env["name"].endswith("_FILE"):
+                            mount = next((m for m in mounts.values() if env["value"].startswith(m["mountPath"] + "/")), None)
+                            check(mount is not None and mount.get("readOnly") is True
+                                  and "secret" in volumes.get(mount["name"], {}),
+                                  f"{kind} {name}: {env['name']} is a file on a read-only Secret volume")
+                            if mount is not None and "secret" in volumes.get(mount["name"], {}):
+                                secret = volumes[mount["name"]]["secret"]
+                                key = env["value"].rsplit("/", 1)[1]
+                                check(secret["secretName"] in secrets
+                                      and any(i["path"] == key for i in secret.get("items", [])),
+                                      f"{kind} {name}: {env['name']} names a key of Secret {secret['secretName']}")
                     ctx = container["securityContext"]
                     check(ctx.get("readOnlyRootFilesystem") is True and ctx.get("allowPrivilegeEscalation") is False
                           and ctx.get("capabilities", {}).get("drop") == ["ALL"],
                           f"{kind} {name}/{container['name']}: read-only root fs, no privilege escalation, drops ALL")
                     for source in container.get("envFrom", []):
-                        if "secretRef" in source:
-                            check(source["secretRef"]["name"] in secrets, f"{kind} {name}: Secret {source['secretRef']['name']} exists")
+                        # Secrets go in as files (CONVEYOR_*_FILE), never as a whole environment.
+                        check("secretRef" not in source, f"{kind} {name}: no Secret as environment (envFrom)")
                         if "configMapRef" in source:
                             check(source["configMapRef"]["name"] in by_kind["ConfigMap"],
                                   f"{kind} {name}: ConfigMap {source['configMapRef']['name']} exists")

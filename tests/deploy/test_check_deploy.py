@@ -132,3 +132,36 @@ def test_promtool_rejects_a_broken_expression(tmp_path: Path) -> None:
         {"record": "x:y", "expr": "sum by (queue (conveyor_queue_depth)"}]}]}))
     result = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True)
     assert result.returncode != 0
+
+
+@pytest.mark.parametrize("mutation", ["secret_as_env", "file_outside_the_secret_volume", "unknown_secret_key"])
+def test_secret_rules_reject_secrets_that_are_not_mounted_files(mutation: str) -> None:
+    """Secrets reach every workload as files on a read-only Secret volume, never via envFrom."""
+    sys.path.insert(0, str(ROOT / "scripts/lib"))
+    import deploy_checks
+
+    by_kind: dict[str, dict[str, dict]] = {}
+    scaled = []  # two alternatives with one name, as check_kubernetes collects them
+    for _path, doc in deploy_checks.load_manifests():
+        name = doc["metadata"].get("name") or doc["metadata"].get("generateName", "")
+        by_kind.setdefault(doc["kind"], {})[name] = doc
+        if doc["kind"] == "ScaledObject":
+            scaled.append(doc)
+    deploy_checks.failures.clear()
+    deploy_checks.check_kubernetes_semantics(by_kind, scaled)
+    assert deploy_checks.failures == []  # the shipped manifests pass
+
+    broken = copy.deepcopy(by_kind)
+    job = next(iter(broken["Job"].values()))
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    if mutation == "secret_as_env":
+        container["envFrom"].append({"secretRef": {"name": "conveyor-secrets"}})
+    elif mutation == "file_outside_the_secret_volume":
+        container["env"][0]["value"] = "/tmp/CONVEYOR_BROKER_URL"
+    else:
+        container["env"][0]["value"] = "/var/run/secrets/conveyor/NOT_A_KEY"
+    deploy_checks.failures.clear()
+    deploy_checks.check_kubernetes_semantics(broken, scaled)
+    assert deploy_checks.failures, f"{mutation} was not rejected"
+    assert all("Job conveyor-dlq-replay-" in failure for failure in deploy_checks.failures)
+    deploy_checks.failures.clear()
