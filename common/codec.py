@@ -93,24 +93,37 @@ def _keys_if_in_range(value: Any) -> int | None:
     turns integers too big for 64 bits into floats without a word, and inf/NaN fail the
     comparison too. Such floats are rare; the scanner tells a real one from a huge integer.
     """
+    if type(value) is not dict and type(value) is not list:
+        return 0 if _scalar_in_range(value) else None
     keys = 0
     stack = [value]
     while stack:  # not recursive: orjson allows deeper nesting than Python's recursion limit
-        item = stack.pop()
-        kind = type(item)
-        if kind is str:
-            continue
-        if kind is dict:
-            keys += len(item)
-            stack.extend(item.values())
-        elif kind is list:
-            stack.extend(item)
-        elif kind is int:
-            if not -_MAX_SAFE_INT <= item <= _MAX_SAFE_INT:
+        container = stack.pop()
+        if type(container) is dict:
+            keys += len(container)
+            items = container.values()
+        else:
+            items = container
+        for item in items:  # strings, the common case, cost one type check
+            kind = type(item)
+            if kind is str:
+                continue
+            if kind is dict or kind is list:
+                stack.append(item)
+            elif kind is int:
+                if not -_MAX_SAFE_INT <= item <= _MAX_SAFE_INT:
+                    return None
+            elif kind is float and not -_FLOAT_EXACT < item < _FLOAT_EXACT:
                 return None
-        elif kind is float and not -_FLOAT_EXACT < item < _FLOAT_EXACT:
-            return None
     return keys
+
+
+def _scalar_in_range(value: Any) -> bool:
+    if type(value) is int:
+        return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
+    if type(value) is float:
+        return -_FLOAT_EXACT < value < _FLOAT_EXACT
+    return True
 
 
 def strict_json_loads(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:

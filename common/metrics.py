@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.values import MutexValue
 
 if TYPE_CHECKING:
     from consumer.outcome import Outcome
@@ -271,20 +272,33 @@ def _kind(kind: str) -> str:
 
 
 # prometheus-client's inc() and observe() check on every call that the metric has its labels
-# (ours always do: cached children) and observe() walks the buckets in Python; per job that
-# added up to several microseconds. These do the same updates on the child's values directly,
-# falling back to the public methods should a prometheus-client version store them otherwise.
+# (ours always do: cached children), observe() walks the buckets in Python, and every update
+# takes a threading.Lock; per job that added up to several microseconds. These do the same
+# updates on the child's values directly. Without the lock: a WorkerMetrics is updated only on
+# its event loop's thread (the watchdog thread uses the public inc() of its own counter), and a
+# scrape reads each float whole. Other value classes (multiprocess mode) keep their own inc().
+def _add_to(value: Any) -> Callable[[float], None]:
+    if type(value) is not MutexValue or not isinstance(getattr(value, "_value", None), float):
+        return value.inc  # type: ignore[no-any-return]
+
+    def add(amount: float) -> None:
+        value._value += amount
+
+    return add
+
+
 def _adder(child: Any) -> Callable[[float], None]:
     value = getattr(child, "_value", None)
-    add = getattr(value, "inc", None)
-    return add if callable(add) else child.inc  # type: ignore[no-any-return]
+    if value is None or not callable(getattr(value, "inc", None)):
+        return child.inc  # type: ignore[no-any-return]
+    return _add_to(value)
 
 
 def _observer(child: Any) -> Callable[[float], None]:
     total, buckets, bounds = (getattr(child, name, None) for name in ("_sum", "_buckets", "_upper_bounds"))
     if total is None or not buckets or not bounds or len(buckets) != len(bounds) or bounds[-1] != float("inf"):
         return child.observe  # type: ignore[no-any-return]
-    add_total, adds, limits = total.inc, [bucket.inc for bucket in buckets], tuple(bounds)
+    add_total, adds, limits = _add_to(total), [_add_to(bucket) for bucket in buckets], tuple(bounds)
 
     def observe(amount: float) -> None:
         add_total(amount)

@@ -52,6 +52,8 @@ def test_size_is_checked_before_parsing() -> None:
         b'[{"a": 1}, {"b": [{"c": 1, "c": 2}]}]',
         b'{"a": -9007199254740993}',
         b'{"a": [18446744073709551616]}',
+        b"9007199254740993",  # a bare number at the top level is checked too
+        b"[[1e400]]",
         b"\xff\xfe",
         b"[1, 2",
     ],
@@ -67,6 +69,8 @@ def test_hostile_json_is_rejected_as_malformed(body: bytes) -> None:
     [
         (b'{"a": 9007199254740991, "b": -9007199254740991}', {"a": 2**53 - 1, "b": -(2**53 - 1)}),
         (b'{"a": 1e300, "b": 0.5}', {"a": 1e300, "b": 0.5}),
+        (b"5", 5),
+        (b'["x", [{"y": -2.5}], {}]', ["x", [{"y": -2.5}], {}]),
         (b'{"k": "x\\":y", "k2": {"k3" : [1, 2.5, true, null]}}', {"k": 'x":y', "k2": {"k3": [1, 2.5, True, None]}}),
         (b'{"a":' * 2000 + b"1" + b"}" * 2000, None),
     ],
