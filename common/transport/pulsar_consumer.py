@@ -173,8 +173,14 @@ class PulsarConsumer(ConsumerHandle):
             return
         self._asking = True
         self._retry = None
-        # consumer.receive() without its future and task: the completion comes through the inbox.
-        self._consumer._consumer.receive_async(self._owner._inbox().call(self._on_received))
+        inbox = self._owner._inbox()
+        try:
+            # consumer.receive() without its future and task: the completion comes through the inbox.
+            self._consumer._consumer.receive_async(inbox.call(self._on_received))
+        except Exception:  # refused outright rather than through the callback: ask again later
+            self._asking = False
+            log.warning("receive refused; retrying", exc_info=True, extra={"queue": self._queue})
+            self._retry = inbox.loop.call_later(1.0, self._ask)
 
     def _on_received(self, result: Any, raw: Any) -> None:
         self._asking = False
