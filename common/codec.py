@@ -7,8 +7,8 @@ if a walk over it finds every number in range and exactly as many object keys as
 bytes have key-ending quotes (``"`` then ``:``): that count can only be too high (a string
 value containing ``":``), never too low, so equal counts prove there was no duplicate.
 Anything else (a mismatch, or bytes orjson refuses) goes through the standard library's
-JSON scanner with strict hooks, which gives the precise error. Encoding uses orjson: it is
-fast and always emits valid, canonical JSON.
+JSON scanner with strict hooks, which gives the precise error. Encoding: pydantic-core
+writes models straight to JSON bytes, orjson everything else; both always emit valid JSON.
 """
 
 from __future__ import annotations
@@ -93,10 +93,8 @@ def _keys_if_in_range(value: Any) -> int | None:
     turns integers too big for 64 bits into floats without a word, and inf/NaN fail the
     comparison too. Such floats are rare; the scanner tells a real one from a huge integer.
     """
-    if type(value) is not dict and type(value) is not list:
-        return 0 if _scalar_in_range(value) else None
     keys = 0
-    stack = [value]
+    stack = [[value]]  # the top level goes through the same checks as any nested value
     while stack:  # not recursive: orjson allows deeper nesting than Python's recursion limit
         container = stack.pop()
         if type(container) is dict:
@@ -116,14 +114,6 @@ def _keys_if_in_range(value: Any) -> int | None:
             elif kind is float and not -_FLOAT_EXACT < item < _FLOAT_EXACT:
                 return None
     return keys
-
-
-def _scalar_in_range(value: Any) -> bool:
-    if type(value) is int:
-        return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
-    if type(value) is float:
-        return -_FLOAT_EXACT < value < _FLOAT_EXACT
-    return True
 
 
 def strict_json_loads(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:

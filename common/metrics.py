@@ -144,8 +144,6 @@ class WorkerMetrics:
         self._known: set[str] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._updaters: dict[tuple[int, tuple[str, ...]], Callable[[float], None]] = {}
-        # Per job type: (observe duration, add succeeded, observe attempts), the success path.
-        self._on_success: dict[str, tuple[Callable[[float], None], ...]] = {}
         self._window_max: dict[str, float] = {}
         self._previous_max: dict[str, float] = {}
 
@@ -184,21 +182,6 @@ class WorkerMetrics:
 
     def settled(self, job_type: str | None, action: str, outcome: Outcome) -> None:
         label = self.label(job_type)
-        if action == "succeeded" and not outcome.error_type:  # the per-job path: cached updaters
-            updaters = self._on_success.get(label)
-            if updaters is None:
-                updaters = self._on_success[label] = (
-                    self.observer(self.duration, label),
-                    self.adder(self.succeeded, label),
-                    self.observer(self.attempts, label, "succeeded"),
-                )
-            observe_duration, add_succeeded, observe_attempts = updaters
-            if outcome.duration:
-                observe_duration(outcome.duration)
-            add_succeeded(1)
-            if outcome.envelope is not None:
-                observe_attempts(outcome.envelope.attempt)
-            return
         if outcome.duration:
             self.observer(self.duration, label)(outcome.duration)
         if outcome.error_type and outcome.reason:
@@ -278,7 +261,7 @@ def _kind(kind: str) -> str:
 # its event loop's thread (the watchdog thread uses the public inc() of its own counter), and a
 # scrape reads each float whole. Other value classes (multiprocess mode) keep their own inc().
 def _add_to(value: Any) -> Callable[[float], None]:
-    if type(value) is not MutexValue or not isinstance(getattr(value, "_value", None), float):
+    if type(value) is not MutexValue:
         return value.inc  # type: ignore[no-any-return]
 
     def add(amount: float) -> None:
@@ -289,9 +272,7 @@ def _add_to(value: Any) -> Callable[[float], None]:
 
 def _adder(child: Any) -> Callable[[float], None]:
     value = getattr(child, "_value", None)
-    if value is None or not callable(getattr(value, "inc", None)):
-        return child.inc  # type: ignore[no-any-return]
-    return _add_to(value)
+    return child.inc if value is None else _add_to(value)  # type: ignore[no-any-return]
 
 
 def _observer(child: Any) -> Callable[[float], None]:

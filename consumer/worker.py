@@ -166,9 +166,8 @@ class Worker:
         self._slots = asyncio.Semaphore(self.config.concurrency)
         self._runners = {queue: _QueueRunner(self, queue) for queue in registry.queues()}
         self._active: dict[asyncio.Task[object], Delivery] = {}
-        self._in_flight = collections.Counter[str]()  # by queue: the gauge reads it when scraped
         for queue in self._runners:
-            self.metrics.count_in_flight(queue, functools.partial(self._in_flight.__getitem__, queue))
+            self.metrics.count_in_flight(queue, functools.partial(self._in_flight, queue))
         self._processing: set[asyncio.Task[object]] = set()
         self._timers: set[asyncio.Task[None]] = set()
         self._monitor: asyncio.Task[None] | None = None
@@ -247,6 +246,10 @@ class Worker:
     def in_flight(self) -> int:
         return len(self._active)
 
+    def _in_flight(self, queue: str) -> int:
+        """Jobs of ``queue`` being handled now (read at scrape time, possibly from another thread)."""
+        return sum(1 for delivery in list(self._active.values()) if delivery.queue == queue)
+
     # -- deliveries ------------------------------------------------------------------
     async def _on_delivery(self, delivery: Delivery) -> None:
         runner = self._runners[delivery.queue]
@@ -260,7 +263,6 @@ class Worker:
             task = asyncio.current_task()
             assert task is not None
             self._active[task] = delivery
-            self._in_flight[delivery.queue] += 1
             try:
                 # Only this phase may be cut short by drain(); settling is never cancelled
                 # by us (no shield, so no extra task per delivery), it is bounded by confirms.
@@ -275,7 +277,6 @@ class Worker:
                 await asyncio.shield(self._give_back(delivery))
                 raise
             finally:
-                self._in_flight[delivery.queue] -= 1
                 self._active.pop(task, None)
 
     def _observe_start(self, delivery: Delivery, outcome: Outcome) -> None:

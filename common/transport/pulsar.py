@@ -379,38 +379,31 @@ class PulsarTransport(Transport):
     # -- publish ---------------------------------------------------------------------
     async def publish(self, queue: str, message: OutgoingMessage) -> None:
         producer, slots = await self._producer(queue)
-        options: dict[str, Any] = {"properties": {**message.headers, MESSAGE_ID_PROPERTY: message.message_id}}
+        # What producer.send() builds, built here so the receipt can come back through the inbox.
+        builder = _pulsar.MessageBuilder()
+        builder.content(bytes(message.body))
+        for name, value in message.headers.items():
+            builder.property(name, value)
+        builder.property(MESSAGE_ID_PROPERTY, message.message_id)
         key = message.ordering_key or (message.message_id if self.key_shared else None)
         if key:
             # Key_Shared routes on the ordering key; without one every message would go to one
             # consumer, so the message id spreads them.
-            options["ordering_key"] = options["partition_key"] = key
+            builder.ordering_key(key)
+            builder.partition_key(key)
         if message.delay > 0:
-            options["deliver_after"] = timedelta(seconds=message.delay)
+            builder.deliver_after(timedelta(seconds=message.delay))
         async with slots:  # never more in flight than the client queues: no ProducerQueueIsFull
+            receipt: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             try:
-                await self._send(producer, bytes(message.body), options)
+                producer._producer.send_async(builder.build(), self._inbox().completion(receipt))
+                await receipt
             except PulsarException as exc:
                 raise self._send_error(queue, exc) from exc
         if message.delay > 0 and self.pass_on_own_delayed:
             self._own_delayed[message.message_id] = None
             if len(self._own_delayed) > _OWN_DELAYED_LIMIT:
                 self._own_delayed.popitem(last=False)
-
-    async def _send(self, producer: pulsar_asyncio.Producer, body: bytes, options: dict[str, Any]) -> None:
-        """``producer.send(body, **options)``, with the receipt coming back through the inbox."""
-        builder = _pulsar.MessageBuilder()
-        builder.content(body)
-        for name, value in options["properties"].items():
-            builder.property(name, value)
-        if "ordering_key" in options:
-            builder.ordering_key(options["ordering_key"])
-            builder.partition_key(options["partition_key"])
-        if "deliver_after" in options:
-            builder.deliver_after(options["deliver_after"])
-        receipt: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        producer._producer.send_async(builder.build(), self._inbox().completion(receipt))
-        await receipt
 
     def _inbox(self) -> LoopInbox:
         """Where pulsar-client's callbacks land on this loop (see ``pulsar_inbox``)."""
@@ -490,7 +483,9 @@ class PulsarTransport(Transport):
                 return None
             browser.exhausted = False
             browser.outstanding += 1
-            return PulsarDelivery(message, queue, browser.consumer, lambda: self._browsed_settled(queue, browser))
+            return PulsarDelivery(
+                message, queue, browser.consumer, lambda: self._browsed_settled(queue, browser), self._inbox()
+            )
 
     async def _next_message(self, queue: str, browser: Browser) -> pulsar.Message | None:
         loop = asyncio.get_running_loop()

@@ -72,7 +72,7 @@ class PulsarDelivery(Delivery):
         queue: str,
         consumer: pulsar_asyncio.Consumer,
         on_settled: Callable[[], None],
-        inbox: LoopInbox | None = None,
+        inbox: LoopInbox,
     ) -> None:
         properties = dict(message.properties())
         count = message.redelivery_count()  # earlier deliveries (the broker's redelivery tracker)
@@ -91,12 +91,10 @@ class PulsarDelivery(Delivery):
 
     async def _ack(self) -> None:
         try:
-            if self._inbox is None:
-                await self._consumer.acknowledge(self._message)
-            else:  # the consumer's hot path: the ack's completion comes back batched
-                done: asyncio.Future[None] = self._inbox.loop.create_future()
-                self._consumer._consumer.acknowledge_async(self._message._message, self._inbox.completion(done))
-                await done
+            # consumer.acknowledge(), with the completion coming back through the inbox.
+            done: asyncio.Future[None] = self._inbox.loop.create_future()
+            self._consumer._consumer.acknowledge_async(self._message._message, self._inbox.completion(done))
+            await done
         except PulsarException as exc:
             raise TransportError(f"ack failed ({result_of(exc).name}): the broker redelivers this message") from exc
         finally:

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -203,22 +203,22 @@ class RabbitMQTransport(Transport):
         dlq = self.dead_letter_queue(queue)
         async with self._control_channel() as channel:
             for exchange in self.topology.exchanges(queue):
-                try:
+                with self._settings_conflict(f"exchange {exchange!r}", "delete it"):
                     await channel.exchange_declare(exchange, exchange_type=DIRECT, durable=True)
-                except ChannelPreconditionFailed as exc:
-                    raise ConfigurationError(
-                        f"exchange {exchange!r} exists with other settings; delete it: {self._scrub(exc)}"
-                    ) from exc
             for name, arguments in self.topology.declarations(queue, dlq):
-                try:
+                with self._settings_conflict(f"queue {name!r}", "delete it or match them"):
                     await channel.queue_declare(name, durable=True, arguments=arguments)
-                except ChannelPreconditionFailed as exc:
-                    raise ConfigurationError(
-                        f"queue {name!r} exists with other settings; delete it or match them: {self._scrub(exc)}"
-                    ) from exc
                 self._known_queues.add(name)
             for binding in self.topology.bindings(queue, dlq):
                 await channel.queue_bind(binding.queue, binding.exchange, routing_key=binding.routing_key)
+
+    @contextlib.contextmanager
+    def _settings_conflict(self, what: str, advice: str) -> Iterator[None]:
+        """A declare that finds ``what`` with other arguments (PRECONDITION_FAILED)."""
+        try:
+            yield
+        except ChannelPreconditionFailed as exc:
+            raise ConfigurationError(f"{what} exists with other settings; {advice}: {self._scrub(exc)}") from exc
 
     async def _check_declared(self, queue: str, refused: AccessRefused) -> None:
         # Passive declares need no permission. Bindings cannot be checked this way (a missing

@@ -2,8 +2,8 @@
 
 Why not aio-pika's robust queue: for every delivery it builds an ``IncomingMessage`` (an
 object that checks each attribute write against a lock) and runs the callback in one more
-task on top of aiormq's own; on the worker's hot path that was about a sixth of the CPU a
-job costs. aiormq hands us the frames; the rest is here:
+task on top of aiormq's own; in the worker's drain profile that was about a tenth of the
+CPU a job costs. aiormq hands us the frames; the rest is here:
 
 * **Re-attach.** A supervisor task waits for the channel to close (cut connection, broker
   restart, a broker-side cancel after the queue was deleted), then, once the robust
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -102,19 +103,10 @@ class ChannelSettler:
             self._flusher = None
 
     async def _send(self, pending: dict[int, bool]) -> None:
-        frames: list[tuple[int, bool, bool]] = []  # (tag, ack, multiple)
-        run: list[int] = []
-        for tag in self._unsettled:
-            if not pending.get(tag, False):
-                break
-            run.append(tag)
-        if run:
-            frames.append((run[-1], True, len(run) > 1))
-            for tag in run:
-                del pending[tag]
-        frames.extend((tag, ack, False) for tag, ack in sorted(pending.items()))
-        for tag in run:
-            del self._unsettled[tag]
+        # The acks at the head of the unsettled tags, which are also the lowest pending tags.
+        run = list(itertools.takewhile(lambda tag: pending.get(tag, False), self._unsettled))
+        frames = [(run[-1], True, len(run) > 1)] if run else []  # (tag, ack, multiple)
+        frames += [(tag, ack, False) for tag, ack in sorted(pending.items())[len(run):]]
         for tag in pending:
             self._unsettled.pop(tag, None)
         channel = self._channel

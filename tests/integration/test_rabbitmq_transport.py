@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shlex
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +21,7 @@ from common.errors import (
 from common.transport.base import Delivery, OutgoingMessage
 from common.transport.rabbitmq import RabbitMQTransport
 from common.transport.rabbitmq_topology import Topology, tier_queue
+from tests.support.rabbitmq_admin import rabbitmqctl
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -545,29 +544,15 @@ async def close_broker_connections(connection_name: str) -> int:
     unlike ``close_all_connections``. ``CONVEYOR_RABBITMQCTL`` overrides the command
     (e.g. ``sudo rabbitmqctl``).
     """
-    ctl = shlex.split(os.environ.get("CONVEYOR_RABBITMQCTL", "rabbitmqctl"))
-    listing = await _run(*ctl, "-q", "list_connections", "pid", "client_properties")
+    listing = await rabbitmqctl("list_connections", "pid", "client_properties")
     pids = [
         line.split("\t", 1)[0]
         for line in listing.splitlines()
         if f'{{"connection_name","{connection_name}:' in line
     ]
     for pid in pids:
-        await _run(*ctl, "-q", "close_connection", pid, "test")
+        await rabbitmqctl("close_connection", pid, "test")
     return len(pids)
-
-
-async def _run(*argv: str) -> str:
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-    except FileNotFoundError:
-        pytest.fail(f"{argv[0]} not found: this test needs rabbitmqctl for the broker under test")
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    if process.returncode != 0:
-        pytest.fail(f"{' '.join(argv)} failed ({process.returncode}): {stderr.decode()[-500:]}")
-    return stdout.decode()
 
 
 class CuttableProxy:
