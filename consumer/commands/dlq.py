@@ -1,0 +1,147 @@
+"""``conveyor dlq list | show | replay | purge``: the dead-letter queue, for operators."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+import orjson
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from common.codec import strict_json_loads
+from common.errors import ConveyorError
+from consumer.commands.support import (
+    broker_option,
+    console,
+    payload_store_for,
+    payload_store_option,
+    queue_option,
+    run,
+    settings_from,
+    transport_for,
+)
+from consumer.dead_letters import DeadLetterFilter, DeadLetters
+
+__all__ = ["dlq"]
+
+T = TypeVar("T")
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect, replay and purge dead letters."""
+
+
+def _filters(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--reason", default=None, help="Only entries with this reason code")(fn)
+    fn = click.option("--job-type", default=None, help="Only entries of this job type")(fn)
+    return fn
+
+
+async def _with_dlq(broker: str, queue: str, action: Callable[[DeadLetters], Awaitable[T]]) -> T:
+    transport = transport_for(broker)
+    async with transport:
+        await transport.declare(queue)
+        return await action(DeadLetters(transport, queue))
+
+
+@dlq.command("list")
+@broker_option
+@queue_option
+@_filters
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line")
+def dlq_list(broker: str, queue: str, reason: str | None, job_type: str | None, limit: int, as_json: bool) -> None:
+    """List dead letters (they stay in the DLQ)."""
+    records = run(_with_dlq(broker, queue, lambda d: d.list(DeadLetterFilter(reason, job_type), limit=limit)))
+    if as_json:
+        for record in records:
+            click.echo(record.model_dump_json(exclude={"traceback", "original_body_b64"}))
+        return
+    table = Table(title=f"DLQ of {queue}: {len(records)} shown")
+    for column in ("id", "job id", "job type", "reason", "error", "attempts", "when"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(r.dead_letter_id, r.job_id or "—", r.job_type or "—", r.reason,
+                      f"{r.error_type or ''}: {(r.error_message or '')[:60]}", str(len(r.history)),
+                      r.dead_lettered_at.isoformat(timespec="seconds"))
+    console.print(table)
+
+
+@dlq.command("show")
+@click.argument("entry_id")
+@broker_option
+@queue_option
+def dlq_show(entry_id: str, broker: str, queue: str) -> None:
+    """Show one dead letter in full (by dead-letter id or job id)."""
+    record = run(_with_dlq(broker, queue, lambda d: d.show(entry_id)))
+    if record is None:
+        raise click.ClickException(f"no dead letter {entry_id!r} in {queue}")
+    data = record.model_dump(mode="json")
+    try:  # show the original as JSON when it is JSON; poison stays a (replaced) string
+        data["original_body"] = strict_json_loads(record.original_body, max_bytes=len(record.original_body) + 1)
+    except ConveyorError:
+        data["original_body"] = record.original_body.decode("utf-8", "replace")
+    del data["original_body_b64"]
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+@dlq.command("replay")
+@broker_option
+@queue_option
+@_filters
+@click.option("--limit", type=int, default=None, help="Replay at most N entries")
+@click.option("--rate", type=float, default=None, help="At most N entries per second")
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing")
+def dlq_replay(broker: str, queue: str, reason: str | None, job_type: str | None, limit: int | None,
+               rate: float | None, dry_run: bool) -> None:
+    """Republish dead letters with a fresh attempt budget (same job id and history)."""
+    async def go(d: DeadLetters) -> Any:
+        total = await d.depth()
+        with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), console=console,
+                      disable=dry_run or total < 20) as progress:
+            task = progress.add_task("replay", total=min(total, limit or total))
+            return await d.replay(DeadLetterFilter(reason, job_type), limit=limit, rate=rate, dry_run=dry_run,
+                                  progress=lambda r: progress.update(task, completed=r.matched))
+
+    report = run(_with_dlq(broker, queue, go))
+    verb = "would replay" if dry_run else "replayed"
+    count = report.matched if dry_run else report.replayed
+    click.echo(f"{verb} {count} of {report.matched} matching entries"
+               + (f"; {report.skipped_unreplayable} unreplayable (never decoded) kept" if report.skipped_unreplayable else ""))
+    for reason_code, n in sorted(report.by_reason.items()):
+        click.echo(f"  {reason_code}: {n}")
+
+
+@dlq.command("purge")
+@broker_option
+@queue_option
+@_filters
+@click.option("--yes", is_flag=True, help="Really delete; without it nothing is removed")
+@payload_store_option
+def dlq_purge(broker: str, queue: str, reason: str | None, job_type: str | None, yes: bool,
+              payload_store: str | None) -> None:
+    """Delete matching dead letters for good, with their stored payloads."""
+    if not yes:
+        raise click.ClickException("purge deletes dead letters for good: add --yes")
+    settings = settings_from(**({"payload_store": payload_store} if payload_store else {}))
+
+    async def go() -> tuple[int, int]:
+        from consumer.payloads import PayloadResolver
+
+        store = payload_store_for(settings)
+        transport = transport_for(broker, settings)
+        try:
+            async with transport:
+                await transport.declare(queue)
+                letters = DeadLetters(transport, queue, payloads=PayloadResolver.for_store(store))
+                removed = await letters.purge(DeadLetterFilter(reason, job_type))
+                return removed, letters.payloads_deleted
+        finally:
+            if store is not None:
+                await store.close()
+
+    removed, deleted = run(go())
+    click.echo(f"purged {removed} entries; deleted {deleted} stored payloads")

@@ -1,0 +1,44 @@
+"""``conveyor status``: queues, dead letters by reason, and workers' breakers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import orjson
+
+from common.transport.factory import mask_url
+from consumer.commands.support import broker_option, console, run, transport_for
+from consumer.registry import DEFAULT_QUEUE
+
+__all__ = ["status"]
+
+
+@click.command()
+@broker_option
+@click.option("--queue", "queues", multiple=True, default=[DEFAULT_QUEUE], show_default=True,
+              help="Work queue, repeatable")
+@click.option("--worker", "workers", multiple=True, metavar="URL",
+              help="A worker's metrics endpoint (http://host:9464), repeatable: breakers, in flight, jobs/s")
+@click.option("--interval", type=float, default=2.0, show_default=True,
+              help="Seconds between the two samples rates are computed from (0: one sample, no rates)")
+@click.option("--dlq-scan-limit", type=int, default=1000, show_default=True,
+              help="Dead letters browsed per queue to group them by reason")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tables")
+def status(broker: str, queues: tuple[str, ...], workers: tuple[str, ...], interval: float, dlq_scan_limit: int,
+           as_json: bool) -> None:
+    """Queues (depth, rate, oldest age, consumers, dead letters by reason) and workers (breakers)."""
+    from consumer.status import collect_status, render_tables
+
+    async def go() -> Any:
+        transport = transport_for(broker)
+        async with transport:
+            return await collect_status(transport, list(queues), interval=interval, workers=list(workers),
+                                        dlq_scan_limit=dlq_scan_limit)
+
+    report = run(go())
+    if as_json:
+        click.echo(orjson.dumps({"broker": mask_url(broker), **report.to_dict()}).decode())
+        return
+    for table in render_tables(report, mask_url(broker)):
+        console.print(table)

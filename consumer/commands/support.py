@@ -1,0 +1,110 @@
+"""What every ``conveyor`` command shares: running a command's coroutine with its secrets masked,
+typed settings, loading a job registry, the common options, and building transports, stores
+and tracing from settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from common.errors import ConveyorError
+from common.settings import Settings
+from common.transport.base import Transport
+from common.transport.factory import transport_from_url
+from consumer.cli_secrets import DEFAULT_BROKER, broker_from_environment, protect, redactor
+from consumer.registry import DEFAULT_QUEUE, JobRegistry
+
+__all__ = [
+    "broker_option",
+    "console",
+    "load_registry",
+    "payload_store_for",
+    "payload_store_option",
+    "queue_option",
+    "run",
+    "settings_from",
+    "tracing",
+    "transport_for",
+]
+
+T = TypeVar("T")
+console = Console()
+
+
+def run(coro: Awaitable[T], *, secrets: bool = True) -> T:
+    """Run a command's coroutine; first, mask every secret it knows (env, files, its flags)."""
+    try:
+        if secrets:
+            params = click.get_current_context().params
+            protect(None, params.get("broker"), params.get("idempotency_url"))
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except ConveyorError as exc:
+        raise click.ClickException(redactor()(f"{type(exc).__name__}: {exc}")) from None
+
+
+def settings_from(**overrides: Any) -> Settings:
+    """Settings from the environment and flags; a bad value is a one-line usage error naming
+    the setting, never a traceback and never the value (it may be a secret)."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CONVEYOR_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" for error in exc.errors()
+        )
+        raise click.UsageError(f"invalid configuration: {problems}") from None
+
+
+def load_registry(target: str) -> JobRegistry:
+    """``package.module[:attr]``; attr defaults to ``jobs`` and may be a factory function."""
+    module_name, _, attr = target.partition(":")
+    sys.path.insert(0, str(Path.cwd()))
+    module = importlib.import_module(module_name)
+    value: Any = getattr(module, attr or "jobs")
+    if callable(value) and not isinstance(value, JobRegistry):
+        value = value()
+    if not isinstance(value, JobRegistry):
+        raise click.ClickException(f"{target} is not a JobRegistry")
+    return value
+
+
+broker_option = click.option(
+    "--broker", envvar="CONVEYOR_BROKER_URL", default=None, show_default=DEFAULT_BROKER,
+    callback=broker_from_environment,
+    help="Broker URL: memory://, amqp://…, pulsar://… [env CONVEYOR_BROKER_URL or CONVEYOR_BROKER_URL_FILE; "
+         "a password here shows in ps]",
+)
+queue_option = click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Work queue name")
+payload_store_option = click.option(
+    "--payload-store", default=None,
+    help="Claim-check store: file:///path, s3://bucket/prefix [env CONVEYOR_PAYLOAD_STORE; unset: off]",
+)
+
+
+def tracing(settings: Settings, service: str) -> tuple[list[Any], Any]:
+    """Middlewares and tracer provider for CONVEYOR_TRACING=otlp|console (needs conveyor[otel])."""
+    if settings.tracing == "off":
+        return [], None
+    from common.tracing import TracingMiddleware, configure_tracing
+
+    return [TracingMiddleware()], configure_tracing(service, settings.tracing)
+
+
+def transport_for(broker: str, settings: Settings | None = None) -> Transport:
+    """The broker's transport; amqps:// and pulsar+ssl:// get the CONVEYOR_TLS_* settings."""
+    return transport_from_url(broker, tls=(settings or settings_from()).tls())
+
+
+def payload_store_for(settings: Settings) -> Any:
+    from common.payload_store.factory import store_from_settings
+
+    return store_from_settings(settings)

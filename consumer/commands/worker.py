@@ -1,0 +1,102 @@
+"""``conveyor worker MODULE[:ATTR]``: run a registry's handlers until SIGTERM/SIGINT, then drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import click
+
+from common.settings import Settings
+from common.transport.factory import mask_url
+from consumer.cli_secrets import redactor, warn_if_credentials
+from consumer.commands.support import (
+    broker_option,
+    console,
+    load_registry,
+    payload_store_for,
+    payload_store_option,
+    run,
+    settings_from,
+    tracing,
+    transport_for,
+)
+from consumer.registry import JobRegistry
+
+__all__ = ["worker"]
+
+
+@click.command()
+@click.argument("target")
+@broker_option
+@click.option("--concurrency", type=int, default=None, help="Jobs at once [env CONVEYOR_CONCURRENCY, 16]")
+@click.option("--prefetch", type=int, default=None, help="Unacked deliveries held [default: concurrency]")
+@click.option("--grace-period", type=float, default=None, help="Seconds to finish jobs on SIGTERM [30]")
+@click.option("--http-host", default=None, help="Health/metrics address [127.0.0.1]")
+@click.option("--http-port", type=int, default=None, help="Health/metrics port, 0 to disable [9464]")
+@payload_store_option
+@click.option("--idempotency-url", default=None, callback=warn_if_credentials,
+              help="Processed-key store: sqlite:///path or postgresql://… [env CONVEYOR_IDEMPOTENCY_URL or "
+                   "CONVEYOR_IDEMPOTENCY_URL_FILE; off]")
+def worker(target: str, broker: str, **overrides: Any) -> None:
+    """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT."""
+    settings = settings_from(**{k: v for k, v in overrides.items() if v is not None})
+    registry = load_registry(target)
+    run(_worker_main(registry, broker, settings))
+
+
+async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -> None:
+    from consumer.http import HealthServer
+    from consumer.breaker import BreakerConfig
+    from consumer.watchdog import WatchdogConfig
+    from consumer.worker import Worker, WorkerConfig
+
+    config = WorkerConfig(
+        concurrency=settings.concurrency,
+        prefetch=settings.prefetch,
+        grace_period=settings.grace_period,
+        max_message_bytes=settings.max_message_bytes,
+        metrics_interval=settings.metrics_interval,
+        breaker=BreakerConfig(
+            consecutive_failures=settings.breaker_consecutive_failures,
+            reset_timeout=settings.breaker_reset_timeout,
+        ),
+        watchdog=WatchdogConfig(
+            warn_after=settings.stall_warn_after,
+            exit_after=settings.stall_exit_after or None,
+        ),
+    )
+    middlewares, tracer_provider = tracing(settings, "conveyor-worker")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    transport = transport_for(broker, settings)
+    store = payload_store_for(settings)
+    keys = None
+    if settings.idempotency_url is not None:
+        from common.idempotency import store_from_url
+
+        keys = store_from_url(settings.idempotency_url.get_secret_value())
+    async with transport:
+        async with Worker(transport, registry, config=config, payload_store=store, middlewares=middlewares,
+                          idempotency=keys, redact=redactor()) as running:
+            http = HealthServer(running, settings.http_host, settings.http_port) if settings.http_port else None
+            if http:
+                await http.start()
+            console.print(
+                f"worker {config.worker_id} consuming {', '.join(registry.queues())} on {mask_url(broker)}"
+                + (f"; http://{settings.http_host}:{http.port}/metrics" if http else ""),
+                highlight=False,
+            )
+            await stop.wait()
+            console.print("draining…")
+            await running.drain()
+            if http:
+                await http.stop()
+    if store is not None:
+        await store.close()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()  # flush the last spans
+    console.print("stopped")
