@@ -38,7 +38,7 @@ def demo(jobs_count: int) -> None:
     from consumer.demo import run_demo
 
     logging.getLogger().setLevel(logging.ERROR)  # the demo's tables tell the story
-    run(run_demo(console, jobs_count=jobs_count), secrets=False)
+    run(run_demo(console, jobs_count=jobs_count), None)
 
 
 for command in (worker, publish, dlq, payloads, status):

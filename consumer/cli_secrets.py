@@ -56,10 +56,10 @@ def broker_from_environment(ctx: click.Context, param: click.Parameter, value: s
     return from_file if from_file is not None else DEFAULT_BROKER
 
 
-def protect(settings: Settings | None = None, *flag_values: str | None) -> Redactor:
+def protect(settings: Settings, *flag_values: str | None) -> Redactor:
     """From here on, mask every secret this command knows in log lines and error messages."""
     ctx = click.get_current_context()
-    redact = Redactor.from_settings(settings or Settings(), *flag_values)
+    redact = Redactor.from_settings(settings, *flag_values)
     root = ctx.find_root().params
     configure_logging(root.get("log_level", "WARNING"), root.get("log_format", "json"), redact=redact)
     ctx.ensure_object(dict)["redact"] = redact

@@ -40,11 +40,16 @@ def _filters(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-async def _with_dlq(broker: str, queue: str, action: Callable[[DeadLetters], Awaitable[T]]) -> T:
-    transport = transport_for(broker)
-    async with transport:
-        await transport.declare(queue)
-        return await action(DeadLetters(transport, queue))
+def _run_on_dlq(broker: str, queue: str, action: Callable[[DeadLetters], Awaitable[T]]) -> T:
+    settings = settings_from()
+
+    async def go() -> T:
+        transport = transport_for(broker, settings)
+        async with transport:
+            await transport.declare(queue)
+            return await action(DeadLetters(transport, queue))
+
+    return run(go(), settings)
 
 
 @dlq.command("list")
@@ -55,7 +60,7 @@ async def _with_dlq(broker: str, queue: str, action: Callable[[DeadLetters], Awa
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line")
 def dlq_list(broker: str, queue: str, reason: str | None, job_type: str | None, limit: int, as_json: bool) -> None:
     """List dead letters (they stay in the DLQ)."""
-    records = run(_with_dlq(broker, queue, lambda d: d.list(DeadLetterFilter(reason, job_type), limit=limit)))
+    records = _run_on_dlq(broker, queue, lambda d: d.list(DeadLetterFilter(reason, job_type), limit=limit))
     if as_json:
         for record in records:
             click.echo(record.model_dump_json(exclude={"traceback", "original_body_b64"}))
@@ -76,7 +81,7 @@ def dlq_list(broker: str, queue: str, reason: str | None, job_type: str | None, 
 @queue_option
 def dlq_show(entry_id: str, broker: str, queue: str) -> None:
     """Show one dead letter in full (by dead-letter id or job id)."""
-    record = run(_with_dlq(broker, queue, lambda d: d.show(entry_id)))
+    record = _run_on_dlq(broker, queue, lambda d: d.show(entry_id))
     if record is None:
         raise click.ClickException(f"no dead letter {entry_id!r} in {queue}")
     data = record.model_dump(mode="json")
@@ -106,7 +111,7 @@ def dlq_replay(broker: str, queue: str, reason: str | None, job_type: str | None
             return await d.replay(DeadLetterFilter(reason, job_type), limit=limit, rate=rate, dry_run=dry_run,
                                   progress=lambda r: progress.update(task, completed=r.matched))
 
-    report = run(_with_dlq(broker, queue, go))
+    report = _run_on_dlq(broker, queue, go)
     verb = "would replay" if dry_run else "replayed"
     count = report.matched if dry_run else report.replayed
     click.echo(f"{verb} {count} of {report.matched} matching entries"
@@ -143,5 +148,5 @@ def dlq_purge(broker: str, queue: str, reason: str | None, job_type: str | None,
             if store is not None:
                 await store.close()
 
-    removed, deleted = run(go())
+    removed, deleted = run(go(), settings)
     click.echo(f"purged {removed} entries; deleted {deleted} stored payloads")

@@ -40,7 +40,7 @@ def payloads_sweep(older_than: str, dry_run: bool, payload_store: str | None) ->
         finally:
             await store.close()
 
-    report = run(go())
+    report = run(go(), settings)
     verb = "would delete" if dry_run else "deleted"
     count = report.orphans if dry_run else report.deleted
     click.echo(f"scanned {report.scanned} objects; {verb} {count} older than {older_than} "

@@ -62,4 +62,4 @@ def publish(job_type: str, payload: str, broker: str, app: str | None, queue: st
                 tracer_provider.shutdown()
         click.echo(orjson.dumps({"job_id": receipt.job_id, "queue": receipt.queue, "confirmed": True}).decode())
 
-    support.run(go())
+    support.run(go(), settings)

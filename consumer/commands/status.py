@@ -8,7 +8,7 @@ import click
 import orjson
 
 from common.transport.factory import mask_url
-from consumer.commands.support import broker_option, console, run, transport_for
+from consumer.commands.support import broker_option, console, run, settings_from, transport_for
 from consumer.registry import DEFAULT_QUEUE
 
 __all__ = ["status"]
@@ -30,13 +30,15 @@ def status(broker: str, queues: tuple[str, ...], workers: tuple[str, ...], inter
     """Queues (depth, rate, oldest age, consumers, dead letters by reason) and workers (breakers)."""
     from consumer.status import collect_status, render_tables
 
+    settings = settings_from()
+
     async def go() -> Any:
-        transport = transport_for(broker)
+        transport = transport_for(broker, settings)
         async with transport:
             return await collect_status(transport, list(queues), interval=interval, workers=list(workers),
                                         dlq_scan_limit=dlq_scan_limit)
 
-    report = run(go())
+    report = run(go(), settings)
     if as_json:
         click.echo(orjson.dumps({"broker": mask_url(broker), **report.to_dict()}).decode())
         return

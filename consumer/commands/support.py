@@ -39,12 +39,14 @@ T = TypeVar("T")
 console = Console()
 
 
-def run(coro: Awaitable[T], *, secrets: bool = True) -> T:
-    """Run a command's coroutine; first, mask every secret it knows (env, files, its flags)."""
+def run(coro: Awaitable[T], settings: Settings | None) -> T:
+    """Run a command's coroutine; first, mask every secret it knows: its ``settings`` (from the
+    environment and secret files, read once by the command) and its flags. ``None``: a command
+    that touches no secrets (the demo)."""
     try:
-        if secrets:
+        if settings is not None:
             params = click.get_current_context().params
-            protect(None, params.get("broker"), params.get("idempotency_url"))
+            protect(settings, params.get("broker"), params.get("idempotency_url"))
         return asyncio.run(coro)  # type: ignore[arg-type]
     except ConveyorError as exc:
         raise click.ClickException(redactor()(f"{type(exc).__name__}: {exc}")) from None
@@ -99,9 +101,9 @@ def tracing(settings: Settings, service: str) -> tuple[list[Any], Any]:
     return [TracingMiddleware()], configure_tracing(service, settings.tracing)
 
 
-def transport_for(broker: str, settings: Settings | None = None) -> Transport:
+def transport_for(broker: str, settings: Settings) -> Transport:
     """The broker's transport; amqps:// and pulsar+ssl:// get the CONVEYOR_TLS_* settings."""
-    return transport_from_url(broker, tls=(settings or settings_from()).tls())
+    return transport_from_url(broker, tls=settings.tls())
 
 
 def payload_store_for(settings: Settings) -> Any:

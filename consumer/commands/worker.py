@@ -43,7 +43,7 @@ def worker(target: str, broker: str, **overrides: Any) -> None:
     """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT."""
     settings = settings_from(**{k: v for k, v in overrides.items() if v is not None})
     registry = load_registry(target)
-    run(_worker_main(registry, broker, settings))
+    run(_worker_main(registry, broker, settings), settings)
 
 
 async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -> None:

@@ -153,3 +153,15 @@ def test_the_broker_url_can_come_from_a_file(tmp_path: Path, monkeypatch: pytest
     assert result.exit_code != 0
     assert "cannot connect to amqp://u:***@127.0.0.1:1/" in result.output  # it used the file's URL
     assert "carries a credential" not in result.output and CANARY not in result.output
+
+
+@pytest.mark.parametrize("command", [["dlq", "list"], ["dlq", "show", "x"], ["dlq", "replay", "--dry-run"], ["status"]])
+def test_a_bad_setting_is_a_usage_error_naming_it_never_a_traceback_or_its_value(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_CONCURRENCY", CANARY)
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 2, result.output
+    assert "invalid configuration: CONVEYOR_CONCURRENCY" in result.output
+    assert CANARY not in result.output
+    assert isinstance(result.exception, SystemExit)  # click's usage exit, not an error escaping
