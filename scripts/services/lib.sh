@@ -32,10 +32,11 @@ apt_install_package() {
     ((rc == 0)) || die "apt-get install $package failed (exit $rc)"
 }
 
-# hold_lock FILE SECONDS — serialise a script's up/down across processes (parallel CI steps must
-# not start two servers): an exclusive flock on fd 9, held until the script exits.
+# hold_lock FILE [SECONDS] — serialise a script's up/down across processes (parallel CI steps must
+# not start two servers): an exclusive flock on fd 9, held until the script exits. Without
+# SECONDS it waits for as long as the holder takes.
 hold_lock() {
     mkdir -p "$(dirname "$1")"
     exec 9>"$1"
-    flock -w "$2" 9 || die "timed out waiting for $1"
+    flock ${2:+-w "$2"} 9 || die "timed out waiting for $1"
 }

@@ -56,6 +56,7 @@ readonly READY_PROBE="${ADMIN_URL}/admin/v2/namespaces/public/default"
 
 log() { printf '[pulsar.sh] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 # Install
@@ -362,9 +363,7 @@ stop() {
 # Serialize up/down between concurrent invocations (e.g. parallel CI steps): only one of them
 # may unpack or start the broker.
 with_lock() {
-    mkdir -p "$RUN_DIR"
-    exec 9>"$LOCK_FILE"
-    flock 9
+    hold_lock "$LOCK_FILE"
     "$@"
 }
 

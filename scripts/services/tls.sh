@@ -34,6 +34,7 @@ readonly FILES=(ca.pem ca.key server.pem server.key wrong-ca.pem)
 
 log() { printf 'tls: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; exit 2; }
 
 # True when every file is there, the server certificate verifies against the CA (for the
@@ -97,11 +98,7 @@ generate() {
 }
 
 # Serialise: the RabbitMQ and Pulsar scripts may both call `up` at once.
-take_lock() {
-    mkdir -p "$RUN_DIR"
-    exec 8>"$RUN_DIR/tls.lock"
-    flock -w 120 8 || die "timed out waiting for $RUN_DIR/tls.lock"
-}
+take_lock() { hold_lock "$RUN_DIR/tls.lock" 120; }
 
 cmd_up() {
     take_lock
