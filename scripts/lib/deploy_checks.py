@@ -250,20 +250,7 @@ def check_kubernetes_semantics(by_kind: dict[str, dict[str, dict[str, Any]]], sc
                 check(spec.get("automountServiceAccountToken") is False, f"{kind} {name}: no service account token")
                 check(spec["securityContext"].get("runAsNonRoot") is True, f"{kind} {name}: runs as non-root")
                 for container in spec["containers"]:
-                    mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
-                    volumes = {v["name"]: v for v in spec.get("volumes", [])}
-                    for env in container.get("env", []):
-                        if env["name"].endswith("_FILE"):
-                            mount = next((m for m in mounts.values() if env["value"].startswith(m["mountPath"] + "/")), None)
-                            check(mount is not None and mount.get("readOnly") is True
-                                  and "secret" in volumes.get(mount["name"], {}),
-                                  f"{kind} {name}: {env['name']} is a file on a read-only Secret volume")
-                            if mount is not None and "secret" in volumes.get(mount["name"], {}):
-                                secret = volumes[mount["name"]]["secret"]
-                                key = env["value"].rsplit("/", 1)[1]
-                                check(secret["secretName"] in secrets
-                                      and any(i["path"] == key for i in secret.get("items", [])),
-                                      f"{kind} {name}: {env['name']} names a key of Secret {secret['secretName']}")
+                    check_secret_files(f"{kind} {name}", spec, container, secrets)
                     ctx = container["securityContext"]
                     check(ctx.get("readOnlyRootFilesystem") is True and ctx.get("allowPrivilegeEscalation") is False
                           and ctx.get("capabilities", {}).get("drop") == ["ALL"],
@@ -296,6 +283,22 @@ def check_kubernetes_semantics(by_kind: dict[str, dict[str, dict[str, Any]]], sc
 
 
 # -- Dockerfile ---------------------------------------------------------------------------------
+
+def check_secret_files(where: str, spec: dict[str, Any], container: dict[str, Any], secrets: dict[str, Any]) -> None:
+    """Every ``*_FILE`` variable points into a read-only Secret volume, at a key of an existing Secret."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for env in container.get("env", []):
+        if not env["name"].endswith("_FILE"):
+            continue
+        mount = next((m for m in container.get("volumeMounts", []) if env["value"].startswith(m["mountPath"] + "/")), None)
+        secret = volumes.get(mount["name"], {}).get("secret") if mount is not None else None
+        check(secret is not None and mount is not None and mount.get("readOnly") is True,
+              f"{where}: {env['name']} is a file on a read-only Secret volume")
+        if secret is not None:
+            key = env["value"].rsplit("/", 1)[1]
+            check(secret["secretName"] in secrets and any(i["path"] == key for i in secret.get("items", [])),
+                  f"{where}: {env['name']} names a key of Secret {secret['secretName']}")
+
 
 def check_dockerfile() -> None:
     text = (ROOT / "Dockerfile").read_text()
