@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from common.clock import Clock, SystemClock
 from common.codec import DEFAULT_MAX_MESSAGE_BYTES
-from common.errors import ConfigurationError
+from common.errors import ConfigurationError, UnknownJobType
 from common.headers import due_at
 from common.logging import mask_secrets
 from common.metrics import WorkerMetrics
@@ -291,8 +291,8 @@ class Worker:
         if outcome.envelope is not None:
             try:
                 spec = self.registry.get(outcome.envelope.job_type)
-            except Exception:  # unknown job type: settled without a retry policy
-                spec = None
+            except UnknownJobType:  # settled without a retry policy
+                pass
         try:
             action = await self.settlement.settle(delivery, outcome, spec.retry if spec else None)
         except Exception:
