@@ -178,6 +178,18 @@ def load_manifests() -> list[tuple[Path, dict[str, Any]]]:
     return out
 
 
+def index_manifests(
+    manifests: list[tuple[Path, dict[str, Any]]],
+) -> tuple[dict[str, dict[str, dict[str, Any]]], list[dict[str, Any]]]:
+    """Documents by kind and name (``generateName`` for Jobs made with kubectl create), and every
+    ScaledObject in a list of its own: the alternatives share one name (applying one replaces the other)."""
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for _path, doc in manifests:
+        name = doc["metadata"].get("name") or doc["metadata"].get("generateName", "")
+        by_kind.setdefault(doc["kind"], {})[name] = doc
+    return by_kind, [doc for _path, doc in manifests if doc["kind"] == "ScaledObject"]
+
+
 def pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
     kind = doc["kind"]
     if kind == "Deployment" or kind == "Job":
@@ -198,13 +210,7 @@ def check_kubernetes() -> None:
         ),
     }
     manifests = load_manifests()
-    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
-    scaled_objects = []  # alternatives with one name: applying one replaces the other
     for path, doc in manifests:
-        name = doc["metadata"].get("name") or doc["metadata"].get("generateName", "")
-        by_kind.setdefault(doc["kind"], {})[name] = doc
-        if doc["kind"] == "ScaledObject":
-            scaled_objects.append(doc)
         if doc["kind"] in keda:
             errors = list(Draft202012Validator(keda[doc["kind"]]).iter_errors(doc))
             for error in errors:
@@ -220,7 +226,7 @@ def check_kubernetes() -> None:
                 check(True, f"{path}: {doc['kind']} valid for Kubernetes {version} (strict)")
             except kubernetes_validate.ValidationError as exc:
                 check(False, f"{path}: {doc['kind']} for Kubernetes {version}: {exc.message} at {list(exc.path)}")
-    check_kubernetes_semantics(by_kind, scaled_objects)
+    check_kubernetes_semantics(*index_manifests(manifests))
 
 
 def check_kubernetes_semantics(by_kind: dict[str, dict[str, dict[str, Any]]], scaled: list[dict[str, Any]]) -> None:

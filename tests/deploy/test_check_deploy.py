@@ -140,13 +140,7 @@ def test_secret_rules_reject_secrets_that_are_not_mounted_files(mutation: str) -
     sys.path.insert(0, str(ROOT / "scripts/lib"))
     import deploy_checks
 
-    by_kind: dict[str, dict[str, dict]] = {}
-    scaled = []  # two alternatives with one name, as check_kubernetes collects them
-    for _path, doc in deploy_checks.load_manifests():
-        name = doc["metadata"].get("name") or doc["metadata"].get("generateName", "")
-        by_kind.setdefault(doc["kind"], {})[name] = doc
-        if doc["kind"] == "ScaledObject":
-            scaled.append(doc)
+    by_kind, scaled = deploy_checks.index_manifests(deploy_checks.load_manifests())
     deploy_checks.failures.clear()
     deploy_checks.check_kubernetes_semantics(by_kind, scaled)
     assert deploy_checks.failures == []  # the shipped manifests pass
