@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # Conveyor: the worker, the producer CLI and the DLQ tools in one small image.
 #
-#   docker build -t conveyor .                      # otel extra included (tracing)
+#   docker build -t conveyor .                      # every extra (brokers, stores, tracing)
 #   docker run --rm conveyor worker myapp.jobs:jobs --broker amqp://…
 #
 # Your handlers: build FROM this image and COPY your package in (it is on the image's Python
@@ -19,12 +19,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/conveyor
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
+COPY conveyor ./conveyor
 COPY common ./common
 COPY schemas ./schemas
 COPY producer ./producer
 COPY consumer ./consumer
-ARG EXTRAS=otel
+ARG EXTRAS=all
 RUN /opt/conveyor/bin/pip install --no-compile ".[${EXTRAS}]" \
     && /opt/conveyor/bin/pip uninstall -y pip \
     && /opt/conveyor/bin/python -m compileall -q -j 0 /opt/conveyor/lib

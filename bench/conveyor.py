@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from bench.support import emit, ready, run_windowed
-from common.backoff import RetryPolicy
-from common.errors import RetryableError
-from common.logging import configure_logging
-from common.transport.rabbitmq import RabbitMQTransport
-from consumer.breaker import BreakerConfig
-from consumer.context import JobContext
-from consumer.registry import JobRegistry
-from consumer.worker import Worker, WorkerConfig
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.errors import RetryableError
+from conveyor.common.logging import configure_logging
+from conveyor.common.transport.rabbitmq import RabbitMQTransport
+from conveyor.consumer.breaker import BreakerConfig
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
+from conveyor.consumer.worker import Worker, WorkerConfig
 
 if TYPE_CHECKING:
-    from producer.producer import Producer
+    from conveyor.producer.producer import Producer
 
 __all__ = ["JOB_TYPE", "BenchJob", "make_transport", "prepublish", "publish_paced", "publish_rate", "worker_main"]
 
@@ -61,7 +61,7 @@ def make_registry(queue: str, handler: Any = None) -> JobRegistry:
 
 def make_producer(url: str, queue: str) -> Producer:
     # Imported here so the worker subprocess loads only what a Conveyor worker needs (RSS row).
-    from producer.producer import Producer
+    from conveyor.producer.producer import Producer
 
     return Producer.for_registry(make_transport(url), make_registry(queue))
 

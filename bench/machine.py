@@ -56,7 +56,7 @@ async def rabbitmq_version(url: str) -> str:
 
 async def pulsar_version(url: str) -> str:
     """The broker's version from its admin API (``/admin/v2/brokers/version``)."""
-    from common.transport.pulsar_admin import parse_pulsar_url
+    from conveyor.common.transport.pulsar_admin import parse_pulsar_url
 
     import aiohttp
 

@@ -32,13 +32,13 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from common.payload_store.s3 import S3PayloadStore
-from common.transport.base import Transport
-from common.transport.memory import MemoryBroker, MemoryTransport
-from consumer.context import JobContext
-from consumer.registry import JobRegistry
-from consumer.worker import Worker, WorkerConfig
-from producer.producer import Producer
+from conveyor.common.payload_store.s3 import S3PayloadStore
+from conveyor.common.transport.base import Transport
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
 
 __all__ = ["main"]
 
@@ -199,7 +199,7 @@ async def run(args: argparse.Namespace) -> list[tuple[Result, list[Result]]]:
                                        args.window, args.concurrency))
     url = os.environ.get("CONVEYOR_AMQP_URL")
     if url:
-        from common.transport.rabbitmq import RabbitMQTransport
+        from conveyor.common.transport.rabbitmq import RabbitMQTransport
 
         setups.append(lambda: run_conveyor("conveyor · rabbitmq + S3", lambda: RabbitMQTransport(url), args.jobs,
                                            args.window, args.concurrency))

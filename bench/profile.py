@@ -68,7 +68,7 @@ def summarize(profile: cProfile.Profile, what: str, top: int) -> str:
 
 async def _publish(n: int, window: int, profile: cProfile.Profile) -> None:
     q = f"bench.profile.{uuid.uuid4().hex[:8]}"
-    from producer.producer import Producer
+    from conveyor.producer.producer import Producer
 
     try:
         transport = conveyor.make_transport(URL)

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from bench.support import emit, ready, run_windowed
-from common.logging import configure_logging
-from common.transport.pulsar import PulsarTransport
-from consumer.context import JobContext
-from consumer.registry import JobRegistry
-from consumer.worker import Worker, WorkerConfig
+from conveyor.common.logging import configure_logging
+from conveyor.common.transport.pulsar import PulsarTransport
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
+from conveyor.consumer.worker import Worker, WorkerConfig
 
 if TYPE_CHECKING:
-    from producer.producer import Producer
+    from conveyor.producer.producer import Producer
 
 __all__ = ["JOB_TYPE", "declare", "delete", "make_transport", "prepublish", "publish_rate", "worker_main"]
 
@@ -49,7 +49,7 @@ def make_registry(queue: str, handler: Any = None) -> JobRegistry:
 
 
 def make_producer(url: str, queue: str) -> Producer:
-    from producer.producer import Producer
+    from conveyor.producer.producer import Producer
 
     return Producer.for_registry(make_transport(url), make_registry(queue))
 

@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from common.errors import MalformedMessage, MessageTooLarge
-from schemas.dead_letter import DeadLetterRecord
-from schemas.envelope import Envelope
-from schemas.registry import describe_validation_error
+from conveyor.common.errors import MalformedMessage, MessageTooLarge
+from conveyor.schemas.dead_letter import DeadLetterRecord
+from conveyor.schemas.envelope import Envelope
+from conveyor.schemas.registry import describe_validation_error
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",

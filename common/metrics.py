@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.values import MutexValue
 
 if TYPE_CHECKING:
-    from consumer.outcome import Outcome
+    from conveyor.common.jobs.outcome import Outcome
 
 __all__ = ["PUBLISH_KINDS", "QUEUE_STATES", "WorkerMetrics"]
 

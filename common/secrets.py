@@ -27,8 +27,8 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import PydanticBaseSettingsSource
 
-from common.errors import ConfigurationError
-from common.logging import mask_secrets
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.logging import mask_secrets
 
 if TYPE_CHECKING:
     from pydantic_settings import BaseSettings

@@ -14,10 +14,10 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from common.codec import DEFAULT_MAX_MESSAGE_BYTES
-from common.payload_store.base import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PAYLOAD_THRESHOLD, DEFAULT_STORE_TIMEOUT
-from common.secrets import SecretFilesSource
-from common.tls import TlsConfig
+from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES
+from conveyor.common.payload_store.base import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PAYLOAD_THRESHOLD, DEFAULT_STORE_TIMEOUT
+from conveyor.common.secrets import SecretFilesSource
+from conveyor.common.tls import TlsConfig
 
 __all__ = ["Settings"]
 

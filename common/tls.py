@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigurationError, TlsError
+from conveyor.common.errors import ConfigurationError, TlsError
 
 __all__ = ["TlsConfig", "check_scheme", "probe_handshake", "tls_error"]
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from common.errors import ConfigurationError
-from common.logging import job_log_fields
-from common.middleware import ConsumeNext, Middleware, PublishNext
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.logging import job_log_fields
+from conveyor.common.middleware import ConsumeNext, Middleware, PublishNext
 
 try:  # the optional dependency
     from opentelemetry import propagate, trace
@@ -37,8 +37,8 @@ except ImportError:  # pragma: no cover - exercised by the "imports cleanly" tes
     propagate = trace = SpanKind = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from consumer.context import JobContext
-    from producer.command import PublishCommand
+    from conveyor.common.jobs.context import JobContext
+    from conveyor.common.jobs.command import PublishCommand
 
 __all__ = ["TracingMiddleware", "configure_tracing", "current_trace_ids", "tracing_available"]
 

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from common.clock import Clock
-from common.errors import CircuitOpen, PermanentError, RejectedMessage
-from common.middleware import ConsumeNext, Middleware
-from consumer.context import JobContext
+from conveyor.common.clock import Clock
+from conveyor.common.errors import CircuitOpen, PermanentError, RejectedMessage
+from conveyor.common.middleware import ConsumeNext, Middleware
+from conveyor.common.jobs.context import JobContext
 
 if TYPE_CHECKING:
-    from consumer.registry import JobSpec
+    from conveyor.common.jobs.registry import JobSpec
 
 __all__ = ["BreakerBoard", "BreakerConfig", "BreakerMiddleware", "BreakerState", "CircuitBreaker"]
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import click
 
-from common.logging import configure_logging
-from consumer.commands.dlq import dlq
-from consumer.commands.payloads import payloads
-from consumer.commands.publish import publish
-from consumer.commands.status import status
-from consumer.commands.support import console, run
-from consumer.commands.worker import worker
+from conveyor.common.logging import configure_logging
+from conveyor.consumer.commands.dlq import dlq
+from conveyor.consumer.commands.payloads import payloads
+from conveyor.consumer.commands.publish import publish
+from conveyor.consumer.commands.status import status
+from conveyor.consumer.commands.support import console, run
+from conveyor.consumer.commands.worker import worker
 
 __all__ = ["main"]
 
@@ -35,7 +35,7 @@ def demo(jobs_count: int) -> None:
     """Run the whole job life cycle on the embedded broker (no server needed)."""
     import logging
 
-    from consumer.demo import run_demo
+    from conveyor.consumer.demo import run_demo
 
     logging.getLogger().setLevel(logging.ERROR)  # the demo's tables tell the story
     run(run_demo(console, jobs_count=jobs_count), None)

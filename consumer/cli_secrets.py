@@ -15,11 +15,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from common.errors import ConfigurationError
-from common.logging import configure_logging, mask_secrets
-from common.secrets import Redactor, secret_from_file
-from common.settings import Settings
-from common.transport.factory import mask_url
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.logging import configure_logging, mask_secrets
+from conveyor.common.secrets import Redactor, secret_from_file
+from conveyor.common.settings import Settings
+from conveyor.common.transport.factory import mask_url
 
 __all__ = ["DEFAULT_BROKER", "broker_from_environment", "protect", "redactor", "warn_if_credentials"]
 

@@ -19,14 +19,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from common.clock import Clock, SystemClock
-from common.codec import decode_dead_letter, decode_envelope, encode_model
-from common.errors import RejectedMessage
-from common.headers import DUE_AT, JOB_TYPE, carried_over, format_due_at
-from common.transport.base import Delivery, OutgoingMessage, Transport
-from consumer.payloads import PayloadResolver
-from schemas.dead_letter import DeadLetterRecord
-from schemas.envelope import MAX_HISTORY, PayloadReference
+from conveyor.common.clock import Clock, SystemClock
+from conveyor.common.codec import decode_dead_letter, decode_envelope, encode_model
+from conveyor.common.errors import RejectedMessage
+from conveyor.common.headers import DUE_AT, JOB_TYPE, carried_over, format_due_at
+from conveyor.common.transport.base import Delivery, OutgoingMessage, Transport
+from conveyor.consumer.payloads import PayloadResolver
+from conveyor.schemas.dead_letter import DeadLetterRecord
+from conveyor.schemas.envelope import MAX_HISTORY, PayloadReference
 
 __all__ = ["DeadLetterFilter", "DeadLetters", "ReplayReport"]
 

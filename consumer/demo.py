@@ -17,16 +17,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from common.backoff import RetryPolicy
-from common.errors import PermanentError, RetryableError
-from common.transport.base import OutgoingMessage
-from common.transport.memory import MemoryBroker, MemoryTransport
-from consumer.breaker import BreakerConfig
-from consumer.context import JobContext
-from consumer.dead_letters import DeadLetterFilter, DeadLetters
-from consumer.registry import DEFAULT_QUEUE, JobRegistry
-from consumer.worker import Worker, WorkerConfig
-from producer.producer import Producer
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.errors import PermanentError, RetryableError
+from conveyor.common.transport.base import OutgoingMessage
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.consumer.breaker import BreakerConfig
+from conveyor.common.jobs.context import JobContext
+from conveyor.consumer.dead_letters import DeadLetterFilter, DeadLetters
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
 
 __all__ = ["DemoState", "build_jobs", "run_demo"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from consumer.worker import Worker
+from conveyor.consumer.worker import Worker
 
 __all__ = ["HealthServer"]
 

@@ -48,14 +48,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel
 
-from common.errors import ConfigurationError, ConveyorError
-from common.idempotency.base import IdempotencyConflict, ProcessedKeyStore, StoreTransaction, decode_state, encode_state
-from common.middleware import ConsumeNext, Middleware
+from conveyor.common.errors import ConfigurationError, ConveyorError
+from conveyor.common.idempotency.base import IdempotencyConflict, ProcessedKeyStore, StoreTransaction, decode_state, encode_state
+from conveyor.common.middleware import ConsumeNext, Middleware
 
 if TYPE_CHECKING:
-    from consumer.context import JobContext
-    from consumer.registry import JobSpec
-    from schemas.envelope import Envelope
+    from conveyor.common.jobs.context import JobContext
+    from conveyor.common.jobs.registry import JobSpec
+    from conveyor.schemas.envelope import Envelope
 
 __all__ = [
     "IDEMPOTENCY_STATE",

@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from common.errors import ConfigurationError
-from common.payload_store.base import PayloadStore
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.payload_store.base import PayloadStore
 
 __all__ = ["MIN_SWEEP_AGE", "SweepReport", "parse_age", "sweep"]
 

@@ -20,15 +20,15 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from common.codec import strict_json_loads
-from common.errors import (
+from conveyor.common.codec import strict_json_loads
+from conveyor.common.errors import (
     MalformedMessage,
     PayloadIntegrityError,
     PayloadReferenceInvalid,
     PayloadStoreUnavailable,
 )
-from common.payload_store.base import PayloadStore
-from schemas.envelope import InlinePayload, PayloadReference
+from conveyor.common.payload_store.base import PayloadStore
+from conveyor.schemas.envelope import InlinePayload, PayloadReference
 
 __all__ = ["PayloadResolver"]
 

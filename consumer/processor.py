@@ -12,20 +12,20 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from common.clock import Clock
-from common.codec import decode_envelope
-from common.deadlines import TimeLimit
-from common.errors import CircuitOpen, JobTimeout, PermanentError, RejectedMessage
-from common.logging import mask_secrets
-from common.middleware import Middleware, build_consume_chain
-from common.transport.base import Delivery
-from consumer.breaker import BreakerBoard
-from consumer.context import JobContext
-from consumer.outcome import Outcome, OutcomeKind
-from consumer.payloads import PayloadResolver
-from consumer.registry import JobRegistry, JobSpec
-from schemas.envelope import Envelope, InlinePayload
-from schemas.registry import SchemaTooNew
+from conveyor.common.clock import Clock
+from conveyor.common.codec import decode_envelope
+from conveyor.common.deadlines import TimeLimit
+from conveyor.common.errors import CircuitOpen, JobTimeout, PermanentError, RejectedMessage
+from conveyor.common.logging import mask_secrets
+from conveyor.common.middleware import Middleware, build_consume_chain
+from conveyor.common.transport.base import Delivery
+from conveyor.consumer.breaker import BreakerBoard
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.outcome import Outcome, OutcomeKind
+from conveyor.consumer.payloads import PayloadResolver
+from conveyor.common.jobs.registry import JobRegistry, JobSpec
+from conveyor.schemas.envelope import Envelope, InlinePayload
+from conveyor.schemas.registry import SchemaTooNew
 
 __all__ = ["Processor"]
 

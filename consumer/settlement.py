@@ -19,18 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from common import headers as h
+from conveyor.common import headers as h
 
-from common.backoff import RetryPolicy
-from common.clock import Clock
-from common.codec import encode_model
-from common.logging import mask_secrets
-from common.metrics import WorkerMetrics
-from common.transport.base import Delivery, OutgoingMessage, Transport
-from consumer.outcome import Outcome, OutcomeKind
-from consumer.payloads import PayloadResolver
-from schemas.dead_letter import DeadLetterRecord
-from schemas.envelope import AttemptRecord, Envelope, PayloadReference, new_job_id
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.clock import Clock
+from conveyor.common.codec import encode_model
+from conveyor.common.logging import mask_secrets
+from conveyor.common.metrics import WorkerMetrics
+from conveyor.common.transport.base import Delivery, OutgoingMessage, Transport
+from conveyor.common.jobs.outcome import Outcome, OutcomeKind
+from conveyor.consumer.payloads import PayloadResolver
+from conveyor.schemas.dead_letter import DeadLetterRecord
+from conveyor.schemas.envelope import AttemptRecord, Envelope, PayloadReference, new_job_id
 
 __all__ = ["DeferPolicy", "Settlement"]
 

@@ -19,10 +19,10 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
-from common.errors import ConveyorError
-from common.transport.base import QueueStats, Transport
-from consumer.breaker import BreakerState
-from consumer.dead_letters import DeadLetters
+from conveyor.common.errors import ConveyorError
+from conveyor.common.transport.base import QueueStats, Transport
+from conveyor.consumer.breaker import BreakerState
+from conveyor.consumer.dead_letters import DeadLetters
 
 __all__ = ["QueueStatus", "StatusReport", "WorkerStatus", "collect_status", "render_tables", "scrape_worker"]
 

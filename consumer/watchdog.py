@@ -47,7 +47,7 @@ class WatchdogConfig:
     interval: float = 0.25
 
     def __post_init__(self) -> None:
-        from common.errors import ConfigurationError
+        from conveyor.common.errors import ConfigurationError
 
         if self.warn_after < 0 or self.interval <= 0:
             raise ConfigurationError("watchdog warn_after must be ≥ 0 and interval > 0")

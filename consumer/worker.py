@@ -18,25 +18,25 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from common.clock import Clock, SystemClock
-from common.codec import DEFAULT_MAX_MESSAGE_BYTES
-from common.errors import ConfigurationError, UnknownJobType
-from common.headers import due_at
-from common.logging import mask_secrets
-from common.metrics import WorkerMetrics
-from common.middleware import Middleware
-from common.payload_store.base import PayloadStore
-from common.transport.base import ConsumerHandle, Delivery, Transport
-from consumer.breaker import BreakerBoard, BreakerConfig, BreakerMiddleware, BreakerState, CircuitBreaker
-from common.idempotency.base import ProcessedKeyStore
-from consumer.idempotency import IdempotencyMiddleware
-from consumer.log_context import LogContextMiddleware
-from consumer.outcome import Outcome
-from consumer.payloads import PayloadResolver
-from consumer.processor import Processor
-from consumer.registry import JobRegistry
-from consumer.settlement import DeferPolicy, Settlement
-from consumer.watchdog import StallWatchdog, WatchdogConfig
+from conveyor.common.clock import Clock, SystemClock
+from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES
+from conveyor.common.errors import ConfigurationError, UnknownJobType
+from conveyor.common.headers import due_at
+from conveyor.common.logging import mask_secrets
+from conveyor.common.metrics import WorkerMetrics
+from conveyor.common.middleware import Middleware
+from conveyor.common.payload_store.base import PayloadStore
+from conveyor.common.transport.base import ConsumerHandle, Delivery, Transport
+from conveyor.consumer.breaker import BreakerBoard, BreakerConfig, BreakerMiddleware, BreakerState, CircuitBreaker
+from conveyor.common.idempotency.base import ProcessedKeyStore
+from conveyor.consumer.idempotency import IdempotencyMiddleware
+from conveyor.consumer.log_context import LogContextMiddleware
+from conveyor.common.jobs.outcome import Outcome
+from conveyor.consumer.payloads import PayloadResolver
+from conveyor.consumer.processor import Processor
+from conveyor.common.jobs.registry import JobRegistry
+from conveyor.consumer.settlement import DeferPolicy, Settlement
+from conveyor.consumer.watchdog import StallWatchdog, WatchdogConfig
 
 __all__ = ["Worker", "WorkerConfig", "default_worker_id"]
 

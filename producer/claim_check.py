@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import orjson
 
-from common.clock import Clock
-from common.errors import ConfigurationError, MessageTooLarge
-from common.payload_store.base import DEFAULT_PAYLOAD_THRESHOLD, PayloadStore
-from schemas.envelope import Envelope, InlinePayload, PayloadReference
+from conveyor.common.clock import Clock
+from conveyor.common.errors import ConfigurationError, MessageTooLarge
+from conveyor.common.payload_store.base import DEFAULT_PAYLOAD_THRESHOLD, PayloadStore
+from conveyor.schemas.envelope import Envelope, InlinePayload, PayloadReference
 
 __all__ = ["ClaimCheck"]
 

@@ -23,10 +23,10 @@ from typing import Any
 from pydantic import BaseModel
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from common.clock import Clock, SystemClock
-from common.codec import DEFAULT_MAX_MESSAGE_BYTES, encode_model
-from common.deadlines import TimeLimit
-from common.errors import (
+from conveyor.common.clock import Clock, SystemClock
+from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, encode_model
+from conveyor.common.deadlines import TimeLimit
+from conveyor.common.errors import (
     ConfigurationError,
     MessageTooLarge,
     PublishNotConfirmed,
@@ -34,16 +34,16 @@ from common.errors import (
     TransportError,
     UnknownJobType,
 )
-from common.headers import ATTEMPT, DUE_AT, JOB_TYPE, format_due_at
-from common.metrics import UNKNOWN, WorkerMetrics
-from common.middleware import Middleware, build_publish_chain
-from common.payload_store.base import DEFAULT_PAYLOAD_THRESHOLD, PayloadStore
-from common.transport.base import OutgoingMessage, Transport
-from consumer.registry import DEFAULT_QUEUE, JobRegistry
-from producer.claim_check import ClaimCheck
-from producer.command import PublishCommand, PublishReceipt
-from schemas.envelope import Envelope, InlinePayload, PayloadReference, new_job_id
-from schemas.registry import SchemaRegistry
+from conveyor.common.headers import ATTEMPT, DUE_AT, JOB_TYPE, format_due_at
+from conveyor.common.metrics import UNKNOWN, WorkerMetrics
+from conveyor.common.middleware import Middleware, build_publish_chain
+from conveyor.common.payload_store.base import DEFAULT_PAYLOAD_THRESHOLD, PayloadStore
+from conveyor.common.transport.base import OutgoingMessage, Transport
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.producer.claim_check import ClaimCheck
+from conveyor.common.jobs.command import PublishCommand, PublishReceipt
+from conveyor.schemas.envelope import Envelope, InlinePayload, PayloadReference, new_job_id
+from conveyor.schemas.registry import SchemaRegistry
 
 __all__ = ["Producer"]
 

@@ -3,15 +3,15 @@
 Pure pydantic, no I/O. Everything a non-Python publisher needs to speak to Conveyor.
 """
 
-from schemas.dead_letter import DeadLetterRecord
-from schemas.envelope import (
+from conveyor.schemas.dead_letter import DeadLetterRecord
+from conveyor.schemas.envelope import (
     AttemptRecord,
     Envelope,
     InlinePayload,
     PayloadReference,
     new_job_id,
 )
-from schemas.registry import SchemaRegistry
+from conveyor.schemas.registry import SchemaRegistry
 
 __all__ = [
     "AttemptRecord",

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from schemas.envelope import AttemptRecord
+from conveyor.schemas.envelope import AttemptRecord
 
 __all__ = ["DeadLetterRecord", "REASONS"]
 

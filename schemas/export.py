@@ -32,10 +32,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from schemas.compat import breaking_changes
-from schemas.dead_letter import DeadLetterRecord
-from schemas.envelope import ENVELOPE_VERSION, Envelope
-from schemas.registry import SchemaRegistry
+from conveyor.schemas.compat import breaking_changes
+from conveyor.schemas.dead_letter import DeadLetterRecord
+from conveyor.schemas.envelope import ENVELOPE_VERSION, Envelope
+from conveyor.schemas.registry import SchemaRegistry
 
 __all__ = ["ExportReport", "check", "load_schemas", "main", "render", "write"]
 

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from common.clock import Clock
-from common.errors import ConfigurationError
-from common.idempotency.base import (
+from conveyor.common.clock import Clock
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.idempotency.base import (
     IdempotencyConflict,
     IdempotencyStoreUnavailable,
     ProcessedKeyStore,
     Record,
     StoreTransaction,
 )
-from common.idempotency.memory import MemoryProcessedKeyStore
-from common.idempotency.postgres import PostgresProcessedKeyStore
-from common.idempotency.sqlite import SQLiteProcessedKeyStore
+from conveyor.common.idempotency.memory import MemoryProcessedKeyStore
+from conveyor.common.idempotency.postgres import PostgresProcessedKeyStore
+from conveyor.common.idempotency.sqlite import SQLiteProcessedKeyStore
 
 __all__ = [
     "IdempotencyConflict",

@@ -49,8 +49,8 @@ from typing import Any
 
 import orjson
 
-from common.clock import Clock, SystemClock
-from common.errors import ConfigurationError, IdempotencyConflict, IdempotencyStoreUnavailable
+from conveyor.common.clock import Clock, SystemClock
+from conveyor.common.errors import ConfigurationError, IdempotencyConflict, IdempotencyStoreUnavailable
 
 __all__ = [
     "DEFAULT_TABLE_PREFIX",

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from common.clock import Clock
-from common.idempotency.base import (
+from conveyor.common.clock import Clock
+from conveyor.common.idempotency.base import (
     STATUS_SUCCEEDED,
     IdempotencyStoreUnavailable,
     ProcessedKeyStore,

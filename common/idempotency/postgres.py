@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from common.clock import Clock
-from common.idempotency.base import (
+from conveyor.common.clock import Clock
+from conveyor.common.idempotency.base import (
     DEFAULT_TABLE_PREFIX,
     SCHEMA_VERSION,
     STATUS_SUCCEEDED,

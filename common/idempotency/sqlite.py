@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.clock import Clock
-from common.idempotency.base import (
+from conveyor.common.clock import Clock
+from conveyor.common.idempotency.base import (
     DEFAULT_TABLE_PREFIX,
     SCHEMA_VERSION,
     STATUS_SUCCEEDED,

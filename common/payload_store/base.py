@@ -26,8 +26,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from common.errors import ConfigurationError, PayloadReferenceInvalid
-from schemas.envelope import PayloadReference
+from conveyor.common.errors import ConfigurationError, PayloadReferenceInvalid
+from conveyor.schemas.envelope import PayloadReference
 
 __all__ = [
     "CHUNK_SIZE",

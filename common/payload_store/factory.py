@@ -14,24 +14,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from common.errors import ConfigurationError
-from common.payload_store.base import PayloadStore
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.payload_store.base import PayloadStore
 
 if TYPE_CHECKING:
-    from common.settings import Settings
+    from conveyor.common.settings import Settings
 
 __all__ = ["store_from_settings", "store_from_url"]
 
 
 def store_from_url(url: str, *, settings: Settings | None = None) -> PayloadStore:
-    from common.settings import Settings
+    from conveyor.common.settings import Settings
 
     settings = settings or Settings()
     parts = urlsplit(url)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     limits = {"max_bytes": settings.payload_max_bytes, "timeout": settings.payload_timeout}
     if parts.scheme == "file":
-        from common.payload_store.filesystem import FileSystemPayloadStore
+        from conveyor.common.payload_store.filesystem import FileSystemPayloadStore
 
         root = unquote(parts.path)
         if parts.netloc or not root:
@@ -40,7 +40,7 @@ def store_from_url(url: str, *, settings: Settings | None = None) -> PayloadStor
             root, bucket=query.get("bucket", "conveyor"), prefix=query.get("prefix", "payloads"), **limits
         )
     if parts.scheme == "s3":
-        from common.payload_store.s3 import S3PayloadStore
+        from conveyor.common.payload_store.s3 import S3PayloadStore
 
         if not parts.netloc or "@" in parts.netloc or ":" in parts.netloc:
             raise ConfigurationError("an S3 payload store is s3://bucket/prefix (credentials go in CONVEYOR_S3_*)")
@@ -54,7 +54,7 @@ def store_from_url(url: str, *, settings: Settings | None = None) -> PayloadStor
             **limits,
         )
     if parts.scheme == "memory":
-        from common.payload_store.memory import MemoryPayloadStore
+        from conveyor.common.payload_store.memory import MemoryPayloadStore
 
         return MemoryPayloadStore(
             bucket=query.get("bucket", "conveyor"), prefix=query.get("prefix", "payloads"), **limits

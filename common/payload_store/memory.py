@@ -11,10 +11,10 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from common.clock import Clock, SystemClock
-from common.errors import MessageTooLarge, PayloadMissing, PayloadStoreUnavailable
-from common.payload_store.base import CHUNK_SIZE, PayloadStore, StoredObject, chunked
-from schemas.envelope import PayloadReference
+from conveyor.common.clock import Clock, SystemClock
+from conveyor.common.errors import MessageTooLarge, PayloadMissing, PayloadStoreUnavailable
+from conveyor.common.payload_store.base import CHUNK_SIZE, PayloadStore, StoredObject, chunked
+from conveyor.schemas.envelope import PayloadReference
 
 __all__ = ["MemoryPayloadStore"]
 

@@ -33,15 +33,15 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
-from common.errors import (
+from conveyor.common.errors import (
     ConfigurationError,
     MessageTooLarge,
     PayloadIntegrityError,
     PayloadMissing,
     PayloadStoreUnavailable,
 )
-from common.payload_store.base import CHUNK_SIZE, PayloadStore, StoredObject, chunked
-from schemas.envelope import PayloadReference
+from conveyor.common.payload_store.base import CHUNK_SIZE, PayloadStore, StoredObject, chunked
+from conveyor.schemas.envelope import PayloadReference
 
 __all__ = ["S3PayloadStore", "client_config"]
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.errors import AlreadySettled
+from conveyor.common.errors import AlreadySettled
 
 __all__ = [
     "ConsumerHandle",

@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
-from common.errors import ConfigurationError
-from common.transport.base import Transport
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.transport.base import Transport
 
 if TYPE_CHECKING:
-    from common.tls import TlsConfig
+    from conveyor.common.tls import TlsConfig
 
 __all__ = ["mask_url", "transport_from_url"]
 
@@ -34,15 +34,15 @@ def transport_from_url(url: str, *, tls: TlsConfig | None = None, **kwargs: Any)
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme == "memory":
-        from common.transport.memory import MemoryBroker, MemoryTransport
+        from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 
         return MemoryTransport(MemoryBroker(), **kwargs)
     if scheme in ("amqp", "amqps"):
-        from common.transport.rabbitmq import RabbitMQTransport
+        from conveyor.common.transport.rabbitmq import RabbitMQTransport
 
         return RabbitMQTransport(url, tls=tls, **kwargs)
     if scheme in ("pulsar", "pulsar+ssl"):
-        from common.transport.pulsar import PulsarTransport
+        from conveyor.common.transport.pulsar import PulsarTransport
 
         return PulsarTransport(url, tls=tls, **kwargs)
     raise ConfigurationError(

@@ -14,9 +14,9 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from common.clock import Clock, SystemClock
-from common.errors import PublishNotConfirmed, TransportError
-from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
+from conveyor.common.clock import Clock, SystemClock
+from conveyor.common.errors import PublishNotConfirmed, TransportError
+from conveyor.common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
 

@@ -83,11 +83,11 @@ import pulsar
 import pulsar.asyncio as pulsar_asyncio
 from pulsar.asyncio import PulsarException
 
-from common.errors import ConfigurationError, PublishNotConfirmed, PublishOutcomeUnknown, TlsError, TransportError
-from common.tls import TlsConfig, check_scheme, probe_handshake
-from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
-from common.transport.factory import mask_url
-from common.transport.pulsar_admin import (
+from conveyor.common.errors import ConfigurationError, PublishNotConfirmed, PublishOutcomeUnknown, TlsError, TransportError
+from conveyor.common.tls import TlsConfig, check_scheme, probe_handshake
+from conveyor.common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
+from conveyor.common.transport.factory import mask_url
+from conveyor.common.transport.pulsar_admin import (
     DEFAULT_SUBSCRIPTION,
     SUBSCRIPTION_TYPES,
     AdminClient,
@@ -96,8 +96,8 @@ from common.transport.pulsar_admin import (
     check_name,
     parse_pulsar_url,
 )
-from common.transport.pulsar_inbox import LoopInbox
-from common.transport.pulsar_consumer import (
+from conveyor.common.transport.pulsar_inbox import LoopInbox
+from conveyor.common.transport.pulsar_consumer import (
     MESSAGE_ID_PROPERTY,
     Browser,
     PulsarConsumer,

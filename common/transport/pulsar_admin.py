@@ -39,9 +39,9 @@ from urllib.parse import parse_qsl, quote, unquote, urljoin, urlsplit
 
 import aiohttp
 
-from common.errors import ConfigurationError, TransportError
-from common.tls import tls_error
-from common.transport.factory import mask_url
+from conveyor.common.errors import ConfigurationError, TransportError
+from conveyor.common.tls import tls_error
+from conveyor.common.transport.factory import mask_url
 
 __all__ = [
     "DEFAULT_SUBSCRIPTION",

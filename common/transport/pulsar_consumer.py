@@ -16,9 +16,9 @@ import pulsar
 import pulsar.asyncio as pulsar_asyncio
 from pulsar.asyncio import PulsarException
 
-from common.errors import TransportError
-from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler
-from common.transport.pulsar_inbox import LoopInbox
+from conveyor.common.errors import TransportError
+from conveyor.common.transport.base import ConsumerHandle, Delivery, DeliveryHandler
+from conveyor.common.transport.pulsar_inbox import LoopInbox
 
 __all__ = [
     "MESSAGE_ID_PROPERTY",

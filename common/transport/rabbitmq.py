@@ -56,14 +56,14 @@ from aio_pika.exceptions import (
 
 from aiormq.exceptions import ChannelAccessRefused
 
-from common.errors import AccessRefused, ConfigurationError, TransportError
-from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
-from common.tls import TlsConfig, check_scheme, tls_error
-from common.transport.factory import mask_url
-from common.transport.rabbitmq_consumer import BROKER_ERRORS as _BROKER_ERRORS
-from common.transport.rabbitmq_consumer import AmqpConsumer, AmqpDelivery, ChannelSettler
-from common.transport.rabbitmq_publisher import ExchangePublisher
-from common.transport.rabbitmq_topology import DEFAULT_DELAY_TIERS, DIRECT, Topology, tier_queue
+from conveyor.common.errors import AccessRefused, ConfigurationError, TransportError
+from conveyor.common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
+from conveyor.common.tls import TlsConfig, check_scheme, tls_error
+from conveyor.common.transport.factory import mask_url
+from conveyor.common.transport.rabbitmq_consumer import BROKER_ERRORS as _BROKER_ERRORS
+from conveyor.common.transport.rabbitmq_consumer import AmqpConsumer, AmqpDelivery, ChannelSettler
+from conveyor.common.transport.rabbitmq_publisher import ExchangePublisher
+from conveyor.common.transport.rabbitmq_topology import DEFAULT_DELAY_TIERS, DIRECT, Topology, tier_queue
 
 __all__ = ["RabbitMQTransport"]
 

@@ -31,11 +31,11 @@ import aiormq
 import aiormq.abc
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
-from common.errors import TransportError
-from common.transport.base import ConsumerHandle, Delivery, DeliveryHandler
+from conveyor.common.errors import TransportError
+from conveyor.common.transport.base import ConsumerHandle, Delivery, DeliveryHandler
 
 if TYPE_CHECKING:
-    from common.transport.rabbitmq import RabbitMQTransport
+    from conveyor.common.transport.rabbitmq import RabbitMQTransport
 
 __all__ = ["BROKER_ERRORS", "AmqpConsumer", "AmqpDelivery", "ChannelSettler"]
 

@@ -26,8 +26,8 @@ from aiormq import spec
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity, DeliveryError, PublishError
 from aiormq.exceptions import ChannelAccessRefused
 
-from common.errors import PublishNotConfirmed, PublishOutcomeUnknown, TransportError
-from common.transport.rabbitmq_topology import Target
+from conveyor.common.errors import PublishNotConfirmed, PublishOutcomeUnknown, TransportError
+from conveyor.common.transport.rabbitmq_topology import Target
 
 __all__ = ["ExchangePublisher"]
 

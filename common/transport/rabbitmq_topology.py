@@ -71,7 +71,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.errors import ConfigurationError
+from conveyor.common.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_DELAY_TIERS",

@@ -10,9 +10,9 @@ import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from common.codec import strict_json_loads
-from common.errors import ConveyorError
-from consumer.commands.support import (
+from conveyor.common.codec import strict_json_loads
+from conveyor.common.errors import ConveyorError
+from conveyor.consumer.commands.support import (
     broker_option,
     console,
     payload_store_for,
@@ -22,7 +22,7 @@ from consumer.commands.support import (
     settings_from,
     transport_for,
 )
-from consumer.dead_letters import DeadLetterFilter, DeadLetters
+from conveyor.consumer.dead_letters import DeadLetterFilter, DeadLetters
 
 __all__ = ["dlq"]
 
@@ -134,7 +134,7 @@ def dlq_purge(broker: str, queue: str, reason: str | None, job_type: str | None,
     settings = settings_from(**({"payload_store": payload_store} if payload_store else {}))
 
     async def go() -> tuple[int, int]:
-        from consumer.payloads import PayloadResolver
+        from conveyor.consumer.payloads import PayloadResolver
 
         store = payload_store_for(settings)
         transport = transport_for(broker, settings)

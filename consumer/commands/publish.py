@@ -8,8 +8,8 @@ from typing import Any
 import click
 import orjson
 
-from common.codec import strict_json_loads
-from consumer.commands import support
+from conveyor.common.codec import strict_json_loads
+from conveyor.consumer.commands import support
 
 __all__ = ["publish"]
 
@@ -29,7 +29,7 @@ def publish(job_type: str, payload: str, broker: str, app: str | None, queue: st
             schema_version: int | None, idempotency_key: str | None, delay: float, headers: tuple[str, ...],
             payload_store: str | None) -> None:
     """Publish one job and wait for the broker's confirm (large payloads go to the payload store)."""
-    from producer.producer import Producer
+    from conveyor.producer.producer import Producer
 
     settings = support.settings_from(**({"payload_store": payload_store} if payload_store else {}))
     store_options = {"payload_threshold": settings.payload_threshold_bytes}

@@ -15,12 +15,12 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from common.errors import ConveyorError
-from common.settings import Settings
-from common.transport.base import Transport
-from common.transport.factory import transport_from_url
-from consumer.cli_secrets import DEFAULT_BROKER, broker_from_environment, protect, redactor
-from consumer.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.common.errors import ConveyorError
+from conveyor.common.settings import Settings
+from conveyor.common.transport.base import Transport
+from conveyor.common.transport.factory import transport_from_url
+from conveyor.consumer.cli_secrets import DEFAULT_BROKER, broker_from_environment, protect, redactor
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 
 __all__ = [
     "broker_option",
@@ -96,7 +96,7 @@ def tracing(settings: Settings, service: str) -> tuple[list[Any], Any]:
     """Middlewares and tracer provider for CONVEYOR_TRACING=otlp|console (needs conveyor[otel])."""
     if settings.tracing == "off":
         return [], None
-    from common.tracing import TracingMiddleware, configure_tracing
+    from conveyor.common.tracing import TracingMiddleware, configure_tracing
 
     return [TracingMiddleware()], configure_tracing(service, settings.tracing)
 
@@ -107,6 +107,6 @@ def transport_for(broker: str, settings: Settings) -> Transport:
 
 
 def payload_store_for(settings: Settings) -> Any:
-    from common.payload_store.factory import store_from_settings
+    from conveyor.common.payload_store.factory import store_from_settings
 
     return store_from_settings(settings)

@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from common.settings import Settings
-from common.transport.factory import mask_url
-from consumer.cli_secrets import redactor, warn_if_credentials
-from consumer.commands.support import (
+from conveyor.common.settings import Settings
+from conveyor.common.transport.factory import mask_url
+from conveyor.consumer.cli_secrets import redactor, warn_if_credentials
+from conveyor.consumer.commands.support import (
     broker_option,
     console,
     load_registry,
@@ -22,7 +22,7 @@ from consumer.commands.support import (
     tracing,
     transport_for,
 )
-from consumer.registry import JobRegistry
+from conveyor.common.jobs.registry import JobRegistry
 
 __all__ = ["worker"]
 
@@ -47,10 +47,10 @@ def worker(target: str, broker: str, **overrides: Any) -> None:
 
 
 async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -> None:
-    from consumer.http import HealthServer
-    from consumer.breaker import BreakerConfig
-    from consumer.watchdog import WatchdogConfig
-    from consumer.worker import Worker, WorkerConfig
+    from conveyor.consumer.http import HealthServer
+    from conveyor.consumer.breaker import BreakerConfig
+    from conveyor.consumer.watchdog import WatchdogConfig
+    from conveyor.consumer.worker import Worker, WorkerConfig
 
     config = WorkerConfig(
         concurrency=settings.concurrency,
@@ -76,7 +76,7 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
     store = payload_store_for(settings)
     keys = None
     if settings.idempotency_url is not None:
-        from common.idempotency import store_from_url
+        from conveyor.common.idempotency import store_from_url
 
         keys = store_from_url(settings.idempotency_url.get_secret_value())
     async with transport:

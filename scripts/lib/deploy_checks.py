@@ -53,7 +53,7 @@ def check(ok: bool, what: str) -> None:
 # -- metric names -----------------------------------------------------------------------------
 
 def exported_metric_names() -> set[str]:
-    from common.metrics import WorkerMetrics
+    from conveyor.common.metrics import WorkerMetrics
 
     names: set[str] = set()
     for family in WorkerMetrics().registry.collect():

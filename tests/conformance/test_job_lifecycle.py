@@ -9,16 +9,16 @@ from dataclasses import dataclass, field
 import pytest
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.codec import decode_dead_letter, decode_envelope, encode_model
-from common.errors import AlreadySettled, PermanentError, RetryableError
-from common.transport.base import Delivery, OutgoingMessage
-from consumer.breaker import BreakerConfig
-from consumer.context import JobContext
-from consumer.registry import JobRegistry
-from consumer.settlement import DeferPolicy
-from consumer.worker import Worker, WorkerConfig
-from producer.producer import Producer
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.codec import decode_dead_letter, decode_envelope, encode_model
+from conveyor.common.errors import AlreadySettled, PermanentError, RetryableError
+from conveyor.common.transport.base import Delivery, OutgoingMessage
+from conveyor.consumer.breaker import BreakerConfig
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
+from conveyor.consumer.settlement import DeferPolicy
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
 from tests.conftest import wait_until
 from tests.support.backends import Backend
 

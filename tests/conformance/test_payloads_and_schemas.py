@@ -9,16 +9,16 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.codec import encode_model
-from common.payload_store.s3 import S3PayloadStore
-from common.transport.base import OutgoingMessage
-from consumer.context import JobContext
-from consumer.registry import JobRegistry
-from consumer.settlement import DeferPolicy
-from consumer.worker import Worker
-from producer.producer import Producer
-from schemas.envelope import PayloadReference
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.codec import encode_model
+from conveyor.common.payload_store.s3 import S3PayloadStore
+from conveyor.common.transport.base import OutgoingMessage
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
+from conveyor.consumer.settlement import DeferPolicy
+from conveyor.consumer.worker import Worker
+from conveyor.producer.producer import Producer
+from conveyor.schemas.envelope import PayloadReference
 from tests.conformance.test_job_lifecycle import dead_letters, fast_config
 from tests.conftest import wait_until
 from tests.support.backends import Backend

@@ -7,8 +7,8 @@ import os
 
 from pydantic import BaseModel
 
-from consumer.context import JobContext
-from consumer.registry import JobRegistry
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
 
 
 class Nap(BaseModel):

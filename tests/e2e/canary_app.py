@@ -12,10 +12,10 @@ import os
 
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.settings import Settings
-from consumer.context import JobContext
-from consumer.registry import JobRegistry
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.settings import Settings
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
 
 log = logging.getLogger("canary.app")
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def conveyor(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "consumer.cli", *args],
+        [sys.executable, "-m", "conveyor", *args],
         cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -42,7 +42,7 @@ def amqp() -> str:
 async def queue(amqp: str):
     name = f"e2e.{uuid.uuid4().hex[:10]}"
     yield name
-    from common.transport.rabbitmq import RabbitMQTransport
+    from conveyor.common.transport.rabbitmq import RabbitMQTransport
 
     async with RabbitMQTransport(amqp) as transport:
         await transport.delete(name)
@@ -58,7 +58,7 @@ def test_worker_drains_on_sigterm_and_exits_zero(amqp: str, queue: str, tmp_path
         assert published.returncode == 0, published.stderr
         ids.append(json.loads(published.stdout)["job_id"])
     worker = subprocess.Popen(
-        [sys.executable, "-m", "consumer.cli", "worker", "tests.e2e.app:jobs", "--concurrency", "2",
+        [sys.executable, "-m", "conveyor", "worker", "tests.e2e.app:jobs", "--concurrency", "2",
          "--http-port", "0", "--grace-period", "10"],
         cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -79,7 +79,7 @@ def test_worker_drains_on_sigterm_and_exits_zero(amqp: str, queue: str, tmp_path
     assert all(attempt == "1" for _, attempt in done)
     # Whatever did not finish is back in the queue, unspent: a second worker finishes it.
     second = subprocess.Popen(
-        [sys.executable, "-m", "consumer.cli", "worker", "tests.e2e.app:jobs", "--concurrency", "4", "--http-port", "0"],
+        [sys.executable, "-m", "conveyor", "worker", "tests.e2e.app:jobs", "--concurrency", "4", "--http-port", "0"],
         cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -102,7 +102,7 @@ def test_dlq_replay_dry_run_changes_nothing(amqp: str, queue: str) -> None:
     planted = conveyor("publish", "e2e.nap", "--payload", '{"seconds": "not a number"}', "--queue", queue, env=env)
     assert planted.returncode == 0, planted.stderr
     worker = subprocess.Popen(
-        [sys.executable, "-m", "consumer.cli", "worker", "tests.e2e.app:jobs", "--http-port", "0"],
+        [sys.executable, "-m", "conveyor", "worker", "tests.e2e.app:jobs", "--http-port", "0"],
         cwd=ROOT, env={**os.environ, **env, "E2E_QUEUE": queue, "E2E_OUT": "/dev/null"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -39,7 +39,7 @@ def test_large_payloads_go_through_the_store_and_are_cleaned_up(amqp: str, queue
     assert len(stored(store)) == 2
 
     worker = subprocess.Popen(
-        [sys.executable, "-m", "consumer.cli", "worker", "tests.e2e.app:jobs", "--http-port", "0"],
+        [sys.executable, "-m", "conveyor", "worker", "tests.e2e.app:jobs", "--http-port", "0"],
         cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

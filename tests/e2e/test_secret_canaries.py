@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yarl
 
-from common.transport.rabbitmq import RabbitMQTransport
+from conveyor.common.transport.rabbitmq import RabbitMQTransport
 from tests.support.backends import require_env
 from tests.support.rabbitmq_admin import add_scratch_vhost, delete_vhost, rabbitmqctl, user_url
 
@@ -103,7 +103,7 @@ def base_env(tmp_path: Path) -> dict[str, str]:
 
 
 def run(outputs: Outputs, label: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "consumer.cli", *args], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "-m", "conveyor", *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=90)
     outputs.add(f"{label} stdout", result.stdout)
     outputs.add(f"{label} stderr", result.stderr)
@@ -116,7 +116,7 @@ class WorkerProcess:
         self.stdout, self.stderr = tmp_path / f"{label}.out", tmp_path / f"{label}.err"
         with self.stdout.open("w") as out, self.stderr.open("w") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "consumer.cli", "worker", APP, "--http-port", str(port), "--grace-period", "5"],
+                [sys.executable, "-m", "conveyor", "worker", APP, "--http-port", str(port), "--grace-period", "5"],
                 cwd=ROOT, env=env, stdout=out, stderr=err,
             )
         self.cmdline = ""

@@ -23,11 +23,11 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.errors import PermanentError, RetryableError
-from consumer.context import JobContext
-from consumer.idempotency import job_transaction
-from consumer.registry import JobRegistry
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.errors import PermanentError, RetryableError
+from conveyor.common.jobs.context import JobContext
+from conveyor.consumer.idempotency import job_transaction
+from conveyor.common.jobs.registry import JobRegistry
 
 JOB_TYPE = "fault.work"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from common.transport.factory import transport_from_url
+from conveyor.common.transport.factory import transport_from_url
 from tests.faults.harness import FaultRun
 from tests.faults.ledger import Figures, Ledger
 from tests.integration.conftest import amqp_url, pulsar_url  # noqa: F401 - shared fixtures

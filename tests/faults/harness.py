@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from common.transport.base import OutgoingMessage
-from common.transport.factory import transport_from_url
-from producer.producer import Producer
+from conveyor.common.transport.base import OutgoingMessage
+from conveyor.common.transport.factory import transport_from_url
+from conveyor.producer.producer import Producer
 from tests.faults import app
 from tests.integration.accounting import publish_until_confirmed
 from tests.faults.ledger import POISON_HEADER, Figures, Ledger
@@ -112,7 +112,7 @@ class FaultRun:
 
     def start_worker(self, *, concurrency: int = 8, prefetch: int | None = None, grace: float = 10,
                      url: str | None = None, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-        args = [sys.executable, "-m", "consumer.cli", "worker", "tests.faults.app:jobs",
+        args = [sys.executable, "-m", "conveyor", "worker", "tests.faults.app:jobs",
                 "--concurrency", str(concurrency), "--http-port", "0", "--grace-period", str(grace)]
         if prefetch is not None:
             args += ["--prefetch", str(prefetch)]

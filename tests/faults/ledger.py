@@ -21,9 +21,9 @@ from pathlib import Path
 
 import asyncpg
 
-from common.transport.factory import transport_from_url
-from consumer.dead_letters import DeadLetters
-from schemas.dead_letter import DeadLetterRecord
+from conveyor.common.transport.factory import transport_from_url
+from conveyor.consumer.dead_letters import DeadLetters
+from conveyor.schemas.dead_letter import DeadLetterRecord
 
 __all__ = ["POISON_HEADER", "Figures", "Ledger", "Snapshot"]
 

@@ -24,9 +24,9 @@ import time
 import orjson
 import pytest
 
-from common.transport.base import OutgoingMessage
-from common.transport.factory import transport_from_url
-from producer.producer import Producer
+from conveyor.common.transport.base import OutgoingMessage
+from conveyor.common.transport.factory import transport_from_url
+from conveyor.producer.producer import Producer
 from tests.faults import app
 from tests.faults.harness import ROOT, BrokerControl, FaultRun, check
 from tests.faults.ledger import POISON_HEADER, Figures
@@ -293,7 +293,7 @@ async def test_dlq_replay_killed_half_way(fault_run: FaultRun, record_figures: l
     fault_run.outage_flag.unlink()  # the fix is deployed; now replay
     for job_id in fault_run.ledger.expected:
         fault_run.ledger.expect(job_id, dead=False)
-    replay = [sys.executable, "-m", "consumer.cli", "dlq", "replay", "--queue", fault_run.queue, "--rate", "20"]
+    replay = [sys.executable, "-m", "conveyor", "dlq", "replay", "--queue", fault_run.queue, "--rate", "20"]
     first = subprocess.Popen(replay, cwd=ROOT, env=fault_run.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         await fault_run.wait_for_effects(20, timeout=60)

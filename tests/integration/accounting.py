@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import TransportError
-from common.transport.factory import transport_from_url
-from consumer.dead_letters import DeadLetters
-from producer.producer import Producer
-from schemas.envelope import Envelope
+from conveyor.common.errors import TransportError
+from conveyor.common.transport.factory import transport_from_url
+from conveyor.consumer.dead_letters import DeadLetters
+from conveyor.producer.producer import Producer
+from conveyor.schemas.envelope import Envelope
 from tests.integration import accounting_app
 
 __all__ = [
@@ -53,7 +53,7 @@ class Run:
     def start_worker(self, concurrency: int = 8, http_port: int = 0) -> subprocess.Popen[bytes]:
         """A worker process; ``http_port`` serves /readyz (0: no HTTP server)."""
         return subprocess.Popen(
-            [sys.executable, "-m", "consumer.cli", "worker", "tests.integration.accounting_app:jobs",
+            [sys.executable, "-m", "conveyor", "worker", "tests.integration.accounting_app:jobs",
              "--concurrency", str(concurrency), "--http-port", str(http_port), "--grace-period", "10"],
             cwd=ROOT, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from common.transport.factory import mask_url
+from conveyor.common.transport.factory import mask_url
 
 
 def _require_env(name: str, how: str) -> str:
@@ -48,7 +48,7 @@ def pulsar_url() -> str:
     url = _require_env("CONVEYOR_PULSAR_URL", "run scripts/services/pulsar.sh up")
 
     async def probe() -> None:
-        from common.transport.pulsar import PulsarTransport
+        from conveyor.common.transport.pulsar import PulsarTransport
 
         transport = PulsarTransport(url, connect_timeout=15)
         await transport.connect()

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from common.clock import FakeClock
-from common.errors import ConfigurationError
-from common.idempotency.base import IdempotencyStoreUnavailable, ProcessedKeyStore
-from common.idempotency.postgres import PostgresProcessedKeyStore
-from common.transport.factory import mask_url
+from conveyor.common.clock import FakeClock
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.idempotency.base import IdempotencyStoreUnavailable, ProcessedKeyStore
+from conveyor.common.idempotency.postgres import PostgresProcessedKeyStore
+from conveyor.common.transport.factory import mask_url
 from tests.support.idempotency_contract import *  # noqa: F403 - the shared contract tests
 from tests.support.idempotency_contract import Effects, PostgresEffects
 

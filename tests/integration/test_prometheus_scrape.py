@@ -19,15 +19,15 @@ import aiohttp
 import pytest
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.errors import PermanentError, RetryableError
-from common.transport.base import OutgoingMessage
-from common.transport.memory import MemoryBroker, MemoryTransport
-from consumer.context import JobContext
-from consumer.http import HealthServer
-from consumer.registry import DEFAULT_QUEUE, JobRegistry
-from consumer.worker import Worker, WorkerConfig
-from producer.producer import Producer
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.errors import PermanentError, RetryableError
+from conveyor.common.transport.base import OutgoingMessage
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.common.jobs.context import JobContext
+from conveyor.consumer.http import HealthServer
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "services" / "prometheus.sh"

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from common.transport.pulsar import PulsarTransport
+from conveyor.common.transport.pulsar import PulsarTransport
 from tests.integration.accounting import (
     ROOT,
     Run,

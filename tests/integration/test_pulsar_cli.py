@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from common.transport.pulsar import PulsarTransport
+from conveyor.common.transport.pulsar import PulsarTransport
 
 pytestmark = pytest.mark.pulsar
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def conveyor(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "consumer.cli", *args],
+        [sys.executable, "-m", "conveyor", *args],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True,
         timeout=timeout,
     )
@@ -44,7 +44,7 @@ async def test_publish_worker_and_dlq_replay_through_the_cli(pulsar_url: str, qu
     assert planted.returncode == 0, planted.stderr
     job_id = json.loads(planted.stdout)["job_id"]
     worker = subprocess.Popen(
-        [sys.executable, "-m", "consumer.cli", "worker", "tests.e2e.app:jobs", "--http-port", "0"],
+        [sys.executable, "-m", "conveyor", "worker", "tests.e2e.app:jobs", "--http-port", "0"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )

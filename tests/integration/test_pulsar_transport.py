@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from common.errors import AlreadySettled, ConfigurationError, PublishNotConfirmed, TransportError
-from common.transport.base import Delivery, OutgoingMessage
-from common.transport.pulsar import PulsarTransport
+from conveyor.common.errors import AlreadySettled, ConfigurationError, PublishNotConfirmed, TransportError
+from conveyor.common.transport.base import Delivery, OutgoingMessage
+from conveyor.common.transport.pulsar import PulsarTransport
 
 pytestmark = pytest.mark.pulsar
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from common.transport.rabbitmq import RabbitMQTransport
+from conveyor.common.transport.rabbitmq import RabbitMQTransport
 from tests.integration.accounting import (
     Run,
     assert_exact_accounting,

@@ -18,14 +18,14 @@ import aio_pika
 import pytest
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.codec import encode_model
-from common.transport.rabbitmq import RabbitMQTransport
-from common.transport.rabbitmq_topology import jobs_exchange
-from consumer.context import JobContext
-from consumer.registry import JobRegistry
-from consumer.worker import Worker, WorkerConfig
-from producer.producer import Producer
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.codec import encode_model
+from conveyor.common.transport.rabbitmq import RabbitMQTransport
+from conveyor.common.transport.rabbitmq_topology import jobs_exchange
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
 from tests.conftest import wait_until
 from tests.support.backends import TEST_DELAY_TIERS
 

@@ -22,15 +22,15 @@ import pytest
 import yarl
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.errors import AccessRefused, PermanentError, PublishNotConfirmed
-from common.transport.base import Delivery, OutgoingMessage
-from common.transport.rabbitmq import RabbitMQTransport
-from common.transport.rabbitmq_topology import permissions
-from consumer.context import JobContext
-from consumer.registry import JobRegistry
-from consumer.worker import Worker, WorkerConfig
-from producer.producer import Producer
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.errors import AccessRefused, PermanentError, PublishNotConfirmed
+from conveyor.common.transport.base import Delivery, OutgoingMessage
+from conveyor.common.transport.rabbitmq import RabbitMQTransport
+from conveyor.common.transport.rabbitmq_topology import permissions
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
 from tests.conftest import wait_until
 from tests.support.backends import TEST_DELAY_TIERS
 from tests.support.rabbitmq_admin import add_scratch_vhost, delete_vhost, rabbitmqctl, user_url
@@ -198,7 +198,7 @@ async def test_worker_runs_jobs_and_publishes_retries_and_dead_letters_only(brok
 
 def conveyor(*args: str, url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CONVEYOR_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "consumer.cli", *args, "--queue", QUEUE], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "conveyor", *args, "--queue", QUEUE], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import TransportError
-from common.transport.base import Delivery, OutgoingMessage
-from common.transport.rabbitmq import RabbitMQTransport
+from conveyor.common.errors import TransportError
+from conveyor.common.transport.base import Delivery, OutgoingMessage
+from conveyor.common.transport.rabbitmq import RabbitMQTransport
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.rabbitmq
@@ -48,7 +48,7 @@ async def test_stats_counts_ready_delayed_dead_letters_and_consumers(amqp_url: s
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         result = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "consumer.cli", "status", "--broker", amqp_url, "--queue", queue_name,
+            [sys.executable, "-m", "conveyor", "status", "--broker", amqp_url, "--queue", queue_name,
              "--interval", "0.2", "--json"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
         )

@@ -11,16 +11,16 @@ import aio_pika
 import pytest
 import yarl
 
-from common.errors import (
+from conveyor.common.errors import (
     AlreadySettled,
     ConfigurationError,
     PublishNotConfirmed,
     PublishOutcomeUnknown,
     TransportError,
 )
-from common.transport.base import Delivery, OutgoingMessage
-from common.transport.rabbitmq import RabbitMQTransport
-from common.transport.rabbitmq_topology import Topology, tier_queue
+from conveyor.common.transport.base import Delivery, OutgoingMessage
+from conveyor.common.transport.rabbitmq import RabbitMQTransport
+from conveyor.common.transport.rabbitmq_topology import Topology, tier_queue
 from tests.support.rabbitmq_admin import rabbitmqctl
 
 pytestmark = pytest.mark.rabbitmq

@@ -12,16 +12,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiohttp import web
 
-from common.errors import (
+from conveyor.common.errors import (
     MessageTooLarge,
     PayloadIntegrityError,
     PayloadMissing,
     PayloadReferenceInvalid,
     PayloadStoreUnavailable,
 )
-from common.payload_store.s3 import NoRedirectHTTPSession, S3PayloadStore
-from consumer.payload_sweep import sweep
-from consumer.payloads import PayloadResolver
+from conveyor.common.payload_store.s3 import NoRedirectHTTPSession, S3PayloadStore
+from conveyor.consumer.payload_sweep import sweep
+from conveyor.consumer.payloads import PayloadResolver
 from tests.support.s3 import TEST_BUCKET, make_s3_store, remove_prefix
 
 WHEN = datetime(2026, 5, 6, tzinfo=UTC)

@@ -19,15 +19,15 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import BaseModel
 
-from common.errors import TlsError
-from common.tls import TlsConfig
-from common.transport.base import Transport
-from common.transport.factory import transport_from_url
-from common.transport.pulsar_admin import AdminClient
-from consumer.context import JobContext
-from consumer.registry import JobRegistry
-from consumer.worker import Worker, WorkerConfig
-from producer.producer import Producer
+from conveyor.common.errors import TlsError
+from conveyor.common.tls import TlsConfig
+from conveyor.common.transport.base import Transport
+from conveyor.common.transport.factory import transport_from_url
+from conveyor.common.transport.pulsar_admin import AdminClient
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
 from tests.conftest import wait_until
 from tests.support.tls import TapProxy, amqps_url, pulsar_tls_url, tls_dir, with_host_port
 

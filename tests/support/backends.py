@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from common.transport.base import Transport
-from common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.common.transport.base import Transport
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 
 __all__ = ["Backend", "backend_names", "make_backend", "require_env"]
 
@@ -75,12 +75,12 @@ def make_backend(name: str) -> Backend:
         broker = MemoryBroker()
         return Backend(name, lambda: MemoryTransport(broker), memory=broker)
     if name == "rabbitmq":
-        from common.transport.rabbitmq import RabbitMQTransport
+        from conveyor.common.transport.rabbitmq import RabbitMQTransport
 
         url = require_env("CONVEYOR_AMQP_URL")
         return Backend(name, lambda: RabbitMQTransport(url, delay_tiers=TEST_DELAY_TIERS))
     if name == "pulsar":
-        from common.transport.factory import transport_from_url
+        from conveyor.common.transport.factory import transport_from_url
 
         url = require_env("CONVEYOR_PULSAR_URL")
         return Backend(name, lambda: transport_from_url(url))

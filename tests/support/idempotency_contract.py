@@ -19,8 +19,8 @@ from datetime import timedelta
 
 import pytest
 
-from common.clock import FakeClock
-from common.idempotency.base import (
+from conveyor.common.clock import FakeClock
+from conveyor.common.idempotency.base import (
     STATUS_SUCCEEDED,
     IdempotencyConflict,
     ProcessedKeyStore,

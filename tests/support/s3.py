@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
-from common.errors import PayloadStoreUnavailable
-from common.payload_store.s3 import S3PayloadStore
+from conveyor.common.errors import PayloadStoreUnavailable
+from conveyor.common.payload_store.s3 import S3PayloadStore
 from tests.support.backends import require_env
 
 __all__ = ["TEST_BUCKET", "make_s3_store", "remove_prefix", "s3_url"]

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from common.backoff import RetryPolicy, compute_backoff
+from conveyor.common.backoff import RetryPolicy, compute_backoff
 
 
 def test_backoff_grows_exponentially_without_jitter() -> None:

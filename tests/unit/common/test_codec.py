@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from common.codec import decode_envelope, encode_model, strict_json_loads
-from common.errors import MalformedMessage, MessageTooLarge
-from schemas.envelope import Envelope, InlinePayload
+from conveyor.common.codec import decode_envelope, encode_model, strict_json_loads
+from conveyor.common.errors import MalformedMessage, MessageTooLarge
+from conveyor.schemas.envelope import Envelope, InlinePayload
 
 
 def _envelope(**overrides) -> dict:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from common.deadlines import TimeLimit
+from conveyor.common.deadlines import TimeLimit
 
 
 async def _hang(limit: TimeLimit, started: asyncio.Event | None = None) -> None:

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from common.clock import FakeClock
-from common.errors import ConfigurationError
-from common.idempotency import (
+from conveyor.common.clock import FakeClock
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.idempotency import (
     MemoryProcessedKeyStore,
     PostgresProcessedKeyStore,
     SQLiteProcessedKeyStore,
     store_from_url,
 )
-from common.idempotency.base import IdempotencyStoreUnavailable, ProcessedKeyStore
+from conveyor.common.idempotency.base import IdempotencyStoreUnavailable, ProcessedKeyStore
 from tests.support.idempotency_contract import *  # noqa: F403 - the shared contract tests
 from tests.support.idempotency_contract import Effects, MemoryEffects, SQLiteEffects
 

@@ -5,7 +5,7 @@ import logging
 
 import orjson
 
-from common.logging import configure_logging, mask_secrets
+from conveyor.common.logging import configure_logging, mask_secrets
 
 
 def test_urls_with_passwords_are_masked() -> None:

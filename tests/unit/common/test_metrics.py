@@ -8,16 +8,16 @@ import random
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.clock import FakeClock
-from common.errors import PermanentError, RetryableError
-from common.transport.base import ConsumerHandle
-from common.transport.memory import MemoryBroker, MemoryTransport
-from consumer.breaker import BreakerConfig
-from consumer.context import JobContext
-from consumer.registry import DEFAULT_QUEUE, JobRegistry
-from consumer.worker import Worker, WorkerConfig
-from producer.producer import Producer
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.clock import FakeClock
+from conveyor.common.errors import PermanentError, RetryableError
+from conveyor.common.transport.base import ConsumerHandle
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.consumer.breaker import BreakerConfig
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
 
 
 class Job(BaseModel):

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from common.errors import ConfigurationError, MessageTooLarge, PayloadMissing, PayloadReferenceInvalid
-from common.payload_store.base import PayloadStore, object_key
-from common.payload_store.factory import store_from_url
-from common.payload_store.filesystem import FileSystemPayloadStore
-from common.payload_store.memory import MemoryPayloadStore
-from common.payload_store.s3 import S3PayloadStore
-from common.settings import Settings
+from conveyor.common.errors import ConfigurationError, MessageTooLarge, PayloadMissing, PayloadReferenceInvalid
+from conveyor.common.payload_store.base import PayloadStore, object_key
+from conveyor.common.payload_store.factory import store_from_url
+from conveyor.common.payload_store.filesystem import FileSystemPayloadStore
+from conveyor.common.payload_store.memory import MemoryPayloadStore
+from conveyor.common.payload_store.s3 import S3PayloadStore
+from conveyor.common.settings import Settings
 
 WHEN = datetime(2026, 3, 4, 5, 6, tzinfo=UTC)
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from common.errors import TransportError
-from common.transport.pulsar_admin import AdminClient
+from conveyor.common.errors import TransportError
+from conveyor.common.transport.pulsar_admin import AdminClient
 from tests.support.tls import tls_dir
 
 

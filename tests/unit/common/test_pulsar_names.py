@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.errors import ConfigurationError
-from common.transport.pulsar_admin import AdminClient, SubscriptionStats, TopicNames, parse_pulsar_url
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.transport.pulsar_admin import AdminClient, SubscriptionStats, TopicNames, parse_pulsar_url
 
 
 def test_plain_url_derives_the_admin_url_from_the_first_host() -> None:

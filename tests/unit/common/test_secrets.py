@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
 
-from common.errors import ConfigurationError
-from common.logging import JsonFormatter, TextFormatter, configure_logging
-from common.secrets import Redactor, secret_fields
-from common.settings import Settings
-from consumer.cli import main
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.logging import JsonFormatter, TextFormatter, configure_logging
+from conveyor.common.secrets import Redactor, secret_fields
+from conveyor.common.settings import Settings
+from conveyor.consumer.cli import main
 
 CANARY = "cnry-7f3a9c"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ConfigurationError, TlsError
-from common.settings import Settings
-from common.tls import TlsConfig, check_scheme, probe_handshake, tls_error
-from common.transport.factory import transport_from_url
+from conveyor.common.errors import ConfigurationError, TlsError
+from conveyor.common.settings import Settings
+from conveyor.common.tls import TlsConfig, check_scheme, probe_handshake, tls_error
+from conveyor.common.transport.factory import transport_from_url
 
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 X509_V_ERR_HOSTNAME_MISMATCH = 62
@@ -111,7 +111,7 @@ def test_the_cli_hands_the_tls_settings_to_the_transport(
 ) -> None:
     from click.testing import CliRunner
 
-    from consumer.cli import main
+    from conveyor.consumer.cli import main
 
     monkeypatch.setenv("CONVEYOR_TLS_CA_FILE", str(tmp_path / "missing-ca.pem"))
     result = CliRunner().invoke(main, ["dlq", "list", "--broker", broker])

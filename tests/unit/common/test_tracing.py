@@ -19,17 +19,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.clock import FakeClock
-from common.errors import RetryableError
-from common.logging import configure_logging
-from common.tracing import TracingMiddleware
-from common.transport.memory import MemoryBroker, MemoryTransport
-from consumer.context import JobContext
-from consumer.dead_letters import DeadLetters
-from consumer.registry import DEFAULT_QUEUE, JobRegistry
-from consumer.worker import Worker
-from producer.producer import Producer
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.clock import FakeClock
+from conveyor.common.errors import RetryableError
+from conveyor.common.logging import configure_logging
+from conveyor.common.tracing import TracingMiddleware
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.common.jobs.context import JobContext
+from conveyor.consumer.dead_letters import DeadLetters
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.worker import Worker
+from conveyor.producer.producer import Producer
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -130,18 +130,18 @@ def test_conveyor_imports_and_runs_without_opentelemetry() -> None:
     code = (
         "import sys\n"
         "sys.modules['opentelemetry'] = None  # as if the otel extra were not installed\n"
-        "import asyncio, common.tracing, common.logging, consumer.worker, consumer.cli, producer.producer\n"
-        "from consumer.demo import run_demo\n"
-        "assert not common.tracing.tracing_available()\n"
-        "assert common.tracing.current_trace_ids() is None\n"
+        "import asyncio, conveyor.common.tracing, conveyor.common.logging, conveyor.consumer.worker, conveyor.consumer.cli, conveyor.producer.producer\n"
+        "from conveyor.consumer.demo import run_demo\n"
+        "assert not conveyor.common.tracing.tracing_available()\n"
+        "assert conveyor.common.tracing.current_trace_ids() is None\n"
         "try:\n"
-        "    common.tracing.TracingMiddleware()\n"
+        "    conveyor.common.tracing.TracingMiddleware()\n"
         "except Exception as exc:\n"
         "    assert 'conveyor[otel]' in str(exc), exc\n"
         "else:\n"
         "    raise AssertionError('TracingMiddleware needs OpenTelemetry')\n"
         "import logging, io\n"
-        "common.logging.configure_logging('INFO', 'json', io.StringIO())\n"
+        "conveyor.common.logging.configure_logging('INFO', 'json', io.StringIO())\n"
         "logging.getLogger('x').warning('works')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -151,7 +151,7 @@ def test_conveyor_imports_and_runs_without_opentelemetry() -> None:
 def test_configure_tracing_installs_an_otlp_exporter_named_after_the_service() -> None:
     code = (
         "from opentelemetry import trace\n"
-        "from common.tracing import configure_tracing\n"
+        "from conveyor.common.tracing import configure_tracing\n"
         "provider = configure_tracing('conveyor-worker', 'otlp')\n"
         "assert trace.get_tracer_provider() is provider\n"
         "assert provider.resource.attributes['service.name'] == 'conveyor-worker'\n"

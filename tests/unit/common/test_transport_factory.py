@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from common.errors import ConfigurationError
-from common.transport.factory import mask_url, transport_from_url
-from common.transport.memory import MemoryTransport
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.transport.factory import mask_url, transport_from_url
+from conveyor.common.transport.memory import MemoryTransport
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_memory_url_gives_a_memory_transport_with_its_own_broker() -> None:
 
 
 def test_amqp_url_gives_a_rabbitmq_transport_with_options() -> None:
-    from common.transport.rabbitmq import RabbitMQTransport
+    from conveyor.common.transport.rabbitmq import RabbitMQTransport
 
     transport = transport_from_url("amqps://u:secret@host/", delay_tiers=(2, 10), delivery_limit=5)
     assert isinstance(transport, RabbitMQTransport)
@@ -43,7 +43,7 @@ def test_amqp_url_gives_a_rabbitmq_transport_with_options() -> None:
 
 
 def test_pulsar_url_gives_a_pulsar_transport_with_options_and_no_secret_in_repr() -> None:
-    from common.transport.pulsar import PulsarTransport
+    from conveyor.common.transport.pulsar import PulsarTransport
 
     transport = transport_from_url("pulsar+ssl://h1:6651,h2:6651/?token=s3cr3t&subscription=billing", nack_delay=0.2)
     assert isinstance(transport, PulsarTransport)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from common.clock import FakeClock
-from consumer.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from conveyor.common.clock import FakeClock
+from conveyor.consumer.breaker import BreakerConfig, BreakerState, CircuitBreaker
 
 
 def make(**config) -> tuple[CircuitBreaker, FakeClock, list[BreakerState]]:

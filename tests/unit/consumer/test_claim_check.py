@@ -11,20 +11,20 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.codec import decode_envelope, encode_model
-from common.errors import MessageTooLarge, PublishNotConfirmed
-from common.payload_store.memory import MemoryPayloadStore
-from common.transport.base import OutgoingMessage
-from common.transport.memory import MemoryBroker, MemoryTransport
-from consumer.breaker import BreakerConfig, BreakerState
-from consumer.context import JobContext
-from consumer.dead_letters import DeadLetterFilter, DeadLetters
-from consumer.payloads import PayloadResolver
-from consumer.registry import DEFAULT_QUEUE, JobRegistry
-from consumer.worker import Worker, WorkerConfig
-from producer.producer import Producer
-from schemas.envelope import InlinePayload, PayloadReference
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.codec import decode_envelope, encode_model
+from conveyor.common.errors import MessageTooLarge, PublishNotConfirmed
+from conveyor.common.payload_store.memory import MemoryPayloadStore
+from conveyor.common.transport.base import OutgoingMessage
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.consumer.breaker import BreakerConfig, BreakerState
+from conveyor.common.jobs.context import JobContext
+from conveyor.consumer.dead_letters import DeadLetterFilter, DeadLetters
+from conveyor.consumer.payloads import PayloadResolver
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
+from conveyor.schemas.envelope import InlinePayload, PayloadReference
 
 THRESHOLD = 1024
 
@@ -45,7 +45,7 @@ class Harness:
         async def handle(payload: Blob, ctx: JobContext) -> None:
             self.seen.append(payload.text)
             if self.fail:
-                from common.errors import PermanentError
+                from conveyor.common.errors import PermanentError
 
                 raise PermanentError("no")
 
@@ -285,7 +285,7 @@ async def test_a_newer_version_is_deferred_without_fetching_its_payload() -> Non
 async def test_a_redelivered_claim_check_job_that_already_succeeded_is_acked_without_a_fetch() -> None:
     """The ack of a succeeded job was lost; its object is deleted; the redelivery must not be
     dead-lettered as payload_missing (that job succeeded): the processed key says so first."""
-    from common.idempotency.memory import MemoryProcessedKeyStore
+    from conveyor.common.idempotency.memory import MemoryProcessedKeyStore
 
     h = Harness()
     keys = MemoryProcessedKeyStore()

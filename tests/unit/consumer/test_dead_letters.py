@@ -2,16 +2,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.clock import FakeClock
-from common.errors import PermanentError, RetryableError
-from common.transport.base import OutgoingMessage
-from common.transport.memory import MemoryBroker, MemoryTransport
-from consumer.context import JobContext
-from consumer.dead_letters import DeadLetterFilter, DeadLetters
-from consumer.registry import DEFAULT_QUEUE, JobRegistry
-from consumer.worker import Worker
-from producer.producer import Producer
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.clock import FakeClock
+from conveyor.common.errors import PermanentError, RetryableError
+from conveyor.common.transport.base import OutgoingMessage
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.common.jobs.context import JobContext
+from conveyor.consumer.dead_letters import DeadLetterFilter, DeadLetters
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.worker import Worker
+from conveyor.producer.producer import Producer
 
 
 class Job(BaseModel):
@@ -81,7 +81,7 @@ async def test_replay_republishes_with_fresh_budget_same_id_and_history() -> Non
     assert await letters.depth() == 4
     transport = MemoryTransport(broker)
     await transport.connect()
-    from common.codec import decode_envelope
+    from conveyor.common.codec import decode_envelope
 
     while (delivery := await transport.get(DEFAULT_QUEUE)) is not None:
         env = decode_envelope(delivery.body)

@@ -7,13 +7,13 @@ import aiohttp
 import orjson
 from pydantic import BaseModel
 
-from common.logging import configure_logging
-from common.transport.memory import MemoryBroker, MemoryTransport
-from consumer.context import JobContext
-from consumer.http import HealthServer
-from consumer.registry import DEFAULT_QUEUE, JobRegistry
-from consumer.worker import Worker
-from producer.producer import Producer
+from conveyor.common.logging import configure_logging
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.common.jobs.context import JobContext
+from conveyor.consumer.http import HealthServer
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.worker import Worker
+from conveyor.producer.producer import Producer
 
 
 class Job(BaseModel):

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.clock import FakeClock
-from common.codec import decode_dead_letter
-from common.errors import ConfigurationError, RetryableError
-from common.idempotency import MemoryProcessedKeyStore, SQLiteProcessedKeyStore
-from common.transport.memory import MemoryBroker, MemoryTransport
-from consumer.context import JobContext
-from consumer.idempotency import (
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.clock import FakeClock
+from conveyor.common.codec import decode_dead_letter
+from conveyor.common.errors import ConfigurationError, RetryableError
+from conveyor.common.idempotency import MemoryProcessedKeyStore, SQLiteProcessedKeyStore
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.common.jobs.context import JobContext
+from conveyor.consumer.idempotency import (
     IdempotencyMiddleware,
     JobIdempotency,
     idempotency_of,
@@ -27,9 +27,9 @@ from consumer.idempotency import (
     payload_hash,
     save_checkpoint,
 )
-from consumer.registry import DEFAULT_QUEUE, JobRegistry
-from consumer.worker import Worker, WorkerConfig
-from producer.producer import Producer
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
 from tests.conftest import wait_until
 
 QUIET = WorkerConfig(metrics_interval=0)

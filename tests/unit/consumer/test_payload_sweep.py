@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from common.errors import ConfigurationError
-from common.payload_store.filesystem import FileSystemPayloadStore
-from consumer.cli import main
-from consumer.payload_sweep import parse_age, sweep
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.payload_store.filesystem import FileSystemPayloadStore
+from conveyor.consumer.cli import main
+from conveyor.consumer.payload_sweep import parse_age, sweep
 
 
 def age_file(store: FileSystemPayloadStore, key: str, days: float) -> None:

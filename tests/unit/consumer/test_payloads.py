@@ -11,16 +11,16 @@ from unittest import mock
 import orjson
 import pytest
 
-from common.errors import (
+from conveyor.common.errors import (
     MalformedMessage,
     PayloadIntegrityError,
     PayloadMissing,
     PayloadReferenceInvalid,
     PayloadStoreUnavailable,
 )
-from common.payload_store.memory import MemoryPayloadStore
-from consumer.payloads import PayloadResolver
-from schemas.envelope import InlinePayload, PayloadReference
+from conveyor.common.payload_store.memory import MemoryPayloadStore
+from conveyor.consumer.payloads import PayloadResolver
+from conveyor.schemas.envelope import InlinePayload, PayloadReference
 
 WHEN = datetime(2026, 1, 2, tzinfo=UTC)
 GOOD_KEY = "payloads/t.job/2026/01/02/job-1-0123456789abcdef0123456789abcdef.json"

@@ -10,18 +10,18 @@ from click.testing import CliRunner
 from pydantic import BaseModel
 from rich.console import Console
 
-from common.backoff import RetryPolicy
-from common.errors import PermanentError, RetryableError
-from common.transport.base import OutgoingMessage
-from common.transport.memory import MemoryBroker, MemoryTransport
-from consumer.breaker import BreakerConfig
-from consumer.cli import main
-from consumer.context import JobContext
-from consumer.http import HealthServer
-from consumer.registry import DEFAULT_QUEUE, JobRegistry
-from consumer.status import collect_status, render_tables
-from consumer.worker import Worker, WorkerConfig
-from producer.producer import Producer
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.errors import PermanentError, RetryableError
+from conveyor.common.transport.base import OutgoingMessage
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.consumer.breaker import BreakerConfig
+from conveyor.consumer.cli import main
+from conveyor.common.jobs.context import JobContext
+from conveyor.consumer.http import HealthServer
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.status import collect_status, render_tables
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
 
 
 class Job(BaseModel):

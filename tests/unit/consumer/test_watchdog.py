@@ -9,13 +9,13 @@ import time
 import pytest
 from pydantic import BaseModel
 
-from common.errors import ConfigurationError
-from common.transport.memory import MemoryBroker, MemoryTransport
-from consumer.context import JobContext
-from consumer.registry import JobRegistry
-from consumer.watchdog import EXIT_CODE, StallWatchdog, WatchdogConfig
-from consumer.worker import Worker, WorkerConfig
-from producer.producer import Producer
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
+from conveyor.consumer.watchdog import EXIT_CODE, StallWatchdog, WatchdogConfig
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
 
 
 class Job(BaseModel):
@@ -35,7 +35,7 @@ async def test_a_blocked_loop_is_logged_with_its_stack_and_the_process_exits(cap
         on_stall=lambda: stalls.append(None),
         exit_process=exits.append,
     )
-    caplog.set_level(logging.ERROR, logger="consumer.watchdog")
+    caplog.set_level(logging.ERROR, logger="conveyor.consumer.watchdog")
     watchdog.start()
     try:
         await asyncio.sleep(0.1)
@@ -93,7 +93,7 @@ async def test_the_worker_counts_a_stall_and_names_the_job_in_flight(caplog: pyt
     transport = MemoryTransport(broker)
     await transport.connect()
     config = WorkerConfig(watchdog=WatchdogConfig(warn_after=0.2, exit_after=0.4, interval=0.05))
-    caplog.set_level(logging.ERROR, logger="consumer.watchdog")
+    caplog.set_level(logging.ERROR, logger="conveyor.consumer.watchdog")
     async with Producer.for_registry(MemoryTransport(broker), jobs) as producer:
         worker = Worker(transport, jobs, config=config)
         worker.watchdog._exit = exits.append  # the test process must survive

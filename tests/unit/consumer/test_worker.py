@@ -7,14 +7,14 @@ import random
 
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.clock import FakeClock
-from common.errors import RetryableError
-from common.transport.memory import MemoryBroker, MemoryTransport
-from consumer.context import JobContext
-from consumer.registry import DEFAULT_QUEUE, JobRegistry
-from consumer.worker import Worker, WorkerConfig
-from producer.producer import Producer
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.clock import FakeClock
+from conveyor.common.errors import RetryableError
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
 
 
 class Job(BaseModel):
@@ -148,7 +148,7 @@ async def test_metrics_have_no_series_per_job_id() -> None:
 
 
 async def test_worker_idempotency_option_dedupes_and_exposes_checkpoints() -> None:
-    from common.idempotency.memory import MemoryProcessedKeyStore
+    from conveyor.common.idempotency.memory import MemoryProcessedKeyStore
 
     broker = MemoryBroker()
     runs: list[tuple[int, dict | None]] = []
@@ -198,8 +198,8 @@ async def test_stop_cancels_the_monitor_even_mid_sample() -> None:
 
 
 async def test_secrets_in_a_handlers_exception_never_reach_retry_copies_or_dead_letters() -> None:
-    from common.secrets import Redactor
-    from consumer.dead_letters import DeadLetters
+    from conveyor.common.secrets import Redactor
+    from conveyor.consumer.dead_letters import DeadLetters
 
     clock = FakeClock()
     broker = MemoryBroker(clock)

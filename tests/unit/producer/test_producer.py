@@ -5,11 +5,11 @@ import asyncio
 import pytest
 from pydantic import BaseModel
 
-from common.errors import InvalidPayload, MessageTooLarge, PublishNotConfirmed, UnknownJobType
-from common.transport.base import OutgoingMessage
-from common.transport.memory import MemoryBroker, MemoryTransport
-from consumer.registry import DEFAULT_QUEUE, JobRegistry
-from producer.producer import Producer
+from conveyor.common.errors import InvalidPayload, MessageTooLarge, PublishNotConfirmed, UnknownJobType
+from conveyor.common.transport.base import OutgoingMessage
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.producer.producer import Producer
 
 
 class Email(BaseModel):
@@ -82,7 +82,7 @@ async def test_envelope_carries_keys_and_routing() -> None:
     await reader.connect()
     delivery = await reader.get(DEFAULT_QUEUE)
     assert delivery is not None
-    from common.codec import decode_envelope
+    from conveyor.common.codec import decode_envelope
 
     envelope = decode_envelope(delivery.body)
     assert (envelope.job_id, envelope.idempotency_key, envelope.correlation_id) == (receipt.job_id, "order-1", "req-9")

@@ -6,7 +6,7 @@ from __future__ import annotations
 def test_job_ids_are_distinct_canonical_uuid4_strings() -> None:
     import uuid
 
-    from schemas.envelope import new_job_id
+    from conveyor.schemas.envelope import new_job_id
 
     ids = [new_job_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
@@ -20,7 +20,7 @@ def test_job_ids_from_many_threads_never_repeat() -> None:
     # get ids nobody else got.
     from concurrent.futures import ThreadPoolExecutor
 
-    from schemas.envelope import new_job_id
+    from conveyor.schemas.envelope import new_job_id
 
     def many(_: int) -> list[str]:
         return [new_job_id() for _ in range(3000)]
@@ -33,7 +33,7 @@ def test_job_ids_from_many_threads_never_repeat() -> None:
 def test_a_forked_child_does_not_reuse_the_parents_pending_ids() -> None:
     import os
 
-    from schemas.envelope import new_job_id
+    from conveyor.schemas.envelope import new_job_id
 
     new_job_id()  # the pool now holds ids the parent has not handed out yet
     read, write = os.pipe()

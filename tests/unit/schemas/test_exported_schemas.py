@@ -11,14 +11,14 @@ import orjson
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from common.codec import encode_model
-from common.transport.memory import MemoryTransport
-from consumer.demo import demo_jobs
-from producer.producer import Producer
-from schemas.compat import breaking_changes
-from schemas.envelope import PayloadReference
-from schemas.export import check, main, render, write
-from schemas.registry import SchemaRegistry
+from conveyor.common.codec import encode_model
+from conveyor.common.transport.memory import MemoryTransport
+from conveyor.consumer.demo import demo_jobs
+from conveyor.producer.producer import Producer
+from conveyor.schemas.compat import breaking_changes
+from conveyor.schemas.envelope import PayloadReference
+from conveyor.schemas.export import check, main, render, write
+from conveyor.schemas.registry import SchemaRegistry
 
 COMMITTED = Path(__file__).resolve().parents[3] / "schemas" / "json"
 REGENERATE = "python -m schemas.export --app consumer.demo:demo_jobs --out schemas/json/"
@@ -189,7 +189,7 @@ def test_the_exporter_refuses_to_overwrite_a_published_version_incompatibly(tmp_
 
 
 def test_the_command_line_checks_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--app", "consumer.demo:demo_jobs", "--out", str(tmp_path), "--check"]) == 1
-    assert main(["--app", "consumer.demo:demo_jobs", "--out", str(tmp_path)]) == 0
-    assert main(["--app", "consumer.demo:demo_jobs", "--out", str(tmp_path), "--check"]) == 0
+    assert main(["--app", "conveyor.consumer.demo:demo_jobs", "--out", str(tmp_path), "--check"]) == 1
+    assert main(["--app", "conveyor.consumer.demo:demo_jobs", "--out", str(tmp_path)]) == 0
+    assert main(["--app", "conveyor.consumer.demo:demo_jobs", "--out", str(tmp_path), "--check"]) == 0
     assert (tmp_path / "jobs" / "images.resize" / "v1.json").exists()

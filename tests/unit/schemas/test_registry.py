@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from common.errors import ConfigurationError, InvalidPayload, UnknownJobType, UnknownSchemaVersion
-from schemas.registry import SchemaRegistry, SchemaTooNew
+from conveyor.common.errors import ConfigurationError, InvalidPayload, UnknownJobType, UnknownSchemaVersion
+from conveyor.schemas.registry import SchemaRegistry, SchemaTooNew
 
 
 class V1(BaseModel):

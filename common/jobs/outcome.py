@@ -7,7 +7,7 @@ import traceback as traceback_module
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from schemas.envelope import Envelope
+from conveyor.schemas.envelope import Envelope
 
 __all__ = ["Outcome", "OutcomeKind"]
 

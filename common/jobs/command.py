@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from schemas.envelope import Envelope
+from conveyor.schemas.envelope import Envelope
 
 __all__ = ["PublishCommand", "PublishReceipt"]
 

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from schemas.envelope import Envelope
+from conveyor.schemas.envelope import Envelope
 
 if TYPE_CHECKING:
-    from consumer.registry import JobSpec
+    from conveyor.common.jobs.registry import JobSpec
 
 __all__ = ["JobContext"]
 
@@ -30,13 +30,13 @@ class JobContext:
     @property
     def last_checkpoint(self) -> dict[str, Any] | None:
         """What ``checkpoint`` saved in an earlier attempt of this job (needs an idempotency store)."""
-        from consumer import idempotency
+        from conveyor.consumer import idempotency
 
         return idempotency.last_checkpoint(self)
 
     async def checkpoint(self, state: dict[str, Any]) -> None:
         """Save progress; a retry or a redelivery after a crash resumes from it."""
-        from consumer import idempotency
+        from conveyor.consumer import idempotency
 
         await idempotency.save_checkpoint(self, state)
 

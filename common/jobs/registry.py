@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from common.backoff import RetryPolicy
-from common.errors import ConfigurationError, UnknownJobType
-from schemas.registry import SchemaRegistry
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.errors import ConfigurationError, UnknownJobType
+from conveyor.schemas.registry import SchemaRegistry
 
 __all__ = ["DEFAULT_QUEUE", "Handler", "JobRegistry", "JobSpec"]
 

@@ -1,0 +1,101 @@
+"""Conveyor: reliable, schema-versioned background jobs on RabbitMQ, Pulsar or in memory.
+
+This module is the public API: import from ``conveyor`` (or a documented ``conveyor.*`` module).
+The packages below it are the product's floors, lowest first (CI checks the order):
+``conveyor.schemas`` (the wire contract) → ``conveyor.common`` (errors, jobs, codec, settings,
+transports, stores) → ``conveyor.producer`` → ``conveyor.consumer`` (the engine, then its
+middleware, operations and CLI).
+"""
+
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.errors import (
+    AccessRefused,
+    AlreadySettled,
+    CircuitOpen,
+    ConfigurationError,
+    ConveyorError,
+    IdempotencyConflict,
+    IdempotencyStoreUnavailable,
+    InvalidPayload,
+    JobFailure,
+    JobTimeout,
+    MalformedMessage,
+    MessageTooLarge,
+    PayloadIntegrityError,
+    PayloadMissing,
+    PayloadReferenceInvalid,
+    PayloadStoreUnavailable,
+    PermanentError,
+    PublishNotConfirmed,
+    PublishOutcomeUnknown,
+    RejectedMessage,
+    RetryableError,
+    TlsError,
+    TransportError,
+    UnknownJobType,
+    UnknownSchemaVersion,
+)
+from conveyor.common.jobs import JobContext, JobRegistry, JobSpec, PublishCommand, PublishReceipt
+from conveyor.common.middleware import Middleware
+from conveyor.common.payload_store import PayloadStore, store_from_url
+from conveyor.common.settings import Settings
+from conveyor.common.tls import TlsConfig
+from conveyor.common.transport.base import Transport
+from conveyor.common.transport.factory import transport_from_url
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.consumer.idempotency import IdempotencyMiddleware, job_transaction
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
+from conveyor.schemas.dead_letter import DeadLetterRecord
+from conveyor.schemas.envelope import Envelope, PayloadReference
+
+__all__ = [
+    "AccessRefused",
+    "AlreadySettled",
+    "CircuitOpen",
+    "ConfigurationError",
+    "ConveyorError",
+    "DeadLetterRecord",
+    "Envelope",
+    "IdempotencyConflict",
+    "IdempotencyMiddleware",
+    "IdempotencyStoreUnavailable",
+    "InvalidPayload",
+    "JobContext",
+    "JobFailure",
+    "JobRegistry",
+    "JobSpec",
+    "JobTimeout",
+    "MalformedMessage",
+    "MemoryBroker",
+    "MemoryTransport",
+    "MessageTooLarge",
+    "Middleware",
+    "PayloadIntegrityError",
+    "PayloadMissing",
+    "PayloadReference",
+    "PayloadReferenceInvalid",
+    "PayloadStore",
+    "PayloadStoreUnavailable",
+    "PermanentError",
+    "Producer",
+    "PublishCommand",
+    "PublishNotConfirmed",
+    "PublishOutcomeUnknown",
+    "PublishReceipt",
+    "RejectedMessage",
+    "RetryPolicy",
+    "RetryableError",
+    "Settings",
+    "TlsConfig",
+    "TlsError",
+    "Transport",
+    "TransportError",
+    "UnknownJobType",
+    "UnknownSchemaVersion",
+    "Worker",
+    "WorkerConfig",
+    "job_transaction",
+    "store_from_url",
+    "transport_from_url",
+]
