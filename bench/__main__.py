@@ -88,7 +88,7 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, An
     error: str | None = None
     try:
         await runner.run()
-    except Exception as exc:  # noqa: BLE001 - report what finished, then fail
+    except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         console.print_exception(show_locals=False)
     finally:

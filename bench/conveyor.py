@@ -17,11 +17,11 @@ from pydantic import BaseModel
 from bench.support import emit, ready, run_windowed
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import RetryableError
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.logging import configure_logging
 from conveyor.common.transport.rabbitmq import RabbitMQTransport
 from conveyor.consumer.breaker import BreakerConfig
-from conveyor.common.jobs.context import JobContext
-from conveyor.common.jobs.registry import JobRegistry
 from conveyor.consumer.worker import Worker, WorkerConfig
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ async def worker_main(spec: dict[str, Any]) -> None:
     mode = spec["mode"]
     n = int(spec["n"])
     prefetch = int(spec["prefetch"])
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    devnull = open(os.devnull, "w")
     configure_logging("INFO", "json", stream=devnull)
     state = {"handled": 0, "first": 0.0, "cpu_first": 0.0}
     latencies: list[float] = []

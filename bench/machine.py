@@ -56,9 +56,9 @@ async def rabbitmq_version(url: str) -> str:
 
 async def pulsar_version(url: str) -> str:
     """The broker's version from its admin API (``/admin/v2/brokers/version``)."""
-    from conveyor.common.transport.pulsar_admin import parse_pulsar_url
-
     import aiohttp
+
+    from conveyor.common.transport.pulsar_admin import parse_pulsar_url
 
     admin = parse_pulsar_url(url).admin_url.rstrip("/")
     try:

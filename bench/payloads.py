@@ -32,11 +32,11 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.payload_store.s3 import S3PayloadStore
 from conveyor.common.transport.base import Transport
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
-from conveyor.common.jobs.context import JobContext
-from conveyor.common.jobs.registry import JobRegistry
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from bench.support import emit, ready, run_windowed
-from conveyor.common.logging import configure_logging
-from conveyor.common.transport.pulsar import PulsarTransport
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
+from conveyor.common.logging import configure_logging
+from conveyor.common.transport.pulsar import PulsarTransport
 from conveyor.consumer.worker import Worker, WorkerConfig
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ async def prepublish(url: str, queue: str, n: int, window: int = 500) -> None:
 
 async def worker_main(spec: dict[str, Any]) -> None:
     n, prefetch = int(spec["n"]), int(spec["prefetch"])
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    devnull = open(os.devnull, "w")
     configure_logging("INFO", "json", stream=devnull)
     state = {"handled": 0, "first": 0.0, "cpu_first": 0.0}
     handled_all = asyncio.Event()

@@ -77,7 +77,7 @@ async def delete_queues(url: str, names: Sequence[str], exchanges: Sequence[str]
             channel = await connection.channel()
             try:
                 await channel.queue_delete(name)
-            except Exception:  # noqa: BLE001 - already gone closes the channel; carry on
+            except Exception:
                 pass
             finally:
                 if not channel.is_closed:
@@ -86,7 +86,7 @@ async def delete_queues(url: str, names: Sequence[str], exchanges: Sequence[str]
             channel = await connection.channel()
             try:
                 await channel.exchange_delete(name)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
             finally:
                 if not channel.is_closed:
@@ -191,7 +191,7 @@ async def run_worker_process(
                     await after_ready()
                 after_ready = None
         await asyncio.wait_for(asyncio.to_thread(proc.wait), max(1.0, deadline - time.monotonic()))
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         proc.kill()
         await asyncio.to_thread(proc.wait)
         err = _read_all(errfile)

@@ -12,7 +12,6 @@ escapes newlines too: one record is always one line.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Callable
 from contextvars import ContextVar, Token
@@ -20,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from conveyor.common.secrets import mask_secrets
 
 try:  # optional: trace ids on log lines when OpenTelemetry is installed
     from opentelemetry import trace as _otel_trace
@@ -48,7 +49,6 @@ class JobLogContext:
         if self._token is not None:
             job_log_fields.reset(self._token)
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.I)
 _MAX_VALUE = 2000
 _MAX_EXC = 8000
 _MAX_LIST = 50
@@ -56,12 +56,6 @@ _MAX_LINE = 16 * 1024  # characters of one JSON line, all fields together
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 Redact = Callable[[str], str]
-
-
-def mask_secrets(text: str) -> str:
-    if "@" not in text:  # no URL credentials without one; the substring test is far cheaper than the regex
-        return text
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 class JsonFormatter(logging.Formatter):

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from conveyor.common.jobs.command import PublishCommand
     from conveyor.common.jobs.context import JobContext
     from conveyor.common.jobs.registry import JobSpec
-    from conveyor.common.jobs.command import PublishCommand
     from conveyor.schemas.envelope import Envelope
 
 __all__ = ["ConsumeNext", "Middleware", "PublishNext", "build_consume_chain", "build_publish_chain"]

@@ -21,20 +21,23 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import PydanticBaseSettingsSource
 
 from conveyor.common.errors import ConfigurationError
-from conveyor.common.logging import mask_secrets
 
 if TYPE_CHECKING:
     from pydantic_settings import BaseSettings
 
 __all__ = [
     "MIN_SECRET_LENGTH",
+    "mask_secrets",
+    "mask_url",
+    "scrub_error",
+    "url_password",
     "Redactor",
     "SecretFilesSource",
     "read_secret_file",
@@ -157,3 +160,81 @@ def _forms(secret: str) -> set[str]:
         if value and any(word in unquote(key).lower() for word in _SECRET_QUERY_PARAMS):
             forms.update({value, unquote(value.replace("+", " "))})
     return forms
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.I)
+
+
+def mask_secrets(text: str) -> str:
+    if "@" not in text:  # no URL credentials without one; the substring test is far cheaper than the regex
+        return text
+    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password (and credential-like query values) replaced by ``***``.
+
+    Works on URLs ``urllib`` cannot parse as well, e.g. Pulsar's multi-host
+    ``pulsar://h1:6650,h2:6650``: only the ``user:password@`` part is touched.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    netloc, slash, tail = _split_netloc(rest)
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        if ":" in userinfo:
+            userinfo = f"{userinfo.partition(':')[0]}:{MASK}"
+        netloc = f"{userinfo}@{hosts}"
+    tail = _mask_query(tail)
+    return f"{scheme}{sep}{netloc}{slash}{tail}"
+
+
+def _split_netloc(rest: str) -> tuple[str, str, str]:
+    """Split ``host…/path?query`` into netloc, the separator found, and the remainder."""
+    cut = len(rest)
+    for marker in "/?#":
+        index = rest.find(marker)
+        if index != -1:
+            cut = min(cut, index)
+    return rest[:cut], rest[cut : cut + 1], rest[cut + 1 :]
+
+
+def _mask_query(tail: str) -> str:
+    path, qmark, query = tail.partition("?")
+    if not qmark:
+        return tail
+    query, hash_, fragment = query.partition("#")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(_is_secret_param(name) for name, _ in pairs):
+        return tail
+    masked = [(name, MASK if _is_secret_param(name) else value) for name, value in pairs]
+    return f"{path}?{urlencode(masked, safe='*')}{hash_}{fragment}"
+
+
+def _is_secret_param(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_QUERY_PARAMS)
+
+
+def scrub_error(exc: BaseException, url: str, *secrets: str | None) -> str:
+    """An exception's text for a message or log: free of ``url``'s password and of ``secrets``.
+
+    Client libraries put the URL they were given, or the credential alone, into their errors;
+    each transport passes its own URL and credentials here before the text goes anywhere.
+    """
+    text = str(exc) or type(exc).__name__
+    password = url_password(url)
+    for secret in (password, *secrets):
+        if secret:
+            text = text.replace(secret, MASK)
+    return text.replace(url, mask_url(url))
+
+
+def url_password(url: str) -> str | None:
+    """The (unquoted) password of a ``scheme://user:password@host`` URL, if it has one."""
+    netloc = url.partition("://")[2].split("/", 1)[0]
+    userinfo = netloc.rpartition("@")[0]
+    if ":" not in userinfo:
+        return None
+    return unquote(userinfo.partition(":")[2]) or None

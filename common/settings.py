@@ -12,10 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES
-from conveyor.common.payload_store.base import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PAYLOAD_THRESHOLD, DEFAULT_STORE_TIMEOUT
+from conveyor.common.defaults import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_PAYLOAD_THRESHOLD,
+    DEFAULT_STORE_TIMEOUT,
+)
 from conveyor.common.secrets import SecretFilesSource
 from conveyor.common.tls import TlsConfig
 
@@ -34,7 +42,9 @@ class Settings(BaseSettings):
     grace_period: float = Field(default=30.0, ge=0, description="Seconds to finish in-flight jobs on SIGTERM")
     http_host: str = Field(default="127.0.0.1", description="Address of /healthz, /readyz, /metrics")
     http_port: int = Field(default=9464, ge=0, le=65535, description="Port of the HTTP endpoints (0: off)")
-    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024, description="Size limit, checked before parsing")
+    max_message_bytes: int = Field(
+        default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024, description="Size limit, checked before parsing"
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: str = Field(default="json", pattern="^(json|text)$", description="json or text")
     metrics_interval: float = Field(default=15.0, ge=0, description="Seconds between queue depth samples (0: off)")
@@ -49,7 +59,9 @@ class Settings(BaseSettings):
     )
     stall_exit_after: float = Field(
         default=60.0, ge=0,
-        description="Seconds the event loop may be blocked before the worker exits so its jobs are redelivered (0: never)",
+        description=(
+            "Seconds the event loop may be blocked before the worker exits so its jobs are redelivered (0: never)"
+        ),
     )
     tracing: str = Field(
         default="off", pattern="^(off|otlp|console)$",

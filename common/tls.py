@@ -161,11 +161,11 @@ async def probe_handshake(host: str, port: int, context: ssl.SSLContext, *, time
     """
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return None
     try:
         await asyncio.wait_for(writer.start_tls(context, server_hostname=host), timeout)
-    except (OSError, asyncio.TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
+    except (TimeoutError, OSError, EOFError) as exc:  # ssl.SSLError is an OSError
         writer.transport.abort()
         return tls_error(exc, host=host) or TlsError(
             f"TLS handshake with {host}:{port} failed: {type(exc).__name__} (is it a TLS port?)"

@@ -37,8 +37,8 @@ except ImportError:  # pragma: no cover - exercised by the "imports cleanly" tes
     propagate = trace = SpanKind = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from conveyor.common.jobs.context import JobContext
     from conveyor.common.jobs.command import PublishCommand
+    from conveyor.common.jobs.context import JobContext
 
 __all__ = ["TracingMiddleware", "configure_tracing", "current_trace_ids", "tracing_available"]
 
@@ -132,7 +132,9 @@ def configure_tracing(service_name: str, exporter: str = "otlp") -> Any:
 
     if exporter == "otlp":
         try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter,
+            )
         except ImportError as exc:
             raise ConfigurationError(
                 "OTLP export needs opentelemetry-exporter-otlp-proto-http: pip install 'conveyor[otel]'"

@@ -1,7 +1,6 @@
-"""Consumers: the worker, the job registry, settlement, breakers, replay, HTTP and the CLI."""
+"""Consumers: the engine (worker, processor, settlement, breaker, watchdog, health), then
+``middleware/``, ``ops/`` (dead letters, status, sweep, demo) and ``cli/`` on top."""
 
-from conveyor.common.jobs.context import JobContext
-from conveyor.common.jobs.registry import JobRegistry, JobSpec
 from conveyor.consumer.worker import Worker, WorkerConfig
 
-__all__ = ["JobContext", "JobRegistry", "JobSpec", "Worker", "WorkerConfig"]
+__all__ = ["Worker", "WorkerConfig"]

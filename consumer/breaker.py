@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from conveyor.common.clock import Clock
 from conveyor.common.errors import CircuitOpen, PermanentError, RejectedMessage
-from conveyor.common.middleware import ConsumeNext, Middleware
 from conveyor.common.jobs.context import JobContext
+from conveyor.common.middleware import ConsumeNext, Middleware
 
 if TYPE_CHECKING:
     from conveyor.common.jobs.registry import JobSpec

@@ -95,7 +95,7 @@ class PayloadResolver:
         try:
             store = self.check(reference)
             await store.delete(reference)
-        except Exception as exc:  # noqa: BLE001 - cleanup must never fail the caller; lifecycle rules catch the rest
+        except Exception as exc:
             log.warning("payload delete failed; the sweep or a lifecycle rule removes it later",
                         extra={"error_type": type(exc).__name__})
             return False

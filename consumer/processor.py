@@ -15,15 +15,20 @@ from dataclasses import replace
 from conveyor.common.clock import Clock
 from conveyor.common.codec import decode_envelope
 from conveyor.common.deadlines import TimeLimit
-from conveyor.common.errors import CircuitOpen, JobTimeout, PermanentError, RejectedMessage
-from conveyor.common.logging import mask_secrets
-from conveyor.common.middleware import Middleware, build_consume_chain
-from conveyor.common.transport.base import Delivery
-from conveyor.consumer.breaker import BreakerBoard
+from conveyor.common.errors import (
+    CircuitOpen,
+    JobTimeout,
+    PermanentError,
+    RejectedMessage,
+)
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind
-from conveyor.consumer.payloads import PayloadResolver
 from conveyor.common.jobs.registry import JobRegistry, JobSpec
+from conveyor.common.middleware import Middleware, build_consume_chain
+from conveyor.common.secrets import mask_secrets
+from conveyor.common.transport.base import Delivery
+from conveyor.consumer.breaker import BreakerBoard
+from conveyor.consumer.payloads import PayloadResolver
 from conveyor.schemas.envelope import Envelope, InlinePayload
 from conveyor.schemas.registry import SchemaTooNew
 

@@ -20,17 +20,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from conveyor.common import headers as h
-
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.clock import Clock
 from conveyor.common.codec import encode_model
-from conveyor.common.logging import mask_secrets
-from conveyor.common.metrics import WorkerMetrics
-from conveyor.common.transport.base import Delivery, OutgoingMessage, Transport
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind
+from conveyor.common.metrics import WorkerMetrics
+from conveyor.common.secrets import mask_secrets
+from conveyor.common.transport.base import Delivery, OutgoingMessage, Transport
 from conveyor.consumer.payloads import PayloadResolver
 from conveyor.schemas.dead_letter import DeadLetterRecord
-from conveyor.schemas.envelope import AttemptRecord, Envelope, PayloadReference, new_job_id
+from conveyor.schemas.envelope import (
+    AttemptRecord,
+    Envelope,
+    PayloadReference,
+    new_job_id,
+)
 
 __all__ = ["DeferPolicy", "Settlement"]
 

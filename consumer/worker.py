@@ -22,19 +22,25 @@ from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES
 from conveyor.common.errors import ConfigurationError, UnknownJobType
 from conveyor.common.headers import due_at
-from conveyor.common.logging import mask_secrets
+from conveyor.common.idempotency.base import ProcessedKeyStore
+from conveyor.common.jobs.outcome import Outcome
+from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.middleware import Middleware
 from conveyor.common.payload_store.base import PayloadStore
+from conveyor.common.secrets import mask_secrets
 from conveyor.common.transport.base import ConsumerHandle, Delivery, Transport
-from conveyor.consumer.breaker import BreakerBoard, BreakerConfig, BreakerMiddleware, BreakerState, CircuitBreaker
-from conveyor.common.idempotency.base import ProcessedKeyStore
-from conveyor.consumer.idempotency import IdempotencyMiddleware
-from conveyor.consumer.log_context import LogContextMiddleware
-from conveyor.common.jobs.outcome import Outcome
+from conveyor.consumer.breaker import (
+    BreakerBoard,
+    BreakerConfig,
+    BreakerMiddleware,
+    BreakerState,
+    CircuitBreaker,
+)
+from conveyor.consumer.middleware.idempotency import IdempotencyMiddleware
+from conveyor.consumer.middleware.log_context import LogContextMiddleware
 from conveyor.consumer.payloads import PayloadResolver
 from conveyor.consumer.processor import Processor
-from conveyor.common.jobs.registry import JobRegistry
 from conveyor.consumer.settlement import DeferPolicy, Settlement
 from conveyor.consumer.watchdog import StallWatchdog, WatchdogConfig
 

@@ -43,7 +43,7 @@ from conveyor.common.tls import TlsConfig
 from conveyor.common.transport.base import Transport
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
-from conveyor.consumer.idempotency import IdempotencyMiddleware, job_transaction
+from conveyor.consumer.middleware.idempotency import IdempotencyMiddleware, job_transaction
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from conveyor.schemas.dead_letter import DeadLetterRecord

@@ -21,7 +21,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, encode_model
@@ -35,14 +40,19 @@ from conveyor.common.errors import (
     UnknownJobType,
 )
 from conveyor.common.headers import ATTEMPT, DUE_AT, JOB_TYPE, format_due_at
+from conveyor.common.jobs.command import PublishCommand, PublishReceipt
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.metrics import UNKNOWN, WorkerMetrics
 from conveyor.common.middleware import Middleware, build_publish_chain
 from conveyor.common.payload_store.base import DEFAULT_PAYLOAD_THRESHOLD, PayloadStore
 from conveyor.common.transport.base import OutgoingMessage, Transport
-from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.producer.claim_check import ClaimCheck
-from conveyor.common.jobs.command import PublishCommand, PublishReceipt
-from conveyor.schemas.envelope import Envelope, InlinePayload, PayloadReference, new_job_id
+from conveyor.schemas.envelope import (
+    Envelope,
+    InlinePayload,
+    PayloadReference,
+    new_job_id,
+)
 from conveyor.schemas.registry import SchemaRegistry
 
 __all__ = ["Producer"]
@@ -180,7 +190,9 @@ class Producer:
             payload=InlinePayload(data=data),
         )
 
-    async def publish_envelope(self, envelope: Envelope, *, queue: str | None = None, delay: float = 0.0) -> PublishReceipt:
+    async def publish_envelope(
+        self, envelope: Envelope, *, queue: str | None = None, delay: float = 0.0
+    ) -> PublishReceipt:
         target = queue or self._routes.get(envelope.job_type, self._default_queue)
         if self.claim_check is not None:
             offloaded = await self.claim_check.offload(envelope)

@@ -14,7 +14,12 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from conveyor.common.errors import ConfigurationError, InvalidPayload, UnknownJobType, UnknownSchemaVersion
+from conveyor.common.errors import (
+    ConfigurationError,
+    InvalidPayload,
+    UnknownJobType,
+    UnknownSchemaVersion,
+)
 
 __all__ = ["SchemaRegistry", "SchemaTooNew", "Upcaster", "describe_validation_error"]
 

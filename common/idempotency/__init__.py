@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from conveyor.common.clock import Clock
 from conveyor.common.errors import ConfigurationError
+from conveyor.common.extras import require
 from conveyor.common.idempotency.base import (
     IdempotencyConflict,
     IdempotencyStoreUnavailable,
@@ -47,6 +48,7 @@ def store_from_url(url: str, *, clock: Clock | None = None, table_prefix: str | 
             raise ConfigurationError("sqlite URL needs a file path: sqlite:///var/lib/conveyor/keys.db")
         return SQLiteProcessedKeyStore(path, clock=clock, **prefix)
     if scheme in ("postgresql", "postgres"):
+        require("postgres", "a PostgreSQL idempotency store")
         return PostgresProcessedKeyStore(url, clock=clock, **prefix)
     # Never echo the URL: it may carry a password.
     raise ConfigurationError(f"unsupported idempotency store scheme {scheme!r}: use memory, sqlite or postgresql")

@@ -50,7 +50,11 @@ from typing import Any
 import orjson
 
 from conveyor.common.clock import Clock, SystemClock
-from conveyor.common.errors import ConfigurationError, IdempotencyConflict, IdempotencyStoreUnavailable
+from conveyor.common.errors import (
+    ConfigurationError,
+    IdempotencyConflict,
+    IdempotencyStoreUnavailable,
+)
 
 __all__ = [
     "DEFAULT_TABLE_PREFIX",
@@ -114,7 +118,7 @@ def _conflict(key: str) -> IdempotencyConflict:
     return IdempotencyConflict(f"idempotency key {key!r} already succeeded with a different payload")
 
 
-class StoreTransaction(abc.ABC):
+class StoreTransaction:
     """One open transaction: the raw connection plus the store operations inside it."""
 
     def __init__(self, store: ProcessedKeyStore, connection: Any) -> None:

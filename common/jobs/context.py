@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
+from conveyor.common.errors import ConfigurationError
 from conveyor.schemas.envelope import Envelope
 
 if TYPE_CHECKING:
     from conveyor.common.jobs.registry import JobSpec
 
-__all__ = ["JobContext"]
+__all__ = ["Checkpoints", "JobContext"]
+
+
+class Checkpoints(Protocol):
+    """Saved progress of one job, provided by the idempotency middleware (it owns the store)."""
+
+    @property
+    def last_checkpoint(self) -> dict[str, Any] | None: ...
+
+    async def checkpoint(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -26,19 +36,21 @@ class JobContext:
     state: dict[str, Any] = field(default_factory=dict)
     # The delivery's transport headers (e.g. the W3C trace context a publish middleware added).
     headers: dict[str, str] = field(default_factory=dict)
+    # Set by the idempotency middleware when the job has a processed-key store.
+    checkpoints: Checkpoints | None = None
 
     @property
     def last_checkpoint(self) -> dict[str, Any] | None:
         """What ``checkpoint`` saved in an earlier attempt of this job (needs an idempotency store)."""
-        from conveyor.consumer import idempotency
-
-        return idempotency.last_checkpoint(self)
+        return None if self.checkpoints is None else self.checkpoints.last_checkpoint
 
     async def checkpoint(self, state: dict[str, Any]) -> None:
         """Save progress; a retry or a redelivery after a crash resumes from it."""
-        from conveyor.consumer import idempotency
-
-        await idempotency.save_checkpoint(self, state)
+        if self.checkpoints is None:
+            raise ConfigurationError(
+                f"{self.job_type}: checkpoints need the idempotency middleware (and a job without idempotent=False)"
+            )
+        await self.checkpoints.checkpoint(state)
 
     @property
     def job_id(self) -> str:

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from conveyor.common.defaults import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PAYLOAD_THRESHOLD, DEFAULT_STORE_TIMEOUT
 from conveyor.common.errors import ConfigurationError, PayloadReferenceInvalid
 from conveyor.schemas.envelope import PayloadReference
 
@@ -44,9 +45,6 @@ __all__ = [
 ]
 
 CHUNK_SIZE = 256 * 1024
-DEFAULT_PAYLOAD_THRESHOLD = 128 * 1024  # encoded payloads above this go to the store
-DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
-DEFAULT_STORE_TIMEOUT = 60.0  # seconds for one whole upload or download
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _KEY_CHARS = re.compile(r"^[A-Za-z0-9._/-]{1,1024}$")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from conveyor.common.errors import ConfigurationError
+from conveyor.common.extras import require
 from conveyor.common.payload_store.base import PayloadStore
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ def store_from_url(url: str, *, settings: Settings | None = None) -> PayloadStor
             root, bucket=query.get("bucket", "conveyor"), prefix=query.get("prefix", "payloads"), **limits
         )
     if parts.scheme == "s3":
+        require("s3", "an s3:// payload store")
         from conveyor.common.payload_store.s3 import S3PayloadStore
 
         if not parts.netloc or "@" in parts.netloc or ":" in parts.netloc:

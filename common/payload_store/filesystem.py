@@ -18,8 +18,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from conveyor.common.errors import MessageTooLarge, PayloadMissing, PayloadReferenceInvalid, PayloadStoreUnavailable
-from conveyor.common.payload_store.base import CHUNK_SIZE, PayloadStore, StoredObject, chunked
+from conveyor.common.errors import (
+    MessageTooLarge,
+    PayloadMissing,
+    PayloadReferenceInvalid,
+    PayloadStoreUnavailable,
+)
+from conveyor.common.payload_store.base import (
+    CHUNK_SIZE,
+    PayloadStore,
+    StoredObject,
+    chunked,
+)
 from conveyor.schemas.envelope import PayloadReference
 
 __all__ = ["FileSystemPayloadStore"]

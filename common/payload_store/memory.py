@@ -12,8 +12,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from conveyor.common.clock import Clock, SystemClock
-from conveyor.common.errors import MessageTooLarge, PayloadMissing, PayloadStoreUnavailable
-from conveyor.common.payload_store.base import CHUNK_SIZE, PayloadStore, StoredObject, chunked
+from conveyor.common.errors import (
+    MessageTooLarge,
+    PayloadMissing,
+    PayloadStoreUnavailable,
+)
+from conveyor.common.payload_store.base import (
+    CHUNK_SIZE,
+    PayloadStore,
+    StoredObject,
+    chunked,
+)
 from conveyor.schemas.envelope import PayloadReference
 
 __all__ = ["MemoryPayloadStore"]

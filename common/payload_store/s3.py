@@ -40,7 +40,12 @@ from conveyor.common.errors import (
     PayloadMissing,
     PayloadStoreUnavailable,
 )
-from conveyor.common.payload_store.base import CHUNK_SIZE, PayloadStore, StoredObject, chunked
+from conveyor.common.payload_store.base import (
+    CHUNK_SIZE,
+    PayloadStore,
+    StoredObject,
+    chunked,
+)
 from conveyor.schemas.envelope import PayloadReference
 
 __all__ = ["S3PayloadStore", "client_config"]

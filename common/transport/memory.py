@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.errors import PublishNotConfirmed, TransportError
-from conveyor.common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
+from conveyor.common.transport.base import (
+    ConsumerHandle,
+    Delivery,
+    DeliveryHandler,
+    OutgoingMessage,
+    QueueStats,
+    Transport,
+)
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
 

@@ -83,10 +83,23 @@ import pulsar
 import pulsar.asyncio as pulsar_asyncio
 from pulsar.asyncio import PulsarException
 
-from conveyor.common.errors import ConfigurationError, PublishNotConfirmed, PublishOutcomeUnknown, TlsError, TransportError
+from conveyor.common.errors import (
+    ConfigurationError,
+    PublishNotConfirmed,
+    PublishOutcomeUnknown,
+    TlsError,
+    TransportError,
+)
+from conveyor.common.secrets import mask_url, scrub_error
 from conveyor.common.tls import TlsConfig, check_scheme, probe_handshake
-from conveyor.common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
-from conveyor.common.transport.factory import mask_url
+from conveyor.common.transport.base import (
+    ConsumerHandle,
+    Delivery,
+    DeliveryHandler,
+    OutgoingMessage,
+    QueueStats,
+    Transport,
+)
 from conveyor.common.transport.pulsar_admin import (
     DEFAULT_SUBSCRIPTION,
     SUBSCRIPTION_TYPES,
@@ -96,7 +109,6 @@ from conveyor.common.transport.pulsar_admin import (
     check_name,
     parse_pulsar_url,
 )
-from conveyor.common.transport.pulsar_inbox import LoopInbox
 from conveyor.common.transport.pulsar_consumer import (
     MESSAGE_ID_PROPERTY,
     Browser,
@@ -105,6 +117,7 @@ from conveyor.common.transport.pulsar_consumer import (
     mark_retrieved,
     result_of,
 )
+from conveyor.common.transport.pulsar_inbox import LoopInbox
 
 __all__ = ["PulsarTransport"]
 
@@ -175,14 +188,17 @@ class PulsarTransport(Transport):
         self._tls = tls or TlsConfig()
         self._ssl_context: ssl.SSLContext | None = None  # built once, at the first connect
         self._client_tls: dict[str, Any] = {}
-        self.subscription = check_name("subscription", subscription or options.get("subscription", DEFAULT_SUBSCRIPTION))
+        subscription = subscription or options.get("subscription", DEFAULT_SUBSCRIPTION)
+        self.subscription = check_name("subscription", subscription)
         kind = (subscription_type or options.get("subscription_type", "shared")).lower()
         if kind not in SUBSCRIPTION_TYPES:
             raise ConfigurationError(
                 f"subscription_type must be one of {', '.join(SUBSCRIPTION_TYPES)} (delays need a shared subscription)"
             )
         self.key_shared = kind == "key_shared"
-        self.names = TopicNames(tenant or options.get("tenant", "public"), namespace or options.get("namespace", "default"))
+        self.names = TopicNames(
+            tenant or options.get("tenant", "public"), namespace or options.get("namespace", "default")
+        )
         if min(send_timeout, operation_timeout, connect_timeout, get_wait, get_max_wait) <= 0 or nack_delay < 0:
             raise ConfigurationError("timeouts must be > 0 and nack_delay ≥ 0")
         if receiver_queue_size is not None and receiver_queue_size < 1:
@@ -561,9 +577,4 @@ class PulsarTransport(Transport):
         return task
 
     def _scrub(self, exc: BaseException) -> str:
-        """An exception's text, guaranteed free of the URL's secrets."""
-        text = str(exc) or type(exc).__name__
-        for secret in (self._token, self._password):
-            if secret:
-                text = text.replace(secret, "***")
-        return text.replace(self._url, mask_url(self._url))
+        return scrub_error(exc, self._url, self._token, self._password)

@@ -29,7 +29,6 @@ No pulsar-client import: the rules are readable and testable without the native 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import ssl
@@ -40,8 +39,8 @@ from urllib.parse import parse_qsl, quote, unquote, urljoin, urlsplit
 import aiohttp
 
 from conveyor.common.errors import ConfigurationError, TransportError
+from conveyor.common.secrets import mask_url
 from conveyor.common.tls import tls_error
-from conveyor.common.transport.factory import mask_url
 
 __all__ = [
     "DEFAULT_SUBSCRIPTION",
@@ -244,8 +243,9 @@ class AdminClient:
                 if response.content_type == "application/json":
                     return await response.json()
                 return None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             failed = tls_error(exc, host=self._host)
             if failed is not None:
                 raise failed from exc
-            raise TransportError(f"Pulsar admin API at {mask_url(self._base)} unreachable: {type(exc).__name__}") from exc
+            where = mask_url(self._base)
+            raise TransportError(f"Pulsar admin API at {where} unreachable: {type(exc).__name__}") from exc

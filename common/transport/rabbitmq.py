@@ -42,7 +42,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import aio_pika
 import aiormq
@@ -53,17 +53,33 @@ from aio_pika.exceptions import (
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
 )
-
 from aiormq.exceptions import ChannelAccessRefused
 
 from conveyor.common.errors import AccessRefused, ConfigurationError, TransportError
-from conveyor.common.transport.base import ConsumerHandle, Delivery, DeliveryHandler, OutgoingMessage, QueueStats, Transport
+from conveyor.common.secrets import mask_url, scrub_error
 from conveyor.common.tls import TlsConfig, check_scheme, tls_error
-from conveyor.common.transport.factory import mask_url
+from conveyor.common.transport.base import (
+    ConsumerHandle,
+    Delivery,
+    DeliveryHandler,
+    OutgoingMessage,
+    QueueStats,
+    Transport,
+)
 from conveyor.common.transport.rabbitmq_consumer import BROKER_ERRORS as _BROKER_ERRORS
-from conveyor.common.transport.rabbitmq_consumer import AmqpConsumer, AmqpDelivery, ChannelSettler
+from conveyor.common.transport.rabbitmq_consumer import (
+    AmqpConsumer,
+    AmqpDelivery,
+    ChannelSettler,
+    ConsumerLink,
+)
 from conveyor.common.transport.rabbitmq_publisher import ExchangePublisher
-from conveyor.common.transport.rabbitmq_topology import DEFAULT_DELAY_TIERS, DIRECT, Topology, tier_queue
+from conveyor.common.transport.rabbitmq_topology import (
+    DEFAULT_DELAY_TIERS,
+    DIRECT,
+    Topology,
+    tier_queue,
+)
 
 __all__ = ["RabbitMQTransport"]
 
@@ -323,7 +339,7 @@ class RabbitMQTransport(Transport):
                 # then: a timer per publish costs CPU, and an open channel needs no wait.
                 async with asyncio.timeout(self.connect_timeout):
                     await channel.ready()
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise TransportError(
                     f"publisher connection not re-established within {self.connect_timeout:g}s"
                 ) from None
@@ -337,7 +353,11 @@ class RabbitMQTransport(Transport):
         # Checked on a throwaway channel: a 404 on the robust consumer channel would make it
         # race to reopen itself while we close it.
         await self._require_queue(queue)
-        handle = AmqpConsumer(self, queue, handler, max(1, prefetch))
+        link = ConsumerLink(
+            connection=lambda: self._consumer, open_channel=self._raw_channel, scrub=self._scrub, spawn=self._spawn,
+            connect_timeout=self.connect_timeout, reconnect_interval=self._reconnect_interval,
+        )
+        handle = AmqpConsumer(link, queue, handler, max(1, prefetch))
         try:
             await handle.start()  # closes its channel if it fails
         except ChannelNotFoundEntity:
@@ -401,7 +421,7 @@ class RabbitMQTransport(Transport):
             return await transport.connection.channel(
                 publisher_confirms=confirms, on_return_raises=confirms, timeout=self.connect_timeout
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TransportError(f"RabbitMQ connection not available within {self.connect_timeout:g}s") from None
         except _BROKER_ERRORS as exc:
             raise TransportError(f"cannot open a channel: {self._scrub(exc)}") from exc
@@ -428,17 +448,5 @@ class RabbitMQTransport(Transport):
         task.add_done_callback(self._tasks.discard)
 
     def _scrub(self, exc: BaseException) -> str:
-        """An exception's text, guaranteed free of the URL's password."""
-        text = str(exc) or type(exc).__name__
-        password = _password(self._url)
-        if password:
-            text = text.replace(password, "***")
-        return text.replace(self._url, mask_url(self._url))
+        return scrub_error(exc, self._url)
 
-
-def _password(url: str) -> str | None:
-    netloc = url.partition("://")[2].split("/", 1)[0]
-    userinfo = netloc.rpartition("@")[0]
-    if ":" not in userinfo:
-        return None
-    return unquote(userinfo.partition(":")[2]) or None

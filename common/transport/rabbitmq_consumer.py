@@ -24,8 +24,9 @@ import functools
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import aiormq
 import aiormq.abc
@@ -34,16 +35,25 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from conveyor.common.errors import TransportError
 from conveyor.common.transport.base import ConsumerHandle, Delivery, DeliveryHandler
 
-if TYPE_CHECKING:
-    from conveyor.common.transport.rabbitmq import RabbitMQTransport
-
-__all__ = ["BROKER_ERRORS", "AmqpConsumer", "AmqpDelivery", "ChannelSettler"]
+__all__ = ["BROKER_ERRORS", "AmqpConsumer", "AmqpDelivery", "ChannelSettler", "ConsumerLink"]
 
 log = logging.getLogger(__name__)
 
 # What goes wrong talking to a broker: aiormq/aio-pika errors (ChannelInvalidStateError is a
 # RuntimeError, not an AMQPError: "the channel is closed"), socket errors, timeouts.
 BROKER_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, OSError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True)
+class ConsumerLink:
+    """What a consumer needs from its transport, handed over explicitly."""
+
+    connection: Callable[[], Any]  # the consuming connection now (None while disconnected)
+    open_channel: Callable[[], Awaitable[aiormq.abc.AbstractChannel]]
+    scrub: Callable[[BaseException], str]  # an error's text without credentials
+    spawn: Callable[[Coroutine[Any, Any, Any]], None]  # a background task the transport awaits at close
+    connect_timeout: float
+    reconnect_interval: float
 
 
 class ChannelSettler:
@@ -184,8 +194,8 @@ def string_headers(raw: Mapping[str, Any]) -> dict[str, str]:
 class AmqpConsumer(ConsumerHandle):
     """One ``consume()`` call: a channel of its own (own prefetch), one tag kept across reconnects."""
 
-    def __init__(self, owner: RabbitMQTransport, queue: str, handler: DeliveryHandler, prefetch: int) -> None:
-        self._owner = owner
+    def __init__(self, link: ConsumerLink, queue: str, handler: DeliveryHandler, prefetch: int) -> None:
+        self._link = link
         self._queue = queue
         self._handler = handler
         self._prefetch = prefetch
@@ -205,7 +215,7 @@ class AmqpConsumer(ConsumerHandle):
         channel = self._channel
         if self._cancelled or channel is None or channel.is_closed:
             return False
-        connection = self._owner._consumer
+        connection = self._link.connection()
         if connection is None or connection.is_closed or not connection.connected.is_set():
             return False
         return self._tag in channel.consumers
@@ -220,7 +230,7 @@ class AmqpConsumer(ConsumerHandle):
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(*BROKER_ERRORS):
                 # basic.cancel: no new deliveries; unacked ones stay with their handlers.
-                await asyncio.wait_for(channel.basic_cancel(self._tag), self._owner.connect_timeout)
+                await asyncio.wait_for(channel.basic_cancel(self._tag), self._link.connect_timeout)
         if self._outstanding == 0:
             await self._close_channel()
 
@@ -232,14 +242,14 @@ class AmqpConsumer(ConsumerHandle):
 
     # -- attaching -------------------------------------------------------------------
     async def _attach(self) -> aiormq.abc.AbstractChannel:
-        channel = await self._owner._raw_channel()
+        channel = await self._link.open_channel()
         try:
-            await channel.basic_qos(prefetch_count=self._prefetch, timeout=self._owner.connect_timeout)
+            await channel.basic_qos(prefetch_count=self._prefetch, timeout=self._link.connect_timeout)
             channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
             on_message = functools.partial(self._on_message, ChannelSettler(channel))
             await channel.basic_consume(
                 self._queue, on_message, no_ack=False, consumer_tag=self._tag,
-                timeout=self._owner.connect_timeout,
+                timeout=self._link.connect_timeout,
             )
         except BaseException:
             if not channel.is_closed:
@@ -264,8 +274,8 @@ class AmqpConsumer(ConsumerHandle):
             try:
                 self._channel = await self._attach()
             except (TransportError, *BROKER_ERRORS, RuntimeError) as exc:
-                log.debug("re-attach failed (%s); retrying", self._owner._scrub(exc), extra={"queue": self._queue})
-                await asyncio.sleep(self._owner._reconnect_interval)
+                log.debug("re-attach failed (%s); retrying", self._link.scrub(exc), extra={"queue": self._queue})
+                await asyncio.sleep(self._link.reconnect_interval)
                 continue
             log.info("consumer re-attached", extra={"queue": self._queue})
 
@@ -274,7 +284,7 @@ class AmqpConsumer(ConsumerHandle):
         # supervisor attaches again, or keeps trying until the queue is back.
         if frame.consumer_tag == self._tag and not self._cancelled:
             log.warning("the broker cancelled the consumer", extra={"queue": self._queue})
-            self._owner._spawn(self._close_channel())
+            self._link.spawn(self._close_channel())
 
     # -- deliveries ------------------------------------------------------------------
     async def _on_message(self, settler: ChannelSettler, message: aiormq.abc.DeliveredMessage) -> None:
@@ -284,7 +294,7 @@ class AmqpConsumer(ConsumerHandle):
                 await AmqpDelivery(message, self._queue, settler).release()
             return
         self._outstanding += 1
-        self._owner._spawn(self._run(AmqpDelivery(message, self._queue, settler, self._on_settled)))
+        self._link.spawn(self._run(AmqpDelivery(message, self._queue, settler, self._on_settled)))
 
     async def _run(self, delivery: AmqpDelivery) -> None:
         try:
@@ -295,11 +305,11 @@ class AmqpConsumer(ConsumerHandle):
     def _on_settled(self) -> None:
         self._outstanding -= 1
         if self._cancelled and self._outstanding == 0:
-            self._owner._spawn(self._close_channel())
+            self._link.spawn(self._close_channel())
 
     async def _close_channel(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(*BROKER_ERRORS, RuntimeError):
-                await asyncio.wait_for(channel.close(), self._owner.connect_timeout)
+                await asyncio.wait_for(channel.close(), self._link.connect_timeout)
 

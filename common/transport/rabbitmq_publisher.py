@@ -22,11 +22,21 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 
 import aiormq.abc
+from aio_pika.exceptions import (
+    AMQPError,
+    ChannelInvalidStateError,
+    ChannelNotFoundEntity,
+    DeliveryError,
+    PublishError,
+)
 from aiormq import spec
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity, DeliveryError, PublishError
 from aiormq.exceptions import ChannelAccessRefused
 
-from conveyor.common.errors import PublishNotConfirmed, PublishOutcomeUnknown, TransportError
+from conveyor.common.errors import (
+    PublishNotConfirmed,
+    PublishOutcomeUnknown,
+    TransportError,
+)
 from conveyor.common.transport.rabbitmq_topology import Target
 
 __all__ = ["ExchangePublisher"]

@@ -12,10 +12,10 @@ from pydantic import BaseModel
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.codec import decode_dead_letter, decode_envelope, encode_model
 from conveyor.common.errors import AlreadySettled, PermanentError, RetryableError
-from conveyor.common.transport.base import Delivery, OutgoingMessage
-from conveyor.consumer.breaker import BreakerConfig
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
+from conveyor.common.transport.base import Delivery, OutgoingMessage
+from conveyor.consumer.breaker import BreakerConfig
 from conveyor.consumer.settlement import DeferPolicy
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer

@@ -11,10 +11,10 @@ from pydantic import BaseModel
 
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.codec import encode_model
-from conveyor.common.payload_store.s3 import S3PayloadStore
-from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
+from conveyor.common.payload_store.s3 import S3PayloadStore
+from conveyor.common.transport.base import OutgoingMessage
 from conveyor.consumer.settlement import DeferPolicy
 from conveyor.consumer.worker import Worker
 from conveyor.producer.producer import Producer

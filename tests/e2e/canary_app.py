@@ -13,9 +13,9 @@ import os
 from pydantic import BaseModel
 
 from conveyor.common.backoff import RetryPolicy
-from conveyor.common.settings import Settings
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
+from conveyor.common.settings import Settings
 
 log = logging.getLogger("canary.app")
 

@@ -26,8 +26,8 @@ from pydantic import BaseModel
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import PermanentError, RetryableError
 from conveyor.common.jobs.context import JobContext
-from conveyor.consumer.idempotency import job_transaction
 from conveyor.common.jobs.registry import JobRegistry
+from conveyor.consumer.middleware.idempotency import job_transaction
 
 JOB_TYPE = "fault.work"
 

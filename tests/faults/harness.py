@@ -8,6 +8,7 @@ accounted for and returns the ``Figures``, which ``check`` holds to the invarian
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -23,8 +24,8 @@ from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.producer.producer import Producer
 from tests.faults import app
-from tests.integration.accounting import publish_until_confirmed
 from tests.faults.ledger import POISON_HEADER, Figures, Ledger
+from tests.integration.accounting import publish_until_confirmed
 
 __all__ = ["BrokerControl", "FaultRun", "check"]
 
@@ -116,7 +117,7 @@ class FaultRun:
                 "--concurrency", str(concurrency), "--http-port", "0", "--grace-period", str(grace)]
         if prefetch is not None:
             args += ["--prefetch", str(prefetch)]
-        log = open(self.workdir / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115 - the process owns it
+        log = open(self.workdir / f"worker-{len(self.workers)}.log", "wb")
         process = subprocess.Popen(args, cwd=ROOT, env=self.env(url, extra_env), stdout=log, stderr=log)
         log.close()
         self.workers.append(process)
@@ -181,7 +182,7 @@ class FaultRun:
             # (from the fault to the first success of the recovered system, or a later stall).
             times = sorted(t.timestamp() for t in snap.effect_times.values() if t.timestamp() >= healed_at)
             edges = [healed_at, *times]
-            figures.recover_seconds = max((b - a for a, b in zip(edges, edges[1:])), default=None)
+            figures.recover_seconds = max((b - a for a, b in itertools.pairwise(edges)), default=None)
         return figures
 
     def stop_workers(self) -> list[int]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncpg
 
 from conveyor.common.transport.factory import transport_from_url
-from conveyor.consumer.dead_letters import DeadLetters
+from conveyor.consumer.ops.dead_letters import DeadLetters
 from conveyor.schemas.dead_letter import DeadLetterRecord
 
 __all__ = ["POISON_HEADER", "Figures", "Ledger", "Snapshot"]

@@ -20,7 +20,7 @@ import pytest
 
 from conveyor.common.errors import TransportError
 from conveyor.common.transport.factory import transport_from_url
-from conveyor.consumer.dead_letters import DeadLetters
+from conveyor.consumer.ops.dead_letters import DeadLetters
 from conveyor.producer.producer import Producer
 from conveyor.schemas.envelope import Envelope
 from tests.integration import accounting_app

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from conveyor.common.transport.factory import mask_url
+from conveyor.common.secrets import mask_url
 
 
 def _require_env(name: str, how: str) -> str:

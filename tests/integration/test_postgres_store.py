@@ -19,7 +19,7 @@ from conveyor.common.clock import FakeClock
 from conveyor.common.errors import ConfigurationError
 from conveyor.common.idempotency.base import IdempotencyStoreUnavailable, ProcessedKeyStore
 from conveyor.common.idempotency.postgres import PostgresProcessedKeyStore
-from conveyor.common.transport.factory import mask_url
+from conveyor.common.secrets import mask_url
 from tests.support.idempotency_contract import *  # noqa: F403 - the shared contract tests
 from tests.support.idempotency_contract import Effects, PostgresEffects
 

@@ -21,11 +21,11 @@ from pydantic import BaseModel
 
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import PermanentError, RetryableError
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
-from conveyor.common.jobs.context import JobContext
 from conveyor.consumer.http import HealthServer
-from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 

@@ -92,7 +92,7 @@ async def _ready(port: int) -> bool | None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
                 return response.status == 200
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return None
 
 

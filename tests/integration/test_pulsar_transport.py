@@ -152,7 +152,7 @@ async def test_deliver_after_is_honoured_never_early(transport: PulsarTransport,
     await transport.publish(queue, message(b"soon", delay=0.5))
     await transport.publish(queue, message(b"now"))
     await eventually(lambda: len(collector.deliveries) == 3, timeout=30)
-    arrival = {d.body: at - sent_at for d, at in zip(collector.deliveries, collector.arrived)}
+    arrival = {d.body: at - sent_at for d, at in zip(collector.deliveries, collector.arrived, strict=True)}
     assert collector.bodies == [b"now", b"soon", b"late"]
     assert arrival[b"soon"] >= 0.5 and arrival[b"late"] >= 2.0, f"delivered early: {arrival}"
     assert arrival[b"late"] < 15, f"a 2 s delay took {arrival[b'late']:.1f}s"
@@ -261,7 +261,7 @@ async def test_a_deferred_copy_reaches_another_consumer(
     for n in range(3):  # one at a time: only delayed traffic, the case that goes wrong
         body = b"job-%d" % n
         await old.publish(queue, message(body, delay=0.2))
-        await eventually(lambda: body in taken, timeout=30)
+        await eventually(lambda body=body: body in taken, timeout=30)
     assert taken == [b"job-0", b"job-1", b"job-2"]
     assert all(count <= 6 for count in hops.values()), f"deferred copies looped: {hops}"
 

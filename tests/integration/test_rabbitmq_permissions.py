@@ -24,11 +24,11 @@ from pydantic import BaseModel
 
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import AccessRefused, PermanentError, PublishNotConfirmed
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.transport.base import Delivery, OutgoingMessage
 from conveyor.common.transport.rabbitmq import RabbitMQTransport
 from conveyor.common.transport.rabbitmq_topology import permissions
-from conveyor.common.jobs.context import JobContext
-from conveyor.common.jobs.registry import JobRegistry
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from tests.conftest import wait_until

@@ -20,7 +20,7 @@ from conveyor.common.errors import (
     PayloadStoreUnavailable,
 )
 from conveyor.common.payload_store.s3 import NoRedirectHTTPSession, S3PayloadStore
-from conveyor.consumer.payload_sweep import sweep
+from conveyor.consumer.ops.payload_sweep import sweep
 from conveyor.consumer.payloads import PayloadResolver
 from tests.support.s3 import TEST_BUCKET, make_s3_store, remove_prefix
 

@@ -20,12 +20,12 @@ import pytest
 from pydantic import BaseModel
 
 from conveyor.common.errors import TlsError
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.tls import TlsConfig
 from conveyor.common.transport.base import Transport
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.common.transport.pulsar_admin import AdminClient
-from conveyor.common.jobs.context import JobContext
-from conveyor.common.jobs.registry import JobRegistry
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from tests.conftest import wait_until

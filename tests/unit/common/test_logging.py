@@ -5,7 +5,8 @@ import logging
 
 import orjson
 
-from conveyor.common.logging import configure_logging, mask_secrets
+from conveyor.common.logging import configure_logging
+from conveyor.common.secrets import mask_secrets
 
 
 def test_urls_with_passwords_are_masked() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import logging
+import os
 import random
 import subprocess
 import sys
@@ -22,12 +22,12 @@ from pydantic import BaseModel
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.clock import FakeClock
 from conveyor.common.errors import RetryableError
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.logging import configure_logging
 from conveyor.common.tracing import TracingMiddleware
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
-from conveyor.common.jobs.context import JobContext
-from conveyor.consumer.dead_letters import DeadLetters
-from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.ops.dead_letters import DeadLetters
 from conveyor.consumer.worker import Worker
 from conveyor.producer.producer import Producer
 
@@ -131,7 +131,7 @@ def test_conveyor_imports_and_runs_without_opentelemetry() -> None:
         "import sys\n"
         "sys.modules['opentelemetry'] = None  # as if the otel extra were not installed\n"
         "import asyncio, conveyor.common.tracing, conveyor.common.logging, conveyor.consumer.worker, conveyor.consumer.cli, conveyor.producer.producer\n"
-        "from conveyor.consumer.demo import run_demo\n"
+        "from conveyor.consumer.ops.demo import run_demo\n"
         "assert not conveyor.common.tracing.tracing_available()\n"
         "assert conveyor.common.tracing.current_trace_ids() is None\n"
         "try:\n"

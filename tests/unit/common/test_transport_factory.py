@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conveyor.common.errors import ConfigurationError
-from conveyor.common.transport.factory import mask_url, transport_from_url
+from conveyor.common.secrets import mask_url
+from conveyor.common.transport.factory import transport_from_url
 from conveyor.common.transport.memory import MemoryTransport
 
 

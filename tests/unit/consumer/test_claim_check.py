@@ -14,14 +14,14 @@ from pydantic import BaseModel
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.codec import decode_envelope, encode_model
 from conveyor.common.errors import MessageTooLarge, PublishNotConfirmed
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.payload_store.memory import MemoryPayloadStore
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.breaker import BreakerConfig, BreakerState
-from conveyor.common.jobs.context import JobContext
-from conveyor.consumer.dead_letters import DeadLetterFilter, DeadLetters
+from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters
 from conveyor.consumer.payloads import PayloadResolver
-from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from conveyor.schemas.envelope import InlinePayload, PayloadReference

@@ -5,11 +5,11 @@ from pydantic import BaseModel
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.clock import FakeClock
 from conveyor.common.errors import PermanentError, RetryableError
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
-from conveyor.common.jobs.context import JobContext
-from conveyor.consumer.dead_letters import DeadLetterFilter, DeadLetters
-from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters
 from conveyor.consumer.worker import Worker
 from conveyor.producer.producer import Producer
 

@@ -7,11 +7,11 @@ import aiohttp
 import orjson
 from pydantic import BaseModel
 
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.logging import configure_logging
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
-from conveyor.common.jobs.context import JobContext
 from conveyor.consumer.http import HealthServer
-from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.consumer.worker import Worker
 from conveyor.producer.producer import Producer
 

@@ -16,9 +16,10 @@ from conveyor.common.clock import FakeClock
 from conveyor.common.codec import decode_dead_letter
 from conveyor.common.errors import ConfigurationError, RetryableError
 from conveyor.common.idempotency import MemoryProcessedKeyStore, SQLiteProcessedKeyStore
-from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.common.jobs.context import JobContext
-from conveyor.consumer.idempotency import (
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.consumer.middleware.idempotency import (
     IdempotencyMiddleware,
     JobIdempotency,
     idempotency_of,
@@ -27,7 +28,6 @@ from conveyor.consumer.idempotency import (
     payload_hash,
     save_checkpoint,
 )
-from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from tests.conftest import wait_until

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conveyor.common.errors import ConfigurationError
 from conveyor.common.payload_store.filesystem import FileSystemPayloadStore
 from conveyor.consumer.cli import main
-from conveyor.consumer.payload_sweep import parse_age, sweep
+from conveyor.consumer.ops.payload_sweep import parse_age, sweep
 
 
 def age_file(store: FileSystemPayloadStore, key: str, days: float) -> None:

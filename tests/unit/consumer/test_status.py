@@ -12,14 +12,14 @@ from rich.console import Console
 
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import PermanentError, RetryableError
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.breaker import BreakerConfig
 from conveyor.consumer.cli import main
-from conveyor.common.jobs.context import JobContext
 from conveyor.consumer.http import HealthServer
-from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
-from conveyor.consumer.status import collect_status, render_tables
+from conveyor.consumer.ops.status import collect_status, render_tables
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 

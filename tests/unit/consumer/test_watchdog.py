@@ -10,9 +10,9 @@ import pytest
 from pydantic import BaseModel
 
 from conveyor.common.errors import ConfigurationError
-from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.watchdog import EXIT_CODE, StallWatchdog, WatchdogConfig
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer

@@ -10,9 +10,9 @@ from pydantic import BaseModel
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.clock import FakeClock
 from conveyor.common.errors import RetryableError
-from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 
@@ -199,7 +199,7 @@ async def test_stop_cancels_the_monitor_even_mid_sample() -> None:
 
 async def test_secrets_in_a_handlers_exception_never_reach_retry_copies_or_dead_letters() -> None:
     from conveyor.common.secrets import Redactor
-    from conveyor.consumer.dead_letters import DeadLetters
+    from conveyor.consumer.ops.dead_letters import DeadLetters
 
     clock = FakeClock()
     broker = MemoryBroker(clock)

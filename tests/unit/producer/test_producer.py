@@ -6,9 +6,9 @@ import pytest
 from pydantic import BaseModel
 
 from conveyor.common.errors import InvalidPayload, MessageTooLarge, PublishNotConfirmed, UnknownJobType
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
-from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.producer.producer import Producer
 
 

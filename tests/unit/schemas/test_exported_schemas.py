@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from conveyor.common.codec import encode_model
 from conveyor.common.transport.memory import MemoryTransport
-from conveyor.consumer.demo import demo_jobs
+from conveyor.consumer.ops.demo import demo_jobs
 from conveyor.producer.producer import Producer
 from conveyor.schemas.compat import breaking_changes
 from conveyor.schemas.envelope import PayloadReference
@@ -189,7 +189,7 @@ def test_the_exporter_refuses_to_overwrite_a_published_version_incompatibly(tmp_
 
 
 def test_the_command_line_checks_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--app", "conveyor.consumer.demo:demo_jobs", "--out", str(tmp_path), "--check"]) == 1
-    assert main(["--app", "conveyor.consumer.demo:demo_jobs", "--out", str(tmp_path)]) == 0
-    assert main(["--app", "conveyor.consumer.demo:demo_jobs", "--out", str(tmp_path), "--check"]) == 0
+    assert main(["--app", "conveyor.consumer.ops.demo:demo_jobs", "--out", str(tmp_path), "--check"]) == 1
+    assert main(["--app", "conveyor.consumer.ops.demo:demo_jobs", "--out", str(tmp_path)]) == 0
+    assert main(["--app", "conveyor.consumer.ops.demo:demo_jobs", "--out", str(tmp_path), "--check"]) == 0
     assert (tmp_path / "jobs" / "images.resize" / "v1.json").exists()

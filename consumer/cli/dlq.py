@@ -12,7 +12,7 @@ from rich.table import Table
 
 from conveyor.common.codec import strict_json_loads
 from conveyor.common.errors import ConveyorError
-from conveyor.consumer.commands.support import (
+from conveyor.consumer.cli.support import (
     broker_option,
     console,
     payload_store_for,
@@ -22,7 +22,7 @@ from conveyor.consumer.commands.support import (
     settings_from,
     transport_for,
 )
-from conveyor.consumer.dead_letters import DeadLetterFilter, DeadLetters
+from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters
 
 __all__ = ["dlq"]
 
@@ -114,8 +114,9 @@ def dlq_replay(broker: str, queue: str, reason: str | None, job_type: str | None
     report = _run_on_dlq(broker, queue, go)
     verb = "would replay" if dry_run else "replayed"
     count = report.matched if dry_run else report.replayed
+    kept = report.skipped_unreplayable
     click.echo(f"{verb} {count} of {report.matched} matching entries"
-               + (f"; {report.skipped_unreplayable} unreplayable (never decoded) kept" if report.skipped_unreplayable else ""))
+               + (f"; {kept} unreplayable (never decoded) kept" if kept else ""))
     for reason_code, n in sorted(report.by_reason.items()):
         click.echo(f"  {reason_code}: {n}")
 

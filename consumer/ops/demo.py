@@ -19,12 +19,12 @@ from rich.table import Table
 
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import PermanentError, RetryableError
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.breaker import BreakerConfig
-from conveyor.common.jobs.context import JobContext
-from conveyor.consumer.dead_letters import DeadLetterFilter, DeadLetters
-from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 

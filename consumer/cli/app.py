@@ -1,9 +1,9 @@
 """The ``conveyor`` command line: demo, worker, publish, dlq, payloads, status.
 
-Every option also reads a ``CONVEYOR_*`` environment variable (see ``common.settings``);
+Every option also reads a ``CONVEYOR_*`` environment variable (see ``conveyor.common.settings``);
 flags win. Broker URLs are masked whenever they are shown, and every secret a command knows
 is masked in its logs and errors; a password typed as a flag gets a ``ps`` warning
-(``consumer.cli_secrets``). Each subcommand lives in ``consumer.commands``.
+(``conveyor.consumer.cli.secrets``). Each subcommand is a module of this package.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import click
 
 from conveyor.common.logging import configure_logging
-from conveyor.consumer.commands.dlq import dlq
-from conveyor.consumer.commands.payloads import payloads
-from conveyor.consumer.commands.publish import publish
-from conveyor.consumer.commands.status import status
-from conveyor.consumer.commands.support import console, run
-from conveyor.consumer.commands.worker import worker
+from conveyor.consumer.cli.dlq import dlq
+from conveyor.consumer.cli.payloads import payloads
+from conveyor.consumer.cli.publish import publish
+from conveyor.consumer.cli.status import status
+from conveyor.consumer.cli.support import console, run
+from conveyor.consumer.cli.worker import worker
 
 __all__ = ["main"]
 
@@ -35,7 +35,7 @@ def demo(jobs_count: int) -> None:
     """Run the whole job life cycle on the embedded broker (no server needed)."""
     import logging
 
-    from conveyor.consumer.demo import run_demo
+    from conveyor.consumer.ops.demo import run_demo
 
     logging.getLogger().setLevel(logging.ERROR)  # the demo's tables tell the story
     run(run_demo(console, jobs_count=jobs_count), None)

@@ -49,7 +49,13 @@ import orjson
 from pydantic import BaseModel
 
 from conveyor.common.errors import ConfigurationError, ConveyorError
-from conveyor.common.idempotency.base import IdempotencyConflict, ProcessedKeyStore, StoreTransaction, decode_state, encode_state
+from conveyor.common.idempotency.base import (
+    IdempotencyConflict,
+    ProcessedKeyStore,
+    StoreTransaction,
+    decode_state,
+    encode_state,
+)
 from conveyor.common.middleware import ConsumeNext, Middleware
 
 if TYPE_CHECKING:
@@ -242,6 +248,7 @@ class IdempotencyMiddleware(Middleware):
             previous = await self.store.check(key, digest)  # IdempotencyConflict → dead letter
             helper = JobIdempotency(self.store, key=key, payload_hash=digest, job_id=ctx.job_id, last_checkpoint=None)
             ctx.state[IDEMPOTENCY_STATE] = helper
+            ctx.checkpoints = helper
             if previous is not None:
                 return self._skip(helper, previous.job_id)
             helper.last_checkpoint = await self.store.load_checkpoint(ctx.job_id)

@@ -16,10 +16,9 @@ import click
 from click.core import ParameterSource
 
 from conveyor.common.errors import ConfigurationError
-from conveyor.common.logging import configure_logging, mask_secrets
-from conveyor.common.secrets import Redactor, secret_from_file
+from conveyor.common.logging import configure_logging
+from conveyor.common.secrets import Redactor, mask_secrets, mask_url, secret_from_file
 from conveyor.common.settings import Settings
-from conveyor.common.transport.factory import mask_url
 
 __all__ = ["DEFAULT_BROKER", "broker_from_environment", "protect", "redactor", "warn_if_credentials"]
 

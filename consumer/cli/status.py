@@ -7,9 +7,15 @@ from typing import Any
 import click
 import orjson
 
-from conveyor.common.transport.factory import mask_url
-from conveyor.consumer.commands.support import broker_option, console, run, settings_from, transport_for
 from conveyor.common.jobs.registry import DEFAULT_QUEUE
+from conveyor.common.secrets import mask_url
+from conveyor.consumer.cli.support import (
+    broker_option,
+    console,
+    run,
+    settings_from,
+    transport_for,
+)
 
 __all__ = ["status"]
 
@@ -28,7 +34,7 @@ __all__ = ["status"]
 def status(broker: str, queues: tuple[str, ...], workers: tuple[str, ...], interval: float, dlq_scan_limit: int,
            as_json: bool) -> None:
     """Queues (depth, rate, oldest age, consumers, dead letters by reason) and workers (breakers)."""
-    from conveyor.consumer.status import collect_status, render_tables
+    from conveyor.consumer.ops.status import collect_status, render_tables
 
     settings = settings_from()
 

@@ -16,11 +16,16 @@ import click
 from rich.console import Console
 
 from conveyor.common.errors import ConveyorError
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.settings import Settings
 from conveyor.common.transport.base import Transport
 from conveyor.common.transport.factory import transport_from_url
-from conveyor.consumer.cli_secrets import DEFAULT_BROKER, broker_from_environment, protect, redactor
-from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.consumer.cli.secrets import (
+    DEFAULT_BROKER,
+    broker_from_environment,
+    protect,
+    redactor,
+)
 
 __all__ = [
     "broker_option",

@@ -8,10 +8,11 @@ from typing import Any
 
 import click
 
+from conveyor.common.jobs.registry import JobRegistry
+from conveyor.common.secrets import mask_url
 from conveyor.common.settings import Settings
-from conveyor.common.transport.factory import mask_url
-from conveyor.consumer.cli_secrets import redactor, warn_if_credentials
-from conveyor.consumer.commands.support import (
+from conveyor.consumer.cli.secrets import redactor, warn_if_credentials
+from conveyor.consumer.cli.support import (
     broker_option,
     console,
     load_registry,
@@ -22,7 +23,6 @@ from conveyor.consumer.commands.support import (
     tracing,
     transport_for,
 )
-from conveyor.common.jobs.registry import JobRegistry
 
 __all__ = ["worker"]
 
@@ -47,8 +47,8 @@ def worker(target: str, broker: str, **overrides: Any) -> None:
 
 
 async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -> None:
-    from conveyor.consumer.http import HealthServer
     from conveyor.consumer.breaker import BreakerConfig
+    from conveyor.consumer.http import HealthServer
     from conveyor.consumer.watchdog import WatchdogConfig
     from conveyor.consumer.worker import Worker, WorkerConfig
 

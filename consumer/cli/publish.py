@@ -9,7 +9,7 @@ import click
 import orjson
 
 from conveyor.common.codec import strict_json_loads
-from conveyor.consumer.commands import support
+from conveyor.consumer.cli import support
 
 __all__ = ["publish"]
 

@@ -22,7 +22,7 @@ from rich.table import Table
 from conveyor.common.errors import ConveyorError
 from conveyor.common.transport.base import QueueStats, Transport
 from conveyor.consumer.breaker import BreakerState
-from conveyor.consumer.dead_letters import DeadLetters
+from conveyor.consumer.ops.dead_letters import DeadLetters
 
 __all__ = ["QueueStatus", "StatusReport", "WorkerStatus", "collect_status", "render_tables", "scrape_worker"]
 
@@ -84,7 +84,8 @@ async def collect_status(
     for row in rows:
         if row.error is None and row.dead_letters:
             await _group_dead_letters(transport, row, dlq_scan_limit)
-    status = [_worker_row(url, a, b, interval) for url, a, b in zip(workers, first_scrapes, second_scrapes, strict=True)]
+    scrapes = zip(workers, first_scrapes, second_scrapes, strict=True)
+    status = [_worker_row(url, a, b, interval) for url, a, b in scrapes]
     return StatusReport(interval=interval, queues=rows, workers=status)
 
 

@@ -65,6 +65,6 @@ async def sweep(store: PayloadStore, older_than: timedelta, *, now: datetime, dr
         try:
             await store.delete_key(item.key)
             report.deleted += 1
-        except Exception:  # noqa: BLE001 - one stubborn object must not stop the sweep
+        except Exception:
             report.failed += 1
     return report

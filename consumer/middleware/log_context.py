@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from conveyor.common.jobs.context import JobContext
 from conveyor.common.logging import JobLogContext
 from conveyor.common.middleware import ConsumeNext, Middleware
-from conveyor.common.jobs.context import JobContext
 
 __all__ = ["LogContextMiddleware"]
 

@@ -7,7 +7,12 @@ from typing import Any
 
 import click
 
-from conveyor.consumer.commands.support import payload_store_for, payload_store_option, run, settings_from
+from conveyor.consumer.cli.support import (
+    payload_store_for,
+    payload_store_option,
+    run,
+    settings_from,
+)
 
 __all__ = ["payloads"]
 
@@ -26,7 +31,7 @@ def payloads_sweep(older_than: str, dry_run: bool, payload_store: str | None) ->
     """Delete stored payloads older than --older-than (orphans: see the README's rule)."""
     from datetime import UTC, datetime
 
-    from conveyor.consumer.payload_sweep import parse_age, sweep
+    from conveyor.consumer.ops.payload_sweep import parse_age, sweep
 
     settings = settings_from(**({"payload_store": payload_store} if payload_store else {}))
 
