@@ -19,14 +19,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/conveyor
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY conveyor ./conveyor
 COPY common ./common
 COPY schemas ./schemas
 COPY producer ./producer
 COPY consumer ./consumer
 ARG EXTRAS=all
-RUN /opt/conveyor/bin/pip install --no-compile ".[${EXTRAS}]" \
+RUN /opt/conveyor/bin/pip install --no-compile -c constraints.txt ".[${EXTRAS}]" \
     && /opt/conveyor/bin/pip uninstall -y pip \
     && /opt/conveyor/bin/python -m compileall -q -j 0 /opt/conveyor/lib
 
