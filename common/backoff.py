@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from conveyor.common.errors import ConfigurationError
+
 __all__ = ["RetryPolicy", "compute_backoff"]
 
 
@@ -38,12 +40,14 @@ class RetryPolicy:
     jitter: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.max_age <= 0:
+            raise ConfigurationError(f"RetryPolicy: max_age must be > 0 seconds, not {self.max_age}")
         if self.max_attempts < 1:
-            raise ValueError("max_attempts must be ≥ 1")
+            raise ConfigurationError(f"RetryPolicy: max_attempts must be ≥ 1, not {self.max_attempts}")
         if not 0.0 <= self.jitter <= 1.0:
-            raise ValueError("jitter must be within [0, 1]")
+            raise ConfigurationError(f"RetryPolicy: jitter must be within [0, 1], not {self.jitter}")
         if self.base <= 0 or self.factor < 1 or self.cap < self.base:
-            raise ValueError("need base > 0, factor ≥ 1 and cap ≥ base")
+            raise ConfigurationError("RetryPolicy: need base > 0, factor ≥ 1 and cap ≥ base")
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return compute_backoff(

@@ -5,6 +5,7 @@ import random
 import pytest
 
 from conveyor.common.backoff import RetryPolicy, compute_backoff
+from conveyor.common.errors import ConfigurationError
 
 
 def test_backoff_grows_exponentially_without_jitter() -> None:
@@ -24,8 +25,9 @@ def test_equal_jitter_stays_within_half_and_full_delay_and_spreads() -> None:
     assert max(delays) - min(delays) > 1.5, "jitter must spread retries that failed together"
 
 
-def test_policy_validates_its_options() -> None:
-    with pytest.raises(ValueError):
-        RetryPolicy(max_attempts=0)
-    with pytest.raises(ValueError):
-        RetryPolicy(jitter=2)
+@pytest.mark.parametrize(
+    "options", [{"max_attempts": 0}, {"jitter": 2}, {"max_age": 0}, {"base": 0}, {"factor": 0.5}, {"cap": 0.5}]
+)
+def test_policy_rejects_bad_options_with_the_projects_configuration_error(options: dict[str, float]) -> None:
+    with pytest.raises(ConfigurationError, match="RetryPolicy"):
+        RetryPolicy(**options)
