@@ -94,7 +94,7 @@ def _keys_if_in_range(value: Any) -> int | None:
     comparison too. Such floats are rare; the scanner tells a real one from a huge integer.
     """
     keys = 0
-    stack = [[value]]  # the top level goes through the same checks as any nested value
+    stack: list[Any] = [[value]]  # lists and dicts; the top level goes through the same checks as any nested value
     while stack:  # not recursive: orjson allows deeper nesting than Python's recursion limit
         container = stack.pop()
         if type(container) is dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
+from typing import Any
 
 __all__ = ["TimeLimit"]
 
@@ -69,6 +70,10 @@ class TimeLimit:
 
 class _Call:
     __slots__ = ("_limit", "when", "task", "cancelling", "expired")
+
+    when: float  # set by TimeLimit._start
+    task: asyncio.Task[Any]  # these two set by __enter__
+    cancelling: int
 
     def __init__(self, limit: TimeLimit) -> None:
         self._limit = limit

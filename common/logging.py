@@ -25,7 +25,7 @@ from conveyor.common.secrets import mask_secrets
 try:  # optional: trace ids on log lines when OpenTelemetry is installed
     from opentelemetry import trace as _otel_trace
 except ImportError:  # pragma: no cover
-    _otel_trace = None  # type: ignore[assignment]
+    _otel_trace = None  # type: ignore[assignment]  # OTel absent: None marks it
 
 __all__ = ["JobLogContext", "JsonFormatter", "TextFormatter", "configure_logging", "job_log_fields", "mask_secrets"]
 

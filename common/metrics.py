@@ -268,7 +268,7 @@ def _kind(kind: str) -> str:
 # scrape reads each float whole. Other value classes (multiprocess mode) keep their own inc().
 def _add_to(value: Any) -> Callable[[float], None]:
     if type(value) is not MutexValue:
-        return value.inc  # type: ignore[no-any-return]
+        return value.inc  # type: ignore[no-any-return]  # prometheus-client's value classes are untyped
 
     def add(amount: float) -> None:
         value._value += amount
@@ -278,13 +278,13 @@ def _add_to(value: Any) -> Callable[[float], None]:
 
 def _adder(child: Any) -> Callable[[float], None]:
     value = getattr(child, "_value", None)
-    return child.inc if value is None else _add_to(value)  # type: ignore[no-any-return]
+    return child.inc if value is None else _add_to(value)
 
 
 def _observer(child: Any) -> Callable[[float], None]:
     total, buckets, bounds = (getattr(child, name, None) for name in ("_sum", "_buckets", "_upper_bounds"))
     if total is None or not buckets or not bounds or len(buckets) != len(bounds) or bounds[-1] != float("inf"):
-        return child.observe  # type: ignore[no-any-return]
+        return child.observe  # type: ignore[no-any-return]  # a metric child, passed untyped (Any)
     add_total, adds, limits = _add_to(total), [_add_to(bucket) for bucket in buckets], tuple(bounds)
 
     def observe(amount: float) -> None:

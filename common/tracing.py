@@ -34,9 +34,11 @@ try:  # the optional dependency
     from opentelemetry import propagate, trace
     from opentelemetry.trace import SpanKind
 except ImportError:  # pragma: no cover - exercised by the "imports cleanly" test
-    propagate = trace = SpanKind = None  # type: ignore[assignment]
+    propagate = trace = SpanKind = None  # type: ignore[assignment, misc]  # OTel absent: None marks it (tracing_available)
 
 if TYPE_CHECKING:
+    from opentelemetry.util.types import AttributeValue
+
     from conveyor.common.jobs.command import PublishCommand
     from conveyor.common.jobs.context import JobContext
 
@@ -78,7 +80,7 @@ class TracingMiddleware(Middleware):
 
     async def publish(self, cmd: PublishCommand, call_next: PublishNext) -> None:
         envelope = cmd.envelope
-        attributes = {
+        attributes: dict[str, AttributeValue] = {
             "messaging.system": "conveyor",
             "messaging.operation.type": "send",
             "messaging.destination.name": cmd.queue,
@@ -96,7 +98,7 @@ class TracingMiddleware(Middleware):
 
     async def consume(self, ctx: JobContext, call_next: ConsumeNext) -> Any:
         parent = self._textmap().extract(ctx.headers)
-        attributes = {
+        attributes: dict[str, AttributeValue] = {
             "messaging.system": "conveyor",
             "messaging.operation.type": "process",
             "messaging.destination.name": ctx.queue,

@@ -11,6 +11,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import datetime
 
 from conveyor.common.clock import Clock
 from conveyor.common.codec import decode_envelope
@@ -132,7 +133,7 @@ class Processor:
             breaker.record_failure()
             raise
 
-    async def _run(self, ctx: JobContext, started: object) -> Outcome:
+    async def _run(self, ctx: JobContext, started: datetime) -> Outcome:
         begin = self._clock.monotonic()
         try:
             await self._chain(ctx)
@@ -150,7 +151,7 @@ class Processor:
         return Outcome(
             OutcomeKind.SUCCEEDED,
             ctx.envelope,
-            started_at=started,  # type: ignore[arg-type]
+            started_at=started,
             finished_at=self._clock.now(),
             duration=self._clock.monotonic() - begin,
         )
@@ -179,7 +180,7 @@ class Processor:
         kind: OutcomeKind,
         envelope: Envelope | None,
         exc: BaseException,
-        started: object,
+        started: datetime,
         *,
         reason: str,
         begin: float | None = None,
@@ -193,7 +194,7 @@ class Processor:
             # exception (cut first, so a huge message is not scanned whole).
             error_message=self._redact(str(exc)[: _MAX_ERROR_TEXT * 4])[:_MAX_ERROR_TEXT],
             error=exc,  # its traceback is formatted only if a dead letter needs it
-            started_at=started,  # type: ignore[arg-type]
+            started_at=started,
             finished_at=self._clock.now(),
             duration=0.0 if begin is None else self._clock.monotonic() - begin,
         )

@@ -195,7 +195,7 @@ class Settlement:
             worker_id=self._worker_id,
             started_at=outcome.started_at or now,
             finished_at=outcome.finished_at or now,
-            outcome=kind,  # type: ignore[arg-type]
+            outcome=kind,  # type: ignore[arg-type]  # str: callers pass only AttemptRecord's outcome literals
             error_type=outcome.error_type,
             error_message=(outcome.error_message or None) and outcome.error_message[:1000],
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -25,7 +25,7 @@ __all__ = [
     "new_job_id",
 ]
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION: Final = 1  # Final: typed Literal[1], the Envelope field's default
 MAX_HISTORY = 50  # bounded so a job that bounced many times cannot outgrow the size limit
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@/-]{1,128}$")]

@@ -7,6 +7,7 @@ too). The drivers (aiosqlite, asyncpg) are imported only when a store opens.
 
 from __future__ import annotations
 
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 from conveyor.common.clock import Clock
@@ -36,9 +37,13 @@ __all__ = [
 ]
 
 
+class _TablePrefix(TypedDict, total=False):
+    table_prefix: str
+
+
 def store_from_url(url: str, *, clock: Clock | None = None, table_prefix: str | None = None) -> ProcessedKeyStore:
     scheme = urlsplit(url).scheme.lower()
-    prefix = {} if table_prefix is None else {"table_prefix": table_prefix}
+    prefix: _TablePrefix = {} if table_prefix is None else {"table_prefix": table_prefix}
     if scheme == "memory":
         return MemoryProcessedKeyStore(clock=clock)
     if scheme == "sqlite":

@@ -22,9 +22,10 @@ import abc
 import hashlib
 import re
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypedDict
 
 from conveyor.common.defaults import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PAYLOAD_THRESHOLD, DEFAULT_STORE_TIMEOUT
 from conveyor.common.errors import ConfigurationError, PayloadReferenceInvalid
@@ -50,6 +51,13 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _KEY_CHARS = re.compile(r"^[A-Za-z0-9._/-]{1,1024}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._-]{1,64}(/[A-Za-z0-9._-]{1,64}){0,7}$")
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class PayloadLimits(TypedDict, total=False):
+    """The ``**limits`` a store passes on to ``PayloadStore.__init__`` (for type checking)."""
+
+    max_bytes: int
+    timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +182,7 @@ class PayloadStore(abc.ABC):
         """Store ``body`` (``size`` bytes, streamed in chunks) at ``key`` in this store's bucket."""
 
     @abc.abstractmethod
-    def get(self, reference: PayloadReference) -> AsyncIterator[bytes]:
+    def get(self, reference: PayloadReference) -> AsyncGenerator[bytes, None]:
         """Stream the object's bytes in chunks (an async generator; close it when done).
 
         Implementations call ``self.validate(reference)`` before any request, stop reading

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from conveyor.common.errors import ConfigurationError
 from conveyor.common.extras import require
-from conveyor.common.payload_store.base import PayloadStore
+from conveyor.common.payload_store.base import PayloadLimits, PayloadStore
 
 if TYPE_CHECKING:
     from conveyor.common.settings import Settings
@@ -30,7 +30,7 @@ def store_from_url(url: str, *, settings: Settings | None = None) -> PayloadStor
     settings = settings or Settings()
     parts = urlsplit(url)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    limits = {"max_bytes": settings.payload_max_bytes, "timeout": settings.payload_timeout}
+    limits: PayloadLimits = {"max_bytes": settings.payload_max_bytes, "timeout": settings.payload_timeout}
     if parts.scheme == "file":
         from conveyor.common.payload_store.filesystem import FileSystemPayloadStore
 

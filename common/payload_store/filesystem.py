@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Unpack
 
 from conveyor.common.errors import (
     MessageTooLarge,
@@ -26,6 +26,7 @@ from conveyor.common.errors import (
 )
 from conveyor.common.payload_store.base import (
     CHUNK_SIZE,
+    PayloadLimits,
     PayloadStore,
     StoredObject,
     chunked,
@@ -46,9 +47,9 @@ class FileSystemPayloadStore(PayloadStore):
         bucket: str = "conveyor",
         prefix: str = "payloads",
         chunk_size: int = CHUNK_SIZE,
-        **limits: float,
+        **limits: Unpack[PayloadLimits],
     ) -> None:
-        super().__init__(name=name, bucket=bucket, prefix=prefix, **limits)  # type: ignore[arg-type]
+        super().__init__(name=name, bucket=bucket, prefix=prefix, **limits)
         self.root = Path(root).expanduser().absolute()
         self._chunk = chunk_size
 
@@ -92,7 +93,7 @@ class FileSystemPayloadStore(PayloadStore):
         await asyncio.to_thread(handle.close)
         await asyncio.to_thread(os.replace, tmp, path)
 
-    async def get(self, reference: PayloadReference) -> AsyncIterator[bytes]:
+    async def get(self, reference: PayloadReference) -> AsyncGenerator[bytes, None]:
         self.validate(reference)
         path = await asyncio.to_thread(self._path, reference.key)
         try:

@@ -7,9 +7,10 @@ to stand in for an outage.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Unpack
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.errors import (
@@ -19,6 +20,7 @@ from conveyor.common.errors import (
 )
 from conveyor.common.payload_store.base import (
     CHUNK_SIZE,
+    PayloadLimits,
     PayloadStore,
     StoredObject,
     chunked,
@@ -45,9 +47,9 @@ class MemoryPayloadStore(PayloadStore):
         prefix: str = "payloads",
         clock: Clock | None = None,
         chunk_size: int = CHUNK_SIZE,
-        **limits: float,
+        **limits: Unpack[PayloadLimits],
     ) -> None:
-        super().__init__(name=name, bucket=bucket, prefix=prefix, **limits)  # type: ignore[arg-type]
+        super().__init__(name=name, bucket=bucket, prefix=prefix, **limits)
         self.objects: dict[str, _Object] = {}
         self.requests: list[tuple[str, str]] = []
         self.fail_with: BaseException | None = None
@@ -71,7 +73,7 @@ class MemoryPayloadStore(PayloadStore):
                 raise MessageTooLarge(f"payload is over the store's {self.max_bytes}-byte limit")
         self.objects[key] = _Object(bytes(buffer), self._clock.now())
 
-    async def get(self, reference: PayloadReference) -> AsyncIterator[bytes]:
+    async def get(self, reference: PayloadReference) -> AsyncGenerator[bytes, None]:
         self.validate(reference)
         self._enter("get", reference.key)
         stored = self.objects.get(reference.key)

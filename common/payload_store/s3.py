@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from datetime import UTC
-from typing import Any
+from typing import Any, Unpack
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -42,6 +42,7 @@ from conveyor.common.errors import (
 )
 from conveyor.common.payload_store.base import (
     CHUNK_SIZE,
+    PayloadLimits,
     PayloadStore,
     StoredObject,
     chunked,
@@ -67,7 +68,7 @@ class _NoRedirects:
         return self._session.request(*args, **kwargs)
 
 
-class NoRedirectHTTPSession(AIOHTTPSession):
+class NoRedirectHTTPSession(AIOHTTPSession):  # type: ignore[misc]  # aiobotocore ships no type hints
     """aiobotocore's HTTP session, except that a 3xx answer is returned, never followed."""
 
     async def _get_session(self, proxy_url: str | None) -> Any:
@@ -112,9 +113,9 @@ class S3PayloadStore(PayloadStore):
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         max_attempts: int = 2,
-        **limits: float,
+        **limits: Unpack[PayloadLimits],
     ) -> None:
-        super().__init__(name=name, bucket=bucket, prefix=prefix, **limits)  # type: ignore[arg-type]
+        super().__init__(name=name, bucket=bucket, prefix=prefix, **limits)
         if part_size < MIN_PART_SIZE:
             raise ConfigurationError(f"part_size must be ≥ {MIN_PART_SIZE} (S3's minimum part size)")
         if endpoint_url is not None and not endpoint_url.startswith(("http://", "https://")):
@@ -237,7 +238,7 @@ class S3PayloadStore(PayloadStore):
         if buffer or total == 0:
             yield bytes(buffer)
 
-    async def get(self, reference: PayloadReference) -> AsyncIterator[bytes]:
+    async def get(self, reference: PayloadReference) -> AsyncGenerator[bytes, None]:
         self.validate(reference)  # before anything touches the network
         deadline = asyncio.get_running_loop().time() + self.timeout
         client = await self.client()

@@ -12,7 +12,9 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.errors import PublishNotConfirmed, TransportError
@@ -243,8 +245,8 @@ class MemoryBroker:
         for queue in touched | set(self._queues):
             self._dispatch(queue)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -203,7 +203,8 @@ class AdminClient:
 
     async def subscriptions(self, path: str) -> list[str] | None:
         """Subscriptions of the topic at ``path``; None if the topic does not exist."""
-        return await self._request("GET", f"{path}/subscriptions")
+        names: list[str] | None = await self._request("GET", f"{path}/subscriptions")  # a JSON list of names
+        return names
 
     async def delete_topic(self, path: str) -> None:
         """Delete the topic with its subscriptions and messages; a missing topic is fine."""

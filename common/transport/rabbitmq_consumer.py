@@ -144,7 +144,7 @@ class AmqpDelivery(Delivery):
         properties = message.header.properties
         raw = properties.headers or {}
         frame = message.delivery
-        redelivered = bool(frame.redelivered)  # type: ignore[union-attr] - Deliver or GetOk
+        redelivered = bool(frame.redelivered)  # type: ignore[union-attr]  # always Deliver or GetOk here
         count = raw.get("x-delivery-count")  # quorum queues: deliveries before this one
         if isinstance(count, int) and not isinstance(count, bool):
             delivery_count = count + 1
@@ -159,7 +159,7 @@ class AmqpDelivery(Delivery):
             delivery_count=delivery_count,
         )
         self._settler = settler
-        self._delivery_tag: int = frame.delivery_tag  # type: ignore[union-attr, assignment]
+        self._delivery_tag: int = frame.delivery_tag  # type: ignore[union-attr, assignment]  # set on Deliver/GetOk
         settler.delivered(self._delivery_tag)
         self._on_settled = on_settled
 
@@ -218,7 +218,7 @@ class AmqpConsumer(ConsumerHandle):
         connection = self._link.connection()
         if connection is None or connection.is_closed or not connection.connected.is_set():
             return False
-        return self._tag in channel.consumers
+        return self._tag in channel.consumers  # type: ignore[attr-defined]  # aiormq.Channel's, not in AbstractChannel
 
     async def cancel(self) -> None:
         if self._cancelled:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sys
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,7 +44,7 @@ T = TypeVar("T")
 console = Console()
 
 
-def run(coro: Awaitable[T], settings: Settings | None) -> T:
+def run(coro: Coroutine[Any, Any, T], settings: Settings | None) -> T:
     """Run a command's coroutine; first, mask every secret it knows: its ``settings`` (from the
     environment and secret files, read once by the command) and its flags. ``None``: a command
     that touches no secrets (the demo)."""
@@ -52,7 +52,7 @@ def run(coro: Awaitable[T], settings: Settings | None) -> T:
         if settings is not None:
             params = click.get_current_context().params
             protect(settings, params.get("broker"), params.get("idempotency_url"))
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(coro)
     except ConveyorError as exc:
         raise click.ClickException(redactor()(f"{type(exc).__name__}: {exc}")) from None
 

@@ -27,6 +27,7 @@ from conveyor.consumer.breaker import BreakerConfig
 from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
+from conveyor.schemas.dead_letter import DeadLetterRecord
 
 __all__ = ["DemoState", "build_jobs", "run_demo"]
 
@@ -97,8 +98,8 @@ async def run_demo(console: Console | None = None, *, jobs_count: int = 300, see
                             state.flaky.add(i)
                         await producer.publish("images.resize", ResizeImage(image_id=i, width=width))
                     published += 1
-                for poison in (b"{not json", b'{"job_id": "x", "job_id": "y"}', b"\xff\xfe"):
-                    await producer.transport.publish(DEFAULT_QUEUE, OutgoingMessage(body=poison, message_id="poison"))
+                for body in (b"{not json", b'{"job_id": "x", "job_id": "y"}', b"\xff\xfe"):
+                    await producer.transport.publish(DEFAULT_QUEUE, OutgoingMessage(body=body, message_id="poison"))
                 while True:
                     settled = worker.counts["succeeded"] + worker.counts["dead_lettered"]
                     progress.update(task, completed=min(settled, jobs_count))
@@ -161,7 +162,7 @@ def _accounting(title: str, published: int, counts: dict[str, int], dlq_jobs: in
     return table
 
 
-def _dlq_table(records: list) -> Table:  # type: ignore[type-arg]
+def _dlq_table(records: list[DeadLetterRecord]) -> Table:
     groups: dict[str, list[str]] = {}
     for record in records:
         groups.setdefault(record.reason, []).append(record.job_type or "—")

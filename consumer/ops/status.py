@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,7 +69,7 @@ async def collect_status(
     queues: list[str],
     *,
     interval: float = 2.0,
-    workers: list[str] = (),  # type: ignore[assignment]
+    workers: Sequence[str] = (),
     dlq_scan_limit: int = 1000,
 ) -> StatusReport:
     """Two rounds of samples ``interval`` apart (one when ``interval`` is 0), then the DLQs."""
@@ -131,7 +132,7 @@ _Scrape = dict[str, list[tuple[dict[str, str], float]]] | str
 _BREAKER_NAMES = {state.value: state.name.lower() for state in BreakerState}
 
 
-async def _scrape_all(urls: list[str]) -> list[_Scrape]:
+async def _scrape_all(urls: Sequence[str]) -> list[_Scrape]:
     if not urls:
         return []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
