@@ -33,6 +33,8 @@ __all__ = ["DeadLetterFilter", "DeadLetters", "ReplayReport"]
 
 @dataclass(frozen=True)
 class DeadLetterFilter:
+    """Entries to act on; ``dead_letter_id`` matches an entry's dead-letter id or its job id."""
+
     reason: str | None = None
     job_type: str | None = None
     dead_letter_id: str | None = None
@@ -41,7 +43,7 @@ class DeadLetterFilter:
         return (
             (self.reason is None or record.reason == self.reason)
             and (self.job_type is None or record.job_type == self.job_type)
-            and (self.dead_letter_id is None or record.dead_letter_id in (self.dead_letter_id, record.job_id))
+            and (self.dead_letter_id is None or self.dead_letter_id in (record.dead_letter_id, record.job_id))
         )
 
 

@@ -104,3 +104,17 @@ async def test_purge_removes_only_matching_entries() -> None:
     letters = await dlq(broker)
     assert await letters.purge(DeadLetterFilter(reason="permanent")) == 2
     assert sorted(r.reason for r in await letters.list()) == ["exhausted"] * 3 + ["malformed"]
+
+
+async def test_show_finds_an_entry_by_its_dead_letter_id_and_by_its_job_id() -> None:
+    broker, _, _ = await populated()
+    letters = await dlq(broker)
+    entries = await letters.list(DeadLetterFilter(reason="exhausted"))
+    target = entries[1]
+    assert target.job_id is not None and target.job_id != target.dead_letter_id
+    by_dead_letter_id = await letters.show(target.dead_letter_id)
+    by_job_id = await letters.show(target.job_id)
+    assert by_dead_letter_id is not None and by_dead_letter_id.dead_letter_id == target.dead_letter_id
+    assert by_job_id is not None and by_job_id.dead_letter_id == target.dead_letter_id
+    assert await letters.show("no-such-id") is None
+    assert await letters.depth() == 6, "showing removes nothing"
