@@ -17,7 +17,8 @@
     │   ├── PayloadReferenceInvalid   reason ``payload_reference_invalid`` (checked before any request)
     │   ├── PayloadMissing            reason ``payload_missing`` (the store has no such object)
     │   ├── PayloadIntegrityError     reason ``payload_integrity`` (size or sha256 mismatch)
-    │   └── IdempotencyConflict       reason ``idempotency_conflict`` (key reused, other payload)
+    │   ├── IdempotencyConflict       reason ``idempotency_conflict`` (key reused, other payload)
+    │   └── CrashLoop                 reason ``crash_loop`` (it was running each time a worker died)
     ├── JobFailure                  raised by handlers to steer the outcome
     │   ├── RetryableError            try again later (the default for other exceptions)
     │   └── PermanentError            do not retry; dead-letter now
@@ -41,6 +42,7 @@ __all__ = [
     "CircuitOpen",
     "ConfigurationError",
     "ConveyorError",
+    "CrashLoop",
     "InvalidPayload",
     "JobFailure",
     "JobTimeout",
@@ -170,6 +172,10 @@ class PayloadStoreUnavailable(ConveyorError):
 
 class CircuitOpen(ConveyorError):
     """A circuit breaker is open; the job was not attempted."""
+
+
+class CrashLoop(RejectedMessage):
+    reason = "crash_loop"
 
 
 class IdempotencyConflict(RejectedMessage):

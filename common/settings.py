@@ -9,6 +9,7 @@ Secrets (a broker URL with a password, the idempotency database URL, the S3 secr
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -63,6 +64,13 @@ class Settings(BaseSettings):
             "Seconds the event loop may be blocked before the worker exits so its jobs are redelivered (0: never)"
         ),
     )
+    state_dir: Path | None = Field(
+        default=None,
+        description="Directory of the crash journal (default: $XDG_STATE_HOME/conveyor, ~/.local/state/conveyor)",
+    )
+    crash_limit: int = Field(
+        default=3, ge=1, description="Worker deaths a job may be running in before it is dead-lettered as crash_loop"
+    )
     tracing: str = Field(
         default="off", pattern="^(off|otlp|console)$",
         description="OpenTelemetry traces: off, otlp (OTEL_EXPORTER_OTLP_* settings) or console; needs conveyor[otel]",
@@ -108,3 +116,11 @@ class Settings(BaseSettings):
 
     def tls(self) -> TlsConfig:
         return TlsConfig(ca_file=self.tls_ca_file, cert_file=self.tls_cert_file, key_file=self.tls_key_file)
+
+    @property
+    def effective_state_dir(self) -> Path:
+        """The crash journal's directory: the setting, else the user's XDG state directory."""
+        if self.state_dir is not None:
+            return self.state_dir
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "conveyor"

@@ -17,10 +17,12 @@ import socket
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES
+from conveyor.common.crash_journal import CrashJournal
 from conveyor.common.errors import ConfigurationError, UnknownJobType
 from conveyor.common.headers import due_at
 from conveyor.common.idempotency.base import ProcessedKeyStore
@@ -38,6 +40,7 @@ from conveyor.consumer.breaker import (
     BreakerState,
     CircuitBreaker,
 )
+from conveyor.consumer.middleware.crash_guard import CrashGuardMiddleware
 from conveyor.consumer.middleware.idempotency import IdempotencyMiddleware
 from conveyor.consumer.middleware.log_context import LogContextMiddleware
 from conveyor.consumer.payloads import PayloadResolver
@@ -66,6 +69,10 @@ class WorkerConfig:
     # Seconds between queue depth samples (``Transport.stats``) for the metrics; 0: never.
     metrics_interval: float = 15.0
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    # Where the crash journal lives (``consumer.middleware.crash_guard``); None: no crash-loop
+    # guard (``conveyor worker`` always has one, see CONVEYOR_STATE_DIR).
+    state_dir: Path | None = None
+    crash_limit: int = 3
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -143,7 +150,14 @@ class Worker:
         # Deduplication sits just inside the caller's middlewares (tracing and metrics still
         # see a skipped duplicate) and outside the breaker (which counts real runs only).
         dedupe = [IdempotencyMiddleware(idempotency)] if idempotency is not None else []
-        self.middlewares = [LogContextMiddleware(), *middlewares, *dedupe, BreakerMiddleware(self.breakers)]
+        # The crash guard is outermost of all: a suspect waits for its exclusive run before
+        # anything else happens, and its journal entry covers every other hook.
+        guard = []
+        if self.config.state_dir is not None:
+            guard = [CrashGuardMiddleware(CrashJournal(self.config.state_dir), limit=self.config.crash_limit)]
+        self.middlewares = [
+            *guard, LogContextMiddleware(), *middlewares, *dedupe, BreakerMiddleware(self.breakers)
+        ]
         registry.check_options(opt for m in self.middlewares for opt in m.options)
         self.metrics.know_job_types([s.job_type for s in registry.specs()])
         for spec in registry.specs():  # every breaker is exported from the start, closed

@@ -66,6 +66,8 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
             warn_after=settings.stall_warn_after,
             exit_after=settings.stall_exit_after or None,
         ),
+        state_dir=settings.effective_state_dir,
+        crash_limit=settings.crash_limit,
     )
     middlewares, tracer_provider = tracing(settings, "conveyor-worker")
     stop = asyncio.Event()

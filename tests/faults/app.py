@@ -10,13 +10,15 @@ exists at most once: that is what "duplicate effects = 0" checks.
 first run never returns: the job timeout cuts it), ``block_once`` (the first run blocks the
 event loop: the stall watchdog ends the process), ``depends`` (fails while the file
 $FAULT_OUTAGE_FLAG exists: a downstream outage behind the ``downstream`` breaker), ``broken``
-(a permanent failure while that file exists: a bug, fixed before the DLQ is replayed).
+(a permanent failure while that file exists: a bug, fixed before the DLQ is replayed),
+``crash_always`` (kills its worker process on every run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Literal
@@ -35,7 +37,7 @@ JOB_TYPE = "fault.work"
 class Work(BaseModel):
     n: int
     seconds: float = 0.02
-    mode: Literal["ok", "fail", "hang_once", "block_once", "depends", "broken"] = "ok"
+    mode: Literal["ok", "fail", "hang_once", "block_once", "depends", "broken", "crash_always"] = "ok"
 
 
 class DownstreamUnavailable(RetryableError):
@@ -68,6 +70,8 @@ def jobs() -> JobRegistry:
                   retry=RetryPolicy(max_attempts=10, base=0.2, factor=2, cap=2), breaker="downstream")
     async def work(payload: Work, ctx: JobContext) -> None:
         _append(os.environ["FAULT_EXECUTIONS"], f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
+        if payload.mode == "crash_always":
+            os.kill(os.getpid(), signal.SIGKILL)  # the bug: e.g. a C extension that segfaults on this input
         if payload.mode == "fail":
             raise PermanentError("this job is meant to be dead-lettered")
         if payload.mode == "hang_once" and _first_run(ctx.job_id):

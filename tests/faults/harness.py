@@ -108,6 +108,8 @@ class FaultRun:
             "FAULT_EFFECTS_TABLE": self.ledger.effects_table,
             "FAULT_MARKERS": str(markers),
             "FAULT_OUTAGE_FLAG": str(self.outage_flag),
+            # The crash journal of this run's workers (one host): restarted workers claim it.
+            "CONVEYOR_STATE_DIR": str(self.workdir / "state"),
             **(extra or {}),
         }
 

@@ -317,3 +317,33 @@ def _host_port(url: str) -> tuple[str, int]:
 
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or 5672
+
+
+@BOTH
+async def test_job_that_kills_its_worker_every_time_is_dead_lettered_as_crash_loop(
+    fault_run: FaultRun, record_figures: list[Figures]
+) -> None:
+    """Every run of one job kills its worker; five ordinary jobs were published beside it and
+    share its deliveries. The crash journal (CONVEYOR_STATE_DIR) counts the deaths it was
+    running in, suspects run alone, so the killer is dead-lettered after the limit (3) and the
+    five others succeed, unpunished."""
+    payloads = [{"n": 0, "mode": "crash_always"}, *({"n": n, "seconds": 0.3} for n in range(1, 6))]
+    ids = await fault_run.publish(payloads, dead={0})
+    deaths = 0
+    while True:
+        worker = fault_run.start_worker(concurrency=8)
+        while worker.poll() is None and not fault_run.ledger.settled(await fault_run.ledger.snapshot()):
+            await asyncio.sleep(0.2)
+        if worker.poll() is None:
+            break
+        assert worker.returncode == -signal.SIGKILL, fault_run.worker_log(worker)[-3000:]
+        deaths += 1
+        assert deaths <= 4, f"the crash loop was not stopped after {deaths} worker deaths"
+    figures = await fault_run.settle(timeout=120)
+    figures.notes.update(worker_deaths=deaths)
+    _report(figures, record_figures)
+    check(figures)
+    [record] = [r for r in await fault_run.ledger.dead_letters() if r.job_id == ids[0]]
+    assert record.reason == "crash_loop", record
+    assert deaths == 3, f"{deaths} worker deaths; the limit is 3"
+    assert fault_run.stop_workers()[-1] == 0

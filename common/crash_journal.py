@@ -1,0 +1,154 @@
+"""Which jobs were running when a worker process died: a journal that outlives the process.
+
+A job that kills its worker (a segfault in a C extension, the OOM killer, ``os._exit``, a loop
+blocked until the watchdog ends the process) is redelivered by the broker, and kills the next
+worker too. The broker cannot stop that loop: RabbitMQ's delivery count also grows for the
+innocent jobs prefetched beside it, and Pulsar counts neither crashes nor disconnects and
+forgets its redelivery count when the subscription's last consumer leaves. So the count comes
+from a record of our own.
+
+Each worker process appends ``S <job id> <time>`` when a job starts and ``F <job id>`` when it
+ends (however it ends) to a file of its own in the state directory, holding an exclusive
+``flock`` on it while it lives. A plain ``write`` is enough: the kernel keeps what was written
+when the process dies (only a machine crash loses it, and then every process is gone anyway).
+A new process *claims* every journal whose lock is free (its writer is dead): each job started
+there and never finished was running at the death, and its crash count goes up by one. The
+counts are carried forward as ``C <job id> <count> <first death>`` lines in the claimer's own
+journal, so they survive the claimer's death too, and expire after ``retention`` seconds.
+
+Scope: one host's state directory. On Kubernetes, mount an ``emptyDir`` (it survives container
+restarts, which is what a crash loop is); a crashing job that wanders across hosts is stopped
+after at most ``limit`` crashes per host it visits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from conveyor.common.errors import ConfigurationError
+
+__all__ = ["CrashJournal", "CrashRecord"]
+
+_SUFFIX = ".journal"
+
+
+@dataclass
+class CrashRecord:
+    """How often a job was running in a worker that died, and since when."""
+
+    crashes: int
+    first_death: float
+
+
+class CrashJournal:
+    def __init__(self, directory: Path, *, retention: float = 7 * 24 * 3600.0) -> None:
+        self.directory = directory
+        self.retention = retention
+        self.suspects: dict[str, CrashRecord] = {}
+        self._fd: int | None = None
+        self._path: Path | None = None
+
+    def open(self) -> dict[str, CrashRecord]:
+        """Claim the journals of dead processes, start this process's own; return the suspects."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"crash journal: cannot write to {self.directory} ({exc.strerror}); "
+                "set CONVEYOR_STATE_DIR to a writable directory (on Kubernetes an emptyDir)"
+            ) from None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd, self._path = fd, path
+        now = time.time()
+        for other in sorted(self.directory.glob(f"*{_SUFFIX}")):
+            if other != path:
+                self._claim(other, now)
+        self.suspects = {
+            job: record for job, record in self.suspects.items() if now - record.first_death < self.retention
+        }
+        self._append("".join(f"C {job} {r.crashes} {r.first_death:.3f}\n" for job, r in self.suspects.items()))
+        return self.suspects
+
+    def started(self, job_id: str) -> None:
+        self._append(f"S {job_id} {time.time():.3f}\n")
+
+    def finished(self, job_id: str) -> None:
+        self._append(f"F {job_id}\n")
+
+    def resolved(self, job_id: str) -> None:
+        """The job ran to an outcome: it no longer counts as a suspect (here or for a claimer)."""
+        if self.suspects.pop(job_id, None) is not None:
+            self._append(f"R {job_id}\n")
+
+    def close(self) -> None:
+        """A clean exit: nothing was left running, and the suspects go to whoever claims next."""
+        fd, path = self._fd, self._path
+        self._fd = self._path = None
+        if fd is None or path is None:
+            return
+        if not self.suspects:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        os.close(fd)  # releases the lock: a suspect list left behind is claimed by the next process
+
+    def _append(self, text: str) -> None:
+        if self._fd is not None and text:
+            os.write(self._fd, text.encode())
+
+    def _claim(self, path: Path, now: float) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # claimed and removed by another process meanwhile
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # its writer lives
+            try:
+                if os.fstat(fd).st_ino != path.stat().st_ino:
+                    return  # replaced after we opened it
+            except FileNotFoundError:
+                return  # another claimer took it first and removed it
+            with os.fdopen(os.dup(fd), encoding="utf-8", errors="replace") as journal:
+                self._absorb(journal.read(), now)
+            path.unlink()
+        finally:
+            os.close(fd)
+
+    def _absorb(self, text: str, death: float) -> None:
+        running: dict[str, int] = {}
+        for line in text.splitlines():
+            kind, _, rest = line.partition(" ")
+            job, _, tail = rest.partition(" ")
+            if not job:
+                continue  # a line cut short by the death
+            if kind == "S":
+                running[job] = running.get(job, 0) + 1
+            elif kind == "F" and running.get(job):
+                running[job] -= 1
+            elif kind == "R":
+                self.suspects.pop(job, None)
+            elif kind == "C":
+                crashes, _, first = tail.partition(" ")
+                with contextlib.suppress(ValueError):
+                    self._add(job, int(crashes), float(first))
+        for job, starts in running.items():
+            if starts > 0:
+                self._add(job, 1, death)
+
+    def _add(self, job: str, crashes: int, first_death: float) -> None:
+        record = self.suspects.get(job)
+        if record is None:
+            self.suspects[job] = CrashRecord(crashes, first_death)
+        else:
+            record.crashes += crashes
+            record.first_death = min(record.first_death, first_death)

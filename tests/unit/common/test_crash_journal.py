@@ -1,0 +1,100 @@
+"""The crash journal: what a dead worker was running is counted once per death, by whoever
+starts next on the host; live workers' journals are never touched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conveyor.common.crash_journal import CrashJournal
+from conveyor.common.errors import ConfigurationError
+
+
+def _die_while_running(directory: Path, running: list[str], finished: list[str] = ()) -> None:  # type: ignore[assignment]
+    """A real process that opens a journal, starts jobs and dies without closing it."""
+    code = textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        from conveyor.common.crash_journal import CrashJournal
+        journal = CrashJournal(Path({str(directory)!r}))
+        journal.open()
+        for job in {finished!r}:
+            journal.started(job)
+            journal.finished(job)
+        for job in {running!r}:
+            journal.started(job)
+        os._exit(9)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 9, result.stderr
+
+
+def test_jobs_running_at_a_death_become_suspects_with_one_crash(tmp_path: Path) -> None:
+    _die_while_running(tmp_path, running=["a", "b"], finished=["c"])
+    journal = CrashJournal(tmp_path)
+    suspects = journal.open()
+    assert {job: r.crashes for job, r in suspects.items()} == {"a": 1, "b": 1}
+    journal.close()
+
+
+def test_counts_carry_over_through_the_claimers_own_death(tmp_path: Path) -> None:
+    _die_while_running(tmp_path, running=["a", "b"])
+    _die_while_running(tmp_path, running=["a"])  # claims the first journal, then dies running "a"
+    _die_while_running(tmp_path, running=["a"])
+    journal = CrashJournal(tmp_path)
+    assert {job: r.crashes for job, r in journal.open().items()} == {"a": 3, "b": 1}
+    assert len(list(tmp_path.glob("*.journal"))) == 1, "claimed journals are removed"
+
+
+def test_a_living_workers_journal_is_never_claimed(tmp_path: Path) -> None:
+    alive = CrashJournal(tmp_path)
+    alive.open()
+    alive.started("mine")
+    newcomer = CrashJournal(tmp_path)
+    assert newcomer.open() == {}
+    assert len(list(tmp_path.glob("*.journal"))) == 2
+    alive.close()
+    newcomer.close()
+
+
+def test_a_clean_close_leaves_nothing_to_count(tmp_path: Path) -> None:
+    journal = CrashJournal(tmp_path)
+    journal.open()
+    journal.started("a")
+    journal.finished("a")
+    journal.close()
+    assert list(tmp_path.glob("*.journal")) == []
+    assert CrashJournal(tmp_path).open() == {}
+
+
+def test_resolved_suspects_are_forgotten_and_unresolved_ones_handed_on(tmp_path: Path) -> None:
+    _die_while_running(tmp_path, running=["a", "b"])
+    first = CrashJournal(tmp_path)
+    first.open()
+    first.resolved("a")
+    first.close()  # "b" is still a suspect: its journal stays for the next process
+    second = CrashJournal(tmp_path)
+    assert {job: r.crashes for job, r in second.open().items()} == {"b": 1}
+
+
+def test_suspects_expire_after_the_retention(tmp_path: Path) -> None:
+    (tmp_path / "1-dead.journal").write_text(f"C old 2 {time.time() - 100:.3f}\nC new 1 {time.time():.3f}\n")
+    journal = CrashJournal(tmp_path, retention=50)
+    assert set(journal.open()) == {"new"}
+
+
+def test_a_truncated_last_line_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / "1-dead.journal").write_text("S a 1.0\nF a\nS b 2.0\nC x\nS")
+    assert {job: r.crashes for job, r in CrashJournal(tmp_path).open().items()} == {"b": 1}
+
+
+def test_an_unwritable_state_directory_is_a_configuration_error_naming_the_setting(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigurationError, match="CONVEYOR_STATE_DIR"):
+        CrashJournal(blocker / "sub").open()
