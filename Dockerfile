@@ -38,6 +38,8 @@ RUN groupadd --system --gid 10001 conveyor \
     && useradd --system --uid 10001 --gid conveyor --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin conveyor
 COPY --from=build /opt/conveyor /opt/conveyor
+# CONVEYOR_STATE_DIR: the crash journal must outlive a crashed container; on Kubernetes /tmp is
+# the pod's emptyDir, which survives container restarts (deploy/kubernetes/deployment.yaml).
 # CONVEYOR_HTTP_HOST: in a container the health/metrics port must be reachable from outside the
 # container's loopback (probes, Prometheus); publish the port only where it should be seen.
 ENV PATH=/opt/conveyor/bin:$PATH \
@@ -46,7 +48,8 @@ ENV PATH=/opt/conveyor/bin:$PATH \
     CONVEYOR_HTTP_HOST=0.0.0.0 \
     CONVEYOR_HTTP_PORT=9464 \
     CONVEYOR_LOG_FORMAT=json \
-    CONVEYOR_LOG_LEVEL=INFO
+    CONVEYOR_LOG_LEVEL=INFO \
+    CONVEYOR_STATE_DIR=/tmp/conveyor-state
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 9464
