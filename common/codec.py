@@ -9,6 +9,14 @@ value containing ``":``), never too low, so equal counts prove there was no dupl
 Anything else (a mismatch, or bytes orjson refuses) goes through the standard library's
 JSON scanner with strict hooks, which gives the precise error. Encoding: pydantic-core
 writes models straight to JSON bytes, orjson everything else; both always emit valid JSON.
+
+What is accepted can always be written back: retry, deferral and dead-letter copies re-encode
+a decoded message, so a text the encoders cannot reproduce must be refused here, as
+``malformed``, not discovered while settling (where it would loop). That is I-JSON (RFC 7493):
+valid UTF-8 without lone surrogates (orjson refuses them; the standard library's scanner would
+take ``"\udc80"``, so it only ever explains a refusal, never overrules one), no duplicate keys,
+no NaN or infinity, integers within ±(2**53-1); and nesting at most ``MAX_DEPTH`` levels (the
+encoders stop near 255 levels, and other languages' readers earlier: .NET's default is 64).
 """
 
 from __future__ import annotations
@@ -21,11 +29,12 @@ from pydantic import BaseModel, ValidationError
 
 from conveyor.common.errors import MalformedMessage, MessageTooLarge
 from conveyor.schemas.dead_letter import DeadLetterRecord
-from conveyor.schemas.envelope import Envelope
+from conveyor.schemas.envelope import MAX_DEPTH, Envelope
 from conveyor.schemas.registry import describe_validation_error
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_DEPTH",
     "decode_dead_letter",
     "decode_envelope",
     "dumps",
@@ -86,48 +95,82 @@ def _key_ends(body: bytes) -> int:
     return body.translate(None, _JSON_SPACE).count(b'":')
 
 
-def _keys_if_in_range(value: Any) -> int | None:
-    """Object keys in ``value`` (all levels); None if a number needs the strict scanner.
+def _keys_and_exactness(value: Any) -> tuple[int, bool]:
+    """Object keys in ``value`` (all levels), and whether every number is judged exactly.
 
-    That is an integer out of range, and any float of magnitude 2**53 or more: orjson
-    turns integers too big for 64 bits into floats without a word, and inf/NaN fail the
-    comparison too. Such floats are rare; the scanner tells a real one from a huge integer.
+    Not exact: an integer out of range, or any float of magnitude 2**53 or more (orjson turns
+    integers too big for 64 bits into floats without a word, and inf/NaN fail the comparison
+    too); such floats are rare, and the strict scanner tells a real one from a huge integer.
+    Nesting deeper than ``MAX_DEPTH`` is refused here, whichever parser then decides.
     """
     keys = 0
-    stack: list[Any] = [[value]]  # lists and dicts; the top level goes through the same checks as any nested value
-    while stack:  # not recursive: orjson allows deeper nesting than Python's recursion limit
-        container = stack.pop()
-        if type(container) is dict:
-            keys += len(container)
-            items = container.values()
-        else:
-            items = container
-        for item in items:  # strings, the common case, cost one type check
-            kind = type(item)
-            if kind is str:
-                continue
-            if kind is dict or kind is list:
-                stack.append(item)
-            elif kind is int:
-                if not -_MAX_SAFE_INT <= item <= _MAX_SAFE_INT:
-                    return None
-            elif kind is float and not -_FLOAT_EXACT < item < _FLOAT_EXACT:
-                return None
-    return keys
+    exact = True
+    level: list[Any] = [[value]]  # the top level goes through the same checks as any nested value
+    depth = 0
+    while level:  # level by level, not recursive: orjson nests deeper than Python recurses
+        if depth > MAX_DEPTH:
+            raise MalformedMessage(f"JSON nested deeper than {MAX_DEPTH} levels")
+        below: list[Any] = []
+        for container in level:
+            if type(container) is dict:
+                keys += len(container)
+                items = container.values()
+            else:
+                items = container
+            for item in items:  # strings, the common case, cost one type check
+                kind = type(item)
+                if kind is str:
+                    continue
+                if kind is dict or kind is list:
+                    below.append(item)
+                elif kind is int:
+                    if not -_MAX_SAFE_INT <= item <= _MAX_SAFE_INT:
+                        exact = False
+                elif kind is float and not -_FLOAT_EXACT < item < _FLOAT_EXACT:
+                    exact = False
+        level = below
+        depth += 1
+    return keys, exact
 
 
-def strict_json_loads(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
-    """Parse JSON, rejecting oversize input, bad UTF-8, duplicates, NaN and huge numbers."""
-    if len(body) > max_bytes:
+def strict_json_loads(body: bytes, *, max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
+    """Parse I-JSON; anything else is ``MalformedMessage`` (``MessageTooLarge`` over ``max_bytes``).
+
+    Refused: oversize input (checked before parsing), bad UTF-8, lone surrogates, duplicate
+    keys, NaN and infinity, integers beyond ±(2**53-1), nesting past ``MAX_DEPTH``. The error
+    says what and where (line, column), never the text itself: it may hold secrets.
+    """
+    if max_bytes is not None and len(body) > max_bytes:
         raise MessageTooLarge(f"message is {len(body)} bytes, limit is {max_bytes}")
     try:
         value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass  # the strict scanner below says precisely what is wrong
-    else:
-        keys = _keys_if_in_range(value)
-        if keys is not None and keys == _key_ends(body):
-            return value
+    except orjson.JSONDecodeError as exc:
+        raise _refusal(body, exc) from None
+    keys, exact = _keys_and_exactness(value)
+    if exact and keys == _key_ends(body):
+        return value
+    return _strict_scan(body)
+
+
+def _refusal(body: bytes, exc: orjson.JSONDecodeError) -> MalformedMessage:
+    """Why orjson refused ``body``: the strict scanner's words, or orjson's where it has none.
+
+    The scanner accepts lone surrogates (``"\udc80"``), which orjson rightly refuses: such a
+    string is not Unicode, and no encoder can write it back.
+    """
+    try:
+        _strict_scan(body)
+    except MalformedMessage as precise:
+        return precise
+    return _not_json(exc)
+
+
+def _not_json(exc: json.JSONDecodeError) -> MalformedMessage:
+    # The parsers' own words and a position; their messages never quote the text.
+    return MalformedMessage(f"message is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+
+
+def _strict_scan(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
         return _decoder.decode(text)
@@ -135,7 +178,11 @@ def strict_json_loads(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
         raise
     except UnicodeDecodeError:
         raise MalformedMessage("message is not valid UTF-8") from None
-    except (ValueError, RecursionError) as exc:
+    except json.JSONDecodeError as exc:
+        raise _not_json(exc) from None
+    except RecursionError:
+        raise MalformedMessage(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # e.g. int() refusing a number of too many digits
         raise MalformedMessage(f"message is not valid JSON ({type(exc).__name__})") from None
 
 

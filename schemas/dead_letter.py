@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from conveyor.schemas.envelope import AttemptRecord
+from conveyor.schemas.envelope import AttemptRecord, Timestamp
 
 __all__ = ["DeadLetterRecord", "REASONS"]
 
@@ -41,7 +41,7 @@ class DeadLetterRecord(BaseModel):
     error_type: str | None = None
     error_message: Annotated[str, StringConstraints(max_length=2000)] | None = None
     traceback: Annotated[str, StringConstraints(max_length=20_000)] | None = None
-    dead_lettered_at: AwareDatetime
+    dead_lettered_at: Timestamp
     worker_id: Annotated[str, StringConstraints(max_length=128)]
     # Only known when the body decoded; a poison message has none of these.
     job_id: str | None = None

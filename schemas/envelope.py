@@ -3,38 +3,107 @@
 The envelope is frozen and versioned by ``envelope_version``; the job's own payload is
 versioned separately by ``job_type`` + ``schema_version`` (see ``schemas.registry``).
 Unknown fields are rejected so a typo or a smuggled field never passes silently.
+
+The exported JSON Schema (``schemas/json/envelope.v1.json``) and this model are one contract:
+whatever one accepts the other accepts (a differential test holds them to it). So integers
+take ``2.0`` (JSON has one number type; JSON Schema's ``integer`` takes it) but never ``true``;
+date-times are RFC 3339 strings only (the schema states the pattern, and the worker does not
+take the other spellings pydantic would parse, nor Unix timestamps); a payload names its
+``kind``; header names are checked like every other name.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections import deque
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 __all__ = [
     "ENVELOPE_VERSION",
     "AttemptRecord",
     "Envelope",
     "InlinePayload",
+    "MAX_DEPTH",
     "MAX_HISTORY",
     "Payload",
     "PayloadReference",
+    "RFC3339_PATTERN",
+    "Timestamp",
     "new_job_id",
 ]
 
 ENVELOPE_VERSION: Final = 1  # Final: typed Literal[1], the Envelope field's default
 MAX_HISTORY = 50  # bounded so a job that bounced many times cannot outgrow the size limit
+# Levels of nesting (objects and arrays) in one message, the envelope's own three included:
+# every copy re-encodes the message, and the encoders stop near 255 levels (.NET's readers at 64).
+MAX_DEPTH = 64
+WIRE_RULES = (
+    f"A message is one JSON object in I-JSON (RFC 7493): UTF-8 without lone surrogates, no "
+    f"duplicate object keys, no NaN or infinity, integers within +-(2**53-1), nested at most "
+    f"{MAX_DEPTH} levels (the envelope's own levels included). Its content type is "
+    f"application/json or unset, its content encoding identity or unset. Patterns are ECMA-262 "
+    f"regular expressions: '$' matches only at the very end of the string."
+)
+
+
+
+def _whole_number(value: Any) -> Any:
+    """``2.0`` is the integer 2 (JSON has one number type); ``true`` is no number at all."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    if type(value) is bool:  # a Literal[1] would take it as 1
+        raise ValueError("a boolean is not an integer")
+    return value
+
+
+WholeNumber = BeforeValidator(_whole_number)
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@/-]{1,128}$")]
 JobType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,127}$")]
-HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+HeaderName = Annotated[str, StringConstraints(pattern=HEADER_NAME_PATTERN)]
 HeaderValue = Annotated[str, StringConstraints(max_length=1024)]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 # Strict: "1" is not an attempt number; a producer sending strings for counters is broken.
-Count = Annotated[int, Field(strict=True, ge=1, le=10_000)]
+Count = Annotated[int, Field(strict=True, ge=1, le=10_000), WholeNumber]  # 2.0 first, then strict
+
+# RFC 3339 date-time (§5.6), years 0001-9999, no leap second: what Python's datetime can hold.
+# ASCII digits only ([0-9], not \d: Unicode digits in some regex engines).
+RFC3339_PATTERN = (
+    r"^([0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})"
+    r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?"
+    r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_RFC3339 = re.compile(RFC3339_PATTERN.removeprefix("^").removesuffix("$"), re.ASCII)
+
+
+def _rfc3339(value: Any) -> Any:
+    """A date-time from the wire is an RFC 3339 string; ``datetime`` objects come from Python."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        raise ValueError("a date-time must be an RFC 3339 string with an offset")
+    return value
+
+
+# Still checked by pydantic afterwards: a day the month does not have is refused (the schema's
+# "format": "date-time" says the same to validators that assert formats).
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339_PATTERN}),
+]
+
+
+def _kind_required(schema: dict[str, Any]) -> None:
+    """The discriminator is required on the wire (the Python default is a convenience only)."""
+    schema["required"] = ["kind", *schema.get("required", [])]
+    schema["properties"]["kind"].pop("default", None)
 
 
 def new_job_id() -> str:
@@ -95,6 +164,8 @@ class _Frozen(BaseModel):
 class InlinePayload(_Frozen):
     """A small payload carried inside the message."""
 
+    model_config = ConfigDict(json_schema_extra=_kind_required)
+
     kind: Literal["inline"] = "inline"
     data: dict[str, Any]
 
@@ -106,12 +177,14 @@ class PayloadReference(_Frozen):
     and key against its allow-list before it makes any request.
     """
 
+    model_config = ConfigDict(json_schema_extra=_kind_required)
+
     kind: Literal["ref"] = "ref"
     store: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
     bucket: Annotated[str, StringConstraints(min_length=1, max_length=255)]
     key: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
     sha256: Sha256Hex
-    size: Annotated[int, Field(strict=True, ge=0, le=5 * 1024**3)]
+    size: Annotated[int, Field(strict=True, ge=0, le=5 * 1024**3), WholeNumber]
     content_type: Literal["application/json"] = "application/json"
 
 
@@ -123,8 +196,8 @@ class AttemptRecord(_Frozen):
 
     attempt: Count
     worker_id: Annotated[str, StringConstraints(max_length=128)]
-    started_at: AwareDatetime
-    finished_at: AwareDatetime
+    started_at: Timestamp
+    finished_at: Timestamp
     outcome: Literal["retried", "failed", "timeout", "deferred", "rejected"]
     error_type: Annotated[str, StringConstraints(max_length=200)] | None = None
     error_message: Annotated[str, StringConstraints(max_length=1000)] | None = None
@@ -133,7 +206,9 @@ class AttemptRecord(_Frozen):
 class Envelope(_Frozen):
     """The typed, versioned job message."""
 
-    envelope_version: Literal[1] = ENVELOPE_VERSION
+    model_config = ConfigDict(json_schema_extra={"$comment": WIRE_RULES})
+
+    envelope_version: Annotated[Literal[1], WholeNumber] = ENVELOPE_VERSION
     job_id: Identifier
     idempotency_key: Identifier
     job_type: JobType
@@ -141,11 +216,13 @@ class Envelope(_Frozen):
     correlation_id: Identifier
     causation_id: Identifier | None = None
     attempt: Count = 1
-    created_at: AwareDatetime
-    deadline: AwareDatetime | None = None
-    headers: Annotated[dict[HeaderName, HeaderValue], Field(max_length=64)] = Field(
-        default_factory=dict
-    )
+    created_at: Timestamp
+    deadline: Timestamp | None = None
+    headers: Annotated[
+        dict[HeaderName, HeaderValue],
+        # patternProperties alone would let other names through; the worker never does.
+        Field(max_length=64, json_schema_extra={"propertyNames": {"pattern": HEADER_NAME_PATTERN}}),
+    ] = Field(default_factory=dict)
     payload: Payload
     history: Annotated[tuple[AttemptRecord, ...], Field(max_length=MAX_HISTORY)] = ()
 

@@ -124,3 +124,45 @@ def test_payload_must_be_inline_or_reference() -> None:
         decode_envelope(orjson.dumps(_envelope(payload={"kind": "url", "url": "http://x"})))
     env = decode_envelope(orjson.dumps(_envelope()))
     assert isinstance(env.payload, InlinePayload)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'"\\udc80"', b'{"a": "x\\ud800"}', b'{"\\udc80": 1}', b'["\\ud800\\ud800"]', b'{"a": "\\udfff\\ud800"}'],
+    ids=["lone low", "lone high at the end", "in a key", "two highs", "low then high"],
+)
+def test_a_lone_surrogate_is_malformed_even_though_the_standard_library_would_take_it(body: bytes) -> None:
+    # No encoder can write such a string back: a retry copy of it could never be built.
+    with pytest.raises(MalformedMessage, match="line 1 column"):
+        strict_json_loads(body)
+    assert strict_json_loads(b'"\\ud83d\\ude00"') == "\U0001f600"  # a real pair is one character
+
+
+def test_nesting_is_limited_to_what_every_copy_can_be_encoded_with() -> None:
+    from conveyor.common.codec import MAX_DEPTH
+
+    def nested(levels: int) -> bytes:
+        return b'{"a":' * levels + b"1" + b"}" * levels
+
+    assert strict_json_loads(nested(MAX_DEPTH)) is not None
+    for levels in (MAX_DEPTH + 1, 300, 1024):
+        with pytest.raises(MalformedMessage, match=f"deeper than {MAX_DEPTH} levels"):
+            strict_json_loads(nested(levels))
+    # The strict scanner's path (a string value holding '":' makes the key counts differ) too.
+    with pytest.raises(MalformedMessage, match="deeper"):
+        strict_json_loads(b'{"k": "x\\":", "d": ' + b"[" * 300 + b"]" * 300 + b"}")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"a": NaN}', "JSON constant NaN is not allowed"),
+        (b'{"a": 1, "a": 2}', "duplicate JSON object key"),
+        (b"to=someone", "message is not valid JSON: Expecting value at line 1 column 1"),
+        (b'{"a": 1,\n "b": }', "message is not valid JSON: Expecting value at line 2 column 7"),
+    ],
+)
+def test_a_refusal_is_one_line_saying_what_and_where_never_the_text(body: bytes, message: str) -> None:
+    with pytest.raises(MalformedMessage) as err:
+        strict_json_loads(body)
+    assert str(err.value) == message and err.value.reason == "malformed"
