@@ -102,7 +102,10 @@ def dlq_show(entry_id: str, broker: str, queue: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing")
 def dlq_replay(broker: str, queue: str, reason: str | None, job_type: str | None, limit: int | None,
                rate: float | None, dry_run: bool) -> None:
-    """Republish dead letters with a fresh attempt budget (same job id and history)."""
+    """Republish dead letters with a fresh attempt budget (same job id and history).
+
+    Only the entries present when it starts: a replayed job that fails again is not replayed
+    again in the same run, so it ends even while the bug is still live."""
     async def go(d: DeadLetters) -> Any:
         total = await d.depth()
         with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), console=console,
@@ -114,9 +117,10 @@ def dlq_replay(broker: str, queue: str, reason: str | None, job_type: str | None
     report = _run_on_dlq(broker, queue, go)
     verb = "would replay" if dry_run else "replayed"
     count = report.matched if dry_run else report.replayed
-    kept = report.skipped_unreplayable
+    kept, again = report.skipped_unreplayable, report.skipped_replayed
     click.echo(f"{verb} {count} of {report.matched} matching entries"
-               + (f"; {kept} unreplayable (never decoded) kept" if kept else ""))
+               + (f"; {kept} unreplayable (never decoded) kept" if kept else "")
+               + (f"; {again} more of jobs this run replayed kept" if again else ""))
     for reason_code, n in sorted(report.by_reason.items()):
         click.echo(f"  {reason_code}: {n}")
 

@@ -52,6 +52,7 @@ class ReplayReport:
     matched: int = 0
     replayed: int = 0
     skipped_unreplayable: int = 0
+    skipped_replayed: int = 0  # entries of jobs this run already republished, left in place
     dry_run: bool = False
     by_reason: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -120,32 +121,50 @@ class DeadLetters:
         dry_run: bool = False,
         progress: Callable[[ReplayReport], None] | None = None,
     ) -> ReplayReport:
-        """Republish matching entries with a fresh attempt budget, then remove each one."""
+        """Republish matching entries with a fresh attempt budget, then remove each one.
+
+        A snapshot: only the entries present when the replay starts. While a bug is still live,
+        a replayed job fails again and lands back in this DLQ as the replay reads it; replaying
+        it again would never end. The DLQ is first in, first out, and what the scan takes stays
+        held until the end, so the entries present at the start are the first ``depth()`` it
+        takes: it stops there. An entry of a job this run already republished is left in place
+        as well (a broker whose depth or order is not exact; or a duplicate dead letter of the
+        same job, which would run the job twice).
+        """
         flt = flt or DeadLetterFilter()
         report = ReplayReport(dry_run=dry_run)
         interval = 1.0 / rate if rate else 0.0
+        present = await self.depth()
+        if present == 0 or limit == 0:
+            return report
+        republished: set[str] = set()  # job ids
+        taken = 0
         async with self._scan() as entries:
             async for delivery, record in entries:
-                if limit is not None and report.matched >= limit:
+                taken += 1
+                if record.job_id is not None and record.job_id in republished:
+                    report.skipped_replayed += 1
+                elif flt.matches(record):
+                    report.matched += 1
+                    report.by_reason[record.reason] += 1
+                    if not dry_run:
+                        if await self._replay_one(delivery, record, report) and record.job_id is not None:
+                            republished.add(record.job_id)
+                        if interval:
+                            await self._clock.sleep(interval)
+                    if progress:
+                        progress(report)
+                if taken >= present or (limit is not None and report.matched >= limit):
                     break
-                if not flt.matches(record):
-                    continue
-                report.matched += 1
-                report.by_reason[record.reason] += 1
-                if not dry_run:
-                    await self._replay_one(delivery, record, report)
-                    if interval:
-                        await self._clock.sleep(interval)
-                if progress:
-                    progress(report)
         return report
 
-    async def _replay_one(self, delivery: Delivery, record: DeadLetterRecord, report: ReplayReport) -> None:
+    async def _replay_one(self, delivery: Delivery, record: DeadLetterRecord, report: ReplayReport) -> bool:
         if await self._republish(record):
             await delivery.ack()
             report.replayed += 1
-        else:
-            report.skipped_unreplayable += 1
+            return True
+        report.skipped_unreplayable += 1
+        return False
 
     async def purge(self, flt: DeadLetterFilter | None = None) -> int:
         flt = flt or DeadLetterFilter()

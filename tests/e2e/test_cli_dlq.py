@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+import yaml
 
 from conveyor.common.codec import encode_model
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.schemas.dead_letter import DeadLetterRecord
-from tests.e2e.test_cli import conveyor
+from tests.e2e.test_cli import ROOT, conveyor
 from tests.support.backends import require_env
 
 
@@ -68,3 +75,76 @@ async def test_dlq_show_finds_an_entry_by_dead_letter_id_and_by_job_id(amqp: str
     assert missing.returncode == 1 and "no dead letter 'no-such-entry'" in missing.stderr
     listed = conveyor("dlq", "list", "--queue", queue, "--json", env=env)
     assert len(listed.stdout.splitlines()) == 3, "showing removes nothing"
+
+
+def shipped_replay_args(queue: str) -> list[str]:
+    """The arguments of deploy/kubernetes/jobs/dlq-replay.yaml, as shipped, on ``queue``."""
+    manifest = yaml.safe_load((ROOT / "deploy/kubernetes/jobs/dlq-replay.yaml").read_text())
+    [container] = manifest["spec"]["template"]["spec"]["containers"]
+    args = list(container["args"])
+    args[args.index("--queue") + 1] = queue
+    return args
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def broken_worker(amqp: str, queue: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A worker whose ``e2e.broken`` handler fails every time (the bug is live); yields its env."""
+    # Its circuit breaker opens on the failures: a short reset lets the half-open probes run the
+    # replayed jobs soon.
+    env = {"CONVEYOR_BROKER_URL": amqp, "E2E_QUEUE": queue, "E2E_OUT": str(tmp_path / "runs.txt"),
+           "PYTHONPATH": str(ROOT), "CONVEYOR_BREAKER_RESET_TIMEOUT": "0.3"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "worker", "tests.e2e.app:jobs", "--http-port", "0"],
+        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        yield env
+        assert worker.poll() is None, worker.communicate()[1][-2000:]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("how", ["shipped_kubernetes_job", "no_options"])
+def test_replay_while_the_bug_is_live_ends_and_replays_each_entry_exactly_once(
+    broken_worker: dict[str, str], queue: str, how: str
+) -> None:
+    env, runs = broken_worker, Path(broken_worker["E2E_OUT"])
+
+    def handler_runs() -> list[str]:
+        return runs.read_text().splitlines() if runs.exists() else []
+
+    def dead_letters() -> list[dict[str, object]]:
+        listed = conveyor("dlq", "list", "--queue", queue, "--json", env=env)
+        assert listed.returncode == 0, listed.stderr
+        return [json.loads(line) for line in listed.stdout.splitlines()]
+
+    ids = []
+    for _ in range(3):
+        published = conveyor("publish", "e2e.broken", "--payload", '{"seconds": 0}', "--app", "tests.e2e.app:jobs",
+                             env=env)
+        assert published.returncode == 0, published.stderr
+        ids.append(json.loads(published.stdout)["job_id"])
+    wait_for(lambda: len(dead_letters()) == 3, "3 dead letters")
+    # No --limit either way: the Job in deploy/kubernetes as shipped, or the bare command.
+    args = shipped_replay_args(queue) if how == "shipped_kubernetes_job" else ["dlq", "replay", "--queue", queue]
+    try:
+        replay = conveyor(*args, env=env, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"dlq replay never ended: the handler ran {len(handler_runs())} times")
+    assert replay.returncode == 0, replay.stderr
+    assert "replayed 3 of 3 matching entries" in replay.stdout
+    # Each replayed job fails once more and is dead-lettered again; nothing runs after that.
+    wait_for(lambda: len(handler_runs()) >= 6 and len(dead_letters()) == 3, "the replayed jobs to fail again")
+    time.sleep(2)
+    assert sorted(line.split()[0] for line in handler_runs()) == sorted(ids * 2), "each entry replayed once"
+    entries = dead_letters()
+    assert sorted(str(entry["job_id"]) for entry in entries) == sorted(ids)
+    assert all(entry["reason"] == "exhausted" for entry in entries)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import BaseModel
 
 from conveyor.common.backoff import RetryPolicy
@@ -118,3 +120,21 @@ async def test_show_finds_an_entry_by_its_dead_letter_id_and_by_its_job_id() -> 
     assert by_job_id is not None and by_job_id.dead_letter_id == target.dead_letter_id
     assert await letters.show("no-such-id") is None
     assert await letters.depth() == 6, "showing removes nothing"
+
+
+async def test_replay_while_the_bug_is_live_replays_each_entry_once_and_ends() -> None:
+    broker, jobs, _ = await populated()  # the handler still fails: replayed jobs come straight back
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    before = {r.job_id for r in await (await dlq(broker)).list(DeadLetterFilter(reason="exhausted"))}
+    async with Worker(transport, jobs):
+        # a real clock: the rate's pauses let the worker fail each replayed job during the replay
+        replayer = MemoryTransport(broker)
+        await replayer.connect()
+        letters = DeadLetters(replayer, DEFAULT_QUEUE)
+        report = await asyncio.wait_for(letters.replay(DeadLetterFilter(reason="exhausted"), rate=200), 10)
+        await broker.join(DEFAULT_QUEUE)
+    assert (report.matched, report.replayed) == (3, 3)
+    after = await (await dlq(broker)).list(DeadLetterFilter(reason="exhausted"))
+    assert sorted(r.job_id or "" for r in after) == sorted(j or "" for j in before), "each dead-lettered again, once"
+    assert all(len(r.history) == 2 for r in after), "one replayed attempt each"
