@@ -11,7 +11,8 @@ first run never returns: the job timeout cuts it), ``block_once`` (the first run
 event loop: the stall watchdog ends the process), ``depends`` (fails while the file
 $FAULT_OUTAGE_FLAG exists: a downstream outage behind the ``downstream`` breaker), ``broken``
 (a permanent failure while that file exists: a bug, fixed before the DLQ is replayed),
-``crash_always`` (kills its worker process on every run).
+``crash_always`` (kills its worker process on every run), ``block_always`` and ``hang_always``
+(``block_once`` and ``hang_once`` on every run).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ JOB_TYPE = "fault.work"
 class Work(BaseModel):
     n: int
     seconds: float = 0.02
-    mode: Literal["ok", "fail", "hang_once", "block_once", "depends", "broken", "crash_always"] = "ok"
+    mode: Literal["ok", "fail", "hang_once", "block_once", "depends", "broken", "crash_always", "block_always", "hang_always"] = "ok"
 
 
 class DownstreamUnavailable(RetryableError):
@@ -76,6 +77,10 @@ def jobs() -> JobRegistry:
             raise PermanentError("this job is meant to be dead-lettered")
         if payload.mode == "hang_once" and _first_run(ctx.job_id):
             await asyncio.sleep(3600)  # the job timeout cancels this
+        if payload.mode == "hang_always":
+            await asyncio.sleep(3600)  # every run: the job timeout cuts each one
+        if payload.mode == "block_always":
+            time.sleep(float(os.environ.get("FAULT_BLOCK_SECONDS", "30")))  # every run blocks the loop
         if payload.mode == "block_once" and _first_run(ctx.job_id):
             time.sleep(float(os.environ.get("FAULT_BLOCK_SECONDS", "30")))  # the bug: blocks the loop
         outage = Path(os.environ["FAULT_OUTAGE_FLAG"]).exists()

@@ -329,16 +329,9 @@ async def test_job_that_kills_its_worker_every_time_is_dead_lettered_as_crash_lo
     five others succeed, unpunished."""
     payloads = [{"n": 0, "mode": "crash_always"}, *({"n": n, "seconds": 0.3} for n in range(1, 6))]
     ids = await fault_run.publish(payloads, dead={0})
-    deaths = 0
-    while True:
-        worker = fault_run.start_worker(concurrency=8)
-        while worker.poll() is None and not fault_run.ledger.settled(await fault_run.ledger.snapshot()):
-            await asyncio.sleep(0.2)
-        if worker.poll() is None:
-            break
-        assert worker.returncode == -signal.SIGKILL, fault_run.worker_log(worker)[-3000:]
-        deaths += 1
-        assert deaths <= 4, f"the crash loop was not stopped after {deaths} worker deaths"
+    codes = await _restart_until_settled(fault_run)
+    deaths = len(codes)
+    assert set(codes) == {-signal.SIGKILL}, codes
     figures = await fault_run.settle(timeout=120)
     figures.notes.update(worker_deaths=deaths)
     _report(figures, record_figures)
@@ -347,3 +340,62 @@ async def test_job_that_kills_its_worker_every_time_is_dead_lettered_as_crash_lo
     assert record.reason == "crash_loop", record
     assert deaths == 3, f"{deaths} worker deaths; the limit is 3"
     assert fault_run.stop_workers()[-1] == 0
+
+
+async def _restart_until_settled(
+    fault_run: FaultRun, env: dict[str, str] | None = None, max_deaths: int = 4
+) -> list[int]:
+    """Run one worker at a time, restarting it when it dies (a supervisor's job), until every
+    job is accounted for; the exit codes of the workers that died."""
+    codes: list[int] = []
+    while True:
+        worker = fault_run.start_worker(concurrency=8, extra_env=env)
+        while worker.poll() is None and not fault_run.ledger.settled(await fault_run.ledger.snapshot()):
+            await asyncio.sleep(0.2)
+        if worker.poll() is None:
+            return codes
+        codes.append(worker.returncode)
+        assert len(codes) <= max_deaths, f"the loop was not stopped after {len(codes)} worker deaths: {codes}"
+
+
+@BOTH
+async def test_handler_that_blocks_the_event_loop_every_time_is_dead_lettered_as_crash_loop(
+    fault_run: FaultRun, record_figures: list[Figures]
+) -> None:
+    """The watchdog ends each worker the job blocks (exit 70); the crash journal counts those
+    deaths like any other, so the job is dead-lettered after 3 and the others all succeed."""
+    payloads, _ = _jobs(20, seconds=0.05)
+    payloads[5]["mode"] = "block_always"
+    ids = await fault_run.publish(payloads, dead={5})
+    env = {"CONVEYOR_STALL_WARN_AFTER": "1", "CONVEYOR_STALL_EXIT_AFTER": "2", "FAULT_BLOCK_SECONDS": "60"}
+    codes = await _restart_until_settled(fault_run, env)
+    figures = await fault_run.settle(timeout=120)
+    figures.notes.update(worker_deaths=len(codes))
+    _report(figures, record_figures)
+    check(figures)
+    assert codes == [70, 70, 70], codes
+    [record] = [r for r in await fault_run.ledger.dead_letters() if r.job_id == ids[5]]
+    assert record.reason == "crash_loop", record
+
+
+@BOTH
+async def test_handler_that_hangs_every_time_is_dead_lettered_after_its_retries(
+    fault_run: FaultRun, record_figures: list[Figures]
+) -> None:
+    """Each run hangs until its time limit cuts it: retried with backoff until the attempts
+    are spent, then dead-lettered as exhausted; the worker never dies and the rest succeed."""
+    payloads, _ = _jobs(20)
+    payloads[7]["mode"] = "hang_always"
+    ids = await fault_run.publish(payloads, dead={7})
+    # Its timeouts are failures of its breaker too (five in a row open it): a short reset
+    # keeps the open/half-open cycles that follow from dominating the run time.
+    env = {"FAULT_TIMEOUT": "0.3", "CONVEYOR_BREAKER_RESET_TIMEOUT": "1"}
+    fault_run.start_worker(concurrency=4, extra_env=env)
+    figures = await fault_run.settle(timeout=120)
+    _report(figures, record_figures)
+    check(figures)
+    [record] = [r for r in await fault_run.ledger.dead_letters() if r.job_id == ids[7]]
+    assert record.reason == "exhausted", record
+    assert len(record.history) == 10, record.history
+    assert all(a.outcome == "timeout" for a in record.history[:-1]), record.history  # the last one: "failed"
+    assert fault_run.stop_workers() == [0]
