@@ -7,7 +7,7 @@ import itertools
 import json
 import math
 import os
-import shutil
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -114,26 +114,31 @@ async def wait_for_broker(url: str, timeout: float = 120.0) -> float:
 
 
 def _rabbitmqctl(*args: str) -> list[str]:
-    exe = shutil.which("rabbitmqctl") or ("/usr/sbin/rabbitmqctl" if Path("/usr/sbin/rabbitmqctl").exists() else None)
-    if exe is None:
-        return []
+    """First column of ``rabbitmqctl -q ARGS`` on the broker's node; an error if it cannot run.
+
+    The node is the RabbitMQ 4.x of ``scripts/services/rabbitmq.sh`` (its ``ctl`` runs the
+    node's own ``rabbitmqctl``); ``CONVEYOR_RABBITMQCTL`` names another command for a broker
+    the script did not start.
+    """
+    override = os.environ.get("CONVEYOR_RABBITMQCTL", "").strip()
+    command = shlex.split(override) if override else ["bash", str(ROOT / "scripts" / "services" / "rabbitmq.sh"), "ctl"]
     try:
-        out = subprocess.run([exe, "-q", *args], capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
+        out = subprocess.run([*command, "-q", *args], capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"rabbitmqctl {args[0]} could not run ({' '.join(command)}): {exc}") from exc
     if out.returncode != 0:
-        return []
+        raise RuntimeError(f"rabbitmqctl {args[0]} failed ({out.returncode}): {out.stderr.strip()[-500:]}")
     return [line.split("\t")[0].strip() for line in out.stdout.splitlines() if line.strip()]
 
 
 async def sweep_prefix(url: str, prefix: str) -> tuple[list[str], list[str]]:
-    """Delete every queue and exchange whose name starts with ``prefix`` (needs rabbitmqctl).
+    """Delete every queue and exchange whose name starts with ``prefix`` (rabbitmqctl lists them).
 
     The per-scenario cleanups already delete the names they know; this catches whatever a
     library declared on its own (delay tiers, DLQs, Celery/Dramatiq side queues).
     """
-    queues = [q for q in _rabbitmqctl("list_queues", "name") if q.startswith(prefix)]
-    exchanges = [e for e in _rabbitmqctl("list_exchanges", "name") if e.startswith(prefix)]
+    queues = [q for q in _rabbitmqctl("list_queues", "name", "--no-table-headers") if q.startswith(prefix)]
+    exchanges = [e for e in _rabbitmqctl("list_exchanges", "name", "--no-table-headers") if e.startswith(prefix)]
     if queues or exchanges:
         await delete_queues(url, queues, exchanges)
     return queues, exchanges

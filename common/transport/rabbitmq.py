@@ -21,7 +21,9 @@ one exchange per sender (least-privilege users): see ``common.transport.rabbitmq
   operator) gets ``declare`` as a check instead: passive declares, which need no permission,
   confirm that a worker or an operator already created the topology (``AccessRefused`` if not).
 * **Delivery fields.** ``delivery_count`` comes from the quorum queue's ``x-delivery-count``
-  (+1). ``headers`` keep string values only: broker-set ``x-death`` (a list) and
+  (+1) on a redelivery, and is 1 on a first delivery: RabbitMQ 4.x sets the header only once
+  a message came back (a nack, a reject or a closed channel all count), so on a first
+  delivery it can only be a publisher's. ``headers`` keep string values only: broker-set ``x-death`` (a list) and
   ``x-delivery-count`` are dropped, ``x-first-death-reason`` & co. are kept, so a message
   dead-lettered by the delivery limit is recognisable in the DLQ.
 * **TLS** (``amqps://``, see ``common.tls``): one verifying ``ssl.SSLContext`` (CA from

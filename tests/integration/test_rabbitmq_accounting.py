@@ -1,10 +1,11 @@
 """Exact accounting against a real RabbitMQ: every published job id ends in exactly one of
-succeeded or dead-lettered, through a kill -9 of a worker and a broker restart."""
+succeeded or dead-lettered, through a kill -9 of a worker and a restart of the broker (the 4.x node of
+``scripts/services/rabbitmq.sh``: ``down``, then ``up``)."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.integration.accounting import (
     stop,
     wait_for_all,
 )
+from tests.support.rabbitmq_admin import RABBITMQ_SCRIPT
 
 
 @pytest.fixture
@@ -36,19 +38,31 @@ async def test_kill_9_of_a_worker_mid_batch_loses_nothing(run: Run) -> None:
     assert len(done) - len(set(done)) <= 8, "only jobs in flight at the kill (concurrency 8) may run twice"
 
 
-def _rabbitmqctl() -> str:
-    path = shutil.which("rabbitmqctl")
-    if path is None:
-        pytest.fail("the broker-restart test needs rabbitmqctl on this machine (scripts/services/rabbitmq.sh)")
-    return path
+async def _rabbitmq_sh(command: str) -> str:
+    """``scripts/services/rabbitmq.sh COMMAND`` for the script's own 4.x node; its last stdout line.
 
-
-async def _ctl(*args: str) -> None:
+    Without ``CONVEYOR_AMQP_URL`` in its environment: with it, the script takes the broker for
+    an external one and neither stops nor starts anything.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "CONVEYOR_AMQP_URL"}
     process = await asyncio.create_subprocess_exec(
-        _rabbitmqctl(), *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        "bash", str(RABBITMQ_SCRIPT), command, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
+    out, err = await asyncio.wait_for(process.communicate(), 300)
+    assert process.returncode == 0, f"rabbitmq.sh {command} failed: {err.decode()[-2000:]}"
+    lines = out.decode().splitlines()
+    return lines[-1] if lines else ""
+
+
+async def _restart_broker(amqp_url: str) -> None:
+    """A real restart of the broker under test: its Erlang VM stops and a new one boots."""
+    if amqp_url != await _rabbitmq_sh("url"):
+        pytest.fail("the broker-restart test restarts the node of scripts/services/rabbitmq.sh, "
+                    "not the broker under test (CONVEYOR_AMQP_URL)", pytrace=False)
+    await _rabbitmq_sh("down")  # the broker goes away under a consuming worker…
+    await asyncio.sleep(2)
+    await _rabbitmq_sh("up")  # …and comes back (a new VM) with its durable queues
 
 
 async def test_broker_restart_mid_run_loses_nothing_and_workers_resume(run: Run) -> None:
@@ -59,9 +73,7 @@ async def test_broker_restart_mid_run_loses_nothing_and_workers_resume(run: Run)
         while len(run.succeeded()) < 30:
             assert time.monotonic() < deadline, "worker made no progress before the restart"
             await asyncio.sleep(0.05)
-        await _ctl("stop_app")  # the broker goes away under a consuming worker…
-        await asyncio.sleep(2)
-        await _ctl("start_app")  # …and comes back with its durable queues
+        await _restart_broker(run.url)
         second = await publish_all(run, 150, fail_every=30)  # publishing works again
         published = {**first, **second}
         done, dead = await wait_for_all(run, published, timeout=120)

@@ -107,14 +107,20 @@ async def test_forged_headers_change_neither_delivery_limits_nor_attempt_budgets
     for envelope in envelopes.values():
         await publish_forged(amqp_url, queue_name, encode_model(envelope), envelope.job_id)
 
-    # The broker's delivery limit counts real deliveries, not the forged x-delivery-count: one
-    # release (2 deliveries < 3) must not dead-letter the message.
+    # The broker's delivery limit counts real deliveries, not the forged x-delivery-count: two
+    # releases (3 deliveries, limit 3) must not dead-letter the message. On RabbitMQ 4.x a first
+    # delivery carries the publisher's x-delivery-count untouched; a redelivery the broker's.
     first = None
     while first is None:
         first = await transport.get(queue_name)
     assert first.delivery_count == 1, "the broker's own count, not the forged x-delivery-count"
     assert "x-death" not in first.headers and "x-delivery-count" not in first.headers
     await first.release()
+    again = None
+    while again is None:
+        again = await transport.get(queue_name)
+    assert (again.message_id, again.delivery_count) == (first.message_id, 2), "the broker's count after a release"
+    await again.release()
     await asyncio.sleep(0.3)
     assert await transport.depth(transport.dead_letter_queue(queue_name)) == 0
 

@@ -541,8 +541,8 @@ async def close_broker_connections(connection_name: str) -> int:
     """Have the broker close our transport's connections (``rabbitmqctl close_connection``).
 
     Only connections whose client-provided name starts with ``connection_name`` are closed,
-    unlike ``close_all_connections``. ``CONVEYOR_RABBITMQCTL`` overrides the command
-    (e.g. ``sudo rabbitmqctl``).
+    unlike ``close_all_connections``. The command is the test node's own
+    (``scripts/services/rabbitmq.sh ctl``, see ``tests.support.rabbitmq_admin``).
     """
     listing = await rabbitmqctl("list_connections", "pid", "client_properties")
     pids = [

@@ -1,4 +1,4 @@
-"""TLS to the real brokers: amqps:// (RabbitMQ, 5671) and pulsar+ssl:// (Pulsar, 6651 + https 8443).
+"""TLS to the real brokers: amqps:// (RabbitMQ, ``rabbitmq.sh tls-url``) and pulsar+ssl:// (Pulsar, 6651 + https 8443).
 
 The servers present a certificate for ``DNS:localhost`` only, signed by the test CA of
 ``scripts/services/tls.sh`` (see tests/support/tls.py). Every failure must come from
@@ -195,9 +195,9 @@ async def test_amqps_without_a_ca_file_trusts_the_system_store_only(certs: Path)
 
 
 @pytest.mark.rabbitmq
-async def test_amqps_to_a_plaintext_port_fails_and_never_falls_back(right: TlsConfig) -> None:
-    plain = urlsplit(amqps_url())
-    async with TapProxy(plain.hostname or "localhost", 5672) as tap:
+async def test_amqps_to_a_plaintext_port_fails_and_never_falls_back(right: TlsConfig, amqp_url: str) -> None:
+    plain = urlsplit(amqp_url)  # the broker's plaintext AMQP listener
+    async with TapProxy(plain.hostname or "localhost", plain.port or 5672) as tap:
         error = await connect_fails(with_host_port(amqps_url(), "localhost", tap.port), right)
     assert "TLS handshake" in str(error)
     assert_encrypted(tap, amqp_password())

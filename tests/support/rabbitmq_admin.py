@@ -1,8 +1,9 @@
 """``rabbitmqctl`` for tests that manage users, vhosts and permissions on the broker under test.
 
-The tests run as root on the broker's machine (``scripts/services/rabbitmq.sh``);
-``CONVEYOR_RABBITMQCTL`` overrides the command (e.g. ``sudo rabbitmqctl``). Like the service
-script, the node is ``rabbit@localhost`` when this machine's short hostname does not resolve.
+The broker is the RabbitMQ 4.x node of ``scripts/services/rabbitmq.sh``; its ``ctl`` subcommand
+runs that node's own ``rabbitmqctl`` (inside its Debian trixie root, with its node name and
+cookie), never the host's. ``CONVEYOR_RABBITMQCTL`` overrides the command for a broker the
+script did not start (e.g. ``sudo rabbitmqctl -n rabbit@broker``).
 """
 
 from __future__ import annotations
@@ -10,34 +11,33 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import socket
 import uuid
+from pathlib import Path
 
 import pytest
 import yarl
 
-__all__ = ["add_scratch_vhost", "delete_vhost", "rabbitmqctl", "user_url"]
+__all__ = ["RABBITMQ_SCRIPT", "add_scratch_vhost", "delete_vhost", "rabbitmqctl", "rabbitmqctl_command", "user_url"]
 
 
-def _environment() -> dict[str, str]:
-    env = dict(os.environ)
-    if "RABBITMQ_NODENAME" not in env:
-        try:
-            socket.gethostbyname(socket.gethostname().split(".")[0])
-        except OSError:
-            env["RABBITMQ_NODENAME"] = "rabbit@localhost"
-    return env
+RABBITMQ_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "services" / "rabbitmq.sh"
+
+
+def rabbitmqctl_command() -> list[str]:
+    """The ``rabbitmqctl`` of the broker under test, as an argv prefix."""
+    override = os.environ.get("CONVEYOR_RABBITMQCTL", "").strip()
+    return shlex.split(override) if override else ["bash", str(RABBITMQ_SCRIPT), "ctl"]
 
 
 async def rabbitmqctl(*args: str) -> str:
-    """Run ``rabbitmqctl -q ARGS``; a failure fails the test (the broker is required)."""
-    argv = [*shlex.split(os.environ.get("CONVEYOR_RABBITMQCTL", "rabbitmqctl")), "-q", *args]
+    """Run ``rabbitmqctl -q ARGS`` on the broker under test; a failure fails the test."""
+    argv = [*rabbitmqctl_command(), "-q", *args]
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_environment()
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
     except FileNotFoundError:
-        pytest.fail(f"{argv[0]} not found: this test manages users on the broker under test")
+        pytest.fail(f"{argv[0]} not found: this test manages the broker under test")
     stdout, stderr = await asyncio.wait_for(process.communicate(), 90)
     if process.returncode != 0:
         # Never echo the arguments: add_user and change_password carry a password.

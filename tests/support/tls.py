@@ -1,8 +1,9 @@
 """What the TLS tests need: the test CA material, the brokers' TLS URLs, and a tap.
 
 ``scripts/services/tls.sh up`` creates the material (``scripts/test`` exports its directory as
-``CONVEYOR_TEST_TLS_DIR``); the RabbitMQ and Pulsar scripts serve TLS with it on 5671, 6651 and
-8443 for the name ``localhost`` only. A missing file is a failure, never a skip.
+``CONVEYOR_TEST_TLS_DIR``); the RabbitMQ and Pulsar scripts serve TLS with it for the name
+``localhost`` only (their ``tls-url``s; Pulsar 6651 and https 8443). A missing file is a
+failure, never a skip.
 
 ``TapProxy`` forwards a local port to a broker and keeps every byte the client sent, so a test
 can show that nothing went over the wire in plaintext.
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +25,7 @@ __all__ = ["TLS_FILES", "TapProxy", "amqps_url", "pulsar_tls_url", "tls_dir", "w
 
 TLS_FILES = ("ca.pem", "server.pem", "wrong-ca.pem")
 _CHUNK = 64 * 1024
+_RABBITMQ_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "services" / "rabbitmq.sh"
 
 
 def tls_dir() -> Path:
@@ -39,17 +43,38 @@ def tls_dir() -> Path:
 
 
 def amqps_url() -> str:
-    """``CONVEYOR_AMQPS_URL``, else ``CONVEYOR_AMQP_URL``'s user and vhost on amqps://localhost:5671."""
+    """``CONVEYOR_AMQPS_URL``, else the TLS listener of ``scripts/services/rabbitmq.sh`` (``tls-url``).
+
+    The script's URL only fits when the broker under test (``CONVEYOR_AMQP_URL``) is the
+    script's node too; for another broker, ``CONVEYOR_AMQPS_URL`` must name its TLS listener.
+    """
     explicit = os.environ.get("CONVEYOR_AMQPS_URL", "").strip()
     if explicit:
         return explicit
     plain = os.environ.get("CONVEYOR_AMQP_URL", "").strip()
     if not plain:
         pytest.fail("CONVEYOR_AMQP_URL is not set: run scripts/services/rabbitmq.sh up", pytrace=False)
-    parts = urlsplit(plain)
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = f"{userinfo}@localhost:5671" if userinfo else "localhost:5671"
-    return urlunsplit(("amqps", netloc, parts.path or "/", parts.query, ""))
+    own_plain, own_tls = _rabbitmq_script_urls()
+    if plain != own_plain:
+        pytest.fail(
+            "CONVEYOR_AMQP_URL is not the broker of scripts/services/rabbitmq.sh: "
+            "set CONVEYOR_AMQPS_URL to its amqps:// listener", pytrace=False,
+        )
+    return own_tls
+
+
+@functools.cache
+def _rabbitmq_script_urls() -> tuple[str, str]:
+    """``rabbitmq.sh url`` (as if no external broker were given) and ``rabbitmq.sh tls-url``."""
+    env = {k: v for k, v in os.environ.items() if k != "CONVEYOR_AMQP_URL"}
+    urls = []
+    for command in ("url", "tls-url"):
+        done = subprocess.run(["bash", str(_RABBITMQ_SCRIPT), command], env=env, capture_output=True,
+                              text=True, timeout=30, check=False)
+        if done.returncode != 0 or not done.stdout.strip():
+            pytest.fail(f"scripts/services/rabbitmq.sh {command} failed: {done.stderr[-500:]}", pytrace=False)
+        urls.append(done.stdout.strip().splitlines()[-1])
+    return urls[0], urls[1]
 
 
 def pulsar_tls_url() -> str:
