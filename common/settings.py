@@ -34,9 +34,12 @@ __all__ = ["Settings"]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
 
-    broker_url: SecretStr = Field(
-        default=SecretStr("memory://"),
-        description="Broker to use: memory://, amqp://user:pass@host:5672/vhost, pulsar://host:6650",
+    broker_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Broker to use: amqp://user:pass@host:5672/vhost, pulsar://host:6650, or memory:// (in-process); "
+            "no default: a command without one is a usage error"
+        ),
     )
     concurrency: int = Field(default=16, ge=1, le=10_000, description="Jobs run at once per worker process")
     prefetch: int | None = Field(default=None, ge=1, description="Unacked deliveries held (default: concurrency)")
@@ -111,8 +114,8 @@ class Settings(BaseSettings):
         # CONVEYOR_<SECRET>_FILE right after the environment (the two never both set).
         return init_settings, env_settings, SecretFilesSource(settings_cls), dotenv_settings, file_secret_settings
 
-    def broker(self) -> str:
-        return self.broker_url.get_secret_value()
+    def broker(self) -> str | None:
+        return None if self.broker_url is None else self.broker_url.get_secret_value()
 
     def tls(self) -> TlsConfig:
         return TlsConfig(ca_file=self.tls_ca_file, cert_file=self.tls_cert_file, key_file=self.tls_key_file)

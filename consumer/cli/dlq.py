@@ -18,6 +18,7 @@ from conveyor.consumer.cli.support import (
     payload_store_for,
     payload_store_option,
     queue_option,
+    require_broker,
     run,
     settings_from,
     transport_for,
@@ -40,11 +41,12 @@ def _filters(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _run_on_dlq(broker: str, queue: str, action: Callable[[DeadLetters], Awaitable[T]]) -> T:
+def _run_on_dlq(broker: str | None, queue: str, action: Callable[[DeadLetters], Awaitable[T]]) -> T:
     settings = settings_from()
+    url = require_broker(broker)
 
     async def go() -> T:
-        transport = transport_for(broker, settings)
+        transport = transport_for(url, settings)
         async with transport:
             await transport.declare(queue)
             return await action(DeadLetters(transport, queue))
@@ -58,7 +60,8 @@ def _run_on_dlq(broker: str, queue: str, action: Callable[[DeadLetters], Awaitab
 @_filters
 @click.option("--limit", default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line")
-def dlq_list(broker: str, queue: str, reason: str | None, job_type: str | None, limit: int, as_json: bool) -> None:
+def dlq_list(broker: str | None, queue: str, reason: str | None, job_type: str | None, limit: int,
+             as_json: bool) -> None:
     """List dead letters (they stay in the DLQ)."""
     records = _run_on_dlq(broker, queue, lambda d: d.list(DeadLetterFilter(reason, job_type), limit=limit))
     if as_json:
@@ -79,7 +82,7 @@ def dlq_list(broker: str, queue: str, reason: str | None, job_type: str | None, 
 @click.argument("entry_id")
 @broker_option
 @queue_option
-def dlq_show(entry_id: str, broker: str, queue: str) -> None:
+def dlq_show(entry_id: str, broker: str | None, queue: str) -> None:
     """Show one dead letter in full (by dead-letter id or job id)."""
     record = _run_on_dlq(broker, queue, lambda d: d.show(entry_id))
     if record is None:
@@ -100,7 +103,7 @@ def dlq_show(entry_id: str, broker: str, queue: str) -> None:
 @click.option("--limit", type=int, default=None, help="Replay at most N entries")
 @click.option("--rate", type=float, default=None, help="At most N entries per second")
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing")
-def dlq_replay(broker: str, queue: str, reason: str | None, job_type: str | None, limit: int | None,
+def dlq_replay(broker: str | None, queue: str, reason: str | None, job_type: str | None, limit: int | None,
                rate: float | None, dry_run: bool) -> None:
     """Republish dead letters with a fresh attempt budget (same job id and history).
 
@@ -131,18 +134,19 @@ def dlq_replay(broker: str, queue: str, reason: str | None, job_type: str | None
 @_filters
 @click.option("--yes", is_flag=True, help="Really delete; without it nothing is removed")
 @payload_store_option
-def dlq_purge(broker: str, queue: str, reason: str | None, job_type: str | None, yes: bool,
+def dlq_purge(broker: str | None, queue: str, reason: str | None, job_type: str | None, yes: bool,
               payload_store: str | None) -> None:
     """Delete matching dead letters for good, with their stored payloads."""
     if not yes:
         raise click.ClickException("purge deletes dead letters for good: add --yes")
     settings = settings_from(**({"payload_store": payload_store} if payload_store else {}))
+    url = require_broker(broker)
 
     async def go() -> tuple[int, int]:
         from conveyor.consumer.payloads import PayloadResolver
 
         store = payload_store_for(settings)
-        transport = transport_for(broker, settings)
+        transport = transport_for(url, settings)
         try:
             async with transport:
                 await transport.declare(queue)

@@ -25,13 +25,14 @@ __all__ = ["publish"]
 @click.option("--delay", type=float, default=0.0, help="Seconds before the job may run")
 @click.option("--header", "headers", multiple=True, help="name=value, repeatable")
 @support.payload_store_option
-def publish(job_type: str, payload: str, broker: str, app: str | None, queue: str | None,
+def publish(job_type: str, payload: str, broker: str | None, app: str | None, queue: str | None,
             schema_version: int | None, idempotency_key: str | None, delay: float, headers: tuple[str, ...],
             payload_store: str | None) -> None:
     """Publish one job and wait for the broker's confirm (large payloads go to the payload store)."""
     from conveyor.producer.producer import Producer
 
     settings = support.settings_from(**({"payload_store": payload_store} if payload_store else {}))
+    url = support.require_broker(broker)
     store_options = {"payload_threshold": settings.payload_threshold_bytes}
 
     raw = Path(payload[1:]).read_bytes() if payload.startswith("@") else payload.encode()
@@ -41,7 +42,7 @@ def publish(job_type: str, payload: str, broker: str, app: str | None, queue: st
     header_map = dict(h.split("=", 1) for h in headers)
 
     async def go() -> None:
-        transport = support.transport_for(broker, settings)
+        transport = support.transport_for(url, settings)
         store = support.payload_store_for(settings)
         middlewares, tracer_provider = support.tracing(settings, "conveyor-publish")
         options: dict[str, Any] = {"payload_store": store, "middlewares": middlewares, **store_options}

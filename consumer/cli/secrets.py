@@ -20,9 +20,8 @@ from conveyor.common.logging import configure_logging
 from conveyor.common.secrets import Redactor, mask_secrets, mask_url, secret_from_file
 from conveyor.common.settings import Settings
 
-__all__ = ["DEFAULT_BROKER", "broker_from_environment", "protect", "redactor", "warn_if_credentials"]
+__all__ = ["broker_from_environment", "protect", "redactor", "warn_if_credentials"]
 
-DEFAULT_BROKER = "memory://"
 _ALTERNATIVES = {
     "broker": "CONVEYOR_BROKER_URL or CONVEYOR_BROKER_URL_FILE",
     "idempotency_url": "CONVEYOR_IDEMPOTENCY_URL or CONVEYOR_IDEMPOTENCY_URL_FILE",
@@ -43,8 +42,12 @@ def warn_if_credentials(ctx: click.Context, param: click.Parameter, value: Any) 
     return value
 
 
-def broker_from_environment(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
-    """Click callback of ``--broker``: flag, else CONVEYOR_BROKER_URL, else its _FILE, else memory://."""
+def broker_from_environment(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback of ``--broker``: flag, else CONVEYOR_BROKER_URL, else its _FILE, else None.
+
+    There is no default broker: the in-memory one loses every job when the command exits, so it
+    is used only when asked for (``memory://``); ``support.require_broker`` turns None into a
+    usage error."""
     warn_if_credentials(ctx, param, value)
     try:
         from_file = secret_from_file("CONVEYOR_BROKER_URL")
@@ -52,7 +55,7 @@ def broker_from_environment(ctx: click.Context, param: click.Parameter, value: s
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
     if value is not None:
         return value
-    return from_file if from_file is not None else DEFAULT_BROKER
+    return from_file or None
 
 
 def protect(settings: Settings, *flag_values: str | None) -> Redactor:

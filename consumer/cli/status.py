@@ -12,6 +12,7 @@ from conveyor.common.secrets import mask_url
 from conveyor.consumer.cli.support import (
     broker_option,
     console,
+    require_broker,
     run,
     settings_from,
     transport_for,
@@ -31,22 +32,23 @@ __all__ = ["status"]
 @click.option("--dlq-scan-limit", type=int, default=1000, show_default=True,
               help="Dead letters browsed per queue to group them by reason")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tables")
-def status(broker: str, queues: tuple[str, ...], workers: tuple[str, ...], interval: float, dlq_scan_limit: int,
+def status(broker: str | None, queues: tuple[str, ...], workers: tuple[str, ...], interval: float, dlq_scan_limit: int,
            as_json: bool) -> None:
     """Queues (depth, rate, oldest age, consumers, dead letters by reason) and workers (breakers)."""
     from conveyor.consumer.ops.status import collect_status, render_tables
 
     settings = settings_from()
+    url = require_broker(broker)
 
     async def go() -> Any:
-        transport = transport_for(broker, settings)
+        transport = transport_for(url, settings)
         async with transport:
             return await collect_status(transport, list(queues), interval=interval, workers=list(workers),
                                         dlq_scan_limit=dlq_scan_limit)
 
     report = run(go(), settings)
     if as_json:
-        click.echo(orjson.dumps({"broker": mask_url(broker), **report.to_dict()}).decode())
+        click.echo(orjson.dumps({"broker": mask_url(url), **report.to_dict()}).decode())
         return
-    for table in render_tables(report, mask_url(broker)):
+    for table in render_tables(report, mask_url(url)):
         console.print(table)

@@ -21,7 +21,6 @@ from conveyor.common.settings import Settings
 from conveyor.common.transport.base import Transport
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.consumer.cli.secrets import (
-    DEFAULT_BROKER,
     broker_from_environment,
     protect,
     redactor,
@@ -34,6 +33,7 @@ __all__ = [
     "payload_store_for",
     "payload_store_option",
     "queue_option",
+    "require_broker",
     "run",
     "settings_from",
     "tracing",
@@ -85,10 +85,9 @@ def load_registry(target: str) -> JobRegistry:
 
 
 broker_option = click.option(
-    "--broker", envvar="CONVEYOR_BROKER_URL", default=None, show_default=DEFAULT_BROKER,
-    callback=broker_from_environment,
-    help="Broker URL: memory://, amqp://…, pulsar://… [env CONVEYOR_BROKER_URL or CONVEYOR_BROKER_URL_FILE; "
-         "a password here shows in ps]",
+    "--broker", envvar="CONVEYOR_BROKER_URL", default=None, callback=broker_from_environment,
+    help="Broker URL: amqp://…, pulsar://…, or memory:// (in-process: gone when the command exits) "
+         "[required: this or env CONVEYOR_BROKER_URL or CONVEYOR_BROKER_URL_FILE; a password here shows in ps]",
 )
 queue_option = click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Work queue name")
 payload_store_option = click.option(
@@ -106,9 +105,21 @@ def tracing(settings: Settings, service: str) -> tuple[list[Any], Any]:
     return [TracingMiddleware()], configure_tracing(service, settings.tracing)
 
 
-def transport_for(broker: str, settings: Settings) -> Transport:
+def require_broker(broker: str | None) -> str:
+    """The broker a command was given; none is a one-line usage error. Never a default: the
+    in-memory broker would confirm a job and lose it when the command exits."""
+    if not broker:
+        raise click.UsageError(
+            "no broker: pass --broker URL or set CONVEYOR_BROKER_URL (or CONVEYOR_BROKER_URL_FILE); "
+            "memory:// for the in-process broker, which keeps nothing after the command exits",
+            ctx=click.get_current_context(silent=True),
+        )
+    return broker
+
+
+def transport_for(broker: str | None, settings: Settings) -> Transport:
     """The broker's transport; amqps:// and pulsar+ssl:// get the CONVEYOR_TLS_* settings."""
-    return transport_from_url(broker, tls=settings.tls())
+    return transport_from_url(require_broker(broker), tls=settings.tls())
 
 
 def payload_store_for(settings: Settings) -> Any:

@@ -18,6 +18,7 @@ from conveyor.consumer.cli.support import (
     load_registry,
     payload_store_for,
     payload_store_option,
+    require_broker,
     run,
     settings_from,
     tracing,
@@ -39,11 +40,12 @@ __all__ = ["worker"]
 @click.option("--idempotency-url", default=None, callback=warn_if_credentials,
               help="Processed-key store: sqlite:///path or postgresql://… [env CONVEYOR_IDEMPOTENCY_URL or "
                    "CONVEYOR_IDEMPOTENCY_URL_FILE; off]")
-def worker(target: str, broker: str, **overrides: Any) -> None:
+def worker(target: str, broker: str | None, **overrides: Any) -> None:
     """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT."""
     settings = settings_from(**{k: v for k, v in overrides.items() if v is not None})
+    url = require_broker(broker)
     registry = load_registry(target)
-    run(_worker_main(registry, broker, settings), settings)
+    run(_worker_main(registry, url, settings), settings)
 
 
 async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -> None:

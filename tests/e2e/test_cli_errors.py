@@ -1,0 +1,73 @@
+"""What the ``conveyor`` CLI says when it is used wrongly: one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.test_cli import ROOT
+
+BROKER_COMMANDS = {
+    "worker": ["worker", "tests.e2e.app:jobs", "--http-port", "0"],
+    "publish": ["publish", "e2e.nap", "--payload", '{"seconds": 0}'],
+    "dlq list": ["dlq", "list"],
+    "dlq show": ["dlq", "show", "some-id"],
+    "dlq replay": ["dlq", "replay"],
+    "dlq purge": ["dlq", "purge", "--yes"],
+    "status": ["status", "--interval", "0"],
+}
+
+
+def conveyor_without_broker(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """The CLI with no broker configured anywhere (no flag, no CONVEYOR_BROKER_URL or its _FILE)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_BROKER_URL")}
+    return subprocess.run([sys.executable, "-m", "conveyor", *args], cwd=ROOT, env={**env, **extra_env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without click's usage header ("Usage: …", "Try '… --help' for help.", blank lines)."""
+    return [line for line in stderr.splitlines()
+            if line.strip() and not line.startswith("Usage: ") and not line.startswith("Try '")]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], exit_code: int, *needles: str) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == exit_code, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", list(BROKER_COMMANDS))
+def test_a_broker_command_without_a_broker_is_a_one_line_usage_error(command: str) -> None:
+    result = conveyor_without_broker(*BROKER_COMMANDS[command])
+    assert_one_line_error(result, 2, "--broker", "CONVEYOR_BROKER_URL")
+    assert "confirmed" not in result.stdout
+
+
+def test_an_empty_broker_variable_is_no_broker() -> None:
+    result = conveyor_without_broker(*BROKER_COMMANDS["publish"], CONVEYOR_BROKER_URL="")
+    assert_one_line_error(result, 2, "--broker", "CONVEYOR_BROKER_URL")
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_the_in_memory_broker_is_used_only_when_asked_for(how: str) -> None:
+    if how == "flag":
+        result = conveyor_without_broker(*BROKER_COMMANDS["publish"], "--broker", "memory://")
+    else:
+        result = conveyor_without_broker(*BROKER_COMMANDS["publish"], CONVEYOR_BROKER_URL="memory://")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["confirmed"] is True
+
+
+def test_the_demo_needs_no_broker() -> None:
+    result = conveyor_without_broker("demo", "--jobs", "20")
+    assert result.returncode == 0, result.stderr
+    assert "20/20 ✓" in result.stdout
