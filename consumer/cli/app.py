@@ -9,6 +9,7 @@ is masked in its logs and errors; a password typed as a flag gets a ``ps`` warni
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from conveyor.common.logging import configure_logging
 from conveyor.consumer.cli.dlq import dlq
@@ -20,9 +21,21 @@ from conveyor.consumer.cli.worker import worker
 
 __all__ = ["main"]
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """One of LOG_LEVELS, any case; anything else is a one-line usage error naming where it came from."""
+    if value.upper() in LOG_LEVELS:
+        return value.upper()
+    from_env = ctx.get_parameter_source("log_level") == ParameterSource.ENVIRONMENT
+    source = " (from CONVEYOR_LOG_LEVEL)" if from_env else ""
+    raise click.BadParameter(f"{value!r}{source} is not one of {', '.join(LOG_LEVELS)}", ctx=ctx, param=param)
+
 
 @click.group()
-@click.option("--log-level", envvar="CONVEYOR_LOG_LEVEL", default="WARNING", show_default=True)
+@click.option("--log-level", envvar="CONVEYOR_LOG_LEVEL", default="WARNING", show_default=True, callback=_log_level,
+              help=f"{', '.join(LOG_LEVELS)} [env CONVEYOR_LOG_LEVEL]")
 @click.option("--log-format", envvar="CONVEYOR_LOG_FORMAT", type=click.Choice(["json", "text"]), default="json")
 def main(log_level: str, log_format: str) -> None:
     """Conveyor: reliable, schema-versioned background jobs."""

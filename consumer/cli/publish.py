@@ -9,6 +9,7 @@ import click
 import orjson
 
 from conveyor.common.codec import strict_json_loads
+from conveyor.common.errors import RejectedMessage
 from conveyor.consumer.cli import support
 
 __all__ = ["publish"]
@@ -35,19 +36,17 @@ def publish(job_type: str, payload: str, broker: str | None, app: str | None, qu
     url = support.require_broker(broker)
     store_options = {"payload_threshold": settings.payload_threshold_bytes}
 
-    raw = Path(payload[1:]).read_bytes() if payload.startswith("@") else payload.encode()
-    data = strict_json_loads(raw)
-    if not isinstance(data, dict):
-        raise click.ClickException("--payload must be a JSON object")
-    header_map = dict(h.split("=", 1) for h in headers)
+    data = _payload(payload)
+    header_map = _headers(headers)
+    registry = support.load_registry(app, "--app") if app else None
 
     async def go() -> None:
         transport = support.transport_for(url, settings)
         store = support.payload_store_for(settings)
         middlewares, tracer_provider = support.tracing(settings, "conveyor-publish")
         options: dict[str, Any] = {"payload_store": store, "middlewares": middlewares, **store_options}
-        if app:
-            producer = Producer.for_registry(transport, support.load_registry(app), **options)
+        if registry is not None:
+            producer = Producer.for_registry(transport, registry, **options)
         else:
             producer = Producer(transport, allow_unregistered=True, **options)
         try:
@@ -64,3 +63,36 @@ def publish(job_type: str, payload: str, broker: str | None, app: str | None, qu
         click.echo(orjson.dumps({"job_id": receipt.job_id, "queue": receipt.queue, "confirmed": True}).decode())
 
     support.run(go(), settings)
+
+
+def _bad(reason: str, option: str) -> click.BadParameter:
+    return click.BadParameter(reason, ctx=click.get_current_context(silent=True), param_hint=option)
+
+
+def _payload(payload: str) -> dict[str, Any]:
+    """``--payload``: a JSON object, inline or ``@file``; JSON the wire would reject (NaN,
+    duplicate keys, huge numbers) is a usage error with its reason code."""
+    if payload.startswith("@"):
+        try:
+            raw = Path(payload[1:]).read_bytes()
+        except OSError as exc:
+            raise _bad(f"cannot read {payload[1:]!r}: {exc.strerror or exc}", "--payload") from None
+    else:
+        raw = payload.encode()
+    try:
+        data = strict_json_loads(raw)
+    except RejectedMessage as exc:
+        raise _bad(f"{exc.reason}: {exc}", "--payload") from None
+    if not isinstance(data, dict):
+        raise _bad("must be a JSON object", "--payload")
+    return data
+
+
+def _headers(headers: tuple[str, ...]) -> dict[str, str]:
+    pairs = {}
+    for header in headers:
+        name, sep, value = header.partition("=")
+        if not sep or not name:
+            raise _bad(f"{header!r} is not name=value", "--header")
+        pairs[name] = value
+    return pairs

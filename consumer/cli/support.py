@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from conveyor.common.errors import ConveyorError
+from conveyor.common.errors import ConveyorError, RejectedMessage
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.settings import Settings
 from conveyor.common.transport.base import Transport
@@ -42,6 +42,7 @@ __all__ = [
 
 T = TypeVar("T")
 console = Console()
+_MISSING = object()
 
 
 def run(coro: Coroutine[Any, Any, T], settings: Settings | None) -> T:
@@ -53,8 +54,9 @@ def run(coro: Coroutine[Any, Any, T], settings: Settings | None) -> T:
             params = click.get_current_context().params
             protect(settings, params.get("broker"), params.get("idempotency_url"))
         return asyncio.run(coro)
-    except ConveyorError as exc:
-        raise click.ClickException(redactor()(f"{type(exc).__name__}: {exc}")) from None
+    except ConveyorError as exc:  # one line: the error's type (and reason code) and message
+        kind = f"{type(exc).__name__} ({exc.reason})" if isinstance(exc, RejectedMessage) else type(exc).__name__
+        raise click.ClickException(redactor()(f"{kind}: {exc}")) from None
 
 
 def settings_from(**overrides: Any) -> Settings:
@@ -71,12 +73,31 @@ def settings_from(**overrides: Any) -> Settings:
         raise click.UsageError(f"invalid configuration: {problems}") from None
 
 
-def load_registry(target: str) -> JobRegistry:
-    """``package.module[:attr]``; attr defaults to ``jobs`` and may be a factory function."""
+def load_registry(target: str, param_hint: str) -> JobRegistry:
+    """``package.module[:attr]``; attr defaults to ``jobs`` and may be a factory function.
+
+    A module or attribute that is not there is a one-line usage error naming ``param_hint``
+    (the argument or option it came from); a module that fails to import something of its own
+    is a one-line error naming what; any other error in the user's module keeps its traceback.
+    """
     module_name, _, attr = target.partition(":")
+    attr = attr or "jobs"
+
+    def bad(reason: str) -> click.BadParameter:
+        return click.BadParameter(reason, ctx=click.get_current_context(silent=True), param_hint=param_hint)
+
     sys.path.insert(0, str(Path.cwd()))
-    module = importlib.import_module(module_name)
-    value: Any = getattr(module, attr or "jobs")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
+            raise bad(f"no module named {exc.name!r} (from {target!r}; is it on PYTHONPATH?)") from None
+        raise click.ClickException(f"importing {module_name} failed: {exc}") from None
+    except (ValueError, TypeError):  # "", ".relative", "a..b"
+        raise bad(f"{target!r} is not module[:attr]") from None
+    value: Any = getattr(module, attr, _MISSING)
+    if value is _MISSING:
+        raise bad(f"module {module_name!r} has no attribute {attr!r}")
     if callable(value) and not isinstance(value, JobRegistry):
         value = value()
     if not isinstance(value, JobRegistry):

@@ -44,7 +44,7 @@ def worker(target: str, broker: str | None, **overrides: Any) -> None:
     """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT."""
     settings = settings_from(**{k: v for k, v in overrides.items() if v is not None})
     url = require_broker(broker)
-    registry = load_registry(target)
+    registry = load_registry(target, "TARGET")
     run(_worker_main(registry, url, settings), settings)
 
 

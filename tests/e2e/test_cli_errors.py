@@ -71,3 +71,45 @@ def test_the_demo_needs_no_broker() -> None:
     result = conveyor_without_broker("demo", "--jobs", "20")
     assert result.returncode == 0, result.stderr
     assert "20/20 ✓" in result.stdout
+
+
+MISUSES = {
+    "worker: no such module": (["worker", "tests.e2e.no_such_app"], "tests.e2e.no_such_app"),
+    "worker: no such attribute": (["worker", "tests.e2e.app:no_such_registry"], "no_such_registry"),
+    "publish --app: no such module": (["publish", "e2e.nap", "--payload", "{}", "--app", "tests.e2e.no_such_app"],
+                                      "tests.e2e.no_such_app"),
+    "publish --app: no such attribute": (["publish", "e2e.nap", "--payload", "{}", "--app",
+                                          "tests.e2e.app:no_such_registry"], "no_such_registry"),
+    "--payload: not JSON": (["publish", "e2e.nap", "--payload", "{not json"], "--payload"),
+    "--payload: no such @file": (["publish", "e2e.nap", "--payload", "@/no/such/payload.json"],
+                                 "/no/such/payload.json"),
+    "--payload: not an object": (["publish", "e2e.nap", "--payload", "[1, 2]"], "JSON object"),
+    "--header without =": (["publish", "e2e.nap", "--payload", "{}", "--header", "foo"], "--header"),
+    "--log-level bogus": (["--log-level", "bogus", "publish", "e2e.nap", "--payload", "{}"], "--log-level"),
+}
+
+
+@pytest.mark.parametrize("misuse", list(MISUSES))
+def test_a_misused_command_is_a_one_line_usage_error_without_a_traceback(misuse: str) -> None:
+    args, needle = MISUSES[misuse]
+    result = conveyor_without_broker(*args, "--broker", "memory://", PYTHONPATH=str(ROOT))
+    assert_one_line_error(result, 2, needle)
+    assert result.stdout == ""
+
+
+def test_a_bogus_log_level_in_the_environment_is_a_one_line_usage_error() -> None:
+    result = conveyor_without_broker(*BROKER_COMMANDS["publish"], "--broker", "memory://", CONVEYOR_LOG_LEVEL="bogus")
+    assert_one_line_error(result, 2, "CONVEYOR_LOG_LEVEL")
+
+
+@pytest.mark.parametrize("payload", ['{"ratio": NaN}', '{"n": 1, "n": 2}', '{"n": Infinity}'])
+def test_publish_refuses_json_the_wire_would_reject_in_one_line_with_the_reason_code(payload: str) -> None:
+    result = conveyor_without_broker("publish", "e2e.nap", "--payload", payload, "--broker", "memory://")
+    assert_one_line_error(result, 2, "--payload", "malformed")
+    assert "MalformedMessage" not in result.stderr and result.stdout == ""
+
+
+def test_a_payload_the_app_rejects_is_one_line_with_the_reason_code() -> None:
+    result = conveyor_without_broker("publish", "e2e.nap", "--payload", '{"seconds": "soon"}', "--app",
+                                     "tests.e2e.app:jobs", "--broker", "memory://", PYTHONPATH=str(ROOT))
+    assert_one_line_error(result, 1, "InvalidPayload (invalid_payload)", "seconds")
