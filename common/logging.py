@@ -126,10 +126,10 @@ def _add_trace_ids(entry: dict[str, Any]) -> None:
         entry["span_id"] = format(context.span_id, "016x")
 
 
-def configure_logging(
-    level: str = "INFO", fmt: str = "json", stream: Any = None, redact: Redact = mask_secrets
-) -> None:
-    """One handler on the root logger; ``redact`` masks the secrets this process knows."""
+def configure_logging(level: str, fmt: str = "json", stream: Any = None, redact: Redact = mask_secrets) -> None:
+    """One handler on the root logger; ``redact`` masks the secrets this process knows.
+
+    ``level`` has no default here: it is ``Settings.log_level``'s (WARNING), the one default."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(redact) if fmt == "json" else TextFormatter(redact))
     root = logging.getLogger()

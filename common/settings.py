@@ -28,7 +28,9 @@ from conveyor.common.defaults import (
 from conveyor.common.secrets import SecretFilesSource
 from conveyor.common.tls import TlsConfig
 
-__all__ = ["Settings"]
+__all__ = ["LOG_LEVELS", "Settings"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class Settings(BaseSettings):
@@ -49,7 +51,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024, description="Size limit, checked before parsing"
     )
-    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+    # The one default of the log level and format: the CLI's options take theirs from here.
+    log_level: str = Field(
+        default="WARNING", pattern="(?i)^(debug|info|warning|error)$", description="DEBUG, INFO, WARNING or ERROR"
+    )
     log_format: str = Field(default="json", pattern="^(json|text)$", description="json or text")
     metrics_interval: float = Field(default=15.0, ge=0, description="Seconds between queue depth samples (0: off)")
     breaker_consecutive_failures: int = Field(

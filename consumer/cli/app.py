@@ -12,6 +12,7 @@ import click
 from click.core import ParameterSource
 
 from conveyor.common.logging import configure_logging
+from conveyor.common.settings import LOG_LEVELS, Settings
 from conveyor.consumer.cli.dlq import dlq
 from conveyor.consumer.cli.payloads import payloads
 from conveyor.consumer.cli.publish import publish
@@ -21,7 +22,7 @@ from conveyor.consumer.cli.worker import worker
 
 __all__ = ["main"]
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_DEFAULTS = Settings.model_fields  # the log options' defaults are the settings' (one place)
 
 
 def _log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -34,9 +35,10 @@ def _log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 @click.group()
-@click.option("--log-level", envvar="CONVEYOR_LOG_LEVEL", default="WARNING", show_default=True, callback=_log_level,
-              help=f"{', '.join(LOG_LEVELS)} [env CONVEYOR_LOG_LEVEL]")
-@click.option("--log-format", envvar="CONVEYOR_LOG_FORMAT", type=click.Choice(["json", "text"]), default="json")
+@click.option("--log-level", envvar="CONVEYOR_LOG_LEVEL", default=_DEFAULTS["log_level"].default, show_default=True,
+              callback=_log_level, help=f"{', '.join(LOG_LEVELS)} [env CONVEYOR_LOG_LEVEL]")
+@click.option("--log-format", envvar="CONVEYOR_LOG_FORMAT", type=click.Choice(["json", "text"]),
+              default=_DEFAULTS["log_format"].default, show_default=True, help="[env CONVEYOR_LOG_FORMAT]")
 def main(log_level: str, log_format: str) -> None:
     """Conveyor: reliable, schema-versioned background jobs."""
     configure_logging(log_level, log_format)

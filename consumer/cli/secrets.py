@@ -63,7 +63,8 @@ def protect(settings: Settings, *flag_values: str | None) -> Redactor:
     ctx = click.get_current_context()
     redact = Redactor.from_settings(settings, *flag_values)
     root = ctx.find_root().params
-    configure_logging(root.get("log_level", "WARNING"), root.get("log_format", "json"), redact=redact)
+    configure_logging(root.get("log_level", settings.log_level), root.get("log_format", settings.log_format),
+                      redact=redact)
     ctx.ensure_object(dict)["redact"] = redact
     return redact
 

@@ -15,7 +15,10 @@ log = logging.getLogger("conveyor.jobs")
 
 
 class LogContextMiddleware(Middleware):
-    """Adds job_id, job_type, attempt and correlation_id to log lines; logs failures."""
+    """Adds job_id, job_type, attempt and correlation_id to log lines; logs failures.
+
+    A failed attempt is a warning, whatever comes next (a retry, a dead letter): it is seen at
+    the default level, so a job that keeps failing before its retries run out is not silent."""
 
     async def consume(self, ctx: JobContext, call_next: ConsumeNext) -> Any:
         with JobLogContext(ctx.log_fields()):
@@ -23,7 +26,7 @@ class LogContextMiddleware(Middleware):
                 result = await call_next(ctx)
             except Exception as exc:
                 # Type only: exception messages can carry payload values (secrets).
-                log.info("job attempt failed", extra={"error_type": type(exc).__name__})
+                log.warning("job attempt failed", extra={"error_type": type(exc).__name__})
                 raise
             log.debug("job succeeded")
             return result

@@ -1,0 +1,73 @@
+"""What a worker logs about a job's attempts, at the level operators run with by default."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from pydantic import BaseModel
+
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.common.logging import configure_logging
+from conveyor.common.settings import Settings
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.consumer.cli.app import main
+from conveyor.consumer.worker import Worker
+from conveyor.producer.producer import Producer
+
+
+class Job(BaseModel):
+    n: int
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """configure_logging and the CLI replace the root handler: put the test runner's back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+async def test_a_failed_attempt_with_a_retry_ahead_is_a_warning_seen_at_the_default_level() -> None:
+    stream = io.StringIO()
+    configure_logging(Settings().log_level, "json", stream)
+    broker, jobs = MemoryBroker(), JobRegistry()
+
+    @jobs.job("t.flaky", retry=RetryPolicy(max_attempts=2, base=0.01, jitter=0))
+    async def flaky(payload: Job, ctx: JobContext) -> None:
+        if ctx.attempt == 1:
+            raise ConnectionError("the database blinked")
+
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer:
+        receipt = await producer.publish("t.flaky", Job(n=1))
+    async with MemoryTransport(broker) as transport, Worker(transport, jobs) as worker:
+        await broker.join(DEFAULT_QUEUE)
+    assert worker.counts["succeeded"] == 1
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    [failed] = [line for line in lines if line["msg"] == "job attempt failed"]
+    assert failed["level"] == "warning"
+    assert (failed["job_id"], failed["attempt"], failed["error_type"]) == (receipt.job_id, 1, "ConnectionError")
+    assert "the database blinked" not in stream.getvalue(), "messages can carry payload values"
+
+
+def test_the_cli_logs_at_the_settings_default_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONVEYOR_LOG_LEVEL", raising=False)
+    default = Settings().log_level
+    assert default == "WARNING"
+    result = CliRunner().invoke(main, ["dlq", "list", "--broker", "memory://", "--json"])
+    assert result.exit_code == 0, result.output
+    assert logging.getLogger().level == logging.getLevelName(default)
+    assert f"[default: {default}]" in CliRunner().invoke(main, ["--help"]).output
+
+
+def test_a_bogus_log_level_setting_is_refused() -> None:
+    with pytest.raises(ValueError, match="log_level"):
+        Settings(log_level="bogus")
