@@ -25,6 +25,9 @@ retries                     ``conveyor_jobs_retried_total{job_type, reason}``,
                             ``conveyor_job_attempts`` (attempts a job took, at its end)
 dead-letter rate            ``conveyor_jobs_dead_lettered_total{job_type, reason}``
 in flight                   ``conveyor_jobs_in_flight{queue}``
+hand-backs                  ``conveyor_deliveries_released_total{queue, reason="breaker|shutdown|settlement_failed"}``:
+                            deliveries given back to the broker unstarted. No attempt is spent, but
+                            RabbitMQ 4 counts each one towards the queue's delivery limit
 breakers                    ``conveyor_breaker_state{breaker}``,
                             ``conveyor_breaker_transitions_total{breaker, state}``
 publish confirm latency     ``conveyor_publish_confirm_seconds{kind="job|retry|defer|dead_letter"}``,
@@ -143,6 +146,10 @@ class WorkerMetrics:
         self.publish_failures = Counter(
             "conveyor_publish_failures", "Publishes that were not confirmed, by error", ["kind", "error"], registry=r
         )
+        self.deliveries_released = Counter(
+            "conveyor_deliveries_released", "Deliveries given back to the broker unstarted, by queue and why",
+            ["queue", "reason"], registry=r,
+        )
         self.event_loop_stalls = Counter(
             "conveyor_event_loop_stalls", "Times the event loop was blocked longer than the watchdog allows",
             registry=r,
@@ -209,6 +216,10 @@ class WorkerMetrics:
         self.adder(self.dead_lettered, label, reason)(1)
         if attempt is not None:
             self.observer(self.attempts, label, "dead_lettered")(attempt)
+
+    def delivery_released(self, queue: str, reason: str) -> None:
+        """A delivery went back to the broker unstarted (``reason``: breaker, shutdown, settlement_failed)."""
+        self.adder(self.deliveries_released, queue, reason)(1)
 
     # -- publishing ------------------------------------------------------------------------
     def confirmed(self, kind: str, seconds: float) -> None:

@@ -4,7 +4,15 @@ A breaker opens after ``consecutive_failures`` failures in a row, or when the fa
 rate over the last ``window`` calls reaches ``failure_rate`` (once ``min_calls`` were
 seen). While open, the worker cancels its consumers on the affected queues, so messages
 stay in the broker and no attempt is spent. After ``reset_timeout`` it goes half-open:
-exactly one probe call is let through; success closes it, failure opens it again.
+exactly one probe call *per probe key* is let through; success closes it, failure opens it
+again.
+
+The worker's probe key is the queue: while half-open, each queue the breaker guards has a
+consumer of prefetch 1, so its one delivery is its probe, and a probe is never turned away.
+Its key keeps its probe for the rest of the half-open period even if another key's probe
+opens the breaker first: that delivery was already taken from the broker, and handing it
+back would be a redelivery, which RabbitMQ 4 counts towards the queue's delivery limit, in
+every open/half-open cycle. A key that has probed waits for the next period.
 """
 
 from __future__ import annotations
@@ -54,30 +62,32 @@ class CircuitBreaker:
         self.opened_at = 0.0
         self._consecutive = 0
         self._results: collections.deque[bool] = collections.deque(maxlen=config.window)
-        self._probe_in_flight = False
+        self._probing = False  # a half-open period began since the breaker last closed
+        self._probed: set[str] = set()  # keys that took their probe in this period
 
-    def allow(self) -> bool:
+    def allow(self, key: str = "") -> bool:
+        """May a call go ahead? After a half-open began, each ``key``'s first call is its probe."""
         if self.state is BreakerState.CLOSED:
             return True
-        if self.state is BreakerState.OPEN:
-            if self._clock.monotonic() - self.opened_at < self.config.reset_timeout:
-                return False
+        if self.state is BreakerState.OPEN and self._clock.monotonic() - self.opened_at >= self.config.reset_timeout:
             self._transition(BreakerState.HALF_OPEN)
-        if self._probe_in_flight:
+        if key in self._probed or not self._probing:
             return False
-        self._probe_in_flight = True
+        self._probed.add(key)
         return True
 
-    def admits(self) -> bool:
-        """Would ``allow`` let a call through now? Unlike ``allow`` it takes no probe."""
+    def admits(self, key: str | None = None) -> bool:
+        """Would ``allow`` let a call through now? Unlike ``allow`` it takes no probe; without a
+        key, half-open admits (the call's own ``allow`` decides)."""
         if self.state is BreakerState.CLOSED:
             return True
-        if self.state is BreakerState.OPEN:
-            return self._clock.monotonic() - self.opened_at >= self.config.reset_timeout
-        return not self._probe_in_flight
+        if self.state is BreakerState.OPEN and self._clock.monotonic() - self.opened_at >= self.config.reset_timeout:
+            return True
+        if key is None:
+            return self.state is BreakerState.HALF_OPEN
+        return self._probing and key not in self._probed
 
     def record_success(self) -> None:
-        self._probe_in_flight = False
         self._consecutive = 0
         self._results.append(True)
         if self.state is not BreakerState.CLOSED:
@@ -85,15 +95,15 @@ class CircuitBreaker:
             self._transition(BreakerState.CLOSED)
 
     def record_failure(self) -> None:
-        self._probe_in_flight = False
         self._consecutive += 1
         self._results.append(False)
         if self.state is BreakerState.HALF_OPEN or self._tripped():
             self.opened_at = self._clock.monotonic()
             self._transition(BreakerState.OPEN)
 
-    def abandon_probe(self) -> None:
-        self._probe_in_flight = False
+    def abandon_probe(self, key: str = "") -> None:
+        """A probe that ended without a verdict (cancelled): its key may probe again."""
+        self._probed.discard(key)
 
     def half_open(self) -> None:
         """Called by the worker's timer when ``reset_timeout`` has passed."""
@@ -116,6 +126,10 @@ class CircuitBreaker:
         self.state = state
         if state is BreakerState.CLOSED:
             self._consecutive = 0
+            self._probing = False
+        elif state is BreakerState.HALF_OPEN:
+            self._probing = True  # a new period: every key may probe once
+            self._probed.clear()
         self._listener(self)
 
 
@@ -157,7 +171,8 @@ class BreakerMiddleware(Middleware):
 
     async def consume(self, ctx: JobContext, call_next: ConsumeNext) -> object:
         breaker = self._board.for_job(ctx.spec)
-        if not breaker.allow():
+        key = ctx.queue  # one probe per queue (see the module docstring)
+        if not breaker.allow(key):
             raise CircuitOpen(f"breaker {breaker.name!r} is {breaker.state.name.lower()}")
         try:
             result = await call_next(ctx)
@@ -168,7 +183,7 @@ class BreakerMiddleware(Middleware):
             breaker.record_failure()
             raise
         except BaseException:  # cancelled (shutdown): not evidence either way
-            breaker.abandon_probe()
+            breaker.abandon_probe(key)
             raise
         breaker.record_success()
         return result

@@ -26,13 +26,13 @@ from conveyor.common.crash_journal import CrashJournal
 from conveyor.common.errors import ConfigurationError, UnknownJobType
 from conveyor.common.headers import due_at
 from conveyor.common.idempotency.base import ProcessedKeyStore
-from conveyor.common.jobs.outcome import Outcome
+from conveyor.common.jobs.outcome import Outcome, OutcomeKind
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.middleware import Middleware
 from conveyor.common.payload_store.base import PayloadStore
 from conveyor.common.secrets import mask_secrets
-from conveyor.common.transport.base import ConsumerHandle, Delivery, Transport
+from conveyor.common.transport.base import Delivery, Transport
 from conveyor.consumer.breaker import (
     BreakerBoard,
     BreakerConfig,
@@ -45,12 +45,17 @@ from conveyor.consumer.middleware.idempotency import IdempotencyMiddleware
 from conveyor.consumer.middleware.log_context import LogContextMiddleware
 from conveyor.consumer.payloads import PayloadResolver
 from conveyor.consumer.processor import Processor
+from conveyor.consumer.queue_runner import QueueMode, QueueRunner
 from conveyor.consumer.settlement import DeferPolicy, Settlement
 from conveyor.consumer.watchdog import StallWatchdog, WatchdogConfig
 
 __all__ = ["Worker", "WorkerConfig", "default_worker_id"]
 
 log = logging.getLogger(__name__)
+
+# At most this long a delivery of a paused queue waits for the queue's consumer to be cancelled
+# before it is settled (the cancel itself is bounded by the transport's timeouts).
+_DETACH_WAIT = 15.0
 
 
 def default_worker_id() -> str:
@@ -87,34 +92,6 @@ class WorkerConfig:
     @property
     def effective_prefetch(self) -> int:
         return self.prefetch or self.concurrency
-
-
-class _QueueRunner:
-    """One queue's consumer: attach, pause (breaker open), probe (half-open), detach."""
-
-    def __init__(self, worker: Worker, queue: str) -> None:
-        self.queue = queue
-        self._worker = worker
-        self.handle: ConsumerHandle | None = None
-        self.paused = False
-        # What the monitor saw last: a handle that was detached by the transport and is
-        # attached again (same handle) is a reconnect.
-        self.seen_handle: ConsumerHandle | None = None
-        self.seen_attached = False
-
-    @property
-    def attached(self) -> bool:
-        return self.handle is not None and self.handle.attached
-
-    async def attach(self, prefetch: int) -> None:
-        await self.detach()
-        self.handle = await self._worker.transport.consume(self.queue, self._worker._on_delivery, prefetch=prefetch)
-
-    async def detach(self) -> None:
-        handle, self.handle = self.handle, None
-        if handle is not None:
-            with contextlib.suppress(Exception):  # a dead connection has no consumer to cancel
-                await handle.cancel()
 
 
 class Worker:
@@ -185,7 +162,15 @@ class Worker:
         )
         self.counts: collections.Counter[str] = collections.Counter()
         self._slots = asyncio.Semaphore(self.config.concurrency)
-        self._runners = {queue: _QueueRunner(self, queue) for queue in registry.queues()}
+        self._runners = {
+            queue: QueueRunner(queue, transport=transport, handler=self._on_delivery,
+                               prefetch=self.config.effective_prefetch, clock=self.clock, spawn=self._spawn_timer)
+            for queue in registry.queues()
+        }
+        # Which breakers each queue answers to: a queue is paused while any of them is open.
+        self._queue_breakers: dict[str, set[str]] = collections.defaultdict(set)
+        for spec in registry.specs():
+            self._queue_breakers[spec.queue].add(spec.breaker or spec.job_type)
         self._active: dict[asyncio.Task[object], Delivery] = {}
         for queue in self._runners:
             self.metrics.count_in_flight(queue, functools.partial(self._in_flight, queue))
@@ -214,7 +199,7 @@ class Worker:
             await middleware.startup()
         for queue, runner in self._runners.items():
             await self.transport.declare(queue)
-            await runner.attach(self.config.effective_prefetch)
+            await runner.start()
         self._started = True
         if self.config.metrics_interval > 0:
             self._monitor = asyncio.get_running_loop().create_task(self._monitor_loop())
@@ -225,7 +210,7 @@ class Worker:
         grace = self.config.grace_period if grace_period is None else grace_period
         self._draining = True
         for runner in self._runners.values():
-            await runner.detach()
+            await runner.close()
         for timer in self._timers:
             timer.cancel()
         pending = set(self._active)
@@ -272,14 +257,18 @@ class Worker:
         return sum(1 for delivery in list(self._active.values()) if delivery.queue == queue)
 
     # -- deliveries ------------------------------------------------------------------
-    async def _on_delivery(self, delivery: Delivery) -> None:
+    async def _on_delivery(self, delivery: Delivery, mode: QueueMode = QueueMode.RUNNING) -> None:
+        """``mode``: that of the consumer the delivery came from."""
         runner = self._runners[delivery.queue]
-        if self._draining or runner.paused:
-            await self._give_back(delivery)
+        # A half-open breaker's probe runs even if another queue's probe re-opened the breaker
+        # before this one got a slot: handing it back would spend a delivery (breaker module).
+        probe = mode is QueueMode.PROBING
+        if not self._may_run(runner, probe):
+            await self._give_back(delivery, _why_not_accepting(runner))
             return
         async with self._slots:
-            if self._draining or runner.paused:
-                await self._give_back(delivery)
+            if not self._may_run(runner, probe):
+                await self._give_back(delivery, _why_not_accepting(runner))
                 return
             task = asyncio.current_task()
             assert task is not None
@@ -289,16 +278,32 @@ class Worker:
                 # by us (no shield, so no extra task per delivery), it is bounded by confirms.
                 self._processing.add(task)
                 try:
-                    outcome = await self.processor.process(delivery)
+                    outcome = await self._process(runner, delivery)
                 finally:
                     self._processing.discard(task)
                 self._observe_start(delivery, outcome)
+                if not runner.accepting:
+                    # The queue was paused meanwhile (this job may have opened the breaker): settle
+                    # once its consumer is cancelled, so the freed prefetch slot stays empty.
+                    await runner.settled(_DETACH_WAIT)
                 await self._settle(delivery, outcome)
             except asyncio.CancelledError:
-                await asyncio.shield(self._give_back(delivery))
+                await asyncio.shield(self._give_back(delivery, "shutdown"))
                 raise
             finally:
                 self._active.pop(task, None)
+
+    def _may_run(self, runner: QueueRunner, probe: bool) -> bool:
+        return not self._draining and (runner.accepting or (probe and runner.paused))
+
+    async def _process(self, runner: QueueRunner, delivery: Delivery) -> Outcome:
+        mode = runner.mode
+        outcome = await self.processor.process(delivery)
+        if outcome.kind is OutcomeKind.RELEASE and runner.mode is mode and runner.accepting:
+            # Turned away by a breaker while we still consume the queue: handed back now, it
+            # would come straight back. Hold it until the queue's mode changes (the verdict).
+            await runner.mode_changed(self.config.breaker.reset_timeout)
+        return outcome
 
     def _observe_start(self, delivery: Delivery, outcome: Outcome) -> None:
         """Time from publish (or the end of the retry delay) to the start of this attempt."""
@@ -320,18 +325,27 @@ class Worker:
             # Settle once, last, and only after copies are confirmed: if that failed the
             # broker must redeliver, so give the message back (or let the dead channel do it).
             log.exception("settlement failed; message returned to the broker", extra={"queue": delivery.queue})
-            await self._give_back(delivery)
+            await self._give_back(delivery, "settlement_failed")
             return
         self.counts[action] += 1
+        if action == "released":
+            self.metrics.delivery_released(delivery.queue, "breaker")
 
-    async def _give_back(self, delivery: Delivery) -> None:
+    async def _give_back(self, delivery: Delivery, reason: str) -> None:
+        """Release ``delivery`` unstarted (counted in ``conveyor_deliveries_released_total``)."""
         if delivery.settled:
             return
+        runner = self._runners[delivery.queue]
+        if not runner.accepting:
+            # Not while the queue still has our consumer: it would get the message right back.
+            await runner.settled(_DETACH_WAIT)
         try:
             await delivery.release()
-            self.counts["released"] += 1
         except Exception:
             log.debug("release failed; the broker redelivers when the channel closes", exc_info=True)
+            return
+        self.counts["released"] += 1
+        self.metrics.delivery_released(delivery.queue, reason)
 
     # -- breakers --------------------------------------------------------------------
     def _on_breaker_change(self, breaker: CircuitBreaker) -> None:
@@ -340,25 +354,27 @@ class Worker:
         log.warning("breaker %s", breaker.state.name.lower(), extra={"breaker": breaker.name})
         if self._draining:
             return
-        queues = {s.queue for s in self.registry.specs() if (s.breaker or s.job_type) == breaker.name}
-        self._spawn_timer(self._apply_breaker(breaker, queues))
-
-    async def _apply_breaker(self, breaker: CircuitBreaker, queues: set[str]) -> None:
-        runners = [self._runners[q] for q in queues if q in self._runners]
         if breaker.state is BreakerState.OPEN:
-            for runner in runners:
-                runner.paused = True
-                await runner.detach()
-            await self.clock.sleep(breaker.config.reset_timeout)
+            self._spawn_timer(self._half_open_after(breaker, breaker.opened_at))
+        # Only the wish changes here (deliveries see it at once); each queue's runner applies
+        # the latest wish under its own lock, so transitions never interleave.
+        for queue, names in self._queue_breakers.items():
+            if breaker.name in names and queue in self._runners:
+                self._runners[queue].want(self._mode_for(names))
+
+    def _mode_for(self, breaker_names: set[str]) -> QueueMode:
+        """Paused while any of the queue's breakers is open; probing while one is half-open."""
+        states = {self.breakers.get(name).state for name in breaker_names}
+        if BreakerState.OPEN in states:
+            return QueueMode.PAUSED
+        if BreakerState.HALF_OPEN in states:
+            return QueueMode.PROBING  # prefetch 1: the probe takes one message, no more
+        return QueueMode.RUNNING
+
+    async def _half_open_after(self, breaker: CircuitBreaker, opened_at: float) -> None:
+        await self.clock.sleep(breaker.config.reset_timeout)
+        if breaker.opened_at == opened_at:  # re-opened since: that opening's timer decides
             breaker.half_open()
-        elif breaker.state is BreakerState.HALF_OPEN:
-            for runner in runners:
-                runner.paused = False
-                await runner.attach(1)  # one delivery at a time: the probe
-        else:
-            for runner in runners:
-                runner.paused = False
-                await runner.attach(self.config.effective_prefetch)
 
     # -- monitoring ------------------------------------------------------------------
     async def _monitor_loop(self) -> None:
@@ -406,7 +422,12 @@ class Worker:
                 oldest_age=stats.oldest_age,
             )
 
-    def _spawn_timer(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn_timer(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._timers.add(task)
         task.add_done_callback(self._timers.discard)
+        return task
+
+
+def _why_not_accepting(runner: QueueRunner) -> str:
+    return "breaker" if runner.paused else "shutdown"

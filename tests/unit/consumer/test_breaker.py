@@ -61,3 +61,29 @@ def test_a_cancelled_probe_does_not_wedge_the_breaker() -> None:
     assert breaker.allow()
     breaker.abandon_probe()
     assert breaker.allow()
+
+
+def test_each_key_takes_one_probe_per_half_open_period() -> None:
+    breaker, clock, _ = make(consecutive_failures=1, reset_timeout=10)
+    breaker.record_failure()
+    clock.advance(10)
+    assert breaker.allow("q1") and breaker.allow("q2")  # one probe per queue
+    assert not breaker.allow("q1") and not breaker.allow("q2")
+
+
+def test_a_probe_taken_from_the_broker_still_runs_after_another_queues_probe_reopened_the_breaker() -> None:
+    breaker, clock, _ = make(consecutive_failures=1, reset_timeout=10)
+    breaker.record_failure()
+    assert not breaker.allow("q2"), "open, and no half-open period yet: nobody probes"
+    clock.advance(10)
+    assert breaker.allow("q1")
+    breaker.record_failure()  # q1's probe failed first
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.allow("q2"), "q2's probe was delivered in the half-open period: not handed back"
+    assert not breaker.allow("q1") and not breaker.allow("q2"), "each key probed: wait for the next period"
+    clock.advance(10)
+    assert breaker.allow("q1") and breaker.allow("q2")
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    breaker.record_failure()
+    assert not breaker.allow("q3"), "opened from closed: no probe before the next half-open"
