@@ -28,6 +28,8 @@ in flight                   ``conveyor_jobs_in_flight{queue}``
 hand-backs                  ``conveyor_deliveries_released_total{queue, reason="breaker|shutdown|settlement_failed"}``:
                             deliveries given back to the broker unstarted. No attempt is spent, but
                             RabbitMQ 4 counts each one towards the queue's delivery limit
+sync handler threads        ``conveyor_sync_threads_overrun``: threads of sync handlers still running
+                            past their job's time limit (each keeps its slot and message until it returns)
 breakers                    ``conveyor_breaker_state{breaker}``,
                             ``conveyor_breaker_transitions_total{breaker, state}``
 publish confirm latency     ``conveyor_publish_confirm_seconds{kind="job|retry|defer|dead_letter"}``,
@@ -149,6 +151,10 @@ class WorkerMetrics:
         self.deliveries_released = Counter(
             "conveyor_deliveries_released", "Deliveries given back to the broker unstarted, by queue and why",
             ["queue", "reason"], registry=r,
+        )
+        self.sync_threads_overrun = Gauge(
+            "conveyor_sync_threads_overrun",
+            "Sync handler threads still running past their job's time limit (each keeps its slot)", registry=r,
         )
         self.event_loop_stalls = Counter(
             "conveyor_event_loop_stalls", "Times the event loop was blocked longer than the watchdog allows",

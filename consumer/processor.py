@@ -6,7 +6,6 @@ decision table to carry out and bad input can never escape as a traceback loop.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from conveyor.common.secrets import mask_secrets
 from conveyor.common.transport.base import Delivery
 from conveyor.consumer.breaker import BreakerBoard
 from conveyor.consumer.payloads import PayloadResolver
+from conveyor.consumer.threads import HandlerThreads
 from conveyor.schemas.envelope import Envelope, InlinePayload
 from conveyor.schemas.registry import SchemaTooNew
 
@@ -42,6 +42,7 @@ class _SucceededBefore(Exception):
     """A middleware recognised a redelivery of a job that already succeeded."""
 
 _MAX_ERROR_TEXT = 1000
+DEFAULT_HANDLER_THREADS = 4  # a Processor used without a worker's pool
 
 
 class Processor:
@@ -56,7 +57,10 @@ class Processor:
         max_message_bytes: int,
         breakers: BreakerBoard | None = None,
         redact: Callable[[str], str] = mask_secrets,
+        threads: HandlerThreads | None = None,
     ) -> None:
+        """``threads``: where sync handlers run (the worker's, sized to its concurrency)."""
+        self._threads = threads or HandlerThreads(DEFAULT_HANDLER_THREADS)
         self._registry = registry
         self._redact = redact
         self._breakers = breakers
@@ -159,19 +163,19 @@ class Processor:
     async def _invoke(self, ctx: JobContext) -> object:
         """The innermost call: the handler itself, under its time limit."""
         spec = ctx.spec
-        if spec.is_async:
-            call = spec.handler(ctx.payload, ctx)
-        else:
-            # Sync handlers run in a thread so the loop (and AMQP heartbeats) never starve.
-            call = asyncio.to_thread(functools.partial(spec.handler, ctx.payload, ctx))
+        # Not wait_for (a task per job), nor asyncio.timeout (a timer per job): one timer per
+        # distinct limit, see common.deadlines.
         limit = self._limits.get(spec.timeout)
         if limit is None:
             limit = self._limits[spec.timeout] = TimeLimit(spec.timeout)
         try:
-            # Not wait_for (a task per job), nor asyncio.timeout (a timer per job): one timer
-            # per distinct limit, see common.deadlines.
-            with limit():
-                return await call
+            if spec.is_async:
+                with limit():
+                    return await spec.handler(ctx.payload, ctx)
+            # Sync handlers run in the worker's threads so the loop (and AMQP heartbeats) never
+            # starve; an overrun keeps its slot until its thread returns (consumer.threads).
+            call = functools.partial(spec.handler, ctx.payload, ctx)
+            return await self._threads.run(call, limit=limit, job_id=ctx.job_id, job_type=spec.job_type)
         except TimeoutError:
             raise JobTimeout(f"{spec.job_type} exceeded its {spec.timeout:g}s timeout") from None
 

@@ -18,6 +18,10 @@ connection and redelivers every in-flight job elsewhere), ``/healthz`` cannot an
 
 ``exit_after`` is off for an embedded ``Worker`` (exiting the host process is the caller's
 decision); ``conveyor worker`` turns it on (``CONVEYOR_STALL_EXIT_AFTER``).
+
+The same thread watches sync handlers: a thread still running past its job's time limit (it
+keeps its slot and message until it returns, see ``consumer.threads``) is logged once, as
+``sync handler overran its time limit``, with its job id and the thread's current stack.
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conveyor.consumer.threads import Overrun
 
 __all__ = ["EXIT_CODE", "StallWatchdog", "WatchdogConfig"]
 
@@ -69,10 +77,13 @@ class StallWatchdog:
         in_flight: Callable[[], list[str]] = list,
         on_stall: Callable[[], None] = lambda: None,
         exit_process: Callable[[int], None] = os._exit,
+        overruns: Callable[[], Sequence[Overrun]] = list,
     ) -> None:
         self.config = config
         self._in_flight = in_flight
         self._on_stall = on_stall
+        self._overruns = overruns
+        self._reported: set[int] = set()  # overruns already logged (by key)
         self._exit = exit_process
         self._last_turn = time.monotonic()
         self._stop = threading.Event()
@@ -113,6 +124,7 @@ class StallWatchdog:
     def _watch(self) -> None:
         warned = False
         while not self._stop.wait(self.config.interval):
+            self._report_overruns()
             blocked = self.blocked_for
             if blocked < self.config.warn_after:
                 if warned:
@@ -140,6 +152,22 @@ class StallWatchdog:
                 self._exit(EXIT_CODE)
                 return
 
+    def _report_overruns(self) -> None:
+        try:
+            overruns = list(self._overruns())
+        except Exception:  # read from another thread: never crash the watchdog
+            return
+        for overrun in overruns:
+            if overrun.key in self._reported:
+                continue
+            self._reported.add(overrun.key)
+            log.warning(
+                "sync handler overran its time limit; its thread still runs and keeps its slot and message",
+                extra={"job_id": overrun.job_id, "job_type": overrun.job_type, "time_limit": overrun.limit,
+                       "over_seconds": round(overrun.over_by(), 3), "thread_stack": _stack(overrun.thread_id)},
+            )
+        self._reported.intersection_update(o.key for o in overruns)
+
     def _jobs(self) -> list[str]:
         try:
             return self._in_flight()[:20]
@@ -147,7 +175,12 @@ class StallWatchdog:
             return []
 
     def _loop_stack(self) -> str:
-        frame = sys._current_frames().get(self._loop_thread_id)
-        if frame is None:
-            return ""
-        return "".join(traceback.format_stack(frame, limit=_STACK_FRAMES))
+        return _stack(self._loop_thread_id)
+
+
+def _stack(thread_id: int) -> str:
+    """The innermost frames of a thread's current stack ("" when it has ended)."""
+    frame = sys._current_frames().get(thread_id)
+    if frame is None:
+        return ""
+    return "".join(traceback.format_stack(frame, limit=_STACK_FRAMES))

@@ -47,6 +47,7 @@ from conveyor.consumer.payloads import PayloadResolver
 from conveyor.consumer.processor import Processor
 from conveyor.consumer.queue_runner import QueueMode, QueueRunner
 from conveyor.consumer.settlement import DeferPolicy, Settlement
+from conveyor.consumer.threads import HandlerThreads
 from conveyor.consumer.watchdog import StallWatchdog, WatchdogConfig
 
 __all__ = ["Worker", "WorkerConfig", "default_worker_id"]
@@ -140,6 +141,9 @@ class Worker:
         for spec in registry.specs():  # every breaker is exported from the start, closed
             self.metrics.breaker_state.labels(spec.breaker or spec.job_type).set(int(BreakerState.CLOSED))
         self.payloads = payloads or PayloadResolver.for_store(payload_store)
+        # Sync handlers' threads: one per slot, so a running job always has one (consumer.threads).
+        self.threads = HandlerThreads(self.config.concurrency)
+        self.metrics.sync_threads_overrun.set_function(lambda: len(self.threads.overruns()))
         self.processor = Processor(
             registry=registry,
             middlewares=self.middlewares,
@@ -149,6 +153,7 @@ class Worker:
             max_message_bytes=self.config.max_message_bytes,
             breakers=self.breakers,
             redact=redact,
+            threads=self.threads,
         )
         self.settlement = Settlement(
             transport=transport,
@@ -181,6 +186,7 @@ class Worker:
             self.config.watchdog,
             in_flight=lambda: [d.message_id for d in list(self._active.values())],
             on_stall=self.metrics.event_loop_stalls.inc,
+            overruns=self.threads.overruns,
         )
         self._started = False
         self._draining = False
@@ -234,6 +240,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await middleware.shutdown()
         await self.watchdog.stop()
+        self.threads.shutdown()
         self._started = False
 
     # -- state -----------------------------------------------------------------------
