@@ -6,10 +6,26 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from tests.support.backends import Backend, backend_names, make_backend
+from tests.support.backends import Backend, backend_names, left_out, make_backend
 
 
-@pytest.fixture(params=backend_names())
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Checked here, when a test that uses a backend is collected: an empty, unknown or (under
+    # CI) partial CONVEYOR_TEST_BACKENDS is a usage error, never a suite that passes unrun.
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", backend_names(), indirect=True)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    try:
+        names = backend_names()
+    except pytest.UsageError:
+        return None  # reported when the suites are collected
+    missing = left_out(names)
+    return f"conformance backends: {','.join(names)}" + (f" (left out: {', '.join(missing)})" if missing else "")
+
+
+@pytest.fixture
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     chosen = make_backend(request.param)
     try:
