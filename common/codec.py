@@ -39,6 +39,7 @@ __all__ = [
     "decode_envelope",
     "dumps",
     "encode_model",
+    "json_safe_text",
     "strict_json_loads",
 ]
 
@@ -214,6 +215,20 @@ def encode_model(model: BaseModel) -> bytes:
     # pydantic-core writes the JSON itself: the same bytes as orjson over model_dump(mode="json"),
     # without the intermediate dict.
     return model.__pydantic_serializer__.to_json(model)
+
+
+def json_safe_text(text: str) -> str:
+    """``text`` with lone surrogates written as ``\\udc80``, so that it can be encoded.
+
+    Error messages and tracebacks go into retry copies and dead letters; a handler's exception
+    may quote a file name decoded with ``surrogateescape``, which no encoder writes. Returns
+    ``text`` itself when there is nothing to escape (nearly always).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def dumps(value: Any) -> bytes:

@@ -10,7 +10,8 @@
     │   └── AlreadySettled          a delivery was acked/nacked twice
     ├── RejectedMessage             bad input; carries a ``reason`` code; goes to the DLQ
     │   ├── MessageTooLarge           reason ``oversize``
-    │   ├── MalformedMessage          reason ``malformed``
+    │   ├── MalformedMessage          reason ``malformed`` (not I-JSON, or not a valid envelope)
+    │   ├── UnsupportedContent        reason ``unsupported_content_type`` / ``unsupported_content_encoding``
     │   ├── UnknownJobType            reason ``unknown_job_type``
     │   ├── UnknownSchemaVersion      reason ``unknown_version``
     │   ├── InvalidPayload            reason ``invalid_payload``
@@ -61,6 +62,7 @@ __all__ = [
     "TransportError",
     "UnknownJobType",
     "UnknownSchemaVersion",
+    "UnsupportedContent",
 ]
 
 
@@ -118,6 +120,16 @@ class MessageTooLarge(RejectedMessage):
 
 class MalformedMessage(RejectedMessage):
     reason = "malformed"
+
+
+class UnsupportedContent(RejectedMessage):
+    """Labelled as something other than what producers send (JSON, no content encoding).
+
+    Reason ``unsupported_content_type`` (e.g. ``application/x-python-serialize``) or
+    ``unsupported_content_encoding`` (e.g. ``gzip``): bytes meant for another reader, never run.
+    """
+
+    reason = "unsupported_content_type"
 
 
 class UnknownJobType(RejectedMessage):

@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from conveyor.common.clock import Clock
-from conveyor.common.codec import decode_envelope
+from conveyor.common.codec import decode_envelope, json_safe_text
 from conveyor.common.deadlines import TimeLimit
 from conveyor.common.errors import (
     CircuitOpen,
@@ -21,6 +21,7 @@ from conveyor.common.errors import (
     PermanentError,
     RejectedMessage,
 )
+from conveyor.common.headers import check_content_labels
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind
 from conveyor.common.jobs.registry import JobRegistry, JobSpec
@@ -75,6 +76,7 @@ class Processor:
     async def process(self, delivery: Delivery) -> Outcome:
         started = self._clock.now()
         try:
+            check_content_labels(delivery.headers)  # a pickle that parses as JSON must not run
             envelope = decode_envelope(delivery.body, max_bytes=self._max_bytes)
         except RejectedMessage as exc:
             return self._failed(OutcomeKind.DEAD, None, exc, started, reason=exc.reason)
@@ -194,11 +196,19 @@ class Processor:
             envelope,
             reason=reason,
             error_type=type(exc).__name__,
-            # Masked before it goes anywhere: a handler may well put a URL or a key into its
-            # exception (cut first, so a huge message is not scanned whole).
-            error_message=self._redact(str(exc)[: _MAX_ERROR_TEXT * 4])[:_MAX_ERROR_TEXT],
+            error_message=self._error_text(exc),
             error=exc,  # its traceback is formatted only if a dead letter needs it
             started_at=started,
             finished_at=self._clock.now(),
             duration=0.0 if begin is None else self._clock.monotonic() - begin,
         )
+
+    def _error_text(self, exc: BaseException) -> str:
+        """Masked before it goes anywhere (a handler may well put a URL or a key into its
+        exception; cut first, so a huge message is not scanned whole), and encodable: it goes
+        into retry copies and dead letters, which must never fail to be written."""
+        try:
+            text = str(exc)
+        except Exception:  # a broken __str__ must not break settling
+            text = f"<{type(exc).__name__}: str() failed>"
+        return json_safe_text(self._redact(text[: _MAX_ERROR_TEXT * 4]))[:_MAX_ERROR_TEXT]

@@ -5,6 +5,21 @@ Order matters and is always the same: publish the copy, wait for the broker's co
 left to the broker when the connection is gone), so the job is redelivered rather than
 lost; a duplicate copy is possible, a lost job is not.
 
+A settlement that fails never loops hot:
+
+* A copy that cannot be *built* (it will not encode) is no broker trouble, and another delivery
+  would fail the same way: the original is dead-lettered at once, reason ``settlement_failed``.
+  A dead letter never re-encodes the message: it carries the original bytes and headers. (The
+  decoder refuses what could not be written back, so this is a safety net, not a path.)
+* A dead-letter record that cannot be encoded is replaced by a bare one (reason, error type,
+  original bytes and headers), never by nothing.
+* A broker failure (a copy or dead letter not confirmed, an ack lost) leaves the message to the
+  broker, as it must, but only after holding it for a pause that doubles with each failure of
+  that message (``SETTLE_BACKOFF_FIRST`` up to ``SETTLE_BACKOFF_CAP``): it comes back every few
+  seconds, not thousands of times a second. A copy the broker *refused* outright
+  ``REFUSALS_BEFORE_DEAD_LETTER`` times (it will not take it: too large, not permitted) gives way
+  to a dead letter of the original, so even that ends.
+
 Claim checks: after a success is acked, the job's stored payload is deleted (best effort: a
 failure is logged, and the sweep or a bucket lifecycle rule removes it later). Retry,
 deferral and dead-letter copies carry the same reference, so the object stays until the job
@@ -13,6 +28,7 @@ succeeds or its dead letter is purged.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 from collections.abc import Callable
@@ -22,7 +38,8 @@ from datetime import timedelta
 from conveyor.common import headers as h
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.clock import Clock
-from conveyor.common.codec import encode_model
+from conveyor.common.codec import encode_model, json_safe_text
+from conveyor.common.errors import PublishNotConfirmed
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind
 from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.secrets import mask_secrets
@@ -36,9 +53,22 @@ from conveyor.schemas.envelope import (
     new_job_id,
 )
 
-__all__ = ["DeferPolicy", "Settlement"]
+__all__ = [
+    "REFUSALS_BEFORE_DEAD_LETTER",
+    "SETTLE_BACKOFF_CAP",
+    "SETTLE_BACKOFF_FIRST",
+    "DeferPolicy",
+    "Settlement",
+]
 
 log = logging.getLogger(__name__)
+
+# A failed settlement holds its message this long before the worker gives it back: doubled with
+# each failure of the same message, capped below the 15 s the worker's drain waits for settling.
+SETTLE_BACKOFF_FIRST = 0.5
+SETTLE_BACKOFF_CAP = 5.0
+REFUSALS_BEFORE_DEAD_LETTER = 3
+_REMEMBERED_FAILURES = 4096  # messages whose failures are counted; the oldest are forgotten
 
 
 @dataclass(frozen=True)
@@ -70,10 +100,23 @@ class Settlement:
         self._metrics = metrics
         self._rng = rng or random.Random()
         self._defer = defer or DeferPolicy()
+        self._failures: collections.OrderedDict[str, int] = collections.OrderedDict()  # by message id
 
     async def settle(self, delivery: Delivery, outcome: Outcome, policy: RetryPolicy | None) -> str:
-        """Carry out ``outcome``; returns what was done. Raises only if the broker failed us."""
+        """Carry out ``outcome``; returns what was done. Raises only if the broker failed us,
+        after a pause that grows with each failure of this message (see the module docstring)."""
         job_type = outcome.job_type if policy is not None else None
+        try:
+            action = await self._carry_out(delivery, outcome, policy)
+        except Exception as exc:
+            action = await self._after_failure(delivery, outcome, exc)
+        else:
+            if self._failures:
+                self._failures.pop(delivery.message_id, None)
+        self._metrics.settled(job_type, action, outcome)
+        return action
+
+    async def _carry_out(self, delivery: Delivery, outcome: Outcome, policy: RetryPolicy | None) -> str:
         match outcome.kind:
             case OutcomeKind.SUCCEEDED:
                 await delivery.ack()
@@ -88,8 +131,27 @@ class Settlement:
                 action = await self._retry_or_dead(delivery, outcome, policy or RetryPolicy())
             case OutcomeKind.DEAD:
                 action = await self._dead_letter(delivery, outcome, outcome.reason or "rejected")
-        self._metrics.settled(job_type, action, outcome)
         return action
+
+    async def _after_failure(self, delivery: Delivery, outcome: Outcome, exc: Exception) -> str:
+        """Dead-letter a copy the broker keeps refusing; otherwise pause, then re-raise ``exc``."""
+        if delivery.settled:  # acked or released already: nothing is held, nothing comes back
+            raise exc
+        failures = self._failures.pop(delivery.message_id, 0) + 1
+        self._failures[delivery.message_id] = failures
+        if len(self._failures) > _REMEMBERED_FAILURES:
+            self._failures.popitem(last=False)
+        copying = outcome.kind in (OutcomeKind.RETRY, OutcomeKind.DEFER)
+        if copying and isinstance(exc, PublishNotConfirmed) and failures >= REFUSALS_BEFORE_DEAD_LETTER:
+            try:
+                action = await self._dead_letter(delivery, outcome, "settlement_failed", failure=exc)
+            except Exception:
+                log.debug("dead-lettering a refused copy failed too", exc_info=True)
+            else:
+                self._failures.pop(delivery.message_id, None)
+                return action
+        await self._clock.sleep(min(SETTLE_BACKOFF_CAP, SETTLE_BACKOFF_FIRST * 2 ** (failures - 1)))
+        raise exc
 
     async def _retry_or_dead(self, delivery: Delivery, outcome: Outcome, policy: RetryPolicy) -> str:
         envelope = outcome.envelope
@@ -103,8 +165,12 @@ class Settlement:
         if envelope.deadline is not None and due >= envelope.deadline:
             return await self._dead_letter(delivery, outcome, "expired")
         kind = "timeout" if outcome.timed_out else "retried"
-        copy = envelope.next_attempt(self._attempt_record(envelope, outcome, kind))
-        await self._publish_copy(delivery, copy, delay, "retry")
+        try:
+            record = self._attempt_record(envelope, outcome, kind)
+            copy = self._copy_message(delivery, envelope.next_attempt(record), delay)
+        except Exception as exc:  # not the broker's doing: another delivery would fail the same way
+            return await self._dead_letter(delivery, outcome, "settlement_failed", failure=exc)
+        await self._confirmed(delivery.queue, copy, "retry")
         await delivery.ack()
         return "retried"
 
@@ -114,35 +180,30 @@ class Settlement:
         deferrals = sum(1 for h in envelope.history if h.outcome == "deferred")
         if deferrals >= self._defer.max_deferrals:
             return await self._dead_letter(delivery, outcome, "unknown_version")
-        copy = envelope.with_history(self._attempt_record(envelope, outcome, "deferred"))
-        await self._publish_copy(delivery, copy, self._defer.delay, "defer")
+        try:
+            copy = self._copy_message(
+                delivery, envelope.with_history(self._attempt_record(envelope, outcome, "deferred")), self._defer.delay
+            )
+        except Exception as exc:
+            return await self._dead_letter(delivery, outcome, "settlement_failed", failure=exc)
+        await self._confirmed(delivery.queue, copy, "defer")
         await delivery.ack()
         return "deferred"
 
-    async def _dead_letter(self, delivery: Delivery, outcome: Outcome, reason: str) -> str:
-        envelope = outcome.envelope
-        history: tuple[AttemptRecord, ...] = ()
-        if envelope is not None:
-            last = self._attempt_record(envelope, outcome, "failed" if outcome.error_type else "rejected")
-            history = (*envelope.history, last)
-        record = DeadLetterRecord(
-            dead_letter_id=new_job_id(),
-            queue=delivery.queue,
-            reason=reason,
-            error_type=outcome.error_type,
-            error_message=outcome.error_message,
-            traceback=_masked(outcome.traceback_text(), self._redact),
-            dead_lettered_at=self._clock.now(),
-            worker_id=self._worker_id,
-            job_id=envelope.job_id if envelope else None,
-            job_type=envelope.job_type if envelope else None,
-            attempt=envelope.attempt if envelope else None,
-            history=history,
-            original_headers=delivery.headers,
-            original_body_b64=DeadLetterRecord.encode_body(delivery.body),
-        )
+    async def _dead_letter(
+        self, delivery: Delivery, outcome: Outcome, reason: str, *, failure: Exception | None = None
+    ) -> str:
+        """Publish the dead letter, confirmed, then ack. ``failure``: the settlement's own error
+        (the record's error; the job's own stays in its history)."""
+        try:
+            record = self._record(delivery, outcome, reason, failure)
+            body = encode_model(record)
+        except Exception as exc:  # the record must be written whatever it holds
+            log.exception("dead-letter record could not be encoded; writing a bare one", extra={"reason": reason})
+            record = self._bare_record(delivery, outcome, reason, exc)
+            body = encode_model(record)
         message = OutgoingMessage(
-            body=encode_model(record),
+            body=body,
             message_id=record.dead_letter_id,
             headers={
                 **h.carried_over(delivery.headers),  # trace context: the dead letter stays in the job's trace
@@ -160,12 +221,67 @@ class Settlement:
         )
         return "dead_lettered"
 
+    def _record(
+        self, delivery: Delivery, outcome: Outcome, reason: str, failure: Exception | None
+    ) -> DeadLetterRecord:
+        envelope = outcome.envelope
+        history: tuple[AttemptRecord, ...] = ()
+        if envelope is not None:
+            last = self._attempt_record(envelope, outcome, "failed" if outcome.error_type else "rejected")
+            history = (*envelope.history, last)
+        if failure is None:
+            error_type, error_message = outcome.error_type, outcome.error_message
+            traceback = outcome.traceback_text()
+        else:
+            error_type, error_message = type(failure).__name__, self._text(str(failure))[:1000]
+            traceback = Outcome(OutcomeKind.DEAD, error=failure).traceback_text()
+        return DeadLetterRecord(
+            dead_letter_id=new_job_id(),
+            queue=delivery.queue,
+            reason=reason,
+            error_type=error_type,
+            error_message=error_message,
+            traceback=None if traceback is None else self._text(traceback),
+            dead_lettered_at=self._clock.now(),
+            worker_id=self._worker_id,
+            job_id=envelope.job_id if envelope else None,
+            job_type=envelope.job_type if envelope else None,
+            attempt=envelope.attempt if envelope else None,
+            history=history,
+            original_headers=delivery.headers,
+            original_body_b64=DeadLetterRecord.encode_body(delivery.body),
+        )
+
+    def _bare_record(self, delivery: Delivery, outcome: Outcome, reason: str, exc: Exception) -> DeadLetterRecord:
+        """Only what cannot fail to encode: no history, no texts but fixed ones."""
+        envelope = outcome.envelope
+        return DeadLetterRecord(
+            dead_letter_id=new_job_id(),
+            queue=delivery.queue,
+            reason=reason,
+            error_type=outcome.error_type and json_safe_text(outcome.error_type),
+            error_message=f"the full dead-letter record could not be encoded ({type(exc).__name__}); "
+            "the original bytes and headers are kept",
+            dead_lettered_at=self._clock.now(),
+            worker_id=json_safe_text(self._worker_id)[:128],
+            job_id=envelope.job_id if envelope else None,
+            job_type=envelope.job_type if envelope else None,
+            attempt=envelope.attempt if envelope else None,
+            original_headers={json_safe_text(k): json_safe_text(v) for k, v in delivery.headers.items()},
+            original_body_b64=DeadLetterRecord.encode_body(delivery.body),
+        )
+
+    def _text(self, text: str) -> str:
+        """Masked (tracebacks quote the raising line and its message) and encodable."""
+        return json_safe_text(self._redact(text))
+
     async def _discard_payload(self, envelope: Envelope | None) -> None:
         if self._payloads is not None and envelope is not None and isinstance(envelope.payload, PayloadReference):
             await self._payloads.discard(envelope.payload)
 
-    async def _publish_copy(self, delivery: Delivery, envelope: Envelope, delay: float, kind: str) -> None:
-        message = OutgoingMessage(
+    def _copy_message(self, delivery: Delivery, envelope: Envelope, delay: float) -> OutgoingMessage:
+        """The retry or deferral copy, encoded (which is where a copy can fail, before any I/O)."""
+        return OutgoingMessage(
             body=encode_model(envelope),
             message_id=envelope.job_id,
             headers={
@@ -177,7 +293,6 @@ class Settlement:
             delay=delay,
             kind="retry",  # deferrals too: a worker may send copies back, never new jobs
         )
-        await self._confirmed(delivery.queue, message, kind)
 
     async def _confirmed(self, queue: str, message: OutgoingMessage, kind: str) -> None:
         begin = self._clock.monotonic()
@@ -192,14 +307,10 @@ class Settlement:
         now = self._clock.now()
         return AttemptRecord(
             attempt=envelope.attempt,
-            worker_id=self._worker_id,
+            worker_id=self._worker_id[:128],  # a long host name must not make the copy unwritable
             started_at=outcome.started_at or now,
             finished_at=outcome.finished_at or now,
             outcome=kind,  # type: ignore[arg-type]  # str: callers pass only AttemptRecord's outcome literals
-            error_type=outcome.error_type,
+            error_type=outcome.error_type and outcome.error_type[:200],
             error_message=(outcome.error_message or None) and outcome.error_message[:1000],
         )
-
-
-def _masked(text: str | None, redact: Callable[[str], str]) -> str | None:
-    return None if text is None else redact(text)

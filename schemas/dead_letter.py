@@ -16,16 +16,21 @@ REASONS = (
     "exhausted",  # retries ran out (attempts or total age)
     "permanent",  # the handler raised PermanentError
     "expired",  # the job's deadline passed
-    "malformed",  # bytes that are not a valid envelope
+    "malformed",  # bytes that are not I-JSON or not a valid envelope
+    "unsupported_content_type",  # labelled as something other than application/json
+    "unsupported_content_encoding",  # labelled with a content encoding (gzip, …)
     "oversize",  # over the size limit, checked before parsing
     "unknown_job_type",
     "unknown_version",
     "invalid_payload",  # the payload does not match its schema
     "delivery_limit",  # the broker's crash-loop backstop dead-lettered it
     "rejected",
+    "settlement_failed",  # its retry/deferral copy could not be written (or was refused again and again)
     "payload_reference_invalid",  # a claim check outside the allowed store/bucket/prefix
     "payload_missing",  # the claim check's object is gone
     "payload_integrity",  # the object's size or sha256 does not match its claim check
+    "idempotency_conflict",  # the idempotency key already succeeded with another payload
+    "crash_loop",  # it was running each time a worker process died
 )
 
 

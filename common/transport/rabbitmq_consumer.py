@@ -33,6 +33,7 @@ import aiormq.abc
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from conveyor.common.errors import TransportError
+from conveyor.common.headers import CONTENT_ENCODING, CONTENT_TYPE
 from conveyor.common.transport.base import ConsumerHandle, Delivery, DeliveryHandler
 
 __all__ = ["BROKER_ERRORS", "AmqpConsumer", "AmqpDelivery", "ChannelSettler", "ConsumerLink"]
@@ -155,7 +156,7 @@ class AmqpDelivery(Delivery):
             delivery_count = 2 if redelivered else 1
         super().__init__(
             body=message.body,
-            headers=string_headers(raw),
+            headers=delivered_headers(properties),
             message_id=properties.message_id or "",
             queue=queue,
             redelivered=redelivered,
@@ -191,6 +192,16 @@ def string_headers(raw: Mapping[str, Any]) -> dict[str, str]:
             value = value.decode("utf-8", "replace")
         if isinstance(value, str):
             headers[key] = value
+    return headers
+
+
+def delivered_headers(properties: aiormq.spec.Basic.Properties) -> dict[str, str]:
+    """``string_headers``, plus the AMQP content labels under their header names (``content-type``,
+    ``content-encoding``): the worker refuses bodies labelled as anything but JSON."""
+    headers = string_headers(properties.headers or {})
+    for name, value in ((CONTENT_TYPE, properties.content_type), (CONTENT_ENCODING, properties.content_encoding)):
+        if value:
+            headers[name] = value
     return headers
 
 

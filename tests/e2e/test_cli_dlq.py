@@ -1,4 +1,4 @@
-"""``conveyor dlq show | replay`` on RabbitMQ, as an operator runs them: a subprocess each."""
+"""``conveyor dlq show | replay`` on RabbitMQ and Pulsar, as an operator runs them: a subprocess each."""
 
 from __future__ import annotations
 
@@ -18,30 +18,27 @@ import yaml
 
 from conveyor.common.codec import encode_model
 from conveyor.common.transport.base import OutgoingMessage
+from conveyor.common.transport.factory import transport_from_url
 from conveyor.schemas.dead_letter import DeadLetterRecord
 from tests.e2e.test_cli import ROOT, conveyor
 from tests.support.backends import require_env
 
 
-@pytest.fixture
-def amqp() -> str:
-    return require_env("CONVEYOR_AMQP_URL")
+@pytest.fixture(params=["rabbitmq", "pulsar"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    return require_env({"rabbitmq": "CONVEYOR_AMQP_URL", "pulsar": "CONVEYOR_PULSAR_URL"}[request.param])
 
 
 @pytest.fixture
-async def queue(amqp: str) -> AsyncIterator[str]:
+async def queue(broker_url: str) -> AsyncIterator[str]:
     name = f"e2e.dlq.{uuid.uuid4().hex[:10]}"
     yield name
-    from conveyor.common.transport.rabbitmq import RabbitMQTransport
-
-    async with RabbitMQTransport(amqp) as transport:
+    async with transport_from_url(broker_url) as transport:
         await transport.delete(name)
 
 
-async def plant_dead_letters(amqp: str, queue: str, count: int) -> list[DeadLetterRecord]:
+async def plant_dead_letters(broker_url: str, queue: str, count: int) -> list[DeadLetterRecord]:
     """Dead letters written straight into ``queue``'s DLQ, each with its own dead-letter and job id."""
-    from conveyor.common.transport.rabbitmq import RabbitMQTransport
-
     records = [
         DeadLetterRecord(
             dead_letter_id=f"dl-{uuid.uuid4()}", queue=queue, reason="permanent", error_type="ValueError",
@@ -50,7 +47,7 @@ async def plant_dead_letters(amqp: str, queue: str, count: int) -> list[DeadLett
         )
         for n in range(count)
     ]
-    async with RabbitMQTransport(amqp) as transport:
+    async with transport_from_url(broker_url) as transport:
         await transport.declare(queue)
         for record in records:
             await transport.publish(
@@ -60,10 +57,10 @@ async def plant_dead_letters(amqp: str, queue: str, count: int) -> list[DeadLett
     return records
 
 
-async def test_dlq_show_finds_an_entry_by_dead_letter_id_and_by_job_id(amqp: str, queue: str) -> None:
-    records = await plant_dead_letters(amqp, queue, 3)
+async def test_dlq_show_finds_an_entry_by_dead_letter_id_and_by_job_id(broker_url: str, queue: str) -> None:
+    records = await plant_dead_letters(broker_url, queue, 3)
     target = records[1]
-    env = {"CONVEYOR_BROKER_URL": amqp}
+    env = {"CONVEYOR_BROKER_URL": broker_url}
     for entry_id in (target.dead_letter_id, target.job_id):
         assert entry_id is not None
         shown = conveyor("dlq", "show", entry_id, "--queue", queue, env=env)
@@ -94,11 +91,11 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60) -> N
 
 
 @pytest.fixture
-def broken_worker(amqp: str, queue: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+def broken_worker(broker_url: str, queue: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     """A worker whose ``e2e.broken`` handler fails every time (the bug is live); yields its env."""
     # Its circuit breaker opens on the failures: a short reset lets the half-open probes run the
     # replayed jobs soon.
-    env = {"CONVEYOR_BROKER_URL": amqp, "E2E_QUEUE": queue, "E2E_OUT": str(tmp_path / "runs.txt"),
+    env = {"CONVEYOR_BROKER_URL": broker_url, "E2E_QUEUE": queue, "E2E_OUT": str(tmp_path / "runs.txt"),
            "PYTHONPATH": str(ROOT), "CONVEYOR_BREAKER_RESET_TIMEOUT": "0.3"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "conveyor", "worker", "tests.e2e.app:jobs", "--http-port", "0"],
