@@ -27,6 +27,7 @@ __all__ = [
     "CONTENT_TYPE",
     "DUE_AT",
     "JOB_TYPE",
+    "REASON",
     "carried_over",
     "check_content_labels",
     "due_at",
@@ -38,6 +39,7 @@ ATTEMPT = "x-conveyor-attempt"
 # When the message becomes due (epoch seconds): publish time plus its delay. The worker's
 # "time from publish to start" metric is measured from it.
 DUE_AT = "x-conveyor-due-at"
+REASON = "x-conveyor-reason"  # on a dead letter: the reason code of the record it carries
 CONTENT_TYPE = "content-type"
 CONTENT_ENCODING = "content-encoding"
 _CONTENT_LABELS = frozenset({CONTENT_TYPE, CONTENT_ENCODING})

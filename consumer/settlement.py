@@ -207,7 +207,7 @@ class Settlement:
             message_id=record.dead_letter_id,
             headers={
                 **h.carried_over(delivery.headers),  # trace context: the dead letter stays in the job's trace
-                "x-conveyor-reason": reason,
+                h.REASON: reason,
                 h.JOB_TYPE: record.job_type or "",
             },
             kind="dead_letter",

@@ -8,6 +8,11 @@ already republished (a duplicate, caught by idempotency keys), never a lost job.
 A dead-lettered job keeps its claim-check object (a replay needs it); purging an entry
 deletes that object too, after the entry itself is gone (best effort: the sweep catches a
 failed delete).
+
+An entry is a worker's record, of any size (it embeds its original, and an ``oversize``
+original is over the job limit by definition), or a job message the broker dead-lettered (its
+delivery limit). A worker's record this version cannot read (written by a newer version, say)
+keeps the reason the worker put on it (``x-conveyor-reason``), never passes for the broker's.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from conveyor.common.clock import Clock, SystemClock
-from conveyor.common.codec import decode_dead_letter, decode_envelope, encode_model
+from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, decode_dead_letter, decode_envelope, encode_model
 from conveyor.common.errors import RejectedMessage
-from conveyor.common.headers import DUE_AT, JOB_TYPE, carried_over, format_due_at
+from conveyor.common.headers import DUE_AT, JOB_TYPE, REASON, carried_over, format_due_at
 from conveyor.common.transport.base import Delivery, OutgoingMessage, Transport
 from conveyor.consumer.payloads import PayloadResolver
 from conveyor.schemas.dead_letter import DeadLetterRecord
@@ -57,17 +62,23 @@ class ReplayReport:
     by_reason: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
-def record_from_delivery(delivery: Delivery) -> DeadLetterRecord:
-    """A worker-written record, or a raw message the broker's delivery limit dead-lettered."""
+def record_from_delivery(delivery: Delivery, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> DeadLetterRecord:
+    """A worker-written record, or a raw message the broker's delivery limit dead-lettered.
+
+    ``max_message_bytes`` is the job limit, for a raw message; a record has none (see above).
+    """
     try:
         return decode_dead_letter(delivery.body)
-    except RejectedMessage:
-        pass
+    except RejectedMessage as exc:
+        unreadable = exc
     job_id = job_type = None
     with contextlib.suppress(RejectedMessage):
-        envelope = decode_envelope(delivery.body)
+        envelope = decode_envelope(delivery.body, max_bytes=max_message_bytes)
         job_id, job_type = envelope.job_id, envelope.job_type
     queue = delivery.queue.removesuffix(".dlq").removesuffix("-DLQ")
+    if job_id is None and delivery.headers.get(REASON):  # not a job: a record this version cannot read
+        with contextlib.suppress(ValueError):  # a reason that is no reason code: the broker's, then
+            return _unreadable_record(delivery, queue, unreadable)
     return DeadLetterRecord(
         dead_letter_id=delivery.message_id or "unknown",
         queue=queue,
@@ -82,10 +93,35 @@ def record_from_delivery(delivery: Delivery) -> DeadLetterRecord:
     )
 
 
+def _unreadable_record(delivery: Delivery, queue: str, why: RejectedMessage) -> DeadLetterRecord:
+    """What the headers of a worker's record tell; its own bytes stand in for the original."""
+    return DeadLetterRecord(
+        dead_letter_id=delivery.message_id or "unknown",
+        queue=queue,
+        reason=delivery.headers[REASON],
+        error_message=f"a worker's dead-letter record this version cannot read ({str(why)[:500]}); "
+        "its bytes are kept as the original",
+        dead_lettered_at=datetime.now(UTC),
+        worker_id="unknown",
+        job_type=delivery.headers.get(JOB_TYPE) or None,
+        original_headers=dict(delivery.headers),
+        original_body_b64=DeadLetterRecord.encode_body(delivery.body),
+    )
+
+
 class DeadLetters:
     def __init__(
-        self, transport: Transport, queue: str, *, clock: Clock | None = None, payloads: PayloadResolver | None = None
+        self,
+        transport: Transport,
+        queue: str,
+        *,
+        clock: Clock | None = None,
+        payloads: PayloadResolver | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        """``max_message_bytes``: the workers' job limit (``CONVEYOR_MAX_MESSAGE_BYTES``), which a
+        replayed original must meet; records themselves are read whatever their size."""
+        self._max_bytes = max_message_bytes
         self._transport = transport
         self.queue = queue
         self.dlq = transport.dead_letter_queue(queue)
@@ -181,7 +217,7 @@ class DeadLetters:
         if self._payloads is None:
             return
         try:
-            envelope = decode_envelope(record.original_body)
+            envelope = decode_envelope(record.original_body, max_bytes=self._max_bytes)
         except RejectedMessage:
             return  # never decoded: it has no claim check we could trust
         if isinstance(envelope.payload, PayloadReference) and await self._payloads.discard(envelope.payload):
@@ -189,7 +225,7 @@ class DeadLetters:
 
     async def _republish(self, record: DeadLetterRecord) -> bool:
         try:
-            envelope = decode_envelope(record.original_body)
+            envelope = decode_envelope(record.original_body, max_bytes=self._max_bytes)
         except RejectedMessage:
             return False  # bytes that never decoded cannot run; keep them for inspection
         # Same job id, the full history including the attempt that dead-lettered it, and a
@@ -223,7 +259,7 @@ class DeadLetters:
                 if delivery is None:
                     return
                 held.append(delivery)
-                yield delivery, record_from_delivery(delivery)
+                yield delivery, record_from_delivery(delivery, max_message_bytes=self._max_bytes)
 
         try:
             yield entries()
