@@ -22,6 +22,7 @@ encoders stop near 255 levels, and other languages' readers earlier: .NET's defa
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -35,6 +36,7 @@ from conveyor.schemas.registry import describe_validation_error
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_DEPTH",
+    "check_json_data",
     "decode_dead_letter",
     "decode_envelope",
     "dumps",
@@ -219,6 +221,88 @@ def encode_model(model: BaseModel) -> bytes:
     # pydantic-core writes the JSON itself: the same bytes as orjson over model_dump(mode="json"),
     # without the intermediate dict.
     return model.__pydantic_serializer__.to_json(model)
+
+
+def check_json_data(value: Any, *, levels: int = MAX_DEPTH) -> None:
+    """Refuse, before anything is sent, what no worker would accept: the producer's side of
+    ``strict_json_loads``. ``value`` is Python data about to be encoded; ``levels`` the nesting
+    it may use (an envelope's data has ``MAX_DEPTH - 2``: the envelope and its payload are two).
+
+    Refused with ``MalformedMessage`` naming where (the path of keys, never a value): NaN and
+    infinity (encoders would write ``null`` without a word), integers beyond ±(2**53-1), strings
+    or keys with lone surrogates (no encoder writes them), deeper nesting. Other Python types
+    are left to the encoder (a ``datetime`` becomes its ISO string).
+    """
+    if _json_ok(value, levels):  # the common case, fast; the path is only looked for on failure
+        return
+    problem = _json_problem(value, levels, ())
+    if problem is not None:
+        what, path = problem
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+        raise MalformedMessage(f"payload{where}: {what}")
+
+
+def _json_ok(value: Any, levels: int) -> bool:
+    level: list[Any] = [[value]]
+    depth = 0
+    while level:  # level by level, as _keys_and_exactness
+        if depth > levels:
+            return False
+        below: list[Any] = []
+        for container in level:
+            if isinstance(container, dict):
+                for key in container:
+                    if type(key) is str and not key.isascii() and not _encodable(key):
+                        return False
+                items = container.values()
+            else:
+                items = container
+            for item in items:
+                kind = type(item)
+                if kind is str:
+                    if not item.isascii() and not _encodable(item):
+                        return False
+                elif kind is int:
+                    if not -_MAX_SAFE_INT <= item <= _MAX_SAFE_INT:
+                        return False
+                elif kind is float:
+                    if not -math.inf < item < math.inf:  # NaN fails the comparison too
+                        return False
+                elif kind is dict or kind is list or isinstance(item, dict | list | tuple):
+                    below.append(item)
+                elif isinstance(item, str | int | float) and _json_problem(item, 0, ()) is not None:
+                    return False  # a subclass (numpy's float64, an IntEnum): judged like its base
+        level = below
+        depth += 1
+    return True
+
+
+def _json_problem(value: Any, levels: int, path: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]] | None:
+    if isinstance(value, str):
+        return None if value.isascii() or _encodable(value) else ("a string with a lone surrogate", path)
+    if isinstance(value, float):
+        return None if -math.inf < value < math.inf else ("NaN or infinity (JSON has neither)", path)
+    if isinstance(value, int):
+        return None if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT else ("an integer beyond ±(2**53-1)", path)
+    if isinstance(value, dict | list | tuple):
+        if levels < 1:
+            return f"nested deeper than {MAX_DEPTH} levels (the envelope's included)", path
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and not (key.isascii() or _encodable(key)):
+                return "a key with a lone surrogate", path
+            problem = _json_problem(item, levels - 1, (*path, key))
+            if problem is not None:
+                return problem
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def json_safe_text(text: str) -> str:

@@ -29,10 +29,11 @@ from tenacity import (
 )
 
 from conveyor.common.clock import Clock, SystemClock
-from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, encode_model
+from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, MAX_DEPTH, check_json_data, encode_model
 from conveyor.common.deadlines import TimeLimit
 from conveyor.common.errors import (
     ConfigurationError,
+    MalformedMessage,
     MessageTooLarge,
     PublishNotConfirmed,
     PublishOutcomeUnknown,
@@ -170,8 +171,13 @@ class Producer:
         version: int | None = None,
         job_id: str | None = None,
     ) -> Envelope:
-        """Validate the payload against its schema (before anything is sent) and wrap it."""
+        """Validate the payload against its schema (before anything is sent) and wrap it.
+
+        Raises ``MalformedMessage`` (reason ``malformed``) for data no worker would accept:
+        NaN or infinity, integers beyond ±(2**53-1), lone surrogates, nesting past the limit.
+        """
         data = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else dict(payload)
+        check_json_data(data, levels=MAX_DEPTH - 2)  # the envelope and its payload are two levels
         version = self._validate(job_type, data, version)
         now = self._clock.now()
         if isinstance(deadline, timedelta):
@@ -250,7 +256,10 @@ class Producer:
         return tries
 
     async def _confirmed_send(self, command: PublishCommand) -> None:
-        body = encode_model(command.envelope)
+        try:
+            body = encode_model(command.envelope)
+        except ValueError as exc:  # an envelope built past build_envelope's checks (PydanticSerializationError)
+            raise MalformedMessage(f"the job cannot be encoded as JSON ({type(exc).__name__})") from None
         if len(body) > self._max_bytes:
             raise MessageTooLarge(f"encoded job is {len(body)} bytes, limit is {self._max_bytes}")
         if self._declare and command.queue not in self._declared:

@@ -1,0 +1,87 @@
+"""The producer refuses, before anything is sent, every payload a worker would dead-letter as
+``malformed`` (or that an encoder would silently change): a typed error with a reason code and
+one line saying where, never a traceback from deep inside an encoder, never a quiet ``null``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from conveyor.common.codec import MAX_DEPTH, decode_envelope, strict_json_loads
+from conveyor.common.errors import MalformedMessage
+from conveyor.common.jobs.registry import DEFAULT_QUEUE
+from conveyor.common.transport.base import OutgoingMessage
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.producer.producer import Producer
+
+
+class Reading(BaseModel):
+    value: float
+
+
+def nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+HOSTILE: dict[str, tuple[Any, str]] = {
+    "NaN": ({"value": math.nan}, "payload.value: NaN or infinity"),
+    "infinity in a list": ({"values": [1.0, -math.inf]}, "payload.values[1]: NaN or infinity"),
+    "an integer beyond 2**53-1": ({"id": 2**53}, "payload.id: an integer beyond"),
+    "a lone surrogate": ({"name": "caf\udc80"}, "payload.name: a string with a lone surrogate"),
+    "a lone surrogate in a key": ({"caf\udc80": 1}, "payload: a key with a lone surrogate"),
+    "nesting one level too deep": ({"x": nested(MAX_DEPTH - 2)}, "nested deeper than"),
+    "a model holding NaN": (Reading(value=math.nan), "payload.value: NaN or infinity"),
+}
+
+
+@pytest.mark.parametrize(("payload", "says"), list(HOSTILE.values()), ids=list(HOSTILE))
+async def test_a_payload_no_worker_would_accept_is_refused_before_anything_is_sent(payload: Any, says: str) -> None:
+    sent: list[str] = []
+
+    class Recording(MemoryTransport):
+        async def publish(self, queue: str, message: OutgoingMessage) -> None:
+            sent.append(message.message_id)
+            await super().publish(queue, message)
+
+    async with Producer(Recording(MemoryBroker()), allow_unregistered=True) as producer:
+        with pytest.raises(MalformedMessage) as err:
+            await producer.publish("t.reading", payload)
+    assert err.value.reason == "malformed"
+    assert says in str(err.value) and "\n" not in str(err.value)
+    assert sent == []
+
+
+async def test_a_payload_right_at_the_limits_is_sent_and_a_worker_decodes_it() -> None:
+    broker = MemoryBroker()
+    payload = {"x": nested(MAX_DEPTH - 3), "id": 2**53 - 1, "name": "caf\u00e9 \U0001f600", "v": 1e308}
+    async with Producer(MemoryTransport(broker), allow_unregistered=True) as producer:
+        receipt = await producer.publish("t.reading", payload)
+    reader = MemoryTransport(broker)
+    await reader.connect()
+    delivery = await reader.get(DEFAULT_QUEUE)
+    assert delivery is not None
+    envelope = decode_envelope(delivery.body)
+    assert envelope.job_id == receipt.job_id and envelope.payload.data == payload  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b'{"value": NaN}', "JSON constant NaN is not allowed"),
+        (b'{"value": 1, "value": 2}', "duplicate JSON object key"),
+        (b"value=1", "message is not valid JSON: Expecting value at line 1 column 1"),
+        (b'{"value": 1', "message is not valid JSON: Expecting ',' delimiter at line 1 column 12"),
+    ],
+    ids=["NaN", "duplicate key", "not JSON", "cut short"],
+)
+def test_publish_input_that_is_not_json_is_a_one_line_typed_error(text: bytes, message: str) -> None:
+    # What `conveyor publish --payload` parses its argument with.
+    with pytest.raises(MalformedMessage) as err:
+        strict_json_loads(text)
+    assert (str(err.value), err.value.reason) == (message, "malformed")
