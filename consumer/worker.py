@@ -2,6 +2,10 @@
 
 Shutdown order (also on SIGTERM): stop fetching at once, let in-flight jobs finish within
 the grace period, give everything else back to the broker without spending an attempt.
+
+Breakers steer each queue's consumer through ``consumer.queue_runner`` (running, probing with
+prefetch 1, paused, stopped; one lock per queue applies the latest wish). Sync handlers run in
+the worker's own threads, one per slot (``consumer.threads``).
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def default_worker_id() -> str:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    concurrency: int = 16
+    concurrency: int = 16  # jobs at once; also the number of threads for sync handlers
     prefetch: int | None = None  # default: concurrency, so nothing waits idle in memory
     grace_period: float = 30.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES

@@ -159,3 +159,33 @@ async def test_queues_sharing_a_breaker_each_probe_without_handing_anything_back
             await asyncio.wait_for(asyncio.gather(broker.join("qa"), broker.join("qb")), 1)
             assert worker.counts["succeeded"] == 20
             assert worker.counts["dead_lettered"] == 0
+
+
+async def test_a_breaker_that_reopened_waits_its_full_reset_timeout_not_the_earlier_openings() -> None:
+    clock = FakeClock()
+    jobs = JobRegistry()
+
+    @jobs.job("t.dep")
+    async def handler(payload: Job, ctx: JobContext) -> None:
+        return None
+
+    transport = MemoryTransport(MemoryBroker(clock))
+    await transport.connect()
+    config = WorkerConfig(metrics_interval=0, breaker=BreakerConfig(consecutive_failures=1, reset_timeout=30))
+    async with Worker(transport, jobs, config=config, clock=clock) as worker:
+        breaker = worker.breakers.get("t.dep")
+        breaker.record_failure()  # opens at t=0: half-open due at 30
+        await spin()
+        clock.advance(20)
+        breaker.record_success()  # a job still in flight succeeded: closed…
+        breaker.record_failure()  # …and open again at t=20: half-open due at 50
+        await spin()
+        clock.advance(10)
+        await spin()
+        assert breaker.state is BreakerState.OPEN, "the first opening's timer must not half-open the second"
+        assert consumers(transport.broker) == 0
+        clock.advance(20)
+        await spin()
+        assert breaker.state is BreakerState.HALF_OPEN
+        assert consumers(transport.broker) == 1
+
