@@ -166,3 +166,50 @@ def test_a_refusal_is_one_line_saying_what_and_where_never_the_text(body: bytes,
     with pytest.raises(MalformedMessage) as err:
         strict_json_loads(body)
     assert str(err.value) == message and err.value.reason == "malformed"
+
+
+def test_whatever_decodes_can_be_written_back_as_a_retry_copy() -> None:
+    # Defect 14's property: a retry or deferral copy re-encodes the decoded message, so every
+    # envelope the decoder accepts must encode again, to the same data. Seeded random data up to
+    # every limit: nesting, the integer range, floats, all of Unicode but lone surrogates.
+    import random
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from conveyor.common.codec import MAX_DEPTH
+    from conveyor.schemas.envelope import AttemptRecord
+
+    rng = random.Random(20260101)
+    alphabet = "aé\u0000\n\"\\\u2028\U0001f600\ufffd"
+
+    def text() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(6)))
+
+    def value(levels: int) -> object:
+        kind = rng.randrange(8 if levels > 0 else 5)
+        if kind == 0:
+            return rng.randint(-(2**53 - 1), 2**53 - 1)
+        if kind == 1:
+            return rng.choice([0.1, -2.5e-308, 1.7976931348623157e308, 5e-324, -0.0, rng.uniform(-1e9, 1e9)])
+        if kind == 2:
+            return text()
+        if kind == 3:
+            return rng.choice([True, False, None])
+        if kind == 4:
+            return rng.randint(-5, 5)
+        if kind in (5, 6):
+            return {text() + str(i): value(levels - 1) for i in range(rng.randrange(4))}
+        return [value(levels - 1) for _ in range(rng.randrange(4))]
+
+    record = AttemptRecord(attempt=1, worker_id="w", started_at=datetime.now(UTC), finished_at=datetime.now(UTC),
+                           outcome="retried", error_type="E", error_message=text())
+    for _ in range(300):
+        chain: object = value(0)
+        for _ in range(MAX_DEPTH - 3):  # data is the third level: the deepest a message may go
+            chain = [chain] if rng.random() < 0.5 else {text(): chain}
+        data = {"chain": chain, "deep": value(rng.randrange(MAX_DEPTH - 3)), "wide": [value(2) for _ in range(5)]}
+        body = orjson.dumps(_envelope(payload={"kind": "inline", "data": data}))
+        decoded = decode_envelope(body)
+        copy = decoded.next_attempt(record)
+        assert decode_envelope(encode_model(copy)).payload == decoded.payload
