@@ -21,8 +21,18 @@ from pydantic_settings import (
 
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES
 from conveyor.common.defaults import (
+    DEFAULT_BREAKER_CONSECUTIVE_FAILURES,
+    DEFAULT_BREAKER_RESET_TIMEOUT,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_CRASH_LIMIT,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_HTTP_HOST,
+    DEFAULT_HTTP_PORT,
     DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_METRICS_INTERVAL,
     DEFAULT_PAYLOAD_THRESHOLD,
+    DEFAULT_STALL_EXIT_AFTER,
+    DEFAULT_STALL_WARN_AFTER,
     DEFAULT_STORE_TIMEOUT,
 )
 from conveyor.common.secrets import SecretFilesSource
@@ -43,11 +53,15 @@ class Settings(BaseSettings):
             "no default: a command without one is a usage error"
         ),
     )
-    concurrency: int = Field(default=16, ge=1, le=10_000, description="Jobs run at once per worker process")
+    concurrency: int = Field(
+        default=DEFAULT_CONCURRENCY, ge=1, le=10_000, description="Jobs run at once per worker process"
+    )
     prefetch: int | None = Field(default=None, ge=1, description="Unacked deliveries held (default: concurrency)")
-    grace_period: float = Field(default=30.0, ge=0, description="Seconds to finish in-flight jobs on SIGTERM")
-    http_host: str = Field(default="127.0.0.1", description="Address of /healthz, /readyz, /metrics")
-    http_port: int = Field(default=9464, ge=0, le=65535, description="Port of the HTTP endpoints (0: off)")
+    grace_period: float = Field(
+        default=DEFAULT_GRACE_PERIOD, ge=0, description="Seconds to finish in-flight jobs on SIGTERM"
+    )
+    http_host: str = Field(default=DEFAULT_HTTP_HOST, description="Address of /healthz, /readyz, /metrics")
+    http_port: int = Field(default=DEFAULT_HTTP_PORT, ge=0, le=65535, description="Port of the HTTP endpoints (0: off)")
     max_message_bytes: int = Field(
         default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024, description="Size limit, checked before parsing"
     )
@@ -56,18 +70,27 @@ class Settings(BaseSettings):
         default="WARNING", pattern="(?i)^(debug|info|warning|error)$", description="DEBUG, INFO, WARNING or ERROR"
     )
     log_format: str = Field(default="json", pattern="^(json|text)$", description="json or text")
-    metrics_interval: float = Field(default=15.0, ge=0, description="Seconds between queue depth samples (0: off)")
+    metrics_interval: float = Field(
+        default=DEFAULT_METRICS_INTERVAL, ge=0, description="Seconds between queue depth samples (0: off)"
+    )
     breaker_consecutive_failures: int = Field(
-        default=5, ge=1, description="Consecutive failures that open a job's circuit breaker"
+        default=DEFAULT_BREAKER_CONSECUTIVE_FAILURES,
+        ge=1,
+        description="Consecutive failures that open a job's circuit breaker",
     )
     breaker_reset_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds an open breaker waits before a half-open probe"
+        default=DEFAULT_BREAKER_RESET_TIMEOUT,
+        gt=0,
+        description="Seconds an open breaker waits before a half-open probe",
     )
     stall_warn_after: float = Field(
-        default=5.0, ge=0, description="Seconds the event loop may be blocked before a stall is logged (0: off)"
+        default=DEFAULT_STALL_WARN_AFTER,
+        ge=0,
+        description="Seconds the event loop may be blocked before a stall is logged (0: off)",
     )
     stall_exit_after: float = Field(
-        default=60.0, ge=0,
+        default=DEFAULT_STALL_EXIT_AFTER,
+        ge=0,
         description=(
             "Seconds the event loop may be blocked before the worker exits so its jobs are redelivered (0: never)"
         ),
@@ -77,10 +100,13 @@ class Settings(BaseSettings):
         description="Directory of the crash journal (default: $XDG_STATE_HOME/conveyor, ~/.local/state/conveyor)",
     )
     crash_limit: int = Field(
-        default=3, ge=1, description="Worker deaths a job may be running in before it is dead-lettered as crash_loop"
+        default=DEFAULT_CRASH_LIMIT,
+        ge=1,
+        description="Worker deaths a job may be running in before it is dead-lettered as crash_loop",
     )
     tracing: str = Field(
-        default="off", pattern="^(off|otlp|console)$",
+        default="off",
+        pattern="^(off|otlp|console)$",
         description="OpenTelemetry traces: off, otlp (OTEL_EXPORTER_OTLP_* settings) or console; needs conveyor[otel]",
     )
     idempotency_url: SecretStr | None = Field(

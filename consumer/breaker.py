@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from conveyor.common.clock import Clock
+from conveyor.common.defaults import DEFAULT_BREAKER_CONSECUTIVE_FAILURES, DEFAULT_BREAKER_RESET_TIMEOUT
 from conveyor.common.errors import CircuitOpen, PermanentError, RejectedMessage
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.middleware import ConsumeNext, Middleware
@@ -42,11 +43,11 @@ class BreakerState(enum.IntEnum):
 
 @dataclass(frozen=True)
 class BreakerConfig:
-    consecutive_failures: int = 5
+    consecutive_failures: int = DEFAULT_BREAKER_CONSECUTIVE_FAILURES
     failure_rate: float = 0.5
     window: int = 50
     min_calls: int = 20
-    reset_timeout: float = 30.0
+    reset_timeout: float = DEFAULT_BREAKER_RESET_TIMEOUT
 
 
 Listener = Callable[["CircuitBreaker"], None]

@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from conveyor.common.defaults import DEFAULT_STALL_WARN_AFTER
+
 if TYPE_CHECKING:
     from conveyor.consumer.threads import Overrun
 
@@ -50,7 +52,7 @@ _STACK_FRAMES = 6  # the innermost frames: the blocking call and the handler tha
 
 @dataclass(frozen=True)
 class WatchdogConfig:
-    warn_after: float = 5.0  # seconds without a loop turn before logging a stall; 0: off
+    warn_after: float = DEFAULT_STALL_WARN_AFTER  # seconds without a loop turn before logging a stall; 0: off
     exit_after: float | None = None  # seconds before exiting the process; None: never
     interval: float = 0.25
 

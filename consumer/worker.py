@@ -27,6 +27,12 @@ from typing import Any
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES
 from conveyor.common.crash_journal import CrashJournal
+from conveyor.common.defaults import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_CRASH_LIMIT,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_METRICS_INTERVAL,
+)
 from conveyor.common.errors import ConfigurationError, UnknownJobType
 from conveyor.common.headers import due_at
 from conveyor.common.idempotency.base import ProcessedKeyStore
@@ -36,6 +42,7 @@ from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.middleware import Middleware
 from conveyor.common.payload_store.base import PayloadStore
 from conveyor.common.secrets import mask_secrets
+from conveyor.common.settings import Settings
 from conveyor.common.transport.base import Delivery, Transport
 from conveyor.consumer.breaker import (
     BreakerBoard,
@@ -69,20 +76,39 @@ def default_worker_id() -> str:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    concurrency: int = 16  # jobs at once; also the number of threads for sync handlers
+    concurrency: int = DEFAULT_CONCURRENCY  # jobs at once; also the number of threads for sync handlers
     prefetch: int | None = None  # default: concurrency, so nothing waits idle in memory
-    grace_period: float = 30.0
+    grace_period: float = DEFAULT_GRACE_PERIOD
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     worker_id: str = field(default_factory=default_worker_id)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     defer: DeferPolicy = field(default_factory=DeferPolicy)
     # Seconds between queue depth samples (``Transport.stats``) for the metrics; 0: never.
-    metrics_interval: float = 15.0
+    metrics_interval: float = DEFAULT_METRICS_INTERVAL
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     # Where the crash journal lives (``consumer.middleware.crash_guard``); None: no crash-loop
     # guard (``conveyor worker`` always has one, see CONVEYOR_STATE_DIR).
     state_dir: Path | None = None
-    crash_limit: int = 3
+    crash_limit: int = DEFAULT_CRASH_LIMIT
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerConfig:
+        """The configuration ``conveyor worker`` runs with: every value from ``Settings``
+        (environment, secret files, flags), whose defaults are the ones written here."""
+        return cls(
+            concurrency=settings.concurrency,
+            prefetch=settings.prefetch,
+            grace_period=settings.grace_period,
+            max_message_bytes=settings.max_message_bytes,
+            metrics_interval=settings.metrics_interval,
+            breaker=BreakerConfig(
+                consecutive_failures=settings.breaker_consecutive_failures,
+                reset_timeout=settings.breaker_reset_timeout,
+            ),
+            watchdog=WatchdogConfig(warn_after=settings.stall_warn_after, exit_after=settings.stall_exit_after or None),
+            state_dir=settings.effective_state_dir,
+            crash_limit=settings.crash_limit,
+        )
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from conveyor.common.defaults import DEFAULT_CONCURRENCY, DEFAULT_GRACE_PERIOD, DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.secrets import mask_url
 from conveyor.common.settings import Settings
@@ -31,11 +32,13 @@ __all__ = ["worker"]
 @click.command()
 @click.argument("target")
 @broker_option
-@click.option("--concurrency", type=int, default=None, help="Jobs at once [env CONVEYOR_CONCURRENCY, 16]")
+@click.option("--concurrency", type=int, default=None,
+              help=f"Jobs at once [env CONVEYOR_CONCURRENCY, {DEFAULT_CONCURRENCY}]")
 @click.option("--prefetch", type=int, default=None, help="Unacked deliveries held [default: concurrency]")
-@click.option("--grace-period", type=float, default=None, help="Seconds to finish jobs on SIGTERM [30]")
-@click.option("--http-host", default=None, help="Health/metrics address [127.0.0.1]")
-@click.option("--http-port", type=int, default=None, help="Health/metrics port, 0 to disable [9464]")
+@click.option("--grace-period", type=float, default=None,
+              help=f"Seconds to finish jobs on SIGTERM [{DEFAULT_GRACE_PERIOD:g}]")
+@click.option("--http-host", default=None, help=f"Health/metrics address [{DEFAULT_HTTP_HOST}]")
+@click.option("--http-port", type=int, default=None, help=f"Health/metrics port, 0 to disable [{DEFAULT_HTTP_PORT}]")
 @payload_store_option
 @click.option("--idempotency-url", default=None, callback=warn_if_credentials,
               help="Processed-key store: sqlite:///path or postgresql://… [env CONVEYOR_IDEMPOTENCY_URL or "
@@ -49,28 +52,10 @@ def worker(target: str, broker: str | None, **overrides: Any) -> None:
 
 
 async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -> None:
-    from conveyor.consumer.breaker import BreakerConfig
     from conveyor.consumer.http import HealthServer
-    from conveyor.consumer.watchdog import WatchdogConfig
     from conveyor.consumer.worker import Worker, WorkerConfig
 
-    config = WorkerConfig(
-        concurrency=settings.concurrency,
-        prefetch=settings.prefetch,
-        grace_period=settings.grace_period,
-        max_message_bytes=settings.max_message_bytes,
-        metrics_interval=settings.metrics_interval,
-        breaker=BreakerConfig(
-            consecutive_failures=settings.breaker_consecutive_failures,
-            reset_timeout=settings.breaker_reset_timeout,
-        ),
-        watchdog=WatchdogConfig(
-            warn_after=settings.stall_warn_after,
-            exit_after=settings.stall_exit_after or None,
-        ),
-        state_dir=settings.effective_state_dir,
-        crash_limit=settings.crash_limit,
-    )
+    config = WorkerConfig.from_settings(settings)
     middlewares, tracer_provider = tracing(settings, "conveyor-worker")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

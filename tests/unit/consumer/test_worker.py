@@ -225,3 +225,17 @@ async def test_secrets_in_a_handlers_exception_never_reach_retry_copies_or_dead_
     assert record.error_message == "cannot reach amqp://u:***@h/ with key=***"
     assert record.traceback is not None and "key=***" in record.traceback
     assert [h.error_message for h in record.history] == [record.error_message] * 2
+
+
+def test_worker_config_from_default_settings_is_the_default_config(monkeypatch: object) -> None:
+    """One source of defaults: the settings' defaults and WorkerConfig's are the same values."""
+    from dataclasses import asdict
+
+    from conveyor.common.settings import Settings
+
+    from_settings = asdict(WorkerConfig.from_settings(Settings()))
+    defaults = asdict(WorkerConfig())
+    for differs in ("worker_id", "state_dir", "watchdog"):  # id is random; the CLI always has a journal
+        from_settings.pop(differs), defaults.pop(differs)
+    assert from_settings == defaults
+    assert WorkerConfig.from_settings(Settings()).watchdog.warn_after == WorkerConfig().watchdog.warn_after
