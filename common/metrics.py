@@ -55,6 +55,8 @@ from prometheus_client import (
 )
 from prometheus_client.values import MutexValue
 
+from conveyor.common.jobs.outcome import SettleAction
+
 if TYPE_CHECKING:
     from conveyor.common.jobs.outcome import Outcome
 
@@ -199,22 +201,22 @@ class WorkerMetrics:
     def label(self, job_type: str | None) -> str:
         return job_type if job_type in self._known else UNKNOWN
 
-    def settled(self, job_type: str | None, action: str, outcome: Outcome) -> None:
+    def settled(self, job_type: str | None, action: SettleAction, outcome: Outcome) -> None:
         label = self.label(job_type)
         if outcome.duration:
             self.observer(self.duration, label)(outcome.duration)
         if outcome.error_type and outcome.reason:
             self.adder(self.failed, label, outcome.reason)(1)
         match action:
-            case "succeeded":
+            case SettleAction.SUCCEEDED:
                 self.adder(self.succeeded, label)(1)
                 if outcome.envelope is not None:
                     self.observer(self.attempts, label, "succeeded")(outcome.envelope.attempt)
-            case "retried":
+            case SettleAction.RETRIED:
                 self.adder(self.retried, label, outcome.reason or UNKNOWN)(1)
-            case "deferred":
+            case SettleAction.DEFERRED:
                 self.adder(self.deferred, label)(1)
-            case "released":
+            case SettleAction.RELEASED:
                 self.adder(self.released, label)(1)
 
     def dead_letter(self, job_type: str | None, reason: str, attempt: int | None = None) -> None:

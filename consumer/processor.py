@@ -43,6 +43,18 @@ class _SucceededBefore(Exception):
     """A middleware recognised a redelivery of a job that already succeeded."""
 
 _MAX_ERROR_TEXT = 1000
+
+# What an exception means, first match wins (subclasses before their bases). A reason of None:
+# the exception's own ``reason`` (rejections), else the caller's reason for a plain failure
+# (``payload_unavailable`` while resolving the payload, ``error`` from the handler).
+_CLASSIFICATION: tuple[tuple[type[BaseException], OutcomeKind, str | None], ...] = (
+    (CircuitOpen, OutcomeKind.RELEASE, "circuit_open"),  # the breaker refused: no attempt spent
+    (SchemaTooNew, OutcomeKind.DEFER, None),  # a newer worker will take it
+    (RejectedMessage, OutcomeKind.DEAD, None),  # bad input, or a middleware's verdict (idempotency conflict)
+    (PermanentError, OutcomeKind.DEAD, "permanent"),
+    (JobTimeout, OutcomeKind.RETRY, "timeout"),
+    (Exception, OutcomeKind.RETRY, None),
+)
 DEFAULT_HANDLER_THREADS = 4  # a Processor used without a worker's pool
 
 
@@ -84,20 +96,12 @@ class Processor:
             return Outcome(OutcomeKind.DEAD, envelope, reason="expired", started_at=started, finished_at=started)
         try:
             ctx = await self._context(envelope, delivery.queue)
-        except CircuitOpen as exc:
-            return Outcome(OutcomeKind.RELEASE, envelope, reason="circuit_open", error_type=type(exc).__name__)
         except _SucceededBefore:
             log.info("redelivered job already succeeded; acked without fetching its payload",
                      extra={"job_id": envelope.job_id})
             return Outcome(OutcomeKind.SUCCEEDED, envelope, started_at=started, finished_at=self._clock.now())
-        except SchemaTooNew as exc:
-            return self._failed(OutcomeKind.DEFER, envelope, exc, started, reason=exc.reason)
-        except RejectedMessage as exc:
-            return self._failed(OutcomeKind.DEAD, envelope, exc, started, reason=exc.reason)
-        except PermanentError as exc:
-            return self._failed(OutcomeKind.DEAD, envelope, exc, started, reason="permanent")
         except Exception as exc:  # e.g. the payload store is down: worth another try
-            return self._failed(OutcomeKind.RETRY, envelope, exc, started, reason="payload_unavailable")
+            return self._classified(envelope, exc, started, otherwise="payload_unavailable")
         ctx.headers = dict(delivery.headers)
         return await self._run(ctx, started)
 
@@ -143,17 +147,8 @@ class Processor:
         begin = self._clock.monotonic()
         try:
             await self._chain(ctx)
-        except CircuitOpen as exc:
-            return Outcome(OutcomeKind.RELEASE, ctx.envelope, reason="circuit_open", error_type=type(exc).__name__)
-        except PermanentError as exc:
-            return self._failed(OutcomeKind.DEAD, ctx.envelope, exc, started, reason="permanent", begin=begin)
-        except RejectedMessage as exc:  # a middleware judged the input (e.g. idempotency conflict)
-            return self._failed(OutcomeKind.DEAD, ctx.envelope, exc, started, reason=exc.reason, begin=begin)
-        except JobTimeout as exc:
-            outcome = self._failed(OutcomeKind.RETRY, ctx.envelope, exc, started, reason="timeout", begin=begin)
-            return replace(outcome, timed_out=True)
         except Exception as exc:
-            return self._failed(OutcomeKind.RETRY, ctx.envelope, exc, started, reason="error", begin=begin)
+            return self._classified(ctx.envelope, exc, started, otherwise="error", begin=begin)
         return Outcome(
             OutcomeKind.SUCCEEDED,
             ctx.envelope,
@@ -180,6 +175,18 @@ class Processor:
             return await self._threads.run(call, limit=limit, job_id=ctx.job_id, job_type=spec.job_type)
         except TimeoutError:
             raise JobTimeout(f"{spec.job_type} exceeded its {spec.timeout:g}s timeout") from None
+
+    def _classified(
+        self, envelope: Envelope, exc: Exception, started: datetime, *, otherwise: str, begin: float | None = None
+    ) -> Outcome:
+        """The outcome ``_CLASSIFICATION`` gives ``exc``; ``otherwise``: the reason of a plain failure."""
+        kind, reason = next((k, r) for error, k, r in _CLASSIFICATION if isinstance(exc, error))
+        if kind is OutcomeKind.RELEASE:  # no attempt spent, nothing to report but the type
+            return Outcome(kind, envelope, reason=reason, error_type=type(exc).__name__)
+        if reason is None:
+            reason = exc.reason if isinstance(exc, RejectedMessage) else otherwise
+        outcome = self._failed(kind, envelope, exc, started, reason=reason, begin=begin)
+        return replace(outcome, timed_out=True) if isinstance(exc, JobTimeout) else outcome
 
     def _failed(
         self,

@@ -40,7 +40,7 @@ from conveyor.common.backoff import RetryPolicy
 from conveyor.common.clock import Clock
 from conveyor.common.codec import encode_model, json_safe_text
 from conveyor.common.errors import PublishNotConfirmed
-from conveyor.common.jobs.outcome import Outcome, OutcomeKind
+from conveyor.common.jobs.outcome import Outcome, OutcomeKind, SettleAction
 from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.secrets import mask_secrets
 from conveyor.common.transport.base import Delivery, OutgoingMessage, Transport
@@ -102,7 +102,7 @@ class Settlement:
         self._defer = defer or DeferPolicy()
         self._failures: collections.OrderedDict[str, int] = collections.OrderedDict()  # by message id
 
-    async def settle(self, delivery: Delivery, outcome: Outcome, policy: RetryPolicy | None) -> str:
+    async def settle(self, delivery: Delivery, outcome: Outcome, policy: RetryPolicy | None) -> SettleAction:
         """Carry out ``outcome``; returns what was done. Raises only if the broker failed us,
         after a pause that grows with each failure of this message (see the module docstring)."""
         job_type = outcome.job_type if policy is not None else None
@@ -116,15 +116,15 @@ class Settlement:
         self._metrics.settled(job_type, action, outcome)
         return action
 
-    async def _carry_out(self, delivery: Delivery, outcome: Outcome, policy: RetryPolicy | None) -> str:
+    async def _carry_out(self, delivery: Delivery, outcome: Outcome, policy: RetryPolicy | None) -> SettleAction:
         match outcome.kind:
             case OutcomeKind.SUCCEEDED:
                 await delivery.ack()
                 await self._discard_payload(outcome.envelope)
-                action = "succeeded"
+                action = SettleAction.SUCCEEDED
             case OutcomeKind.RELEASE:
                 await delivery.release()
-                action = "released"
+                action = SettleAction.RELEASED
             case OutcomeKind.DEFER:
                 action = await self._defer_or_dead(delivery, outcome)
             case OutcomeKind.RETRY:
@@ -133,7 +133,7 @@ class Settlement:
                 action = await self._dead_letter(delivery, outcome, outcome.reason or "rejected")
         return action
 
-    async def _after_failure(self, delivery: Delivery, outcome: Outcome, exc: Exception) -> str:
+    async def _after_failure(self, delivery: Delivery, outcome: Outcome, exc: Exception) -> SettleAction:
         """Dead-letter a copy the broker keeps refusing; otherwise pause, then re-raise ``exc``."""
         if delivery.settled:  # acked or released already: nothing is held, nothing comes back
             raise exc
@@ -153,7 +153,7 @@ class Settlement:
         await self._clock.sleep(min(SETTLE_BACKOFF_CAP, SETTLE_BACKOFF_FIRST * 2 ** (failures - 1)))
         raise exc
 
-    async def _retry_or_dead(self, delivery: Delivery, outcome: Outcome, policy: RetryPolicy) -> str:
+    async def _retry_or_dead(self, delivery: Delivery, outcome: Outcome, policy: RetryPolicy) -> SettleAction:
         envelope = outcome.envelope
         assert envelope is not None  # RETRY only follows a decoded envelope
         if envelope.attempt >= policy.max_attempts:
@@ -172,9 +172,9 @@ class Settlement:
             return await self._dead_letter(delivery, outcome, "settlement_failed", failure=exc)
         await self._confirmed(delivery.queue, copy, "retry")
         await delivery.ack()
-        return "retried"
+        return SettleAction.RETRIED
 
-    async def _defer_or_dead(self, delivery: Delivery, outcome: Outcome) -> str:
+    async def _defer_or_dead(self, delivery: Delivery, outcome: Outcome) -> SettleAction:
         envelope = outcome.envelope
         assert envelope is not None
         deferrals = sum(1 for h in envelope.history if h.outcome == "deferred")
@@ -188,11 +188,11 @@ class Settlement:
             return await self._dead_letter(delivery, outcome, "settlement_failed", failure=exc)
         await self._confirmed(delivery.queue, copy, "defer")
         await delivery.ack()
-        return "deferred"
+        return SettleAction.DEFERRED
 
     async def _dead_letter(
         self, delivery: Delivery, outcome: Outcome, reason: str, *, failure: Exception | None = None
-    ) -> str:
+    ) -> SettleAction:
         """Publish the dead letter, confirmed, then ack. ``failure``: the settlement's own error
         (the record's error; the job's own stays in its history)."""
         try:
@@ -219,7 +219,7 @@ class Settlement:
             "job dead-lettered",
             extra={"job_id": record.job_id, "job_type": record.job_type, "reason": reason},
         )
-        return "dead_lettered"
+        return SettleAction.DEAD_LETTERED
 
     def _record(
         self, delivery: Delivery, outcome: Outcome, reason: str, failure: Exception | None

@@ -36,7 +36,7 @@ from conveyor.common.defaults import (
 from conveyor.common.errors import ConfigurationError, UnknownJobType
 from conveyor.common.headers import due_at
 from conveyor.common.idempotency.base import ProcessedKeyStore
-from conveyor.common.jobs.outcome import Outcome, OutcomeKind
+from conveyor.common.jobs.outcome import Outcome, OutcomeKind, SettleAction
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.middleware import Middleware
@@ -365,7 +365,7 @@ class Worker:
             await self._give_back(delivery, "settlement_failed")
             return
         self.counts[action] += 1
-        if action == "released":
+        if action is SettleAction.RELEASED:
             self.metrics.delivery_released(delivery.queue, "breaker")
 
     async def _give_back(self, delivery: Delivery, reason: str) -> None:
@@ -381,7 +381,7 @@ class Worker:
         except Exception:
             log.debug("release failed; the broker redelivers when the channel closes", exc_info=True)
             return
-        self.counts["released"] += 1
+        self.counts[SettleAction.RELEASED] += 1
         self.metrics.delivery_released(delivery.queue, reason)
 
     # -- breakers --------------------------------------------------------------------

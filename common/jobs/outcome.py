@@ -9,7 +9,7 @@ from datetime import datetime
 
 from conveyor.schemas.envelope import Envelope
 
-__all__ = ["Outcome", "OutcomeKind"]
+__all__ = ["Outcome", "OutcomeKind", "SettleAction"]
 
 
 class OutcomeKind(enum.Enum):
@@ -18,6 +18,18 @@ class OutcomeKind(enum.Enum):
     DEAD = "dead"  # dead-letter now with ``reason``
     DEFER = "defer"  # not for this worker yet (newer schema): later, no attempt spent
     RELEASE = "release"  # give back untouched (breaker open, shutting down)
+
+
+class SettleAction(enum.StrEnum):
+    """What settlement did with a delivery: the worker's counts and the metrics key on it.
+
+    A ``str`` enum, so ``worker.counts["succeeded"]`` and log fields read as before."""
+
+    SUCCEEDED = "succeeded"
+    RETRIED = "retried"
+    DEFERRED = "deferred"
+    RELEASED = "released"
+    DEAD_LETTERED = "dead_lettered"
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, which made building
