@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, decode_dead_letter, decode_envelope, encode_model
 from conveyor.common.errors import RejectedMessage
-from conveyor.common.headers import DUE_AT, JOB_TYPE, REASON, carried_over, format_due_at
+from conveyor.common.headers import DUE_AT, JOB_TYPE, REASON, carried_over, check_content_labels, format_due_at
 from conveyor.common.transport.base import Delivery, OutgoingMessage, Transport
 from conveyor.consumer.payloads import PayloadResolver
 from conveyor.schemas.dead_letter import DeadLetterRecord
@@ -225,6 +225,7 @@ class DeadLetters:
 
     async def _republish(self, record: DeadLetterRecord) -> bool:
         try:
+            check_content_labels(record.original_headers)  # labelled for another reader: never run
             envelope = decode_envelope(record.original_body, max_bytes=self._max_bytes)
         except RejectedMessage:
             return False  # bytes that never decoded cannot run; keep them for inspection

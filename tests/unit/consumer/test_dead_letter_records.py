@@ -64,3 +64,21 @@ async def test_a_job_the_broker_dead_lettered_is_its_delivery_limit_whatever_its
     forged = {"x-conveyor-reason": "exhausted"}  # any publisher can set it on a job
     [entry] = await entries(OutgoingMessage(body=encode_model(envelope), message_id=envelope.job_id, headers=forged))
     assert (entry.reason, entry.job_id, entry.worker_id) == ("delivery_limit", envelope.job_id, "broker")
+
+
+async def test_a_replay_never_runs_what_was_labelled_for_another_reader() -> None:
+    envelope = Producer.for_registry(None, JobRegistry(), allow_unregistered=True).build_envelope(  # type: ignore[arg-type]
+        "t.job", Job(n=1))
+    pickled = DeadLetterRecord(
+        dead_letter_id="dl-1", queue=DEFAULT_QUEUE, reason="unsupported_content_type", dead_lettered_at=datetime.now(UTC),
+        worker_id="w1", original_headers={"content-type": "application/x-python-serialize"},
+        original_body_b64=DeadLetterRecord.encode_body(encode_model(envelope)),
+    )
+    broker = MemoryBroker()
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    await transport.declare(DEFAULT_QUEUE)
+    await transport.publish(DLQ, OutgoingMessage(body=encode_model(pickled), message_id="dl-1"))
+    report = await DeadLetters(transport, DEFAULT_QUEUE).replay()
+    assert (report.matched, report.replayed, report.skipped_unreplayable) == (1, 0, 1)
+    assert broker.depth(DEFAULT_QUEUE) == 0 and broker.depth(DLQ) == 1, "kept for inspection, not run"
