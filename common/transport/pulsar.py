@@ -46,7 +46,11 @@ Names, URL options, the admin REST calls and what the backlog counts: see
   never cancelled: a cancelled receive (``asyncio.wait_for`` timing out) silently swallows the
   next message. It returns None once nothing arrived within ``get_wait`` *and* the admin API
   shows nothing stored that no consumer holds (up to ``get_max_wait`` while it does). When a
-  scan has come up empty and all it fetched is settled, the browsing consumer is closed.
+  scan has come up empty or given back what it took, and all it fetched is settled, the
+  browsing consumer is closed (what it released returns at once, not after the nack delay),
+  and the next ``get`` waits for that close before it subscribes again. Browsing destroys
+  nothing: no dead-letter policy on the browsing subscription, and Pulsar has no delivery
+  limit of its own, so a release only raises the message's redelivery count.
 * **Delivery fields.** ``headers`` are the message properties minus the reserved
   ``conveyor.message_id``; ``delivery_count`` is the broker's redelivery count + 1, which
   counts releases (nacks) but not a take-back from a consumer that closed or crashed.
@@ -227,6 +231,7 @@ class PulsarTransport(Transport):
         self._producers: dict[str, asyncio.Future[tuple[pulsar_asyncio.Producer, asyncio.Semaphore]]] = {}
         self._consumers: list[PulsarConsumer] = []
         self._browsers: dict[str, Browser] = {}
+        self._retired_browsers: dict[str, asyncio.Task[Any]] = {}  # closing: what they gave back returns
         self._browse_lock = asyncio.Lock()
         self._declared: set[str] = set()  # queues known to have our subscription
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -311,6 +316,7 @@ class PulsarTransport(Transport):
             self._client = self._admin = None
             consumers, self._consumers = self._consumers, []
             browsers, self._browsers = list(self._browsers.values()), {}
+            self._retired_browsers.clear()  # their closes are housekeeping, waited for below
             self._producers.clear()
             self._declared.clear()
             # Closing a consumer flushes its grouped acks, fails its pending receive, and makes the
@@ -489,6 +495,9 @@ class PulsarTransport(Transport):
             if browser is None:
                 if not await self._is_declared(queue):
                     raise TransportError(f"no queue {queue!r}")
+                retired = self._retired_browsers.pop(queue, None)
+                if retired is not None:  # what the last scan gave back is on its way back
+                    await asyncio.wait({retired}, timeout=self.operation_timeout)
                 browser = Browser(await self._subscribe(queue, receiver_queue_size=1))
                 self._browsers[queue] = browser
             message = await self._next_message(queue, browser)
@@ -500,7 +509,8 @@ class PulsarTransport(Transport):
             browser.exhausted = False
             browser.outstanding += 1
             return PulsarDelivery(
-                message, queue, browser.consumer, lambda: self._browsed_settled(queue, browser), self._inbox()
+                message, queue, browser.consumer,
+                lambda released: self._browsed_settled(queue, browser, released), self._inbox(),
             )
 
     async def _next_message(self, queue: str, browser: Browser) -> pulsar.Message | None:
@@ -520,13 +530,18 @@ class PulsarTransport(Transport):
                 raise TransportError(f"receive from {queue!r} failed ({result_of(exc).name})") from exc
             return message
 
-    def _browsed_settled(self, queue: str, browser: Browser) -> None:
+    def _browsed_settled(self, queue: str, browser: Browser, released: bool) -> None:
         browser.outstanding -= 1
-        if browser.outstanding == 0 and browser.exhausted and self._browsers.get(queue) is browser:
-            # The scan is over and everything it took is settled: closing gives back at once
-            # what was released (instead of after the nack delay) and what the pending receive got.
+        browser.released |= released
+        done = browser.exhausted or browser.released
+        if browser.outstanding == 0 and done and self._browsers.get(queue) is browser:
+            # The scan is over (it came up empty, or gave back what it took) and everything it
+            # took is settled: closing gives back at once what was released (instead of after
+            # the nack delay) and what the pending receive got. Kept open, a scan that ended
+            # early (``dlq show``) would hide what it released from the next scan for that
+            # long: the admin API counts it as held, so get() would end without it.
             del self._browsers[queue]
-            self._spawn(self._close_consumer(browser.consumer), housekeeping=True)
+            self._retired_browsers[queue] = self._spawn(self._close_consumer(browser.consumer), housekeeping=True)
 
     async def _drop_browser(self, queue: str, browser: Browser) -> None:
         if self._browsers.get(queue) is browser:

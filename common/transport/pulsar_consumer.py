@@ -71,7 +71,7 @@ class PulsarDelivery(Delivery):
         message: pulsar.Message,
         queue: str,
         consumer: pulsar_asyncio.Consumer,
-        on_settled: Callable[[], None],
+        on_settled: Callable[[bool], None],  # called with True for a release, False for an ack
         inbox: LoopInbox,
     ) -> None:
         properties = dict(message.properties())
@@ -98,7 +98,7 @@ class PulsarDelivery(Delivery):
         except PulsarException as exc:
             raise TransportError(f"ack failed ({result_of(exc).name}): the broker redelivers this message") from exc
         finally:
-            self._on_settled()
+            self._on_settled(False)
 
     async def _release(self) -> None:
         try:
@@ -106,7 +106,7 @@ class PulsarDelivery(Delivery):
         except (PulsarException, RuntimeError) as exc:
             raise TransportError("release failed: the broker redelivers this message") from exc
         finally:
-            self._on_settled()
+            self._on_settled(True)
 
 
 class PulsarConsumer(ConsumerHandle):
@@ -232,7 +232,7 @@ class PulsarConsumer(ConsumerHandle):
                 if self._key_tails.get(key) is done:
                     del self._key_tails[key]
 
-    def _on_settled(self) -> None:
+    def _on_settled(self, released: bool) -> None:
         self._outstanding -= 1
         if self.cancelled:
             if self._outstanding == 0:
@@ -262,6 +262,7 @@ class Browser:
         self.pending: asyncio.Future[pulsar.Message] | None = None
         self.outstanding = 0  # fetched, not yet settled
         self.exhausted = False  # the last get() came up empty
+        self.released = False  # gave a message back (it returns only after the nack delay, or on close)
 
     def receive(self) -> asyncio.Future[pulsar.Message]:
         """The pending receive, started if there is none. Never cancel it: it would swallow

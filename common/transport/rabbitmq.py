@@ -1,4 +1,4 @@
-"""The RabbitMQ transport (aio-pika), for RabbitMQ 3.10 and later.
+"""The RabbitMQ transport (aio-pika), for RabbitMQ 4.0 and later (tested on 4.0.5).
 
 The exchanges and queues it declares, the delay tiers and why they are quorum queues behind
 one exchange per sender (least-privilege users): see ``common.transport.rabbitmq_topology``.
@@ -44,7 +44,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -79,7 +79,9 @@ from conveyor.common.transport.rabbitmq_publisher import ExchangePublisher
 from conveyor.common.transport.rabbitmq_topology import (
     DEFAULT_DELAY_TIERS,
     DIRECT,
+    LEGACY_DLQ_ARGUMENTS,
     Topology,
+    legacy_dlq_advice,
     tier_queue,
 )
 
@@ -94,7 +96,7 @@ _TLS_URL_OPTIONS = frozenset({"cafile", "capath", "cadata", "keyfile", "certfile
 
 
 class RabbitMQTransport(Transport):
-    """Transport over RabbitMQ ≥ 3.10 with quorum queues and delay tiers (see module docs)."""
+    """Transport over RabbitMQ ≥ 4.0 with quorum queues and delay tiers (see module docs)."""
 
     scheme = "amqp"
 
@@ -123,6 +125,7 @@ class RabbitMQTransport(Transport):
         self._tls = (tls or TlsConfig()) if secure else None
         self._ssl_context: ssl.SSLContext | None = None
         self._host = urlsplit(url).hostname or "localhost"
+        self._vhost = unquote(urlsplit(url).path[1:]) or "/"  # AMQP URI: an empty path is the default vhost
         if connect_timeout <= 0 or reconnect_interval <= 0:
             raise ConfigurationError("connect_timeout and reconnect_interval must be > 0")
         self.topology = Topology.create(delay_tiers, delivery_limit)
@@ -219,16 +222,31 @@ class RabbitMQTransport(Transport):
 
     async def _declare(self, queue: str) -> None:
         dlq = self.dead_letter_queue(queue)
+        [(_, dlq_arguments), *queues] = self.topology.declarations(queue, dlq)  # the DLQ first
+        await self._declare_dead_letter_queue(dlq, dlq_arguments)
         async with self._control_channel() as channel:
             for exchange in self.topology.exchanges(queue):
                 with self._settings_conflict(f"exchange {exchange!r}", "delete it"):
                     await channel.exchange_declare(exchange, exchange_type=DIRECT, durable=True)
-            for name, arguments in self.topology.declarations(queue, dlq):
+            for name, arguments in queues:
                 with self._settings_conflict(f"queue {name!r}", "delete it or match them"):
                     await channel.queue_declare(name, durable=True, arguments=arguments)
                 self._known_queues.add(name)
             for binding in self.topology.bindings(queue, dlq):
                 await channel.queue_bind(binding.queue, binding.exchange, routing_key=binding.routing_key)
+
+    async def _declare_dead_letter_queue(self, dlq: str, arguments: dict[str, Any]) -> None:
+        """The DLQ without a delivery limit; one an earlier version declared (with RabbitMQ's
+        default limit) is kept, with an error in the log naming the policy that lifts it."""
+        try:
+            async with self._control_channel() as channel:  # its own: a 406 closes the channel
+                await channel.queue_declare(dlq, durable=True, arguments=arguments)
+        except ChannelPreconditionFailed:
+            with self._settings_conflict(f"queue {dlq!r}", "delete it or match them"):
+                async with self._control_channel() as channel:
+                    await channel.queue_declare(dlq, durable=True, arguments=LEGACY_DLQ_ARGUMENTS)
+            log.error(legacy_dlq_advice(dlq, self._vhost), extra={"queue": dlq})
+        self._known_queues.add(dlq)
 
     @contextlib.contextmanager
     def _settings_conflict(self, what: str, advice: str) -> Iterator[None]:

@@ -6,7 +6,7 @@ Pure (no I/O, no broker client), so the rules are readable and testable on their
      (kind "job")                └─ key q.retry.<t>s ─┐                  ▲ │
     worker retry, defer ─► q.retry ┬─ key q.retry.<t>s ┴► q.retry.<t>s ──┘ │  expired: broker → q.retry, key q
      (kind "retry")                └─ key q ───────────────────────────► q │
-    worker dead letter ─► q.dlx ── key q.dlq ──────────────────────────► q.dlq   quorum
+    worker dead letter ─► q.dlx ── key q.dlq ──────────────────────────► q.dlq   quorum, no delivery limit
      (kind "dead_letter")    ▲                                             │
                              └───────── over x-delivery-limit: broker ─────┘
 
@@ -40,21 +40,33 @@ Pure (no I/O, no broker client), so the rules are readable and testable on their
   the channel (404 / 403): the transport sends the first publish to each exchange on a
   channel of its own (see ``rabbitmq_publisher``).
 * **Delays are tier queues**: never held in worker memory, no delayed-message plugin (not in
-  Debian's 3.10, unmaintained). A delay goes to the smallest tier ≥ delay with a per-message
-  ``expiration`` = delay. TTL expires only at a queue's head, so in a tier a message waits at
-  least its own delay and at most the tier's TTL (head-of-line blocking is bounded by the tier),
-  and a short delay never waits behind a long one in another tier. A delay above the largest
-  tier is clamped to it (and logged): choose tiers that cover your longest backoff.
-* **Every queue is a durable quorum queue, tiers included.** Measured on RabbitMQ 3.10.8:
-  quorum queues honour per-message TTL (``expiration``) as well as ``x-message-ttl`` (the lower
-  wins) and expire at the head only, exactly like classic queues, so the tiers do not need
-  classic queues. A tier holds the *only* copy of a retried job (the original was acked once
-  the copy was confirmed), so it gets the work queue's durability (replicated, fsynced) and
-  **at-least-once dead-lettering** (``x-dead-letter-strategy``, which needs
-  ``x-overflow: reject-publish``; quorum-only, 3.10+): an expired message leaves the tier only
-  once the work queue has confirmed it. Classic queues dead-letter at-most-once. The work queue
-  uses the same strategy for its ``x-delivery-limit`` crash-loop backstop: nothing vanishes.
-  The DLQ has no delivery limit: browsing it (get + release) must never drop a record.
+  Debian's RabbitMQ packages, unmaintained). A delay goes to the smallest tier ≥ delay with a
+  per-message ``expiration`` = delay. TTL expires only at a queue's head, so in a tier a
+  message waits at least its own delay and at most the tier's TTL (head-of-line blocking is
+  bounded by the tier), and a short delay never waits behind a long one in another tier. A
+  delay above the largest tier is clamped to it (and logged): choose tiers that cover your
+  longest backoff.
+* **Every queue is a durable quorum queue, tiers included.** Measured on RabbitMQ 3.10.8 and
+  again on 4.0.5: quorum queues honour per-message TTL (``expiration``) as well as
+  ``x-message-ttl`` (the lower wins) and expire at the head only, exactly like classic queues
+  (4.0.5: a 100 ms message behind an 800 ms one left the tier with it, at 0.83 s), so the
+  tiers do not need classic queues. A tier holds the *only* copy of a retried job (the
+  original was acked once the copy was confirmed), so it gets the work queue's durability
+  (replicated, fsynced) and **at-least-once dead-lettering** (``x-dead-letter-strategy``,
+  which needs ``x-overflow: reject-publish``; quorum-only, 3.10+): an expired message leaves
+  the tier only once the work queue has confirmed it. Classic queues dead-letter at-most-once.
+  The work queue uses the same strategy for its ``x-delivery-limit`` crash-loop backstop:
+  nothing vanishes.
+* **The DLQ has no delivery limit** (``x-delivery-limit: -1``): browsing it (``conveyor dlq
+  list``, ``show``, ``status``: get, then give back) must never drop a record. Measured on
+  RabbitMQ 4.0.5: every way of giving a message back raises its ``x-delivery-count`` (nack or
+  reject with requeue, closing the channel or the connection, cancelling the consumer), and a
+  quorum queue declared without the argument has a default limit of 20, so the 21st browse
+  dropped every entry (a DLQ has nowhere to dead-letter them). ``-1`` turns the limit off; a
+  ``delivery-limit`` *policy* still wins over it (the lower limit applies), so no policy with
+  one may match ``*.dlq``. A DLQ an earlier version declared without the argument keeps its
+  arguments (they cannot change); ``declare`` keeps it and logs the policy that lifts its
+  limit (``LEGACY_DLQ_ARGUMENTS``, ``legacy_dlq_advice``).
 * **Upgrading from the default-exchange layout** (earlier 0.1 builds): the queues' dead-letter
   arguments changed, so ``declare`` of an old queue is a ``ConfigurationError``
   ("exists with other settings"). Drain the old queues (stop producers, let workers finish,
@@ -76,7 +88,9 @@ from conveyor.common.errors import ConfigurationError
 __all__ = [
     "DEFAULT_DELAY_TIERS",
     "DIRECT",
+    "DLQ_ARGUMENTS",
     "DLQ_SUFFIX",
+    "LEGACY_DLQ_ARGUMENTS",
     "ROLES",
     "Binding",
     "Permissions",
@@ -84,6 +98,7 @@ __all__ = [
     "Topology",
     "dead_letter_exchange",
     "jobs_exchange",
+    "legacy_dlq_advice",
     "permissions",
     "retry_exchange",
     "tier_queue",
@@ -96,6 +111,10 @@ DLQ_SUFFIX = ".dlq"
 DIRECT = "direct"
 
 _AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+# The DLQ: no delivery limit (RabbitMQ 4.x: -1 is off; without it a quorum queue's limit is 20).
+DLQ_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum", "x-delivery-limit": -1}
+# What earlier versions declared the DLQ with: on 4.x, the default limit of 20 applies.
+LEGACY_DLQ_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
 
 
 def tier_queue(queue: str, tier: float) -> str:
@@ -164,7 +183,7 @@ class Topology:
         """Queues to declare for ``queue`` with their arguments, dead-letter targets first."""
         _check_work_queue(queue)
         plan: list[tuple[str, dict[str, Any]]] = [
-            (dlq, {"x-queue-type": "quorum"}),
+            (dlq, dict(DLQ_ARGUMENTS)),
             (
                 queue,
                 {
@@ -256,6 +275,20 @@ def permissions(role: str, queues: Sequence[str]) -> Permissions:
     if role == "operator":
         return Permissions(_NOTHING, rf"^{base}\.jobs$", rf"^{base}\.dlq$")
     raise ConfigurationError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+
+
+def legacy_dlq_advice(dlq: str, vhost: str) -> str:
+    """What to do about a DLQ declared with ``LEGACY_DLQ_ARGUMENTS``: the policy that lifts its limit."""
+    pattern = "^" + re.escape(dlq) + "$"
+    return (
+        f"dead-letter queue {dlq!r} was declared by an earlier Conveyor without a delivery limit of -1: on "
+        "RabbitMQ 4.x it has the default limit of 20, every browse (conveyor dlq list/show, status) counts "
+        "as a delivery, and after 20 browses the broker drops its dead letters. Lift the limit with a "
+        f"policy: rabbitmqctl set_policy -p '{vhost}' --apply-to quorum_queues "
+        f"'conveyor-dlq-{dlq}' '{pattern}' '{{\"delivery-limit\":-1}}' (policies do not merge: if another "
+        "policy applies to this queue, add delivery-limit -1 to that one), or replay or purge it, delete "
+        "it, and let a worker declare it again"
+    )
 
 
 def _check_work_queue(queue: str) -> None:

@@ -39,7 +39,8 @@ def test_declarations_put_dead_letter_targets_first() -> None:
     plan = dict(TOPOLOGY.declarations("jobs", "jobs.dlq"))
     names = [name for name, _ in TOPOLOGY.declarations("jobs", "jobs.dlq")]
     assert names == ["jobs.dlq", "jobs", "jobs.retry.1s", "jobs.retry.5s", "jobs.retry.30s"]
-    assert plan["jobs.dlq"] == {"x-queue-type": "quorum"}  # no delivery limit: browsing never drops
+    # No delivery limit (-1: off; RabbitMQ 4.x's default is 20, and every browse counts).
+    assert plan["jobs.dlq"] == {"x-queue-type": "quorum", "x-delivery-limit": -1}
     work = plan["jobs"]
     assert work["x-queue-type"] == "quorum"
     assert work["x-delivery-limit"] == 7
