@@ -84,8 +84,8 @@ readonly TLS_CONF="/etc/rabbitmq/conf.d/60-conveyor-tls.conf"
 readonly TLS_FILES_DIR="/etc/rabbitmq/conveyor-tls"
 
 # The environment of every RabbitMQ program run in the root (server and CLI tools alike). The
-# caller's environment is not passed in: a RABBITMQ_NODENAME or ERL_* of the caller's (the test
-# helpers set RABBITMQ_NODENAME=rabbit@localhost for the host's node) must not redirect us.
+# caller's environment is not passed in: a RABBITMQ_NODENAME or ERL_* of the caller's (one meant
+# for another node, e.g. the host's own rabbitmq-server) must not redirect us.
 readonly NODE_ENV=(
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
     HOME="$RMQ_HOME"
