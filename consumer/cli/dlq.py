@@ -49,7 +49,7 @@ def _run_on_dlq(broker: str | None, queue: str, action: Callable[[DeadLetters], 
         transport = transport_for(url, settings)
         async with transport:
             await transport.declare(queue)
-            return await action(DeadLetters(transport, queue))
+            return await action(DeadLetters(transport, queue, max_message_bytes=settings.max_message_bytes))
 
     return run(go(), settings)
 
@@ -150,7 +150,8 @@ def dlq_purge(broker: str | None, queue: str, reason: str | None, job_type: str 
         try:
             async with transport:
                 await transport.declare(queue)
-                letters = DeadLetters(transport, queue, payloads=PayloadResolver.for_store(store))
+                letters = DeadLetters(transport, queue, payloads=PayloadResolver.for_store(store),
+                                      max_message_bytes=settings.max_message_bytes)
                 removed = await letters.purge(DeadLetterFilter(reason, job_type))
                 return removed, letters.payloads_deleted
         finally:
