@@ -58,7 +58,7 @@ async def pulsar_version(url: str) -> str:
     """The broker's version from its admin API (``/admin/v2/brokers/version``)."""
     import aiohttp
 
-    from conveyor.common.transport.pulsar_admin import parse_pulsar_url
+    from conveyor.common.transport.pulsar.admin import parse_pulsar_url
 
     admin = parse_pulsar_url(url).admin_url.rstrip("/")
     try:

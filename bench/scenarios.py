@@ -458,7 +458,7 @@ class Runner:
 def tier_queue(queue: str, tier: float) -> str:
     """Conveyor's tier-queue name (mirrored here; the final prefix sweep catches any drift)."""
     try:
-        from conveyor.common.transport.rabbitmq_topology import tier_queue as conveyors
+        from conveyor.common.transport.rabbitmq.topology import tier_queue as conveyors
     except ImportError:
         if float(tier).is_integer():
             return f"{queue}.retry.{int(tier)}s"

@@ -19,7 +19,7 @@ from conveyor.common.codec import decode_dead_letter, encode_model
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.transport.rabbitmq import RabbitMQTransport
-from conveyor.common.transport.rabbitmq_topology import jobs_exchange
+from conveyor.common.transport.rabbitmq.topology import jobs_exchange
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from tests.conftest import wait_until

@@ -28,7 +28,7 @@ from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.transport.base import Delivery, OutgoingMessage
 from conveyor.common.transport.rabbitmq import RabbitMQTransport
-from conveyor.common.transport.rabbitmq_topology import permissions
+from conveyor.common.transport.rabbitmq.topology import permissions
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from tests.conftest import wait_until

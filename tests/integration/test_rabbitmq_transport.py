@@ -20,7 +20,7 @@ from conveyor.common.errors import (
 )
 from conveyor.common.transport.base import Delivery, OutgoingMessage
 from conveyor.common.transport.rabbitmq import RabbitMQTransport
-from conveyor.common.transport.rabbitmq_topology import Topology, tier_queue
+from conveyor.common.transport.rabbitmq.topology import Topology, tier_queue
 from tests.support.rabbitmq_admin import rabbitmqctl
 
 pytestmark = pytest.mark.rabbitmq

@@ -25,7 +25,7 @@ from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.tls import TlsConfig
 from conveyor.common.transport.base import Transport
 from conveyor.common.transport.factory import transport_from_url
-from conveyor.common.transport.pulsar_admin import AdminClient
+from conveyor.common.transport.pulsar.admin import AdminClient
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from tests.conftest import wait_until

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from conveyor.common.errors import TransportError
-from conveyor.common.transport.pulsar_admin import AdminClient
+from conveyor.common.transport.pulsar.admin import AdminClient
 from tests.support.tls import tls_dir
 
 

@@ -9,7 +9,7 @@ import _pulsar
 import pytest
 from pulsar.asyncio import PulsarException
 
-from conveyor.common.transport.pulsar_inbox import LoopInbox
+from conveyor.common.transport.pulsar.inbox import LoopInbox
 
 
 class CountingLoop:

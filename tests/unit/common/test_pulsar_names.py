@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conveyor.common.errors import ConfigurationError
-from conveyor.common.transport.pulsar_admin import AdminClient, SubscriptionStats, TopicNames, parse_pulsar_url
+from conveyor.common.transport.pulsar.admin import AdminClient, SubscriptionStats, TopicNames, parse_pulsar_url
 
 
 def test_plain_url_derives_the_admin_url_from_the_first_host() -> None:

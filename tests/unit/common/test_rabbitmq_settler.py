@@ -13,7 +13,7 @@ import asyncio
 import pytest
 from aio_pika.exceptions import ChannelInvalidStateError
 
-from conveyor.common.transport.rabbitmq_consumer import ChannelSettler
+from conveyor.common.transport.rabbitmq.consumer import ChannelSettler
 
 
 class FakeChannel:

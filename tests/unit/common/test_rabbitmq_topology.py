@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.common.errors import ConfigurationError
-from conveyor.common.transport.rabbitmq_topology import ROLES, Binding, Target, Topology, permissions, tier_queue
+from conveyor.common.transport.rabbitmq.topology import ROLES, Binding, Target, Topology, permissions, tier_queue
 
 TOPOLOGY = Topology.create((30, 1, 5), delivery_limit=7)
 
