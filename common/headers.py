@@ -28,6 +28,7 @@ __all__ = [
     "DUE_AT",
     "JOB_TYPE",
     "REASON",
+    "REPLAYED_FROM",
     "carried_over",
     "check_content_labels",
     "due_at",
@@ -39,6 +40,7 @@ ATTEMPT = "x-conveyor-attempt"
 # When the message becomes due (epoch seconds): publish time plus its delay. The worker's
 # "time from publish to start" metric is measured from it.
 DUE_AT = "x-conveyor-due-at"
+REPLAYED_FROM = "x-conveyor-replayed-from"  # on a replayed job: the dead letter it came from
 REASON = "x-conveyor-reason"  # on a dead letter: the reason code of the record it carries
 CONTENT_TYPE = "content-type"
 CONTENT_ENCODING = "content-encoding"

@@ -41,6 +41,7 @@ from conveyor.common.clock import Clock
 from conveyor.common.codec import encode_model, json_safe_text
 from conveyor.common.errors import PublishNotConfirmed
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind, SettleAction
+from conveyor.common.messages import dead_letter_message, job_message
 from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.secrets import mask_secrets
 from conveyor.common.transport.base import Delivery, OutgoingMessage, Transport
@@ -202,16 +203,8 @@ class Settlement:
             log.exception("dead-letter record could not be encoded; writing a bare one", extra={"reason": reason})
             record = self._bare_record(delivery, outcome, reason, exc)
             body = encode_model(record)
-        message = OutgoingMessage(
-            body=body,
-            message_id=record.dead_letter_id,
-            headers={
-                **h.carried_over(delivery.headers),  # trace context: the dead letter stays in the job's trace
-                h.REASON: reason,
-                h.JOB_TYPE: record.job_type or "",
-            },
-            kind="dead_letter",
-        )
+        # Trace context carried over: the dead letter stays in the job's trace.
+        message = dead_letter_message(record, body, carried=h.carried_over(delivery.headers))
         await self._confirmed(self._transport.dead_letter_queue(delivery.queue), message, "dead_letter")
         await delivery.ack()
         self._metrics.dead_letter(record.job_type, reason, record.attempt)
@@ -281,18 +274,9 @@ class Settlement:
 
     def _copy_message(self, delivery: Delivery, envelope: Envelope, delay: float) -> OutgoingMessage:
         """The retry or deferral copy, encoded (which is where a copy can fail, before any I/O)."""
-        return OutgoingMessage(
-            body=encode_model(envelope),
-            message_id=envelope.job_id,
-            headers={
-                **h.carried_over(delivery.headers),
-                h.JOB_TYPE: envelope.job_type,
-                h.ATTEMPT: str(envelope.attempt),
-                h.DUE_AT: h.format_due_at(self._clock.now() + timedelta(seconds=delay)),
-            },
-            delay=delay,
-            kind="retry",  # deferrals too: a worker may send copies back, never new jobs
-        )
+        due_at = self._clock.now() + timedelta(seconds=delay)
+        return job_message(envelope, encode_model(envelope), due_at=due_at, delay=delay,
+                           carried=h.carried_over(delivery.headers), kind="retry")
 
     async def _confirmed(self, queue: str, message: OutgoingMessage, kind: str) -> None:
         begin = self._clock.monotonic()

@@ -40,13 +40,13 @@ from conveyor.common.errors import (
     TransportError,
     UnknownJobType,
 )
-from conveyor.common.headers import ATTEMPT, DUE_AT, JOB_TYPE, format_due_at
 from conveyor.common.jobs.command import PublishCommand, PublishReceipt
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.common.messages import job_message
 from conveyor.common.metrics import UNKNOWN, WorkerMetrics
 from conveyor.common.middleware import Middleware, build_publish_chain
 from conveyor.common.payload_store.base import DEFAULT_PAYLOAD_THRESHOLD, PayloadStore
-from conveyor.common.transport.base import OutgoingMessage, Transport
+from conveyor.common.transport.base import Transport
 from conveyor.producer.claim_check import ClaimCheck
 from conveyor.schemas.envelope import (
     Envelope,
@@ -267,17 +267,8 @@ class Producer:
                 if command.queue not in self._declared:
                     await self.transport.declare(command.queue)
                     self._declared.add(command.queue)
-        message = OutgoingMessage(
-            body=body,
-            message_id=command.envelope.job_id,
-            headers={
-                JOB_TYPE: command.envelope.job_type,
-                ATTEMPT: str(command.envelope.attempt),
-                DUE_AT: format_due_at(self._clock.now() + timedelta(seconds=command.delay)),
-                **command.headers,
-            },
-            delay=command.delay,
-        )
+        due_at = self._clock.now() + timedelta(seconds=command.delay)
+        message = job_message(command.envelope, body, due_at=due_at, delay=command.delay, extra=command.headers)
         begin = self._clock.monotonic()
         try:
             # Not wait_for (a task per publish), nor asyncio.timeout (a timer per publish): one

@@ -27,8 +27,9 @@ from datetime import UTC, datetime
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, decode_dead_letter, decode_envelope, encode_model
 from conveyor.common.errors import RejectedMessage
-from conveyor.common.headers import DUE_AT, JOB_TYPE, REASON, carried_over, check_content_labels, format_due_at
-from conveyor.common.transport.base import Delivery, OutgoingMessage, Transport
+from conveyor.common.headers import JOB_TYPE, REASON, REPLAYED_FROM, carried_over, check_content_labels
+from conveyor.common.messages import job_message
+from conveyor.common.transport.base import Delivery, Transport
 from conveyor.consumer.payloads import PayloadResolver
 from conveyor.schemas.dead_letter import DeadLetterRecord
 from conveyor.schemas.envelope import MAX_HISTORY, PayloadReference
@@ -233,15 +234,10 @@ class DeadLetters:
         # fresh attempt budget.
         history = (record.history or envelope.history)[-MAX_HISTORY:]
         fresh = envelope.model_copy(update={"attempt": 1, "history": history})
-        message = OutgoingMessage(
-            body=encode_model(fresh),
-            message_id=fresh.job_id,
-            headers={
-                **carried_over(record.original_headers),  # trace context: the replay joins the job's trace
-                JOB_TYPE: fresh.job_type,
-                "x-conveyor-replayed-from": record.dead_letter_id,
-                DUE_AT: format_due_at(self._clock.now()),
-            },
+        message = job_message(
+            fresh, encode_model(fresh), due_at=self._clock.now(),
+            carried=carried_over(record.original_headers),  # trace context: the replay joins the job's trace
+            extra={REPLAYED_FROM: record.dead_letter_id},
         )
         if record.queue not in self._declared:  # once per queue: a check costs round trips
             await self._transport.declare(record.queue)

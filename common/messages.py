@@ -1,0 +1,65 @@
+"""The one builder of outgoing messages: every message Conveyor sends is made here.
+
+A job travels as its encoded envelope plus a few transport headers that broker tooling and the
+metrics read (they are never trusted for limits): the job type, the attempt, and when the
+message becomes due. Four senders use this: the producer (new jobs), settlement (retry and
+deferral copies, dead letters) and ``dlq replay`` (a dead job republished). Headers that must
+survive a hop, such as the W3C trace context, come in as ``carried``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from conveyor.common import headers as h
+from conveyor.common.transport.base import MessageKind, OutgoingMessage
+from conveyor.schemas.dead_letter import DeadLetterRecord
+from conveyor.schemas.envelope import Envelope
+
+__all__ = ["dead_letter_message", "job_message"]
+
+_NONE: Mapping[str, str] = {}
+
+
+def job_message(
+    envelope: Envelope,
+    body: bytes,
+    *,
+    due_at: datetime,
+    delay: float = 0.0,
+    carried: Mapping[str, str] = _NONE,
+    extra: Mapping[str, str] = _NONE,
+    kind: MessageKind = "job",
+) -> OutgoingMessage:
+    """A job (new, a retry or deferral copy, a replay): ``body`` is ``envelope`` encoded.
+
+    ``kind="retry"`` for every copy a worker sends back (deferrals too: a worker may send copies,
+    never new jobs); ``extra`` headers come last (a publish middleware's, a replay's marker).
+    """
+    return OutgoingMessage(
+        body=body,
+        message_id=envelope.job_id,
+        headers={
+            **carried,
+            h.JOB_TYPE: envelope.job_type,
+            h.ATTEMPT: str(envelope.attempt),
+            h.DUE_AT: h.format_due_at(due_at),
+            **extra,
+        },
+        delay=delay,
+        kind=kind,
+    )
+
+
+def dead_letter_message(
+    record: DeadLetterRecord, body: bytes, *, carried: Mapping[str, str] = _NONE
+) -> OutgoingMessage:
+    """A dead letter: ``body`` is ``record`` encoded; its reason rides in a header too, so the
+    DLQ tooling can name it even for a record it cannot read."""
+    return OutgoingMessage(
+        body=body,
+        message_id=record.dead_letter_id,
+        headers={**carried, h.REASON: record.reason, h.JOB_TYPE: record.job_type or ""},
+        kind="dead_letter",
+    )
