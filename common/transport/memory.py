@@ -18,6 +18,7 @@ from typing import Any
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.errors import PublishNotConfirmed, TransportError
+from conveyor.common.tasks import TaskSet
 from conveyor.common.transport.base import (
     ConsumerHandle,
     Delivery,
@@ -106,7 +107,7 @@ class MemoryBroker:
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock or SystemClock()
         self._queues: dict[str, _Queue] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self._joiners: list[tuple[str, asyncio.Future[None]]] = []
 
     def declare(self, queue: str) -> None:
@@ -246,9 +247,7 @@ class MemoryBroker:
             self._dispatch(queue)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     def _notify(self) -> None:
         waiting = []

@@ -95,6 +95,7 @@ from conveyor.common.errors import (
     TransportError,
 )
 from conveyor.common.secrets import mask_url, scrub_error
+from conveyor.common.tasks import TaskSet
 from conveyor.common.tls import TlsConfig, check_scheme, probe_handshake
 from conveyor.common.transport.base import (
     ConsumerHandle,
@@ -234,8 +235,8 @@ class PulsarTransport(Transport):
         self._retired_browsers: dict[str, asyncio.Task[Any]] = {}  # closing: what they gave back returns
         self._browse_lock = asyncio.Lock()
         self._declared: set[str] = set()  # queues known to have our subscription
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._housekeeping: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
+        self._housekeeping = TaskSet()  # what close() waits for
         self._lock = asyncio.Lock()
         self._completions: LoopInbox | None = None
 
@@ -326,8 +327,7 @@ class PulsarTransport(Transport):
                 await handle.close()
             for browser in browsers:
                 await self._close_consumer(browser.consumer)
-            if self._housekeeping:  # consumers being closed, releases being sent
-                await asyncio.wait(set(self._housekeeping), timeout=self.operation_timeout)
+            await self._housekeeping.wait(self.operation_timeout)  # consumers being closed, releases being sent
             if client is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(client.close(), self.operation_timeout)
@@ -585,11 +585,7 @@ class PulsarTransport(Transport):
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], *, housekeeping: bool = False) -> asyncio.Task[Any]:
         """Run ``coro`` in the background; ``close()`` waits for housekeeping (closes, nacks)."""
-        task = asyncio.get_running_loop().create_task(coro)
-        tasks = self._housekeeping if housekeeping else self._tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        return task
+        return (self._housekeeping if housekeeping else self._tasks).spawn(coro)
 
     def _scrub(self, exc: BaseException) -> str:
         return scrub_error(exc, self._url, self._token, self._password)

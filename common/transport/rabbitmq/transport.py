@@ -42,7 +42,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -59,6 +59,7 @@ from aiormq.exceptions import ChannelAccessRefused
 
 from conveyor.common.errors import AccessRefused, ConfigurationError, TransportError
 from conveyor.common.secrets import mask_url, scrub_error
+from conveyor.common.tasks import TaskSet
 from conveyor.common.tls import TlsConfig, check_scheme, tls_error
 from conveyor.common.transport.base import (
     ConsumerHandle,
@@ -138,7 +139,7 @@ class RabbitMQTransport(Transport):
         self._publish_channel: AbstractRobustChannel | None = None
         self._get_channel: tuple[aiormq.abc.AbstractChannel, ChannelSettler] | None = None
         self._consumers: list[AmqpConsumer] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self._lock = asyncio.Lock()
         self._known_queues: set[str] = set()  # seen to exist, so basic.get cannot hit a 404
         self._exchanges = ExchangePublisher(
@@ -462,10 +463,8 @@ class RabbitMQTransport(Transport):
                 with contextlib.suppress(*_BROKER_ERRORS):
                     await channel.close()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._tasks.spawn(coro)
 
     def _scrub(self, exc: BaseException) -> str:
         return scrub_error(exc, self._url)
