@@ -92,6 +92,9 @@ class Processor:
             envelope = decode_envelope(delivery.body, max_bytes=self._max_bytes)
         except RejectedMessage as exc:
             return self._failed(OutcomeKind.DEAD, None, exc, started, reason=exc.reason)
+        # A publisher's attempt=999 is not believed past what the history records: handler,
+        # retry budget, backoff and records all see the attempt the worker can account for.
+        envelope = envelope.bounded_by_history()
         if envelope.expired(started):
             return Outcome(OutcomeKind.DEAD, envelope, reason="expired", started_at=started, finished_at=started)
         try:

@@ -236,5 +236,26 @@ class Envelope(_Frozen):
         history = (*self.history, record)[-MAX_HISTORY:]
         return self.model_copy(update={"history": history})
 
+    def bounded_by_history(self) -> Envelope:
+        """This envelope with ``attempt`` no higher than its own history accounts for.
+
+        ``attempt`` is a publisher's claim: the schema takes up to 10,000, and a publisher in
+        another language may send its own counter. Trusted for limits, ``attempt=999`` with an
+        empty history would be dead-lettered as exhausted after one run. So the worker counts an
+        attempt only where the history records the run before it: every copy Conveyor writes
+        adds one record per attempt it adds (``next_attempt``), a deferral adds a record and no
+        attempt, a replay resets ``attempt`` to 1 and keeps the history, so its own messages
+        always have ``attempt <= len(history) + 1`` and pass unchanged. A full history
+        (``MAX_HISTORY``) dropped its oldest records: then the newest record's attempt + 1
+        bounds it instead. Lowering a claim only gives the job the runs its policy allows
+        (``max_attempts`` and ``max_age`` still bound it). The records themselves are taken at
+        their word: forging a history is a deliberate lie about the past, not a counter sent in
+        good faith, and a publisher can always send a job that fails anyway.
+        """
+        bound = len(self.history) + 1
+        if self.attempt > bound and len(self.history) >= MAX_HISTORY:
+            bound = self.history[-1].attempt + 1
+        return self if self.attempt <= bound else self.model_copy(update={"attempt": bound})
+
     def expired(self, now: datetime) -> bool:
         return self.deadline is not None and now >= self.deadline

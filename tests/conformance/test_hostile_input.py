@@ -162,3 +162,19 @@ async def test_json_labelled_as_json_runs(backend: Backend) -> None:
     async with Worker(await backend.transport(), jobs, config=fast_config()) as worker:
         await wait_until(lambda: worker.counts["succeeded"] == 1, what="the labelled job")
     assert seen == [1]
+
+
+async def test_a_job_published_at_attempt_999_with_no_history_gets_its_full_retry_budget(backend: Backend) -> None:
+    # The schema allows attempt up to 10,000 and a publisher in another language may send its own
+    # counter: trusted, attempt=999 would be "exhausted" after one run (issue 13, defect 13).
+    calls = Calls()
+    jobs = registry_for(backend, always_failing(calls), retry=RetryPolicy(max_attempts=3, base=0.2, jitter=0.0))
+    envelope = Producer.for_registry(None, jobs).build_envelope("test.ping", Ping(n=1))  # type: ignore[arg-type]
+    body = encode_model(envelope.model_copy(update={"attempt": 999}))
+    await send(backend, body)
+    async with Worker(await backend.transport(), jobs, config=fast_config()) as worker:
+        await wait_until(lambda: worker.counts["dead_lettered"] == 1, what="the job's three attempts")
+    assert [attempt for _, attempt, _ in calls.seen] == [1, 2, 3]
+    assert worker.counts["retried"] == 2
+    [record] = await dead_letters(backend)
+    assert (record.reason, record.attempt, [h.attempt for h in record.history]) == ("exhausted", 3, [1, 2, 3])

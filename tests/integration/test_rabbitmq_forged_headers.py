@@ -2,9 +2,9 @@
 
 Anyone allowed to publish a job can put any header on it: ``x-death`` with huge counts,
 ``x-delivery-count``, Conveyor's own ``x-conveyor-attempt``, ``x-first-death-reason``. The worker
-must still run the job and count attempts from the envelope (the producer's contract, validated)
-and deliveries from the broker's own count, so a forged header can neither dead-letter a good
-job early nor buy a bad one more attempts.
+must still run the job and count attempts from the envelope (the producer's contract, validated;
+its ``attempt`` no higher than its history accounts for) and deliveries from the broker's own
+count, so a forged header can neither dead-letter a good job early nor buy a bad one more attempts.
 """
 
 from __future__ import annotations
@@ -151,5 +151,6 @@ async def test_a_forged_dead_letter_reason_on_a_job_is_not_taken_for_the_brokers
                          uuid.uuid4().hex)
     async with Worker(transport, jobs, config=WorkerConfig(concurrency=1, metrics_interval=0)) as worker:
         await wait_until(lambda: worker.counts["succeeded"] == 1, timeout=15, what="the job to run")
-    assert attempts == {"once": [MAX_ATTEMPTS]}
+    # Nor is its forged attempt (3 of 3, no history): it runs from attempt 1 and succeeds on 3.
+    assert attempts == {"once": [1, 2, MAX_ATTEMPTS]}
     assert await transport.depth(transport.dead_letter_queue(queue_name)) == 0

@@ -48,3 +48,54 @@ def test_a_forked_child_does_not_reuse_the_parents_pending_ids() -> None:
     parent = {new_job_id() for _ in range(300)}
     assert len(child) == 10
     assert not child & parent
+
+
+def _envelope(**changes: object):
+    from datetime import UTC, datetime
+
+    from conveyor.schemas.envelope import Envelope, InlinePayload
+
+    fields: dict[str, object] = dict(job_id="j-1", idempotency_key="j-1", job_type="test.ping", schema_version=1,
+                                     correlation_id="j-1", created_at=datetime.now(UTC),
+                                     payload=InlinePayload(data={"n": 1}))
+    return Envelope(**{**fields, **changes})
+
+
+def _record(attempt: int, outcome: str = "retried"):
+    from datetime import UTC, datetime
+
+    from conveyor.schemas.envelope import AttemptRecord
+
+    now = datetime.now(UTC)
+    return AttemptRecord(attempt=attempt, worker_id="w", started_at=now, finished_at=now, outcome=outcome)
+
+
+def test_a_forged_attempt_is_bounded_by_the_history_it_carries() -> None:
+    assert _envelope(attempt=999).bounded_by_history().attempt == 1
+    assert _envelope(attempt=999, history=(_record(1), _record(2))).bounded_by_history().attempt == 3
+    assert _envelope(attempt=2).bounded_by_history().attempt == 1
+
+
+def test_every_envelope_conveyor_writes_keeps_its_attempt() -> None:
+    """Retries, deferrals, a replay (attempt 1, history kept) and a history past its cap."""
+    from conveyor.schemas.envelope import MAX_HISTORY
+
+    envelope = _envelope()
+    for n in range(3 * MAX_HISTORY):
+        if n % 3 == 1:
+            envelope = envelope.with_history(_record(envelope.attempt, "deferred"))
+        else:
+            envelope = envelope.next_attempt(_record(envelope.attempt))
+        if n == MAX_HISTORY:  # a replay: a fresh budget, the same history
+            envelope = envelope.model_copy(update={"attempt": 1})
+        assert envelope.bounded_by_history() is envelope, (n, envelope.attempt, len(envelope.history))
+    assert len(envelope.history) == MAX_HISTORY and envelope.attempt > MAX_HISTORY + 1
+
+
+def test_a_full_forged_history_bounds_the_attempt_by_its_newest_record() -> None:
+    from conveyor.schemas.envelope import MAX_HISTORY
+
+    history = tuple(_record(1) for _ in range(MAX_HISTORY))
+    assert _envelope(attempt=999, history=history).bounded_by_history().attempt == 2
+    history = (*history[1:], _record(700))
+    assert _envelope(attempt=999, history=history).bounded_by_history().attempt == 701
