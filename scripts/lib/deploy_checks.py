@@ -7,11 +7,12 @@
   variables replaced) so that ``promtool check rules`` parses each one.
 * Metric names used by dashboards and rules exist in ``common.metrics.WorkerMetrics``.
 * docker-compose.yml: the compose-spec JSON schema (vendored in check-jsonschema), plus images
-  pinned, host ports on 127.0.0.1 only, a stop grace period above the drain, mounted files exist.
+  pinned, host ports on 127.0.0.1 only, a stop grace period above the drain, mounted files exist,
+  every worker service on a PostgreSQL idempotency store.
 * Kubernetes manifests: the Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown
   fields fail) for the oldest and newest supported versions; KEDA objects against
   deploy/kubernetes/schemas; plus cross-references (Secret/ConfigMap names, probes, the grace
-  period, the security context, the ServiceAccount token).
+  period, the security context, the ServiceAccount token, the workers' idempotency store).
 * Dockerfile: multi-stage, pinned base, non-root USER, no build tools installed.
 
 Prints one line per check; exits 1 listing every failure.
@@ -165,6 +166,17 @@ def check_compose() -> None:
     stop = float(consumer["stop_grace_period"].rstrip("s"))
     check(stop >= grace + 10, f"docker-compose.yml: consumer stop_grace_period {stop:g}s > drain {grace:g}s + 10s")
     check(consumer.get("deploy", {}).get("replicas", 1) > 1, "docker-compose.yml: consumer is scaled (replicas > 1)")
+    check_compose_idempotency(services)
+
+
+def check_compose_idempotency(services: dict[str, Any]) -> None:
+    """Every worker service has a PostgreSQL processed-key store and waits for it."""
+    workers = {name: s for name, s in services.items() if list(s.get("command", []))[:1] == ["worker"]}
+    check(bool(workers), "docker-compose.yml: worker services found")
+    for name, service in workers.items():
+        url = str(service.get("environment", {}).get("CONVEYOR_IDEMPOTENCY_URL", ""))
+        check(url.startswith("postgresql://") and "postgres" in service.get("depends_on", {}),
+              f"docker-compose.yml: {name} has a PostgreSQL idempotency store (CONVEYOR_IDEMPOTENCY_URL) and waits for it")
 
 
 # -- kubernetes -------------------------------------------------------------------------------
@@ -245,6 +257,13 @@ def check_kubernetes_semantics(by_kind: dict[str, dict[str, dict[str, Any]]], sc
     check(str(port) == config["CONVEYOR_HTTP_PORT"], "deployment: metrics port = CONVEYOR_HTTP_PORT")
     check(bool(worker["resources"].get("requests")) and bool(worker["resources"].get("limits")),
           "deployment: resource requests and limits")
+    # Duplicates (a redelivery, the CronJob's second run for one slot) are recognised only with
+    # a processed-key store shared by every replica.
+    env = {e["name"]: e.get("value", "") for e in worker.get("env", [])}
+    store = secrets.get("conveyor-secrets", {}).get("stringData", {}).get("CONVEYOR_IDEMPOTENCY_URL", "")
+    check(env.get("CONVEYOR_IDEMPOTENCY_URL_FILE", "").endswith("/CONVEYOR_IDEMPOTENCY_URL")
+          and store.startswith("postgresql://"),
+          "deployment: workers read a PostgreSQL idempotency store (CONVEYOR_IDEMPOTENCY_URL_FILE, key of the Secret)")
     sa = by_kind["ServiceAccount"][pod["serviceAccountName"]]
     check(sa.get("automountServiceAccountToken") is False, "serviceaccount: automountServiceAccountToken false")
     pdb = by_kind["PodDisruptionBudget"]["conveyor-worker"]

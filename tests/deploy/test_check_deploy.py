@@ -159,3 +159,33 @@ def test_secret_rules_reject_secrets_that_are_not_mounted_files(mutation: str) -
     assert deploy_checks.failures, f"{mutation} was not rejected"
     assert all("Job conveyor-dlq-replay-" in failure for failure in deploy_checks.failures)
     deploy_checks.failures.clear()
+
+
+@pytest.mark.parametrize("mutation", ["no_store", "not_postgres"])
+def test_workers_without_a_shared_idempotency_store_are_rejected(mutation: str) -> None:
+    """cronjob-publish.yaml relies on the workers recognising a second publish of one slot."""
+    sys.path.insert(0, str(ROOT / "scripts/lib"))
+    import deploy_checks
+
+    by_kind, scaled = deploy_checks.index_manifests(deploy_checks.load_manifests())
+    services = _load("docker-compose.yml")["services"]
+    deploy_checks.failures.clear()
+    deploy_checks.check_kubernetes_semantics(by_kind, scaled)
+    deploy_checks.check_compose_idempotency(services)
+    assert deploy_checks.failures == []  # the shipped files pass
+
+    broken, broken_services = copy.deepcopy(by_kind), copy.deepcopy(services)
+    [worker] = broken["Deployment"]["conveyor-worker"]["spec"]["template"]["spec"]["containers"]
+    pulsar_env = broken_services["consumer-pulsar"]["environment"]
+    if mutation == "no_store":
+        worker["env"] = [e for e in worker["env"] if e["name"] != "CONVEYOR_IDEMPOTENCY_URL_FILE"]
+        del pulsar_env["CONVEYOR_IDEMPOTENCY_URL"]
+    else:
+        broken["Secret"]["conveyor-secrets"]["stringData"]["CONVEYOR_IDEMPOTENCY_URL"] = "sqlite:///tmp/keys.db"
+        pulsar_env["CONVEYOR_IDEMPOTENCY_URL"] = "sqlite:///tmp/keys.db"
+    deploy_checks.check_kubernetes_semantics(broken, scaled)
+    deploy_checks.check_compose_idempotency(broken_services)
+    assert any("deployment: workers read a PostgreSQL idempotency store" in f for f in deploy_checks.failures)
+    assert any("consumer-pulsar has a PostgreSQL idempotency store" in f for f in deploy_checks.failures)
+    assert not any("docker-compose.yml: consumer has" in f for f in deploy_checks.failures)
+    deploy_checks.failures.clear()
