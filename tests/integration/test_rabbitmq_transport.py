@@ -266,6 +266,23 @@ async def test_delay_inside_a_tier_waits_its_own_delay_not_the_tiers(
     assert 1.5 <= seen.arrived[0] - start < 2.9
 
 
+async def test_within_a_tier_a_short_delay_waits_behind_the_head_at_most_the_tiers_ttl(
+    transport: RabbitMQTransport, queue_name: str
+) -> None:
+    """What the README says of tiers: TTL expires only at a queue's head, so in one tier a 1.5 s
+    delay behind a 3 s one leaves with it, at 3 s (the tier's TTL), not at 1.5 s."""
+    await transport.declare(queue_name)
+    seen = Collector()
+    await transport.consume(queue_name, seen, prefetch=10)
+    start = time.monotonic()
+    await transport.publish(queue_name, message(b"3s", delay=3.0))
+    await transport.publish(queue_name, message(b"1.5s", delay=1.5))
+    assert transport.topology.route(queue_name, 3.0)[0] == transport.topology.route(queue_name, 1.5)[0]
+    await eventually(lambda: len(seen.deliveries) == 2, timeout=15)
+    assert seen.bodies == [b"3s", b"1.5s"], "the head leaves first; the shorter delay waited behind it"
+    assert 2.9 <= seen.arrived[1] - start < 4.5
+
+
 async def test_delay_beyond_the_largest_tier_is_clamped_to_it(transport: RabbitMQTransport, queue_name: str) -> None:
     assert transport.topology.route(queue_name, 10.0) == (tier_queue(queue_name, 3.0), 3000)
     assert transport.topology.route(queue_name, 0.0) == (queue_name, None)
