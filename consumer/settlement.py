@@ -39,7 +39,7 @@ from conveyor.common import headers as h
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.clock import Clock
 from conveyor.common.codec import encode_model, json_safe_text
-from conveyor.common.errors import PublishNotConfirmed
+from conveyor.common.errors import ConfigurationError, PublishNotConfirmed
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind, SettleAction
 from conveyor.common.messages import dead_letter_message, job_message
 from conveyor.common.metrics import WorkerMetrics
@@ -48,6 +48,7 @@ from conveyor.common.transport.base import Delivery, OutgoingMessage, Transport
 from conveyor.consumer.payloads import PayloadResolver
 from conveyor.schemas.dead_letter import DeadLetterRecord
 from conveyor.schemas.envelope import (
+    MAX_HISTORY,
     AttemptRecord,
     Envelope,
     PayloadReference,
@@ -74,10 +75,23 @@ _REMEMBERED_FAILURES = 4096  # messages whose failures are counted; the oldest a
 
 @dataclass(frozen=True)
 class DeferPolicy:
-    """Messages from a newer producer wait for a newer worker, within a bound."""
+    """Messages from a newer producer wait for a newer worker, within a bound.
+
+    Deferrals are counted in the envelope's attempt history, which keeps the last
+    ``MAX_HISTORY`` entries: a bound at or above it could never be reached (the message would
+    be deferred forever), so it is refused. The default waits 40 × 30 s = 20 minutes for a
+    rolling deploy, then dead-letters as ``unknown_version`` (replay it once the new workers run).
+    """
 
     delay: float = 30.0
-    max_deferrals: int = 120
+    max_deferrals: int = 40
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_deferrals < MAX_HISTORY:
+            raise ConfigurationError(
+                f"DeferPolicy: max_deferrals must be between 1 and {MAX_HISTORY - 1} (the attempt history "
+                f"keeps {MAX_HISTORY} entries), not {self.max_deferrals}"
+            )
 
 
 class Settlement:

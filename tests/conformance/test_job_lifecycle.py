@@ -340,7 +340,7 @@ async def test_newer_schema_version_is_deferred_not_failed(backend: Backend) -> 
     new.schemas.upcaster("test.ping", 1)(lambda d: {**d, "label": "v1"})
     producer = Producer.for_registry(await backend.transport(), new, manage_transport=False)
     await producer.publish("test.ping", {"n": 1, "label": "x"})
-    config = fast_config(defer=DeferPolicy(delay=0.2, max_deferrals=100))
+    config = fast_config(defer=DeferPolicy(delay=0.2, max_deferrals=45))
     async with Worker(await backend.transport(), old, config=config) as old_worker:
         await wait_until(lambda: old_worker.counts["deferred"] >= 1, what="the old worker to defer")
     async with Worker(await backend.transport(), new, config=config) as new_worker:

@@ -165,7 +165,7 @@ async def test_a_rolling_deploy_loses_nothing_and_dead_letters_nothing(backend: 
     old_jobs, new_jobs = ping_v1_jobs(backend, seen), ping_v2_jobs(backend, seen)
     old_producer = Producer.for_registry(await backend.transport(), old_jobs, manage_transport=False)
     new_producer = Producer.for_registry(await backend.transport(), new_jobs, manage_transport=False)
-    config = fast_config(defer=DeferPolicy(delay=0.2, max_deferrals=200))
+    config = fast_config(defer=DeferPolicy(delay=0.2, max_deferrals=45))
     published: dict[str, int] = {}
     for i in range(10):  # in flight when the deploy starts: both versions, mixed
         published[(await new_producer.publish("test.ping", PingV2(n=i, label=f"new-{i}"))).job_id] = 2
@@ -196,7 +196,7 @@ async def test_a_deferred_v2_message_keeps_its_reference_for_the_v2_worker(backe
     producer = Producer.for_registry(await backend.transport(), new_jobs, manage_transport=False, payload_store=s3,
                                      payload_threshold=1024)
     receipt = await producer.publish("test.ping", PingV2(n=1, label="L" * 4096))
-    config = fast_config(defer=DeferPolicy(delay=0.2, max_deferrals=100))
+    config = fast_config(defer=DeferPolicy(delay=0.2, max_deferrals=45))
     requests = s3.requests
     async with Worker(await backend.transport(), ping_v1_jobs(backend, seen), config=config, payload_store=s3) as old:
         await wait_until(lambda: old.counts["deferred"] >= 1, what="the v1 worker to defer")

@@ -195,3 +195,15 @@ async def test_a_dead_letter_record_that_cannot_be_built_is_written_bare_with_th
     assert record.job_id == envelope.job_id and record.history == ()
     assert "could not be encoded" in (record.error_message or "")
     assert decode_envelope(record.original_body) == envelope
+
+
+@pytest.mark.parametrize("max_deferrals", [0, 50, 120])
+def test_a_deferral_bound_the_history_cannot_count_to_is_refused(max_deferrals: int) -> None:
+    """Deferrals are counted in the attempt history (50 entries): 120, the old default, could
+    never be reached, so a message from a newer producer was deferred forever."""
+    from conveyor.common.errors import ConfigurationError
+    from conveyor.consumer.settlement import DeferPolicy
+
+    with pytest.raises(ConfigurationError, match="max_deferrals"):
+        DeferPolicy(max_deferrals=max_deferrals)
+    assert DeferPolicy().max_deferrals < 50
