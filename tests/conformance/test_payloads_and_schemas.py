@@ -205,3 +205,22 @@ async def test_a_deferred_v2_message_keeps_its_reference_for_the_v2_worker(backe
         await wait_until(lambda: new.counts["succeeded"] == 1, what="the v2 worker to run it")
     assert seen == [(receipt.job_id, 2, "L" * 4096)]
     assert await stored_keys(s3) == []
+
+
+async def test_a_newer_version_no_worker_takes_is_dead_lettered_after_its_deferrals(backend: Backend) -> None:
+    """Deferred, not failed, while a newer worker may come; after ``max_deferrals`` it is
+    dead-lettered as ``unknown_version`` (to be replayed once the new workers run), never
+    deferred forever, and its handler never ran."""
+    from tests.conformance.test_hostile_input import always_failing, body_with, send
+    from tests.conformance.test_job_lifecycle import Calls, registry_for
+
+    calls = Calls()
+    jobs = registry_for(backend, always_failing(calls))
+    await send(backend, body_with(jobs, b"1", version=2))
+    config = fast_config(defer=DeferPolicy(delay=0.2, max_deferrals=3))
+    async with Worker(await backend.transport(), jobs, config=config) as worker:
+        await wait_until(lambda: worker.counts["dead_lettered"] == 1, what="the newer message in the DLQ")
+        assert worker.counts["deferred"] == 3
+    assert calls.seen == []
+    [record] = await dead_letters(backend)
+    assert record.reason == "unknown_version"
