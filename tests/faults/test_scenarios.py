@@ -15,6 +15,7 @@ the service URL sees only the lookup. Pulsar's connection loss is covered by kil
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import signal
 import subprocess
@@ -398,4 +399,68 @@ async def test_handler_that_hangs_every_time_is_dead_lettered_after_its_retries(
     assert record.reason == "exhausted", record
     assert len(record.history) == 10, record.history
     assert all(a.outcome == "timeout" for a in record.history[:-1]), record.history  # the last one: "failed"
+    assert fault_run.stop_workers() == [0]
+
+
+@BOTH
+async def test_dlq_replay_while_the_bug_is_still_live_ends_and_loses_nothing(
+    fault_run: FaultRun, record_figures: list[Figures]
+) -> None:
+    """An operator replays the DLQ before the fix is deployed: the replay ends, each entry runs
+    once more and lands back in the DLQ; after the fix a second replay empties it."""
+    fault_run.outage_flag.touch()  # the bug is live: every job fails permanently
+    payloads, _ = _jobs(30, mode="broken")
+    await fault_run.publish(payloads, dead=set(range(30)))
+    fault_run.start_worker(concurrency=IN_FLIGHT)
+    await fault_run.settle(timeout=120)
+    replay = [sys.executable, "-m", "conveyor", "dlq", "replay", "--queue", fault_run.queue]
+    began = time.monotonic()
+    live = await asyncio.to_thread(
+        subprocess.run, replay, cwd=ROOT, env=fault_run.env(), capture_output=True, timeout=120, check=False
+    )
+    assert live.returncode == 0, live.stderr.decode()[-2000:]
+    replay_seconds = time.monotonic() - began
+    figures = await fault_run.settle(timeout=120)
+    runs = collections.Counter(line.split()[0] for line in fault_run.ledger.executions())
+    assert set(runs.values()) == {2}, f"each job runs once more, no replay loop: {sorted(runs.values())}"
+    assert figures.dead_lettered == 30, figures.line()
+    fault_run.outage_flag.unlink()  # the fix is deployed
+    for job_id in fault_run.ledger.expected:
+        fault_run.ledger.expect(job_id, dead=False)
+    fixed = await asyncio.to_thread(
+        subprocess.run, replay, cwd=ROOT, env=fault_run.env(), capture_output=True, timeout=120, check=False
+    )
+    assert fixed.returncode == 0, fixed.stderr.decode()[-2000:]
+    await fault_run.wait_for_effects(30, timeout=120)
+    figures = await fault_run.settle(timeout=60)
+    figures.notes.update(live_replay_seconds=round(replay_seconds, 1))
+    _report(figures, record_figures)
+    check(figures)
+    assert figures.succeeded == 30 and figures.dead_lettered == 0, figures.line()
+    assert fault_run.stop_workers() == [0]
+
+
+@BOTH
+async def test_outage_longer_than_twenty_breaker_cycles_dead_letters_nothing(
+    fault_run: FaultRun, record_figures: list[Figures]
+) -> None:
+    """A dependency down for 12 s with a 0.3 s reset timeout: some 30 open → half-open → open
+    cycles. Quorum queues drop a message after 20 returns: no cycle may give one back."""
+    fault_run.outage_flag.touch()
+    payloads, _ = _jobs(40, mode="depends")
+    await fault_run.publish(payloads)
+    fault_run.start_worker(concurrency=IN_FLIGHT, extra_env={
+        "CONVEYOR_BREAKER_CONSECUTIVE_FAILURES": "3", "CONVEYOR_BREAKER_RESET_TIMEOUT": "0.3",
+    })
+    await asyncio.sleep(12)
+    probes = len(fault_run.ledger.executions())
+    fault_run.outage_flag.unlink()
+    healed = time.time()
+    figures = await fault_run.settle(timeout=120, healed_at=healed)
+    figures.notes.update(attempts_during_outage=probes)
+    _report(figures, record_figures)
+    check(figures)
+    assert figures.dead_lettered == 0 and figures.succeeded == 40, figures.line()
+    # At most IN_FLIGHT failures before the breaker first opens, then one failed probe a cycle.
+    assert probes >= 20 + IN_FLIGHT, f"fewer than 20 breaker cycles ({probes} attempts): the test proves nothing"
     assert fault_run.stop_workers() == [0]
