@@ -234,7 +234,8 @@ class Settlement:
         envelope = outcome.envelope
         history: tuple[AttemptRecord, ...] = ()
         if envelope is not None:
-            last = self._attempt_record(envelope, outcome, "failed" if outcome.error_type else "rejected")
+            kind = "timeout" if outcome.timed_out else "failed" if outcome.error_type else "rejected"
+            last = self._attempt_record(envelope, outcome, kind)
             history = (*envelope.history, last)
         if failure is None:
             error_type, error_message = outcome.error_type, outcome.error_message
