@@ -7,7 +7,19 @@ from dataclasses import dataclass
 
 from conveyor.common.errors import ConfigurationError
 
-__all__ = ["RetryPolicy", "compute_backoff"]
+__all__ = ["MAX_DELAY", "RetryPolicy", "check_delay", "compute_backoff"]
+
+# The longest delay a message may be published with (30 days), on every transport: a job's own
+# delay, a retry's backoff, a deferral. Longer is refused, never shortened: a delayed job must
+# not run early.
+MAX_DELAY = 30 * 24 * 3600.0
+
+
+def check_delay(delay: float) -> None:
+    """Refuse a delay longer than ``MAX_DELAY`` (or NaN) with a one-line ``ConfigurationError``."""
+    if not delay <= MAX_DELAY:  # NaN too
+        raise ConfigurationError(f"a delay of {delay:g}s is longer than the longest Conveyor honours "
+                                 f"({MAX_DELAY:g}s, 30 days)")
 
 
 def compute_backoff(
@@ -48,6 +60,8 @@ class RetryPolicy:
             raise ConfigurationError(f"RetryPolicy: jitter must be within [0, 1], not {self.jitter}")
         if self.base <= 0 or self.factor < 1 or self.cap < self.base:
             raise ConfigurationError("RetryPolicy: need base > 0, factor ≥ 1 and cap ≥ base")
+        if self.cap > MAX_DELAY:
+            raise ConfigurationError(f"RetryPolicy: cap must be ≤ {MAX_DELAY:g} seconds (30 days), not {self.cap}")
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return compute_backoff(

@@ -51,6 +51,7 @@ from conveyor.consumer.breaker import (
     BreakerState,
     CircuitBreaker,
 )
+from conveyor.consumer.hold_times import holds
 from conveyor.consumer.middleware.crash_guard import CrashGuardMiddleware
 from conveyor.consumer.middleware.idempotency import IdempotencyMiddleware
 from conveyor.consumer.middleware.log_context import LogContextMiddleware
@@ -233,8 +234,13 @@ class Worker:
         self.watchdog.start()
         for middleware in self.middlewares:
             await middleware.startup()
-        for queue, runner in self._runners.items():
+        for queue in self._runners:
             await self.transport.declare(queue)
+        # Before any consumer: a job that may outlast the broker's consumer timeout is a start-up error.
+        for hold in holds(self.registry.specs(), concurrency=self.config.concurrency,
+                          prefetch=self.config.effective_prefetch):
+            self.transport.check_consumer_timeout(hold.queue, hold.seconds, hold.describe())
+        for runner in self._runners.values():
             await runner.start()
         self._started = True
         if self.config.metrics_interval > 0:

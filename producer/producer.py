@@ -28,6 +28,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from conveyor.common.backoff import check_delay
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, MAX_DEPTH, check_json_data, encode_model
 from conveyor.common.deadlines import TimeLimit
@@ -199,6 +200,9 @@ class Producer:
     async def publish_envelope(
         self, envelope: Envelope, *, queue: str | None = None, delay: float = 0.0
     ) -> PublishReceipt:
+        """Publish ``envelope``; a ``delay`` (seconds) over ``MAX_DELAY`` (30 days) is refused
+        before anything is sent (``ConfigurationError``): every broker honours any delay up to it."""
+        check_delay(delay)
         target = queue or self._routes.get(envelope.job_type, self._default_queue)
         if self.claim_check is not None:
             offloaded = await self.claim_check.offload(envelope)

@@ -1,7 +1,8 @@
 """The transport contract every broker implements, and nothing more.
 
 A transport connects, declares a queue's topology idempotently, publishes a message and
-returns only once the broker confirmed it (honouring an optional delay), consumes into
+returns only once the broker confirmed it (honouring an optional delay of any length up to
+``common.backoff.MAX_DELAY``: the message never arrives early), consumes into
 ``Delivery`` objects that can be settled exactly once, fetches single messages for DLQ
 browsing, and closes. Retry policy, dead-lettering, breakers and replay live above this
 line, so every backend gets them for free and stays at parity.
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from conveyor.common.backoff import check_delay
 from conveyor.common.errors import AlreadySettled
 
 __all__ = [
@@ -39,10 +41,13 @@ class OutgoingMessage:
     body: bytes
     message_id: str
     headers: Mapping[str, str] = field(default_factory=dict)
-    delay: float = 0.0  # seconds; the broker holds it, never the worker's memory
+    delay: float = 0.0  # seconds, at most MAX_DELAY; the broker holds it, never the worker's memory
     # Messages with the same key keep their order where the backend supports it.
     ordering_key: str | None = None
     kind: MessageKind = "job"
+
+    def __post_init__(self) -> None:
+        check_delay(self.delay)
 
 
 class Delivery(abc.ABC):
@@ -165,6 +170,14 @@ class Transport(abc.ABC):
 
     def dead_letter_queue(self, queue: str) -> str:
         return f"{queue}.dlq"
+
+    def check_consumer_timeout(self, queue: str, hold: float, holder: str) -> None:
+        """Raise ``ConfigurationError`` if the broker would take a delivery of ``queue`` back from
+        a consumer that keeps it unsettled for ``hold`` seconds (RabbitMQ's consumer timeout closes
+        the whole channel, and every job in flight on it is redelivered). ``holder`` begins the
+        message (which job, how long). Call after ``declare``. The default: no such limit (the
+        in-memory broker has none; Pulsar's ack timeout is left off by its transport)."""
+        return None
 
     async def stats(self, queue: str) -> QueueStats:
         """Optional capability: depth by state, consumers, oldest age, as far as known.

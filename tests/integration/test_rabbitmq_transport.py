@@ -20,7 +20,7 @@ from conveyor.common.errors import (
 )
 from conveyor.common.transport.base import Delivery, OutgoingMessage
 from conveyor.common.transport.rabbitmq import RabbitMQTransport
-from conveyor.common.transport.rabbitmq.topology import Topology, tier_queue
+from conveyor.common.transport.rabbitmq.topology import REMAINING_DELAY, Topology, tier_queue
 from tests.support.rabbitmq_admin import rabbitmqctl
 
 pytestmark = pytest.mark.rabbitmq
@@ -283,10 +283,56 @@ async def test_within_a_tier_a_short_delay_waits_behind_the_head_at_most_the_tie
     assert 2.9 <= seen.arrived[1] - start < 4.5
 
 
-async def test_delay_beyond_the_largest_tier_is_clamped_to_it(transport: RabbitMQTransport, queue_name: str) -> None:
+async def test_a_delay_past_the_largest_tier_goes_round_again_and_arrives_once_unchanged(
+    transport: RabbitMQTransport, queue_name: str
+) -> None:
     assert transport.topology.route(queue_name, 10.0) == (tier_queue(queue_name, 3.0), 3000)
+    assert transport.topology.remaining(10.0) == 7000
     assert transport.topology.route(queue_name, 0.0) == (queue_name, None)
     assert transport.topology.route(queue_name, 0.2) == (tier_queue(queue_name, 1.0), 200)
+    await transport.declare(queue_name)
+    seen = Collector()
+    await transport.consume(queue_name, seen, prefetch=10)
+    start = time.monotonic()
+    sent = message(b"long", delay=4.5, traceparent="00-abc-def-01", **{"x-conveyor-job-type": "t"})
+    await transport.publish(queue_name, sent)  # 3 s tier, then 1.5 s more in a tier again
+    await eventually(lambda: len(seen.deliveries) == 1, timeout=15)
+    await asyncio.sleep(0.5)  # nothing else comes: the pass-on was no delivery of its own
+    [delivery] = seen.deliveries
+    assert seen.arrived[0] - start >= 4.5
+    assert (delivery.body, delivery.message_id, delivery.delivery_count) == (b"long", sent.message_id, 1)
+    assert delivery.headers["traceparent"] == "00-abc-def-01"
+    assert delivery.headers["x-conveyor-job-type"] == "t"
+    assert REMAINING_DELAY not in delivery.headers
+    assert delivery.headers.get("x-first-death-reason") == "expired"  # the last tier's, as for any delay
+    await delivery.ack()
+
+
+async def test_a_remaining_delay_header_only_ever_makes_a_message_wait_longer(
+    amqp_url: str, transport: RabbitMQTransport, queue_name: str
+) -> None:
+    """The header is a publisher's claim: honoured as a wait (up to MAX_DELAY), never as less."""
+    await transport.declare(queue_name)
+    seen = Collector()
+    await transport.consume(queue_name, seen, prefetch=10)
+    start = time.monotonic()
+    # A sender's own header is dropped by publish: only a delay sets it.
+    await transport.publish(queue_name, message(b"sender", **{REMAINING_DELAY: "60000"}))
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(f"{queue_name}.jobs", ensure=False)
+        for body, value in [(b"forged", "1500"), (b"junk", "soon"), (b"negative", "-60000"), (b"zero", "0")]:
+            raw = aio_pika.Message(body, headers={REMAINING_DELAY: value}, message_id=body.decode())
+            await exchange.publish(raw, routing_key=queue_name)
+    finally:
+        await connection.close()
+    await eventually(lambda: len(seen.deliveries) == 5, timeout=15)
+    arrived = {d.body: at - start for d, at in zip(seen.deliveries, seen.arrived, strict=True)}
+    assert max(arrived[b] for b in (b"sender", b"junk", b"negative", b"zero")) < 1.0
+    assert arrived[b"forged"] >= 1.5
+    for delivery in seen.deliveries:
+        await delivery.ack()
 
 
 # -- settlement and redelivery -----------------------------------------------------------------

@@ -14,6 +14,11 @@ CPU a job costs. aiormq hands us the frames; the rest is here:
   task of the transport's.
 * **Settling.** ``ack``/``release`` go to the channel the message came on. After that channel
   closed the broker has already put the message back: ``TransportError``.
+* **Long delays go round again.** A message that left the largest delay tier with time still
+  to wait (``REMAINING_DELAY``, see ``rabbitmq.topology``) is never handed out: it is sent
+  through the tiers again for the rest (``ConsumerLink.pass_on``), then acked. If that fails
+  it is given back after ``reconnect_interval``, not at once: no hot loop, and the work
+  queue's delivery limit ends a copy the broker keeps refusing.
 """
 
 from __future__ import annotations
@@ -32,11 +37,13 @@ import aiormq
 import aiormq.abc
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from conveyor.common.backoff import MAX_DELAY
 from conveyor.common.errors import TransportError
 from conveyor.common.headers import CONTENT_ENCODING, CONTENT_TYPE
 from conveyor.common.transport.base import ConsumerHandle, Delivery, DeliveryHandler
+from conveyor.common.transport.rabbitmq.topology import REMAINING_DELAY
 
-__all__ = ["BROKER_ERRORS", "AmqpConsumer", "AmqpDelivery", "ChannelSettler", "ConsumerLink"]
+__all__ = ["BROKER_ERRORS", "AmqpConsumer", "AmqpDelivery", "ChannelSettler", "ConsumerLink", "remaining_delay"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,21 @@ class ConsumerLink:
     spawn: Callable[[Coroutine[Any, Any, Any]], None]  # a background task the transport awaits at close
     connect_timeout: float
     reconnect_interval: float
+    # Send a delivery through the delay tiers again for the seconds it must still wait, confirmed.
+    pass_on: Callable[[Delivery, float], Awaitable[None]]
+
+
+def remaining_delay(headers: Mapping[str, Any] | None) -> float | None:
+    """Seconds a delivery must still wait (``REMAINING_DELAY``), at most ``MAX_DELAY``; None
+    when it need not (no header, or one that is not a positive whole number of milliseconds)."""
+    raw = (headers or {}).get(REMAINING_DELAY)
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", "replace")
+    if isinstance(raw, str):  # ASCII digits only: "²" is a digit to str.isdigit too
+        raw = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 16 else None
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw <= 0:
+        return None
+    return min(raw / 1000, MAX_DELAY)
 
 
 class ChannelSettler:
@@ -308,7 +330,26 @@ class AmqpConsumer(ConsumerHandle):
                 await AmqpDelivery(message, self._queue, settler).release()
             return
         self._outstanding += 1
-        self._link.spawn(self._run(AmqpDelivery(message, self._queue, settler, self._on_settled)))
+        delivery = AmqpDelivery(message, self._queue, settler, self._on_settled)
+        remaining = remaining_delay(message.header.properties.headers)
+        if remaining is not None:
+            self._link.spawn(self._pass_on(delivery, remaining))
+        else:
+            self._link.spawn(self._run(delivery))
+
+    async def _pass_on(self, delivery: AmqpDelivery, remaining: float) -> None:
+        """The rest of a long delay: through the tiers again, then ack (see module docs)."""
+        try:
+            await self._link.pass_on(delivery, remaining)
+            await delivery.ack()
+        except Exception as exc:
+            pause = self._link.reconnect_interval
+            log.warning("could not send a delayed message on for the rest of its delay (%s); giving it back in %gs",
+                        self._link.scrub(exc), pause, extra={"queue": self._queue})
+            if not delivery.settled:
+                await asyncio.sleep(pause)
+                with contextlib.suppress(TransportError):
+                    await delivery.release()
 
     async def _run(self, delivery: AmqpDelivery) -> None:
         try:

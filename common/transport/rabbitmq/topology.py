@@ -43,9 +43,15 @@ Pure (no I/O, no broker client), so the rules are readable and testable on their
   Debian's RabbitMQ packages, unmaintained). A delay goes to the smallest tier ≥ delay with a
   per-message ``expiration`` = delay. TTL expires only at a queue's head, so in a tier a
   message waits at least its own delay and at most the tier's TTL (head-of-line blocking is
-  bounded by the tier), and a short delay never waits behind a long one in another tier. A
-  delay above the largest tier is clamped to it (and logged): choose tiers that cover your
-  longest backoff.
+  bounded by the tier), and a short delay never waits behind a long one in another tier.
+* **A delay longer than the largest tier goes round again**, up to ``MAX_DELAY`` (30 days):
+  it waits the largest tier's TTL and carries the rest in milliseconds
+  (``REMAINING_DELAY``); the consumer that receives it sends it on through the tiers for the
+  rest (a copy through ``<q>.retry``, confirmed, then the ack; no handler sees it, no attempt
+  is spent) until nothing remains. Relative, not a due time: a message leaves a tier only
+  after its TTL, so the waits add up to at least the delay whatever the clocks of producer
+  and worker say (late by the hops' publish time, never early). The header is trusted only
+  to wait longer (capped at ``MAX_DELAY``): a publisher could ask for that delay anyway.
 * **Every queue is a durable quorum queue, tiers included.** Measured on RabbitMQ 3.10.8 and
   again on 4.0.5: quorum queues honour per-message TTL (``expiration``) as well as
   ``x-message-ttl`` (the lower wins) and expire at the head only, exactly like classic queues
@@ -67,6 +73,24 @@ Pure (no I/O, no broker client), so the rules are readable and testable on their
   one may match ``*.dlq``. A DLQ an earlier version declared without the argument keeps its
   arguments (they cannot change); ``declare`` keeps it and logs the policy that lifts its
   limit (``LEGACY_DLQ_ARGUMENTS``, ``legacy_dlq_advice``).
+* **The work queue lets a consumer hold a delivery for 24 hours** (``x-consumer-timeout``,
+  ``CONSUMER_TIMEOUT``), not RabbitMQ's 30 minutes: a job allowed to run longer than the
+  broker's consumer timeout gets its whole channel closed, and every job in flight on it is
+  redelivered. Measured on RabbitMQ 4.0.5: the queue argument works on quorum queues and
+  overrides the node's ``consumer_timeout`` either way (a channel opened under a 5 s node
+  timeout kept a delivery 80 s on a queue with 300 s); a ``consumer-timeout`` *policy* works
+  too, alone, and with both the lower wins (argument 300 s + policy 5 s: closed), so no policy
+  can raise the argument; ``x-consumer-timeout`` as a ``basic.consume`` argument is ignored
+  (5 s: held 90 s); the broker checks once per channel tick (60 s: a 5 s timeout closed the
+  channel after 60 s). The argument is neither compared on a redeclare nor changed by one
+  (an existing queue keeps what it had, whatever a declare says), and AMQP 0-9-1 cannot read
+  a queue's arguments, a policy or the node's setting. So the work queue also carries
+  ``x-single-active-consumer: false`` (``CONSUMER_TIMEOUT_MARK``), RabbitMQ's default, which
+  changes nothing but *is* compared: a queue declared with it has our timeout; one an
+  earlier version declared fails that comparison, is kept with its old arguments
+  (``Topology.legacy_work_queue_arguments``), and the node's timeout (or a policy) applies to it, which
+  the transport can only be told (``consumer_timeout``, default RabbitMQ's 1800 s). The worker
+  checks at start that every job fits (``consumer_timeout_advice`` says how to make it fit).
 * **Upgrading from the default-exchange layout** (earlier 0.1 builds): the queues' dead-letter
   arguments changed, so ``declare`` of an old queue is a ``ConfigurationError``
   ("exists with other settings"). Drain the old queues (stop producers, let workers finish,
@@ -76,26 +100,31 @@ Pure (no I/O, no broker client), so the rules are readable and testable on their
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from conveyor.common.backoff import check_delay
 from conveyor.common.errors import ConfigurationError
 
 __all__ = [
+    "CONSUMER_TIMEOUT",
+    "CONSUMER_TIMEOUT_MARK",
+    "DEFAULT_CONSUMER_TIMEOUT",
     "DEFAULT_DELAY_TIERS",
     "DIRECT",
     "DLQ_ARGUMENTS",
     "DLQ_SUFFIX",
     "LEGACY_DLQ_ARGUMENTS",
+    "REMAINING_DELAY",
     "ROLES",
     "Binding",
     "Permissions",
     "Target",
     "Topology",
+    "consumer_timeout_advice",
     "dead_letter_exchange",
     "jobs_exchange",
     "legacy_dlq_advice",
@@ -103,8 +132,6 @@ __all__ = [
     "retry_exchange",
     "tier_queue",
 ]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_DELAY_TIERS: tuple[float, ...] = (1, 5, 30, 120, 600, 3600)
 DLQ_SUFFIX = ".dlq"
@@ -115,6 +142,17 @@ _AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reje
 DLQ_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum", "x-delivery-limit": -1}
 # What earlier versions declared the DLQ with: on 4.x, the default limit of 20 applies.
 LEGACY_DLQ_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+# How long a consumer may keep a delivery of a work queue unacknowledged (x-consumer-timeout).
+CONSUMER_TIMEOUT = 24 * 3600.0
+# RabbitMQ's default consumer_timeout: what applies to a queue declared without the argument.
+DEFAULT_CONSUMER_TIMEOUT = 1800.0
+# RabbitMQ's default, said out loud: compared on a redeclare, so it marks a queue declared with
+# CONSUMER_TIMEOUT (x-consumer-timeout itself is not compared; see the module docs).
+CONSUMER_TIMEOUT_MARK: dict[str, Any] = {"x-single-active-consumer": False}
+_CONSUMER_TIMEOUT_ARGUMENTS = {"x-consumer-timeout": round(CONSUMER_TIMEOUT * 1000), **CONSUMER_TIMEOUT_MARK}
+# On a message in a delay tier: milliseconds it must still wait after the tier (a delay longer
+# than the largest tier). Set by the transport only; the consumer sends such a message on.
+REMAINING_DELAY = "x-conveyor-remaining-delay-ms"
 
 
 def tier_queue(queue: str, tier: float) -> str:
@@ -148,11 +186,13 @@ class Binding:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where one publish goes: exchange, routing key, per-message TTL in ms (None: no delay)."""
+    """Where one publish goes: exchange, routing key, per-message TTL in ms (None: no delay),
+    and the milliseconds still to wait after that TTL (None: none; see ``REMAINING_DELAY``)."""
 
     exchange: str
     routing_key: str
     ttl_ms: int | None
+    remaining_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -171,7 +211,7 @@ class Topology:
 
     @property
     def max_delay(self) -> float:
-        """The longest delay honoured exactly; longer ones are clamped to it."""
+        """The largest tier: the longest delay one pass through the tiers waits."""
         return self.delay_tiers[-1]
 
     def exchanges(self, queue: str) -> list[str]:
@@ -184,14 +224,7 @@ class Topology:
         _check_work_queue(queue)
         plan: list[tuple[str, dict[str, Any]]] = [
             (dlq, dict(DLQ_ARGUMENTS)),
-            (
-                queue,
-                {
-                    "x-queue-type": "quorum",
-                    "x-delivery-limit": self.delivery_limit,
-                    **_dead_letter_to(dead_letter_exchange(queue), dlq),
-                },
-            ),
+            (queue, {**self.legacy_work_queue_arguments(queue, dlq), **_CONSUMER_TIMEOUT_ARGUMENTS}),
         ]
         for tier in self.delay_tiers:
             arguments = {
@@ -202,6 +235,14 @@ class Topology:
             plan.append((tier_queue(queue, tier), arguments))
         return plan
 
+    def legacy_work_queue_arguments(self, queue: str, dlq: str) -> dict[str, Any]:
+        """The work queue as earlier versions declared it: without our consumer timeout."""
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": self.delivery_limit,
+            **_dead_letter_to(dead_letter_exchange(queue), dlq),
+        }
+
     def bindings(self, queue: str, dlq: str) -> list[Binding]:
         """Every binding of ``queue``'s exchanges; the routing key is the target queue's name."""
         targets = [queue, *(tier_queue(queue, tier) for tier in self.delay_tiers)]
@@ -211,17 +252,19 @@ class Topology:
         return plan
 
     def route(self, queue: str, delay: float) -> tuple[str, int | None]:
-        """Which queue a message for ``queue`` waits in, and its per-message TTL in ms (None: no delay)."""
+        """Which queue a message for ``queue`` waits in first, and its per-message TTL in ms
+        (None: no delay). A delay past the largest tier waits that tier first (``remaining``)."""
         if delay <= 0:
             return queue, None
+        check_delay(delay)
         tier = next((t for t in self.delay_tiers if t >= delay), self.max_delay)
-        if delay > tier:
-            log.warning(
-                "delay %.1fs exceeds the largest delay tier; clamped to %gs", delay, tier, extra={"queue": queue}
-            )
-            delay = tier
         # Round up: a message may arrive a little late, never early.
-        return tier_queue(queue, tier), max(1, math.ceil(delay * 1000 - 1e-6))
+        return tier_queue(queue, tier), max(1, math.ceil(min(delay, tier) * 1000 - 1e-6))
+
+    def remaining(self, delay: float) -> int | None:
+        """Milliseconds of ``delay`` left after one pass through the largest tier (None: none)."""
+        rest = delay - self.max_delay
+        return math.ceil(rest * 1000 - 1e-6) if rest > 0 else None
 
     def target(self, queue: str, delay: float, kind: str) -> Target:
         """Exchange, routing key and TTL of a publish of ``kind`` to ``queue`` (see module docs)."""
@@ -231,7 +274,7 @@ class Topology:
             raise ConfigurationError(f"a dead letter must go to a dead-letter queue (*{DLQ_SUFFIX}), not {queue!r}")
         routing_key, ttl_ms = self.route(queue, delay)
         exchange = retry_exchange(queue) if kind == "retry" else jobs_exchange(queue)
-        return Target(exchange, routing_key, ttl_ms)
+        return Target(exchange, routing_key, ttl_ms, self.remaining(delay))
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +331,23 @@ def legacy_dlq_advice(dlq: str, vhost: str) -> str:
         f"'conveyor-dlq-{dlq}' '{pattern}' '{{\"delivery-limit\":-1}}' (policies do not merge: if another "
         "policy applies to this queue, add delivery-limit -1 to that one), or replay or purge it, delete "
         "it, and let a worker declare it again"
+    )
+
+
+def consumer_timeout_advice(queue: str, vhost: str, *, legacy: bool) -> str:
+    """How to let a consumer of ``queue`` hold a delivery for ``CONSUMER_TIMEOUT``."""
+    if not legacy:
+        return ("RabbitMQ takes the lower of the queue's x-consumer-timeout and any consumer-timeout policy, so "
+                "nothing raises it: lower the job's timeout (and check no policy lowers the queue's)")
+    pattern = "^" + re.escape(queue) + "$"
+    return (
+        f"queue {queue!r} was declared by an earlier Conveyor without x-consumer-timeout, so the node's "
+        "consumer_timeout applies; raise it with a policy: rabbitmqctl set_policy -p "
+        f"'{vhost}' --apply-to quorum_queues 'conveyor-consumer-timeout-{queue}' '{pattern}' "
+        f"'{{\"consumer-timeout\":{round(CONSUMER_TIMEOUT * 1000)}}}' (policies do not merge: if another "
+        "policy applies to this queue, add consumer-timeout to that one) and tell the worker: "
+        f"RabbitMQTransport(consumer_timeout={CONSUMER_TIMEOUT:g}); or drain and delete the queue and let a "
+        "worker declare it again"
     )
 
 

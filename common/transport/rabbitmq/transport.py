@@ -78,10 +78,14 @@ from conveyor.common.transport.rabbitmq.consumer import (
 )
 from conveyor.common.transport.rabbitmq.publisher import ExchangePublisher
 from conveyor.common.transport.rabbitmq.topology import (
+    CONSUMER_TIMEOUT,
+    DEFAULT_CONSUMER_TIMEOUT,
     DEFAULT_DELAY_TIERS,
     DIRECT,
     LEGACY_DLQ_ARGUMENTS,
+    REMAINING_DELAY,
     Topology,
+    consumer_timeout_advice,
     legacy_dlq_advice,
     tier_queue,
 )
@@ -94,6 +98,9 @@ _PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 # aiormq's URL options for certificates: our context would silently override them, and
 # no_verify_ssl must never even look like an option. TLS comes from ``tls`` (CONVEYOR_TLS_*).
 _TLS_URL_OPTIONS = frozenset({"cafile", "capath", "cadata", "keyfile", "certfile", "no_verify_ssl"})
+# What the broker writes when it dead-letters (a tier's TTL expiring): x-death (not a string,
+# already dropped from Delivery.headers), x-first-death-* and x-last-death-*.
+_DEATH_HEADERS = ("x-first-death-", "x-last-death-")
 
 
 class RabbitMQTransport(Transport):
@@ -111,7 +118,12 @@ class RabbitMQTransport(Transport):
         reconnect_interval: float = 1.0,
         connection_name: str = "conveyor",
         tls: TlsConfig | None = None,
+        consumer_timeout: float = DEFAULT_CONSUMER_TIMEOUT,
     ) -> None:
+        """``consumer_timeout``: seconds RabbitMQ lets a consumer keep a delivery of a queue that
+        an earlier Conveyor declared (without ``x-consumer-timeout``): the node's
+        ``consumer_timeout``, or a ``consumer-timeout`` policy on those queues. The ones this
+        version declares carry ``CONSUMER_TIMEOUT`` (see ``rabbitmq.topology``)."""
         if not url.lower().startswith(("amqp://", "amqps://")):
             raise ConfigurationError(f"not an AMQP URL: {mask_url(url)!r}")
         secure = url.lower().startswith("amqps://")
@@ -127,8 +139,10 @@ class RabbitMQTransport(Transport):
         self._ssl_context: ssl.SSLContext | None = None
         self._host = urlsplit(url).hostname or "localhost"
         self._vhost = unquote(urlsplit(url).path[1:]) or "/"  # AMQP URI: an empty path is the default vhost
-        if connect_timeout <= 0 or reconnect_interval <= 0:
-            raise ConfigurationError("connect_timeout and reconnect_interval must be > 0")
+        if connect_timeout <= 0 or reconnect_interval <= 0 or consumer_timeout <= 0:
+            raise ConfigurationError("connect_timeout, reconnect_interval and consumer_timeout must be > 0")
+        self._consumer_timeout = consumer_timeout
+        self._timed_queues: set[str] = set()  # work queues declared with CONSUMER_TIMEOUT
         self.topology = Topology.create(delay_tiers, delivery_limit)
         self._url = url
         self.connect_timeout = connect_timeout
@@ -153,7 +167,7 @@ class RabbitMQTransport(Transport):
 
     @property
     def max_delay(self) -> float:
-        """The longest delay honoured exactly; longer ones are clamped to it."""
+        """The largest delay tier; longer delays go round the tiers again (up to ``MAX_DELAY``)."""
         return self.topology.max_delay
 
     # -- lifecycle -------------------------------------------------------------------
@@ -223,13 +237,16 @@ class RabbitMQTransport(Transport):
 
     async def _declare(self, queue: str) -> None:
         dlq = self.dead_letter_queue(queue)
-        [(_, dlq_arguments), *queues] = self.topology.declarations(queue, dlq)  # the DLQ first
+        # The DLQ first, then the work queue, then the tiers.
+        [(_, dlq_arguments), (_, work_arguments), *tiers] = self.topology.declarations(queue, dlq)
         await self._declare_dead_letter_queue(dlq, dlq_arguments)
         async with self._control_channel() as channel:
             for exchange in self.topology.exchanges(queue):
                 with self._settings_conflict(f"exchange {exchange!r}", "delete it"):
                     await channel.exchange_declare(exchange, exchange_type=DIRECT, durable=True)
-            for name, arguments in queues:
+        await self._declare_work_queue(queue, dlq, work_arguments)
+        async with self._control_channel() as channel:
+            for name, arguments in tiers:
                 with self._settings_conflict(f"queue {name!r}", "delete it or match them"):
                     await channel.queue_declare(name, durable=True, arguments=arguments)
                 self._known_queues.add(name)
@@ -248,6 +265,38 @@ class RabbitMQTransport(Transport):
                     await channel.queue_declare(dlq, durable=True, arguments=LEGACY_DLQ_ARGUMENTS)
             log.error(legacy_dlq_advice(dlq, self._vhost), extra={"queue": dlq})
         self._known_queues.add(dlq)
+
+    async def _declare_work_queue(self, queue: str, dlq: str, arguments: dict[str, Any]) -> None:
+        """With our consumer timeout; a queue an earlier version declared without it is kept as
+        it is, and the node's timeout (``consumer_timeout``) is taken to apply to it."""
+        try:
+            async with self._control_channel() as channel:  # its own: a 406 closes the channel
+                await channel.queue_declare(queue, durable=True, arguments=arguments)
+        except ChannelPreconditionFailed as first:
+            # Both refusals in the text: RabbitMQ names one inequivalent argument each time.
+            with self._settings_conflict(f"queue {queue!r}", f"delete it or match them: {self._scrub(first)};"):
+                async with self._control_channel() as channel:
+                    legacy = self.topology.legacy_work_queue_arguments(queue, dlq)
+                    await channel.queue_declare(queue, durable=True, arguments=legacy)
+            self._timed_queues.discard(queue)
+            log.info("queue %r has no x-consumer-timeout of its own (an earlier Conveyor declared it): the "
+                     "broker's consumer timeout applies, taken to be %gs", queue, self._consumer_timeout,
+                     extra={"queue": queue})
+        else:
+            self._timed_queues.add(queue)
+        self._known_queues.add(queue)
+
+    def check_consumer_timeout(self, queue: str, hold: float, holder: str) -> None:
+        """``CONSUMER_TIMEOUT`` on a queue this transport declared, else ``consumer_timeout``
+        (the node's setting, or a policy, which AMQP cannot read; see ``rabbitmq.topology``)."""
+        legacy = queue not in self._timed_queues
+        limit = self._consumer_timeout if legacy else CONSUMER_TIMEOUT
+        if hold > limit:
+            raise ConfigurationError(
+                f"{holder}, longer than RabbitMQ's consumer timeout for it ({limit:g}s), after which the broker "
+                f"closes the channel and redelivers every job in flight on it; "
+                f"{consumer_timeout_advice(queue, self._vhost, legacy=legacy)}"
+            )
 
     @contextlib.contextmanager
     def _settings_conflict(self, what: str, advice: str) -> Iterator[None]:
@@ -341,14 +390,27 @@ class RabbitMQTransport(Transport):
     # -- publish ---------------------------------------------------------------------
     async def publish(self, queue: str, message: OutgoingMessage) -> None:
         target = self.topology.target(queue, message.delay, message.kind)
+        headers: dict[str, Any] = dict(message.headers)
+        headers.pop(REMAINING_DELAY, None)  # only a delay sets it, never a sender
+        if target.remaining_ms:
+            headers[REMAINING_DELAY] = str(target.remaining_ms)
         properties = aiormq.spec.Basic.Properties(
-            headers=dict(message.headers),
+            headers=headers,
             message_id=message.message_id,
             delivery_mode=_PERSISTENT,
             # Milliseconds as AMQP wants them: exact, no float seconds in between.
             expiration=None if target.ttl_ms is None else str(target.ttl_ms),
         )
         await self._exchanges.publish(target, bytes(message.body), properties, queue=queue, kind=message.kind)
+
+    async def _pass_on(self, delivery: Delivery, remaining: float) -> None:
+        """Send a message that left the largest delay tier with ``remaining`` seconds still to
+        wait through the tiers again (as a worker's copy, confirmed); the caller then acks it.
+        The broker's dead-lettering headers stay behind: the copy starts a new wait."""
+        headers = {k: v for k, v in delivery.headers.items() if not k.lower().startswith(_DEATH_HEADERS)}
+        await self.publish(delivery.queue, OutgoingMessage(
+            body=delivery.body, message_id=delivery.message_id, headers=headers, delay=remaining, kind="retry",
+        ))
 
     async def _ready_publish_channel(self) -> aiormq.abc.AbstractChannel:
         channel, connection = self._publish_channel, self._publisher
@@ -377,6 +439,7 @@ class RabbitMQTransport(Transport):
         link = ConsumerLink(
             connection=lambda: self._consumer, open_channel=self._raw_channel, scrub=self._scrub, spawn=self._spawn,
             connect_timeout=self.connect_timeout, reconnect_interval=self._reconnect_interval,
+            pass_on=self._pass_on,
         )
         handle = AmqpConsumer(link, queue, handler, max(1, prefetch))
         try:

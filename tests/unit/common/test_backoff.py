@@ -26,7 +26,9 @@ def test_equal_jitter_stays_within_half_and_full_delay_and_spreads() -> None:
 
 
 @pytest.mark.parametrize(
-    "options", [{"max_attempts": 0}, {"jitter": 2}, {"max_age": 0}, {"base": 0}, {"factor": 0.5}, {"cap": 0.5}]
+    "options",
+    [{"max_attempts": 0}, {"jitter": 2}, {"max_age": 0}, {"base": 0}, {"factor": 0.5}, {"cap": 0.5},
+     {"cap": 31 * 24 * 3600.0}],  # a backoff past MAX_DELAY (30 days): no broker is asked to keep it
 )
 def test_policy_rejects_bad_options_with_the_projects_configuration_error(options: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError, match="RetryPolicy"):

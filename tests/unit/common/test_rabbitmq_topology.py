@@ -7,8 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.common.backoff import MAX_DELAY
 from conveyor.common.errors import ConfigurationError
-from conveyor.common.transport.rabbitmq.topology import ROLES, Binding, Target, Topology, permissions, tier_queue
+from conveyor.common.transport.rabbitmq.consumer import remaining_delay
+from conveyor.common.transport.rabbitmq.topology import (
+    REMAINING_DELAY,
+    ROLES,
+    Binding,
+    Target,
+    Topology,
+    permissions,
+    tier_queue,
+)
 
 TOPOLOGY = Topology.create((30, 1, 5), delivery_limit=7)
 
@@ -28,11 +38,28 @@ def test_tiers_are_sorted_and_named_by_their_delay() -> None:
         (1.0004, "jobs.retry.5s", 1001),  # rounded up: late by < 1 ms, never early
         (4.2, "jobs.retry.5s", 4200),
         (30.0, "jobs.retry.30s", 30000),
-        (90.0, "jobs.retry.30s", 30000),  # beyond the largest tier: clamped to it
+        (90.0, "jobs.retry.30s", 30000),  # beyond the largest tier: that tier first, then round again
     ],
 )
 def test_a_delay_goes_to_the_smallest_tier_that_holds_it(delay: float, target: str, ttl_ms: int | None) -> None:
     assert TOPOLOGY.route("jobs", delay) == (target, ttl_ms)
+
+
+@pytest.mark.parametrize(
+    ("delay", "remaining_ms"),
+    [(0.0, None), (29.9, None), (30.0, None), (30.0004, 1), (90.0, 60000), (86400.0, 86370000)],
+)
+def test_a_delay_past_the_largest_tier_carries_the_rest_never_less(delay: float, remaining_ms: int | None) -> None:
+    target = TOPOLOGY.target("jobs", delay, "job")
+    assert target.remaining_ms == remaining_ms
+    # The two legs add up to at least the delay: never early.
+    assert ((target.ttl_ms or 0) + (remaining_ms or 0)) / 1000 >= delay
+
+
+@pytest.mark.parametrize("delay", [MAX_DELAY + 1, float("inf"), float("nan")])
+def test_a_delay_past_the_maximum_is_refused_not_shortened(delay: float) -> None:
+    with pytest.raises(ConfigurationError, match="longest Conveyor honours"):
+        TOPOLOGY.target("jobs", delay, "retry")
 
 
 def test_declarations_put_dead_letter_targets_first() -> None:
@@ -119,3 +146,19 @@ def test_permission_regexes_cover_exactly_the_names_each_role_needs() -> None:
     several = permissions("producer", ["emails", "sms.out"])
     assert {n for n in ["emails.jobs", "sms.out.jobs", "smsXout.jobs"] if re.search(several.write, n)} == {
         "emails.jobs", "sms.out.jobs"}
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, None), ("2500", 2.5), (b"2500", 2.5), (2500, 2.5),  # as we write it; bytes and ints from others
+        ("0", None), ("-5", None), ("1.5", None), ("²", None), ("abc", None), (True, None), ("", None),
+        ("9" * 17, None),  # past 16 digits: not a delay anyone asked for
+        (str(int(MAX_DELAY * 1000) * 10), MAX_DELAY),  # trusted only up to the maximum
+    ],
+)
+def test_a_remaining_delay_header_is_read_only_as_a_positive_wait_up_to_the_maximum(
+    header: object, seconds: float | None
+) -> None:
+    headers = None if header is None else {REMAINING_DELAY: header}
+    assert remaining_delay(headers) == seconds
