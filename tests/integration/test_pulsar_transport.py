@@ -231,6 +231,22 @@ async def test_release_comes_back_after_the_short_nack_delay(transport: PulsarTr
     assert collector.deliveries[1].delivery_count == 2
 
 
+async def test_a_delivery_held_past_the_clients_shortest_ack_timeout_is_not_taken_back(
+    transport: PulsarTransport, queue: str
+) -> None:
+    """No ack timeout (the client's is off unless set; its shortest is 10 s): a long job keeps
+    its message, unlike RabbitMQ's consumer timeout, and nothing it shares a consumer with is
+    redelivered."""
+    await transport.declare(queue)
+    await transport.publish(queue, message(b"long job"))
+    collector = Collector()
+    await transport.consume(queue, collector, prefetch=2)
+    await eventually(lambda: len(collector.deliveries) == 1)
+    await asyncio.sleep(12)
+    assert collector.bodies == [b"long job"]
+    await collector.deliveries[0].ack()
+
+
 async def test_a_deferred_copy_reaches_another_consumer(
     open_transport: Callable[..., Awaitable[PulsarTransport]], queue: str
 ) -> None:
