@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from conveyor.common import headers as h
-from conveyor.common.backoff import RetryPolicy
+from conveyor.common.backoff import MAX_DELAY, RetryPolicy
 from conveyor.common.clock import Clock
 from conveyor.common.codec import encode_model, json_safe_text
 from conveyor.common.errors import ConfigurationError, PublishNotConfirmed
@@ -87,6 +87,8 @@ class DeferPolicy:
     max_deferrals: int = 40
 
     def __post_init__(self) -> None:
+        if not 0 < self.delay <= MAX_DELAY:
+            raise ConfigurationError(f"DeferPolicy: delay must be > 0 and at most {MAX_DELAY:g} s, not {self.delay}")
         if not 1 <= self.max_deferrals < MAX_HISTORY:
             raise ConfigurationError(
                 f"DeferPolicy: max_deferrals must be between 1 and {MAX_HISTORY - 1} (the attempt history "

@@ -23,7 +23,7 @@ __all__ = ["publish"]
 @click.option("--queue", default=None, help="Target queue [from --app, else conveyor.default]")
 @click.option("--version", "schema_version", type=int, default=None, help="Schema version [latest]")
 @click.option("--idempotency-key", default=None)
-@click.option("--delay", type=float, default=0.0, help="Seconds before the job may run")
+@click.option("--delay", type=float, default=0.0, help="Seconds before the job may run (at most 30 days)")
 @click.option("--header", "headers", multiple=True, help="name=value, repeatable")
 @support.payload_store_option
 def publish(job_type: str, payload: str, broker: str | None, app: str | None, queue: str | None,

@@ -207,3 +207,12 @@ def test_a_deferral_bound_the_history_cannot_count_to_is_refused(max_deferrals: 
     with pytest.raises(ConfigurationError, match="max_deferrals"):
         DeferPolicy(max_deferrals=max_deferrals)
     assert DeferPolicy().max_deferrals < 50
+
+
+@pytest.mark.parametrize("delay", [0.0, -1.0, 31 * 24 * 3600.0])
+def test_a_deferral_delay_no_transport_can_wait_is_refused(delay: float) -> None:
+    from conveyor.common.errors import ConfigurationError
+    from conveyor.consumer.settlement import DeferPolicy
+
+    with pytest.raises(ConfigurationError, match="delay"):
+        DeferPolicy(delay=delay)
