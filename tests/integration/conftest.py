@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -70,3 +71,19 @@ def pulsar_url() -> str:
 def queue_name(request: pytest.FixtureRequest) -> str:
     """A queue name no other test (or concurrent test run) uses."""
     return f"test.{request.node.name[:40]}.{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def transport(amqp_url: str, queue_name: str) -> AsyncIterator[object]:
+    """A connected RabbitMQ transport with small test delay tiers and ``queue_name`` declared,
+    deleted afterwards. Modules that need another transport define their own ``transport``."""
+    from conveyor.common.transport.rabbitmq import RabbitMQTransport
+    from tests.support.backends import TEST_DELAY_TIERS
+
+    t = RabbitMQTransport(amqp_url, delay_tiers=TEST_DELAY_TIERS, connect_timeout=5)
+    async with t:
+        await t.declare(queue_name)
+        try:
+            yield t
+        finally:
+            await t.delete(queue_name)

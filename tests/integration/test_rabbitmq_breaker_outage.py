@@ -9,7 +9,6 @@ messages back cycle after cycle: the probe takes one message, and a paused queue
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import BaseModel
@@ -23,7 +22,6 @@ from conveyor.consumer.breaker import BreakerConfig
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from tests.conftest import wait_until
-from tests.support.backends import TEST_DELAY_TIERS
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -34,17 +32,6 @@ CONCURRENCY = 4
 
 class Call(BaseModel):
     n: int
-
-
-@pytest.fixture
-async def transport(amqp_url: str, queue_name: str) -> AsyncIterator[RabbitMQTransport]:
-    t = RabbitMQTransport(amqp_url, delay_tiers=TEST_DELAY_TIERS, connect_timeout=5)  # delivery limit: 20
-    await t.connect()
-    try:
-        yield t
-    finally:
-        await t.delete(queue_name)
-        await t.close()
 
 
 def half_opens(worker: Worker) -> float:

@@ -9,7 +9,6 @@ for another reader: it is dead-lettered unread with the reason, and the record s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
@@ -23,24 +22,12 @@ from conveyor.common.transport.rabbitmq.topology import jobs_exchange
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from tests.conftest import wait_until
-from tests.support.backends import TEST_DELAY_TIERS
 
 pytestmark = pytest.mark.rabbitmq
 
 
 class Note(BaseModel):
     text: str
-
-
-@pytest.fixture
-async def transport(amqp_url: str, queue_name: str) -> AsyncIterator[RabbitMQTransport]:
-    t = RabbitMQTransport(amqp_url, delay_tiers=TEST_DELAY_TIERS, connect_timeout=5)
-    async with t:
-        await t.declare(queue_name)
-        try:
-            yield t
-        finally:
-            await t.delete(queue_name)
 
 
 async def publish_labelled(amqp_url: str, queue: str, body: bytes, message_id: str, **labels: str) -> None:

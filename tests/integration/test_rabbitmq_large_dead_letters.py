@@ -9,7 +9,6 @@ same here at 1/64 of the size: the installation's limit is 16 KiB, the original 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import BaseModel
@@ -22,7 +21,6 @@ from conveyor.common.transport.rabbitmq import RabbitMQTransport
 from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters
 from conveyor.consumer.worker import Worker, WorkerConfig
 from tests.conftest import wait_until
-from tests.support.backends import TEST_DELAY_TIERS
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -31,17 +29,6 @@ LIMIT = 16 * 1024
 
 class Note(BaseModel):
     blob: str
-
-
-@pytest.fixture
-async def transport(amqp_url: str, queue_name: str) -> AsyncIterator[RabbitMQTransport]:
-    t = RabbitMQTransport(amqp_url, delay_tiers=TEST_DELAY_TIERS, connect_timeout=5)
-    async with t:
-        await t.declare(queue_name)
-        try:
-            yield t
-        finally:
-            await t.delete(queue_name)
 
 
 async def test_a_dead_letter_far_over_the_message_limit_is_listed_with_the_reason_the_worker_recorded(

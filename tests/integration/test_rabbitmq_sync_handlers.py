@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -19,24 +18,12 @@ from conveyor.common.transport.rabbitmq import RabbitMQTransport
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from tests.conftest import wait_until
-from tests.support.backends import TEST_DELAY_TIERS
 
 pytestmark = pytest.mark.rabbitmq
 
 
 class Step(BaseModel):
     n: int
-
-
-@pytest.fixture
-async def transport(amqp_url: str, queue_name: str) -> AsyncIterator[RabbitMQTransport]:
-    t = RabbitMQTransport(amqp_url, delay_tiers=TEST_DELAY_TIERS, connect_timeout=5)
-    await t.connect()
-    try:
-        yield t
-    finally:
-        await t.delete(queue_name)
-        await t.close()
 
 
 async def test_a_sync_job_past_its_limit_never_runs_beside_its_retry(
