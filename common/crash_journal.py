@@ -28,7 +28,7 @@ import fcntl
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from conveyor.common.errors import ConfigurationError
@@ -40,10 +40,12 @@ _SUFFIX = ".journal"
 
 @dataclass
 class CrashRecord:
-    """How often a job was running in a worker that died, and since when."""
+    """How often a job was running in a worker that died, since when, and the runs it was in:
+    ``kills`` holds (the dead worker's journal name, ``<pid>-<tag>``; when the run started)."""
 
     crashes: int
     first_death: float
+    kills: list[tuple[str, float]] = field(default_factory=list)
 
 
 class CrashJournal:
@@ -74,7 +76,10 @@ class CrashJournal:
         self.suspects = {
             job: record for job, record in self.suspects.items() if now - record.first_death < self.retention
         }
-        self._append("".join(f"C {job} {r.crashes} {r.first_death:.3f}\n" for job, r in self.suspects.items()))
+        self._append("".join(
+            f"C {job} {r.crashes} {r.first_death:.3f}\n" + "".join(f"K {job} {w} {t:.3f}\n" for w, t in r.kills)
+            for job, r in self.suspects.items()
+        ))
         return self.suspects
 
     def started(self, job_id: str) -> None:
@@ -119,13 +124,14 @@ class CrashJournal:
             except FileNotFoundError:
                 return  # another claimer took it first and removed it
             with os.fdopen(os.dup(fd), encoding="utf-8", errors="replace") as journal:
-                self._absorb(journal.read(), now)
+                self._absorb(journal.read(), now, path.stem)
             path.unlink()
         finally:
             os.close(fd)
 
-    def _absorb(self, text: str, death: float) -> None:
+    def _absorb(self, text: str, death: float, worker: str) -> None:
         running: dict[str, int] = {}
+        started: dict[str, float] = {}
         for line in text.splitlines():
             kind, _, rest = line.partition(" ")
             job, _, tail = rest.partition(" ")
@@ -133,6 +139,8 @@ class CrashJournal:
                 continue  # a line cut short by the death
             if kind == "S":
                 running[job] = running.get(job, 0) + 1
+                with contextlib.suppress(ValueError):
+                    started[job] = float(tail)
             elif kind == "F" and running.get(job):
                 running[job] -= 1
             elif kind == "R":
@@ -141,9 +149,16 @@ class CrashJournal:
                 crashes, _, first = tail.partition(" ")
                 with contextlib.suppress(ValueError):
                     self._add(job, int(crashes), float(first))
+            elif kind == "K":
+                who, _, when = tail.partition(" ")
+                record = self.suspects.get(job)
+                if record is not None:
+                    with contextlib.suppress(ValueError):
+                        record.kills.append((who, float(when)))
         for job, starts in running.items():
             if starts > 0:
                 self._add(job, 1, death)
+                self.suspects[job].kills.append((worker, started.get(job, death)))
 
     def _add(self, job: str, crashes: int, first_death: float) -> None:
         record = self.suspects.get(job)

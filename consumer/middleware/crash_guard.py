@@ -90,9 +90,13 @@ class CrashGuardMiddleware(Middleware):
         if record is not None and record.crashes >= self.limit:
             self.journal.resolved(ctx.job_id)
             since = datetime.fromtimestamp(record.first_death, UTC).isoformat(timespec="seconds")
+            killed = "; ".join(
+                f"worker {who} (run started {datetime.fromtimestamp(when, UTC).isoformat(timespec='seconds')})"
+                for who, when in record.kills[-self.limit :]
+            )
             raise CrashLoop(
                 f"the job was running each time its worker died, {record.crashes} times since {since} "
-                f"(limit {self.limit}): not run again"
+                f"(limit {self.limit}): not run again. Killed: {killed}"
             )
         if record is None:
             await self.gate.shared()

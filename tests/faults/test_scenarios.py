@@ -339,6 +339,7 @@ async def test_job_that_kills_its_worker_every_time_is_dead_lettered_as_crash_lo
     check(figures)
     [record] = [r for r in await fault_run.ledger.dead_letters() if r.job_id == ids[0]]
     assert record.reason == "crash_loop", record
+    assert (record.error_message or "").count("(run started") == 3, "the dead letter names the runs it killed"
     assert deaths == 3, f"{deaths} worker deaths; the limit is 3"
     assert fault_run.stop_workers()[-1] == 0
 

@@ -47,8 +47,12 @@ def test_counts_carry_over_through_the_claimers_own_death(tmp_path: Path) -> Non
     _die_while_running(tmp_path, running=["a"])  # claims the first journal, then dies running "a"
     _die_while_running(tmp_path, running=["a"])
     journal = CrashJournal(tmp_path)
-    assert {job: r.crashes for job, r in journal.open().items()} == {"a": 3, "b": 1}
+    suspects = journal.open()
+    assert {job: r.crashes for job, r in suspects.items()} == {"a": 3, "b": 1}
     assert len(list(tmp_path.glob("*.journal"))) == 1, "claimed journals are removed"
+    kills = suspects["a"].kills
+    assert len(kills) == 3 and len({worker for worker, _ in kills}) == 3, "each run it killed, in its own worker"
+    assert all(abs(started - time.time()) < 120 for _, started in kills)
 
 
 def test_a_living_workers_journal_is_never_claimed(tmp_path: Path) -> None:

@@ -70,7 +70,9 @@ async def test_a_job_at_its_crash_limit_is_dead_lettered_as_crash_loop_without_r
     log: list[tuple[str, int, str]] = []
     jobs = _registry(log, [0])
     ids = await _publish(broker, jobs, 3)
-    _dead_journal(tmp_path, f"C {ids[1]} 3 {time.time():.3f}\n")
+    now = time.time()
+    kills = "".join(f"K {ids[1]} {pid}-dead {now - pid:.3f}\n" for pid in (30, 20, 10))
+    _dead_journal(tmp_path, f"C {ids[1]} 3 {now:.3f}\n{kills}")
     config = WorkerConfig(concurrency=4, state_dir=tmp_path, crash_limit=3)
     async with MemoryTransport(broker) as transport, Worker(transport, jobs, config=config) as worker:
         await broker.join(DEFAULT_QUEUE)
@@ -83,3 +85,4 @@ async def test_a_job_at_its_crash_limit_is_dead_lettered_as_crash_loop_without_r
     assert record.reason == "crash_loop"
     assert record.job_id == ids[1]
     assert "3 times" in (record.error_message or "")
+    assert all(f"worker {pid}-dead" in (record.error_message or "") for pid in (30, 20, 10)), record.error_message
