@@ -73,13 +73,9 @@ async def queue_arguments(queue: str) -> str:
 async def cleanup(amqp_url: str) -> AsyncIterator[list[str]]:
     queues: list[str] = []
     yield queues
-    transport = transport_for(amqp_url)
-    await transport.connect()
-    try:
+    async with transport_for(amqp_url) as transport:
         for queue in queues:
             await transport.delete(queue)
-    finally:
-        await transport.close()
 
 
 async def test_a_job_that_may_outlast_an_existing_queues_consumer_timeout_stops_the_worker_at_start(
@@ -87,16 +83,12 @@ async def test_a_job_that_may_outlast_an_existing_queues_consumer_timeout_stops_
 ) -> None:
     cleanup.append(queue_name)
     await declare_as_an_earlier_version(amqp_url, queue_name)
-    transport = transport_for(amqp_url)
-    await transport.connect()
-    try:
+    async with transport_for(amqp_url) as transport:
         worker = Worker(transport, jobs_for(queue_name, timeout=3600), config=WorkerConfig(concurrency=2))
         with pytest.raises(ConfigurationError) as raised:
             await worker.start()
         await worker.stop()
         assert (await transport.stats(queue_name)).consumers == 0  # it never consumed
-    finally:
-        await transport.close()
     text = str(raised.value)
     assert "\n" not in text
     assert f"job 'report.build' (timeout 3600s) may keep a delivery of queue '{queue_name}'" in text
@@ -107,13 +99,9 @@ async def test_a_job_that_may_outlast_an_existing_queues_consumer_timeout_stops_
     await rabbitmqctl(*shlex.split(policy.group(1)))
     try:
         assert f"conveyor-consumer-timeout-{queue_name}" in await rabbitmqctl("list_policies")
-        transport = transport_for(amqp_url, consumer_timeout=CONSUMER_TIMEOUT)
-        await transport.connect()
-        try:
+        async with transport_for(amqp_url, consumer_timeout=CONSUMER_TIMEOUT) as transport:
             async with Worker(transport, jobs_for(queue_name, timeout=3600), config=WorkerConfig(concurrency=2)):
                 assert (await transport.stats(queue_name)).consumers == 1
-        finally:
-            await transport.close()
     finally:
         await rabbitmqctl("clear_policy", f"conveyor-consumer-timeout-{queue_name}")
 
@@ -123,13 +111,9 @@ async def test_an_existing_queue_still_runs_jobs_that_fit_the_brokers_default_ti
 ) -> None:
     cleanup.append(queue_name)
     await declare_as_an_earlier_version(amqp_url, queue_name)
-    transport = transport_for(amqp_url)
-    await transport.connect()
-    try:
+    async with transport_for(amqp_url) as transport:
         async with Worker(transport, jobs_for(queue_name, timeout=600), config=WorkerConfig(concurrency=2)):
             assert (await transport.stats(queue_name)).consumers == 1
-    finally:
-        await transport.close()
     assert "x-consumer-timeout" not in await queue_arguments(queue_name)  # kept as it was
 
 
@@ -137,15 +121,11 @@ async def test_a_job_longer_than_conveyors_own_consumer_timeout_is_refused_at_st
     amqp_url: str, queue_name: str, cleanup: list[str]
 ) -> None:
     cleanup.append(queue_name)
-    transport = transport_for(amqp_url)
-    await transport.connect()
-    try:
+    async with transport_for(amqp_url) as transport:
         worker = Worker(transport, jobs_for(queue_name, timeout=24 * 3600), config=WorkerConfig(concurrency=2))
         with pytest.raises(ConfigurationError, match="lower the job's timeout"):
             await worker.start()
         await worker.stop()
-    finally:
-        await transport.close()
     assert f'"x-consumer-timeout",{round(CONSUMER_TIMEOUT * 1000)}' in await queue_arguments(queue_name)
 
 
