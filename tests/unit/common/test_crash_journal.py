@@ -15,7 +15,7 @@ from conveyor.common.crash_journal import CrashJournal
 from conveyor.common.errors import ConfigurationError
 
 
-def _die_while_running(directory: Path, running: list[str], finished: list[str] = ()) -> None:  # type: ignore[assignment]
+def _die_while_running(directory: Path, running: list[str], finished: tuple[str, ...] = ()) -> None:
     """A real process that opens a journal, starts jobs and dies without closing it."""
     code = textwrap.dedent(f"""
         import os

@@ -227,7 +227,7 @@ async def test_secrets_in_a_handlers_exception_never_reach_retry_copies_or_dead_
     assert [h.error_message for h in record.history] == [record.error_message] * 2
 
 
-def test_worker_config_from_default_settings_is_the_default_config(monkeypatch: object) -> None:
+def test_worker_config_from_default_settings_is_the_default_config() -> None:
     """One source of defaults: the settings' defaults and WorkerConfig's are the same values."""
     from dataclasses import asdict
 
