@@ -102,3 +102,21 @@ def test_an_unwritable_state_directory_is_a_configuration_error_naming_the_setti
     blocker.write_text("")
     with pytest.raises(ConfigurationError, match="CONVEYOR_STATE_DIR"):
         CrashJournal(blocker / "sub").open()
+
+
+def test_processes_starting_together_count_a_death_once(tmp_path: Path) -> None:
+    """Several workers of one host start at once after a death: exactly one claims the dead
+    journal, so the job's crash is counted once, not once per newcomer."""
+    _die_while_running(tmp_path, running=["a"])
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from conveyor.common.crash_journal import CrashJournal
+        journal = CrashJournal(Path({str(tmp_path)!r}))
+        suspects = journal.open()
+        print(sum(r.crashes for r in suspects.values()))
+        time.sleep(1.0)  # stay alive (and locked) while the others claim
+    """)
+    newcomers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    counts = [int(p.communicate(timeout=60)[0].strip()) for p in newcomers]
+    assert sorted(counts) == [0, 0, 0, 1], counts
