@@ -6,14 +6,15 @@ from aiohttp import web
 
 from conveyor.consumer.worker import Worker
 
-__all__ = ["HealthServer"]
+__all__ = ["Endpoints", "HealthServer"]
 
 
-class HealthServer:
-    """Bound to 127.0.0.1 unless configured otherwise: metrics are not for the internet."""
+class Endpoints:
+    """/healthz, /readyz and /metrics on one aiohttp site; subclasses answer them.
 
-    def __init__(self, worker: Worker, host: str = "127.0.0.1", port: int = 9464) -> None:
-        self._worker = worker
+    Bound to 127.0.0.1 unless configured otherwise: metrics are not for the internet."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 9464) -> None:
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -36,6 +37,21 @@ class HealthServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        raise NotImplementedError
+
+
+class HealthServer(Endpoints):
+    def __init__(self, worker: Worker, host: str = "127.0.0.1", port: int = 9464) -> None:
+        super().__init__(host, port)
+        self._worker = worker
 
     async def _healthz(self, _: web.Request) -> web.Response:
         # Answering at all proves the event loop is not stuck.

@@ -174,7 +174,7 @@ class Worker:
         self.payloads = payloads or PayloadResolver.for_store(payload_store)
         # Sync handlers' threads: one per slot, so a running job always has one (consumer.threads).
         self.threads = HandlerThreads(self.config.concurrency)
-        self.metrics.sync_threads_overrun.set_function(lambda: len(self.threads.overruns()))
+        self.metrics.export_function(self.metrics.sync_threads_overrun, lambda: len(self.threads.overruns()))
         self.processor = Processor(
             registry=registry,
             middlewares=self.middlewares,

@@ -1,9 +1,15 @@
-"""``conveyor worker MODULE[:ATTR]``: run a registry's handlers until SIGTERM/SIGINT, then drain."""
+"""``conveyor worker MODULE[:ATTR]``: run a registry's handlers until SIGTERM/SIGINT, then drain.
+
+``--processes N`` (N > 1, or ``auto``: one per core) runs N such workers under a supervisor
+(``conveyor.consumer.supervisor``); each is this same command, marked as a child.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 from typing import Any
 
 import click
@@ -29,6 +35,24 @@ from conveyor.consumer.cli.support import (
 __all__ = ["worker"]
 
 
+class Processes(click.ParamType[int, Any]):
+    """A whole number ≥ 1, or ``auto``: ``os.cpu_count()``."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return os.cpu_count() or 1
+        if not text.lstrip("-").isdigit():
+            self.fail(f"{value!r} is not a number of processes or 'auto'", param, ctx)
+        if int(text) < 1:
+            self.fail(f"{value!r}: at least 1 worker process (or 'auto': one per core)", param, ctx)
+        return int(text)
+
+
 @click.command()
 @click.argument("target")
 @broker_option
@@ -39,20 +63,53 @@ __all__ = ["worker"]
               help=f"Seconds to finish jobs on SIGTERM [{DEFAULT_GRACE_PERIOD:g}]")
 @click.option("--http-host", default=None, help=f"Health/metrics address [{DEFAULT_HTTP_HOST}]")
 @click.option("--http-port", type=int, default=None, help=f"Health/metrics port, 0 to disable [{DEFAULT_HTTP_PORT}]")
+@click.option("--processes", type=Processes(), default=1, envvar="CONVEYOR_PROCESSES",
+              help="Worker processes under one supervisor; auto: one per core [env CONVEYOR_PROCESSES, 1]")
 @payload_store_option
 @click.option("--idempotency-url", default=None, callback=warn_if_credentials,
               help="Processed-key store: sqlite:///path or postgresql://… [env CONVEYOR_IDEMPOTENCY_URL or "
                    "CONVEYOR_IDEMPOTENCY_URL_FILE; off]")
-def worker(target: str, broker: str | None, **overrides: Any) -> None:
+def worker(target: str, broker: str | None, processes: int, **overrides: Any) -> None:
     """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT."""
+    from conveyor.consumer.supervisor import child_index
+
+    child = child_index()
+    if child is not None:
+        overrides["http_port"] = 0  # the supervisor serves the endpoints for all its workers
     settings = settings_from(**{k: v for k, v in overrides.items() if v is not None})
     url = require_broker(broker)
     registry = load_registry(target, "TARGET")
+    if processes > 1 and child is None:
+        if url.startswith("memory:"):
+            raise click.UsageError("--processes needs a real broker: memory:// lives inside one process")
+        _supervise(processes, settings)
+        return
     run(_worker_main(registry, url, settings), settings)
+
+
+def _supervise(processes: int, settings: Settings) -> None:
+    """Run ``processes`` copies of this very command under a supervisor; exit as it says."""
+    from conveyor.consumer.supervisor import RestartPolicy, Supervisor
+
+    # Each process's crash journal may carry the crash count of a job up to crash_limit: the
+    # supervisor gives the crash guard that many restarts before it calls it a crash loop.
+    policy = RestartPolicy(max_failures=max(RestartPolicy.max_failures, settings.crash_limit + 2))
+    supervisor = Supervisor(
+        [sys.executable, "-m", "conveyor", *sys.argv[1:]], processes, grace_period=settings.grace_period,
+        http_host=settings.http_host, http_port=settings.http_port, policy=policy,
+        announce=lambda line: console.print(line, highlight=False),
+    )
+    code = run(supervisor.run(), settings)
+    if supervisor.error is not None:
+        raise click.ClickException(supervisor.error)
+    console.print("stopped")
+    if code:
+        sys.exit(code)
 
 
 async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -> None:
     from conveyor.consumer.http import HealthServer
+    from conveyor.consumer.supervisor import Beacon
     from conveyor.consumer.worker import Worker, WorkerConfig
 
     config = WorkerConfig.from_settings(settings)
@@ -74,6 +131,10 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
             http = HealthServer(running, settings.http_host, settings.http_port) if settings.http_port else None
             if http:
                 await http.start()
+            beacon = Beacon.from_environment(lambda: (running.ready, running.in_flight),
+                                             before=lambda: _refresh(running), orphaned=stop.set)
+            if beacon:
+                beacon.start()
             console.print(
                 f"worker {config.worker_id} consuming {', '.join(registry.queues())} on {mask_url(broker)}"
                 + (f"; http://{settings.http_host}:{http.port}/metrics" if http else ""),
@@ -84,8 +145,16 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
             await running.drain()
             if http:
                 await http.stop()
+            if beacon:
+                await beacon.stop()
     if store is not None:
         await store.close()
     if tracer_provider is not None:
         tracer_provider.shutdown()  # flush the last spans
     console.print("stopped")
+
+
+def _refresh(running: Any) -> None:
+    """Copy the scrape-time values into the multiprocess files the supervisor serves."""
+    running.metrics.consumers_attached.set(running.attached_queues)
+    running.metrics.refresh()
