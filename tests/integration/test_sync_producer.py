@@ -13,29 +13,14 @@ import threading
 import pytest
 
 from conveyor.common.errors import UnknownJobType
-from conveyor.common.transport.factory import transport_from_url
 from conveyor.producer.sync_producer import SyncProducer
+from tests.support.drain import drain_ids
 from tests.unit.producer.test_producer import jobs
 
 
 @pytest.fixture(params=["rabbitmq", "pulsar"])
 def broker_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue({"rabbitmq": "amqp_url", "pulsar": "pulsar_url"}[request.param]))
-
-
-async def _drain_ids(url: str, queue: str, expected: int) -> list[str]:
-    ids: list[str] = []
-    async with transport_from_url(url) as transport:
-        for _ in range(400):
-            delivery = await transport.get(queue)
-            if delivery is None:
-                if len(ids) >= expected:
-                    break
-                continue
-            ids.append(delivery.message_id)
-            await delivery.ack()
-        await transport.delete(queue)
-    return ids
 
 
 def test_parent_and_forked_child_publish_on_their_own_connections(broker_url: str, queue_name: str) -> None:
@@ -74,5 +59,5 @@ def test_parent_and_forked_child_publish_on_their_own_connections(broker_url: st
     with pytest.raises(UnknownJobType):
         producer.publish("email.nope", {"to": "x"}, queue=queue_name)
     producer.close()
-    received = asyncio.run(_drain_ids(broker_url, queue_name, 6))
+    received = asyncio.run(drain_ids(broker_url, queue_name, 6))
     assert sorted(received) == sorted([*sent, child_id])
