@@ -46,6 +46,7 @@ from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.middleware.idempotency import IdempotencyMiddleware, job_transaction
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
+from conveyor.producer.sync_producer import SyncProducer
 from conveyor.schemas.dead_letter import DeadLetterRecord
 from conveyor.schemas.envelope import Envelope, PayloadReference
 
@@ -87,6 +88,7 @@ __all__ = [
     "RetryPolicy",
     "RetryableError",
     "Settings",
+    "SyncProducer",
     "TlsConfig",
     "TlsError",
     "Transport",

@@ -52,7 +52,7 @@ def run(coro: Coroutine[Any, Any, T], settings: Settings | None) -> T:
     try:
         if settings is not None:
             params = click.get_current_context().params
-            protect(settings, params.get("broker"), params.get("idempotency_url"))
+            protect(settings, params.get("broker"), params.get("idempotency_url"), params.get("database_url"))
         return asyncio.run(coro)
     except ConveyorError as exc:  # one line: the error's type (and reason code) and message
         kind = f"{type(exc).__name__} ({exc.reason})" if isinstance(exc, RejectedMessage) else type(exc).__name__
