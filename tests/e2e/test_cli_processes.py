@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.consumer.ops.dead_letters import DeadLetters
@@ -118,8 +119,8 @@ class Run:
         assert len(values) <= 1, body
         return values[0] if values else 0.0
 
-    def stop(self, timeout: float = 60.0) -> tuple[str, str]:
-        self.process.send_signal(signal.SIGTERM)
+    def stop(self, timeout: float = 60.0, sig: signal.Signals = signal.SIGTERM) -> tuple[str, str]:
+        self.process.send_signal(sig)
         return self.process.communicate(timeout=timeout)
 
 
@@ -130,7 +131,9 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Run]]:
     def _start(broker_url: str, queue: str, *args: str, out: Path | None = None) -> Run:
         port = free_port()
         env = {**os.environ, "CONVEYOR_BROKER_URL": broker_url, "E2E_QUEUE": queue, "PYTHONPATH": str(ROOT),
-               "E2E_OUT": str(out or tmp_path / "ledger.txt"), "CONVEYOR_STATE_DIR": str(tmp_path / "state")}
+               "E2E_OUT": str(out or tmp_path / "ledger.txt"), "CONVEYOR_STATE_DIR": str(tmp_path / "state"),
+               "TMPDIR": str(tmp_path / "tmp")}  # where the supervisor makes its run directory
+        (tmp_path / "tmp").mkdir(exist_ok=True)
         process = subprocess.Popen(
             [sys.executable, "-m", "conveyor", "worker", APP, "--http-port", str(port), "--grace-period", "20", *args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -181,22 +184,28 @@ async def test_two_processes_share_the_jobs_one_metrics_endpoint_sums_them_and_s
     assert run.metric('conveyor_job_duration_seconds_count{job_type="e2e.work"}') == 16
     assert run.metric(f'conveyor_queue_consumers{{queue="{queue}"}}') == 2
     assert run.metric("conveyor_worker_processes") == 2
-    assert 'pid="' not in run.get("/metrics")[1], "no per-process series: every gauge has a multiprocess mode"
+    body = run.get("/metrics")[1]
+    assert 'pid="' not in body, "no per-process series: every gauge has a multiprocess mode"
+    names = {family.name for family in text_string_to_metric_families(body)}  # valid exposition text
+    assert {"conveyor_jobs_succeeded", "conveyor_worker_restarts", "conveyor_jobs_in_flight"} <= names
 
     # SIGTERM while both are busy: what started finishes, the rest stays in the broker unspent.
     second = await publish(broker_url, queue, 8, 3.0)
     # In flight is read from a function at scrape time: the processes copy it to their files.
     run.wait(lambda: run.metric(f'conveyor_jobs_in_flight{{queue="{queue}"}}') == 4, "4 jobs in flight in all",
              timeout=3.0)
+    assert sum(p["in_flight"] for p in run.processes()) == 4
     stdout, stderr = run.stop()
     assert run.process.returncode == 0, stderr
     assert "Traceback" not in stderr, stderr
     assert stdout.count("draining…") == 2 and "stopped" in stdout
+    assert list((run.out.parent / "tmp").iterdir()) == [], "the run directory (metrics files) is removed"
     started = {job for job, _, _ in run.lines("start")}
     assert started <= run.done_ids(), "every job a worker started was finished within the grace period"
 
     rest = start(broker_url, queue, "--concurrency", "4")  # today's single worker takes the rest
     rest.wait(lambda: rest.done_ids() >= set(first + second), "the released jobs done")
+    assert _children(rest.process.pid) == [], "--processes 1 is one process: no supervisor"
     assert rest.stop()[0] and rest.process.returncode == 0
     done = rest.lines("done")
     assert sorted(job for job, _, _ in done) == sorted(first + second), "each job done exactly once"
@@ -213,6 +222,7 @@ async def test_a_killed_worker_process_is_restarted_and_its_jobs_are_redelivered
     run.wait(lambda: len({pid for _, _, pid in run.lines("start")}) == 2, "both processes holding jobs")
     victim = pids[0]
     os.kill(victim, signal.SIGKILL)
+    run.wait(lambda: run.get("/readyz")[0] == 503, "not ready while a worker process is down", timeout=5.0)
     held = {job for job, _, pid in run.lines("start") if pid == victim} - {
         job for job, _, pid in run.lines("done") if pid == victim}
     assert held, "the killed process held jobs"
@@ -256,8 +266,9 @@ async def test_processes_auto_starts_one_worker_process_per_core(amqp: str, queu
                                                                   start: Callable[..., Run]) -> None:
     run = start(amqp, queue, "--processes", "auto")
     assert len(run.wait_ready(os.cpu_count() or 1)) == os.cpu_count()
-    _, stderr = run.stop()
+    stdout, stderr = run.stop(sig=signal.SIGINT)  # Ctrl-C drains as SIGTERM does
     assert run.process.returncode == 0, stderr
+    assert stdout.count("draining…") == os.cpu_count(), stdout
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5", ""])
