@@ -102,6 +102,11 @@ class Run:
         self.wait(lambda: self.get("/readyz")[0] == 200 and len(self.processes()) == count, f"{count} ready workers")
         return [p["pid"] for p in self.processes()]
 
+    def wait_and_get_processes(self) -> list[dict[str, Any]]:
+        """/healthz's processes once every one is back and ready."""
+        self.wait(lambda: self.get("/readyz")[0] == 200, "every worker process ready")
+        return self.processes()
+
     def lines(self, event: str) -> list[tuple[str, int, int]]:
         """(job id, attempt, pid) of every ``event`` line."""
         if not self.out.exists():
@@ -245,6 +250,38 @@ async def test_a_killed_worker_process_is_restarted_and_its_jobs_are_redelivered
     claims = re.findall(r'"msg":"jobs were running when a worker died here[^\n]*"suspects":(\d+)', stderr)
     assert claims == [str(len(held))], stderr
     assert await dead_letters(broker_url, queue) == 0, "one crash is no crash loop"
+
+
+async def test_a_job_that_blocks_the_loop_every_time_ends_each_process_by_its_watchdog_then_in_the_dlq(
+    amqp: str, queue: str, start: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_STALL_WARN_AFTER", "0.5")
+    monkeypatch.setenv("CONVEYOR_STALL_EXIT_AFTER", "1")
+    run = start(amqp, queue, "--processes", "2", "--concurrency", "2")
+    run.wait_ready(2)
+    async with Producer.for_registry(transport_from_url(amqp), registry_for(queue)) as producer:
+        blocker = (await producer.publish("e2e.work", {"seconds": 30, "block": True})).job_id
+    others = await publish(amqp, queue, 10, 0.1)
+
+    async def dead() -> list[str]:
+        async with transport_from_url(amqp) as transport:
+            records = await DeadLetters(transport, queue).list(limit=10)
+        assert {r.reason for r in records} <= {"crash_loop"}, records
+        return [r.job_id or "" for r in records]
+
+    deadline = time.monotonic() + 90
+    while blocker not in await dead():
+        assert run.process.poll() is None, run.process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the blocking job never reached the DLQ"
+        await asyncio.sleep(0.5)
+    run.wait(lambda: run.done_ids() >= set(others), "the other jobs done")
+    starts = [pid for job, _, pid in run.lines("start") if job == blocker]
+    restarts = sum(p["restarts"] for p in run.wait_and_get_processes())
+    assert len(starts) == restarts >= 3, "each run of the blocker ended its process; each process came back"
+    assert await dead() == [blocker], "only the blocker is dead-lettered"
+    _, stderr = run.stop()
+    assert run.process.returncode == 0, stderr
+    assert stderr.count("exited with code 70; restarting") == restarts
 
 
 def test_a_worker_process_that_dies_at_every_start_ends_in_one_line_and_exit_1(
