@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class Run:
     process: subprocess.Popen[str]
     port: int
     out: Path
+    seen: set[int] = field(default_factory=set)  # worker process pids seen in /healthz
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -86,7 +87,9 @@ class Run:
 
     def processes(self) -> list[dict[str, Any]]:
         status, body = self.get("/healthz")
-        return json.loads(body)["processes"] if status == 200 else []
+        processes: list[dict[str, Any]] = json.loads(body)["processes"] if status == 200 else []
+        self.seen.update(p["pid"] for p in processes if p["pid"])
+        return processes
 
     def wait(self, predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -148,13 +151,16 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Run]]:
         return run
 
     yield _start
+    leftovers = []
     for run in runs:  # a failed test leaves nothing running
         if run.process.poll() is None:
             run.process.kill()
             run.process.communicate(timeout=30)
-        for child in _children(run.process.pid):
-            with pytest.raises(ProcessLookupError):
-                os.kill(child, 0)
+        for pid in run.seen:
+            if _alive(pid):
+                leftovers.append(pid)
+                os.kill(pid, signal.SIGKILL)
+    assert not leftovers, "worker processes outlived their supervisor"
 
 
 def _children(pid: int) -> list[int]:
@@ -306,6 +312,27 @@ async def test_processes_auto_starts_one_worker_process_per_core(amqp: str, queu
     stdout, stderr = run.stop(sig=signal.SIGINT)  # Ctrl-C drains as SIGTERM does
     assert run.process.returncode == 0, stderr
     assert stdout.count("draining…") == os.cpu_count(), stdout
+
+
+async def test_worker_processes_of_a_supervisor_killed_with_sigkill_drain_and_exit(
+    amqp: str, queue: str, start: Callable[..., Run]
+) -> None:
+    run = start(amqp, queue, "--processes", "2")
+    pids = run.wait_ready(2)
+    run.process.kill()
+    run.process.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "orphaned worker processes kept running"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    """Still running (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5", ""])
