@@ -10,7 +10,7 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -32,7 +32,10 @@ from conveyor.consumer.cli.support import (
     transport_for,
 )
 
-__all__ = ["worker"]
+if TYPE_CHECKING:
+    from conveyor.consumer.supervisor import RestartPolicy
+
+__all__ = ["Processes", "restart_policy", "worker"]
 
 
 class Processes(click.ParamType[int, Any]):
@@ -87,16 +90,22 @@ def worker(target: str, broker: str | None, processes: int, **overrides: Any) ->
     run(_worker_main(registry, url, settings), settings)
 
 
+def restart_policy(settings: Settings) -> RestartPolicy:
+    """The default policy, with room for the crash guard: a job's crash count may reach
+    crash_limit before it is dead-lettered, so the supervisor allows that many early deaths
+    and two more before it calls it a crash loop."""
+    from conveyor.consumer.supervisor import RestartPolicy
+
+    return RestartPolicy(max_failures=max(RestartPolicy.max_failures, settings.crash_limit + 2))
+
+
 def _supervise(processes: int, settings: Settings) -> None:
     """Run ``processes`` copies of this very command under a supervisor; exit as it says."""
-    from conveyor.consumer.supervisor import RestartPolicy, Supervisor
+    from conveyor.consumer.supervisor import Supervisor
 
-    # Each process's crash journal may carry the crash count of a job up to crash_limit: the
-    # supervisor gives the crash guard that many restarts before it calls it a crash loop.
-    policy = RestartPolicy(max_failures=max(RestartPolicy.max_failures, settings.crash_limit + 2))
     supervisor = Supervisor(
         [sys.executable, "-m", "conveyor", *sys.argv[1:]], processes, grace_period=settings.grace_period,
-        http_host=settings.http_host, http_port=settings.http_port, policy=policy,
+        http_host=settings.http_host, http_port=settings.http_port, policy=restart_policy(settings),
         announce=lambda line: console.print(line, highlight=False),
     )
     code = run(supervisor.run(), settings)

@@ -22,7 +22,7 @@ from conveyor.consumer.supervisor.beacon import CHILD_ENV, FD_ENV, INTERVAL
 from conveyor.consumer.supervisor.http import SupervisorHttp
 from conveyor.consumer.supervisor.policy import RestartPolicy
 
-__all__ = ["Supervisor"]
+__all__ = ["KILL_AFTER", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 _STALE_AFTER = 5 * INTERVAL
 # Past its grace period a worker still settles (bounded by confirms, see Worker.drain): this much
 # longer, then it is killed and the broker redelivers what it held.
-_KILL_AFTER = 30.0
+KILL_AFTER = 30.0
 _METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -72,6 +72,7 @@ class Supervisor:
         policy: RestartPolicy | None = None,
         env: Mapping[str, str] | None = None,
         announce: Callable[[str], None] = print,
+        kill_after: float = KILL_AFTER,
     ) -> None:
         """``command`` starts one worker process (it reads ``beacon.CHILD_ENV``); ``http_port``
         0: no HTTP endpoints."""
@@ -82,6 +83,7 @@ class Supervisor:
         self.slots = [_Slot(index) for index in range(processes)]
         self.error: str | None = None  # why the supervisor gave up, if it did
         self._grace_period = grace_period
+        self._kill_after = kill_after
         self._http_host, self._http_port = http_host, http_port
         self._env = dict(os.environ if env is None else env)
         self._announce = announce
@@ -131,7 +133,7 @@ class Supervisor:
             await self._stopping.wait()
             self._announce("draining all worker processes…")
             self._signal_all(signal.SIGTERM)
-            _, pending = await asyncio.wait(keepers, timeout=self._grace_period + _KILL_AFTER)
+            _, pending = await asyncio.wait(keepers, timeout=self._grace_period + self._kill_after)
             if pending:
                 log.error("worker processes still running after the grace period; killing them",
                           extra={"pids": [s.process.pid for s in self.slots if s.alive and s.process]})

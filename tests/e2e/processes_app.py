@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from pydantic import BaseModel
 
@@ -15,6 +16,7 @@ from conveyor.common.jobs.registry import JobRegistry
 
 class Work(BaseModel):
     seconds: float
+    block: bool = False  # time.sleep on the loop: the stall watchdog ends the process
 
 
 def _note(event: str, ctx: JobContext) -> None:
@@ -31,6 +33,8 @@ def registry_for(queue: str) -> JobRegistry:
     @registry.job("e2e.work", queue=queue, timeout=60)
     async def work(payload: Work, ctx: JobContext) -> None:
         _note("start", ctx)
+        if payload.block:
+            time.sleep(payload.seconds)
         await asyncio.sleep(payload.seconds)
         _note("done", ctx)
 

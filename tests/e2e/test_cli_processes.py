@@ -19,11 +19,12 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.consumer.ops.dead_letters import DeadLetters
@@ -73,6 +74,7 @@ class Run:
     process: subprocess.Popen[str]
     port: int
     out: Path
+    seen: set[int] = field(default_factory=set)  # worker process pids seen in /healthz
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -85,7 +87,9 @@ class Run:
 
     def processes(self) -> list[dict[str, Any]]:
         status, body = self.get("/healthz")
-        return json.loads(body)["processes"] if status == 200 else []
+        processes: list[dict[str, Any]] = json.loads(body)["processes"] if status == 200 else []
+        self.seen.update(p["pid"] for p in processes if p["pid"])
+        return processes
 
     def wait(self, predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -100,6 +104,11 @@ class Run:
     def wait_ready(self, count: int) -> list[int]:
         self.wait(lambda: self.get("/readyz")[0] == 200 and len(self.processes()) == count, f"{count} ready workers")
         return [p["pid"] for p in self.processes()]
+
+    def wait_and_get_processes(self) -> list[dict[str, Any]]:
+        """/healthz's processes once every one is back and ready."""
+        self.wait(lambda: self.get("/readyz")[0] == 200, "every worker process ready")
+        return self.processes()
 
     def lines(self, event: str) -> list[tuple[str, int, int]]:
         """(job id, attempt, pid) of every ``event`` line."""
@@ -118,8 +127,8 @@ class Run:
         assert len(values) <= 1, body
         return values[0] if values else 0.0
 
-    def stop(self, timeout: float = 60.0) -> tuple[str, str]:
-        self.process.send_signal(signal.SIGTERM)
+    def stop(self, timeout: float = 60.0, sig: signal.Signals = signal.SIGTERM) -> tuple[str, str]:
+        self.process.send_signal(sig)
         return self.process.communicate(timeout=timeout)
 
 
@@ -130,7 +139,9 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Run]]:
     def _start(broker_url: str, queue: str, *args: str, out: Path | None = None) -> Run:
         port = free_port()
         env = {**os.environ, "CONVEYOR_BROKER_URL": broker_url, "E2E_QUEUE": queue, "PYTHONPATH": str(ROOT),
-               "E2E_OUT": str(out or tmp_path / "ledger.txt"), "CONVEYOR_STATE_DIR": str(tmp_path / "state")}
+               "E2E_OUT": str(out or tmp_path / "ledger.txt"), "CONVEYOR_STATE_DIR": str(tmp_path / "state"),
+               "TMPDIR": str(tmp_path / "tmp")}  # where the supervisor makes its run directory
+        (tmp_path / "tmp").mkdir(exist_ok=True)
         process = subprocess.Popen(
             [sys.executable, "-m", "conveyor", "worker", APP, "--http-port", str(port), "--grace-period", "20", *args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -140,13 +151,16 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Run]]:
         return run
 
     yield _start
+    leftovers = []
     for run in runs:  # a failed test leaves nothing running
         if run.process.poll() is None:
             run.process.kill()
             run.process.communicate(timeout=30)
-        for child in _children(run.process.pid):
-            with pytest.raises(ProcessLookupError):
-                os.kill(child, 0)
+        for pid in run.seen:
+            if _alive(pid):
+                leftovers.append(pid)
+                os.kill(pid, signal.SIGKILL)
+    assert not leftovers, "worker processes outlived their supervisor"
 
 
 def _children(pid: int) -> list[int]:
@@ -181,22 +195,28 @@ async def test_two_processes_share_the_jobs_one_metrics_endpoint_sums_them_and_s
     assert run.metric('conveyor_job_duration_seconds_count{job_type="e2e.work"}') == 16
     assert run.metric(f'conveyor_queue_consumers{{queue="{queue}"}}') == 2
     assert run.metric("conveyor_worker_processes") == 2
-    assert 'pid="' not in run.get("/metrics")[1], "no per-process series: every gauge has a multiprocess mode"
+    body = run.get("/metrics")[1]
+    assert 'pid="' not in body, "no per-process series: every gauge has a multiprocess mode"
+    names = {family.name for family in text_string_to_metric_families(body)}  # valid exposition text
+    assert {"conveyor_jobs_succeeded", "conveyor_worker_restarts", "conveyor_jobs_in_flight"} <= names
 
     # SIGTERM while both are busy: what started finishes, the rest stays in the broker unspent.
     second = await publish(broker_url, queue, 8, 3.0)
     # In flight is read from a function at scrape time: the processes copy it to their files.
     run.wait(lambda: run.metric(f'conveyor_jobs_in_flight{{queue="{queue}"}}') == 4, "4 jobs in flight in all",
              timeout=3.0)
+    assert sum(p["in_flight"] for p in run.processes()) == 4
     stdout, stderr = run.stop()
     assert run.process.returncode == 0, stderr
     assert "Traceback" not in stderr, stderr
     assert stdout.count("draining…") == 2 and "stopped" in stdout
+    assert list((run.out.parent / "tmp").iterdir()) == [], "the run directory (metrics files) is removed"
     started = {job for job, _, _ in run.lines("start")}
     assert started <= run.done_ids(), "every job a worker started was finished within the grace period"
 
     rest = start(broker_url, queue, "--concurrency", "4")  # today's single worker takes the rest
     rest.wait(lambda: rest.done_ids() >= set(first + second), "the released jobs done")
+    assert _children(rest.process.pid) == [], "--processes 1 is one process: no supervisor"
     assert rest.stop()[0] and rest.process.returncode == 0
     done = rest.lines("done")
     assert sorted(job for job, _, _ in done) == sorted(first + second), "each job done exactly once"
@@ -213,6 +233,7 @@ async def test_a_killed_worker_process_is_restarted_and_its_jobs_are_redelivered
     run.wait(lambda: len({pid for _, _, pid in run.lines("start")}) == 2, "both processes holding jobs")
     victim = pids[0]
     os.kill(victim, signal.SIGKILL)
+    run.wait(lambda: run.get("/readyz")[0] == 503, "not ready while a worker process is down", timeout=5.0)
     held = {job for job, _, pid in run.lines("start") if pid == victim} - {
         job for job, _, pid in run.lines("done") if pid == victim}
     assert held, "the killed process held jobs"
@@ -237,6 +258,38 @@ async def test_a_killed_worker_process_is_restarted_and_its_jobs_are_redelivered
     assert await dead_letters(broker_url, queue) == 0, "one crash is no crash loop"
 
 
+async def test_a_job_that_blocks_the_loop_every_time_ends_each_process_by_its_watchdog_then_in_the_dlq(
+    amqp: str, queue: str, start: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_STALL_WARN_AFTER", "0.5")
+    monkeypatch.setenv("CONVEYOR_STALL_EXIT_AFTER", "1")
+    run = start(amqp, queue, "--processes", "2", "--concurrency", "2")
+    run.wait_ready(2)
+    async with Producer.for_registry(transport_from_url(amqp), registry_for(queue)) as producer:
+        blocker = (await producer.publish("e2e.work", {"seconds": 30, "block": True})).job_id
+    others = await publish(amqp, queue, 10, 0.1)
+
+    async def dead() -> list[str]:
+        async with transport_from_url(amqp) as transport:
+            records = await DeadLetters(transport, queue).list(limit=10)
+        assert {r.reason for r in records} <= {"crash_loop"}, records
+        return [r.job_id or "" for r in records]
+
+    deadline = time.monotonic() + 90
+    while blocker not in await dead():
+        assert run.process.poll() is None, run.process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the blocking job never reached the DLQ"
+        await asyncio.sleep(0.5)
+    run.wait(lambda: run.done_ids() >= set(others), "the other jobs done")
+    starts = [pid for job, _, pid in run.lines("start") if job == blocker]
+    restarts = sum(p["restarts"] for p in run.wait_and_get_processes())
+    assert len(starts) == restarts >= 3, "each run of the blocker ended its process; each process came back"
+    assert await dead() == [blocker], "only the blocker is dead-lettered"
+    _, stderr = run.stop()
+    assert run.process.returncode == 0, stderr
+    assert stderr.count("exited with code 70; restarting") == restarts
+
+
 def test_a_worker_process_that_dies_at_every_start_ends_in_one_line_and_exit_1(
     amqp: str, start: Callable[..., Run]
 ) -> None:
@@ -256,8 +309,30 @@ async def test_processes_auto_starts_one_worker_process_per_core(amqp: str, queu
                                                                   start: Callable[..., Run]) -> None:
     run = start(amqp, queue, "--processes", "auto")
     assert len(run.wait_ready(os.cpu_count() or 1)) == os.cpu_count()
-    _, stderr = run.stop()
+    stdout, stderr = run.stop(sig=signal.SIGINT)  # Ctrl-C drains as SIGTERM does
     assert run.process.returncode == 0, stderr
+    assert stdout.count("draining…") == os.cpu_count(), stdout
+
+
+async def test_worker_processes_of_a_supervisor_killed_with_sigkill_drain_and_exit(
+    amqp: str, queue: str, start: Callable[..., Run]
+) -> None:
+    run = start(amqp, queue, "--processes", "2")
+    pids = run.wait_ready(2)
+    run.process.kill()
+    run.process.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "orphaned worker processes kept running"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    """Still running (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5", ""])
