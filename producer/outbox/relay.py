@@ -49,6 +49,8 @@ from conveyor.schemas.envelope import Envelope
 __all__ = ["OutboxRelay", "RelayConfig"]
 
 log = logging.getLogger(__name__)
+# Shown in pg_stat_activity: an operator (or a test) can tell a relay's sessions from the application's.
+_NAMED = {"application_name": "conveyor-outbox-relay"}
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,9 @@ class OutboxRelay:
         """Connect, check the schema (one-line ``ConfigurationError`` naming what is missing), LISTEN."""
         import asyncpg
 
-        self._db = await asyncpg.connect(self._url)
+        self._db = await asyncpg.connect(self._url, server_settings=_NAMED)
         await check_schema(self._db, self.config.table)
-        self._listener = await asyncpg.connect(self._url)
+        self._listener = await asyncpg.connect(self._url, server_settings=_NAMED)
         await self._listener.add_listener(self.config.table, self._notified)
 
     async def close(self) -> None:
@@ -287,8 +289,8 @@ class OutboxRelay:
                     await asyncio.wait_for(connection.close(), 5)
             setattr(self, attr, None)
         with contextlib.suppress(Exception):
-            self._db = await asyncpg.connect(self._url)
-            self._listener = await asyncpg.connect(self._url)
+            self._db = await asyncpg.connect(self._url, server_settings=_NAMED)
+            self._listener = await asyncpg.connect(self._url, server_settings=_NAMED)
             await self._listener.add_listener(self.config.table, self._notified)
 
     # -- chores --------------------------------------------------------------------------
@@ -297,7 +299,7 @@ class OutboxRelay:
         import asyncpg
 
         deleted = 0
-        connection = await asyncpg.connect(self._url)
+        connection = await asyncpg.connect(self._url, server_settings=_NAMED)
         try:
             while True:
                 status = await connection.execute(self._cleanup, self.config.retention)
@@ -312,7 +314,7 @@ class OutboxRelay:
         """Refresh the backlog, oldest-unsent and failed-rows gauges; the backlog."""
         import asyncpg
 
-        connection = await asyncpg.connect(self._url)
+        connection = await asyncpg.connect(self._url, server_settings=_NAMED)
         try:
             row = await connection.fetchrow(self._sample)
         finally:
