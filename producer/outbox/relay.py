@@ -49,6 +49,8 @@ from conveyor.schemas.envelope import Envelope
 __all__ = ["OutboxRelay", "RelayConfig"]
 
 log = logging.getLogger(__name__)
+# Shown in pg_stat_activity: an operator (or a test) can tell a relay's sessions from the application's.
+_NAMED = {"application_name": "conveyor-outbox-relay"}
 
 
 @dataclass(frozen=True)
@@ -131,17 +133,12 @@ class OutboxRelay:
         """Connect, check the schema (one-line ``ConfigurationError`` naming what is missing), LISTEN."""
         import asyncpg
 
-        self._db = await asyncpg.connect(self._url)
+        self._db = await asyncpg.connect(self._url, server_settings=_NAMED)
         await check_schema(self._db, self.config.table)
-        self._listener = await asyncpg.connect(self._url)
-        await self._listener.add_listener(self.config.table, self._notified)
+        await self._ensure_database()
 
     async def close(self) -> None:
-        for connection in (self._listener, self._db):
-            if connection is not None:
-                with contextlib.suppress(Exception):
-                    await connection.close()
-        self._listener = self._db = None
+        await self._close_database()
         await self._drop_producer()
 
     async def __aenter__(self) -> OutboxRelay:
@@ -200,7 +197,7 @@ class OutboxRelay:
         except Exception as exc:
             self._failures += 1
             log.warning("outbox relay: %s: %s (attempt %d; retrying)", type(exc).__name__, exc, self._failures)
-            await self._reconnect_database()
+            await self._close_database()  # the next step starts from fresh connections
             return None
         return done
 
@@ -214,8 +211,7 @@ class OutboxRelay:
     # -- one batch -----------------------------------------------------------------------
     async def relay_once(self) -> int:
         """Publish one batch; the number of rows published and marked sent."""
-        if self._db is None or self._db.is_closed():
-            await self._reconnect_database()
+        await self._ensure_database()
         producer = await self._producer_ready()
         async with self._db.transaction():
             rows = await self._db.fetch(self._select, self.config.batch_size)
@@ -277,19 +273,29 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 await producer.__aexit__(None, None, None)
 
-    async def _reconnect_database(self) -> None:
-        import asyncpg
-
+    async def _close_database(self) -> None:
         for attr in ("_db", "_listener"):
             connection = getattr(self, attr)
+            setattr(self, attr, None)
             if connection is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(connection.close(), 5)
-            setattr(self, attr, None)
-        with contextlib.suppress(Exception):
-            self._db = await asyncpg.connect(self._url)
-            self._listener = await asyncpg.connect(self._url)
-            await self._listener.add_listener(self.config.table, self._notified)
+
+    async def _ensure_database(self) -> None:
+        """Connect what is missing or closed (a failure raises: the caller counts and backs off).
+        The listener is best effort: without it the relay still polls."""
+        import asyncpg
+
+        if self._db is None or self._db.is_closed():
+            self._db = await asyncpg.connect(self._url, server_settings=_NAMED)
+        if self._listener is None or self._listener.is_closed():
+            try:
+                self._listener = await asyncpg.connect(self._url, server_settings=_NAMED)
+                await self._listener.add_listener(self.config.table, self._notified)
+            except Exception as exc:
+                self._listener = None
+                log.warning("outbox relay: LISTEN failed (%s); polling every %gs", type(exc).__name__,
+                            self.config.poll_interval)
 
     # -- chores --------------------------------------------------------------------------
     async def clean_up(self) -> int:
@@ -297,7 +303,7 @@ class OutboxRelay:
         import asyncpg
 
         deleted = 0
-        connection = await asyncpg.connect(self._url)
+        connection = await asyncpg.connect(self._url, server_settings=_NAMED)
         try:
             while True:
                 status = await connection.execute(self._cleanup, self.config.retention)
@@ -312,7 +318,7 @@ class OutboxRelay:
         """Refresh the backlog, oldest-unsent and failed-rows gauges; the backlog."""
         import asyncpg
 
-        connection = await asyncpg.connect(self._url)
+        connection = await asyncpg.connect(self._url, server_settings=_NAMED)
         try:
             row = await connection.fetchrow(self._sample)
         finally:

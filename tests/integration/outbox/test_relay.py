@@ -221,3 +221,34 @@ async def test_sample_reports_backlog_and_oldest_unsent_age(database_url: str, t
     assert 90 <= relay.metrics.oldest_unsent._value.get() < 200
     text = relay.metrics.render().decode()
     assert "conveyor_outbox_backlog 4.0" in text and "conveyor_outbox_oldest_unsent_seconds" in text
+
+
+async def test_the_relay_survives_its_database_sessions_being_killed(database_url: str, table: str,
+                                                                     db: asyncpg.Connection) -> None:
+    log: list[tuple[str, str]] = []
+    relay = _relay(database_url, table, Recording(MemoryBroker(), log), poll_interval=0.5)
+    stop = asyncio.Event()
+
+    async def sent() -> int:
+        return int(await db.fetchval(f"SELECT count(*) FROM {table} WHERE sent_at IS NOT NULL"))
+
+    async def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 30
+        while await sent() < count:
+            assert time.monotonic() < deadline, f"{await sent()} of {count} rows sent"
+            await asyncio.sleep(0.05)
+
+    async with relay:
+        task = asyncio.create_task(relay.run(stop))
+        first = await asyncio.to_thread(_add, database_url, table, 5)
+        await wait_for(5)
+        # This test's relay is the only one running (its last queries may be COMMIT: not matched by table).
+        killed = await db.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'conveyor-outbox-relay' AND datname = current_database()")
+        assert killed >= 2, "the relay's work and LISTEN sessions"
+        second = await asyncio.to_thread(_add, database_url, table, 5)
+        await wait_for(10)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert sorted(j for j, _ in log) == sorted(first + second)
