@@ -13,6 +13,7 @@ from click.core import ParameterSource
 
 from conveyor.common.logging import configure_logging
 from conveyor.common.settings import LOG_LEVELS, Settings
+from conveyor.consumer.cli.console import console as console_command
 from conveyor.consumer.cli.dlq import dlq
 from conveyor.consumer.cli.payloads import payloads
 from conveyor.consumer.cli.publish import publish
@@ -56,7 +57,7 @@ def demo(jobs_count: int) -> None:
     run(run_demo(console, jobs_count=jobs_count), None)
 
 
-for command in (worker, publish, dlq, payloads, status):
+for command in (worker, publish, dlq, payloads, status, console_command):
     main.add_command(command)
 
 

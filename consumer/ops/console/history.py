@@ -1,0 +1,96 @@
+"""The overview's memory: status samples over the last minutes, and the rates between them.
+
+Each sample is ``collect_status`` with no wait and no DLQ browsing (depths only: browsing on
+every refresh would take and give back every dead letter each time), taken every ``refresh``
+seconds by one task for all browsers. Rates come from the workers' counters (summed over the
+scraped workers): a counter that went down is a restarted worker, and that step counts 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from conveyor.common.errors import ConveyorError
+from conveyor.common.transport.base import Transport
+from conveyor.consumer.ops.status import StatusReport, collect_status
+
+__all__ = ["RATE_SERIES", "OverviewHistory", "Sample", "sample_forever"]
+
+log = logging.getLogger(__name__)
+
+# chart name → worker counters summed into it
+RATE_SERIES = {"published": ("published",), "completed": ("succeeded",), "failed": ("failed", "dead_lettered")}
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float  # monotonic seconds
+    wall: datetime
+    report: StatusReport
+
+    def total(self, counter: str) -> float:
+        return sum(w.totals.get(counter, 0.0) for w in self.report.workers if w.up)
+
+
+class OverviewHistory:
+    def __init__(self, keep: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.keep = keep
+        self._clock = clock
+        self._samples: collections.deque[Sample] = collections.deque()
+
+    def add(self, report: StatusReport) -> Sample:
+        sample = Sample(self._clock(), datetime.now(UTC), report)
+        self._samples.append(sample)
+        while self._samples and sample.at - self._samples[0].at > self.keep:
+            self._samples.popleft()
+        return sample
+
+    @property
+    def latest(self) -> Sample | None:
+        return self._samples[-1] if self._samples else None
+
+    def rates(self) -> dict[str, list[tuple[float, float]]]:
+        """Chart name → [(seconds ago, per second)] between consecutive samples."""
+        now = self._clock()
+        out: dict[str, list[tuple[float, float]]] = {name: [] for name in RATE_SERIES}
+        pairs = list(zip(self._samples, list(self._samples)[1:], strict=False))
+        for before, after in pairs:
+            elapsed = after.at - before.at
+            if elapsed <= 0:
+                continue
+            for name, counters in RATE_SERIES.items():
+                step = sum(after.total(c) - before.total(c) for c in counters)
+                out[name].append((now - after.at, max(step, 0.0) / elapsed))
+        return out
+
+    def depths(self, queue: str) -> dict[str, list[tuple[float, float]]]:
+        """Ready, delayed and dead-letter depth of ``queue`` over time: name → [(seconds ago, count)]."""
+        now = self._clock()
+        out: dict[str, list[tuple[float, float]]] = {"ready": [], "delayed": [], "dead": []}
+        for sample in self._samples:
+            row = next((q for q in sample.report.queues if q.queue == queue and q.error is None), None)
+            if row is None:
+                continue
+            for name, value in (("ready", row.ready), ("delayed", row.delayed), ("dead", row.dead_letters)):
+                if value is not None:
+                    out[name].append((now - sample.at, float(value)))
+        return out
+
+
+async def sample_forever(transport: Transport, queues: list[str], workers: list[str], history: OverviewHistory,
+                         refresh: float, ready: asyncio.Event | None = None) -> None:
+    """Sample until cancelled; a failed round is logged and tried again next time."""
+    while True:
+        try:
+            history.add(await collect_status(transport, queues, interval=0, workers=workers, dlq_scan_limit=0))
+        except ConveyorError as exc:
+            log.warning("console: a status sample failed: %s: %s", type(exc).__name__, exc)
+        if ready is not None:
+            ready.set()
+        await asyncio.sleep(refresh)
