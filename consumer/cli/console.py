@@ -28,7 +28,7 @@ from conveyor.consumer.cli.support import (
     transport_for,
 )
 
-__all__ = ["console"]
+__all__ = ["console", "demo_console"]
 
 
 @click.command()
@@ -96,3 +96,21 @@ async def _serve(config: Any, url: str, settings: Any, registry: Any, schemas_di
     finally:
         if store is not None:
             await store.close()
+
+
+def demo_console(port: int) -> Any:
+    """``conveyor demo --console``: the demo's hook that serves the console until Ctrl-C."""
+    try:
+        require("console", "conveyor demo --console")
+    except ConveyorError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    from conveyor.consumer.ops.console.demo import keep_demo_up
+
+    async def keep_up(demo_run: Any) -> None:
+        try:
+            await keep_demo_up(demo_run, port=port)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} "
+                                       "(reason: bind_failed)") from None
+
+    return keep_up

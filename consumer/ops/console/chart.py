@@ -30,7 +30,7 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, span: flo
             lines.append(f'<polyline class="series series-{escape(name)}" fill="none" points="{coords}"/>')
     latest = ", ".join(f"{name} {points[-1][1]:.2f}{unit}" if points else f"{name} —"
                        for name, points in series.items())
-    label = f"{title}: last {int(span // 60)} min, peak {top:.2f}{unit}; now {latest}"
+    label = f"{title}: last {max(1, round(span / 60))} min, peak {top:.2f}{unit}; now {latest}"
     return Markup(
         f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'aria-label="{escape(label)}"><title>{escape(label)}</title>'

@@ -52,6 +52,13 @@ class OverviewHistory:
         return sample
 
     @property
+    def span(self) -> float:
+        """Seconds a chart shows: the samples kept, at least a minute, at most ``keep``."""
+        if not self._samples:
+            return 60.0
+        return min(self.keep, max(60.0, self._clock() - self._samples[0].at))
+
+    @property
     def latest(self) -> Sample | None:
         return self._samples[-1] if self._samples else None
 

@@ -177,12 +177,18 @@ def _rate(value: Any) -> float | None:
     return rate
 
 
+async def _action(request: web.Request) -> tuple[str, MultiMapping[Any], DeadLetterFilter, dict[str, str]]:
+    """The queue a state-changing request acts on, its form, and the filter or selection it names."""
+    queue = request.app[STATE].check_queue(request.match_info["queue"])
+    form = await request.post()
+    flt, raw = parse_filter(form)
+    return queue, form, flt, raw
+
+
 @routes.post("/dead-letters/{queue}/replay")
 async def replay(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    queue = state.check_queue(request.match_info["queue"])
-    form = await request.post()
-    flt, raw = parse_filter(form)
+    queue, form, flt, raw = await _action(request)
     rate = _rate(form.get("rate"))
     confirmed = form.get("confirm") == "replay"
     async with state.dead_letters(queue) as letters:
@@ -199,9 +205,7 @@ async def replay(request: web.Request) -> web.Response:
 @routes.post("/dead-letters/{queue}/purge")
 async def purge(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    queue = state.check_queue(request.match_info["queue"])
-    form = await request.post()
-    flt, raw = parse_filter(form)
+    queue, form, flt, raw = await _action(request)
     async with state.dead_letters(queue) as letters:
         if form.get("confirm") != "purge":
             matching = await letters.list(flt, limit=state.config.dlq_scan_limit)

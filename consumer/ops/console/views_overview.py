@@ -28,7 +28,7 @@ def _latest_rates(state: ConsoleState) -> dict[str, float | None]:
 def _view(state: ConsoleState) -> dict[str, Any]:
     history = state.history
     sample: Sample | None = history.latest
-    span = history.keep
+    span = history.span
     queues = sample.report.queues if sample else []
     return {
         "sample": sample,
