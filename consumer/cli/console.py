@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import SecretStr
 
 from conveyor.common.errors import ConveyorError
 from conveyor.common.extras import require
 from conveyor.common.jobs.registry import DEFAULT_QUEUE
-from conveyor.common.secrets import Redactor, mask_url
+from conveyor.common.secrets import Redactor, mask_url, secret_fields, url_credentials
+from conveyor.common.settings import Settings
 from conveyor.consumer.cli.support import (
     broker_option,
     load_registry,
@@ -69,8 +71,16 @@ def console(broker: str | None, queues: tuple[str, ...], workers: tuple[str, ...
     watched = queues or tuple(registry.queues() if registry else ()) or (DEFAULT_QUEUE,)
     config = ConsoleConfig(host=host, port=port, queues=tuple(dict.fromkeys(watched)), workers=workers,
                            read_only=read_only, auth=auth, refresh=refresh, broker_label=mask_url(url))
-    redact = Redactor.from_settings(settings, url, *(auth.secrets if auth else ()))
+    redact = _page_redactor(settings, url, auth.secrets if auth else ())
     run(_serve(config, url, settings, registry, schemas_dir, redact), settings)
+
+
+def _page_redactor(settings: Settings, url: str, auth_secrets: tuple[str, ...]) -> Redactor:
+    """Every secret the console knows, but of a URL only its credentials: the header names the
+    broker by its masked URL, as ``conveyor status`` does."""
+    values = [getattr(settings, name) for name in secret_fields(Settings)]
+    plain = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in (*values, url)]
+    return Redactor([form for value in plain if value for form in url_credentials(value)] + list(auth_secrets))
 
 
 async def _serve(config: Any, url: str, settings: Any, registry: Any, schemas_dir: Path | None,

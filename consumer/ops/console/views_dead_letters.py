@@ -66,8 +66,8 @@ async def _browse(request: web.Request) -> _Browse:
     queue = state.check_queue(str(request.query.get("queue") or state.config.queues[0]))
     flt, raw = parse_filter(request.query)
     async with state.dead_letters(queue) as letters:
+        depth = await letters.depth()  # first: a browse's given-back entries may not count again at once
         everything = await letters.list(limit=state.config.dlq_scan_limit)
-        depth = await letters.depth()
     return _Browse(queue, raw, everything, [r for r in everything if flt.matches(r)], depth)
 
 
