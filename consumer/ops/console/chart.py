@@ -28,13 +28,16 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, span: flo
         )
         if coords:
             lines.append(f'<polyline class="series series-{escape(name)}" fill="none" points="{coords}"/>')
-    latest = ", ".join(f"{name} {points[-1][1]:.2f}{unit}" if points else f"{name} —"
+    def number(value: float) -> str:
+        return f"{value:.2f}" if unit else f"{value:g}"
+
+    latest = ", ".join(f"{name} {number(points[-1][1])}{unit}" if points else f"{name} —"
                        for name, points in series.items())
-    label = f"{title}: last {max(1, round(span / 60))} min, peak {top:.2f}{unit}; now {latest}"
+    label = f"{title}: last {max(1, round(span / 60))} min, peak {number(top)}{unit}; now {latest}"
     return Markup(
         f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'aria-label="{escape(label)}"><title>{escape(label)}</title>'
         f'<rect class="chart-frame" x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" fill="none"/>'
-        f'<text class="chart-peak" x="{width - pad}" y="14" text-anchor="end">peak {top:.2f}{escape(unit)}</text>'
+        f'<text class="chart-peak" x="{pad + 2}" y="14">peak {number(top)}{escape(unit)}</text>'
         + "".join(lines) + "</svg>"
     )

@@ -2,8 +2,9 @@
 
 Each sample is ``collect_status`` with no wait and no DLQ browsing (depths only: browsing on
 every refresh would take and give back every dead letter each time), taken every ``refresh``
-seconds by one task for all browsers. Rates come from the workers' counters (summed over the
-scraped workers): a counter that went down is a restarted worker, and that step counts 0.
+seconds by one task for all browsers. Rates come from the workers' counters, summed over the
+workers that answered both samples (one that did not answer the first would add its whole
+total as one step); a counter that went down is a restarted worker, and its step counts 0.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ class Sample:
     wall: datetime
     report: StatusReport
 
-    def total(self, counter: str) -> float:
-        return sum(w.totals.get(counter, 0.0) for w in self.report.workers if w.up)
+    def totals(self) -> dict[str, dict[str, float]]:
+        """Worker URL → its counter totals, for the workers that answered this time."""
+        return {w.url: w.totals for w in self.report.workers if w.up}
 
 
 class OverviewHistory:
@@ -71,9 +73,12 @@ class OverviewHistory:
             elapsed = after.at - before.at
             if elapsed <= 0:
                 continue
+            old, new = before.totals(), after.totals()
+            both = old.keys() & new.keys()
             for name, counters in RATE_SERIES.items():
-                step = sum(after.total(c) - before.total(c) for c in counters)
-                out[name].append((now - after.at, max(step, 0.0) / elapsed))
+                step = sum(max(0.0, sum(new[url].get(c, 0.0) - old[url].get(c, 0.0) for c in counters))
+                           for url in both)
+                out[name].append((now - after.at, step / elapsed))
         return out
 
     def depths(self, queue: str) -> dict[str, list[tuple[float, float]]]:

@@ -12,8 +12,8 @@ from conveyor.consumer.ops.status import QueueStatus, StatusReport, WorkerStatus
 from tests.unit.consumer.ops.console.conftest import World
 
 
-def report(succeeded: float, failed: float, *, breaker: str = "closed") -> StatusReport:
-    worker = WorkerStatus(url="http://w1", up=True, breakers={"payments-api": breaker},
+def report(succeeded: float, failed: float, *, breaker: str = "closed", up: bool = True) -> StatusReport:
+    worker = WorkerStatus(url="http://w1", up=up, breakers={"payments-api": breaker},
                           totals={"published": 0.0, "succeeded": succeeded, "failed": failed, "dead_lettered": 0.0})
     return StatusReport(interval=0, queues=[QueueStatus(queue="q", ready=5, delayed=2, dead_letters=1, consumers=3)],
                         workers=[worker])
@@ -33,6 +33,15 @@ def test_rates_come_from_counter_steps_and_a_restarted_worker_counts_zero() -> N
     now[0] = 200
     history.add(report(0, 0))
     assert len(history.depths("q")["ready"]) == 1  # older than a minute: dropped
+
+
+def test_a_worker_that_did_not_answer_the_last_sample_adds_no_spike() -> None:
+    now = [0.0]
+    history = OverviewHistory(keep=60, clock=lambda: now[0])
+    for at, succeeded, up in ((0, 0, False), (1, 500, True), (2, 502, True)):
+        now[0] = at
+        history.add(report(succeeded, 0, up=up))
+    assert [v for _, v in history.rates()["completed"]] == [0.0, 2.0]
 
 
 def test_the_chart_is_labelled_svg_with_one_line_per_series() -> None:
