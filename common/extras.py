@@ -20,6 +20,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "pulsar": ("pulsar",),
     "postgres": ("asyncpg",),
     "s3": ("aiobotocore", "botocore"),
+    "console": ("jinja2", "jsonschema"),
 }
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "mask_secrets",
     "mask_url",
     "scrub_error",
+    "url_credentials",
     "url_password",
     "Redactor",
     "SecretFilesSource",
@@ -141,6 +142,12 @@ class Redactor:
 
     def __repr__(self) -> str:  # never the values
         return f"Redactor({0 if self._pattern is None else self._pattern.pattern.count('|') + 1} secrets)"
+
+
+def url_credentials(url: str) -> set[str]:
+    """A URL's password and credential query values (raw and decoded), without the URL itself:
+    what a page that shows the URL masked (``mask_url``) must still never show."""
+    return _forms(url) - {url} if "://" in url else {url}
 
 
 def _forms(secret: str) -> set[str]:

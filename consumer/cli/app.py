@@ -13,6 +13,7 @@ from click.core import ParameterSource
 
 from conveyor.common.logging import configure_logging
 from conveyor.common.settings import LOG_LEVELS, Settings
+from conveyor.consumer.cli.console import console as console_command
 from conveyor.consumer.cli.dlq import dlq
 from conveyor.consumer.cli.outbox import outbox
 from conveyor.consumer.cli.payloads import payloads
@@ -47,17 +48,25 @@ def main(log_level: str, log_format: str) -> None:
 
 @main.command()
 @click.option("--jobs", "jobs_count", default=300, show_default=True, help="How many jobs to publish")
-def demo(jobs_count: int) -> None:
+@click.option("--console", "with_console", is_flag=True,
+              help="Then keep the demo's broker and worker up and serve the operator console on 127.0.0.1")
+@click.option("--console-port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+def demo(jobs_count: int, with_console: bool, console_port: int) -> None:
     """Run the whole job life cycle on the embedded broker (no server needed)."""
     import logging
 
     from conveyor.consumer.ops.demo import run_demo
 
     logging.getLogger().setLevel(logging.ERROR)  # the demo's tables tell the story
-    run(run_demo(console, jobs_count=jobs_count), None)
+    keep_up = None
+    if with_console:
+        from conveyor.consumer.cli.console import demo_console
+
+        keep_up = demo_console(console_port)
+    run(run_demo(console, jobs_count=jobs_count, keep_up=keep_up), None)
 
 
-for command in (worker, publish, dlq, payloads, status, outbox):
+for command in (worker, publish, dlq, payloads, status, outbox, console_command):
     main.add_command(command)
 
 

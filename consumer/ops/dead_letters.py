@@ -20,37 +20,60 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, decode_dead_letter, decode_envelope, encode_model
-from conveyor.common.errors import RejectedMessage
+from conveyor.common.errors import MessageTooLarge, RejectedMessage
 from conveyor.common.headers import JOB_TYPE, REASON, REPLAYED_FROM, carried_over, check_content_labels
 from conveyor.common.messages import job_message
 from conveyor.common.transport.base import Delivery, Transport
 from conveyor.consumer.payloads import PayloadResolver
 from conveyor.schemas.dead_letter import DeadLetterRecord
-from conveyor.schemas.envelope import MAX_HISTORY, PayloadReference
+from conveyor.schemas.envelope import MAX_HISTORY, Envelope, InlinePayload, PayloadReference
 
-__all__ = ["DeadLetterFilter", "DeadLetters", "ReplayReport"]
+__all__ = ["DeadLetterFilter", "DeadLetters", "ReplayReport", "group_counts"]
 
 
 @dataclass(frozen=True)
 class DeadLetterFilter:
-    """Entries to act on; ``dead_letter_id`` matches an entry's dead-letter id or its job id."""
+    """Entries to act on; ``dead_letter_id`` matches an entry's dead-letter id or its job id,
+    and so does each of ``dead_letter_ids`` (a selection). ``worker`` is a part of the worker id
+    (a worker's id names its host and process; deploys that put their version in it filter by
+    that). ``since``/``until`` bound the time the entry was dead-lettered."""
 
     reason: str | None = None
     job_type: str | None = None
     dead_letter_id: str | None = None
+    error_type: str | None = None
+    worker: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    dead_letter_ids: frozenset[str] | None = None
 
     def matches(self, record: DeadLetterRecord) -> bool:
+        ids = (record.dead_letter_id, record.job_id)
         return (
             (self.reason is None or record.reason == self.reason)
             and (self.job_type is None or record.job_type == self.job_type)
-            and (self.dead_letter_id is None or self.dead_letter_id in (record.dead_letter_id, record.job_id))
+            and (self.dead_letter_id is None or self.dead_letter_id in ids)
+            and (self.error_type is None or record.error_type == self.error_type)
+            and (self.worker is None or self.worker in record.worker_id)
+            and (self.since is None or record.dead_lettered_at >= self.since)
+            and (self.until is None or record.dead_lettered_at <= self.until)
+            and (self.dead_letter_ids is None or not self.dead_letter_ids.isdisjoint(ids))
         )
+
+
+def group_counts(records: Iterable[DeadLetterRecord], by: str) -> list[tuple[str, int]]:
+    """Entries counted by ``reason``, ``error_type`` or ``job_type``, the most frequent first."""
+    if by not in ("reason", "error_type", "job_type"):
+        raise ValueError(f"cannot group dead letters by {by!r}")
+    counts = collections.Counter(getattr(record, by) or "—" for record in records)
+    return counts.most_common()
 
 
 @dataclass
@@ -203,6 +226,35 @@ class DeadLetters:
         report.skipped_unreplayable += 1
         return False
 
+    async def replay_edited(self, entry_id: str, data: dict[str, Any]) -> DeadLetterRecord | None:
+        """Republish one entry with ``data`` as its (inline) payload, then remove the entry.
+
+        The caller validates ``data`` against the job type's schema first; this only refuses
+        what could never run (an original that never decoded, a body over the job limit).
+        Same job id and history, a fresh attempt budget, like ``replay``. A claim-check object
+        the original pointed at is discarded afterwards (the edited payload replaces it).
+        None: no such entry (nothing changed).
+        """
+        async with self._scan() as entries:
+            async for delivery, record in entries:
+                if not DeadLetterFilter(dead_letter_id=entry_id).matches(record):
+                    continue
+                envelope = self.original_envelope(record)
+                edited = envelope.model_copy(update={"payload": InlinePayload(data=data)})
+                if len(encode_model(edited)) > self._max_bytes:
+                    raise MessageTooLarge(f"the edited job is over the job limit of {self._max_bytes} bytes")
+                await self._publish_copy(record, edited)
+                await delivery.ack()
+                if isinstance(envelope.payload, PayloadReference):
+                    await self._discard_payload(record)
+                return record
+        return None
+
+    def original_envelope(self, record: DeadLetterRecord) -> Envelope:
+        """The job a record keeps; a ``RejectedMessage`` (its reason code) when it never decoded."""
+        check_content_labels(record.original_headers)
+        return decode_envelope(record.original_body, max_bytes=self._max_bytes)
+
     async def purge(self, flt: DeadLetterFilter | None = None) -> int:
         flt = flt or DeadLetterFilter()
         removed = 0
@@ -230,6 +282,11 @@ class DeadLetters:
             envelope = decode_envelope(record.original_body, max_bytes=self._max_bytes)
         except RejectedMessage:
             return False  # bytes that never decoded cannot run; keep them for inspection
+        await self._publish_copy(record, envelope)
+        return True
+
+    async def _publish_copy(self, record: DeadLetterRecord, envelope: Envelope) -> None:
+        """Republish ``envelope`` as a replay of ``record``."""
         # Same job id, the full history including the attempt that dead-lettered it, and a
         # fresh attempt budget.
         history = (record.history or envelope.history)[-MAX_HISTORY:]
@@ -243,7 +300,6 @@ class DeadLetters:
             await self._transport.declare(record.queue)
             self._declared.add(record.queue)
         await self._transport.publish(record.queue, message)
-        return True
 
     @contextlib.asynccontextmanager
     async def _scan(self) -> AsyncIterator[AsyncIterator[tuple[Delivery, DeadLetterRecord]]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -21,6 +22,7 @@ from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import PermanentError, RetryableError
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.breaker import BreakerConfig
@@ -29,7 +31,7 @@ from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from conveyor.schemas.dead_letter import DeadLetterRecord
 
-__all__ = ["DemoState", "build_jobs", "run_demo"]
+__all__ = ["DemoRun", "DemoState", "build_jobs", "run_demo"]
 
 _FAST_RETRY = RetryPolicy(max_attempts=4, base=0.02, factor=2.0, cap=0.2)
 
@@ -53,6 +55,17 @@ class DemoState:
     done: set[int] = field(default_factory=set)
 
 
+@dataclass
+class DemoRun:
+    """What a finished demo hands to ``keep_up``: its broker, still running worker and producer."""
+
+    broker: MemoryBroker
+    jobs: JobRegistry
+    state: DemoState
+    worker: Worker
+    producer: Producer
+
+
 def build_jobs(state: DemoState) -> JobRegistry:
     jobs = JobRegistry()
 
@@ -74,7 +87,10 @@ def build_jobs(state: DemoState) -> JobRegistry:
     return jobs
 
 
-async def run_demo(console: Console | None = None, *, jobs_count: int = 300, seed: int = 7) -> dict[str, int]:
+async def run_demo(console: Console | None = None, *, jobs_count: int = 300, seed: int = 7,
+                   keep_up: Callable[[DemoRun], Awaitable[None]] | None = None) -> dict[str, int]:
+    """``keep_up``: awaited after the final accounting while the broker, worker and producer are
+    still up (``conveyor demo --console`` serves the console there until interrupted)."""
     console = console or Console()
     rng = random.Random(seed)
     state = DemoState()
@@ -84,9 +100,10 @@ async def run_demo(console: Console | None = None, *, jobs_count: int = 300, see
     await worker_transport.connect()
     config = WorkerConfig(concurrency=32, breaker=BreakerConfig(consecutive_failures=1000, min_calls=10**6))
     published = 0
+    metrics = WorkerMetrics()  # one set for the producer and the worker: what the console's rates read
     console.print("[bold]Conveyor demo[/] — embedded in-memory broker, no server needed\n")
-    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer:
-        async with Worker(worker_transport, jobs, config=config, rng=rng) as worker:
+    async with Producer.for_registry(MemoryTransport(broker), jobs, metrics=metrics) as producer:
+        async with Worker(worker_transport, jobs, config=config, rng=rng, metrics=metrics) as worker:
             with _progress(console) as progress:
                 task = progress.add_task("processing", total=jobs_count)
                 for i in range(jobs_count):
@@ -117,8 +134,10 @@ async def run_demo(console: Console | None = None, *, jobs_count: int = 300, see
             await broker.join(DEFAULT_QUEUE)
             final = dict(worker.counts)
             remaining = await dlq.depth()
-    console.print(f"replayed {report.replayed} entries\n")
-    console.print(_accounting("Final accounting", published, final, remaining - poison, poison))
+            console.print(f"replayed {report.replayed} entries\n")
+            console.print(_accounting("Final accounting", published, final, remaining - poison, poison))
+            if keep_up is not None:
+                await keep_up(DemoRun(broker, jobs, state, worker, producer))
     console.print(
         "\nNext: run a worker on RabbitMQ with [bold]conveyor worker consumer.demo:demo_jobs "
         "--broker amqp://…[/]; metrics on http://127.0.0.1:9464/metrics"

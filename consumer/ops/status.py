@@ -51,6 +51,9 @@ class WorkerStatus:
     consumers_attached: float = 0.0
     jobs_per_second: float | None = None
     dead_letters_per_second: float | None = None
+    # Counter totals (jobs published, succeeded, failed, retried, dead-lettered) at the sample,
+    # for callers that keep their own history of samples (the console's rate chart).
+    totals: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -72,7 +75,8 @@ async def collect_status(
     workers: Sequence[str] = (),
     dlq_scan_limit: int = 1000,
 ) -> StatusReport:
-    """Two rounds of samples ``interval`` apart (one when ``interval`` is 0), then the DLQs."""
+    """Two rounds of samples ``interval`` apart (one when ``interval`` is 0), then the DLQs
+    (browsed to group them by reason unless ``dlq_scan_limit`` is 0: depths only)."""
     first = await _sample_queues(transport, queues)
     first_scrapes = await _scrape_all(workers)
     if interval > 0:
@@ -83,7 +87,7 @@ async def collect_status(
         second, second_scrapes = first, first_scrapes
     rows = [_queue_row(q, first[q], second[q], interval) for q in queues]
     for row in rows:
-        if row.error is None and row.dead_letters:
+        if row.error is None and row.dead_letters and dlq_scan_limit > 0:
             await _group_dead_letters(transport, row, dlq_scan_limit)
     scrapes = zip(workers, first_scrapes, second_scrapes, strict=True)
     status = [_worker_row(url, a, b, interval) for url, a, b in scrapes]
@@ -130,6 +134,7 @@ async def _group_dead_letters(transport: Transport, row: QueueStatus, limit: int
 
 _Scrape = dict[str, list[tuple[dict[str, str], float]]] | str
 _BREAKER_NAMES = {state.value: state.name.lower() for state in BreakerState}
+_COUNTED = ("published", "succeeded", "failed", "retried", "dead_lettered")
 
 
 async def _scrape_all(urls: Sequence[str]) -> list[_Scrape]:
@@ -169,6 +174,7 @@ def _worker_row(url: str, first: _Scrape, second: _Scrape, interval: float) -> W
         in_flight=_total(second, "conveyor_jobs_in_flight"),
         consumers_attached=_total(second, "conveyor_consumers_attached"),
     )
+    row.totals = {name: _total(second, f"conveyor_jobs_{name}_total") for name in _COUNTED}
     for labels, value in second.get("conveyor_breaker_state", ()):
         row.breakers[labels.get("breaker", "?")] = _BREAKER_NAMES.get(int(value), str(value))
     if interval > 0 and not isinstance(first, str):

@@ -5,7 +5,8 @@ check fails: an error path), a canary idempotency-store URL password, and a hand
 and raises all of them. The worker runs at DEBUG with JSON logs; then every channel an
 operator or an attacker could read is searched: the worker's stdout and stderr (once with the
 variables, once with ``*_FILE``), ``/metrics``, ``conveyor status``, ``dlq list`` and
-``dlq show``, the raw dead letters in the broker, the errors of a broker on a wrong port and
+``dlq show``, every page of ``conveyor console`` (HTML and JSON, each dead letter in full), the
+raw dead letters in the broker, the errors of a broker on a wrong port and
 of a PostgreSQL refusing the canary password, the ``--broker`` flag's warning, and the worker's
 command line. (``/proc/<pid>/environ`` holds the variables by design: out of scope.)
 """
@@ -165,6 +166,36 @@ async def raw_dead_letters(admin_url: str) -> list[bytes]:
         return bodies  # closing the transport returns them all
 
 
+def console_pages(outputs: Outputs, env: dict[str, str], tmp_path: Path, entry_ids: list[str]) -> dict[str, str]:
+    """Every page of a console on the canary user's broker: path → text (also added to ``outputs``)."""
+    port = free_port()
+    out, err = tmp_path / "console.out", tmp_path / "console.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "conveyor", "console", "--queue", QUEUE, "--app", APP,
+                                    "--port", str(port)], cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
+    pages: dict[str, str] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while "listening on" not in out.read_text():
+            assert process.poll() is None, f"the console exited: {err.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the console did not start"
+            time.sleep(0.1)
+        paths = ["/", "/overview/live", "/api/overview", f"/dead-letters?queue={QUEUE}", f"/api/dead-letters?queue={QUEUE}",
+                 *(f"/dead-letters/{QUEUE}/{entry}" for entry in entry_ids), f"/dead-letters/{QUEUE}/no-such-entry"]
+        for path in paths:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+                    pages[path] = outputs.add(f"console {path}", response.read())
+            except urllib.error.HTTPError as exc:
+                pages[path] = outputs.add(f"console {path}", exc.read())
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        outputs.add("console stdout", out.read_text())
+        outputs.add("console stderr", err.read_text())
+    return pages
+
+
 def scrape(outputs: Outputs, label: str, port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         return outputs.add(label, response.read())
@@ -203,6 +234,7 @@ async def test_canary_secrets_appear_in_no_output(setup: Setup, tmp_path: Path) 
              for entry in entries}
     for body in await raw_dead_letters(setup.admin_url):
         outputs.add("raw dead letters", body)
+    pages = await asyncio.to_thread(console_pages, outputs, env, tmp_path, [e["dead_letter_id"] for e in entries])
 
     # -- run 2: secrets in files ---------------------------------------------------------------
     files = {}
@@ -258,6 +290,10 @@ async def test_canary_secrets_appear_in_no_output(setup: Setup, tmp_path: Path) 
     assert all(result.returncode == 0 for result in shown.values())
     assert "RuntimeError: cannot connect to *** (keys ***, s3 ***)" in shown["canary.leak"].stdout  # traceback
     assert worker.cmdline and "--http-port" in worker.cmdline
+    leak_page = pages[f"/dead-letters/{QUEUE}/{reasons['canary.leak']['dead_letter_id']}"]
+    assert "RuntimeError" in leak_page and "cannot connect to ***" in leak_page  # the console showed it, masked
+    assert json.loads(pages["/api/overview"])["queues"][0]["dead_letters"] == 2
+    assert "amqp://canary-" in pages["/"] and ":***@" in pages["/"]  # the broker, by its masked URL
 
     leaks = {label: found for label, text in outputs.texts.items() if (found := canaries.found_in(text))}
     assert not leaks, f"canary secrets leaked into: {sorted(leaks)}"

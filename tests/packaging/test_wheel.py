@@ -41,10 +41,12 @@ def test_wheel_holds_every_module_of_the_product_folders(wheel_names: list[str])
         f"conveyor/{path.relative_to(ROOT).as_posix()}"
         for folder in PRODUCT_FOLDERS
         for path in (ROOT / folder).rglob("*")
-        if path.suffix in {".py", ".json", ".sql"} and "__pycache__" not in path.parts
+        if path.suffix in {".py", ".json", ".sql", ".html", ".css", ".js"} and "__pycache__" not in path.parts
     }
     assert expected - set(wheel_names) == set()
     assert {"conveyor/__init__.py", "conveyor/__main__.py", "conveyor/py.typed"} <= set(wheel_names)
+    assert "conveyor/consumer/ops/console/templates/base.html" in wheel_names  # the console's pages
+    assert "conveyor/consumer/ops/console/static/console.js" in wheel_names
 
 
 def test_wheel_carries_the_license_it_declares(wheel_names: list[str]) -> None:

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from conveyor.common.errors import ConfigurationError
 from conveyor.common.logging import JsonFormatter, TextFormatter, configure_logging
-from conveyor.common.secrets import Redactor, secret_fields
+from conveyor.common.secrets import Redactor, secret_fields, url_credentials
 from conveyor.common.settings import Settings
 from conveyor.consumer.cli import main
 
@@ -165,3 +165,12 @@ def test_a_bad_setting_is_a_usage_error_naming_it_never_a_traceback_or_its_value
     assert "invalid configuration: CONVEYOR_CONCURRENCY" in result.output
     assert CANARY not in result.output
     assert isinstance(result.exception, SystemExit)  # click's usage exit, not an error escaping
+
+
+def test_url_credentials_are_a_urls_secrets_without_the_url_itself() -> None:
+    url = "amqp://ops:p%40ss-CNRY1@broker:5672/prod?token=CNRYtok123"
+    assert url_credentials(url) == {"p%40ss-CNRY1", "p@ss-CNRY1", "CNRYtok123"}
+    assert url_credentials("pulsar://127.0.0.1:6650") == set()
+    assert url_credentials("plain-secret-value") == {"plain-secret-value"}
+    masked = Redactor(url_credentials(url))(f"broker {url}")
+    assert "CNRY" not in masked and "broker:5672/prod" in masked

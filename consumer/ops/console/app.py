@@ -1,0 +1,112 @@
+"""The console's aiohttp application, and serving it until cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from conveyor.common.errors import ConveyorError
+from conveyor.consumer.ops.console.history import sample_forever
+from conveyor.consumer.ops.console.render import STATIC, highlight_css, page
+from conveyor.consumer.ops.console.security import NEW_SESSION, middlewares
+from conveyor.consumer.ops.console.state import STATE, ConsoleState
+from conveyor.consumer.ops.console.views_dead_letters import routes as dead_letter_routes
+from conveyor.consumer.ops.console.views_overview import routes as overview_routes
+
+__all__ = ["build_app", "serve"]
+
+log = logging.getLogger(__name__)
+login_routes = web.RouteTableDef()
+
+
+@login_routes.get("/login")
+async def login_form(request: web.Request) -> web.Response:
+    return page(request, "login.html", next=_next(request.query.get("next", "/")), failed=False)
+
+
+@login_routes.post("/login")
+async def login(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    form = await request.post()
+    given, target = str(form.get("token", "")), _next(str(form.get("next", "/")))
+    token = state.config.auth.token if state.config.auth else None
+    if token is None or not hmac.compare_digest(given.encode(), token.encode()):
+        return page(request, "login.html", status=401, next=target, failed=True)
+    # A new session id once signed in: an id planted before sign-in is worth nothing after.
+    fresh = secrets.token_urlsafe(32)
+    state.signed_in.add(fresh)
+    request[NEW_SESSION] = fresh
+    raise web.HTTPSeeOther(target)
+
+
+def _next(target: str) -> str:
+    """Only a path of this console: never an open redirect."""
+    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
+
+
+@web.middleware
+async def broker_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A broker error is one line on the page (masked like everything else), never a traceback."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except ConveyorError as exc:
+        reason = getattr(exc, "reason", "broker_error")
+        return page(request, "error.html", status=503, message=f"{type(exc).__name__}: {exc}", reason=reason)
+
+
+async def _highlight_css(_: web.Request) -> web.Response:
+    return web.Response(text=highlight_css(), content_type="text/css")
+
+
+def build_app(state: ConsoleState, *, sample: bool = True) -> web.Application:
+    """``sample``: run the overview's sampling task while the app runs (tests may add samples)."""
+    app = web.Application(middlewares=[*middlewares(), broker_errors], client_max_size=4 * 1024 * 1024)
+    app[STATE] = state
+    app.router.add_get("/static/highlight.css", _highlight_css)
+    app.router.add_static("/static/", STATIC, append_version=False)
+    app.add_routes(login_routes)
+    app.add_routes(overview_routes)
+    app.add_routes(dead_letter_routes)
+    if sample:
+        app.cleanup_ctx.append(_sampling)
+    return app
+
+
+async def _sampling(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    first = asyncio.Event()
+    task = asyncio.create_task(sample_forever(state.transport, list(state.config.queues), list(state.config.workers),
+                                              state.history, state.config.refresh, first))
+    with contextlib.suppress(TimeoutError):  # the first page shows numbers, not an empty table
+        await asyncio.wait_for(first.wait(), timeout=10)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def serve(state: ConsoleState, *, started: asyncio.Event | None = None) -> None:
+    """Listen on the configured address until cancelled; ``state.config.port`` 0 picks a port
+    (printed, like the real one, on the ``listening on`` line)."""
+    runner = web.AppRunner(build_app(state), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, state.config.host, state.config.port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        port = sockets[0].getsockname()[1] if sockets else state.config.port
+        host = f"[{state.config.host}]" if ":" in state.config.host else state.config.host
+        print(f"conveyor console listening on http://{host}:{port}/", flush=True)
+        if started is not None:
+            started.set()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

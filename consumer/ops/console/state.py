@@ -1,0 +1,55 @@
+"""What one console keeps while it runs: its broker connection, history, schemas and sessions.
+
+One instance per application (``app[STATE]``), nothing global. Operations on one DLQ run one
+at a time (a lock per queue): a browse takes every entry it reads and gives them back at the
+end, so a second browse or a purge running beside it would see a queue with holes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from conveyor.common.transport.base import Transport
+from conveyor.consumer.ops.console.config import ConsoleConfig
+from conveyor.consumer.ops.console.history import OverviewHistory
+from conveyor.consumer.ops.console.schema_catalog import SchemaCatalog
+from conveyor.consumer.ops.dead_letters import DeadLetters
+from conveyor.consumer.payloads import PayloadResolver
+
+__all__ = ["STATE", "ConsoleState"]
+
+
+@dataclass
+class ConsoleState:
+    config: ConsoleConfig
+    transport: Transport
+    history: OverviewHistory
+    schemas: SchemaCatalog = field(default_factory=SchemaCatalog)
+    redact: Callable[[str], str] = str
+    max_message_bytes: int = 1024 * 1024
+    payloads: PayloadResolver | None = None
+    secret_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    signed_in: set[str] = field(default_factory=set, repr=False)  # session ids that gave the token
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False)
+
+    def check_queue(self, queue: str) -> str:
+        if queue not in self.config.queues:
+            raise web.HTTPNotFound(text=f"this console does not watch a queue named {queue!r}")
+        return queue
+
+    @contextlib.asynccontextmanager
+    async def dead_letters(self, queue: str) -> AsyncIterator[DeadLetters]:
+        """The queue's DLQ tooling, used by one operation at a time."""
+        self.check_queue(queue)
+        lock = self._locks.setdefault(queue, asyncio.Lock())
+        async with lock:
+            yield DeadLetters(self.transport, queue, payloads=self.payloads, max_message_bytes=self.max_message_bytes)
+
+
+STATE = web.AppKey("conveyor_console_state", ConsoleState)
