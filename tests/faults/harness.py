@@ -42,12 +42,17 @@ class BrokerControl:
     def pid(self) -> int:
         if self.name == "pulsar":
             return int((RUN_DIR / "pulsar.pid").read_text().strip())
-        found = subprocess.run(["pgrep", "-f", "beam.smp.*rabbit"], capture_output=True, text=True, check=False)
-        pids = [int(p) for p in found.stdout.split()]
-        if len(pids) != 1:
-            pytest.fail(f"expected one local RabbitMQ VM to kill, found {pids}: the broker-kill scenario "
-                        "needs the broker scripts/services/rabbitmq.sh runs on this machine")
-        return pids[0]
+        # The node's own pid file (RABBITMQ_PID_FILE's default, in the trixie root): the cluster's
+        # nodes (scripts/services/rabbitmq-cluster.sh) run beside it, so no process-name match.
+        cache = Path(os.environ.get("CONVEYOR_CACHE_DIR", Path.home() / ".cache" / "conveyor"))
+        pid_file = cache / "trixie-root" / "var/lib/rabbitmq/mnesia/rabbit4@localhost.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError) as exc:
+            pytest.fail(f"no running RabbitMQ node rabbit4@localhost to kill ({pid_file}: {exc}): the broker-kill "
+                        "scenario needs the broker scripts/services/rabbitmq.sh runs on this machine")
+        return pid
 
     async def crash(self) -> None:
         """RabbitMQ: ``kill -9``. Pulsar: an abrupt stop of the standalone JVM (SIGTERM, 5 s

@@ -69,6 +69,7 @@ from conveyor.common.transport.base import (
     QueueStats,
     Transport,
 )
+from conveyor.common.transport.rabbitmq.addresses import parse_amqp_url
 from conveyor.common.transport.rabbitmq.consumer import BROKER_ERRORS as _BROKER_ERRORS
 from conveyor.common.transport.rabbitmq.consumer import (
     AmqpConsumer,
@@ -76,6 +77,7 @@ from conveyor.common.transport.rabbitmq.consumer import (
     ChannelSettler,
     ConsumerLink,
 )
+from conveyor.common.transport.rabbitmq.failover import open_failover
 from conveyor.common.transport.rabbitmq.publisher import ExchangePublisher
 from conveyor.common.transport.rabbitmq.topology import (
     CONSUMER_TIMEOUT,
@@ -137,7 +139,7 @@ class RabbitMQTransport(Transport):
         # amqps only; None keeps a plain amqp:// connection plain.
         self._tls = (tls or TlsConfig()) if secure else None
         self._ssl_context: ssl.SSLContext | None = None
-        self._host = urlsplit(url).hostname or "localhost"
+        self._addresses = parse_amqp_url(url)  # one host, or a cluster's (rabbitmq.addresses)
         self._vhost = unquote(urlsplit(url).path[1:]) or "/"  # AMQP URI: an empty path is the default vhost
         if connect_timeout <= 0 or reconnect_interval <= 0 or consumer_timeout <= 0:
             raise ConfigurationError("connect_timeout, reconnect_interval and consumer_timeout must be > 0")
@@ -196,17 +198,19 @@ class RabbitMQTransport(Transport):
             self._known_queues.clear()
 
     async def _open_connection(self, role: str) -> AbstractRobustConnection:
+        # Every host of a cluster URL in turn; after a lost connection, the next one (failover).
         try:
-            return await aio_pika.connect_robust(
-                self._url,
+            connection, _ = await open_failover(
+                self._addresses.urls,
                 timeout=self.connect_timeout,
                 reconnect_interval=self._reconnect_interval,
                 client_properties={"connection_name": f"{self._connection_name}:{role}"},
                 ssl_context=self._ssl_context,  # None for amqp://, which aiormq never wraps in TLS
             )
+            return connection
         except _BROKER_ERRORS as exc:
             # connect_robust gives up on a failed *first* attempt; a TLS failure says why.
-            failed = tls_error(exc, host=self._host)
+            failed = tls_error(exc, host=self._addresses.hosts[-1][0])
             if failed is not None:
                 raise failed from exc
             raise TransportError(
