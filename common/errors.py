@@ -19,14 +19,14 @@
     │   ├── PayloadMissing            reason ``payload_missing`` (the store has no such object)
     │   ├── PayloadIntegrityError     reason ``payload_integrity`` (size or sha256 mismatch)
     │   ├── IdempotencyConflict       reason ``idempotency_conflict`` (key reused, other payload)
-    │   ├── CrashLoop                 reason ``crash_loop`` (it was running each time a worker died)
-    │   └── UnknownJob                reason ``unknown_job`` (no such job id in the job-state store)
+    │   └── CrashLoop                 reason ``crash_loop`` (it was running each time a worker died)
     ├── JobFailure                  raised by handlers to steer the outcome
     │   ├── RetryableError            try again later (the default for other exceptions)
     │   └── PermanentError            do not retry; dead-letter now
     ├── JobTimeout                  the handler ran past its time limit (retryable)
     ├── PayloadStoreUnavailable     the payload store is unreachable or failed (retryable)
     ├── IdempotencyStoreUnavailable the processed-key database failed (retryable)
+    ├── UnknownJob                  reason ``unknown_job``: no such job id in the job-state store
     ├── JobStateStoreUnavailable    the job-state database failed (writes are buffered and retried)
     ├── JobCancelled                an operator cancelled the job: acked, never retried or dead-lettered
     ├── JobNotSucceeded             ``handle.result()`` of a job that ended dead-lettered or cancelled
@@ -208,8 +208,9 @@ class IdempotencyStoreUnavailable(ConveyorError):
     """The processed-key database could not be reached or failed; worth another try."""
 
 
-class UnknownJob(RejectedMessage):
-    """No job with this id in the job-state store (a typo, or expired by retention)."""
+class UnknownJob(ConveyorError):
+    """No job with this id in the job-state store (a typo, or expired by retention). Not a
+    message rejection (no message is involved), but it carries a reason code all the same."""
 
     reason = "unknown_job"
 

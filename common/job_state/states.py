@@ -13,7 +13,7 @@ producer's ``queued_at`` arriving after the worker's ``running``, are filled in 
 So writes batched by several processes may arrive in any order: the result is the same.
 
 - ``generation`` is a run of the job's message: microseconds of the newest entry of the
-  envelope's attempt history (of ``created_at`` before any). A retry, a deferral and a DLQ
+  envelope's attempt history (of ``created_at`` before any) plus the history's length. A retry, a deferral and a DLQ
   replay all add an entry, so each copy of a job has a later generation than the one before; a
   redelivery of the same message (a worker died) has the same one.
 - ``rank`` orders the states within one generation: waiting (queued, scheduled) 0, running 1,
@@ -81,9 +81,10 @@ def rank_of(state: JobState) -> int:
     return _RANKS[state]
 
 
-def generation_of(created_at: datetime, history_finished: datetime | None) -> int:
-    """The generation of a job's message: µs of its newest history entry, else of ``created_at``."""
-    return int((history_finished or created_at).timestamp() * 1_000_000)
+def generation_of(created_at: datetime, history_finished: datetime | None, history_length: int = 0) -> int:
+    """The generation of a job's message: µs of its newest history entry (else of ``created_at``)
+    plus the number of entries, so a copy made within the same microsecond still comes later."""
+    return int((history_finished or created_at).timestamp() * 1_000_000) + history_length
 
 
 @dataclass(frozen=True, slots=True)
