@@ -113,6 +113,14 @@ class Settings(BaseSettings):
         default=None,
         description="Processed-key store: sqlite:///path/keys.db or postgresql://… (unset: off)",
     )
+    job_state_url: SecretStr | None = Field(
+        default=None,
+        description="Job-state store: memory://, sqlite:///path/state.db or postgresql://… (unset: off)",
+    )
+    code_version: str | None = Field(
+        default=None, max_length=64,
+        description="Code version recorded with every run (default: package version + git revision when known)",
+    )
     payload_store: str | None = Field(
         default=None, description="Claim-check store: file:///path, s3://bucket/prefix, memory:// (unset: off)"
     )

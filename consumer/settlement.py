@@ -142,6 +142,10 @@ class Settlement:
             case OutcomeKind.RELEASE:
                 await delivery.release()
                 action = SettleAction.RELEASED
+            case OutcomeKind.CANCELLED:  # never retried, never dead-lettered
+                await delivery.ack()
+                await self._discard_payload(outcome.envelope)
+                action = SettleAction.CANCELLED
             case OutcomeKind.DEFER:
                 action = await self._defer_or_dead(delivery, outcome)
             case OutcomeKind.RETRY:
@@ -223,6 +227,7 @@ class Settlement:
         message = dead_letter_message(record, body, carried=h.carried_over(delivery.headers))
         await self._confirmed(self._transport.dead_letter_queue(delivery.queue), message, "dead_letter")
         await delivery.ack()
+        outcome.dead_letter_id = record.dead_letter_id
         self._metrics.dead_letter(record.job_type, reason, record.attempt)
         log.warning(
             "job dead-lettered",

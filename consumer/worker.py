@@ -36,6 +36,7 @@ from conveyor.common.defaults import (
 from conveyor.common.errors import ConfigurationError, UnknownJobType
 from conveyor.common.headers import due_at
 from conveyor.common.idempotency.base import ProcessedKeyStore
+from conveyor.common.job_state.base import JobStateStore
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind, SettleAction
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.metrics import WorkerMetrics
@@ -54,6 +55,7 @@ from conveyor.consumer.breaker import (
 from conveyor.consumer.hold_times import holds
 from conveyor.consumer.middleware.crash_guard import CrashGuardMiddleware
 from conveyor.consumer.middleware.idempotency import IdempotencyMiddleware
+from conveyor.consumer.middleware.job_state import JobStateConfig, JobStateMiddleware
 from conveyor.consumer.middleware.log_context import LogContextMiddleware
 from conveyor.consumer.payloads import PayloadResolver
 from conveyor.consumer.processor import Processor
@@ -139,13 +141,16 @@ class Worker:
         payloads: PayloadResolver | None = None,
         payload_store: PayloadStore | None = None,
         idempotency: ProcessedKeyStore | None = None,
+        job_state: JobStateStore | None = None,
+        job_state_config: JobStateConfig | None = None,
         rng: random.Random | None = None,
         redact: Callable[[str], str] = mask_secrets,
     ) -> None:
         """``payload_store`` is where claim checks are fetched from (the caller closes it);
         ``payloads`` is the lower-level alternative for several stores. ``redact`` masks
         secrets in error texts before they go into retry copies, dead letters and logs
-        (a ``common.secrets.Redactor``; default: URL passwords only)."""
+        (a ``common.secrets.Redactor``; default: URL passwords only). ``job_state``: record
+        every job's transitions there and honour cancels (``consumer.middleware.job_state``)."""
         if payloads is not None and payload_store is not None:
             raise ConfigurationError("pass payload_store= or payloads=, not both")
         self.transport = transport
@@ -164,10 +169,18 @@ class Worker:
         guard = []
         if self.config.state_dir is not None:
             guard = [CrashGuardMiddleware(CrashJournal(self.config.state_dir), limit=self.config.crash_limit)]
+        # Job state just inside the log context: it sees every job that starts, and a cancel
+        # (JobCancelled) never reaches the breaker as a failure.
+        self.job_state = None if job_state is None else JobStateMiddleware(
+            job_state, worker_id=self.config.worker_id, config=job_state_config,
+            registry=self.metrics.registry, clock=self.clock, payload_store=payload_store,
+        )
+        recorder = [self.job_state] if self.job_state is not None else []
         self.middlewares = [
-            *guard, LogContextMiddleware(), *middlewares, *dedupe, BreakerMiddleware(self.breakers)
+            *guard, LogContextMiddleware(), *recorder, *middlewares, *dedupe, BreakerMiddleware(self.breakers)
         ]
         registry.check_options(opt for m in self.middlewares for opt in m.options)
+        self._settled_hooks = [m.settled for m in self.middlewares if type(m).settled is not Middleware.settled]
         self.metrics.know_job_types([s.job_type for s in registry.specs()])
         for spec in registry.specs():  # every breaker is exported from the start, closed
             self.metrics.breaker_state.labels(spec.breaker or spec.job_type).set(int(BreakerState.CLOSED))
@@ -373,6 +386,11 @@ class Worker:
         self.counts[action] += 1
         if action is SettleAction.RELEASED:
             self.metrics.delivery_released(delivery.queue, "breaker")
+        for hook in self._settled_hooks:
+            try:
+                hook(outcome, action)
+            except Exception:  # an observer must never fail a settled job
+                log.exception("settled hook failed", extra={"queue": delivery.queue})
 
     async def _give_back(self, delivery: Delivery, reason: str) -> None:
         """Release ``delivery`` unstarted (counted in ``conveyor_deliveries_released_total``)."""

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from conveyor.common.errors import ConveyorError, RejectedMessage
+from conveyor.common.errors import ConveyorError, RejectedMessage, UnknownJob
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.settings import Settings
 from conveyor.common.transport.base import Transport
@@ -55,7 +55,8 @@ def run(coro: Coroutine[Any, Any, T], settings: Settings | None) -> T:
             protect(settings, params.get("broker"), params.get("idempotency_url"), params.get("database_url"))
         return asyncio.run(coro)
     except ConveyorError as exc:  # one line: the error's type (and reason code) and message
-        kind = f"{type(exc).__name__} ({exc.reason})" if isinstance(exc, RejectedMessage) else type(exc).__name__
+        reason = exc.reason if isinstance(exc, RejectedMessage | UnknownJob) else None
+        kind = f"{type(exc).__name__} ({reason})" if reason else type(exc).__name__
         raise click.ClickException(redactor()(f"{kind}: {exc}")) from None
 
 
