@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES
@@ -43,7 +43,6 @@ from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.middleware import Middleware
 from conveyor.common.payload_store.base import PayloadStore
 from conveyor.common.secrets import mask_secrets
-from conveyor.common.settings import Settings
 from conveyor.common.transport.base import Delivery, Transport
 from conveyor.consumer.breaker import (
     BreakerBoard,
@@ -63,6 +62,9 @@ from conveyor.consumer.queue_runner import QueueMode, QueueRunner
 from conveyor.consumer.settlement import DeferPolicy, Settlement
 from conveyor.consumer.threads import HandlerThreads
 from conveyor.consumer.watchdog import StallWatchdog, WatchdogConfig
+
+if TYPE_CHECKING:  # Settings loads pydantic-settings (~5 MiB): only the CLI needs it at run time
+    from conveyor.common.settings import Settings
 
 __all__ = ["Worker", "WorkerConfig", "default_worker_id"]
 

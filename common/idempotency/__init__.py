@@ -7,7 +7,7 @@ too). The drivers (aiosqlite, asyncpg) are imported only when a store opens.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from conveyor.common.clock import Clock
 from conveyor.common.idempotency.base import (
@@ -19,8 +19,10 @@ from conveyor.common.idempotency.base import (
 )
 from conveyor.common.idempotency.memory import MemoryProcessedKeyStore
 from conveyor.common.idempotency.postgres import PostgresProcessedKeyStore
-from conveyor.common.idempotency.sqlite import SQLiteProcessedKeyStore
 from conveyor.common.sql import parse_store_url
+
+if TYPE_CHECKING:
+    from conveyor.common.idempotency.sqlite import SQLiteProcessedKeyStore
 
 __all__ = [
     "IdempotencyConflict",
@@ -45,5 +47,16 @@ def store_from_url(url: str, *, clock: Clock | None = None, table_prefix: str | 
     if location.kind == "memory":
         return MemoryProcessedKeyStore(clock=clock)
     if location.kind == "sqlite":
+        # The SQLite store loads the sqlite3 module (~1 MiB resident): only when it is asked for.
+        from conveyor.common.idempotency.sqlite import SQLiteProcessedKeyStore
+
         return SQLiteProcessedKeyStore(location.target, clock=clock, **prefix)
     return PostgresProcessedKeyStore(location.target, clock=clock, **prefix)
+
+
+def __getattr__(name: str) -> object:
+    if name == "SQLiteProcessedKeyStore":
+        from conveyor.common.idempotency.sqlite import SQLiteProcessedKeyStore
+
+        return SQLiteProcessedKeyStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
