@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +137,8 @@ async def _reap(conn: aiosqlite.Connection) -> None:
 @contextlib.contextmanager
 def sqlite_errors_as(error: type[Exception], what: str) -> Iterator[None]:
     """sqlite3's errors, raised as the store's own ``error`` saying what failed."""
+    import sqlite3  # here, not at the top: a worker without a SQLite store never loads it
+
     try:
         yield
     except sqlite3.Error as exc:

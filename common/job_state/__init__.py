@@ -8,13 +8,17 @@ batched writer that keeps database round trips off the hot path is ``common.job_
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from conveyor.common.clock import Clock
 from conveyor.common.job_state.base import MAX_RESULT_BYTES, CancelResult, JobStateStore
 from conveyor.common.job_state.memory import MemoryJobStateStore
 from conveyor.common.job_state.postgres import PostgresJobStateStore
-from conveyor.common.job_state.sqlite import SQLiteJobStateStore
 from conveyor.common.job_state.states import AttemptInfo, JobRecord, JobState, Transition
 from conveyor.common.sql import parse_store_url
+
+if TYPE_CHECKING:
+    from conveyor.common.job_state.sqlite import SQLiteJobStateStore
 
 __all__ = [
     "MAX_RESULT_BYTES",
@@ -36,9 +40,20 @@ def job_state_store_from_url(url: str, *, clock: Clock | None = None, table_pref
     if location.kind == "memory":
         return MemoryJobStateStore(clock=clock)
     if location.kind == "sqlite":
+        # The SQLite store loads the sqlite3 module (~1 MiB resident): only when it is asked for.
+        from conveyor.common.job_state.sqlite import SQLiteJobStateStore
+
         if table_prefix is None:
             return SQLiteJobStateStore(location.target, clock=clock)
         return SQLiteJobStateStore(location.target, clock=clock, table_prefix=table_prefix)
     if table_prefix is None:
         return PostgresJobStateStore(location.target, clock=clock)
     return PostgresJobStateStore(location.target, clock=clock, table_prefix=table_prefix)
+
+
+def __getattr__(name: str) -> object:
+    if name == "SQLiteJobStateStore":
+        from conveyor.common.job_state.sqlite import SQLiteJobStateStore
+
+        return SQLiteJobStateStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
