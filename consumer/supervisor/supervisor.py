@@ -153,7 +153,12 @@ class Supervisor:
     async def _keep(self, slot: _Slot) -> None:
         """Run the slot's process; restart it when it dies, until stop or a crash loop."""
         while True:
-            process = await self._spawn(slot)
+            try:
+                process = await self._spawn(slot)
+            except OSError as exc:  # the interpreter itself cannot start: no restart will help
+                self.error = f"cannot start worker process {slot.index}: {exc}"
+                self.stop()
+                return
             code = await process.wait()
             uptime = time.monotonic() - slot.started
             slot.ready, slot.exit_code = False, code
