@@ -162,6 +162,10 @@ class Supervisor:
             code = await process.wait()
             uptime = time.monotonic() - slot.started
             slot.ready, slot.exit_code = False, code
+            if self._stopping.is_set() and code == -signal.SIGTERM:
+                # Our SIGTERM reached it before its handler was in place (it was still starting):
+                # it had taken no job yet, so that is a clean end too.
+                slot.exit_code = 0
             assert self._metrics_dir is not None
             # Its live gauges go; its counts stay (prometheus-client ships these untyped).
             mark_process_dead(process.pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]
