@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from conveyor.common.errors import ConfigurationError
 from conveyor.consumer.worker import Worker
 
 __all__ = ["Endpoints", "HealthServer"]
@@ -28,7 +29,14 @@ class Endpoints:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # a port in use is a setting to change: one line, not a traceback
+            await self.stop()
+            raise ConfigurationError(
+                f"cannot serve /healthz, /readyz, /metrics on {self._host}:{self._port} ({exc.strerror}); "
+                "choose another --http-port (CONVEYOR_HTTP_PORT), or 0 to turn them off"
+            ) from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port

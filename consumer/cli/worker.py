@@ -134,12 +134,14 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
         from conveyor.common.idempotency import store_from_url
 
         keys = store_from_url(settings.idempotency_url.get_secret_value())
-    async with transport:
-        async with Worker(transport, registry, config=config, payload_store=store, middlewares=middlewares,
-                          idempotency=keys, redact=redactor()) as running:
-            http = HealthServer(running, settings.http_host, settings.http_port) if settings.http_port else None
-            if http:
-                await http.start()
+    worker = Worker(transport, registry, config=config, payload_store=store, middlewares=middlewares,
+                    idempotency=keys, redact=redactor())
+    # Listen before consuming: a port in use is a one-line error before any job is taken.
+    http = HealthServer(worker, settings.http_host, settings.http_port) if settings.http_port else None
+    if http:
+        await http.start()
+    try:
+        async with transport, worker as running:
             beacon = Beacon.from_environment(lambda: (running.ready, running.in_flight),
                                              before=lambda: _refresh(running), orphaned=stop.set)
             if beacon:
@@ -152,10 +154,11 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
             await stop.wait()
             console.print("draining…")
             await running.drain()
-            if http:
-                await http.stop()
             if beacon:
                 await beacon.stop()
+    finally:
+        if http:
+            await http.stop()
     if store is not None:
         await store.close()
     if tracer_provider is not None:

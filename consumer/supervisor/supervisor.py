@@ -153,10 +153,19 @@ class Supervisor:
     async def _keep(self, slot: _Slot) -> None:
         """Run the slot's process; restart it when it dies, until stop or a crash loop."""
         while True:
-            process = await self._spawn(slot)
+            try:
+                process = await self._spawn(slot)
+            except OSError as exc:  # the interpreter itself cannot start: no restart will help
+                self.error = f"cannot start worker process {slot.index}: {exc}"
+                self.stop()
+                return
             code = await process.wait()
             uptime = time.monotonic() - slot.started
             slot.ready, slot.exit_code = False, code
+            if self._stopping.is_set() and code == -signal.SIGTERM:
+                # Our SIGTERM reached it before its handler was in place (it was still starting):
+                # it had taken no job yet, so that is a clean end too.
+                slot.exit_code = 0
             assert self._metrics_dir is not None
             # Its live gauges go; its counts stay (prometheus-client ships these untyped).
             mark_process_dead(process.pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]

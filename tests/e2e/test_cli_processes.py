@@ -335,6 +335,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_metrics_port_in_use_is_a_one_line_error(amqp: str, processes: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = conveyor("worker", APP, "--processes", processes, "--http-port", str(port),
+                          env={"CONVEYOR_BROKER_URL": amqp, "E2E_QUEUE": f"e2e.procs.port.{uuid.uuid4().hex[:8]}"})
+    line = assert_one_line_error(result, 1, "ConfigurationError", f"127.0.0.1:{port}", "--http-port")
+    assert "address already in use" in line.lower(), line
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5", ""])
 def test_a_bad_process_count_is_a_one_line_usage_error(value: str) -> None:
     result = conveyor("worker", APP, "--processes", value, env={"CONVEYOR_BROKER_URL": "memory://", "E2E_QUEUE": "q"})

@@ -23,6 +23,10 @@ mode = sys.argv[1]
 if mode == "crash":
     sys.exit(3)
 stop = []
+if mode == "starting":  # SIGTERM before its handler is in place: killed by it, at the start
+    while True:
+        os.write(fd, b"1 0\\n")
+        time.sleep(0.05)
 signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else (lambda *_: stop.append(1)))
 ready = "0" if mode == "unready" else "1"
 while not stop:
@@ -56,6 +60,14 @@ async def test_workers_that_drain_on_sigterm_end_the_run_with_0_and_the_run_dire
     running.stop()
     assert await run == 0 and running.error is None
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_worker_stopped_before_its_signal_handler_is_in_place_counts_as_a_clean_end() -> None:
+    running = supervisor("starting")
+    run = asyncio.create_task(running.run())
+    await until(lambda: running.ready)
+    running.stop()
+    assert await run == 0 and running.error is None
 
 
 async def test_a_worker_not_ready_keeps_the_whole_supervisor_unready() -> None:
