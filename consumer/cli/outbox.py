@@ -113,11 +113,14 @@ def check(database_url: str | None, table: str) -> None:
 @click.option("--batch-size", default=200, show_default=True, help="Rows per batch (one transaction)")
 @click.option("--poll-interval", default=5.0, show_default=True, help="Seconds between polls when no NOTIFY arrives")
 @click.option("--retention-hours", default=24.0, show_default=True, help="Delete sent rows older than this")
+@click.option("--shutdown-grace", default=10.0, show_default=True,
+              help="Seconds a SIGTERM waits for the batch in progress (then its rows stay unsent)")
 @click.option("--http-port", default=9465, show_default=True, help="/metrics and /healthz (0: off)")
 @click.option("--http-host", default="127.0.0.1", show_default=True)
 @support.payload_store_option
 def relay(database_url: str | None, table: str, broker: str | None, batch_size: int, poll_interval: float,
-          retention_hours: float, http_port: int, http_host: str, payload_store: str | None) -> None:
+          retention_hours: float, shutdown_grace: float, http_port: int, http_host: str,
+          payload_store: str | None) -> None:
     """Publish committed outbox rows with confirms and mark them sent, until SIGTERM."""
     from conveyor.producer.outbox.relay import OutboxRelay, RelayConfig
     from conveyor.producer.producer import Producer
@@ -126,7 +129,7 @@ def relay(database_url: str | None, table: str, broker: str | None, batch_size: 
     settings = support.settings_from(**({"payload_store": payload_store} if payload_store else {}))
     broker_url = support.require_broker(broker)
     config = RelayConfig(table=table, batch_size=batch_size, poll_interval=poll_interval,
-                         retention=timedelta(hours=retention_hours))
+                         retention=timedelta(hours=retention_hours), shutdown_grace=shutdown_grace)
 
     async def go() -> None:
         store = support.payload_store_for(settings)

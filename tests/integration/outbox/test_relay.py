@@ -252,3 +252,30 @@ async def test_the_relay_survives_its_database_sessions_being_killed(database_ur
         stop.set()
         await asyncio.wait_for(task, 30)
     assert sorted(j for j, _ in log) == sorted(first + second)
+
+
+class Hangs(MemoryTransport):
+    async def publish(self, queue: str, message: OutgoingMessage) -> None:
+        await asyncio.sleep(3600)  # a confirm that never comes
+
+
+async def test_a_stop_cancels_a_batch_stuck_past_the_grace_and_leaves_its_rows_unsent(
+        database_url: str, table: str, db: asyncpg.Connection) -> None:
+    _add(database_url, table, 3)
+    relay = OutboxRelay(database_url, lambda: Producer(Hangs(MemoryBroker()), allow_unregistered=True,
+                                                       confirm_timeout=3600),
+                        config=RelayConfig(table=table, shutdown_grace=0.3))
+    stop = asyncio.Event()
+    async with relay:
+        task = asyncio.create_task(relay.run(stop))
+        deadline = time.monotonic() + 10
+        while not await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+                                    " 'conveyor-outbox-relay' AND state = 'idle in transaction'"):
+            assert time.monotonic() < deadline, "the relay never started its batch"
+            await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.wait_for(task, 10)  # returns after the grace, not after the hour
+    assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE sent_at IS NULL") == 3
+    # The rows are free again: not locked by a transaction left open.
+    async with db.transaction():
+        assert len(await db.fetch(f"SELECT id FROM {table} FOR UPDATE SKIP LOCKED")) == 3
