@@ -8,17 +8,20 @@ import random
 import time
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 import psycopg
 import pytest
 
 from conveyor.common.errors import TransportError
+from conveyor.common.payload_store.filesystem import FileSystemPayloadStore
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.producer.outbox import Outbox, OutboxRelay, RelayConfig
 from conveyor.producer.producer import Producer
+from conveyor.schemas.envelope import Envelope, PayloadReference
 from tests.unit.producer.test_producer import jobs
 
 
@@ -279,3 +282,32 @@ async def test_a_stop_cancels_a_batch_stuck_past_the_grace_and_leaves_its_rows_u
     # The rows are free again: not locked by a transaction left open.
     async with db.transaction():
         assert len(await db.fetch(f"SELECT id FROM {table} FOR UPDATE SKIP LOCKED")) == 3
+
+
+class Bodies(MemoryTransport):
+    def __init__(self, broker: MemoryBroker, bodies: list[bytes]) -> None:
+        super().__init__(broker)
+        self.bodies = bodies
+
+    async def publish(self, queue: str, message: OutgoingMessage) -> None:
+        await super().publish(queue, message)
+        self.bodies.append(bytes(message.body))
+
+
+async def test_a_large_row_goes_out_as_a_claim_check_when_the_relay_has_a_store(
+        database_url: str, table: str, tmp_path: Path) -> None:
+    outbox = Outbox(jobs=jobs(), table=table, max_message_bytes=None)
+    with psycopg.connect(database_url) as connection, connection.transaction():
+        big = outbox.add(connection, "email.send", {"to": "x" * 300_000})
+        small = outbox.add(connection, "email.send", {"to": "y"})
+    bodies: list[bytes] = []
+    store = FileSystemPayloadStore(tmp_path)
+    relay = OutboxRelay(database_url, lambda: Producer(Bodies(MemoryBroker(), bodies), allow_unregistered=True,
+                                                       payload_store=store, payload_threshold=128 * 1024),
+                        config=RelayConfig(table=table))
+    async with relay:
+        assert await relay.relay_once() == 2
+    sent = {e.job_id: e for e in (Envelope.model_validate_json(b) for b in bodies)}
+    assert isinstance(sent[big].payload, PayloadReference) and sent[big].payload.size > 300_000
+    assert not isinstance(sent[small].payload, PayloadReference)
+    assert max(len(b) for b in bodies) < 10_000
