@@ -16,16 +16,30 @@ from typing import Any, TypeVar
 
 import click
 
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.secrets import secret_from_file
 from conveyor.consumer.cli import support
-from conveyor.consumer.cli.secrets import redactor
+from conveyor.consumer.cli.secrets import redactor, warn_if_credentials
 
 __all__ = ["outbox"]
 
 T = TypeVar("T")
 
+def _database_from_environment(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Flag, else CONVEYOR_OUTBOX_DATABASE_URL, else its _FILE (a mounted secret); a password
+    typed as a flag gets the ps warning."""
+    warn_if_credentials(ctx, param, value)
+    try:
+        from_file = secret_from_file("CONVEYOR_OUTBOX_DATABASE_URL")
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value or from_file
+
+
 database_option = click.option(
-    "--database-url", envvar="CONVEYOR_OUTBOX_DATABASE_URL", default=None,
-    help="PostgreSQL URL of the application's database [env CONVEYOR_OUTBOX_DATABASE_URL; required]",
+    "--database-url", envvar="CONVEYOR_OUTBOX_DATABASE_URL", default=None, callback=_database_from_environment,
+    help="PostgreSQL URL of the application's database [required: this or env CONVEYOR_OUTBOX_DATABASE_URL "
+         "or CONVEYOR_OUTBOX_DATABASE_URL_FILE; a password here shows in ps]",
 )
 table_option = click.option("--table", default="conveyor_outbox", show_default=True, help="Outbox table name")
 
