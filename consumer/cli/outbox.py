@@ -16,16 +16,30 @@ from typing import Any, TypeVar
 
 import click
 
+from conveyor.common.errors import ConfigurationError
+from conveyor.common.secrets import secret_from_file
 from conveyor.consumer.cli import support
-from conveyor.consumer.cli.secrets import redactor
+from conveyor.consumer.cli.secrets import redactor, warn_if_credentials
 
 __all__ = ["outbox"]
 
 T = TypeVar("T")
 
+def _database_from_environment(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Flag, else CONVEYOR_OUTBOX_DATABASE_URL, else its _FILE (a mounted secret); a password
+    typed as a flag gets the ps warning."""
+    warn_if_credentials(ctx, param, value)
+    try:
+        from_file = secret_from_file("CONVEYOR_OUTBOX_DATABASE_URL")
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value or from_file
+
+
 database_option = click.option(
-    "--database-url", envvar="CONVEYOR_OUTBOX_DATABASE_URL", default=None,
-    help="PostgreSQL URL of the application's database [env CONVEYOR_OUTBOX_DATABASE_URL; required]",
+    "--database-url", envvar="CONVEYOR_OUTBOX_DATABASE_URL", default=None, callback=_database_from_environment,
+    help="PostgreSQL URL of the application's database [required: this or env CONVEYOR_OUTBOX_DATABASE_URL "
+         "or CONVEYOR_OUTBOX_DATABASE_URL_FILE; a password here shows in ps]",
 )
 table_option = click.option("--table", default="conveyor_outbox", show_default=True, help="Outbox table name")
 
@@ -113,11 +127,14 @@ def check(database_url: str | None, table: str) -> None:
 @click.option("--batch-size", default=200, show_default=True, help="Rows per batch (one transaction)")
 @click.option("--poll-interval", default=5.0, show_default=True, help="Seconds between polls when no NOTIFY arrives")
 @click.option("--retention-hours", default=24.0, show_default=True, help="Delete sent rows older than this")
+@click.option("--shutdown-grace", default=10.0, show_default=True,
+              help="Seconds a SIGTERM waits for the batch in progress (then its rows stay unsent)")
 @click.option("--http-port", default=9465, show_default=True, help="/metrics and /healthz (0: off)")
 @click.option("--http-host", default="127.0.0.1", show_default=True)
 @support.payload_store_option
 def relay(database_url: str | None, table: str, broker: str | None, batch_size: int, poll_interval: float,
-          retention_hours: float, http_port: int, http_host: str, payload_store: str | None) -> None:
+          retention_hours: float, shutdown_grace: float, http_port: int, http_host: str,
+          payload_store: str | None) -> None:
     """Publish committed outbox rows with confirms and mark them sent, until SIGTERM."""
     from conveyor.producer.outbox.relay import OutboxRelay, RelayConfig
     from conveyor.producer.producer import Producer
@@ -126,7 +143,7 @@ def relay(database_url: str | None, table: str, broker: str | None, batch_size: 
     settings = support.settings_from(**({"payload_store": payload_store} if payload_store else {}))
     broker_url = support.require_broker(broker)
     config = RelayConfig(table=table, batch_size=batch_size, poll_interval=poll_interval,
-                         retention=timedelta(hours=retention_hours))
+                         retention=timedelta(hours=retention_hours), shutdown_grace=shutdown_grace)
 
     async def go() -> None:
         store = support.payload_store_for(settings)

@@ -26,8 +26,8 @@ from pydantic import BaseModel
 
 from conveyor.common.backoff import check_delay
 from conveyor.common.clock import Clock
-from conveyor.common.codec import encode_model
-from conveyor.common.errors import ConfigurationError
+from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, encode_model
+from conveyor.common.errors import ConfigurationError, MessageTooLarge
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.memory import MemoryTransport
 from conveyor.producer.outbox.schema import DEFAULT_TABLE, table_name
@@ -65,8 +65,12 @@ class Outbox:
         table: str = DEFAULT_TABLE,
         allow_unregistered: bool = False,
         clock: Clock | None = None,
+        max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        """``max_message_bytes``: a larger job is refused at ``add`` (the relay could never send
+        it); ``None`` when the relay offloads large payloads to a store (``--payload-store``)."""
         self.table = table_name(table)
+        self._max_bytes = max_message_bytes
         if jobs is not None:
             schemas = jobs.schemas
             routes = {**{spec.job_type: spec.queue for spec in jobs.specs()}, **(routes or {})}
@@ -104,13 +108,19 @@ class Outbox:
             job_type, payload, idempotency_key=idempotency_key, headers=headers, correlation_id=correlation_id,
             causation_id=causation_id, deadline=deadline, version=version, job_id=job_id,
         )
+        encoded = encode_model(envelope)
+        if self._max_bytes is not None and len(encoded) > self._max_bytes:
+            raise MessageTooLarge(
+                f"encoded job is {len(encoded)} bytes, limit is {self._max_bytes} (max_message_bytes=None "
+                "if the relay offloads large payloads)"
+            )
         return OutboxRow(
             job_id=envelope.job_id,
             job_type=job_type,
             queue=queue or self._routes.get(job_type, self._default_queue),
             delay_seconds=max(0.0, delay),
             ordering_key=ordering_key,
-            envelope=encode_model(envelope).decode(),
+            envelope=encoded.decode(),
         )
 
     def add(self, connection: Any, job_type: str, payload: BaseModel | Mapping[str, Any], **options: Any) -> str:

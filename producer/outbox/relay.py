@@ -62,10 +62,12 @@ class RelayConfig:
     cleanup_interval: float = 60.0
     metrics_interval: float = 10.0
     backoff_cap: float = 10.0
+    shutdown_grace: float = 10.0  # how long a stop waits for the batch in progress
 
     def __post_init__(self) -> None:
         table_name(self.table)
-        if self.batch_size < 1 or self.poll_interval <= 0 or self.cleanup_interval <= 0 or self.metrics_interval <= 0:
+        if self.batch_size < 1 or min(self.poll_interval, self.cleanup_interval, self.metrics_interval) <= 0 \
+                or self.shutdown_grace < 0:
             raise ConfigurationError("batch_size must be ≥ 1 and the intervals > 0")
         if self.retention < timedelta(0):
             raise ConfigurationError("retention must not be negative")
@@ -157,14 +159,16 @@ class OutboxRelay:
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay until ``stop`` is set (the batch in progress finishes first)."""
+        """Relay until ``stop`` is set. The batch in progress may finish within ``shutdown_grace``;
+        after that it is cancelled: its transaction rolls back, and its rows, perhaps already
+        published, are published again by the next relay under the same job ids."""
         chores = [
             asyncio.create_task(self._every(self.config.cleanup_interval, self.clean_up, stop)),
             asyncio.create_task(self._every(self.config.metrics_interval, self.sample, stop)),
         ]
         try:
             while not stop.is_set():
-                published = await self._guarded(self.relay_once)
+                published = await self._batch_until(stop)
                 if published is not None and published >= self.config.batch_size:
                     continue  # a full batch: more are waiting
                 delay = self.config.poll_interval if self._failures == 0 else self._backoff()
@@ -173,6 +177,25 @@ class OutboxRelay:
             for task in chores:
                 task.cancel()
             await asyncio.gather(*chores, return_exceptions=True)
+
+    async def _batch_until(self, stop: asyncio.Event) -> int | None:
+        batch = asyncio.create_task(self._guarded(self.relay_once))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([batch, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not batch.done():
+                await asyncio.wait([batch], timeout=self.config.shutdown_grace)
+            if not batch.done():
+                log.warning("outbox relay: the batch in progress did not finish within %gs of the stop; "
+                            "its rows stay unsent", self.config.shutdown_grace)
+                batch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await batch
+                await self._close_database()
+                return None
+            return batch.result()
+        finally:
+            stopping.cancel()
 
     async def _sleep(self, seconds: float, stop: asyncio.Event) -> None:
         waiters = [asyncio.ensure_future(stop.wait())]

@@ -12,6 +12,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -54,11 +55,24 @@ def test_check_migrate_check_and_migrate_again(database_url: str, table: str) ->
         assert migrated.returncode == 0 and f"outbox table {table} is ready" in migrated.stdout, migrated.stderr
     checked = conveyor("outbox", "check", "--database-url", database_url, "--table", table)
     assert checked.returncode == 0 and "complete" in checked.stdout, checked.stderr
+    assert "--database-url carries a credential" in checked.stderr and "CONVEYOR_OUTBOX_DATABASE_URL_FILE" in checked.stderr
+
+
+def test_the_database_url_can_come_from_a_mounted_secret_file(database_url: str, table: str, tmp_path: Path) -> None:
+    secret = tmp_path / "database-url"
+    secret.write_text(database_url + "\n")
+    secret.chmod(0o600)
+    env = {"CONVEYOR_OUTBOX_DATABASE_URL_FILE": str(secret), "CONVEYOR_OUTBOX_DATABASE_URL": ""}
+    migrated = conveyor("outbox", "migrate", "--table", table, **env)
+    assert migrated.returncode == 0 and "ready" in migrated.stdout, migrated.stderr
+    assert "credential" not in migrated.stderr
+    both = conveyor("outbox", "check", "--table", table, **{**env, "CONVEYOR_OUTBOX_DATABASE_URL": database_url})
+    assert_one_line_error(both, 2, "not both")
 
 
 def test_an_unreachable_database_is_one_line_with_its_password_masked() -> None:
     url = "postgresql://app:db-canary-8c1f@127.0.0.1:1/app"
-    result = conveyor("outbox", "check", "--database-url", url)
+    result = conveyor("outbox", "check", CONVEYOR_OUTBOX_DATABASE_URL=url)
     line = assert_one_line_error(result, 1, "database error", "ConnectionRefusedError")
     assert "db-canary-8c1f" not in result.stderr + result.stdout, line
     no_url = conveyor("outbox", "migrate", CONVEYOR_OUTBOX_DATABASE_URL="")
@@ -73,8 +87,8 @@ def _free_port() -> int:
 
 def test_the_relay_publishes_serves_metrics_and_stops_on_sigterm(database_url: str, table: str,
                                                                  amqp_url: str) -> None:  # noqa: F811
-    refused = conveyor("outbox", "relay", "--database-url", database_url, "--table", table, "--http-port", "0",
-                       CONVEYOR_BROKER_URL=amqp_url)
+    refused = conveyor("outbox", "relay", "--table", table, "--http-port", "0",
+                       CONVEYOR_BROKER_URL=amqp_url, CONVEYOR_OUTBOX_DATABASE_URL=database_url)
     assert_one_line_error(refused, 1, "does not exist", "outbox migrate")  # the schema check at start
     assert conveyor("outbox", "migrate", "--database-url", database_url, "--table", table).returncode == 0
     queue = f"e2e.outbox.{uuid.uuid4().hex[:8]}"

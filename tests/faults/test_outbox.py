@@ -29,6 +29,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from conveyor.common.transport.factory import transport_from_url
 from conveyor.producer.outbox import Outbox, migrate
 from tests.faults import app
 from tests.faults.harness import ROOT, FaultRun, check
@@ -37,6 +38,12 @@ from tests.faults.proxy import FaultProxy
 
 BOTH = pytest.mark.parametrize("broker", ["rabbitmq", "pulsar"])
 ROLLBACK_EVERY = 7
+
+
+async def _declare(fault_run: FaultRun) -> None:
+    """The queue and its DLQ exist before anything can be killed: the ledger reads the DLQ."""
+    async with transport_from_url(fault_run.url) as transport:
+        await transport.declare(fault_run.queue)
 
 
 @pytest.fixture
@@ -100,24 +107,27 @@ def start_relay(fault_run: FaultRun, database_url: str, table: str, *, url: str 
     return process
 
 
-async def _kill_inside_a_batch(relay: subprocess.Popen[bytes], database_url: str, table: str,
+async def _kill_inside_a_batch(relay: subprocess.Popen[bytes], database_url: str, table: str, *, after_sent: int,
                                timeout: float = 60.0) -> None:
-    """SIGKILL the relay while its batch transaction is open: it published rows it has not marked sent."""
+    """SIGKILL the relay while a batch transaction is open (rows published, not yet marked sent),
+    once it has committed at least ``after_sent`` rows: a kill in the middle of its work."""
     connection = await asyncpg.connect(database_url)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            open_batches = await connection.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'conveyor-outbox-relay'"
-                " AND state = 'idle in transaction' AND query LIKE $1", f"%FROM {table} WHERE sent_at IS NULL%")
-            if open_batches:
+            inside = await connection.fetchval(
+                f"SELECT (SELECT count(*) FROM {table} WHERE sent_at IS NOT NULL) >= $1 AND EXISTS ("
+                " SELECT 1 FROM pg_stat_activity WHERE application_name = 'conveyor-outbox-relay'"
+                " AND state = 'idle in transaction' AND query LIKE $2)",
+                after_sent, f"%FROM {table} WHERE sent_at IS NULL%")
+            if inside:
                 relay.send_signal(signal.SIGKILL)
                 relay.wait()
                 return
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.001)
     finally:
         await connection.close()
-    pytest.fail("the relay never held a batch open")
+    pytest.fail("the relay never held a batch open after its first commits")
 
 
 async def _settle_and_check(fault_run: FaultRun, application: Application, record_figures: list[Figures],
@@ -138,25 +148,27 @@ async def _settle_and_check(fault_run: FaultRun, application: Application, recor
 @BOTH
 async def test_outbox_relay_kill_9_mid_batch(fault_run: FaultRun, database_url: str, outbox_table: str,
                                              record_figures: list[Figures]) -> None:
+    await _declare(fault_run)
     application = Application(fault_run, database_url, outbox_table)
-    await asyncio.to_thread(application.commit, 400)
+    await asyncio.to_thread(application.commit, 200)
     fault_run.start_worker(concurrency=8)
-    victim = start_relay(fault_run, database_url, outbox_table)
-    await _kill_inside_a_batch(victim, database_url, outbox_table)
+    committing = asyncio.create_task(asyncio.to_thread(application.commit, 300, 0.005))  # the app goes on
+    victim = start_relay(fault_run, database_url, outbox_table, batch=25)
+    await _kill_inside_a_batch(victim, database_url, outbox_table, after_sent=50)
     assert victim.returncode == -signal.SIGKILL
     sent_at_kill = await application.sent()
     healed = time.time()
-    committing = asyncio.create_task(asyncio.to_thread(application.commit, 60))  # the app goes on
-    start_relay(fault_run, database_url, outbox_table)
+    start_relay(fault_run, database_url, outbox_table, batch=25)
     await committing
     await _settle_and_check(fault_run, application, record_figures, healed, sent_at_kill=sent_at_kill)
-    assert sent_at_kill < application.committed, "the kill came after the relay's last batch"
+    assert 50 <= sent_at_kill < application.committed, "the kill came in the middle of the relay's work"
 
 
 @BOTH
 async def test_outbox_broker_unreachable_while_the_application_commits(
         fault_run: FaultRun, broker: str, database_url: str, outbox_table: str,
         record_figures: list[Figures]) -> None:
+    await _declare(fault_run)
     application = Application(fault_run, database_url, outbox_table)
     target = urlsplit(fault_run.url)
     fault_run.start_worker(concurrency=8)  # workers reach the broker directly: only the relay is cut off

@@ -8,17 +8,20 @@ import random
 import time
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
 import psycopg
 import pytest
 
 from conveyor.common.errors import TransportError
+from conveyor.common.payload_store.filesystem import FileSystemPayloadStore
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.producer.outbox import Outbox, OutboxRelay, RelayConfig
 from conveyor.producer.producer import Producer
+from conveyor.schemas.envelope import Envelope, PayloadReference
 from tests.unit.producer.test_producer import jobs
 
 
@@ -252,3 +255,59 @@ async def test_the_relay_survives_its_database_sessions_being_killed(database_ur
         stop.set()
         await asyncio.wait_for(task, 30)
     assert sorted(j for j, _ in log) == sorted(first + second)
+
+
+class Hangs(MemoryTransport):
+    async def publish(self, queue: str, message: OutgoingMessage) -> None:
+        await asyncio.sleep(3600)  # a confirm that never comes
+
+
+async def test_a_stop_cancels_a_batch_stuck_past_the_grace_and_leaves_its_rows_unsent(
+        database_url: str, table: str, db: asyncpg.Connection) -> None:
+    _add(database_url, table, 3)
+    relay = OutboxRelay(database_url, lambda: Producer(Hangs(MemoryBroker()), allow_unregistered=True,
+                                                       confirm_timeout=3600),
+                        config=RelayConfig(table=table, shutdown_grace=0.3))
+    stop = asyncio.Event()
+    async with relay:
+        task = asyncio.create_task(relay.run(stop))
+        deadline = time.monotonic() + 10
+        while not await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+                                    " 'conveyor-outbox-relay' AND state = 'idle in transaction'"):
+            assert time.monotonic() < deadline, "the relay never started its batch"
+            await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.wait_for(task, 10)  # returns after the grace, not after the hour
+    assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE sent_at IS NULL") == 3
+    # The rows are free again: not locked by a transaction left open.
+    async with db.transaction():
+        assert len(await db.fetch(f"SELECT id FROM {table} FOR UPDATE SKIP LOCKED")) == 3
+
+
+class Bodies(MemoryTransport):
+    def __init__(self, broker: MemoryBroker, bodies: list[bytes]) -> None:
+        super().__init__(broker)
+        self.bodies = bodies
+
+    async def publish(self, queue: str, message: OutgoingMessage) -> None:
+        await super().publish(queue, message)
+        self.bodies.append(bytes(message.body))
+
+
+async def test_a_large_row_goes_out_as_a_claim_check_when_the_relay_has_a_store(
+        database_url: str, table: str, tmp_path: Path) -> None:
+    outbox = Outbox(jobs=jobs(), table=table, max_message_bytes=None)
+    with psycopg.connect(database_url) as connection, connection.transaction():
+        big = outbox.add(connection, "email.send", {"to": "x" * 300_000})
+        small = outbox.add(connection, "email.send", {"to": "y"})
+    bodies: list[bytes] = []
+    store = FileSystemPayloadStore(tmp_path)
+    relay = OutboxRelay(database_url, lambda: Producer(Bodies(MemoryBroker(), bodies), allow_unregistered=True,
+                                                       payload_store=store, payload_threshold=128 * 1024),
+                        config=RelayConfig(table=table))
+    async with relay:
+        assert await relay.relay_once() == 2
+    sent = {e.job_id: e for e in (Envelope.model_validate_json(b) for b in bodies)}
+    assert isinstance(sent[big].payload, PayloadReference) and sent[big].payload.size > 300_000
+    assert not isinstance(sent[small].payload, PayloadReference)
+    assert max(len(b) for b in bodies) < 10_000

@@ -72,3 +72,10 @@ def test_only_refusals_that_cannot_change_mark_a_row_failed() -> None:
 def test_relay_settings_are_checked(options: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
         RelayConfig(**options)  # type: ignore[arg-type]
+
+
+def test_a_job_the_relay_could_not_send_is_refused_at_add_unless_the_relay_offloads() -> None:
+    big = {"to": "x" * 2_000_000}
+    with pytest.raises(MessageTooLarge, match="max_message_bytes=None"):
+        Outbox(jobs=jobs()).row("email.send", big)
+    assert len(Outbox(jobs=jobs(), max_message_bytes=None).row("email.send", big).envelope) > 2_000_000
