@@ -303,8 +303,15 @@ class DeadLetters:
 
     @contextlib.asynccontextmanager
     async def _scan(self) -> AsyncIterator[AsyncIterator[tuple[Delivery, DeadLetterRecord]]]:
-        """Take messages one by one; whatever was not settled is given back at the end."""
+        """Take messages one by one; whatever was not settled is given back at the end.
+
+        Then it waits (briefly) until the broker counts what it gave back: RabbitMQ 4.0.5
+        answered a depth query right after a browse with fewer entries than the DLQ held (21
+        times in 30), and ``replay`` bounds its snapshot by that depth, so a replay right after a
+        browse (the console does one per page) replayed too few.
+        """
         held: list[Delivery] = []
+        before = await self.depth()
 
         async def entries() -> AsyncIterator[tuple[Delivery, DeadLetterRecord]]:
             while True:
@@ -317,7 +324,23 @@ class DeadLetters:
         try:
             yield entries()
         finally:
+            released = 0
             for delivery in reversed(held):  # last first, so the queue keeps its order
                 if not delivery.settled:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(delivery.release())
+                        released += 1
+            if released:
+                removed = sum(1 for delivery in held if delivery.settled) - released
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._counted(before - removed))
+
+    async def _counted(self, expected: int, timeout: float = 2.0) -> None:
+        """Until the DLQ's depth is at least ``expected`` (new entries only add), at most ``timeout``."""
+        # A poll: the broker tells no one when it has counted a requeued message.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if await self.depth() >= expected or loop.time() >= deadline:
+                return
+            await asyncio.sleep(0.02)

@@ -79,3 +79,25 @@ async def test_browsing_the_dlq_a_hundred_times_keeps_every_entry_intact(backend
         taken.append(decode_dead_letter(delivery.body))
         await delivery.ack()
     assert entries(taken) == expected
+
+
+async def test_right_after_a_browse_the_depth_is_whole_and_a_replay_takes_every_entry(backend: Backend) -> None:
+    """A browse waits until the broker counts what it gave back: RabbitMQ 4.0.5 answered a depth
+    query right after one with fewer entries (21 times in 30), and a replay bounds its snapshot by
+    that depth, so a replay right after a browse (the console's list page, then its replay button)
+    took too few."""
+    async def doomed(payload: Ping, ctx: JobContext) -> None:
+        raise PermanentError("doomed")
+
+    jobs = registry_for(backend, doomed)
+    producer = await producer_for(backend, jobs)
+    for n in range(ENTRIES):
+        await producer.publish("test.ping", Ping(n=n))
+    async with Worker(await backend.transport(), jobs, config=fast_config()) as worker:
+        await wait_until(lambda: worker.counts["dead_lettered"] == ENTRIES, what="the dead letters")
+    dead = DeadLetters(await backend.transport(), backend.queue)
+    for browse in range(10):
+        assert len(await dead.list()) == ENTRIES
+        assert await dead.depth() == ENTRIES, f"the depth right after browse {browse}"
+        report = await dead.replay(dry_run=True)
+        assert report.matched == ENTRIES, f"a replay right after browse {browse} saw {report.matched}"

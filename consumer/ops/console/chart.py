@@ -19,15 +19,17 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, span: flo
     top = max((v for points in series.values() for _, v in points), default=0.0)
     scale = top if top > 0 else 1.0
     pad = 4
+    top_margin = 18 if height > 60 else 14  # room for the peak label above the lines
     lines = []
     for name, points in series.items():
         coords = " ".join(
             f"{pad + (width - 2 * pad) * (1 - min(ago, span) / span):.1f},"
-            f"{height - pad - (height - 2 * pad) * value / scale:.1f}"
+            f"{height - pad - (height - pad - top_margin) * value / scale:.1f}"
             for ago, value in points
         )
         if coords:
             lines.append(f'<polyline class="series series-{escape(name)}" fill="none" points="{coords}"/>')
+
     def number(value: float) -> str:
         return f"{value:.2f}" if unit else f"{value:g}"
 

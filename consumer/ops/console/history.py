@@ -26,7 +26,10 @@ __all__ = ["RATE_SERIES", "OverviewHistory", "Sample", "sample_forever"]
 log = logging.getLogger(__name__)
 
 # chart name → worker counters summed into it
-RATE_SERIES = {"published": ("published",), "completed": ("succeeded",), "failed": ("failed", "dead_lettered")}
+RATE_SERIES = {"published": ("published",), "completed": ("succeeded",), "failed": ("failed",),
+               "dead_lettered": ("dead_lettered",)}
+# Each rate is taken over at least this many seconds: a job or two per sample is noise, not a rate.
+RATE_WINDOW = 10.0
 
 
 @dataclass(frozen=True)
@@ -65,20 +68,27 @@ class OverviewHistory:
         return self._samples[-1] if self._samples else None
 
     def rates(self) -> dict[str, list[tuple[float, float]]]:
-        """Chart name → [(seconds ago, per second)] between consecutive samples."""
+        """Chart name → [(seconds ago, per second)]: at each sample, each worker's rate over the
+        last ``RATE_WINDOW`` seconds (from its first answer in that window), summed."""
         now = self._clock()
         out: dict[str, list[tuple[float, float]]] = {name: [] for name in RATE_SERIES}
-        pairs = list(zip(self._samples, list(self._samples)[1:], strict=False))
-        for before, after in pairs:
-            elapsed = after.at - before.at
-            if elapsed <= 0:
-                continue
-            old, new = before.totals(), after.totals()
-            both = old.keys() & new.keys()
-            for name, counters in RATE_SERIES.items():
-                step = sum(max(0.0, sum(new[url].get(c, 0.0) - old[url].get(c, 0.0) for c in counters))
-                           for url in both)
-                out[name].append((now - after.at, step / elapsed))
+        samples = list(self._samples)
+        start = 0
+        for index in range(1, len(samples)):
+            after = samples[index]
+            while samples[index].at - samples[start + 1].at >= RATE_WINDOW:
+                start += 1
+            rates = dict.fromkeys(RATE_SERIES, 0.0)
+            for url, totals in after.totals().items():
+                before = next((s for s in samples[start:index] if url in s.totals()), None)
+                if before is None or after.at <= before.at:
+                    continue
+                old = before.totals()[url]
+                for name, counters in RATE_SERIES.items():
+                    step = sum(totals.get(c, 0.0) - old.get(c, 0.0) for c in counters)
+                    rates[name] += max(0.0, step) / (after.at - before.at)
+            for name, value in rates.items():
+                out[name].append((now - after.at, value))
         return out
 
     def depths(self, queue: str) -> dict[str, list[tuple[float, float]]]:

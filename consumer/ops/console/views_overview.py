@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from conveyor.consumer.ops.console.chart import line_chart
-from conveyor.consumer.ops.console.history import Sample
+from conveyor.consumer.ops.console.history import RATE_WINDOW, Sample
 from conveyor.consumer.ops.console.render import page
 from conveyor.consumer.ops.console.state import STATE, ConsoleState
 
@@ -39,6 +39,7 @@ def _view(state: ConsoleState) -> dict[str, Any]:
         "depth_charts": {q.queue: line_chart(history.depths(q.queue), span=span, title=f"{q.queue} depth",
                                              width=220, height=48, unit="") for q in queues},
         "refresh_ms": int(state.config.refresh * 1000),
+        "rate_window": RATE_WINDOW,
     }
 
 

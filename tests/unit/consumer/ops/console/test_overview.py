@@ -19,29 +19,29 @@ def report(succeeded: float, failed: float, *, breaker: str = "closed", up: bool
                         workers=[worker])
 
 
-def test_rates_come_from_counter_steps_and_a_restarted_worker_counts_zero() -> None:
-    now = [100.0]
+def test_rates_are_taken_over_ten_seconds_and_a_restarted_worker_counts_zero() -> None:
+    now = [0.0]
     history = OverviewHistory(keep=60, clock=lambda: now[0])
-    for at, succeeded, failed in ((100, 0, 0), (102, 20, 2), (104, 30, 2), (106, 4, 0)):
+    for at, succeeded, failed in ((0, 0, 0), (5, 50, 5), (10, 100, 5), (15, 110, 5), (20, 4, 0)):
         now[0] = at
         history.add(report(succeeded, failed))
     rates = history.rates()
-    assert [round(v, 2) for _, v in rates["completed"]] == [10.0, 5.0, 0.0]
-    assert [round(v, 2) for _, v in rates["failed"]] == [1.0, 0.0, 0.0]
-    assert [ago for ago, _ in rates["completed"]] == [4.0, 2.0, 0.0]
+    assert [round(v, 2) for _, v in rates["completed"]] == [10.0, 10.0, 6.0, 0.0]
+    assert [round(v, 2) for _, v in rates["failed"]] == [1.0, 0.5, 0.0, 0.0]
+    assert [ago for ago, _ in rates["completed"]] == [15.0, 10.0, 5.0, 0.0]
     assert history.depths("q")["ready"][-1] == (0.0, 5.0)
-    now[0] = 200
+    now[0] = 100
     history.add(report(0, 0))
     assert len(history.depths("q")["ready"]) == 1  # older than a minute: dropped
 
 
-def test_a_worker_that_did_not_answer_the_last_sample_adds_no_spike() -> None:
+def test_a_worker_that_did_not_answer_a_sample_adds_no_spike() -> None:
     now = [0.0]
     history = OverviewHistory(keep=60, clock=lambda: now[0])
-    for at, succeeded, up in ((0, 0, False), (1, 500, True), (2, 502, True)):
+    for at, succeeded, up in ((0, 0, False), (1, 500, True), (2, 502, True), (3, 504, True)):
         now[0] = at
         history.add(report(succeeded, 0, up=up))
-    assert [v for _, v in history.rates()["completed"]] == [0.0, 2.0]
+    assert [v for _, v in history.rates()["completed"]] == [0.0, 2.0, 2.0]
 
 
 def test_the_chart_is_labelled_svg_with_one_line_per_series() -> None:
