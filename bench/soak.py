@@ -78,6 +78,18 @@ def percentile(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
 
 
+def workdir(queue: str) -> Path:
+    work = Path(f"/tmp/conveyor-soak-{queue}")
+    work.mkdir(parents=True)
+    return work
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "conveyor", "worker", "bench.soak_app:jobs", "--concurrency",
+                                 "16", "--http-port", "0"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
 class Latencies:
     """Reads the workers' latency file incrementally."""
 
@@ -118,8 +130,7 @@ async def publish_loop(url: str, queue: str, rate: float, until: float, counter:
 async def run(args: argparse.Namespace) -> list[Sample]:
     url = cluster("up").splitlines()[-1]
     queue = f"soak.{uuid.uuid4().hex[:8]}"
-    work = Path(f"/tmp/conveyor-soak-{queue}")
-    work.mkdir(parents=True)
+    work = workdir(queue)
     latencies_file = work / "latencies.txt"
     os.environ["SOAK_LATENCIES"] = str(latencies_file)
     os.environ["SOAK_QUEUE"] = queue
@@ -127,12 +138,7 @@ async def run(args: argparse.Namespace) -> list[Sample]:
         await transport.declare(queue)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CONVEYOR_BROKER_URL": url, "CONVEYOR_LOG_LEVEL": "WARNING",
            "CONVEYOR_METRICS_INTERVAL": "0", "CONVEYOR_STATE_DIR": str(work / "state")}
-    workers = [
-        subprocess.Popen([sys.executable, "-m", "conveyor", "worker", "bench.soak_app:jobs", "--concurrency", "16",
-                          "--http-port", "0"], cwd=ROOT, env=env,
-                         stdout=open(work / f"worker-{i}.log", "wb"), stderr=subprocess.STDOUT)
-        for i in range(args.workers)
-    ]
+    workers = [start_worker(env, work / f"worker-{i}.log") for i in range(args.workers)]
     duration = args.minutes * 60
     began = time.monotonic()
     counter = [0]
