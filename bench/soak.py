@@ -139,6 +139,11 @@ async def run(args: argparse.Namespace) -> list[Sample]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CONVEYOR_BROKER_URL": url, "CONVEYOR_LOG_LEVEL": "WARNING",
            "CONVEYOR_METRICS_INTERVAL": "0", "CONVEYOR_STATE_DIR": str(work / "state")}
     workers = [start_worker(env, work / f"worker-{i}.log") for i in range(args.workers)]
+    # Publishing starts once every worker consumes: the first window measures the system, not
+    # the workers' start-up.
+    async with transport_from_url(url) as transport:
+        while (await transport.stats(queue)).consumers < args.workers:
+            await asyncio.sleep(0.2)
     duration = args.minutes * 60
     began = time.monotonic()
     counter = [0]
