@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -192,3 +193,30 @@ async def test_cluster_loss_of_two_nodes_fails_publishes_loudly_and_loses_nothin
     check(figures, max_duplicate_dead_letters=IN_FLIGHT)
     assert max(refused_in) < 30, "a publish to an unavailable queue must fail within its bounded retries"
     assert fault_run.stop_workers() == [0]
+
+
+async def test_cluster_worker_fleet_scaled_up_and_down_accounts_for_every_job(
+    fault_run: FaultRun, cluster: Cluster, record_figures: list[Figures]
+) -> None:
+    """As an autoscaler does: SIGTERM to some workers, new ones started, while jobs flow."""
+    await _declared(fault_run)
+    fleet = [fault_run.start_worker(concurrency=IN_FLIGHT) for _ in range(3)]
+    payloads, dead = _jobs(600, seconds=0.05, fail_every=60)
+    publishing = asyncio.create_task(paced_publish(fault_run, payloads, rate=30, dead=dead))
+    try:
+        await fault_run.wait_for_effects(60, timeout=120)
+        for process in fleet[:2]:  # scale in: two of three go
+            process.send_signal(signal.SIGTERM)
+        grown = [fault_run.start_worker(concurrency=IN_FLIGHT) for _ in range(3)]  # scale out: three come
+        await fault_run.wait_for_effects(300, timeout=120)
+        grown[0].send_signal(signal.SIGTERM)  # and in again
+        await publishing
+    finally:
+        publishing.cancel()
+    figures = await fault_run.settle(timeout=240)
+    figures.notes.update(workers_started=len(fault_run.workers), sigtermed=3)
+    _report(figures, record_figures)
+    check(figures)
+    # Graceful scale-in finishes what it started and hands back the rest unstarted.
+    assert figures.duplicate_executions == 0, figures.line()
+    assert fault_run.stop_workers() == [0] * 6
