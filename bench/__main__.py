@@ -63,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-others", action="store_true", help="skip the Celery and Dramatiq rows")
     p.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="JSON results file")
+    p.add_argument("--fleet", action="store_true",
+                   help="only the fleet rows: 1, 2 and 4 worker processes on one node (--url) and on the 3-node "
+                        "cluster (scripts/services/rabbitmq-cluster.sh); writes results/fleet.json")
+    p.add_argument("--fleet-jobs", type=int, default=10_000, help="jobs per fleet row (default 10,000)")
     args = p.parse_args(argv)
     if args.only:
         unknown = set(args.only.split(",")) - set(SCENARIOS)
@@ -129,12 +133,34 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console() if sys.stdout.isatty() else Console(width=200)
+    if args.fleet:
+        return fleet_main(args, console)
     results = asyncio.run(main_async(args, console))
     render(results, console)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"results written to {args.output}")
     return 1 if results["error"] else 0
+
+
+def fleet_main(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    from bench.fleet import run_fleet
+
+    rows = asyncio.run(run_fleet(args.url, args.fleet_jobs, lambda text: console.log(text)))
+    table = Table(title=f"Fleet: {args.fleet_jobs} jobs, 32 concurrent per worker process")
+    for column in ("target", "workers", "jobs/s", "seconds", "publish s"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["target"], str(row["workers"]), str(row["jobs_per_second"]), str(row["seconds"]),
+                      str(row["publish_seconds"]))
+    console.print(table)
+    output = args.output if args.output != RESULTS / "latest.json" else RESULTS / "fleet.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"machine": describe("see rows", None), "rows": rows}, indent=2) + "\n")
+    console.print(f"results written to {output}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ node runs again (``up``) and no nftables rule is left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -84,67 +86,61 @@ async def _declared(run: FaultRun) -> None:
         await transport.declare(run.queue)
 
 
+@contextlib.asynccontextmanager
+async def _under_load(run: FaultRun, count: int, *, rate: float, fail_every: int) -> AsyncIterator[None]:
+    """Two workers and a producer at ``rate`` jobs/s; the body runs once 20 jobs are done and
+    the publishing has to finish (every job confirmed) before the block ends."""
+    await _declared(run)
+    for _ in range(2):
+        run.start_worker(concurrency=IN_FLIGHT)
+    payloads, dead = _jobs(count, fail_every=fail_every)
+    publishing = asyncio.create_task(paced_publish(run, payloads, rate=rate, dead=dead))
+    try:
+        await run.wait_for_effects(20, timeout=120)
+        yield
+        await publishing
+    finally:
+        publishing.cancel()
+
+
+def _finish(run: FaultRun, figures: Figures, record_figures: list[Figures]) -> None:
+    _report(figures, record_figures)
+    _assert_workers_up(run)
+    check(figures, max_duplicate_dead_letters=2 * IN_FLIGHT)
+    assert run.stop_workers() == [0, 0]
+
+
 async def test_cluster_leader_kill_9_while_publishing_and_consuming(
     fault_run: FaultRun, cluster: Cluster, record_figures: list[Figures]
 ) -> None:
-    await _declared(fault_run)
-    for _ in range(2):
-        fault_run.start_worker(concurrency=IN_FLIGHT)
-    payloads, dead = _jobs(300, fail_every=30)
-    publishing = asyncio.create_task(paced_publish(fault_run, payloads, rate=20, dead=dead))
-    try:
-        await fault_run.wait_for_effects(40, timeout=120)
+    async with _under_load(fault_run, 300, rate=20, fail_every=30):
         leader = await cluster.leader(fault_run.queue)
         killed = time.time()
         await cluster.kill(leader)
-        await publishing  # keeps going through the other two nodes
-        published_at = time.time()
-    finally:
-        publishing.cancel()
+    published_after = time.time() - killed  # publishing went on through the other two nodes
     await cluster.start(leader)
     figures = await fault_run.settle(timeout=240, healed_at=killed)
-    figures.notes.update(killed=f"rabbitc{leader}", publish_done_after=round(published_at - killed, 1))
-    _report(figures, record_figures)
-    _assert_workers_up(fault_run)
-    check(figures, max_duplicate_dead_letters=2 * IN_FLIGHT)
-    assert fault_run.stop_workers() == [0, 0]
+    figures.notes.update(killed=f"rabbitc{leader}", publish_done_after=round(published_after, 1))
+    _finish(fault_run, figures, record_figures)
 
 
 async def test_cluster_rolling_restart_under_load(
     fault_run: FaultRun, cluster: Cluster, record_figures: list[Figures]
 ) -> None:
-    await _declared(fault_run)
-    for _ in range(2):
-        fault_run.start_worker(concurrency=IN_FLIGHT)
-    payloads, dead = _jobs(600, fail_every=50)
-    publishing = asyncio.create_task(paced_publish(fault_run, payloads, rate=25, dead=dead))
-    try:
-        await fault_run.wait_for_effects(20, timeout=120)
+    async with _under_load(fault_run, 600, rate=25, fail_every=50):
         began = time.time()
         for node in (1, 2, 3):  # one after another, each back in the cluster before the next
             await cluster.restart(node)
         rolled = time.time() - began
-        await publishing
-    finally:
-        publishing.cancel()
     figures = await fault_run.settle(timeout=240, healed_at=began)
     figures.notes.update(rolling_restart_seconds=round(rolled, 1))
-    _report(figures, record_figures)
-    _assert_workers_up(fault_run)
-    check(figures, max_duplicate_dead_letters=2 * IN_FLIGHT)
-    assert fault_run.stop_workers() == [0, 0]
+    _finish(fault_run, figures, record_figures)
 
 
 async def test_cluster_one_node_cut_off_clients_work_through_the_majority(
     fault_run: FaultRun, cluster: Cluster, record_figures: list[Figures]
 ) -> None:
-    await _declared(fault_run)
-    for _ in range(2):
-        fault_run.start_worker(concurrency=IN_FLIGHT)
-    payloads, dead = _jobs(400, fail_every=40)
-    publishing = asyncio.create_task(paced_publish(fault_run, payloads, rate=20, dead=dead))
-    try:
-        await fault_run.wait_for_effects(20, timeout=120)
+    async with _under_load(fault_run, 400, rate=20, fail_every=40):
         # A follower: its clients must move to the majority. (Cutting off the queue's *leader*
         # stalled consumers until the heal in our runs: see the README's cluster notes.)
         leader = await cluster.leader(fault_run.queue)
@@ -153,21 +149,15 @@ async def test_cluster_one_node_cut_off_clients_work_through_the_majority(
         try:
             await cluster.isolate(victim)
             before = len((await fault_run.ledger.effects())[0])
-            await asyncio.sleep(25)  # > net_ticktime: the node notices, pauses, the majority elects
+            await asyncio.sleep(25)  # > net_ticktime: the node notices, pauses, its clients move
             during = len((await fault_run.ledger.effects())[0]) - before
         finally:
             await cluster.heal()
-        await publishing
-    finally:
-        publishing.cancel()
     await cluster.up()  # the cut-off node resumes and rejoins
     figures = await fault_run.settle(timeout=240, healed_at=cut)
     figures.notes.update(cut_off=f"rabbitc{victim}", done_while_cut_off=during)
-    _report(figures, record_figures)
-    _assert_workers_up(fault_run)
-    check(figures, max_duplicate_dead_letters=2 * IN_FLIGHT)
     assert during >= 50, "jobs must keep finishing through the majority while one node is cut off"
-    assert fault_run.stop_workers() == [0, 0]
+    _finish(fault_run, figures, record_figures)
 
 
 async def test_cluster_loss_of_two_nodes_fails_publishes_loudly_and_loses_nothing_confirmed(
@@ -203,3 +193,30 @@ async def test_cluster_loss_of_two_nodes_fails_publishes_loudly_and_loses_nothin
     check(figures, max_duplicate_dead_letters=IN_FLIGHT)
     assert max(refused_in) < 30, "a publish to an unavailable queue must fail within its bounded retries"
     assert fault_run.stop_workers() == [0]
+
+
+async def test_cluster_worker_fleet_scaled_up_and_down_accounts_for_every_job(
+    fault_run: FaultRun, cluster: Cluster, record_figures: list[Figures]
+) -> None:
+    """As an autoscaler does: SIGTERM to some workers, new ones started, while jobs flow."""
+    await _declared(fault_run)
+    fleet = [fault_run.start_worker(concurrency=IN_FLIGHT) for _ in range(3)]
+    payloads, dead = _jobs(600, seconds=0.05, fail_every=60)
+    publishing = asyncio.create_task(paced_publish(fault_run, payloads, rate=30, dead=dead))
+    try:
+        await fault_run.wait_for_effects(60, timeout=120)
+        for process in fleet[:2]:  # scale in: two of three go
+            process.send_signal(signal.SIGTERM)
+        grown = [fault_run.start_worker(concurrency=IN_FLIGHT) for _ in range(3)]  # scale out: three come
+        await fault_run.wait_for_effects(300, timeout=120)
+        grown[0].send_signal(signal.SIGTERM)  # and in again
+        await publishing
+    finally:
+        publishing.cancel()
+    figures = await fault_run.settle(timeout=240)
+    figures.notes.update(workers_started=len(fault_run.workers), sigtermed=3)
+    _report(figures, record_figures)
+    check(figures)
+    # Graceful scale-in finishes what it started and hands back the rest unstarted.
+    assert figures.duplicate_executions == 0, figures.line()
+    assert fault_run.stop_workers() == [0] * 6
