@@ -173,7 +173,7 @@ class Worker:
         # (JobCancelled) never reaches the breaker as a failure.
         self.job_state = None if job_state is None else JobStateMiddleware(
             job_state, worker_id=self.config.worker_id, config=job_state_config,
-            registry=self.metrics.registry, clock=self.clock, payload_store=payload_store,
+            registry=self.metrics.registry, clock=self.clock, payload_store=payload_store, control=transport,
         )
         recorder = [self.job_state] if self.job_state is not None else []
         self.middlewares = [
