@@ -227,7 +227,7 @@ class Settlement:
         message = dead_letter_message(record, body, carried=h.carried_over(delivery.headers))
         await self._confirmed(self._transport.dead_letter_queue(delivery.queue), message, "dead_letter")
         await delivery.ack()
-        outcome.dead_letter_id = record.dead_letter_id
+        outcome.dead_letter_id, outcome.dead_letter_reason = record.dead_letter_id, reason
         self._metrics.dead_letter(record.job_type, reason, record.attempt)
         log.warning(
             "job dead-lettered",

@@ -1,4 +1,4 @@
-"""The ``conveyor`` command line: demo, worker, publish, dlq, payloads, status.
+"""The ``conveyor`` command line: demo, worker, publish, dlq, payloads, status, jobs.
 
 Every option also reads a ``CONVEYOR_*`` environment variable (see ``conveyor.common.settings``);
 flags win. Broker URLs are masked whenever they are shown, and every secret a command knows
@@ -14,6 +14,7 @@ from click.core import ParameterSource
 from conveyor.common.logging import configure_logging
 from conveyor.common.settings import LOG_LEVELS, Settings
 from conveyor.consumer.cli.dlq import dlq
+from conveyor.consumer.cli.jobs import jobs
 from conveyor.consumer.cli.payloads import payloads
 from conveyor.consumer.cli.publish import publish
 from conveyor.consumer.cli.status import status
@@ -56,7 +57,7 @@ def demo(jobs_count: int) -> None:
     run(run_demo(console, jobs_count=jobs_count), None)
 
 
-for command in (worker, publish, dlq, payloads, status):
+for command in (worker, publish, dlq, payloads, status, jobs):
     main.add_command(command)
 
 

@@ -16,6 +16,8 @@ from conveyor.consumer.cli.secrets import redactor, warn_if_credentials
 from conveyor.consumer.cli.support import (
     broker_option,
     console,
+    job_state_option,
+    job_state_store_for,
     load_registry,
     payload_store_for,
     payload_store_option,
@@ -43,15 +45,23 @@ __all__ = ["worker"]
 @click.option("--idempotency-url", default=None, callback=warn_if_credentials,
               help="Processed-key store: sqlite:///path or postgresql://… [env CONVEYOR_IDEMPOTENCY_URL or "
                    "CONVEYOR_IDEMPOTENCY_URL_FILE; off]")
+@job_state_option
 def worker(target: str, broker: str | None, **overrides: Any) -> None:
     """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT."""
     settings = settings_from(**{k: v for k, v in overrides.items() if v is not None})
     url = require_broker(broker)
     registry = load_registry(target, "TARGET")
-    run(_worker_main(registry, url, settings), settings)
+    state_config = None
+    if job_state_store_for(settings) is not None:  # before the loop: the git revision is a subprocess
+        from conveyor.common.job_state.run_info import code_version, config_hash
+        from conveyor.consumer.middleware.job_state import JobStateConfig
+
+        state_config = JobStateConfig(code_version=code_version(settings.code_version),
+                                      config_hash=config_hash(settings))
+    run(_worker_main(registry, url, settings, state_config), settings)
 
 
-async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -> None:
+async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, state_config: Any) -> None:
     from conveyor.consumer.http import HealthServer
     from conveyor.consumer.worker import Worker, WorkerConfig
 
@@ -68,9 +78,11 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
         from conveyor.common.idempotency import store_from_url
 
         keys = store_from_url(settings.idempotency_url.get_secret_value())
+    states = job_state_store_for(settings)
     async with transport:
         async with Worker(transport, registry, config=config, payload_store=store, middlewares=middlewares,
-                          idempotency=keys, redact=redactor()) as running:
+                          idempotency=keys, job_state=states, job_state_config=state_config,
+                          redact=redactor()) as running:
             http = HealthServer(running, settings.http_host, settings.http_port) if settings.http_port else None
             if http:
                 await http.start()

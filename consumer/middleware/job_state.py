@@ -240,7 +240,7 @@ class JobStateMiddleware(Middleware):
         transition = Transition(
             **{**_fields(base), "state": state, "at": self.clock.now(),
                "worker_id": base.worker_id if run is not None else None,
-               "attempt_outcome": attempt_outcome, "reason": outcome.reason if state.final else None,
+               "attempt_outcome": attempt_outcome, "reason": _reason(outcome, state),
                "error": error, "dead_letter_id": outcome.dead_letter_id},
         )
         if state is JobState.SUCCEEDED and run is not None and run.result is not None:
@@ -329,6 +329,13 @@ _STATES: dict[SettleAction, tuple[JobState | None, str | None]] = {
     SettleAction.DEAD_LETTERED: (JobState.DEAD_LETTERED, "failed"),
     SettleAction.CANCELLED: (JobState.CANCELLED, "cancelled"),
 }
+
+
+def _reason(outcome: Outcome, state: JobState) -> str | None:
+    """The final outcome's reason code: the dead letter's (exhausted, permanent, …), else the outcome's."""
+    if not state.final:
+        return None
+    return outcome.dead_letter_reason or outcome.reason
 
 
 def _fields(t: Transition) -> dict[str, Any]:
