@@ -10,29 +10,16 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from conveyor.common.transport.factory import transport_from_url
+from tests.e2e import test_cli_dlq
 from tests.e2e.test_cli import ROOT, conveyor
-from tests.support.backends import require_env
 
-
-@pytest.fixture(params=["rabbitmq", "pulsar"])
-def broker_url(request: pytest.FixtureRequest) -> str:
-    return require_env({"rabbitmq": "CONVEYOR_AMQP_URL", "pulsar": "CONVEYOR_PULSAR_URL"}[request.param])
-
-
-@pytest.fixture
-async def queue(broker_url: str) -> AsyncIterator[str]:
-    name = f"e2e.jobs.{uuid.uuid4().hex[:10]}"
-    yield name
-    async with transport_from_url(broker_url) as transport:
-        await transport.delete(name)
+# The same fixtures as the dlq commands': each broker, a queue of its own deleted after.
+broker_url = test_cli_dlq.broker_url
+queue = test_cli_dlq.queue
 
 
 def _json(*args: str, env: dict[str, str]) -> Any:
