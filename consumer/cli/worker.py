@@ -51,21 +51,20 @@ def worker(target: str, broker: str | None, **overrides: Any) -> None:
     settings = settings_from(**{k: v for k, v in overrides.items() if v is not None})
     url = require_broker(broker)
     registry = load_registry(target, "TARGET")
-    state_config = None
-    if job_state_store_for(settings) is not None:  # before the loop: the git revision is a subprocess
-        from conveyor.common.job_state.run_info import code_version, config_hash
-        from conveyor.consumer.middleware.job_state import JobStateConfig
+    from conveyor.common.job_state.run_info import code_version, config_hash
 
-        state_config = JobStateConfig(code_version=code_version(settings.code_version),
-                                      config_hash=config_hash(settings))
-    run(_worker_main(registry, url, settings, state_config), settings)
+    # Before the loop: the git revision is a subprocess.
+    run_info = (code_version(settings.code_version), config_hash(settings))
+    run(_worker_main(registry, url, settings, run_info), settings)
 
 
-async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, state_config: Any) -> None:
+async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, run_info: tuple[str, str]) -> None:
+    from dataclasses import replace
+
     from conveyor.consumer.http import HealthServer
     from conveyor.consumer.worker import Worker, WorkerConfig
 
-    config = WorkerConfig.from_settings(settings)
+    config = replace(WorkerConfig.from_settings(settings), code_version=run_info[0], config_hash=run_info[1])
     middlewares, tracer_provider = tracing(settings, "conveyor-worker")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -81,8 +80,7 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, s
     states = job_state_store_for(settings)
     async with transport:
         async with Worker(transport, registry, config=config, payload_store=store, middlewares=middlewares,
-                          idempotency=keys, job_state=states, job_state_config=state_config,
-                          redact=redactor()) as running:
+                          idempotency=keys, job_state=states, redact=redactor()) as running:
             http = HealthServer(running, settings.http_host, settings.http_port) if settings.http_port else None
             if http:
                 await http.start()

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.errors import ConfigurationError, JobCancelled
+from conveyor.common.headers import PRODUCER_VERSION
 from conveyor.common.job_state.base import MAX_RESULT_BYTES, JobStateStore
 from conveyor.common.job_state.states import JobState, Transition, generation_of
 from conveyor.common.job_state.writer import JobStateWriter
@@ -52,8 +53,6 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JobStateConfig:
-    code_version: str = "unknown"
-    config_hash: str | None = None
     flush_interval: float = 0.25
     heartbeat: float = 10.0
     lease: float = 60.0  # an attempt silent this long is abandoned (keep it ≫ heartbeat)
@@ -95,12 +94,16 @@ class JobStateMiddleware(Middleware):
         payload_store: PayloadStore | None = None,
         close_store: bool = True,
         control: Transport | None = None,
+        code_version: str | None = None,
+        config_hash: str | None = None,
     ) -> None:
         """``control``: the transport whose broadcast channel carries cancels (None: the store's
         poll alone, every ``cancel_poll`` seconds)."""
         self.store = store
         self.worker_id = worker_id[:128]
         self.config = config or JobStateConfig()
+        self.code_version = code_version
+        self.config_hash = config_hash
         self.clock = clock or SystemClock()
         self.writer = JobStateWriter(store, flush_interval=self.config.flush_interval, registry=registry)
         self._payload_store = payload_store
@@ -255,7 +258,8 @@ class JobStateMiddleware(Middleware):
         return Transition(
             job_id=envelope.job_id, state=state, at=self.clock.now(), generation=generation_of_envelope(envelope),
             attempt=envelope.attempt, job_type=envelope.job_type, queue=queue, created_at=envelope.created_at,
-            worker_id=self.worker_id, code_version=self.config.code_version, config_hash=self.config.config_hash,
+            worker_id=self.worker_id, code_version=self.code_version, config_hash=self.config_hash,
+            producer_version=envelope.headers.get(PRODUCER_VERSION),
         )
 
     def _attempt_end(self, run: _Run, state: JobState, outcome: str, error: str | None) -> Transition:

@@ -20,14 +20,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, decode_dead_letter, decode_envelope, encode_model
 from conveyor.common.errors import RejectedMessage
-from conveyor.common.headers import JOB_TYPE, REASON, REPLAYED_FROM, carried_over, check_content_labels
+from conveyor.common.headers import (
+    CONFIG_HASH,
+    JOB_TYPE,
+    REASON,
+    REPLAYED_FROM,
+    WORKER_VERSION,
+    carried_over,
+    check_content_labels,
+)
 from conveyor.common.messages import job_message
 from conveyor.common.transport.base import Delivery, Transport
 from conveyor.consumer.payloads import PayloadResolver
@@ -44,12 +52,14 @@ class DeadLetterFilter:
     reason: str | None = None
     job_type: str | None = None
     dead_letter_id: str | None = None
+    worker_version: str | None = None  # the code version of the worker that wrote it (a header)
 
-    def matches(self, record: DeadLetterRecord) -> bool:
+    def matches(self, record: DeadLetterRecord, headers: Mapping[str, str] | None = None) -> bool:
         return (
             (self.reason is None or record.reason == self.reason)
             and (self.job_type is None or record.job_type == self.job_type)
             and (self.dead_letter_id is None or self.dead_letter_id in (record.dead_letter_id, record.job_id))
+            and (self.worker_version is None or (headers or {}).get(WORKER_VERSION) == self.worker_version)
         )
 
 
@@ -129,6 +139,8 @@ class DeadLetters:
         self._clock = clock or SystemClock()
         self._payloads = payloads
         self.payloads_deleted = 0  # claim-check objects removed by purge
+        # What listed entries' headers say of the worker that wrote them, by dead-letter id.
+        self.run_info: dict[str, dict[str, str | None]] = {}
         self._declared: set[str] = set()  # queues replayed into, declared (or checked) once
 
     async def depth(self) -> int:
@@ -138,9 +150,13 @@ class DeadLetters:
         flt = flt or DeadLetterFilter()
         found: list[DeadLetterRecord] = []
         async with self._scan() as entries:
-            async for _, record in entries:
-                if flt.matches(record):
+            async for delivery, record in entries:
+                if flt.matches(record, delivery.headers):
                     found.append(record)
+                    self.run_info[record.dead_letter_id] = {
+                        "worker_version": delivery.headers.get(WORKER_VERSION),
+                        "config_hash": delivery.headers.get(CONFIG_HASH),
+                    }
                     if len(found) >= limit:
                         break
         return found
@@ -181,7 +197,7 @@ class DeadLetters:
                 taken += 1
                 if record.job_id is not None and record.job_id in republished:
                     report.skipped_replayed += 1
-                elif flt.matches(record):
+                elif flt.matches(record, delivery.headers):
                     report.matched += 1
                     report.by_reason[record.reason] += 1
                     if not dry_run:
@@ -208,7 +224,7 @@ class DeadLetters:
         removed = 0
         async with self._scan() as entries:
             async for delivery, record in entries:
-                if flt.matches(record):
+                if flt.matches(record, delivery.headers):
                     await delivery.ack()
                     removed += 1
                     await self._discard_payload(record)

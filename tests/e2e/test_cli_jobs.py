@@ -86,6 +86,13 @@ def test_jobs_show_list_and_cancel_follow_jobs_through_the_cli(broker_url: str, 
     assert entry.returncode == 0, entry.stderr
     assert json.loads(entry.stdout)["job_id"] == broken
     assert "conveyor dlq show" in conveyor("jobs", "show", broken, env=env).stdout
+    by_version = conveyor("dlq", "list", "--queue", queue, "--worker-version", "e2e-7", "--json", env=env)
+    entries = [json.loads(line) for line in by_version.stdout.splitlines()]
+    assert [e["job_id"] for e in entries] == [broken] and entries[0]["worker_version"] == "e2e-7"
+    assert entries[0]["config_hash"] and entries[0]["config_hash"] == dead["attempts"][0]["config_hash"]
+    other = conveyor("dlq", "list", "--queue", queue, "--worker-version", "e2e-6", "--json", env=env)
+    assert other.returncode == 0 and other.stdout.strip() == ""
+    assert done["producer_version"] == "e2e-7"  # the publish command's code version, in the envelope
 
     def listed(*args: str) -> list[str]:
         done = conveyor("jobs", "list", *args, "--json", env=env)
