@@ -23,6 +23,9 @@ from conveyor.common.errors import UnsupportedContent
 
 __all__ = [
     "ATTEMPT",
+    "CONFIG_HASH",
+    "PRODUCER_VERSION",
+    "WORKER_VERSION",
     "CONTENT_ENCODING",
     "CONTENT_TYPE",
     "DUE_AT",
@@ -42,6 +45,14 @@ ATTEMPT = "x-conveyor-attempt"
 DUE_AT = "x-conveyor-due-at"
 REPLAYED_FROM = "x-conveyor-replayed-from"  # on a replayed job: the dead letter it came from
 REASON = "x-conveyor-reason"  # on a dead letter: the reason code of the record it carries
+# On a dead letter: the code version and configuration hash of the worker that wrote it. Headers,
+# not record fields: the published record schema forbids unknown fields, so older dlq tools
+# would refuse records carrying new ones.
+WORKER_VERSION = "x-conveyor-worker-version"
+CONFIG_HASH = "x-conveyor-config-hash"
+# In an envelope's own ``headers``: the producer's code version (an envelope header, not a new
+# envelope field, for the same reason: workers of older versions must still read the message).
+PRODUCER_VERSION = "conveyor.producer-version"
 CONTENT_TYPE = "content-type"
 CONTENT_ENCODING = "content-encoding"
 _CONTENT_LABELS = frozenset({CONTENT_TYPE, CONTENT_ENCODING})

@@ -10,6 +10,10 @@ The service-level indicators, and the series that carry them (names as exported)
 success rate                ``conveyor_jobs_succeeded_total`` / ``conveyor_jobs_dead_lettered_total``
                             (terminal outcomes); ``conveyor_jobs_failed_total`` counts attempts
 duration percentiles        ``conveyor_job_duration_seconds`` (handler time)
+cost per run                ``conveyor_job_cpu_seconds{job_type}``: process CPU while the handler ran
+                            (exact at concurrency 1; with jobs side by side it also counts theirs)
+process resources           ``process_resident_memory_bytes``, ``process_open_fds``,
+                            ``process_cpu_seconds_total`` (prometheus_client's ProcessCollector)
 queue depth                 ``conveyor_queue_depth{queue, state="ready|delayed|dead_letter"}``,
                             sampled by every worker every ``metrics_interval`` seconds
 time from publish to start  ``conveyor_job_start_delay_seconds{queue}``: from the moment a message
@@ -50,6 +54,7 @@ queue depth, which every process samples from the same broker queue, the most re
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -59,6 +64,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.values import MutexValue
@@ -175,6 +181,12 @@ class WorkerMetrics:
             "conveyor_event_loop_stalls", "Times the event loop was blocked longer than the watchdog allows",
             registry=r,
         )
+        self.job_cpu = Histogram(
+            "conveyor_job_cpu_seconds", "Process CPU time while a job's handler ran (exact at concurrency 1)",
+            ["job_type"], buckets=_DURATION_BUCKETS, registry=r,
+        )
+        with contextlib.suppress(ValueError):  # a registry that has them already (the global default)
+            ProcessCollector(registry=r)  # RSS, open fds, CPU seconds of this process
         self._known: set[str] = set()
         self._functions: list[tuple[Any, Callable[[], float]]] = []
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}

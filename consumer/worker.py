@@ -34,7 +34,7 @@ from conveyor.common.defaults import (
     DEFAULT_METRICS_INTERVAL,
 )
 from conveyor.common.errors import ConfigurationError, UnknownJobType
-from conveyor.common.headers import due_at
+from conveyor.common.headers import CONFIG_HASH, WORKER_VERSION, due_at
 from conveyor.common.idempotency.base import ProcessedKeyStore
 from conveyor.common.job_state.base import JobStateStore
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind, SettleAction
@@ -52,6 +52,7 @@ from conveyor.consumer.breaker import (
     CircuitBreaker,
 )
 from conveyor.consumer.hold_times import holds
+from conveyor.consumer.middleware.cpu_time import CpuTimeMiddleware
 from conveyor.consumer.middleware.crash_guard import CrashGuardMiddleware
 from conveyor.consumer.middleware.idempotency import IdempotencyMiddleware
 from conveyor.consumer.middleware.job_state import JobStateConfig, JobStateMiddleware
@@ -95,6 +96,9 @@ class WorkerConfig:
     # guard (``conveyor worker`` always has one, see CONVEYOR_STATE_DIR).
     state_dir: Path | None = None
     crash_limit: int = DEFAULT_CRASH_LIMIT
+    # Recorded with every run (job-state attempts, dead-letter headers): see common.job_state.run_info.
+    code_version: str | None = None
+    config_hash: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -175,11 +179,13 @@ class Worker:
         # (JobCancelled) never reaches the breaker as a failure.
         self.job_state = None if job_state is None else JobStateMiddleware(
             job_state, worker_id=self.config.worker_id, config=job_state_config,
-            registry=self.metrics.registry, clock=self.clock, payload_store=payload_store,
+            code_version=self.config.code_version, config_hash=self.config.config_hash,
+            registry=self.metrics.registry, clock=self.clock, payload_store=payload_store, control=transport,
         )
         recorder = [self.job_state] if self.job_state is not None else []
         self.middlewares = [
-            *guard, LogContextMiddleware(), *recorder, *middlewares, *dedupe, BreakerMiddleware(self.breakers)
+            *guard, LogContextMiddleware(), *recorder, *middlewares, *dedupe,
+            CpuTimeMiddleware(self.metrics), BreakerMiddleware(self.breakers),
         ]
         registry.check_options(opt for m in self.middlewares for opt in m.options)
         self._settled_hooks = [m.settled for m in self.middlewares if type(m).settled is not Middleware.settled]
@@ -210,6 +216,7 @@ class Worker:
             defer=self.config.defer,
             payloads=self.payloads,
             redact=redact,
+            run_headers=_run_headers(self.config),
         )
         self.counts: collections.Counter[str] = collections.Counter()
         self._slots = asyncio.Semaphore(self.config.concurrency)
@@ -490,6 +497,11 @@ class Worker:
         self._timers.add(task)
         task.add_done_callback(self._timers.discard)
         return task
+
+
+def _run_headers(config: WorkerConfig) -> dict[str, str]:
+    pairs = ((WORKER_VERSION, config.code_version), (CONFIG_HASH, config.config_hash))
+    return {name: value for name, value in pairs if value}
 
 
 def _why_not_accepting(runner: QueueRunner) -> str:

@@ -41,6 +41,7 @@ from conveyor.common.errors import (
     TransportError,
     UnknownJobType,
 )
+from conveyor.common.headers import PRODUCER_VERSION
 from conveyor.common.job_state.base import JobStateStore
 from conveyor.common.job_state.handle import JobHandle
 from conveyor.common.jobs.command import PublishCommand, PublishReceipt
@@ -61,6 +62,8 @@ from conveyor.schemas.envelope import (
 from conveyor.schemas.registry import SchemaRegistry
 
 __all__ = ["Producer"]
+
+MAX_ENVELOPE_HEADERS = 64  # the envelope schema's limit: a full set of the caller's own is left alone
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,8 @@ class Producer:
         job_state: JobStateStore | None = None,
         code_version: str | None = None,
     ) -> None:
-        """``job_state``: record each job ``queued``/``scheduled`` there and return a ``JobHandle``
+        """``code_version``: put in each envelope's headers (``conveyor.producer-version``) and the
+        job-state records. ``job_state``: record each job ``queued``/``scheduled`` there and return a ``JobHandle``
         (``status()``, ``result()``); the caller owns the store, as it owns a payload store."""
         if confirm_timeout <= 0 or publish_tries < 1:
             raise ConfigurationError("confirm_timeout must be > 0 and publish_tries ≥ 1")
@@ -114,6 +118,7 @@ class Producer:
         self._declare_lock = asyncio.Lock()
         self._middlewares = list(middlewares)
         self._job_state = job_state
+        self._code_version = code_version
         if job_state is not None:  # innermost: it records only what the broker confirmed
             self._middlewares.append(JobStateRecorder(
                 job_state, clock=self._clock, registry=self.metrics.registry, producer_version=code_version
@@ -196,6 +201,9 @@ class Producer:
         if isinstance(deadline, timedelta):
             deadline = now + deadline
         job_id = job_id or new_job_id()
+        headers = dict(headers or {})
+        if self._code_version and len(headers) < MAX_ENVELOPE_HEADERS:
+            headers.setdefault(PRODUCER_VERSION, self._code_version)
         return Envelope(
             job_id=job_id,
             idempotency_key=idempotency_key or job_id,
@@ -205,7 +213,7 @@ class Producer:
             causation_id=causation_id,
             created_at=now,
             deadline=deadline,
-            headers=dict(headers or {}),
+            headers=headers,
             payload=InlinePayload(data=data),
         )
 

@@ -51,8 +51,9 @@ class Outcome:
     # The exception behind a failure. Formatting a traceback costs more than the rest of a
     # retry, and only dead letters keep one, so it is formatted on demand: ``traceback_text``.
     error: BaseException | None = field(default=None, repr=False, compare=False)
-    # Set by settlement when it wrote a dead letter: the job's record links to it.
+    # Set by settlement when it wrote a dead letter (its id and reason): the job's record links to it.
     dead_letter_id: str | None = None
+    dead_letter_reason: str | None = None
 
     def traceback_text(self) -> str | None:
         """``traceback`` if set, else the formatted traceback of ``error`` (last 20,000 chars)."""

@@ -24,11 +24,14 @@ from conveyor.consumer.cli.secrets import (
     broker_from_environment,
     protect,
     redactor,
+    warn_if_credentials,
 )
 
 __all__ = [
     "broker_option",
     "console",
+    "job_state_option",
+    "job_state_store_for",
     "load_registry",
     "payload_store_for",
     "payload_store_option",
@@ -52,7 +55,8 @@ def run(coro: Coroutine[Any, Any, T], settings: Settings | None) -> T:
     try:
         if settings is not None:
             params = click.get_current_context().params
-            protect(settings, params.get("broker"), params.get("idempotency_url"), params.get("database_url"))
+            protect(settings, params.get("broker"), params.get("idempotency_url"), params.get("database_url"),
+                    params.get("job_state_url"))
         return asyncio.run(coro)
     except ConveyorError as exc:  # one line: the error's type (and reason code) and message
         reason = exc.reason if isinstance(exc, RejectedMessage | UnknownJob) else None
@@ -116,6 +120,22 @@ payload_store_option = click.option(
     "--payload-store", default=None,
     help="Claim-check store: file:///path, s3://bucket/prefix [env CONVEYOR_PAYLOAD_STORE; unset: off]",
 )
+
+
+job_state_option = click.option(
+    "--job-state-url", default=None, callback=warn_if_credentials,
+    help="Job-state store: memory://, sqlite:///path or postgresql://… [env CONVEYOR_JOB_STATE_URL or "
+         "CONVEYOR_JOB_STATE_URL_FILE; off]",
+)
+
+
+def job_state_store_for(settings: Settings) -> Any:
+    """The job-state store CONVEYOR_JOB_STATE_URL names, not opened; None when unset (or empty)."""
+    if settings.job_state_url is None or not settings.job_state_url.get_secret_value().strip():
+        return None
+    from conveyor.common.job_state import job_state_store_from_url
+
+    return job_state_store_from_url(settings.job_state_url.get_secret_value())
 
 
 def tracing(settings: Settings, service: str) -> tuple[list[Any], Any]:

@@ -22,6 +22,8 @@ from conveyor.consumer.cli.secrets import redactor, warn_if_credentials
 from conveyor.consumer.cli.support import (
     broker_option,
     console,
+    job_state_option,
+    job_state_store_for,
     load_registry,
     payload_store_for,
     payload_store_option,
@@ -72,6 +74,7 @@ class Processes(click.ParamType[int, Any]):
 @click.option("--idempotency-url", default=None, callback=warn_if_credentials,
               help="Processed-key store: sqlite:///path or postgresql://… [env CONVEYOR_IDEMPOTENCY_URL or "
                    "CONVEYOR_IDEMPOTENCY_URL_FILE; off]")
+@job_state_option
 def worker(target: str, broker: str | None, processes: int, **overrides: Any) -> None:
     """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT."""
     from conveyor.consumer.supervisor import child_index
@@ -87,7 +90,11 @@ def worker(target: str, broker: str | None, processes: int, **overrides: Any) ->
             raise click.UsageError("--processes needs a real broker: memory:// lives inside one process")
         _supervise(processes, settings)
         return
-    run(_worker_main(registry, url, settings), settings)
+    from conveyor.common.job_state.run_info import code_version, config_hash
+
+    # Before the loop: the git revision is a subprocess.
+    run_info = (code_version(settings.code_version), config_hash(settings))
+    run(_worker_main(registry, url, settings, run_info), settings)
 
 
 def restart_policy(settings: Settings) -> RestartPolicy:
@@ -116,12 +123,14 @@ def _supervise(processes: int, settings: Settings) -> None:
         sys.exit(code)
 
 
-async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -> None:
+async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, run_info: tuple[str, str]) -> None:
+    from dataclasses import replace
+
     from conveyor.consumer.http import HealthServer
     from conveyor.consumer.supervisor import Beacon
     from conveyor.consumer.worker import Worker, WorkerConfig
 
-    config = WorkerConfig.from_settings(settings)
+    config = replace(WorkerConfig.from_settings(settings), code_version=run_info[0], config_hash=run_info[1])
     middlewares, tracer_provider = tracing(settings, "conveyor-worker")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -134,8 +143,9 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
         from conveyor.common.idempotency import store_from_url
 
         keys = store_from_url(settings.idempotency_url.get_secret_value())
+    states = job_state_store_for(settings)
     worker = Worker(transport, registry, config=config, payload_store=store, middlewares=middlewares,
-                    idempotency=keys, redact=redactor())
+                    idempotency=keys, job_state=states, redact=redactor())
     # Listen before consuming: a port in use is a one-line error before any job is taken.
     http = HealthServer(worker, settings.http_host, settings.http_port) if settings.http_port else None
     if http:

@@ -20,6 +20,7 @@ died: the broker redelivers the job, and the redelivery's record wins).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -30,28 +31,28 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from conveyor.common.clock import Clock, SystemClock
-from conveyor.common.errors import JobCancelled
+from conveyor.common.errors import ConfigurationError, JobCancelled
+from conveyor.common.headers import PRODUCER_VERSION
 from conveyor.common.job_state.base import MAX_RESULT_BYTES, JobStateStore
 from conveyor.common.job_state.states import JobState, Transition, generation_of
 from conveyor.common.job_state.writer import JobStateWriter
 from conveyor.common.jobs.outcome import OutcomeKind, SettleAction
 from conveyor.common.middleware import ConsumeNext, Middleware
 from conveyor.common.payload_store.base import PayloadStore
+from conveyor.common.transport.base import CONTROL_CHANNEL, ConsumerHandle, Transport
 
 if TYPE_CHECKING:
     from conveyor.common.jobs.context import JobContext
     from conveyor.common.jobs.outcome import Outcome
     from conveyor.schemas.envelope import Envelope
 
-__all__ = ["JobStateConfig", "JobStateMiddleware", "generation_of_envelope"]
+__all__ = ["JobStateConfig", "JobStateMiddleware", "cancel_message", "generation_of_envelope"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class JobStateConfig:
-    code_version: str = "unknown"
-    config_hash: str | None = None
     flush_interval: float = 0.25
     heartbeat: float = 10.0
     lease: float = 60.0  # an attempt silent this long is abandoned (keep it ≫ heartbeat)
@@ -59,6 +60,12 @@ class JobStateConfig:
     cancel_poll: float = 5.0
     retention: timedelta | None = None  # finished jobs older than this are swept (None: kept)
     max_result_bytes: int = MAX_RESULT_BYTES
+    control_channel: str = CONTROL_CHANNEL  # where operators' cancels are broadcast
+
+
+def cancel_message(job_id: str) -> bytes:
+    """The control-channel message that cancels ``job_id`` on every worker."""
+    return orjson.dumps({"cancel": job_id})
 
 
 def generation_of_envelope(envelope: Envelope) -> int:
@@ -86,10 +93,17 @@ class JobStateMiddleware(Middleware):
         clock: Clock | None = None,
         payload_store: PayloadStore | None = None,
         close_store: bool = True,
+        control: Transport | None = None,
+        code_version: str | None = None,
+        config_hash: str | None = None,
     ) -> None:
+        """``control``: the transport whose broadcast channel carries cancels (None: the store's
+        poll alone, every ``cancel_poll`` seconds)."""
         self.store = store
         self.worker_id = worker_id[:128]
         self.config = config or JobStateConfig()
+        self.code_version = code_version
+        self.config_hash = config_hash
         self.clock = clock or SystemClock()
         self.writer = JobStateWriter(store, flush_interval=self.config.flush_interval, registry=registry)
         self._payload_store = payload_store
@@ -99,6 +113,8 @@ class JobStateMiddleware(Middleware):
         self._finished: dict[str, _Run] = {}  # ran here, not settled yet
         self._loops: list[asyncio.Task[None]] = []
         self._pending_io: set[asyncio.Task[None]] = set()
+        self._control = control
+        self._subscription: ConsumerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     async def startup(self) -> None:
@@ -108,6 +124,7 @@ class JobStateMiddleware(Middleware):
         except Exception as exc:  # the store being down must not stop the worker
             log.warning("could not load pending cancels", extra={"error_type": type(exc).__name__})
         self.writer.start()
+        await self._subscribe()
         loop = asyncio.get_running_loop()
         for body, every in (
             (self._heartbeat, self.config.heartbeat),
@@ -119,6 +136,10 @@ class JobStateMiddleware(Middleware):
                 self._loops.append(loop.create_task(self._every(every, body)))
 
     async def shutdown(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.cancel()
         loops, self._loops = self._loops, []
         for task in loops:
             task.cancel()
@@ -146,6 +167,28 @@ class JobStateMiddleware(Middleware):
 
     def is_cancelled(self, job_id: str) -> bool:
         return job_id in self._cancelled
+
+    async def _subscribe(self) -> None:
+        if self._control is None:
+            return
+        try:
+            self._subscription = await self._control.subscribe(self.config.control_channel, self._on_control)
+        except ConfigurationError:
+            log.info("no broadcast channel on this transport: cancels arrive by the store's poll")
+        except Exception as exc:  # the poll still brings cancels; the worker must start
+            log.warning("control channel subscription failed; cancels arrive by the store's poll",
+                        extra={"error_type": type(exc).__name__})
+
+    async def _on_control(self, body: bytes) -> None:
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            log.warning("unreadable control message ignored")
+            return
+        job_id = message.get("cancel") if isinstance(message, dict) else None
+        if isinstance(job_id, str) and 0 < len(job_id) <= 256:
+            if self.cancel(job_id):
+                log.info("running job cancelled by an operator", extra={"job_id": job_id})
 
     # -- hooks -----------------------------------------------------------------------
     async def consume(self, ctx: JobContext, call_next: ConsumeNext) -> Any:
@@ -200,7 +243,7 @@ class JobStateMiddleware(Middleware):
         transition = Transition(
             **{**_fields(base), "state": state, "at": self.clock.now(),
                "worker_id": base.worker_id if run is not None else None,
-               "attempt_outcome": attempt_outcome, "reason": outcome.reason if state.final else None,
+               "attempt_outcome": attempt_outcome, "reason": _reason(outcome, state),
                "error": error, "dead_letter_id": outcome.dead_letter_id},
         )
         if state is JobState.SUCCEEDED and run is not None and run.result is not None:
@@ -215,7 +258,8 @@ class JobStateMiddleware(Middleware):
         return Transition(
             job_id=envelope.job_id, state=state, at=self.clock.now(), generation=generation_of_envelope(envelope),
             attempt=envelope.attempt, job_type=envelope.job_type, queue=queue, created_at=envelope.created_at,
-            worker_id=self.worker_id, code_version=self.config.code_version, config_hash=self.config.config_hash,
+            worker_id=self.worker_id, code_version=self.code_version, config_hash=self.config_hash,
+            producer_version=envelope.headers.get(PRODUCER_VERSION),
         )
 
     def _attempt_end(self, run: _Run, state: JobState, outcome: str, error: str | None) -> Transition:
@@ -289,6 +333,13 @@ _STATES: dict[SettleAction, tuple[JobState | None, str | None]] = {
     SettleAction.DEAD_LETTERED: (JobState.DEAD_LETTERED, "failed"),
     SettleAction.CANCELLED: (JobState.CANCELLED, "cancelled"),
 }
+
+
+def _reason(outcome: Outcome, state: JobState) -> str | None:
+    """The final outcome's reason code: the dead letter's (exhausted, permanent, …), else the outcome's."""
+    if not state.final:
+        return None
+    return outcome.dead_letter_reason or outcome.reason
 
 
 def _fields(t: Transition) -> dict[str, Any]:

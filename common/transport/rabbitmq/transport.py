@@ -63,6 +63,7 @@ from conveyor.common.tasks import TaskSet
 from conveyor.common.tls import TlsConfig, check_scheme, tls_error
 from conveyor.common.transport.base import (
     ConsumerHandle,
+    ControlHandler,
     Delivery,
     DeliveryHandler,
     OutgoingMessage,
@@ -77,6 +78,7 @@ from conveyor.common.transport.rabbitmq.consumer import (
     ChannelSettler,
     ConsumerLink,
 )
+from conveyor.common.transport.rabbitmq.control import AmqpSubscription, declare_control_exchange
 from conveyor.common.transport.rabbitmq.failover import open_failover
 from conveyor.common.transport.rabbitmq.publisher import ExchangePublisher
 from conveyor.common.transport.rabbitmq.topology import (
@@ -483,6 +485,22 @@ class RabbitMQTransport(Transport):
             channel = await self._raw_channel()
             self._get_channel = (channel, ChannelSettler(channel))
         return self._get_channel
+
+    # -- control channel -------------------------------------------------------------
+    async def broadcast(self, channel: str, body: bytes) -> None:
+        async with self._control_channel() as raw:
+            await declare_control_exchange(raw, channel)
+            await raw.basic_publish(body, exchange=channel, routing_key="")
+
+    async def subscribe(self, channel: str, handler: ControlHandler) -> ConsumerHandle:
+        subscription = AmqpSubscription(self._consumer_connection(), channel, handler)
+        try:
+            await subscription.start()
+        except ChannelAccessRefused as exc:
+            raise AccessRefused(f"this user may not subscribe to {channel!r}: {self._scrub(exc)}") from exc
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"cannot subscribe to {channel!r}: {self._scrub(exc)}") from exc
+        return subscription
 
     # -- helpers ---------------------------------------------------------------------
     def _consumer_connection(self) -> AbstractRobustConnection:

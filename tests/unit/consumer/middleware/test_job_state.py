@@ -18,12 +18,14 @@ from pydantic import BaseModel
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.clock import FakeClock
 from conveyor.common.errors import ConfigurationError, JobNotSucceeded, PermanentError, RetryableError
+from conveyor.common.headers import CONFIG_HASH, PRODUCER_VERSION, WORKER_VERSION
 from conveyor.common.job_state import JobState, MemoryJobStateStore
 from conveyor.common.job_state.handle import JobHandle
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.middleware.job_state import JobStateConfig, JobStateMiddleware
+from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from conveyor.schemas.dead_letter import DeadLetterRecord
@@ -47,10 +49,10 @@ class Rig:
         transport = MemoryTransport(self.broker)
         await transport.connect()
         # Upkeep loops off (0): these tests drive reconcile and cancels themselves.
-        config = JobStateConfig(code_version="v-test", config_hash="abc", heartbeat=0, reconcile_every=0,
-                                cancel_poll=0)
+        config = JobStateConfig(heartbeat=0, reconcile_every=0, cancel_poll=0)
         self.worker = Worker(transport, self.jobs, clock=self.clock, rng=random.Random(0), job_state=self.store,
-                             job_state_config=config, config=WorkerConfig(metrics_interval=0))
+                             job_state_config=config,
+                             config=WorkerConfig(metrics_interval=0, code_version="v-test", config_hash="abc"))
         self.producer = await self._stack.enter_async_context(Producer.for_registry(
             MemoryTransport(self.broker), self.jobs, clock=self.clock, job_state=self.store, code_version="p-test"
         ))
@@ -94,6 +96,7 @@ async def test_a_job_is_recorded_queued_then_succeeded_with_its_result_and_run_m
 
     await rig.ready()
     handle = await rig.producer.publish("t.add", Job(n=41))
+    assert rig.producer.build_envelope("t.add", Job(n=1)).headers[PRODUCER_VERSION] == "p-test"
     assert isinstance(handle, JobHandle) and handle.queue == DEFAULT_QUEUE and handle.tries == 1
     assert (await handle.status()).state is JobState.QUEUED  # before any write landed
     await _flush_producer(rig)
@@ -128,6 +131,7 @@ async def test_retries_are_attempts_and_a_dead_letter_links_both_ways(rig: Rig, 
         await rig.drain()
     record = await handle.status()
     assert record.state is JobState.DEAD_LETTERED and record.reason == "permanent" and record.attempt == 2
+    assert record.producer_version == "p-test"  # from the envelope's header too, not only the producer's write
     assert [a.outcome for a in record.attempts] == ["failed", "failed"]
     assert record.attempts[1].error == "PermanentError: second"
     reader = MemoryTransport(rig.broker)
@@ -136,6 +140,12 @@ async def test_retries_are_attempts_and_a_dead_letter_links_both_ways(rig: Rig, 
     assert delivery is not None
     dead = DeadLetterRecord.model_validate(orjson.loads(delivery.body))
     assert dead.dead_letter_id == record.dead_letter_id and dead.job_id == handle.job_id
+    assert delivery.headers[WORKER_VERSION] == "v-test" and delivery.headers[CONFIG_HASH] == "abc"
+    await delivery.release()
+    letters = DeadLetters(reader, DEFAULT_QUEUE)
+    assert [r.job_id for r in await letters.list(DeadLetterFilter(worker_version="v-test"))] == [handle.job_id]
+    assert letters.run_info[dead.dead_letter_id] == {"worker_version": "v-test", "config_hash": "abc"}
+    assert await letters.list(DeadLetterFilter(worker_version="v-other")) == []
     with pytest.raises(JobNotSucceeded) as caught:
         await handle.result(timeout=5)
     assert caught.value.state == "dead_lettered"
