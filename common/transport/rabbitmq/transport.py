@@ -76,6 +76,7 @@ from conveyor.common.transport.rabbitmq.consumer import (
     ChannelSettler,
     ConsumerLink,
 )
+from conveyor.common.transport.rabbitmq.properties import JobProperties
 from conveyor.common.transport.rabbitmq.publisher import ExchangePublisher
 from conveyor.common.transport.rabbitmq.topology import (
     CONSUMER_TIMEOUT,
@@ -394,7 +395,7 @@ class RabbitMQTransport(Transport):
         headers.pop(REMAINING_DELAY, None)  # only a delay sets it, never a sender
         if target.remaining_ms:
             headers[REMAINING_DELAY] = str(target.remaining_ms)
-        properties = aiormq.spec.Basic.Properties(
+        properties = JobProperties(
             headers=headers,
             message_id=message.message_id,
             delivery_mode=_PERSISTENT,
