@@ -191,6 +191,8 @@ class WorkerMetrics:
         self._functions: list[tuple[Any, Callable[[], float]]] = []
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._updaters: dict[tuple[int, tuple[str, ...]], Callable[[float], None]] = {}
+        # Per label (bounded: registered job types and "unknown"): a success's three updates.
+        self._succeeded_by_label: dict[str, tuple[Callable[[float], None], ...]] = {}
         self._window_max: dict[str, float] = {}
         self._previous_max: dict[str, float] = {}
 
@@ -229,6 +231,21 @@ class WorkerMetrics:
 
     def settled(self, job_type: str | None, action: SettleAction, outcome: Outcome) -> None:
         label = self.label(job_type)
+        if action is SettleAction.SUCCEEDED and not outcome.error_type and outcome.envelope is not None:
+            # Nearly every job: one lookup for its updates, bound once per label.
+            bound = self._succeeded_by_label.get(label)
+            if bound is None:
+                bound = self._succeeded_by_label[label] = (
+                    self.observer(self.duration, label),
+                    self.adder(self.succeeded, label),
+                    self.observer(self.attempts, label, "succeeded"),
+                )
+            duration, succeeded, attempts = bound
+            if outcome.duration:
+                duration(outcome.duration)
+            succeeded(1)
+            attempts(outcome.envelope.attempt)
+            return
         if outcome.duration:
             self.observer(self.duration, label)(outcome.duration)
         if outcome.error_type and outcome.reason:

@@ -34,7 +34,7 @@ from conveyor.common.defaults import (
     DEFAULT_METRICS_INTERVAL,
 )
 from conveyor.common.errors import ConfigurationError, UnknownJobType
-from conveyor.common.headers import CONFIG_HASH, WORKER_VERSION, due_at
+from conveyor.common.headers import CONFIG_HASH, WORKER_VERSION, due_timestamp
 from conveyor.common.idempotency.base import ProcessedKeyStore
 from conveyor.common.job_state.base import JobStateStore
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind, SettleAction
@@ -374,8 +374,10 @@ class Worker:
         """Time from publish (or the end of the retry delay) to the start of this attempt."""
         if outcome.envelope is None or outcome.started_at is None:
             return  # never decoded, or given back without starting (breaker open)
-        due = due_at(delivery.headers) or outcome.envelope.created_at
-        self.metrics.started(delivery.queue, (outcome.started_at - due).total_seconds())
+        due = due_timestamp(delivery.headers)
+        if due is None:
+            due = outcome.envelope.created_at.timestamp()
+        self.metrics.started(delivery.queue, outcome.started_at.timestamp() - due)
 
     async def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
         spec = None

@@ -80,6 +80,7 @@ from conveyor.common.transport.rabbitmq.consumer import (
 )
 from conveyor.common.transport.rabbitmq.control import AmqpSubscription, declare_control_exchange
 from conveyor.common.transport.rabbitmq.failover import open_failover
+from conveyor.common.transport.rabbitmq.properties import JobProperties
 from conveyor.common.transport.rabbitmq.publisher import ExchangePublisher
 from conveyor.common.transport.rabbitmq.topology import (
     CONSUMER_TIMEOUT,
@@ -400,7 +401,7 @@ class RabbitMQTransport(Transport):
         headers.pop(REMAINING_DELAY, None)  # only a delay sets it, never a sender
         if target.remaining_ms:
             headers[REMAINING_DELAY] = str(target.remaining_ms)
-        properties = aiormq.spec.Basic.Properties(
+        properties = JobProperties(
             headers=headers,
             message_id=message.message_id,
             delivery_mode=_PERSISTENT,
