@@ -311,3 +311,20 @@ async def test_a_large_row_goes_out_as_a_claim_check_when_the_relay_has_a_store(
     assert isinstance(sent[big].payload, PayloadReference) and sent[big].payload.size > 300_000
     assert not isinstance(sent[small].payload, PayloadReference)
     assert max(len(b) for b in bodies) < 10_000
+
+
+async def test_without_a_notify_the_fallback_poll_still_publishes(database_url: str, table: str,
+                                                                 db: asyncpg.Connection) -> None:
+    log: list[tuple[str, str]] = []
+    relay = _relay(database_url, table, Recording(MemoryBroker(), log), poll_interval=0.3)
+    stop = asyncio.Event()
+    async with relay:
+        task = asyncio.create_task(relay.run(stop))
+        await db.execute(f"DROP TRIGGER {table}_notify ON {table}")  # a NOTIFY lost (listener reconnecting)
+        ids = await asyncio.to_thread(_add, database_url, table, 3)
+        deadline = time.monotonic() + 20
+        while len(log) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert sorted(j for j, _ in log) == sorted(ids)
