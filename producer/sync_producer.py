@@ -128,7 +128,11 @@ class SyncProducer:
     def from_url(cls, url: str, *, jobs: JobRegistry | None = None, exit_timeout: float = 5.0,
                  **producer_options: Any) -> SyncProducer:
         """A producer for the broker at ``url`` (``amqp://``, ``pulsar://``, ``memory://``); with
-        ``jobs``, it validates against that registry's schemas and routes to its queues."""
+        ``jobs``, it validates against that registry's schemas and routes to its queues.
+
+        ``producer_options`` go to every process's ``Producer``: an object that holds its own
+        connections (a payload store) would be shared by a forked child, so build such a
+        producer in a factory of your own (``SyncProducer(factory)``) instead."""
 
         def factory() -> Producer:
             transport = transport_from_url(url)
