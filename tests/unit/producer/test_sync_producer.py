@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -229,8 +230,24 @@ def _in_child(check: object) -> int:
             print(f"child failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return wait_child(pid)
+
+
+def wait_child(pid: int, limit: float = 60.0) -> int:
+    """The child's exit code; a child still running after ``limit`` s is killed and fails the test
+    (a hang guard: a deadlocked child must fail, not stall the suite)."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the forked child did not finish within {limit:g}s")
+        time.sleep(0.01)
 
 
 def test_a_forked_child_gets_its_own_loop_thread_and_connection(producer: SyncProducer, factory: Counting) -> None:
