@@ -328,3 +328,20 @@ async def test_without_a_notify_the_fallback_poll_still_publishes(database_url: 
         stop.set()
         await asyncio.wait_for(task, 30)
     assert sorted(j for j, _ in log) == sorted(ids)
+
+
+async def test_a_row_that_does_not_decode_is_marked_failed_and_slows_nothing(database_url: str, table: str,
+                                                                            db: asyncpg.Connection) -> None:
+    good = _add(database_url, table, 2, key="k")
+    await db.execute(f"INSERT INTO {table} (job_id, job_type, queue, envelope, ordering_key)"
+                     " VALUES ('hand-written', 'email.send', 'conveyor.default', '{\"not\": \"an envelope\"}', 'k')")
+    good += _add(database_url, table, 2, key="k")
+    log: list[tuple[str, str]] = []
+    relay = _relay(database_url, table, Recording(MemoryBroker(), log))
+    async with relay:
+        assert await relay.relay_once() == 4
+        assert relay._failures == 0, "a poison row must not put the relay into backoff"
+        assert await relay.relay_once() == 0
+    row = await db.fetchrow(f"SELECT failed_at, last_error FROM {table} WHERE job_id = 'hand-written'")
+    assert row["failed_at"] is not None and row["last_error"].startswith("MalformedMessage")
+    assert [j for j, _ in log] == good  # the key's order holds around the refused row
