@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
@@ -32,7 +34,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from conveyor.common.errors import ConfigurationError
+from conveyor.common.errors import ConfigurationError, PublishOutcomeUnknown
 from conveyor.common.jobs.command import PublishReceipt
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.transport.factory import transport_from_url
@@ -52,6 +54,8 @@ class _LoopThread:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self.producer: Producer | None = None
+        self._accepting = True
+        self._guard = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
@@ -63,13 +67,35 @@ class _LoopThread:
             self.loop.close()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        with self._guard:  # a call is either on the loop before stop() cancels what runs there, or refused
+            if not self._accepting:
+                coro.close()
+                raise ConfigurationError("this SyncProducer is closed")
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.CancelledError:
+            # close() while this publish waited for its confirm: the broker may have it.
+            raise PublishOutcomeUnknown("the producer was closed while this publish was in flight") from None
 
     def stop(self, timeout: float) -> None:
-        if self.loop.is_closed():
-            return
+        """Cancel what still runs on the loop (its callers get PublishOutcomeUnknown), stop it."""
+        with self._guard:
+            if not self._accepting:
+                return
+            self._accepting = False
+            cancelled = asyncio.run_coroutine_threadsafe(_cancel_others(), self.loop)
+        with contextlib.suppress(Exception):
+            cancelled.result(timeout)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout)
+
+
+async def _cancel_others() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class SyncProducer:
@@ -102,7 +128,11 @@ class SyncProducer:
     def from_url(cls, url: str, *, jobs: JobRegistry | None = None, exit_timeout: float = 5.0,
                  **producer_options: Any) -> SyncProducer:
         """A producer for the broker at ``url`` (``amqp://``, ``pulsar://``, ``memory://``); with
-        ``jobs``, it validates against that registry's schemas and routes to its queues."""
+        ``jobs``, it validates against that registry's schemas and routes to its queues.
+
+        ``producer_options`` go to every process's ``Producer``: an object that holds its own
+        connections (a payload store) would be shared by a forked child, so build such a
+        producer in a factory of your own (``SyncProducer(factory)``) instead."""
 
         def factory() -> Producer:
             transport = transport_from_url(url)

@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from conveyor.common.backoff import compute_backoff
-from conveyor.common.errors import ConfigurationError, PublishNotConfirmed, RejectedMessage
+from conveyor.common.errors import ConfigurationError, MalformedMessage, PublishNotConfirmed, RejectedMessage
 from conveyor.common.extras import require
 from conveyor.producer.outbox.metrics import OutboxMetrics
 from conveyor.producer.outbox.schema import DEFAULT_TABLE, check_schema, table_name
@@ -78,6 +78,15 @@ class _Batch:
     sent: list[int]
     failed: list[tuple[int, str]]
     retry: list[tuple[int, str]]
+
+
+def _decoded(row: Any) -> Envelope:
+    """The row's envelope; a row that does not decode (written by hand, or by a broken writer)
+    is a refusal for good, never a retry that would back the relay off on every batch."""
+    try:
+        return Envelope.model_validate_json(row["envelope"])
+    except ValueError as exc:  # pydantic's ValidationError, invalid JSON
+        raise MalformedMessage(f"the row's envelope does not decode ({type(exc).__name__})") from None
 
 
 def _permanent(exc: BaseException) -> bool:
@@ -264,7 +273,7 @@ class OutboxRelay:
         """Rows of one ordering key in id order (one row, for rows without a key)."""
         for row in rows:
             try:
-                envelope = Envelope.model_validate_json(row["envelope"])
+                envelope = _decoded(row)
                 await producer.publish_envelope(envelope, queue=row["queue"], delay=row["remaining"])
             except Exception as exc:
                 self.metrics.errors.labels(type(exc).__name__).inc()

@@ -29,6 +29,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from conveyor.common.errors import TransportError
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.producer.outbox import Outbox, migrate
 from tests.faults import app
@@ -41,9 +42,17 @@ ROLLBACK_EVERY = 7
 
 
 async def _declare(fault_run: FaultRun) -> None:
-    """The queue and its DLQ exist before anything can be killed: the ledger reads the DLQ."""
-    async with transport_from_url(fault_run.url) as transport:
-        await transport.declare(fault_run.queue)
+    """The queue and its DLQ exist before anything can be killed: the ledger reads the DLQ.
+    Three tries: on a loaded 2-core machine a Pulsar connect has been seen to time out once."""
+    for attempt in range(3):
+        try:
+            async with transport_from_url(fault_run.url) as transport:
+                await transport.declare(fault_run.queue)
+            return
+        except TransportError:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(1.0)
 
 
 @pytest.fixture

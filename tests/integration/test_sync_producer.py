@@ -16,6 +16,7 @@ from conveyor.common.errors import UnknownJobType
 from conveyor.producer.sync_producer import SyncProducer
 from tests.support.drain import drain_ids
 from tests.unit.producer.test_producer import jobs
+from tests.unit.producer.test_sync_producer import wait_child
 
 
 @pytest.fixture(params=["rabbitmq", "pulsar"])
@@ -43,10 +44,10 @@ def test_parent_and_forked_child_publish_on_their_own_connections(broker_url: st
         finally:
             os._exit(code)
     os.close(write)
-    _, status = os.waitpid(pid, 0)
+    code = wait_child(pid)
     child_id = os.read(read, 200).decode()
     os.close(read)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert code == 0
     # The child closed its connection at exit; the parent's is unharmed and still confirms.
     threads: list[threading.Thread] = []
     for n in range(4):

@@ -311,3 +311,37 @@ async def test_a_large_row_goes_out_as_a_claim_check_when_the_relay_has_a_store(
     assert isinstance(sent[big].payload, PayloadReference) and sent[big].payload.size > 300_000
     assert not isinstance(sent[small].payload, PayloadReference)
     assert max(len(b) for b in bodies) < 10_000
+
+
+async def test_without_a_notify_the_fallback_poll_still_publishes(database_url: str, table: str,
+                                                                 db: asyncpg.Connection) -> None:
+    log: list[tuple[str, str]] = []
+    relay = _relay(database_url, table, Recording(MemoryBroker(), log), poll_interval=0.3)
+    stop = asyncio.Event()
+    async with relay:
+        task = asyncio.create_task(relay.run(stop))
+        await db.execute(f"DROP TRIGGER {table}_notify ON {table}")  # a NOTIFY lost (listener reconnecting)
+        ids = await asyncio.to_thread(_add, database_url, table, 3)
+        deadline = time.monotonic() + 20
+        while len(log) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert sorted(j for j, _ in log) == sorted(ids)
+
+
+async def test_a_row_that_does_not_decode_is_marked_failed_and_slows_nothing(database_url: str, table: str,
+                                                                            db: asyncpg.Connection) -> None:
+    good = _add(database_url, table, 2, key="k")
+    await db.execute(f"INSERT INTO {table} (job_id, job_type, queue, envelope, ordering_key)"
+                     " VALUES ('hand-written', 'email.send', 'conveyor.default', '{\"not\": \"an envelope\"}', 'k')")
+    good += _add(database_url, table, 2, key="k")
+    log: list[tuple[str, str]] = []
+    relay = _relay(database_url, table, Recording(MemoryBroker(), log))
+    async with relay:
+        assert await relay.relay_once() == 4
+        assert relay._failures == 0, "a poison row must not put the relay into backoff"
+        assert await relay.relay_once() == 0
+    row = await db.fetchrow(f"SELECT failed_at, last_error FROM {table} WHERE job_id = 'hand-written'")
+    assert row["failed_at"] is not None and row["last_error"].startswith("MalformedMessage")
+    assert [j for j, _ in log] == good  # the key's order holds around the refused row

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -11,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.common.errors import ConfigurationError, InvalidPayload, PublishNotConfirmed, UnknownJobType
+from conveyor.common.errors import (
+    ConfigurationError,
+    InvalidPayload,
+    PublishNotConfirmed,
+    PublishOutcomeUnknown,
+    TransportError,
+    UnknownJobType,
+)
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.producer.producer import Producer
 from conveyor.producer.sync_producer import SyncProducer
@@ -113,6 +122,67 @@ def test_close_is_idempotent_closes_the_connection_and_refuses_later_publishes(f
         producer.publish("email.send", {"to": "x"})
 
 
+class NeverConfirms(MemoryTransport):
+    async def publish(self, queue: str, message: object) -> None:  # type: ignore[override]
+        await asyncio.sleep(3600)
+
+
+def test_close_while_a_publish_waits_for_its_confirm_ends_it_with_an_unknown_outcome(broker: MemoryBroker) -> None:
+    producer = SyncProducer(Counting(broker, NeverConfirms, confirm_timeout=3600))
+    outcome: list[BaseException] = []
+    waiting = threading.Thread(target=lambda: _capture(outcome, producer.publish, "email.send", {"to": "x"}))
+    waiting.start()
+    _until(lambda: producer._runner is not None and producer._runner.producer is not None)
+    producer.close(timeout=1)
+    waiting.join(30)
+    assert not waiting.is_alive(), "a caller waited forever on a closed producer"
+    assert len(outcome) == 1 and isinstance(outcome[0], PublishOutcomeUnknown)
+
+
+def test_threads_publishing_while_the_producer_closes_all_return(factory: Counting) -> None:
+    producer = SyncProducer(factory)
+    producer.publish("email.send", {"to": "x"})
+    errors: list[BaseException] = []
+    published = [0]
+
+    def publish_until_closed() -> None:
+        while True:
+            try:
+                producer.publish("email.send", {"to": "x"})
+                published[0] += 1
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=publish_until_closed) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    _until(lambda: published[0] > 100)
+    producer.close()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads), "a publishing thread hung across close()"
+    assert len(errors) == 6
+    assert all(isinstance(e, ConfigurationError | PublishOutcomeUnknown | TransportError) for e in errors), errors
+
+
+def _capture(into: list[BaseException], call: object, *args: object) -> None:
+    try:
+        call(*args)  # type: ignore[operator]
+    except BaseException as exc:
+        into.append(exc)
+
+
+def _until(predicate: object, limit: float = 30.0) -> None:
+    """Wait for another thread's progress (a hang guard, not a timing assertion)."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.005)
+
+
 def test_a_failed_connect_raises_and_the_next_publish_connects_again(broker: MemoryBroker) -> None:
     calls: list[int] = []
 
@@ -160,8 +230,24 @@ def _in_child(check: object) -> int:
             print(f"child failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return wait_child(pid)
+
+
+def wait_child(pid: int, limit: float = 60.0) -> int:
+    """The child's exit code; a child still running after ``limit`` s is killed and fails the test
+    (a hang guard: a deadlocked child must fail, not stall the suite)."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the forked child did not finish within {limit:g}s")
+        time.sleep(0.01)
 
 
 def test_a_forked_child_gets_its_own_loop_thread_and_connection(producer: SyncProducer, factory: Counting) -> None:
