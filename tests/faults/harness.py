@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import signal
 import subprocess
@@ -20,12 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.common.errors import TransportError
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.producer.producer import Producer
 from tests.faults import app
-from tests.faults.ledger import POISON_HEADER, Figures, Ledger
+from tests.faults.ledger import POISON_HEADER, Figures, Ledger, Snapshot
 from tests.integration.accounting import publish_until_confirmed
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BrokerControl", "FaultRun", "check"]
 
@@ -174,12 +178,13 @@ class FaultRun:
         ``healed_at``: when the fault struck (or, for an outage, ended), wall clock."""
         deadline = time.monotonic() + timeout
         while True:
-            snap = await self.ledger.snapshot()
-            if self.ledger.settled(snap):
+            snap = await self._observe(deadline)
+            if snap is not None and self.ledger.settled(snap):
                 break
             if time.monotonic() > deadline:
-                figures = self.ledger.figures(self.scenario, self.broker, snap)
-                pytest.fail(f"not settled after {timeout}s: {figures.line()}")
+                figures = "the ledger could not read the broker" if snap is None else \
+                    self.ledger.figures(self.scenario, self.broker, snap).line()
+                pytest.fail(f"not settled after {timeout}s: {figures}")
             await asyncio.sleep(0.5)
         await asyncio.sleep(1.0)  # late duplicates (redeliveries in flight) show up in the figures
         snap = await self.ledger.snapshot()
@@ -191,6 +196,18 @@ class FaultRun:
             edges = [healed_at, *times]
             figures.recover_seconds = max((b - a for a, b in itertools.pairwise(edges)), default=None)
         return figures
+
+    async def _observe(self, deadline: float) -> Snapshot | None:
+        """One ledger snapshot, or None while the broker cannot be read: the ledger browses the
+        DLQ over a new connection each poll, and a scenario may still be restarting the broker
+        (or a loaded machine may refuse a connect) -- the observer's hiccup, not the system's."""
+        try:
+            return await self.ledger.snapshot()
+        except (TransportError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("ledger: broker not readable yet (%s: %s); polling again", type(exc).__name__, exc)
+            return None
 
     def stop_workers(self) -> list[int]:
         codes = []
