@@ -8,15 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.test_cli import ROOT, conveyor
+from tests.e2e.test_cli import ROOT, amqp, conveyor, queue, wait_for_a_line  # noqa: F401 - fixtures
 from tests.support.backends import require_env
 
 
@@ -36,18 +33,8 @@ def cluster_style_url() -> str:
     return f"{parts.scheme}://{userinfo}@127.0.0.1:{_dead_port()},{hostport}{parts.path or '/'}"
 
 
-@pytest.fixture
-async def queue(cluster_style_url: str) -> AsyncIterator[str]:
-    name = f"e2e.{uuid.uuid4().hex[:10]}"
-    yield name
-    from conveyor.common.transport.rabbitmq import RabbitMQTransport
-
-    async with RabbitMQTransport(cluster_style_url) as transport:
-        await transport.delete(name)
-
-
 def test_publish_status_and_worker_go_to_the_next_host_when_the_first_is_down(
-    cluster_style_url: str, queue: str, tmp_path: Path
+    cluster_style_url: str, queue: str, tmp_path: Path,  # noqa: F811 - the fixture imported above
 ) -> None:
     out = tmp_path / "done.txt"
     env = {"E2E_QUEUE": queue, "E2E_OUT": str(out), "CONVEYOR_BROKER_URL": cluster_style_url,
@@ -62,11 +49,7 @@ def test_publish_status_and_worker_go_to_the_next_host_when_the_first_is_down(
         cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not out.exists() or not out.read_text().strip():
-            assert worker.poll() is None, worker.communicate()[1]
-            assert time.monotonic() < deadline, "the worker never ran the job"
-            time.sleep(0.1)
+        wait_for_a_line(worker, out)
         worker.send_signal(signal.SIGTERM)
         _, stderr = worker.communicate(timeout=30)
     finally:
