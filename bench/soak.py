@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample", type=float, default=10.0, help="seconds between samples (default 10)")
     p.add_argument("--restart-node", type=int, default=2, choices=(1, 2, 3))
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "soak", help="writes OUT.csv and OUT.png")
+    p.add_argument("--replot", action="store_true", help="only redraw OUT.png from OUT.csv")
     return p.parse_args(argv)
 
 
@@ -210,6 +211,7 @@ def write(samples: list[Sample], out: Path, args: argparse.Namespace) -> None:
     for i in range(workers):
         bottom.plot(t, [s.rss_mb[i] for s in samples], label=f"worker {i}")
     bottom.set_ylabel("worker RSS (MB)")
+    bottom.set_ylim(0, max((max(s.rss_mb) for s in samples), default=1) * 1.25)  # growth shows against zero
     bottom.set_xlabel("seconds")
     bottom.legend()
     for s in samples:
@@ -227,8 +229,20 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+def read_csv(path: Path) -> list[Sample]:
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    return [Sample(t=float(r["t_s"]), published=int(r["published"]), started=int(r["started"]),
+                   p50_ms=float(r["p50_ms"]) if r["p50_ms"] else None, p99_ms=float(r["p99_ms"]) if r["p99_ms"] else None,
+                   rss_mb=[float(v) for k, v in r.items() if k.endswith("_rss_mb")], event=r["event"]) for r in rows]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.replot:
+        write(read_csv(args.out.with_suffix(".csv")), args.out, args)
+        print(f"wrote {args.out.with_suffix('.png')}")
+        return
     samples = asyncio.run(run(args))
     write(samples, args.out, args)
     print(f"wrote {args.out.with_suffix('.csv')} and {args.out.with_suffix('.png')}")

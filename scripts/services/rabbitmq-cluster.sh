@@ -137,23 +137,24 @@ configure_nodes() {
 
 take_lock() { hold_lock "$RUN_DIR/rabbitmq-cluster.lock" 900; }
 
-# Running members as node 1 (or any running node) sees them.
+# Node names listed under KEY ("running_nodes", "disk_nodes") in `cluster_status --formatter json`
+# (no JSON tool needed: node names are plain words).
+json_nodes() { grep -o "\"$1\":\[[^]]*\]" | grep -o 'rabbitc[0-9]@localhost' || true; }
+
+# Running members as the first running node sees them.
 running_members() {
     local n
     for n in "${NODES[@]}"; do
         use_node "$n"
         [[ -n $(node_pids) ]] || continue
-        ctl -q cluster_status --formatter json 2>/dev/null \
-            | python3 -c 'import json,sys; print("\n".join(json.load(sys.stdin).get("running_nodes", [])))' \
-            2>/dev/null && return 0
+        ctl -q cluster_status --formatter json 2>/dev/null | json_nodes running_nodes && return 0
     done
     return 0
 }
 
 all_members() {
     use_node 1
-    ctl -q cluster_status --formatter json 2>/dev/null \
-        | python3 -c 'import json,sys; print("\n".join(json.load(sys.stdin).get("disk_nodes", [])))' 2>/dev/null
+    ctl -q cluster_status --formatter json 2>/dev/null | json_nodes disk_nodes
 }
 
 start_nodes() {
@@ -309,15 +310,13 @@ cmd_heal() {
 }
 
 cmd_leader() {
-    local queue=$1 n
+    local queue=$1 n leader
     for n in "${NODES[@]}"; do
         use_node "$n"
         [[ -n $(node_pids) ]] || continue
-        if ctl -q list_queues name leader --formatter json 2>/dev/null \
-            | python3 -c 'import json,sys
-for q in json.load(sys.stdin):
-    if q["name"] == sys.argv[1]: print(q["leader"]); break
-else: sys.exit(1)' "$queue"; then
+        leader=$(ctl -q list_queues name leader 2>/dev/null | awk -F'\t' -v q="$queue" '$1 == q {print $2}')
+        if [[ -n $leader ]]; then
+            printf '%s\n' "$leader"
             return 0
         fi
     done

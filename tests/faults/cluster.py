@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 
 import pytest
@@ -16,7 +20,7 @@ from tests.faults import app
 from tests.faults.harness import ROOT, FaultRun
 from tests.integration.accounting import publish_until_confirmed
 
-__all__ = ["NODES", "Cluster", "paced_publish"]
+__all__ = ["NODES", "Cluster", "free_port", "paced_publish", "readiness"]
 
 SCRIPT = ROOT / "scripts" / "services" / "rabbitmq-cluster.sh"
 NODES = (1, 2, 3)
@@ -55,6 +59,19 @@ class Cluster:
         name = (await self.run("leader", queue)).strip()  # rabbitcN@localhost
         return int(name.removeprefix("rabbitc").partition("@")[0])
 
+    async def members(self, queue: str) -> list[str]:
+        """The quorum queue's members (node names), as node 1 or any running node reports them."""
+        for node in NODES:
+            try:
+                out = await self.run("ctl", str(node), "-q", "list_queues", "name", "members", "--formatter", "json",
+                                     timeout=60)
+            except AssertionError:
+                continue
+            for row in json.loads(out):
+                if row["name"] == queue:
+                    return sorted(row["members"])
+        pytest.fail(f"no node lists the queue {queue}")
+
     async def kill(self, node: int) -> None:
         await self.run("kill", str(node))
 
@@ -72,6 +89,25 @@ class Cluster:
 
     async def heal(self) -> None:
         await self.run("heal")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def readiness(port: int) -> int | None:
+    """The status of a worker's /readyz (None: no answer)."""
+    def get() -> int | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+        except OSError:
+            return None
+    return await asyncio.to_thread(get)
 
 
 async def paced_publish(run: FaultRun, payloads: Sequence[dict[str, object]], *, rate: float,

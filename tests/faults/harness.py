@@ -123,9 +123,11 @@ class FaultRun:
         }
 
     def start_worker(self, *, concurrency: int = 8, prefetch: int | None = None, grace: float = 10,
-                     url: str | None = None, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+                     url: str | None = None, extra_env: Mapping[str, str] | None = None,
+                     http_port: int = 0) -> subprocess.Popen[bytes]:
+        """``http_port``: 0 (default) serves no /healthz, /readyz."""
         args = [sys.executable, "-m", "conveyor", "worker", "tests.faults.app:jobs",
-                "--concurrency", str(concurrency), "--http-port", "0", "--grace-period", str(grace)]
+                "--concurrency", str(concurrency), "--http-port", str(http_port), "--grace-period", str(grace)]
         if prefetch is not None:
             args += ["--prefetch", str(prefetch)]
         log = open(self.workdir / f"worker-{len(self.workers)}.log", "wb")

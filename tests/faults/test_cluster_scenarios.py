@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -22,7 +22,7 @@ from conveyor.common.errors import TransportError
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.producer.producer import Producer
 from tests.faults import app
-from tests.faults.cluster import Cluster, paced_publish
+from tests.faults.cluster import Cluster, free_port, paced_publish, readiness
 from tests.faults.harness import FaultRun, check
 from tests.faults.ledger import Figures
 
@@ -71,6 +71,25 @@ def _jobs(count: int, *, seconds: float = 0.02, fail_every: int = 0) -> tuple[li
     return payloads, dead
 
 
+async def _eventually(probe: Callable[[], Awaitable[int | None]], want: int, *, timeout: float) -> float:
+    """Seconds until ``probe()`` returns ``want``; fails after ``timeout``."""
+    began = time.monotonic()
+    while (got := await probe()) != want:
+        if time.monotonic() - began > timeout:
+            pytest.fail(f"/readyz answered {got}, not {want}, for {timeout}s")
+        await asyncio.sleep(0.5)
+    return time.monotonic() - began
+
+
+async def _consumers(run: FaultRun, count: int, timeout: float = 60) -> None:
+    async with transport_from_url(run.url) as transport:
+        deadline = time.monotonic() + timeout
+        while (await transport.stats(run.queue)).consumers != count:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the queue does not have {count} consumers after {timeout}s")
+            await asyncio.sleep(0.2)
+
+
 def _report(figures: Figures, record_figures: list[Figures]) -> None:
     record_figures.append(figures)
     print("\n" + figures.line())
@@ -114,6 +133,8 @@ async def test_cluster_leader_kill_9_while_publishing_and_consuming(
     fault_run: FaultRun, cluster: Cluster, record_figures: list[Figures]
 ) -> None:
     async with _under_load(fault_run, 300, rate=20, fail_every=30):
+        # The work queue is a quorum queue replicated on all three nodes.
+        assert await cluster.members(fault_run.queue) == [f"rabbitc{n}@localhost" for n in (1, 2, 3)]
         leader = await cluster.leader(fault_run.queue)
         killed = time.time()
         await cluster.kill(leader)
@@ -141,15 +162,16 @@ async def test_cluster_one_node_cut_off_clients_work_through_the_majority(
     fault_run: FaultRun, cluster: Cluster, record_figures: list[Figures]
 ) -> None:
     async with _under_load(fault_run, 400, rate=20, fail_every=40):
-        # A follower: its clients must move to the majority. (Cutting off the queue's *leader*
-        # stalled consumers until the heal in our runs: see the README's cluster notes.)
-        leader = await cluster.leader(fault_run.queue)
-        victim = next(node for node in (1, 2, 3) if node != leader)
+        # The node holding the queue's leader, where the clients are connected too (each starts
+        # at the URL's first host): the hardest one to lose. It notices it is alone after about
+        # net_ticktime (10 s), pauses (pause_minority) and closes its clients' connections, which
+        # move to the majority; a leader is elected there.
+        victim = await cluster.leader(fault_run.queue)
         cut = time.time()
         try:
             await cluster.isolate(victim)
             before = len((await fault_run.ledger.effects())[0])
-            await asyncio.sleep(25)  # > net_ticktime: the node notices, pauses, its clients move
+            await asyncio.sleep(40)
             during = len((await fault_run.ledger.effects())[0]) - before
         finally:
             await cluster.heal()
@@ -157,6 +179,7 @@ async def test_cluster_one_node_cut_off_clients_work_through_the_majority(
     figures = await fault_run.settle(timeout=240, healed_at=cut)
     figures.notes.update(cut_off=f"rabbitc{victim}", done_while_cut_off=during)
     assert during >= 50, "jobs must keep finishing through the majority while one node is cut off"
+    assert figures.recover_seconds is not None and figures.recover_seconds < 35, figures.line()
     _finish(fault_run, figures, record_figures)
 
 
@@ -166,8 +189,10 @@ async def test_cluster_loss_of_two_nodes_fails_publishes_loudly_and_loses_nothin
     await _declared(fault_run)
     payloads, dead = _jobs(150, fail_every=30)
     await paced_publish(fault_run, payloads, rate=1000, dead=dead)  # confirmed, waiting in the queue
-    worker = fault_run.start_worker(concurrency=IN_FLIGHT)
+    port = free_port()
+    worker = fault_run.start_worker(concurrency=IN_FLIGHT, http_port=port)
     await fault_run.wait_for_effects(10, timeout=120)
+    assert await readiness(port) == 200
     async with Producer.for_registry(transport_from_url(fault_run.url), app.jobs(),
                                      confirm_timeout=5, publish_tries=2) as producer:
         receipt = await producer.publish_envelope(producer.build_envelope(app.JOB_TYPE, {"n": -1}))  # connected
@@ -182,12 +207,16 @@ async def test_cluster_loss_of_two_nodes_fails_publishes_loudly_and_loses_nothin
                 await producer.publish_envelope(producer.build_envelope(app.JOB_TYPE, {"n": 1000 + n}))
             refused_in.append(time.monotonic() - began)
             failures.append(type(caught.value).__name__)
+        # No node serves (the survivor paused itself: a minority): the worker is not ready.
+        unready = await _eventually(lambda: readiness(port), 503, timeout=30)
     restarted = time.time()
     await cluster.up()  # both at once: a node killed with its peers waits for them to boot
     await paced_publish(fault_run, [{"n": 9999}], rate=1000)  # and the cluster takes new jobs again
+    ready_again = await _eventually(lambda: readiness(port), 200, timeout=60)
     figures = await fault_run.settle(timeout=240, healed_at=restarted)
     figures.notes.update(failed_publishes=len(failures), kinds=",".join(sorted(set(failures))),
-                         slowest_refusal=f"{max(refused_in):.1f}s", outage=f"{restarted - lost_at:.1f}s")
+                         slowest_refusal=f"{max(refused_in):.1f}s", outage=f"{restarted - lost_at:.1f}s",
+                         unready_within=f"{unready:.1f}s", ready_again_after=f"{ready_again:.1f}s")
     _report(figures, record_figures)
     assert worker.poll() is None, fault_run.worker_log(worker)[-3000:]
     check(figures, max_duplicate_dead_letters=IN_FLIGHT)
@@ -209,6 +238,7 @@ async def test_cluster_worker_fleet_scaled_up_and_down_accounts_for_every_job(
             process.send_signal(signal.SIGTERM)
         grown = [fault_run.start_worker(concurrency=IN_FLIGHT) for _ in range(3)]  # scale out: three come
         await fault_run.wait_for_effects(300, timeout=120)
+        await _consumers(fault_run, 4)  # the new ones attached (a SIGTERM before that ends a bare interpreter)
         grown[0].send_signal(signal.SIGTERM)  # and in again
         await publishing
     finally:
