@@ -41,7 +41,7 @@ async def login(request: web.Request) -> web.Response:
         return page(request, "login.html", status=401, next=target, failed=True)
     # A new session id once signed in: an id planted before sign-in is worth nothing after.
     fresh = secrets.token_urlsafe(32)
-    state.signed_in.add(fresh)
+    state.sign_in(fresh)
     request[NEW_SESSION] = fresh
     raise web.HTTPSeeOther(target)
 

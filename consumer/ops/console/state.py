@@ -22,7 +22,9 @@ from conveyor.consumer.ops.console.schema_catalog import SchemaCatalog
 from conveyor.consumer.ops.dead_letters import DeadLetters
 from conveyor.consumer.payloads import PayloadResolver
 
-__all__ = ["STATE", "ConsoleState"]
+__all__ = ["MAX_SESSIONS", "STATE", "ConsoleState"]
+
+MAX_SESSIONS = 1000
 
 
 @dataclass
@@ -35,8 +37,15 @@ class ConsoleState:
     max_message_bytes: int = 1024 * 1024
     payloads: PayloadResolver | None = None
     secret_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
-    signed_in: set[str] = field(default_factory=set, repr=False)  # session ids that gave the token
+    # Session ids that gave the token, oldest first; the oldest is forgotten past MAX_SESSIONS
+    # (a sign-in loop cannot grow it without end).
+    signed_in: dict[str, None] = field(default_factory=dict, repr=False)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict, repr=False)
+
+    def sign_in(self, session: str) -> None:
+        self.signed_in[session] = None
+        while len(self.signed_in) > MAX_SESSIONS:
+            del self.signed_in[next(iter(self.signed_in))]
 
     def check_queue(self, queue: str) -> str:
         if queue not in self.config.queues:
