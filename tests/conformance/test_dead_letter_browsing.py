@@ -101,3 +101,24 @@ async def test_right_after_a_browse_the_depth_is_whole_and_a_replay_takes_every_
         assert await dead.depth() == ENTRIES, f"the depth right after browse {browse}"
         report = await dead.replay(dry_run=True)
         assert report.matched == ENTRIES, f"a replay right after browse {browse} saw {report.matched}"
+
+
+async def test_a_dead_letter_arriving_after_a_replay_is_not_held_by_the_replayer(backend: Backend) -> None:
+    """A replay that republished every entry it took ended its scan early with nothing given back;
+    on Pulsar its reader stayed open and its prefetch took the next dead letter to arrive, unseen
+    by other readers and not counted, for as long as the process lived (a console's does)."""
+    async def doomed(payload: Ping, ctx: JobContext) -> None:
+        raise PermanentError("doomed")
+
+    jobs = registry_for(backend, doomed)
+    producer = await producer_for(backend, jobs)
+    await producer.publish("test.ping", Ping(n=1))
+    async with Worker(await backend.transport(), jobs, config=fast_config()) as worker:
+        await wait_until(lambda: worker.counts["dead_lettered"] == 1, what="the dead letter")
+    replayer = DeadLetters(await backend.transport(), backend.queue)  # kept open, like a console's
+    assert (await replayer.replay()).replayed == 1
+    async with Worker(await backend.transport(), jobs, config=fast_config()) as worker:
+        await wait_until(lambda: worker.counts["dead_lettered"] == 1, what="the dead letter again")
+    other = await backend.transport()
+    await depth_becomes(other, other.dead_letter_queue(backend.queue), 1)
+    assert len(await DeadLetters(other, backend.queue).list()) == 1
