@@ -10,7 +10,8 @@ import re
 from conveyor.common.jobs.registry import DEFAULT_QUEUE
 from conveyor.common.transport.memory import MemoryTransport
 from conveyor.consumer.ops.console.state import STATE
-from conveyor.consumer.worker import Worker
+from conveyor.consumer.worker import Worker, WorkerConfig, default_worker_id
+from conveyor.producer.producer import Producer
 from tests.unit.consumer.ops.console.conftest import World, csrf_of, origin
 
 DLQ = "/dead-letters/conveyor.default"
@@ -209,3 +210,16 @@ async def test_while_a_slow_replay_runs_the_queue_answers_busy_and_stopping_it_l
     assert run.done and run.task.cancelled()
     assert world.broker.depth(DEFAULT_QUEUE) == 1
     assert len(await entries(world)) == 3  # the others are back in the DLQ: nothing lost
+
+
+async def test_dead_letters_filter_by_the_code_version_that_ran_them(make_client, world: World) -> None:
+    transport = MemoryTransport(world.broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(world.broker), world.jobs) as producer:
+        await producer.publish("images.resize", {"image_id": 9, "width": 0})
+        async with Worker(transport, world.jobs, config=WorkerConfig(worker_id=default_worker_id("v2.0.1"))):
+            await world.broker.join(DEFAULT_QUEUE)
+    client = await make_client()
+    data = await (await client.get("/api/dead-letters?worker=@v2.0.1")).json()
+    assert [entry["worker_id"].rsplit("@", 1)[1] for entry in data["entries"]] == ["v2.0.1"]
+    assert len((await (await client.get("/api/dead-letters?worker=@v1")).json())["entries"]) == 0
