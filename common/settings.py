@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Worker deaths a job may be running in before it is dead-lettered as crash_loop",
     )
+    code_version: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._+-]{1,40}$",
+        description="This deploy's code version (a release, a git sha): the worker id ends in @<version>, so "
+                    "attempts and dead letters name it (the console filters by it)",
+    )
     tracing: str = Field(
         default="off",
         pattern="^(off|otlp|console)$",

@@ -76,8 +76,10 @@ log = logging.getLogger(__name__)
 _DETACH_WAIT = 15.0
 
 
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+def default_worker_id(code_version: str | None = None) -> str:
+    """``host:pid:random``, and ``@<code version>`` when the deploy names one (``CONVEYOR_CODE_VERSION``)."""
+    version = f"@{code_version}" if code_version else ""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}{version}"
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class WorkerConfig:
             watchdog=WatchdogConfig(warn_after=settings.stall_warn_after, exit_after=settings.stall_exit_after or None),
             state_dir=settings.effective_state_dir,
             crash_limit=settings.crash_limit,
+            worker_id=default_worker_id(settings.code_version),
         )
 
     def __post_init__(self) -> None:

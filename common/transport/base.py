@@ -165,6 +165,12 @@ class Transport(abc.ABC):
     async def get(self, queue: str) -> Delivery | None:
         """Fetch one message without a consumer (DLQ tooling); None when the queue is empty."""
 
+    async def end_browse(self, queue: str) -> None:
+        """A scan of ``queue`` with ``get`` is over and what it took is settled. A transport that
+        keeps a reader between ``get`` calls (Pulsar) closes it here, so it takes nothing that
+        arrives later; the default has nothing to close."""
+        return None
+
     @abc.abstractmethod
     async def delete(self, queue: str) -> None:
         """Remove ``queue``, its delayed-delivery path and its DLQ, with their messages."""

@@ -319,7 +319,8 @@ class DeadLetters:
 
     @contextlib.asynccontextmanager
     async def _scan(self) -> AsyncIterator[AsyncIterator[tuple[Delivery, DeadLetterRecord]]]:
-        """Take messages one by one; whatever was not settled is given back at the end.
+        """Take messages one by one; whatever was not settled is given back at the end, and the
+        transport is told the scan is over (``end_browse``: Pulsar closes its reader).
 
         Then it waits (briefly) until the broker counts what it gave back: RabbitMQ 4.0.5
         answered a depth query right after a browse with fewer entries than the DLQ held (21
@@ -346,6 +347,8 @@ class DeadLetters:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(delivery.release())
                         released += 1
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._transport.end_browse(self.dlq))
             if released:
                 removed = sum(1 for delivery in held if delivery.settled) - released
                 with contextlib.suppress(Exception):

@@ -16,6 +16,7 @@ import time
 from conveyor.common.codec import decode_dead_letter, decode_envelope
 from conveyor.common.errors import PermanentError
 from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.transport.base import Transport
 from conveyor.consumer.ops.dead_letters import DeadLetters
 from conveyor.consumer.ops.status import collect_status
@@ -81,23 +82,43 @@ async def test_browsing_the_dlq_a_hundred_times_keeps_every_entry_intact(backend
     assert entries(taken) == expected
 
 
-async def test_right_after_a_browse_the_depth_is_whole_and_a_replay_takes_every_entry(backend: Backend) -> None:
-    """A browse waits until the broker counts what it gave back: RabbitMQ 4.0.5 answered a depth
-    query right after one with fewer entries (21 times in 30), and a replay bounds its snapshot by
-    that depth, so a replay right after a browse (the console's list page, then its replay button)
-    took too few."""
+async def dead_letter(backend: Backend, count: int) -> JobRegistry:
+    """``count`` jobs of a handler that always fails, dead-lettered; its registry (to run it again)."""
     async def doomed(payload: Ping, ctx: JobContext) -> None:
         raise PermanentError("doomed")
 
     jobs = registry_for(backend, doomed)
     producer = await producer_for(backend, jobs)
-    for n in range(ENTRIES):
+    for n in range(count):
         await producer.publish("test.ping", Ping(n=n))
     async with Worker(await backend.transport(), jobs, config=fast_config()) as worker:
-        await wait_until(lambda: worker.counts["dead_lettered"] == ENTRIES, what="the dead letters")
+        await wait_until(lambda: worker.counts["dead_lettered"] == count, what="the dead letters")
+    return jobs
+
+
+async def test_right_after_a_browse_the_depth_is_whole_and_a_replay_takes_every_entry(backend: Backend) -> None:
+    """A browse waits until the broker counts what it gave back: RabbitMQ 4.0.5 answered a depth
+    query right after one with fewer entries (21 times in 30), and a replay bounds its snapshot by
+    that depth, so a replay right after a browse (the console's list page, then its replay button)
+    took too few."""
+    await dead_letter(backend, ENTRIES)
     dead = DeadLetters(await backend.transport(), backend.queue)
     for browse in range(10):
         assert len(await dead.list()) == ENTRIES
         assert await dead.depth() == ENTRIES, f"the depth right after browse {browse}"
         report = await dead.replay(dry_run=True)
         assert report.matched == ENTRIES, f"a replay right after browse {browse} saw {report.matched}"
+
+
+async def test_a_dead_letter_arriving_after_a_replay_is_not_held_by_the_replayer(backend: Backend) -> None:
+    """A replay that republished every entry it took ended its scan early with nothing given back;
+    on Pulsar its reader stayed open and its prefetch took the next dead letter to arrive, unseen
+    by other readers and not counted, for as long as the process lived (a console's does)."""
+    jobs = await dead_letter(backend, 1)
+    replayer = DeadLetters(await backend.transport(), backend.queue)  # kept open, like a console's
+    assert (await replayer.replay()).replayed == 1
+    async with Worker(await backend.transport(), jobs, config=fast_config()) as worker:
+        await wait_until(lambda: worker.counts["dead_lettered"] == 1, what="the dead letter again")
+    other = await backend.transport()
+    await depth_becomes(other, other.dead_letter_queue(backend.queue), 1)
+    assert len(await DeadLetters(other, backend.queue).list()) == 1

@@ -16,6 +16,7 @@ from conveyor.common.codec import encode_model
 from conveyor.common.transport.base import OutgoingMessage, Transport
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.consumer.ops.console import ConsoleConfig, ConsoleState, OverviewHistory, build_app
+from conveyor.consumer.ops.console.state import STATE
 from conveyor.consumer.ops.dead_letters import DeadLetters
 from conveyor.producer.producer import Producer
 from conveyor.schemas.dead_letter import DeadLetterRecord
@@ -65,7 +66,11 @@ async def exercise(client: TestClient, queue: str, planted: list[str], letters: 
     origin = f"http://{client.host}:{client.port}"
     replayed = await client.post(f"/dead-letters/{queue}/replay", headers={"Origin": origin}, allow_redirects=False,
                                  data={"csrf_token": token.group(1), "ids": planted[0], "confirm": "replay"})
-    assert replayed.status == 303 and "replayed+1+of+1" in replayed.headers["Location"]
+    assert replayed.status == 303 and replayed.headers["Location"].startswith("/replays/")
+    run = client.server.app[STATE].replays.get(replayed.headers["Location"].rsplit("/", 1)[1])
+    assert run is not None and run.task is not None
+    await run.task  # a background replay
+    assert (run.report.matched, run.report.replayed, run.error) == (1, 1, None)
     purged = await client.post(f"/dead-letters/{queue}/purge", headers={"Origin": origin}, allow_redirects=False,
                                data={"csrf_token": token.group(1), "ids": planted[1], "confirm": "purge"})
     assert purged.status == 303 and "purged+1+entries" in purged.headers["Location"]

@@ -556,6 +556,17 @@ class PulsarTransport(Transport):
             del self._browsers[queue]
             self._retired_browsers[queue] = self._spawn(self._close_consumer(browser.consumer), housekeeping=True)
 
+    async def end_browse(self, queue: str) -> None:
+        """Close the scan's reader even when it ended early with nothing given back (a replay or
+        purge that acked all it took): kept open, its prefetch took the next dead letter to
+        arrive and held it, unseen by other readers and not counted as ready, for as long as
+        the process lived (the console's does)."""
+        async with self._browse_lock:
+            browser = self._browsers.get(queue)
+            if browser is not None and browser.outstanding == 0:
+                del self._browsers[queue]
+                self._retired_browsers[queue] = self._spawn(self._close_consumer(browser.consumer), housekeeping=True)
+
     async def _drop_browser(self, queue: str, browser: Browser) -> None:
         if self._browsers.get(queue) is browser:
             del self._browsers[queue]

@@ -16,9 +16,10 @@ from conveyor.common.errors import ConveyorError
 from conveyor.consumer.ops.console.history import sample_forever
 from conveyor.consumer.ops.console.render import STATIC, highlight_css, page
 from conveyor.consumer.ops.console.security import NEW_SESSION, middlewares
-from conveyor.consumer.ops.console.state import STATE, ConsoleState
+from conveyor.consumer.ops.console.state import STATE, ConsoleState, QueueBusy
 from conveyor.consumer.ops.console.views_dead_letters import routes as dead_letter_routes
 from conveyor.consumer.ops.console.views_overview import routes as overview_routes
+from conveyor.consumer.ops.console.views_replays import routes as replay_routes
 
 __all__ = ["build_app", "serve"]
 
@@ -41,7 +42,7 @@ async def login(request: web.Request) -> web.Response:
         return page(request, "login.html", status=401, next=target, failed=True)
     # A new session id once signed in: an id planted before sign-in is worth nothing after.
     fresh = secrets.token_urlsafe(32)
-    state.signed_in.add(fresh)
+    state.sign_in(fresh)
     request[NEW_SESSION] = fresh
     raise web.HTTPSeeOther(target)
 
@@ -53,10 +54,15 @@ def _next(target: str) -> str:
 
 @web.middleware
 async def broker_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """A broker error is one line on the page (masked like everything else), never a traceback."""
+    """A broker error is one line on the page (masked like everything else), never a traceback;
+    a queue held by a background replay is the busy page, which follows the replay."""
     try:
         response: web.StreamResponse = await handler(request)
         return response
+    except QueueBusy as busy:
+        if request.path.startswith("/api/"):
+            raise
+        return page(request, "busy.html", status=409, run=busy.run, refresh_ms=1000)
     except ConveyorError as exc:
         reason = getattr(exc, "reason", "broker_error")
         return page(request, "error.html", status=503, message=f"{type(exc).__name__}: {exc}", reason=reason)
@@ -75,9 +81,15 @@ def build_app(state: ConsoleState, *, sample: bool = True) -> web.Application:
     app.add_routes(login_routes)
     app.add_routes(overview_routes)
     app.add_routes(dead_letter_routes)
+    app.add_routes(replay_routes)
     if sample:
         app.cleanup_ctx.append(_sampling)
+    app.on_cleanup.append(_stop_replays)
     return app
+
+
+async def _stop_replays(app: web.Application) -> None:
+    await app[STATE].replays.cancel_all()
 
 
 async def _sampling(app: web.Application) -> AsyncIterator[None]:

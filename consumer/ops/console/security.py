@@ -145,7 +145,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     raise refuse(web.HTTPUnauthorized, "unauthenticated", "sign in first")
 
 
-def _authorised(request: web.Request, credentials: ConsoleAuth, signed_in: set[str]) -> bool:
+def _authorised(request: web.Request, credentials: ConsoleAuth, signed_in: dict[str, None]) -> bool:
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
     if credentials.token is not None:

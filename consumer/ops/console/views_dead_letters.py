@@ -7,6 +7,7 @@ entries and gives every one back, so looking changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,7 @@ from conveyor.common.codec import strict_json_loads
 from conveyor.common.errors import ConfigurationError, ConveyorError, RejectedMessage
 from conveyor.consumer.ops.console.render import highlight_json, highlight_traceback, page, pretty_json
 from conveyor.consumer.ops.console.state import STATE
-from conveyor.consumer.ops.dead_letters import DeadLetterFilter, group_counts
+from conveyor.consumer.ops.dead_letters import DeadLetterFilter, ReplayReport, group_counts
 from conveyor.schemas.dead_letter import DeadLetterRecord
 from conveyor.schemas.envelope import Envelope, InlinePayload
 
@@ -190,16 +191,19 @@ async def replay(request: web.Request) -> web.Response:
     state = request.app[STATE]
     queue, form, flt, raw = await _action(request)
     rate = _rate(form.get("rate"))
-    confirmed = form.get("confirm") == "replay"
-    async with state.dead_letters(queue) as letters:
-        report = await letters.replay(flt, rate=rate, dry_run=not confirmed)
-    if not confirmed:
+    if form.get("confirm") != "replay":
+        async with state.dead_letters(queue) as letters:
+            report = await letters.replay(flt, rate=rate, dry_run=True)
         return page(request, "replay_preview.html", queue=queue, report=report, filters=raw,
                     ids=sorted(flt.dead_letter_ids or ()), rate=form.get("rate", ""))
-    notice = f"replayed {report.replayed} of {report.matched} matching entries"
-    if report.skipped_unreplayable:
-        notice += f"; {report.skipped_unreplayable} never decoded, kept"
-    raise web.HTTPSeeOther(f"/dead-letters?queue={queue}&notice={notice.replace(' ', '+')}")
+    state.check_idle(queue)
+
+    async def work(progress: Callable[[ReplayReport], None]) -> ReplayReport:
+        async with state.dead_letters(queue, replay=True) as letters:
+            return await letters.replay(flt, rate=rate, progress=progress)
+
+    run = state.replays.start(queue, rate, work)
+    raise web.HTTPSeeOther(f"/replays/{run.id}")
 
 
 @routes.post("/dead-letters/{queue}/purge")

@@ -168,7 +168,8 @@ class Stack:
     def wait_dead_letters(self, count: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while (depth := self.dead_letter_depth()) != count:
-            assert time.monotonic() < deadline, f"{depth} dead letters, not {count}, after {timeout}s"
+            assert time.monotonic() < deadline, (f"{depth} dead letters, not {count}, after {timeout}s; logs: "
+                                                 + " | ".join(p.err.read_text()[-1500:] for p in self.processes))
             time.sleep(0.2)
 
     def succeeded(self) -> list[str]:

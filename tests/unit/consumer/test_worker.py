@@ -239,3 +239,18 @@ def test_worker_config_from_default_settings_is_the_default_config() -> None:
         from_settings.pop(differs), defaults.pop(differs)
     assert from_settings == defaults
     assert WorkerConfig.from_settings(Settings()).watchdog.warn_after == WorkerConfig().watchdog.warn_after
+
+
+def test_the_worker_id_names_the_deploys_code_version() -> None:
+    from pydantic import ValidationError
+
+    from conveyor.common.settings import Settings
+
+    assert WorkerConfig.from_settings(Settings(code_version="2026.12.1+g3f2a")).worker_id.endswith("@2026.12.1+g3f2a")
+    assert "@" not in WorkerConfig.from_settings(Settings()).worker_id
+    for bad in ("", "has space", "x" * 41, "a/b"):
+        try:
+            Settings(code_version=bad)
+        except ValidationError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted as a code version")

@@ -6,7 +6,7 @@
 function refreshLive() {
   const live = document.getElementById("live");
   const every = Number(document.body.dataset.refreshMs || 0);
-  if (!live || !every) return;
+  if (!live || !every || live.querySelector("[data-final]")) return;
   const tick = async () => {
     try {
       const response = await fetch(live.dataset.liveUrl, { credentials: "same-origin", headers: { Accept: "text/html" } });
@@ -16,6 +16,7 @@ function refreshLive() {
         const fresh = doc.body;
         live.replaceChildren(...fresh.childNodes);
         live.dataset.updated = String(Date.now());
+        if (live.querySelector("[data-final]")) return; // a finished replay: nothing will change
       }
     } catch (error) {
       // a console restart or a network blip: try again next time

@@ -3,15 +3,26 @@ replay (previewed) and purge (confirmed); browsing changes nothing however often
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
 from conveyor.common.jobs.registry import DEFAULT_QUEUE
 from conveyor.common.transport.memory import MemoryTransport
-from conveyor.consumer.worker import Worker
+from conveyor.consumer.ops.console.state import STATE
+from conveyor.consumer.worker import Worker, WorkerConfig, default_worker_id
+from conveyor.producer.producer import Producer
 from tests.unit.consumer.ops.console.conftest import World, csrf_of, origin
 
 DLQ = "/dead-letters/conveyor.default"
+
+
+async def finished(client, location: str) -> dict:  # type: ignore[no-untyped-def]
+    """The outcome of the background replay a confirmed replay redirected to."""
+    assert location.startswith("/replays/")
+    run = client.server.app[STATE].replays.get(location.rsplit("/", 1)[1])
+    await run.task
+    return await (await client.get(f"/api{location}")).json()
 
 
 async def entries(world: World) -> list[str]:
@@ -137,7 +148,12 @@ async def test_replay_of_a_selection_is_previewed_first(make_client, world: Worl
     assert len(await entries(world)) == 4 and world.broker.depth(DEFAULT_QUEUE) == 0
     done = await client.post(f"{DLQ}/replay", data=[*form, ("confirm", "replay")], headers={"Origin": origin(client)},
                              allow_redirects=False)
-    assert done.status == 303 and "replayed+2+of+2" in done.headers["Location"]
+    assert done.status == 303
+    outcome = await finished(client, done.headers["Location"])
+    assert outcome["done"] and (outcome["report"]["matched"], outcome["report"]["replayed"]) == (2, 2)
+    assert outcome["rate"] == 50
+    page = await (await client.get(done.headers["Location"])).text()
+    assert 'id="replay-status">Replayed 2 of 2 matching entries' in page and "data-final" in page
     assert set(await entries(world)).isdisjoint(chosen) and world.broker.depth(DEFAULT_QUEUE) == 2
     bad = await client.post(f"{DLQ}/replay", data=[*form[:1], ("rate", "-1")], headers={"Origin": origin(client)})
     assert bad.status == 400
@@ -148,7 +164,7 @@ async def test_replay_of_a_whole_filter(make_client, world: World) -> None:
     page = await (await client.get("/dead-letters?reason=permanent")).text()
     form = {"csrf_token": csrf_of(page), "reason": "permanent", "confirm": "replay"}
     done = await client.post(f"{DLQ}/replay", data=form, headers={"Origin": origin(client)}, allow_redirects=False)
-    assert "replayed+3+of+3" in done.headers["Location"]
+    assert (await finished(client, done.headers["Location"]))["report"]["replayed"] == 3
     assert len(await entries(world)) == 1  # the poison message stays
 
 
@@ -166,3 +182,44 @@ async def test_purge_asks_for_the_word_and_deletes_only_then(make_client, world:
                              allow_redirects=False)
     assert done.status == 303 and "purged+3+entries" in done.headers["Location"]
     assert len(await entries(world)) == 1
+
+
+async def test_while_a_slow_replay_runs_the_queue_answers_busy_and_stopping_it_loses_nothing(
+        make_client, world: World) -> None:
+    client = await make_client()
+    page = await (await client.get("/dead-letters")).text()
+    token = csrf_of(page)
+    form = {"csrf_token": token, "reason": "permanent", "rate": "0.01", "confirm": "replay"}  # 100 s apart
+    started = await client.post(f"{DLQ}/replay", data=form, headers={"Origin": origin(client)}, allow_redirects=False)
+    location = started.headers["Location"]
+    run = client.server.app[STATE].replays.get(location.rsplit("/", 1)[1])
+    while world.broker.depth(DEFAULT_QUEUE) < 1:  # the first entry is republished, then it waits
+        await asyncio.sleep(0)
+    busy = await client.get("/dead-letters")
+    text = await busy.text()
+    assert busy.status == 409 and 'id="busy"' in text and f'data-live-url="{location}/live"' in text
+    assert (await client.get("/api/dead-letters")).status == 409
+    purge = await client.post(f"{DLQ}/purge", data={"csrf_token": token, "confirm": "purge"},
+                              headers={"Origin": origin(client)})
+    assert purge.status == 409
+    again = await client.post(f"{DLQ}/replay", data=form, headers={"Origin": origin(client)}, allow_redirects=False)
+    assert again.status == 409
+    live = await (await client.get(f"{location}/live")).text()
+    assert "Replaying at most 0.01 per second" in live and "data-final" not in live
+    await client.close()  # the console stops: the replay is cancelled
+    assert run.done and run.task.cancelled()
+    assert world.broker.depth(DEFAULT_QUEUE) == 1
+    assert len(await entries(world)) == 3  # the others are back in the DLQ: nothing lost
+
+
+async def test_dead_letters_filter_by_the_code_version_that_ran_them(make_client, world: World) -> None:
+    transport = MemoryTransport(world.broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(world.broker), world.jobs) as producer:
+        await producer.publish("images.resize", {"image_id": 9, "width": 0})
+        async with Worker(transport, world.jobs, config=WorkerConfig(worker_id=default_worker_id("v2.0.1"))):
+            await world.broker.join(DEFAULT_QUEUE)
+    client = await make_client()
+    data = await (await client.get("/api/dead-letters?worker=@v2.0.1")).json()
+    assert [entry["worker_id"].rsplit("@", 1)[1] for entry in data["entries"]] == ["v2.0.1"]
+    assert len((await (await client.get("/api/dead-letters?worker=@v1")).json())["entries"]) == 0

@@ -8,8 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.consumer.ops.console import ConsoleAuth, ConsoleRefused, check_bind, load_auth
+from conveyor.consumer.ops.console import (
+    ConsoleAuth,
+    ConsoleConfig,
+    ConsoleRefused,
+    ConsoleState,
+    OverviewHistory,
+    check_bind,
+    load_auth,
+)
 from conveyor.consumer.ops.console.security import SESSION_COOKIE
+from conveyor.consumer.ops.console.state import MAX_SESSIONS
 from tests.unit.consumer.ops.console.conftest import SECRET, World, csrf_of, origin
 
 
@@ -156,3 +165,10 @@ def test_credentials_come_from_secret_files_and_weak_ones_are_refused(tmp_path: 
         with pytest.raises(ConsoleRefused) as refused:
             load_auth(*args)
         assert refused.value.reason == reason
+
+
+def test_signed_in_sessions_are_bounded_oldest_forgotten_first(world: World) -> None:
+    state = ConsoleState(config=ConsoleConfig(), transport=world.transport, history=OverviewHistory(60))
+    for n in range(MAX_SESSIONS + 5):
+        state.sign_in(f"s{n}")
+    assert len(state.signed_in) == MAX_SESSIONS and "s0" not in state.signed_in and f"s{MAX_SESSIONS + 4}" in state.signed_in
