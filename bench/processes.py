@@ -39,7 +39,7 @@ from rich.table import Table
 
 from bench.conveyor import JOB_TYPE, BenchJob, make_registry
 from bench.machine import describe, rabbitmq_version
-from bench.support import ROOT, run_windowed, run_worker_process, sweep_prefix
+from bench.support import ROOT, run_windowed, run_worker_process, sweep_prefix, wait_for_broker
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
 
@@ -152,6 +152,22 @@ async def raw_sample(url: str, queue: str, n: int, prefetch: int) -> dict[str, A
             "processes_that_ran": 1}
 
 
+async def _sample(args: argparse.Namespace, side: str, queue: str) -> dict[str, Any]:
+    """One sample; the shared broker may be restarted by someone else's test meanwhile: then
+    wait for it and take the sample again (on a fresh queue), once."""
+    for attempt in (1, 2):
+        await wait_for_broker(args.url)
+        try:
+            if side == "raw":
+                return await raw_sample(args.url, f"{queue}.{attempt}", args.jobs, args.prefetch)
+            return await conveyor_sample(args.url, f"{queue}.{attempt}", args.jobs, int(side[-1]), args.prefetch)
+        except Exception as exc:
+            if attempt == 2:
+                raise
+            print(f"{side}: sample failed ({type(exc).__name__}: {exc}); taking it again", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
 async def main(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     console = Console()
     prefix = f"bench.procs.{uuid.uuid4().hex[:8]}."
@@ -160,11 +176,7 @@ async def main(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     samples: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     try:
         for i, side in enumerate(order):
-            queue = f"{prefix}{side}.{i}"
-            if side == "raw":
-                sample = await raw_sample(args.url, queue, args.jobs, args.prefetch)
-            else:
-                sample = await conveyor_sample(args.url, queue, args.jobs, int(side[-1]), args.prefetch)
+            sample = await _sample(args, side, f"{prefix}{side}.{i}")
             console.print(f"{side}: {sample['jobs_per_s']:,.0f} jobs/s, {sample['cpu_us_per_job']:.0f} CPU µs/job "
                           f"({sample['processes_that_ran']} process(es) ran jobs)", highlight=False)
             samples[side].append(sample)
