@@ -128,8 +128,8 @@ class Settings(BaseSettings):
     code_version: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9._+-]{1,40}$",
-        description="This deploy's code version (a release, a git sha): the worker id ends in @<version>, so "
-                    "attempts and dead letters name it (the console filters by it)",
+        description="This deploy's code version (a release, a git sha), recorded with every run, attempt and dead "
+                    "letter; the worker id ends in @<version> (default: package version + git revision when known)",
     )
     tracing: str = Field(
         default="off",
@@ -143,10 +143,6 @@ class Settings(BaseSettings):
     job_state_url: SecretStr | None = Field(
         default=None,
         description="Job-state store: memory://, sqlite:///path/state.db or postgresql://… (unset: off)",
-    )
-    code_version: str | None = Field(
-        default=None, max_length=64,
-        description="Code version recorded with every run (default: package version + git revision when known)",
     )
     payload_store: str | None = Field(
         default=None, description="Claim-check store: file:///path, s3://bucket/prefix, memory:// (unset: off)"
