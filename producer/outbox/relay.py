@@ -163,6 +163,11 @@ class OutboxRelay:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    @property
+    def failures(self) -> int:
+        """Failed steps in a row (0: the last batch went through)."""
+        return self._failures
+
     def _notified(self, *_: object) -> None:
         self._wake.set()
 
