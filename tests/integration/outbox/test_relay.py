@@ -123,9 +123,20 @@ async def test_notify_wakes_the_relay_long_before_its_poll(database_url: str, ta
     log: list[tuple[str, str]] = []
     relay = _relay(database_url, table, Recording(MemoryBroker(), log), poll_interval=600)
     stop = asyncio.Event()
+    sleeping = asyncio.Event()
+    sleep = relay._sleep
+
+    async def watched_sleep(seconds: float, until: asyncio.Event) -> None:
+        sleeping.set()
+        await sleep(seconds, until)
+
+    relay._sleep = watched_sleep  # type: ignore[method-assign]
     async with relay:
         task = asyncio.create_task(relay.run(stop))
-        await asyncio.sleep(0.3)  # the relay found nothing and sleeps on LISTEN
+        # Only once the relay found nothing and sleeps on LISTEN: a row committed before its first
+        # batch would be published by that batch, NOTIFY or not, and the test could not fail.
+        await asyncio.wait_for(sleeping.wait(), 30)
+        assert not log
         [job_id] = await asyncio.to_thread(_add, database_url, table, 1)
         deadline = time.monotonic() + 20
         while not log and time.monotonic() < deadline:
