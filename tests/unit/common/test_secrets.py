@@ -185,3 +185,15 @@ def test_mask_url_masks_a_password_holding_an_unencoded_slash_question_mark_or_h
     masked = mask_url(url)
     assert "s3cr" not in masked and "canary" not in masked, masked
     assert masked.startswith(url.partition("://")[0] + "://app:***@"), masked
+
+
+def test_a_supervised_worker_process_does_not_repeat_the_supervisors_password_warning(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor warned once; its N worker processes run the same command line."""
+    monkeypatch.setenv("E2E_QUEUE", "unit.secrets.child")
+    args = ["worker", "tests.e2e.processes_app:jobs", "--http-port", "0", "--broker", f"amqp://u:{CANARY}@127.0.0.1:1/"]
+    monkeypatch.setenv("CONVEYOR_WORKER_CHILD", "1")
+    child = CliRunner().invoke(main, args)
+    assert child.exit_code != 0 and "cannot connect" in child.output, child.output
+    assert "carries a credential" not in child.output and CANARY not in child.output
