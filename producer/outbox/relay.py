@@ -240,8 +240,11 @@ class OutboxRelay:
 
     async def _every(self, seconds: float, chore: Callable[[], Awaitable[int]], stop: asyncio.Event) -> None:
         while not stop.is_set():
-            with contextlib.suppress(Exception):  # on its own connection: the next round tries again
+            try:
                 await chore()
+            except Exception as exc:  # on its own connection: the next round tries again, but say so
+                log.warning("outbox relay: %s failed: %s: %s (again in %gs)", getattr(chore, "__name__", "chore"),
+                            type(exc).__name__, exc, seconds)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), seconds)
 
