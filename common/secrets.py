@@ -168,7 +168,13 @@ def mask_url(url: str) -> str:
     if not sep:
         scheme, rest = "", url
     netloc, slash, tail = _split_netloc(rest)
-    if "@" in netloc:
+    if "@" not in netloc and ":" in netloc and "@" in tail:
+        # A password holding an unencoded '/', '?' or '#' ends the netloc early and would be
+        # shown whole: mask up to the '@' (an '@' in a path or query over-masks, harmlessly).
+        userinfo, _, after = rest.partition("@")
+        netloc, slash, tail = _split_netloc(after)
+        netloc = f"{userinfo.partition(':')[0]}:{MASK}@{netloc}"
+    elif "@" in netloc:
         userinfo, _, hosts = netloc.rpartition("@")
         if ":" in userinfo:
             userinfo = f"{userinfo.partition(':')[0]}:{MASK}"

@@ -15,6 +15,9 @@ class Endpoints:
 
     Bound to 127.0.0.1 unless configured otherwise: metrics are not for the internet."""
 
+    # How the operator changes the port, for the one-line error when it is taken.
+    port_setting = "--http-port (CONVEYOR_HTTP_PORT)"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 9464) -> None:
         self._host = host
         self._port = port
@@ -35,7 +38,7 @@ class Endpoints:
             await self.stop()
             raise ConfigurationError(
                 f"cannot serve /healthz, /readyz, /metrics on {self._host}:{self._port} ({exc.strerror}); "
-                "choose another --http-port (CONVEYOR_HTTP_PORT), or 0 to turn them off"
+                f"choose another {self.port_setting}, or 0 to turn them off"
             ) from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []

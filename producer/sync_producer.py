@@ -13,15 +13,15 @@ started (without closing it: closing would send a close frame on the parent's co
 builds its own loop thread and connection on its first publish, from the same factory.
 
 Shutdown: ``close()`` (or the ``with`` block) closes the producer and its connection and stops
-the thread. A producer left open is closed at interpreter exit, bounded by ``exit_timeout``
-so that exit never hangs on a broker that does not answer. The loop thread is a daemon thread:
-``atexit`` handlers run only after the interpreter has joined every non-daemon thread.
+the thread. A producer left open is closed when it is garbage-collected or at interpreter exit
+(``weakref.finalize``), bounded by ``exit_timeout`` so that exit never hangs on a broker that
+does not answer. The loop thread is a daemon thread: exit handlers run only after the
+interpreter has joined every non-daemon thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
 import logging
@@ -116,13 +116,13 @@ class SyncProducer:
         self._name = name
         self._lock = threading.Lock()
         self._runner: _LoopThread | None = None
+        # Shuts the runner down if this producer is collected or the interpreter exits unclosed.
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self._closed = False
         # What a forked child inherited from its parent: kept referenced (never closed, never
         # collected) so that no finaliser acts on the parent's sockets from the child.
         self._inherited: list[_LoopThread] = []
-        this = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork_in_child(this))
-        atexit.register(_close_at_exit, this)
+        _LIVE.add(self)  # one process-wide fork hook, not one per producer (they are never removed)
 
     @classmethod
     def from_url(cls, url: str, *, jobs: JobRegistry | None = None, exit_timeout: float = 5.0,
@@ -192,16 +192,10 @@ class SyncProducer:
         with self._lock:
             self._closed = True
             runner, self._runner = self._runner, None
-        if runner is None or runner.pid != os.getpid():
-            return
-        limit = self._exit_timeout if timeout is None else timeout
-        try:
-            if runner.producer is not None:
-                runner.call(runner.producer.__aexit__(None, None, None), limit)
-        except Exception as exc:  # a broker that is gone cannot stop us from closing
-            log.warning("closing the producer's connection failed: %s: %s", type(exc).__name__, exc)
-        finally:
-            runner.stop(limit)
+            finalizer, self._finalizer = self._finalizer, None
+        if runner is None or finalizer is None or finalizer.detach() is None:
+            return  # never started, or already shut down (by another close, or at exit)
+        _shut_down(runner, self._exit_timeout if timeout is None else timeout)
 
     def _started(self) -> tuple[_LoopThread, Producer]:
         current = self._runner
@@ -213,6 +207,7 @@ class SyncProducer:
             runner = self._runner
             if runner is None:
                 runner = self._runner = _LoopThread(self._name)
+                self._finalizer = weakref.finalize(self, _shut_down, runner, self._exit_timeout)
             if runner.producer is None:
                 # Built and connected on the loop (its locks and timers belong there). A failed
                 # connect raises here and is tried again on the next publish.
@@ -228,18 +223,38 @@ class SyncProducer:
         # In the child right after fork(): no other thread exists, the parent's lock may have
         # been held by one of its threads, and its loop thread is gone.
         self._lock = threading.Lock()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         if self._runner is not None:
             self._inherited.append(self._runner)
             self._runner = None
 
 
-def _after_fork_in_child(ref: weakref.ref[SyncProducer]) -> None:
-    producer = ref()
-    if producer is not None:
+def _shut_down(runner: _LoopThread, limit: float) -> None:
+    """Close the runner's producer and its connection, then stop its loop, each within ``limit``:
+    from ``close()``, or as the finaliser of a producer collected or still open at exit."""
+    if runner.pid != os.getpid():
+        return  # a forked child never acts on its parent's connection
+    if threading.current_thread() is runner.thread:
+        # Collected on its own loop thread, which cannot wait for itself: just stop the loop.
+        runner.loop.stop()
+        return
+    try:
+        if runner.producer is not None:
+            runner.call(runner.producer.__aexit__(None, None, None), limit)
+    except Exception as exc:  # a broker that is gone cannot stop us from closing
+        log.warning("closing the producer's connection failed: %s: %s", type(exc).__name__, exc)
+    finally:
+        runner.stop(limit)
+
+
+_LIVE: weakref.WeakSet[SyncProducer] = weakref.WeakSet()
+
+
+def _forget_parents() -> None:
+    for producer in list(_LIVE):
         producer._forget_parent()
 
 
-def _close_at_exit(ref: weakref.ref[SyncProducer]) -> None:
-    producer = ref()
-    if producer is not None:
-        producer.close()
+os.register_at_fork(after_in_child=_forget_parents)

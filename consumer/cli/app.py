@@ -20,7 +20,7 @@ from conveyor.consumer.cli.outbox import outbox
 from conveyor.consumer.cli.payloads import payloads
 from conveyor.consumer.cli.publish import publish
 from conveyor.consumer.cli.status import status
-from conveyor.consumer.cli.support import console, run
+from conveyor.consumer.cli.support import ArgvGroup, console, run
 from conveyor.consumer.cli.worker import worker
 
 __all__ = ["main"]
@@ -37,7 +37,7 @@ def _log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
     raise click.BadParameter(f"{value!r}{source} is not one of {', '.join(LOG_LEVELS)}", ctx=ctx, param=param)
 
 
-@click.group()
+@click.group(cls=ArgvGroup)
 @click.option("--log-level", envvar="CONVEYOR_LOG_LEVEL", default=_DEFAULTS["log_level"].default, show_default=True,
               callback=_log_level, help=f"{', '.join(LOG_LEVELS)} [env CONVEYOR_LOG_LEVEL]")
 @click.option("--log-format", envvar="CONVEYOR_LOG_FORMAT", type=click.Choice(["json", "text"]),

@@ -136,16 +136,18 @@ def relay(database_url: str | None, table: str, broker: str | None, batch_size: 
           retention_hours: float, shutdown_grace: float, http_port: int, http_host: str,
           payload_store: str | None) -> None:
     """Publish committed outbox rows with confirms and mark them sent, until SIGTERM."""
+    from conveyor.consumer.cli.outbox_http import RelayHttp
     from conveyor.producer.outbox.relay import OutboxRelay, RelayConfig
     from conveyor.producer.producer import Producer
 
     url = _url(database_url)
     settings = support.settings_from(**({"payload_store": payload_store} if payload_store else {}))
     broker_url = support.require_broker(broker)
-    config = RelayConfig(table=table, batch_size=batch_size, poll_interval=poll_interval,
-                         retention=timedelta(hours=retention_hours), shutdown_grace=shutdown_grace)
 
     async def go() -> None:
+        # Built inside the command's run: a bad setting is its one-line ConfigurationError.
+        config = RelayConfig(table=table, batch_size=batch_size, poll_interval=poll_interval,
+                             retention=timedelta(hours=retention_hours), shutdown_grace=shutdown_grace)
         store = support.payload_store_for(settings)
 
         def producer() -> Producer:
@@ -157,33 +159,17 @@ def relay(database_url: str | None, table: str, broker: str | None, batch_size: 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         relay = OutboxRelay(url, producer, config=config)
-        http = await _serve(relay, http_host, http_port) if http_port else None
+        http = RelayHttp(relay, http_host, http_port) if http_port else None
         try:
+            if http is not None:
+                await http.start()
             async with relay:
                 click.echo(f"outbox relay: table {table} checked, relaying", err=True)
                 await relay.run(stop)
         finally:
             if http is not None:
-                await http.cleanup()
+                await http.stop()
             if store is not None:
                 await store.close()
 
     _run(go, settings)
-
-
-async def _serve(relay: Any, host: str, port: int) -> Any:
-    from aiohttp import web
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=relay.metrics.render(), content_type="text/plain")
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner

@@ -33,7 +33,7 @@ _ALTERNATIVES = {
 def warn_if_credentials(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """Click callback: warn when a URL with a password or token was typed as a flag."""
     if isinstance(value, str) and ctx.get_parameter_source(param.name or "") == ParameterSource.COMMANDLINE:
-        if mask_url(value) != value:
+        if mask_url(value) != value and not _supervised():
             flag = param.opts[0] if param.opts else param.name
             other = _ALTERNATIVES.get(param.name or "", "an environment variable or a *_FILE")
             click.echo(
@@ -42,6 +42,13 @@ def warn_if_credentials(ctx: click.Context, param: click.Parameter, value: Any) 
                 err=True,
             )
     return value
+
+
+def _supervised() -> bool:
+    """A worker process under ``--processes``: its supervisor, on the same command line, warned once."""
+    from conveyor.consumer.supervisor.beacon import child_index  # here: the package imports the worker
+
+    return child_index() is not None
 
 
 def broker_from_environment(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

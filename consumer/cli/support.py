@@ -48,6 +48,26 @@ console = Console()
 _MISSING = object()
 
 
+_ARGV = "conveyor.argv"
+
+
+class ArgvGroup(click.Group):
+    """The root group: it keeps the arguments it was given, so that ``worker --processes N``
+    starts its worker processes with those (``main([...])`` called from code), not sys.argv."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        given = list(args)  # parsing consumes the list
+        ctx = super().make_context(info_name, args, parent, **extra)
+        ctx.meta[_ARGV] = given
+        return ctx
+
+
+def command_line() -> list[str]:
+    """The arguments of this ``conveyor`` invocation, after the program name."""
+    return list(click.get_current_context().meta.get(_ARGV, sys.argv[1:]))
+
+
 def run(coro: Coroutine[Any, Any, T], settings: Settings | None) -> T:
     """Run a command's coroutine; first, mask every secret it knows: its ``settings`` (from the
     environment and secret files, read once by the command) and its flags. ``None``: a command

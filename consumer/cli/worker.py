@@ -21,6 +21,7 @@ from conveyor.common.settings import Settings
 from conveyor.consumer.cli.secrets import redactor, warn_if_credentials
 from conveyor.consumer.cli.support import (
     broker_option,
+    command_line,
     console,
     job_state_option,
     job_state_store_for,
@@ -111,7 +112,7 @@ def _supervise(processes: int, settings: Settings) -> None:
     from conveyor.consumer.supervisor import Supervisor
 
     supervisor = Supervisor(
-        [sys.executable, "-m", "conveyor", *sys.argv[1:]], processes, grace_period=settings.grace_period,
+        [sys.executable, "-m", "conveyor", *command_line()], processes, grace_period=settings.grace_period,
         http_host=settings.http_host, http_port=settings.http_port, policy=restart_policy(settings),
         announce=lambda line: console.print(line, highlight=False),
     )

@@ -163,6 +163,11 @@ class OutboxRelay:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    @property
+    def failures(self) -> int:
+        """Failed steps in a row (0: the last batch went through)."""
+        return self._failures
+
     def _notified(self, *_: object) -> None:
         self._wake.set()
 
@@ -235,8 +240,11 @@ class OutboxRelay:
 
     async def _every(self, seconds: float, chore: Callable[[], Awaitable[int]], stop: asyncio.Event) -> None:
         while not stop.is_set():
-            with contextlib.suppress(Exception):  # on its own connection: the next round tries again
+            try:
                 await chore()
+            except Exception as exc:  # on its own connection: the next round tries again, but say so
+                log.warning("outbox relay: %s failed: %s: %s (again in %gs)", getattr(chore, "__name__", "chore"),
+                            type(exc).__name__, exc, seconds)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), seconds)
 

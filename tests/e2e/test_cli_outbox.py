@@ -112,6 +112,8 @@ def test_the_relay_publishes_serves_metrics_and_stops_on_sigterm(database_url: s
         assert sent == len(ids), f"the relay sent {sent} of {len(ids)}"
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert "conveyor_outbox_published_total 20.0" in metrics
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as ready:
+            assert ready.status == 200 and '"failures": 0' in ready.read().decode()
         relay.send_signal(signal.SIGTERM)
         _, err = relay.communicate(timeout=30)
         assert relay.returncode == 0, err
@@ -126,3 +128,28 @@ def test_the_relay_publishes_serves_metrics_and_stops_on_sigterm(database_url: s
 async def _delete(url: str, queue: str) -> None:
     async with transport_from_url(url) as transport:
         await transport.delete(queue)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (("--batch-size", "0"), ("ConfigurationError", "batch_size")),
+    (("--retention-hours", "-1"), ("ConfigurationError", "retention")),
+    (("--table", "Bad-Name"), ("ConfigurationError", "'Bad-Name'", "SQL identifier")),
+])
+def test_a_bad_relay_setting_is_one_line_not_a_traceback(database_url: str, flags: tuple[str, ...],
+                                                         words: tuple[str, ...]) -> None:
+    result = conveyor("outbox", "relay", *flags, "--http-port", "0", CONVEYOR_BROKER_URL="memory://",
+                      CONVEYOR_OUTBOX_DATABASE_URL=database_url)
+    assert_one_line_error(result, 1, *words)
+
+
+def test_a_relay_http_port_in_use_is_one_line_naming_the_port_not_the_database(database_url: str,
+                                                                               table: str) -> None:
+    assert conveyor("outbox", "migrate", "--database-url", database_url, "--table", table).returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = conveyor("outbox", "relay", "--table", table, "--http-port", str(port),
+                          CONVEYOR_BROKER_URL="memory://", CONVEYOR_OUTBOX_DATABASE_URL=database_url)
+    line = assert_one_line_error(result, 1, "ConfigurationError", f"127.0.0.1:{port}", "--http-port")
+    assert "database" not in line, line

@@ -39,6 +39,12 @@ def parse_amqp_url(url: str) -> BrokerAddresses:
     cut = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
     netloc, tail = rest[:cut], rest[cut:]
     userinfo, at, hostlist = netloc.rpartition("@")
+    if not at and ":" in netloc and "@" in tail:
+        # Else the host list would be "user:pass…" and the error would show the password.
+        raise ConfigurationError(
+            "AMQP URL's user or password holds an unencoded '/', '?' or '#' (or its path an '@'): "
+            f"percent-encode it (%2F, %3F, %23, %40): {mask_url(url)!r}"
+        )
     entries = hostlist.split(",")
     hosts = tuple(_host_port(entry, secure, url) for entry in entries)
     if len(hosts) == 1:

@@ -123,9 +123,20 @@ async def test_notify_wakes_the_relay_long_before_its_poll(database_url: str, ta
     log: list[tuple[str, str]] = []
     relay = _relay(database_url, table, Recording(MemoryBroker(), log), poll_interval=600)
     stop = asyncio.Event()
+    sleeping = asyncio.Event()
+    sleep = relay._sleep
+
+    async def watched_sleep(seconds: float, until: asyncio.Event) -> None:
+        sleeping.set()
+        await sleep(seconds, until)
+
+    relay._sleep = watched_sleep  # type: ignore[method-assign]
     async with relay:
         task = asyncio.create_task(relay.run(stop))
-        await asyncio.sleep(0.3)  # the relay found nothing and sleeps on LISTEN
+        # Only once the relay found nothing and sleeps on LISTEN: a row committed before its first
+        # batch would be published by that batch, NOTIFY or not, and the test could not fail.
+        await asyncio.wait_for(sleeping.wait(), 30)
+        assert not log
         [job_id] = await asyncio.to_thread(_add, database_url, table, 1)
         deadline = time.monotonic() + 20
         while not log and time.monotonic() < deadline:
@@ -245,11 +256,10 @@ async def test_the_relay_survives_its_database_sessions_being_killed(database_ur
         task = asyncio.create_task(relay.run(stop))
         first = await asyncio.to_thread(_add, database_url, table, 5)
         await wait_for(5)
-        # This test's relay is the only one running (its last queries may be COMMIT: not matched by table).
-        killed = await db.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE application_name = 'conveyor-outbox-relay' AND datname = current_database()")
-        assert killed >= 2, "the relay's work and LISTEN sessions"
+        # By pid, this relay's own: other relays (other test runs on the shared server) share its name.
+        pids = [relay._db.get_server_pid(), relay._listener.get_server_pid()]
+        killed = await db.fetchval("SELECT count(pg_terminate_backend(pid)) FROM unnest($1::int[]) AS pid", pids)
+        assert killed == 2, "the relay's work and LISTEN sessions"
         second = await asyncio.to_thread(_add, database_url, table, 5)
         await wait_for(10)
         stop.set()
@@ -272,8 +282,9 @@ async def test_a_stop_cancels_a_batch_stuck_past_the_grace_and_leaves_its_rows_u
     async with relay:
         task = asyncio.create_task(relay.run(stop))
         deadline = time.monotonic() + 10
-        while not await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name ="
-                                    " 'conveyor-outbox-relay' AND state = 'idle in transaction'"):
+        pid = relay._db.get_server_pid()  # this relay's session: others on the shared server share its name
+        while not await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1"
+                                    " AND state = 'idle in transaction'", pid):
             assert time.monotonic() < deadline, "the relay never started its batch"
             await asyncio.sleep(0.02)
         stop.set()

@@ -78,3 +78,15 @@ def test_the_failover_hook_is_the_one_aio_pika_calls_for_each_connection_attempt
     # renames it must fail here, not silently stick to one host.
     assert hasattr(RobustConnection, "_RobustConnection__connect_transport")
     assert "_RobustConnection__connect_transport" in FailoverConnection.__dict__
+
+
+@pytest.mark.parametrize("url", [
+    "amqp://app:s3cr/et-canary@h1:5672,h2:5673/",
+    "amqp://app:s3cr?et-canary@h1,h2/",
+    "amqps://app:s3cr#et-canary@h1/vhost",
+    "amqp://app:s3cr/et-canary@h1/",
+])
+def test_a_password_with_an_unencoded_reserved_character_is_refused_without_showing_it(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="percent-encode") as refused:
+        parse_amqp_url(url)
+    assert "s3cr" not in str(refused.value) and "canary" not in str(refused.value), str(refused.value)

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from conveyor.common.errors import ConfigurationError
 from conveyor.common.logging import JsonFormatter, TextFormatter, configure_logging
-from conveyor.common.secrets import Redactor, secret_fields, url_credentials
+from conveyor.common.secrets import Redactor, mask_url, secret_fields, url_credentials
 from conveyor.common.settings import Settings
 from conveyor.consumer.cli import main
 
@@ -174,3 +174,26 @@ def test_url_credentials_are_a_urls_secrets_without_the_url_itself() -> None:
     assert url_credentials("plain-secret-value") == {"plain-secret-value"}
     masked = Redactor(url_credentials(url))(f"broker {url}")
     assert "CNRY" not in masked and "broker:5672/prod" in masked
+
+
+@pytest.mark.parametrize("url", [
+    "amqp://app:s3cr/et-canary@h1:5672,h2:5673/",
+    "postgresql://app:s3cr?et-canary@db/app",
+    "amqps://app:s3cr#et-canary@h1/vhost",
+])
+def test_mask_url_masks_a_password_holding_an_unencoded_slash_question_mark_or_hash(url: str) -> None:
+    masked = mask_url(url)
+    assert "s3cr" not in masked and "canary" not in masked, masked
+    assert masked.startswith(url.partition("://")[0] + "://app:***@"), masked
+
+
+def test_a_supervised_worker_process_does_not_repeat_the_supervisors_password_warning(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor warned once; its N worker processes run the same command line."""
+    monkeypatch.setenv("E2E_QUEUE", "unit.secrets.child")
+    args = ["worker", "tests.e2e.processes_app:jobs", "--http-port", "0", "--broker", f"amqp://u:{CANARY}@127.0.0.1:1/"]
+    monkeypatch.setenv("CONVEYOR_WORKER_CHILD", "1")
+    child = CliRunner().invoke(main, args)
+    assert child.exit_code != 0 and "cannot connect" in child.output, child.output
+    assert "carries a credential" not in child.output and CANARY not in child.output

@@ -73,3 +73,36 @@ def test_refresh_writes_function_gauges_as_values() -> None:
     count[0] = 5
     metrics.refresh()
     assert child._value.get() == 5
+
+
+class _Captured:
+    """A stand-in supervisor: records the command its worker processes would run, starts none."""
+
+    commands: list[list[str]] = []
+
+    def __init__(self, command: list[str], processes: int, **_: object) -> None:
+        self.commands.append(list(command))
+        self.error = None
+
+    async def run(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("argv", [["pytest", "-q"], ["conveyor", "worker", "other.app:jobs", "--processes", "9"]])
+def test_worker_processes_run_the_arguments_main_was_given_not_sys_argv(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    import sys
+
+    import conveyor.consumer.supervisor as supervisor_package
+    from conveyor.consumer.cli import main
+
+    monkeypatch.setattr(supervisor_package, "Supervisor", _Captured)
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.delenv("CONVEYOR_WORKER_CHILD", raising=False)
+    monkeypatch.setenv("E2E_QUEUE", "unit.supervisor.argv")
+    _Captured.commands.clear()
+    args = ["--log-level", "warning", "worker", "tests.e2e.processes_app:jobs", "--broker",
+            "amqp://127.0.0.1:1/", "--processes", "2", "--http-port", "0"]
+    main(args, standalone_mode=False)
+    assert _Captured.commands == [[sys.executable, "-m", "conveyor", *args]]

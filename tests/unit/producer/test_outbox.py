@@ -79,3 +79,29 @@ def test_a_job_the_relay_could_not_send_is_refused_at_add_unless_the_relay_offlo
     with pytest.raises(MessageTooLarge, match="max_message_bytes=None"):
         Outbox(jobs=jobs()).row("email.send", big)
     assert len(Outbox(jobs=jobs(), max_message_bytes=None).row("email.send", big).envelope) > 2_000_000
+
+
+async def test_a_failing_chore_is_logged_and_tried_again_not_swallowed(caplog: pytest.LogCaptureFixture) -> None:
+    """A clean-up that always fails (no DELETE permission, say) must show in the log: the table
+    would otherwise grow without a word."""
+    import asyncio
+    import logging
+
+    from conveyor.producer.outbox.relay import OutboxRelay
+
+    relay = OutboxRelay("postgresql://unused/db", lambda: None)  # type: ignore[arg-type, return-value]
+    stop = asyncio.Event()
+    calls = 0
+
+    async def clean_up() -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            stop.set()
+        raise PermissionError("permission denied for table conveyor_outbox")
+
+    with caplog.at_level(logging.WARNING, logger="conveyor.producer.outbox.relay"):
+        await asyncio.wait_for(relay._every(0.001, clean_up, stop), 10)
+    assert calls == 3
+    warned = [r.getMessage() for r in caplog.records if "clean_up" in r.getMessage()]
+    assert len(warned) == 3 and "PermissionError: permission denied" in warned[0], warned

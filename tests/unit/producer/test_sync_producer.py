@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -323,3 +324,25 @@ def test_an_open_producer_is_closed_at_exit_without_hanging(close: str) -> None:
     assert len(result.stdout.strip()) > 10
     if close == "hang":
         assert "closing the producer's connection failed: TimeoutError" in result.stderr
+
+
+def test_a_producer_dropped_without_close_stops_its_thread_and_closes_its_connection(factory: Counting) -> None:
+    producer = SyncProducer(factory, name="conveyor-producer-dropped")
+    producer.publish("email.send", {"to": "x"})
+    loop_thread = next(t for t in threading.enumerate() if t.name == "conveyor-producer-dropped")
+    del producer
+    gc.collect()
+    assert not loop_thread.is_alive(), "a dropped producer's loop thread ran on until exit"
+    transport = factory.made[0][1].transport
+    assert isinstance(transport, MemoryTransport) and not transport.connected
+
+
+def test_producers_made_and_closed_many_times_register_nothing_per_instance(
+    factory: Counting, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registered: list[object] = []
+    monkeypatch.setattr(os, "register_at_fork", lambda **hooks: registered.append(hooks))
+    for _ in range(100):
+        with SyncProducer(factory) as producer:
+            producer.publish("email.send", {"to": "x"})
+    assert registered == [], "each SyncProducer added a fork hook that is never removed"

@@ -1,0 +1,33 @@
+"""The outbox relay's /healthz, /readyz and /metrics (``conveyor outbox relay --http-port``).
+
+A module of its own so that ``conveyor --help`` does not import aiohttp and the worker.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from conveyor.consumer.http import Endpoints
+from conveyor.producer.outbox.relay import OutboxRelay
+
+__all__ = ["RelayHttp"]
+
+
+class RelayHttp(Endpoints):
+    """/healthz (the loop turns), /readyz (its last batch did not fail), /metrics."""
+
+    port_setting = "--http-port"
+
+    def __init__(self, relay: OutboxRelay, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self._relay = relay
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        failing = self._relay.failures
+        return web.json_response({"ready": not failing, "failures": failing}, status=503 if failing else 200)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=self._relay.metrics.render(), content_type="text/plain")
