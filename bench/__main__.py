@@ -111,9 +111,15 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, An
         console.print_exception(show_locals=False)
     finally:
         if rabbitmq:
-            swept = await sweep_prefix(config.url, runner.prefix)
-            if any(swept):
-                console.log(f"swept leftover queues/exchanges: {swept}")
+            try:
+                swept = await sweep_prefix(config.url, runner.prefix)
+            except Exception as exc:  # still report what was measured; the error names the leftovers' cause
+                sweep_error = f"final sweep failed ({type(exc).__name__}: {exc}); queues {runner.prefix}.* may be left"
+                console.print(f"[red]{sweep_error}[/red]")
+                error = f"{error}; {sweep_error}" if error else sweep_error
+            else:
+                if any(swept):
+                    console.log(f"swept leftover queues/exchanges: {swept}")
     machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return {
         "machine": machine,
