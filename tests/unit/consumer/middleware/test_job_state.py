@@ -19,7 +19,7 @@ from conveyor.common.backoff import RetryPolicy
 from conveyor.common.clock import FakeClock
 from conveyor.common.errors import ConfigurationError, JobNotSucceeded, PermanentError, RetryableError
 from conveyor.common.headers import CONFIG_HASH, PRODUCER_VERSION, WORKER_VERSION
-from conveyor.common.job_state import JobState, MemoryJobStateStore
+from conveyor.common.job_state import JobState, MemoryJobStateStore, Transition
 from conveyor.common.job_state.handle import JobHandle
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
@@ -285,3 +285,59 @@ def _raw(rig: Rig, n: int):  # type: ignore[no-untyped-def]
 
     return Envelope(job_id=f"j{n}", idempotency_key=f"j{n}", job_type="t.x", schema_version=1, correlation_id="c",
                     created_at=rig.clock.now(), payload=InlinePayload(data={"n": n}))
+
+
+async def test_the_poll_brings_a_cancel_made_elsewhere_to_the_running_job(rig: Rig, jobs: JobRegistry) -> None:
+    started = asyncio.Event()
+
+    @jobs.job("t.wait")
+    async def wait(payload: Job, ctx: JobContext) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.wait", Job(n=1))
+    async with rig.worker:
+        await started.wait()
+        await rig.recorder.writer.flush()
+        assert (await rig.store.request_cancel(handle.job_id)).running  # no broadcast: another process
+        await rig.recorder._refresh_cancels()  # what the poll runs every cancel_poll seconds
+        await rig.drain()
+    assert rig.worker.counts["cancelled"] == 1
+    assert (await handle.status()).state is JobState.CANCELLED
+
+
+async def test_heartbeats_keep_a_long_job_live_while_a_dead_workers_attempt_is_abandoned(
+    rig: Rig, jobs: JobRegistry
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @jobs.job("t.long", timeout=3600)
+    async def long(payload: Job, ctx: JobContext) -> None:
+        started.set()
+        await release.wait()
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.long", Job(n=1))
+    # Another job whose worker died while running it: one running write, then silence.
+    orphan = _raw(rig, 7)
+    running = rig.recorder._transition(orphan, JobState.RUNNING, None)
+    dead = Transition(**{**_fields(running), "worker_id": "dead-worker"})  # type: ignore[arg-type]
+    await rig.store.apply([dead])
+    async with rig.worker:
+        await started.wait()
+        for _ in range(3):  # 90 s in all, beyond the 60 s lease, heart-beating every 30 s
+            rig.clock.advance(30)
+            await rig.recorder._heartbeat()
+            await rig.recorder.writer.flush()
+        await rig.recorder._reconcile()
+        assert (await handle.status()).state is JobState.RUNNING  # alive: its heartbeats say so
+        gone = await rig.store.get(orphan.job_id)
+        assert gone is not None and gone.state is JobState.RETRYING and gone.attempts[0].outcome == "abandoned"
+        release.set()
+        await rig.drain()
+    assert (await handle.status()).state is JobState.SUCCEEDED
+
+
+def _fields(t: Transition) -> dict[str, object]:
+    return {name: getattr(t, name) for name in t.__slots__}
