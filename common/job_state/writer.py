@@ -26,6 +26,7 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from conveyor.common.job_state.base import JobStateStore
+from conveyor.common.job_state.spill import SpillFile
 from conveyor.common.job_state.states import Transition
 
 __all__ = ["JobStateWriter", "WriterMetrics"]
@@ -62,7 +63,10 @@ class JobStateWriter:
         max_backoff: float = 10.0,
         registry: CollectorRegistry | None = None,
         role: str = "worker",
+        spill: SpillFile | None = None,
     ) -> None:
+        """``spill``: a local file every transition is also appended to until it is written, so a
+        ``kill -9`` loses none of them (``common.job_state.spill``)."""
         if flush_interval <= 0 or batch_size < 1 or capacity < batch_size:
             raise ValueError("flush_interval > 0, batch_size ≥ 1 and capacity ≥ batch_size")
         self.store = store
@@ -75,6 +79,7 @@ class JobStateWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
+        self.spill = spill
         self.dropped = 0
         self.failures = 0
 
@@ -83,7 +88,12 @@ class JobStateWriter:
         return len(self._buffer)
 
     def record(self, transition: Transition) -> None:
-        """Queue one transition; never blocks, never raises."""
+        """Queue one transition; never blocks on the store, never raises."""
+        if self.spill is not None:
+            try:
+                self.spill.append(transition)
+            except OSError:  # a full disk must not fail a job; the transition is still buffered
+                log.warning("job-state spill file write failed", exc_info=True)
         self._buffer.append(transition)
         if len(self._buffer) > self.capacity:
             self._buffer.popleft()
@@ -107,7 +117,10 @@ class JobStateWriter:
             async with asyncio.timeout(timeout):
                 await self.flush()
         if self._buffer:
-            log.warning("job-state transitions not written at shutdown", extra={"count": len(self._buffer)})
+            log.warning("job-state transitions not written at shutdown; the next worker here writes them",
+                        extra={"count": len(self._buffer)})
+        if self.spill is not None:
+            self.spill.close(keep=bool(self._buffer))
 
     async def flush(self) -> None:
         """Write everything waiting now; raises the store's error (what failed stays buffered)."""
@@ -120,6 +133,7 @@ class JobStateWriter:
             if not batch:
                 return
             try:
+                await self.store.open()  # a no-op once open; after a failed start, it retries the connect
                 await self.store.apply(batch)
             except BaseException:
                 # Back in front, in order; over capacity, the oldest go.
@@ -132,6 +146,9 @@ class JobStateWriter:
             finally:
                 self.metrics.pending.set(len(self._buffer))
             self.metrics.written.inc(len(batch))
+            if not self._buffer and self.spill is not None:
+                with contextlib.suppress(OSError):
+                    self.spill.written()
 
     async def _run(self) -> None:
         backoff = 0.0

@@ -62,6 +62,7 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
     from dataclasses import replace
 
     from conveyor.consumer.http import HealthServer
+    from conveyor.consumer.middleware.job_state import JobStateConfig
     from conveyor.consumer.worker import Worker, WorkerConfig
 
     config = replace(WorkerConfig.from_settings(settings), code_version=run_info[0], config_hash=run_info[1])
@@ -78,9 +79,12 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
 
         keys = store_from_url(settings.idempotency_url.get_secret_value())
     states = job_state_store_for(settings)
+    lease = settings.job_state_lease
+    state_config = JobStateConfig(lease=lease, heartbeat=lease / 6, reconcile_every=lease / 2)
     async with transport:
         async with Worker(transport, registry, config=config, payload_store=store, middlewares=middlewares,
-                          idempotency=keys, job_state=states, redact=redactor()) as running:
+                          idempotency=keys, job_state=states, job_state_config=state_config,
+                          redact=redactor()) as running:
             http = HealthServer(running, settings.http_host, settings.http_port) if settings.http_port else None
             if http:
                 await http.start()

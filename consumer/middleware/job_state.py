@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -34,6 +35,7 @@ from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.errors import ConfigurationError, JobCancelled
 from conveyor.common.headers import PRODUCER_VERSION
 from conveyor.common.job_state.base import MAX_RESULT_BYTES, JobStateStore
+from conveyor.common.job_state.spill import SpillFile
 from conveyor.common.job_state.states import JobState, Transition, generation_of
 from conveyor.common.job_state.writer import JobStateWriter
 from conveyor.common.jobs.outcome import OutcomeKind, SettleAction
@@ -96,16 +98,19 @@ class JobStateMiddleware(Middleware):
         control: Transport | None = None,
         code_version: str | None = None,
         config_hash: str | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         """``control``: the transport whose broadcast channel carries cancels (None: the store's
-        poll alone, every ``cancel_poll`` seconds)."""
+        poll alone, every ``cancel_poll`` seconds). ``state_dir``: where unwritten transitions are
+        spilled so a ``kill -9`` loses none (the worker's crash-journal directory)."""
         self.store = store
         self.worker_id = worker_id[:128]
         self.config = config or JobStateConfig()
         self.code_version = code_version
         self.config_hash = config_hash
         self.clock = clock or SystemClock()
-        self.writer = JobStateWriter(store, flush_interval=self.config.flush_interval, registry=registry)
+        spill = SpillFile(state_dir / "job-state") if state_dir is not None else None
+        self.writer = JobStateWriter(store, flush_interval=self.config.flush_interval, registry=registry, spill=spill)
         self._payload_store = payload_store
         self._close_store = close_store
         self._cancelled: set[str] = set()
@@ -118,11 +123,15 @@ class JobStateMiddleware(Middleware):
 
     # -- lifecycle -------------------------------------------------------------------
     async def startup(self) -> None:
-        await self.store.open()
+        if self.writer.spill is not None:
+            for transition in self.writer.spill.open():  # what dead workers here left unwritten
+                self.writer.record(transition)
         try:
+            await self.store.open()
             self._cancelled |= await self.store.pending_cancels()
-        except Exception as exc:  # the store being down must not stop the worker
-            log.warning("could not load pending cancels", extra={"error_type": type(exc).__name__})
+        except Exception as exc:  # the store being down must not stop the worker: the writer retries
+            log.warning("job-state store unavailable at start-up; states are kept and written later",
+                        extra={"error_type": type(exc).__name__})
         self.writer.start()
         await self._subscribe()
         loop = asyncio.get_running_loop()
@@ -304,6 +313,7 @@ class JobStateMiddleware(Middleware):
         while True:
             await asyncio.sleep(seconds)
             try:
+                await self.store.open()  # a no-op once open
                 await body()
             except Exception as exc:  # upkeep never takes the worker down
                 log.warning("job-state upkeep failed", extra={"task": body.__name__, "error_type": type(exc).__name__})
