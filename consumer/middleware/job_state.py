@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JobStateConfig:
-    flush_interval: float = 0.25
+    flush_interval: float = 1.0  # longer batches fold a job's running and end into one row
     heartbeat: float = 10.0
     lease: float = 60.0  # an attempt silent this long is abandoned (keep it ≫ heartbeat)
     reconcile_every: float = 30.0
@@ -249,11 +249,12 @@ class JobStateMiddleware(Middleware):
         if state is JobState.CANCELLED:
             error = None
         base = run.running if run is not None else self._transition(envelope, JobState.RUNNING, None)
-        transition = Transition(
-            **{**_fields(base), "state": state, "at": self.clock.now(),
-               "worker_id": base.worker_id if run is not None else None,
-               "attempt_outcome": attempt_outcome, "reason": _reason(outcome, state),
-               "error": error, "dead_letter_id": outcome.dead_letter_id},
+        transition = Transition(  # built field by field: this runs once per job
+            job_id=base.job_id, state=state, at=self.clock.now(), generation=base.generation, attempt=base.attempt,
+            job_type=base.job_type, queue=base.queue, created_at=base.created_at,
+            worker_id=base.worker_id if run is not None else None, attempt_outcome=attempt_outcome,
+            reason=_reason(outcome, state), error=error, producer_version=base.producer_version,
+            code_version=base.code_version, config_hash=base.config_hash, dead_letter_id=outcome.dead_letter_id,
         )
         if state is JobState.SUCCEEDED and run is not None and run.result is not None:
             self._with_result(transition, run.result)
@@ -272,8 +273,7 @@ class JobStateMiddleware(Middleware):
         )
 
     def _attempt_end(self, run: _Run, state: JobState, outcome: str, error: str | None) -> Transition:
-        return Transition(**{**_fields(run.running), "state": state, "at": self.clock.now(),
-                             "attempt_outcome": outcome, "error": error})
+        return replace(run.running, state=state, at=self.clock.now(), attempt_outcome=outcome, error=error)
 
     def _with_result(self, transition: Transition, result: Any) -> None:
         try:
@@ -283,7 +283,7 @@ class JobStateMiddleware(Middleware):
             self.writer.record(transition)
             return
         if len(data) <= self.config.max_result_bytes:
-            self.writer.record(Transition(**{**_fields(transition), "result": data.decode()}))
+            self.writer.record(replace(transition, result=data.decode()))
             return
         if self._payload_store is None:
             log.warning("job result over the size cap and no payload store; not kept",
@@ -302,7 +302,7 @@ class JobStateMiddleware(Middleware):
             log.warning("could not store a large job result", extra={"error_type": type(exc).__name__})
             self.writer.record(transition)
             return
-        self.writer.record(Transition(**{**_fields(transition), "result_ref": reference.model_dump_json()}))
+        self.writer.record(replace(transition, result_ref=reference.model_dump_json()))
 
     def _spawn_io(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -321,7 +321,7 @@ class JobStateMiddleware(Middleware):
     async def _heartbeat(self) -> None:
         now = self.clock.now()
         for run in list(self._runs.values()):
-            self.writer.record(Transition(**{**_fields(run.running), "at": now}))
+            self.writer.record(replace(run.running, at=now))
 
     async def _reconcile(self) -> None:
         abandoned = await self.store.reconcile(timedelta(seconds=self.config.lease))
@@ -350,7 +350,3 @@ def _reason(outcome: Outcome, state: JobState) -> str | None:
     if not state.final:
         return None
     return outcome.dead_letter_reason or outcome.reason
-
-
-def _fields(t: Transition) -> dict[str, Any]:
-    return {name: getattr(t, name) for name in t.__slots__}
