@@ -222,6 +222,8 @@ class JobStateMiddleware(Middleware):
         finally:
             self._runs.pop(ctx.job_id, None)
             self._finished[ctx.job_id] = run
+            if len(self._finished) > _MAX_UNSETTLED:  # settlements that failed never call settled()
+                self._finished.pop(next(iter(self._finished)))
         if run.cancel_requested:
             if ctx.spec.is_async and run.task is not None and run.task.cancelling():
                 run.task.uncancel()  # the handler swallowed our cancellation: it is ours to take back
@@ -241,8 +243,10 @@ class JobStateMiddleware(Middleware):
         state, attempt_outcome = _STATES.get(action, (None, None))
         if state is None:
             return  # deferred: the copy waits for a newer worker, nothing new to say
-        if state is JobState.RETRYING and outcome.timed_out:
-            state, attempt_outcome = JobState.TIMED_OUT, "timeout"
+        if outcome.timed_out:  # retried (timed_out) or, its attempts spent, dead-lettered
+            attempt_outcome = "timeout"
+            if state is JobState.RETRYING:
+                state = JobState.TIMED_OUT
         if outcome.kind is OutcomeKind.DEAD and outcome.error_type is None:
             attempt_outcome = "rejected"
         error = f"{outcome.error_type}: {outcome.error_message or ''}"[:1000] if outcome.error_type else None
@@ -336,6 +340,8 @@ class JobStateMiddleware(Middleware):
         if self.config.retention is not None:
             await self.store.expire(self.config.retention)
 
+
+_MAX_UNSETTLED = 10_000
 
 _STATES: dict[SettleAction, tuple[JobState | None, str | None]] = {
     SettleAction.SUCCEEDED: (JobState.SUCCEEDED, "succeeded"),

@@ -341,3 +341,26 @@ async def test_heartbeats_keep_a_long_job_live_while_a_dead_workers_attempt_is_a
 
 def _fields(t: Transition) -> dict[str, object]:
     return {name: getattr(t, name) for name in t.__slots__}
+
+
+async def test_a_job_that_times_out_is_timed_out_then_dead_lettered_with_timeout_attempts(
+    rig: Rig, jobs: JobRegistry
+) -> None:
+    @jobs.job("t.hang", timeout=0.05, retry=RetryPolicy(max_attempts=2, base=1, jitter=0))
+    async def hang(payload: Job, ctx: JobContext) -> None:
+        await asyncio.sleep(3600)
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.hang", Job(n=1))
+    async with rig.worker:
+        while rig.worker.counts["retried"] == 0:
+            await asyncio.sleep(0.01)
+        await rig.recorder.writer.flush()
+        assert (await handle.status()).state is JobState.TIMED_OUT
+        for _ in range(20):
+            await asyncio.sleep(0)  # the broker's delay timer of the retry copy starts
+        rig.clock.advance(5)
+        await rig.drain()
+    record = await handle.status()
+    assert record.state is JobState.DEAD_LETTERED and record.reason == "exhausted"
+    assert [a.outcome for a in record.attempts] == ["timeout", "timeout"]
