@@ -364,3 +364,28 @@ async def test_a_job_that_times_out_is_timed_out_then_dead_lettered_with_timeout
     record = await handle.status()
     assert record.state is JobState.DEAD_LETTERED and record.reason == "exhausted"
     assert [a.outcome for a in record.attempts] == ["timeout", "timeout"]
+
+
+async def test_a_result_over_the_cap_goes_to_the_payload_store_by_reference() -> None:
+    from conveyor.common.payload_store.memory import MemoryPayloadStore
+    from conveyor.schemas.envelope import PayloadReference
+
+    jobs = JobRegistry()
+
+    @jobs.job("t.big")
+    async def big(payload: Job, ctx: JobContext) -> dict[str, str]:
+        return {"text": "x" * 70_000}  # over the 64 KiB inline cap
+
+    broker, store, blobs = MemoryBroker(), MemoryJobStateStore(), MemoryPayloadStore()
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    worker = Worker(transport, jobs, job_state=store, payload_store=blobs, config=WorkerConfig(metrics_interval=0))
+    async with Producer.for_registry(MemoryTransport(broker), jobs, job_state=store) as producer, worker:
+        handle = await producer.publish("t.big", Job(n=1))
+        await broker.join(DEFAULT_QUEUE)
+    record = await handle.status()  # the worker's shutdown flushed its writer
+    assert record.state is JobState.SUCCEEDED and record.result is None and record.result_ref is not None
+    reference = PayloadReference.model_validate_json(record.result_ref)
+    stored = b"".join([chunk async for chunk in blobs.get(reference)])
+    assert orjson.loads(stored) == {"text": "x" * 70_000}
+    assert await handle.result(timeout=5) is None  # inline results only; the reference says where
