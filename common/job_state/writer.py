@@ -60,7 +60,7 @@ class JobStateWriter:
         flush_interval: float = 1.0,
         batch_size: int = 2000,
         capacity: int = 100_000,
-        max_backoff: float = 10.0,
+        max_backoff: float = 5.0,
         registry: CollectorRegistry | None = None,
         role: str = "worker",
         spill: SpillFile | None = None,
