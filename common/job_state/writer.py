@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -35,21 +36,26 @@ log = logging.getLogger(__name__)
 
 
 class WriterMetrics:
+    """The writers' series, one child per ``role`` (worker, producer): a producer and a worker may
+    share one registry, so a series registered already is reused rather than registered twice."""
+
     def __init__(self, registry: CollectorRegistry | None, role: str) -> None:
         r = registry or CollectorRegistry()
-        self.dropped = Counter(
-            "conveyor_job_state_dropped", "State transitions dropped: the buffer was full while the store failed",
-            ["role"], registry=r,
-        ).labels(role)
-        self.failures = Counter(
-            "conveyor_job_state_write_failures", "Failed batch writes to the job-state store", ["role"], registry=r
-        ).labels(role)
-        self.written = Counter(
-            "conveyor_job_state_written", "State transitions written to the job-state store", ["role"], registry=r
-        ).labels(role)
-        self.pending = Gauge(
-            "conveyor_job_state_pending", "State transitions waiting to be written", ["role"], registry=r
-        ).labels(role)
+        self.dropped = _series(r, Counter, "conveyor_job_state_dropped",
+                               "State transitions dropped: the buffer was full while the store failed").labels(role)
+        self.failures = _series(r, Counter, "conveyor_job_state_write_failures",
+                                "Failed batch writes to the job-state store").labels(role)
+        self.written = _series(r, Counter, "conveyor_job_state_written",
+                               "State transitions written to the job-state store").labels(role)
+        self.pending = _series(r, Gauge, "conveyor_job_state_pending",
+                               "State transitions waiting to be written").labels(role)
+
+
+def _series(registry: CollectorRegistry, kind: type[Counter] | type[Gauge], name: str, documentation: str) -> Any:
+    try:
+        return kind(name, documentation, ["role"], registry=registry)
+    except ValueError:  # registered by another writer on this registry (prometheus_client's own map)
+        return registry._names_to_collectors[name]
 
 
 class JobStateWriter:
@@ -80,6 +86,7 @@ class JobStateWriter:
         self._task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self.spill = spill
+        self.metrics.pending.set_function(lambda: len(self._buffer))  # read at scrape time, not per record
         self.dropped = 0
         self.failures = 0
 
@@ -99,7 +106,6 @@ class JobStateWriter:
             self._buffer.popleft()
             self.dropped += 1
             self.metrics.dropped.inc()
-        self.metrics.pending.set(len(self._buffer))
         if len(self._buffer) >= self.batch_size:
             self._wake.set()
 
@@ -143,8 +149,6 @@ class JobStateWriter:
                     self.dropped += 1
                     self.metrics.dropped.inc()
                 raise
-            finally:
-                self.metrics.pending.set(len(self._buffer))
             self.metrics.written.inc(len(batch))
             if not self._buffer and self.spill is not None:
                 with contextlib.suppress(OSError):

@@ -389,3 +389,21 @@ async def test_a_result_over_the_cap_goes_to_the_payload_store_by_reference() ->
     stored = b"".join([chunk async for chunk in blobs.get(reference)])
     assert orjson.loads(stored) == {"text": "x" * 70_000}
     assert await handle.result(timeout=5) is None  # inline results only; the reference says where
+
+
+def test_a_producer_and_a_worker_may_share_one_metrics_registry() -> None:
+    broker, store = MemoryBroker(), MemoryJobStateStore()
+    jobs = JobRegistry()
+    worker = Worker(MemoryTransport(broker), jobs, job_state=store)
+    producer = Producer(MemoryTransport(broker), job_state=store, metrics=worker.metrics, allow_unregistered=True)
+    recorder = next(m for m in producer._middlewares if hasattr(m, "writer"))
+    recorder.writer.record(_t_for_registry_test())
+    assert worker.metrics.registry.get_sample_value("conveyor_job_state_pending", {"role": "producer"}) == 1
+    assert worker.metrics.registry.get_sample_value("conveyor_job_state_pending", {"role": "worker"}) == 0
+
+
+def _t_for_registry_test() -> Transition:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    return Transition(job_id="j", state=JobState.QUEUED, at=now, generation=1, created_at=now)
