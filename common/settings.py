@@ -144,6 +144,11 @@ class Settings(BaseSettings):
         default=None,
         description="Job-state store: memory://, sqlite:///path/state.db or postgresql://… (unset: off)",
     )
+    job_state_lease: float = Field(
+        default=60.0, gt=0, le=86_400,
+        description="Seconds a running attempt may go without a heartbeat before it counts as abandoned "
+        "(its worker died); heartbeats every sixth of it",
+    )
     payload_store: str | None = Field(
         default=None, description="Claim-check store: file:///path, s3://bucket/prefix, memory:// (unset: off)"
     )

@@ -183,6 +183,7 @@ class Worker:
         self.job_state = None if job_state is None else JobStateMiddleware(
             job_state, worker_id=self.config.worker_id, config=job_state_config,
             code_version=self.config.code_version, config_hash=self.config.config_hash,
+            state_dir=self.config.state_dir,
             registry=self.metrics.registry, clock=self.clock, payload_store=payload_store, control=transport,
         )
         recorder = [self.job_state] if self.job_state is not None else []

@@ -29,7 +29,7 @@ class JobStateRecorder(Middleware):
         clock: Clock,
         registry: CollectorRegistry | None = None,
         producer_version: str | None = None,
-        flush_interval: float = 0.25,
+        flush_interval: float = 1.0,
     ) -> None:
         self.store = store
         self.clock = clock

@@ -7,6 +7,7 @@ created under a transaction-scoped advisory lock, so processes starting together
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Sequence
@@ -20,6 +21,8 @@ from conveyor.common.job_state.sql_store import SqlConnection, SqlJobStateStore
 from conveyor.common.sql import create_pg_pool, postgres_errors_as, rows_affected
 
 __all__ = ["PostgresJobStateStore"]
+
+_CLOSE_TIMEOUT = 5.0
 
 
 def _mapped(what: str) -> contextlib.AbstractContextManager[None]:
@@ -91,10 +94,14 @@ class PostgresJobStateStore(SqlJobStateStore):
         self._pool = pool
 
     async def close(self) -> None:
+        """Bounded: a connection the network dropped mid-statement must not hold up a worker's
+        shutdown (asyncpg's graceful close waits for it), so past 5 s the pool is terminated."""
         pool, self._pool = self._pool, None
         if pool is not None:
-            with contextlib.suppress(Exception):
-                await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), _CLOSE_TIMEOUT)
+            except Exception:
+                pool.terminate()
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[SqlConnection]:

@@ -24,6 +24,8 @@ from conveyor.common.job_state.states import (
     JobRecord,
     JobState,
     Transition,
+    merge,
+    merge_attempt,
 )
 
 __all__ = ["SqlConnection", "SqlJobStateStore"]
@@ -152,37 +154,41 @@ class SqlJobStateStore(JobStateStore):
             f" ON CONFLICT (job_id, attempt_id) DO UPDATE SET {', '.join(sets)}"
         )
 
-    def _job_row(self, t: Transition) -> tuple[Any, ...]:
-        waiting = t.state in (JobState.QUEUED, JobState.SCHEDULED)
-        at = self._to_db(t.at)
+    def _job_row(self, r: JobRecord) -> tuple[Any, ...]:
+        ts = self._to_db
         return (
-            t.job_id, str(t.state), t.generation, t.rank, t.attempt, at, t.job_type, t.queue,
-            self._to_db(t.created_at), at if waiting else None, self._to_db(t.scheduled_for),
-            at if t.state is JobState.RUNNING else None, at if t.rank >= CANCEL_REQUESTED_RANK else None,
-            t.reason, t.error, t.result, t.result_ref, t.producer_version, t.code_version, t.config_hash,
-            t.dead_letter_id,
+            r.job_id, str(r.state), r.generation, r.rank, r.attempt, ts(r.updated_at), r.job_type, r.queue,
+            ts(r.created_at), ts(r.queued_at), ts(r.scheduled_for), ts(r.started_at), ts(r.finished_at),
+            r.reason, r.error, r.result, r.result_ref, r.producer_version, r.code_version, r.config_hash,
+            r.dead_letter_id,
         )
 
-    def _attempt_row(self, t: Transition) -> tuple[Any, ...]:
-        running = t.state is JobState.RUNNING
-        at = self._to_db(t.at)
+    def _attempt_row(self, job_id: str, a: AttemptInfo) -> tuple[Any, ...]:
+        ts = self._to_db
         return (
-            t.job_id, t.attempt_id, t.attempt, t.worker_id, at if running else None, at,
-            None if running else at, None if running else t.attempt_outcome, None if running else t.error,
-            t.code_version, t.config_hash,
+            job_id, a.attempt_id, a.attempt, a.worker_id, ts(a.started_at), ts(a.heartbeat_at), ts(a.finished_at),
+            a.outcome, a.error, a.code_version, a.config_hash,
         )
 
     async def apply(self, transitions: Sequence[Transition]) -> None:
+        """One round trip per table per batch. The batch is folded first (``states.merge``, in
+        order), so a job's running and end in one batch are one row each, not two: the
+        database then merges one folded row the way it would have merged the transitions."""
         if not transitions:
             return
-        job_sql, attempt_sql = self._upsert_job_sql(), self._upsert_attempt_sql()
+        jobs: dict[str, JobRecord] = {}
+        attempts: dict[tuple[str, str], AttemptInfo] = {}
+        for t in transitions:
+            jobs[t.job_id] = merge(jobs.get(t.job_id), t)
+            if t.attempt_id is not None:
+                key = (t.job_id, t.attempt_id)
+                attempts[key] = merge_attempt(attempts.get(key), t)
         async with self._transaction() as conn:
-            # One statement per row in order (never one multi-row statement: a batch may hold
-            # several transitions of one job, and each must be judged against the one before).
-            await conn.executemany(job_sql, [self._job_row(t) for t in transitions])
-            attempts = [self._attempt_row(t) for t in transitions if t.attempt_id is not None]
+            await conn.executemany(self._upsert_job_sql(), [self._job_row(r) for r in jobs.values()])
             if attempts:
-                await conn.executemany(attempt_sql, attempts)
+                await conn.executemany(
+                    self._upsert_attempt_sql(), [self._attempt_row(job, a) for (job, _), a in attempts.items()]
+                )
 
     # -- reads -----------------------------------------------------------------------
     def _record(self, row: Sequence[Any]) -> JobRecord:

@@ -30,7 +30,7 @@ rank 0 (state ``retrying``), so the redelivery's ``running`` (rank 1) wins.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 __all__ = [
@@ -194,38 +194,35 @@ def _forward(record: JobRecord, t: Transition) -> bool:
 
 
 def merge(record: JobRecord | None, t: Transition) -> JobRecord:
-    """``record`` after ``t``: the reference semantics every store's SQL implements."""
-    queued_at = t.at if t.state in (JobState.QUEUED, JobState.SCHEDULED) else None
+    """``record`` after ``t``: the reference semantics every store's SQL implements.
+
+    One constructor call (no ``dataclasses.replace``): it runs for every transition written."""
+    queued_at = t.at if t.state is JobState.QUEUED or t.state is JobState.SCHEDULED else None
     started_at = t.at if t.state is JobState.RUNNING else None
     finished_at = t.at if t.rank >= CANCEL_REQUESTED_RANK else None
     if record is None:
         return JobRecord(
-            job_id=t.job_id, state=t.state, generation=t.generation, rank=t.rank, attempt=t.attempt,
-            updated_at=t.at, job_type=t.job_type, queue=t.queue, created_at=t.created_at, queued_at=queued_at,
-            scheduled_for=t.scheduled_for, started_at=started_at, finished_at=finished_at, reason=t.reason,
-            error=t.error, result=t.result, result_ref=t.result_ref, producer_version=t.producer_version,
-            code_version=t.code_version, config_hash=t.config_hash, dead_letter_id=t.dead_letter_id,
+            t.job_id, t.state, t.generation, t.rank, t.attempt, t.at, t.job_type, t.queue, t.created_at, queued_at,
+            t.scheduled_for, started_at, finished_at, t.reason, t.error, t.result, t.result_ref, t.producer_version,
+            t.code_version, t.config_hash, t.dead_letter_id,
         )
-    filled = replace(
-        record,
-        job_type=record.job_type or t.job_type,
-        queue=record.queue or t.queue,
-        created_at=record.created_at or t.created_at,
-        queued_at=record.queued_at or queued_at,
-        scheduled_for=record.scheduled_for or t.scheduled_for,
-        started_at=record.started_at or started_at,
-        producer_version=record.producer_version or t.producer_version,
-        updated_at=max(record.updated_at, t.at),
+    r = record
+    filled = (
+        r.job_type or t.job_type, r.queue or t.queue, r.created_at or t.created_at, r.queued_at or queued_at,
+        r.scheduled_for or t.scheduled_for, r.started_at or started_at,
     )
-    if not _forward(record, t):
-        return filled
-    return replace(
-        filled,
-        state=t.state, generation=t.generation, rank=t.rank, attempt=t.attempt, finished_at=finished_at,
-        reason=t.reason, error=t.error,
-        result=t.result or record.result, result_ref=t.result_ref or record.result_ref,
-        code_version=t.code_version or record.code_version, config_hash=t.config_hash or record.config_hash,
-        dead_letter_id=t.dead_letter_id or record.dead_letter_id,
+    producer_version = r.producer_version or t.producer_version
+    updated_at = t.at if t.at > r.updated_at else r.updated_at
+    if not _forward(r, t):
+        return JobRecord(
+            r.job_id, r.state, r.generation, r.rank, r.attempt, updated_at, *filled, r.finished_at, r.reason,
+            r.error, r.result, r.result_ref, producer_version, r.code_version, r.config_hash, r.dead_letter_id,
+            r.cancel_requested_at, r.attempts,
+        )
+    return JobRecord(
+        r.job_id, t.state, t.generation, t.rank, t.attempt, updated_at, *filled, finished_at, t.reason, t.error,
+        t.result or r.result, t.result_ref or r.result_ref, producer_version, t.code_version or r.code_version,
+        t.config_hash or r.config_hash, t.dead_letter_id or r.dead_letter_id, r.cancel_requested_at, r.attempts,
     )
 
 
@@ -240,9 +237,13 @@ def merge_attempt(attempt: AttemptInfo | None, t: Transition) -> AttemptInfo:
             finished_at=None if running else t.at, outcome=None if running else t.attempt_outcome,
             error=None if running else t.error, code_version=t.code_version, config_hash=t.config_hash,
         )
-    heartbeat = max(attempt.heartbeat_at or t.at, t.at)
+    a = attempt  # one constructor call each way, as in ``merge``
+    heartbeat = t.at if a.heartbeat_at is None or t.at > a.heartbeat_at else a.heartbeat_at
     if running:
-        return replace(attempt, started_at=attempt.started_at or t.at, heartbeat_at=heartbeat)
-    if attempt.outcome not in (None, "abandoned") or t.attempt_outcome is None:
-        return replace(attempt, heartbeat_at=heartbeat)  # its end is written once
-    return replace(attempt, heartbeat_at=heartbeat, finished_at=t.at, outcome=t.attempt_outcome, error=t.error)
+        return AttemptInfo(a.attempt_id, a.attempt, a.worker_id, a.started_at or t.at, heartbeat, a.finished_at,
+                           a.outcome, a.error, a.code_version, a.config_hash)
+    if a.outcome not in (None, "abandoned") or t.attempt_outcome is None:  # its end is written once
+        return AttemptInfo(a.attempt_id, a.attempt, a.worker_id, a.started_at, heartbeat, a.finished_at,
+                           a.outcome, a.error, a.code_version, a.config_hash)
+    return AttemptInfo(a.attempt_id, a.attempt, a.worker_id, a.started_at, heartbeat, t.at, t.attempt_outcome,
+                       t.error, a.code_version, a.config_hash)

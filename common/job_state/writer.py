@@ -22,10 +22,12 @@ import asyncio
 import collections
 import contextlib
 import logging
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from conveyor.common.job_state.base import JobStateStore
+from conveyor.common.job_state.spill import SpillFile
 from conveyor.common.job_state.states import Transition
 
 __all__ = ["JobStateWriter", "WriterMetrics"]
@@ -34,21 +36,26 @@ log = logging.getLogger(__name__)
 
 
 class WriterMetrics:
+    """The writers' series, one child per ``role`` (worker, producer): a producer and a worker may
+    share one registry, so a series registered already is reused rather than registered twice."""
+
     def __init__(self, registry: CollectorRegistry | None, role: str) -> None:
         r = registry or CollectorRegistry()
-        self.dropped = Counter(
-            "conveyor_job_state_dropped", "State transitions dropped: the buffer was full while the store failed",
-            ["role"], registry=r,
-        ).labels(role)
-        self.failures = Counter(
-            "conveyor_job_state_write_failures", "Failed batch writes to the job-state store", ["role"], registry=r
-        ).labels(role)
-        self.written = Counter(
-            "conveyor_job_state_written", "State transitions written to the job-state store", ["role"], registry=r
-        ).labels(role)
-        self.pending = Gauge(
-            "conveyor_job_state_pending", "State transitions waiting to be written", ["role"], registry=r
-        ).labels(role)
+        self.dropped = _series(r, Counter, "conveyor_job_state_dropped",
+                               "State transitions dropped: the buffer was full while the store failed").labels(role)
+        self.failures = _series(r, Counter, "conveyor_job_state_write_failures",
+                                "Failed batch writes to the job-state store").labels(role)
+        self.written = _series(r, Counter, "conveyor_job_state_written",
+                               "State transitions written to the job-state store").labels(role)
+        self.pending = _series(r, Gauge, "conveyor_job_state_pending",
+                               "State transitions waiting to be written").labels(role)
+
+
+def _series(registry: CollectorRegistry, kind: type[Counter] | type[Gauge], name: str, documentation: str) -> Any:
+    try:
+        return kind(name, documentation, ["role"], registry=registry)
+    except ValueError:  # registered by another writer on this registry (prometheus_client's own map)
+        return registry._names_to_collectors[name]
 
 
 class JobStateWriter:
@@ -56,13 +63,16 @@ class JobStateWriter:
         self,
         store: JobStateStore,
         *,
-        flush_interval: float = 0.25,
-        batch_size: int = 500,
+        flush_interval: float = 1.0,
+        batch_size: int = 2000,
         capacity: int = 100_000,
-        max_backoff: float = 10.0,
+        max_backoff: float = 5.0,
         registry: CollectorRegistry | None = None,
         role: str = "worker",
+        spill: SpillFile | None = None,
     ) -> None:
+        """``spill``: a local file every transition is also appended to until it is written, so a
+        ``kill -9`` loses none of them (``common.job_state.spill``)."""
         if flush_interval <= 0 or batch_size < 1 or capacity < batch_size:
             raise ValueError("flush_interval > 0, batch_size ≥ 1 and capacity ≥ batch_size")
         self.store = store
@@ -75,6 +85,8 @@ class JobStateWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
+        self.spill = spill
+        self.metrics.pending.set_function(lambda: len(self._buffer))  # read at scrape time, not per record
         self.dropped = 0
         self.failures = 0
 
@@ -83,13 +95,17 @@ class JobStateWriter:
         return len(self._buffer)
 
     def record(self, transition: Transition) -> None:
-        """Queue one transition; never blocks, never raises."""
+        """Queue one transition; never blocks on the store, never raises."""
+        if self.spill is not None:
+            try:
+                self.spill.append(transition)
+            except OSError:  # a full disk must not fail a job; the transition is still buffered
+                log.warning("job-state spill file write failed", exc_info=True)
         self._buffer.append(transition)
         if len(self._buffer) > self.capacity:
             self._buffer.popleft()
             self.dropped += 1
             self.metrics.dropped.inc()
-        self.metrics.pending.set(len(self._buffer))
         if len(self._buffer) >= self.batch_size:
             self._wake.set()
 
@@ -107,7 +123,10 @@ class JobStateWriter:
             async with asyncio.timeout(timeout):
                 await self.flush()
         if self._buffer:
-            log.warning("job-state transitions not written at shutdown", extra={"count": len(self._buffer)})
+            log.warning("job-state transitions not written at shutdown; the next worker here writes them",
+                        extra={"count": len(self._buffer)})
+        if self.spill is not None:
+            self.spill.close(keep=bool(self._buffer))
 
     async def flush(self) -> None:
         """Write everything waiting now; raises the store's error (what failed stays buffered)."""
@@ -120,6 +139,7 @@ class JobStateWriter:
             if not batch:
                 return
             try:
+                await self.store.open()  # a no-op once open; after a failed start, it retries the connect
                 await self.store.apply(batch)
             except BaseException:
                 # Back in front, in order; over capacity, the oldest go.
@@ -129,9 +149,10 @@ class JobStateWriter:
                     self.dropped += 1
                     self.metrics.dropped.inc()
                 raise
-            finally:
-                self.metrics.pending.set(len(self._buffer))
             self.metrics.written.inc(len(batch))
+            if not self._buffer and self.spill is not None:
+                with contextlib.suppress(OSError):
+                    self.spill.written()
 
     async def _run(self) -> None:
         backoff = 0.0

@@ -128,6 +128,7 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
     from dataclasses import replace
 
     from conveyor.consumer.http import HealthServer
+    from conveyor.consumer.middleware.job_state import JobStateConfig
     from conveyor.consumer.supervisor import Beacon
     from conveyor.consumer.worker import Worker, WorkerConfig
 
@@ -145,8 +146,10 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
 
         keys = store_from_url(settings.idempotency_url.get_secret_value())
     states = job_state_store_for(settings)
+    lease = settings.job_state_lease
+    state_config = JobStateConfig(lease=lease, heartbeat=lease / 6, reconcile_every=lease / 2)
     worker = Worker(transport, registry, config=config, payload_store=store, middlewares=middlewares,
-                    idempotency=keys, job_state=states, redact=redactor())
+                    idempotency=keys, job_state=states, job_state_config=state_config, redact=redactor())
     # Listen before consuming: a port in use is a one-line error before any job is taken.
     http = HealthServer(worker, settings.http_host, settings.http_port) if settings.http_port else None
     if http:

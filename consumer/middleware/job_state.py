@@ -23,8 +23,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -34,6 +35,7 @@ from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.errors import ConfigurationError, JobCancelled
 from conveyor.common.headers import PRODUCER_VERSION
 from conveyor.common.job_state.base import MAX_RESULT_BYTES, JobStateStore
+from conveyor.common.job_state.spill import SpillFile
 from conveyor.common.job_state.states import JobState, Transition, generation_of
 from conveyor.common.job_state.writer import JobStateWriter
 from conveyor.common.jobs.outcome import OutcomeKind, SettleAction
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class JobStateConfig:
-    flush_interval: float = 0.25
+    flush_interval: float = 1.0  # longer batches fold a job's running and end into one row
     heartbeat: float = 10.0
     lease: float = 60.0  # an attempt silent this long is abandoned (keep it ≫ heartbeat)
     reconcile_every: float = 30.0
@@ -96,16 +98,19 @@ class JobStateMiddleware(Middleware):
         control: Transport | None = None,
         code_version: str | None = None,
         config_hash: str | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         """``control``: the transport whose broadcast channel carries cancels (None: the store's
-        poll alone, every ``cancel_poll`` seconds)."""
+        poll alone, every ``cancel_poll`` seconds). ``state_dir``: where unwritten transitions are
+        spilled so a ``kill -9`` loses none (the worker's crash-journal directory)."""
         self.store = store
         self.worker_id = worker_id[:128]
         self.config = config or JobStateConfig()
         self.code_version = code_version
         self.config_hash = config_hash
         self.clock = clock or SystemClock()
-        self.writer = JobStateWriter(store, flush_interval=self.config.flush_interval, registry=registry)
+        spill = SpillFile(state_dir / "job-state") if state_dir is not None else None
+        self.writer = JobStateWriter(store, flush_interval=self.config.flush_interval, registry=registry, spill=spill)
         self._payload_store = payload_store
         self._close_store = close_store
         self._cancelled: set[str] = set()
@@ -118,11 +123,15 @@ class JobStateMiddleware(Middleware):
 
     # -- lifecycle -------------------------------------------------------------------
     async def startup(self) -> None:
-        await self.store.open()
+        if self.writer.spill is not None:
+            for transition in self.writer.spill.open():  # what dead workers here left unwritten
+                self.writer.record(transition)
         try:
+            await self.store.open()
             self._cancelled |= await self.store.pending_cancels()
-        except Exception as exc:  # the store being down must not stop the worker
-            log.warning("could not load pending cancels", extra={"error_type": type(exc).__name__})
+        except Exception as exc:  # the store being down must not stop the worker: the writer retries
+            log.warning("job-state store unavailable at start-up; states are kept and written later",
+                        extra={"error_type": type(exc).__name__})
         self.writer.start()
         await self._subscribe()
         loop = asyncio.get_running_loop()
@@ -213,6 +222,8 @@ class JobStateMiddleware(Middleware):
         finally:
             self._runs.pop(ctx.job_id, None)
             self._finished[ctx.job_id] = run
+            if len(self._finished) > _MAX_UNSETTLED:  # settlements that failed never call settled()
+                self._finished.pop(next(iter(self._finished)))
         if run.cancel_requested:
             if ctx.spec.is_async and run.task is not None and run.task.cancelling():
                 run.task.uncancel()  # the handler swallowed our cancellation: it is ours to take back
@@ -232,19 +243,22 @@ class JobStateMiddleware(Middleware):
         state, attempt_outcome = _STATES.get(action, (None, None))
         if state is None:
             return  # deferred: the copy waits for a newer worker, nothing new to say
-        if state is JobState.RETRYING and outcome.timed_out:
-            state, attempt_outcome = JobState.TIMED_OUT, "timeout"
+        if outcome.timed_out:  # retried (timed_out) or, its attempts spent, dead-lettered
+            attempt_outcome = "timeout"
+            if state is JobState.RETRYING:
+                state = JobState.TIMED_OUT
         if outcome.kind is OutcomeKind.DEAD and outcome.error_type is None:
             attempt_outcome = "rejected"
         error = f"{outcome.error_type}: {outcome.error_message or ''}"[:1000] if outcome.error_type else None
         if state is JobState.CANCELLED:
             error = None
         base = run.running if run is not None else self._transition(envelope, JobState.RUNNING, None)
-        transition = Transition(
-            **{**_fields(base), "state": state, "at": self.clock.now(),
-               "worker_id": base.worker_id if run is not None else None,
-               "attempt_outcome": attempt_outcome, "reason": _reason(outcome, state),
-               "error": error, "dead_letter_id": outcome.dead_letter_id},
+        transition = Transition(  # built field by field: this runs once per job
+            job_id=base.job_id, state=state, at=self.clock.now(), generation=base.generation, attempt=base.attempt,
+            job_type=base.job_type, queue=base.queue, created_at=base.created_at,
+            worker_id=base.worker_id if run is not None else None, attempt_outcome=attempt_outcome,
+            reason=_reason(outcome, state), error=error, producer_version=base.producer_version,
+            code_version=base.code_version, config_hash=base.config_hash, dead_letter_id=outcome.dead_letter_id,
         )
         if state is JobState.SUCCEEDED and run is not None and run.result is not None:
             self._with_result(transition, run.result)
@@ -263,8 +277,7 @@ class JobStateMiddleware(Middleware):
         )
 
     def _attempt_end(self, run: _Run, state: JobState, outcome: str, error: str | None) -> Transition:
-        return Transition(**{**_fields(run.running), "state": state, "at": self.clock.now(),
-                             "attempt_outcome": outcome, "error": error})
+        return replace(run.running, state=state, at=self.clock.now(), attempt_outcome=outcome, error=error)
 
     def _with_result(self, transition: Transition, result: Any) -> None:
         try:
@@ -274,7 +287,7 @@ class JobStateMiddleware(Middleware):
             self.writer.record(transition)
             return
         if len(data) <= self.config.max_result_bytes:
-            self.writer.record(Transition(**{**_fields(transition), "result": data.decode()}))
+            self.writer.record(replace(transition, result=data.decode()))
             return
         if self._payload_store is None:
             log.warning("job result over the size cap and no payload store; not kept",
@@ -293,7 +306,7 @@ class JobStateMiddleware(Middleware):
             log.warning("could not store a large job result", extra={"error_type": type(exc).__name__})
             self.writer.record(transition)
             return
-        self.writer.record(Transition(**{**_fields(transition), "result_ref": reference.model_dump_json()}))
+        self.writer.record(replace(transition, result_ref=reference.model_dump_json()))
 
     def _spawn_io(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -304,6 +317,7 @@ class JobStateMiddleware(Middleware):
         while True:
             await asyncio.sleep(seconds)
             try:
+                await self.store.open()  # a no-op once open
                 await body()
             except Exception as exc:  # upkeep never takes the worker down
                 log.warning("job-state upkeep failed", extra={"task": body.__name__, "error_type": type(exc).__name__})
@@ -311,7 +325,7 @@ class JobStateMiddleware(Middleware):
     async def _heartbeat(self) -> None:
         now = self.clock.now()
         for run in list(self._runs.values()):
-            self.writer.record(Transition(**{**_fields(run.running), "at": now}))
+            self.writer.record(replace(run.running, at=now))
 
     async def _reconcile(self) -> None:
         abandoned = await self.store.reconcile(timedelta(seconds=self.config.lease))
@@ -327,6 +341,8 @@ class JobStateMiddleware(Middleware):
             await self.store.expire(self.config.retention)
 
 
+_MAX_UNSETTLED = 10_000
+
 _STATES: dict[SettleAction, tuple[JobState | None, str | None]] = {
     SettleAction.SUCCEEDED: (JobState.SUCCEEDED, "succeeded"),
     SettleAction.RETRIED: (JobState.RETRYING, "failed"),
@@ -340,7 +356,3 @@ def _reason(outcome: Outcome, state: JobState) -> str | None:
     if not state.final:
         return None
     return outcome.dead_letter_reason or outcome.reason
-
-
-def _fields(t: Transition) -> dict[str, Any]:
-    return {name: getattr(t, name) for name in t.__slots__}

@@ -178,6 +178,9 @@ def check_compose_idempotency(services: dict[str, Any]) -> None:
         url = str(service.get("environment", {}).get("CONVEYOR_IDEMPOTENCY_URL", ""))
         check(url.startswith("postgresql://") and "postgres" in service.get("depends_on", {}),
               f"docker-compose.yml: {name} has a PostgreSQL idempotency store (CONVEYOR_IDEMPOTENCY_URL) and waits for it")
+        states = str(service.get("environment", {}).get("CONVEYOR_JOB_STATE_URL", ""))
+        check(states.startswith("postgresql://"),
+              f"docker-compose.yml: {name} records job states in PostgreSQL (CONVEYOR_JOB_STATE_URL)")
 
 
 # -- kubernetes -------------------------------------------------------------------------------
@@ -265,6 +268,10 @@ def check_kubernetes_semantics(by_kind: dict[str, dict[str, dict[str, Any]]], sc
     check(env.get("CONVEYOR_IDEMPOTENCY_URL_FILE", "").endswith("/CONVEYOR_IDEMPOTENCY_URL")
           and store.startswith("postgresql://"),
           "deployment: workers read a PostgreSQL idempotency store (CONVEYOR_IDEMPOTENCY_URL_FILE, key of the Secret)")
+    states = secrets.get("conveyor-secrets", {}).get("stringData", {}).get("CONVEYOR_JOB_STATE_URL", "")
+    check(env.get("CONVEYOR_JOB_STATE_URL_FILE", "").endswith("/CONVEYOR_JOB_STATE_URL")
+          and states.startswith("postgresql://"),
+          "deployment: workers record job states in PostgreSQL (CONVEYOR_JOB_STATE_URL_FILE, key of the Secret)")
     sa = by_kind["ServiceAccount"][pod["serviceAccountName"]]
     check(sa.get("automountServiceAccountToken") is False, "serviceaccount: automountServiceAccountToken false")
     pdb = by_kind["PodDisruptionBudget"]["conveyor-worker"]

@@ -134,3 +134,57 @@ async def test_cancelling_an_unknown_job_is_a_one_line_error_with_a_reason(backe
     with pytest.raises(UnknownJob) as caught:
         await cancel_job(MemoryJobStateStore(), "no-such-job", control=await backend.transport(), channel=_channel())
     assert caught.value.reason == "unknown_job" and "\n" not in str(caught.value)
+
+
+async def test_a_job_cancelled_between_retries_never_runs_again(backend: Backend) -> None:
+    store, channel, attempts = MemoryJobStateStore(), _channel(), []
+    jobs = JobRegistry()
+
+    # The retry waits 3 s on the broker: the cancel's broadcast (the worker's poll is off here) has
+    # that long to reach the worker before the copy does.
+    @jobs.job("test.ping", queue=backend.queue, retry=RetryPolicy(max_attempts=5, base=3.0, jitter=0.0))
+    async def handler(payload: Ping, ctx: JobContext) -> None:
+        attempts.append(ctx.attempt)
+        raise RuntimeError("fails; its retry waits on the broker")
+
+    producer = await _producer(backend, jobs, store)
+    handle = await producer.publish("test.ping", Ping(n=1))
+    async with _worker(await backend.transport(), jobs, store, channel) as worker:
+        await wait_until(lambda: worker.counts["retried"] == 1, what="the first attempt to fail", timeout=20)
+        assert worker.job_state is not None
+        await worker.job_state.writer.flush()
+        result, _ = await cancel_job(store, handle.job_id, control=await backend.transport(), channel=channel)
+        assert result.previous is JobState.RETRYING and result.state is JobState.CANCELLED
+        await wait_until(lambda: worker.counts["cancelled"] == 1, what="the retry copy to arrive", timeout=30)
+        await worker.job_state.writer.flush()
+    assert attempts == [1] and worker.counts["dead_lettered"] == 0 and await dead_letters(backend) == []
+    assert (await handle.status()).state is JobState.CANCELLED
+    await producer.__aexit__(None, None, None)
+
+
+async def test_with_two_workers_the_one_running_the_job_stops_it(backend: Backend) -> None:
+    store, channel = MemoryJobStateStore(), _channel()
+    started = asyncio.Event()
+    jobs = JobRegistry()
+
+    @jobs.job("test.ping", queue=backend.queue, timeout=60)
+    async def handler(payload: Ping, ctx: JobContext) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    producer = await _producer(backend, jobs, store)
+    first = _worker(await backend.transport(), jobs, store, channel)
+    second = _worker(await backend.transport(), jobs, store, channel)
+    async with first, second:
+        handle = await producer.publish("test.ping", Ping(n=1))
+        await asyncio.wait_for(started.wait(), 30)
+        for worker in (first, second):  # the store knows the job once a writer flushed (the consistency model)
+            assert worker.job_state is not None
+            await worker.job_state.writer.flush()
+        result, _ = await cancel_job(store, handle.job_id, control=await backend.transport(), channel=channel)
+        assert result.running
+        await wait_until(lambda: first.counts["cancelled"] + second.counts["cancelled"] == 1,
+                         what="the running worker to stop it", timeout=20)
+    assert first.counts["retried"] + second.counts["retried"] == 0
+    assert await dead_letters(backend) == []
+    await producer.__aexit__(None, None, None)

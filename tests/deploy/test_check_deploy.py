@@ -189,3 +189,22 @@ def test_workers_without_a_shared_idempotency_store_are_rejected(mutation: str) 
     assert any("consumer-pulsar has a PostgreSQL idempotency store" in f for f in deploy_checks.failures)
     assert not any("docker-compose.yml: consumer has" in f for f in deploy_checks.failures)
     deploy_checks.failures.clear()
+
+
+def test_workers_without_a_postgresql_job_state_store_are_rejected() -> None:
+    """The shipped deployments record job states in PostgreSQL (issue 14): `conveyor jobs` reads them."""
+    sys.path.insert(0, str(ROOT / "scripts/lib"))
+    import deploy_checks
+
+    by_kind, scaled = deploy_checks.index_manifests(deploy_checks.load_manifests())
+    services = copy.deepcopy(_load("docker-compose.yml")["services"])
+    [worker] = by_kind["Deployment"]["conveyor-worker"]["spec"]["template"]["spec"]["containers"]
+    worker["env"] = [e for e in worker["env"] if e["name"] != "CONVEYOR_JOB_STATE_URL_FILE"]
+    services["consumer-pulsar"]["environment"]["CONVEYOR_JOB_STATE_URL"] = "sqlite:///tmp/state.db"
+    deploy_checks.failures.clear()
+    deploy_checks.check_kubernetes_semantics(by_kind, scaled)
+    deploy_checks.check_compose_idempotency(services)
+    assert any("deployment: workers record job states in PostgreSQL" in f for f in deploy_checks.failures)
+    assert any("consumer-pulsar records job states in PostgreSQL" in f for f in deploy_checks.failures)
+    assert not any("consumer records job states" in f for f in deploy_checks.failures)
+    deploy_checks.failures.clear()

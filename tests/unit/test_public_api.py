@@ -22,6 +22,9 @@ FACADE = {
     "RejectedMessage", "RetryPolicy", "RetryableError", "Settings", "SyncProducer", "TlsConfig", "TlsError",
     "Transport", "TransportError", "UnknownJobType", "UnknownSchemaVersion", "Worker",
     "WorkerConfig", "job_transaction", "store_from_url", "transport_from_url",
+    # issue 14: the job lifecycle
+    "JobCancelled", "JobHandle", "JobNotSucceeded", "JobRecord", "JobState", "JobStateStore",
+    "JobStateStoreUnavailable", "MemoryJobStateStore", "UnknownJob", "job_state_store_from_url",
 }  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from conveyor.common.backoff import RetryPolicy
 from conveyor.common.clock import FakeClock
 from conveyor.common.errors import ConfigurationError, JobNotSucceeded, PermanentError, RetryableError
 from conveyor.common.headers import CONFIG_HASH, PRODUCER_VERSION, WORKER_VERSION
-from conveyor.common.job_state import JobState, MemoryJobStateStore
+from conveyor.common.job_state import JobState, MemoryJobStateStore, Transition
 from conveyor.common.job_state.handle import JobHandle
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
@@ -285,3 +285,125 @@ def _raw(rig: Rig, n: int):  # type: ignore[no-untyped-def]
 
     return Envelope(job_id=f"j{n}", idempotency_key=f"j{n}", job_type="t.x", schema_version=1, correlation_id="c",
                     created_at=rig.clock.now(), payload=InlinePayload(data={"n": n}))
+
+
+async def test_the_poll_brings_a_cancel_made_elsewhere_to_the_running_job(rig: Rig, jobs: JobRegistry) -> None:
+    started = asyncio.Event()
+
+    @jobs.job("t.wait")
+    async def wait(payload: Job, ctx: JobContext) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.wait", Job(n=1))
+    async with rig.worker:
+        await started.wait()
+        await rig.recorder.writer.flush()
+        assert (await rig.store.request_cancel(handle.job_id)).running  # no broadcast: another process
+        await rig.recorder._refresh_cancels()  # what the poll runs every cancel_poll seconds
+        await rig.drain()
+    assert rig.worker.counts["cancelled"] == 1
+    assert (await handle.status()).state is JobState.CANCELLED
+
+
+async def test_heartbeats_keep_a_long_job_live_while_a_dead_workers_attempt_is_abandoned(
+    rig: Rig, jobs: JobRegistry
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @jobs.job("t.long", timeout=3600)
+    async def long(payload: Job, ctx: JobContext) -> None:
+        started.set()
+        await release.wait()
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.long", Job(n=1))
+    # Another job whose worker died while running it: one running write, then silence.
+    orphan = _raw(rig, 7)
+    running = rig.recorder._transition(orphan, JobState.RUNNING, None)
+    dead = Transition(**{**_fields(running), "worker_id": "dead-worker"})  # type: ignore[arg-type]
+    await rig.store.apply([dead])
+    async with rig.worker:
+        await started.wait()
+        for _ in range(3):  # 90 s in all, beyond the 60 s lease, heart-beating every 30 s
+            rig.clock.advance(30)
+            await rig.recorder._heartbeat()
+            await rig.recorder.writer.flush()
+        await rig.recorder._reconcile()
+        assert (await handle.status()).state is JobState.RUNNING  # alive: its heartbeats say so
+        gone = await rig.store.get(orphan.job_id)
+        assert gone is not None and gone.state is JobState.RETRYING and gone.attempts[0].outcome == "abandoned"
+        release.set()
+        await rig.drain()
+    assert (await handle.status()).state is JobState.SUCCEEDED
+
+
+def _fields(t: Transition) -> dict[str, object]:
+    return {name: getattr(t, name) for name in t.__slots__}
+
+
+async def test_a_job_that_times_out_is_timed_out_then_dead_lettered_with_timeout_attempts(
+    rig: Rig, jobs: JobRegistry
+) -> None:
+    @jobs.job("t.hang", timeout=0.05, retry=RetryPolicy(max_attempts=2, base=1, jitter=0))
+    async def hang(payload: Job, ctx: JobContext) -> None:
+        await asyncio.sleep(3600)
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.hang", Job(n=1))
+    async with rig.worker:
+        while rig.worker.counts["retried"] == 0:
+            await asyncio.sleep(0.01)
+        await rig.recorder.writer.flush()
+        assert (await handle.status()).state is JobState.TIMED_OUT
+        for _ in range(20):
+            await asyncio.sleep(0)  # the broker's delay timer of the retry copy starts
+        rig.clock.advance(5)
+        await rig.drain()
+    record = await handle.status()
+    assert record.state is JobState.DEAD_LETTERED and record.reason == "exhausted"
+    assert [a.outcome for a in record.attempts] == ["timeout", "timeout"]
+
+
+async def test_a_result_over_the_cap_goes_to_the_payload_store_by_reference() -> None:
+    from conveyor.common.payload_store.memory import MemoryPayloadStore
+    from conveyor.schemas.envelope import PayloadReference
+
+    jobs = JobRegistry()
+
+    @jobs.job("t.big")
+    async def big(payload: Job, ctx: JobContext) -> dict[str, str]:
+        return {"text": "x" * 70_000}  # over the 64 KiB inline cap
+
+    broker, store, blobs = MemoryBroker(), MemoryJobStateStore(), MemoryPayloadStore()
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    worker = Worker(transport, jobs, job_state=store, payload_store=blobs, config=WorkerConfig(metrics_interval=0))
+    async with Producer.for_registry(MemoryTransport(broker), jobs, job_state=store) as producer, worker:
+        handle = await producer.publish("t.big", Job(n=1))
+        await broker.join(DEFAULT_QUEUE)
+    record = await handle.status()  # the worker's shutdown flushed its writer
+    assert record.state is JobState.SUCCEEDED and record.result is None and record.result_ref is not None
+    reference = PayloadReference.model_validate_json(record.result_ref)
+    stored = b"".join([chunk async for chunk in blobs.get(reference)])
+    assert orjson.loads(stored) == {"text": "x" * 70_000}
+    assert await handle.result(timeout=5) is None  # inline results only; the reference says where
+
+
+def test_a_producer_and_a_worker_may_share_one_metrics_registry() -> None:
+    broker, store = MemoryBroker(), MemoryJobStateStore()
+    jobs = JobRegistry()
+    worker = Worker(MemoryTransport(broker), jobs, job_state=store)
+    producer = Producer(MemoryTransport(broker), job_state=store, metrics=worker.metrics, allow_unregistered=True)
+    recorder = next(m for m in producer._middlewares if hasattr(m, "writer"))
+    recorder.writer.record(_t_for_registry_test())
+    assert worker.metrics.registry.get_sample_value("conveyor_job_state_pending", {"role": "producer"}) == 1
+    assert worker.metrics.registry.get_sample_value("conveyor_job_state_pending", {"role": "worker"}) == 0
+
+
+def _t_for_registry_test() -> Transition:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    return Transition(job_id="j", state=JobState.QUEUED, at=now, generation=1, created_at=now)
