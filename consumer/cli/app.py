@@ -1,4 +1,4 @@
-"""The ``conveyor`` command line: demo, worker, publish, dlq, payloads, status.
+"""The ``conveyor`` command line: demo, worker, publish, dlq, payloads, status, console.
 
 Every option also reads a ``CONVEYOR_*`` environment variable (see ``conveyor.common.settings``);
 flags win. Broker URLs are masked whenever they are shown, and every secret a command knows
