@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from bench.support import emit, ready, run_windowed
+from bench.support import emit, ready, rss_mib, run_windowed
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import RetryableError
 from conveyor.common.jobs.context import JobContext
@@ -109,6 +109,8 @@ async def worker_main(spec: dict[str, Any]) -> None:
     state = {"handled": 0, "first": 0.0, "cpu_first": 0.0}
     latencies: list[float] = []
     handled_all = asyncio.Event()
+    rss_every = int(spec.get("rss_every", 0))  # the soak: VmRSS every so many jobs
+    rss_samples: list[tuple[int, float]] = []
 
     async def handler(payload: BenchJob, ctx: JobContext) -> None:
         if not state["first"]:
@@ -119,6 +121,8 @@ async def worker_main(spec: dict[str, Any]) -> None:
         if mode == "retry" and ctx.attempt == 1:
             raise RetryableError("fails once by design")
         state["handled"] += 1
+        if rss_every and state["handled"] % rss_every == 0:
+            rss_samples.append((int(state["handled"]), rss_mib()))
         if state["handled"] >= n:
             handled_all.set()
 
@@ -146,6 +150,8 @@ async def worker_main(spec: dict[str, Any]) -> None:
     result["counts"] = dict(worker.counts)
     if mode == "latency":
         result["latencies"] = latencies
+    if rss_every:
+        result["rss_samples"] = rss_samples
     await worker.stop(grace_period=5.0)
     await transport.close()
     emit(result)

@@ -15,7 +15,7 @@ from typing import Any
 import aio_pika
 import orjson
 
-from bench.support import QUORUM, emit, ready, run_windowed
+from bench.support import QUORUM, emit, finish_raw_worker, ready, run_windowed
 
 __all__ = ["declare_retry_topology", "prepublish", "publish_rate", "worker_main"]
 
@@ -159,15 +159,6 @@ async def worker_main(spec: dict[str, Any]) -> None:
 
     await queue.consume(on_message)
     ready()
-    try:
-        await asyncio.wait_for(done.wait(), float(spec["timeout"]))
-    except TimeoutError:
-        pass
-    result: dict[str, Any] = {"completed": state["count"]}
-    if state["count"] >= n:
-        result["seconds"] = state["last"] - state["first"]
-        result["cpu_seconds"] = state["cpu_last"] - state["cpu_first"]
-    if mode == "latency":
-        result["latencies"] = latencies
+    result = await finish_raw_worker(done, state, n, spec, latencies)
     await connection.close()
     emit(result)

@@ -1,4 +1,4 @@
-"""The scenarios. Each runs raw aio-pika and Conveyor back to back on fresh queues.
+"""The scenarios. Each runs raw aiormq, raw aio-pika and Conveyor back to back on fresh queues.
 
 Every number is a rate or a latency measured the same way for both sides:
 
@@ -11,10 +11,11 @@ Every number is a rate or a latency measured the same way for both sides:
 * retry     — ``n`` jobs each failing once: a confirmed copy into a 50 ms TTL queue that
               dead-letters back, then the original acked; timed to the ``n``-th success.
 
-Each pair runs ``repeat`` times in ABBA order (raw, Conveyor, Conveyor, raw, …) so that a
-drifting broker or a noisy neighbour does not favour whichever side runs first; the best
-sample of each side is reported (rates: highest; latency: lowest p99; CPU: lowest), and
-every sample is kept in the JSON.
+Each set runs ``repeat`` times, the order reversed every other time (aiormq, aio-pika,
+Conveyor, then Conveyor, aio-pika, aiormq, …) so that a drifting broker or a noisy neighbour
+does not favour whichever side runs first; the median sample of each side is reported (rates,
+latencies and CPU; RSS: the worst), and every sample is kept in the JSON. Drain, latency,
+retry, CPU and RSS rows run once per prefetch (= concurrency) in ``Config.prefetches``.
 """
 
 from __future__ import annotations
@@ -22,18 +23,22 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import raw
+from bench import aiormq_raw, raw
 from bench.support import delete_queues, percentile, run_worker_process, wait_for_broker
 
 __all__ = ["Config", "Row", "Runner"]
 
-SIDES = ("raw", "conveyor")
+# "aiormq" is the bound the targets are measured against; "raw" is aio-pika (on Pulsar rows,
+# pulsar-client). The order is the order each set runs in (reversed every other time).
+SIDES = ("aiormq", "raw", "conveyor")
+PULSAR_SIDES = ("raw", "conveyor")
 QUORUM = {"x-queue-type": "quorum"}
 AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 Sample = dict[str, Any]
@@ -43,8 +48,8 @@ Sample = dict[str, Any]
 class Config:
     url: str
     jobs: int = 20_000
-    window: int = 100
-    prefetch: int = 64
+    window: int = 500
+    prefetches: tuple[int, ...] = (64, 200)
     latency_rate: float = 500.0
     latency_seconds: float = 10.0
     retry_jobs: int = 5_000
@@ -53,6 +58,7 @@ class Config:
     only: frozenset[str] = frozenset()
     brokers: frozenset[str] = frozenset({"rabbitmq"})
     pulsar_url: str = "pulsar://127.0.0.1:6650"
+    soak_jobs: int = 0  # > 0: one Conveyor drain of this many jobs, RSS sampled for growth
 
 
 @dataclass
@@ -60,48 +66,63 @@ class Row:
     scenario: str
     metric: str
     unit: str
-    raw: float | None
+    raw: float | None  # raw aio-pika (pulsar-client on the Pulsar rows)
     conveyor: float | None
     better: str = "higher"  # or "lower"
-    target: float | None = None  # minimum Conveyor/raw ratio (for "higher" rows)
+    # Target on Conveyor ÷ bound: a minimum for "higher" rows, a maximum for "lower" ones
+    # (CPU per job); an absolute ceiling in ``unit`` when ``absolute`` (latency, RSS).
+    target: float | None = None
     note: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
+    aiormq: float | None = None  # raw aiormq, the bound (RabbitMQ rows)
+    absolute: bool = False
+
+    @property
+    def bound(self) -> float | None:
+        return self.aiormq if self.aiormq is not None else self.raw
 
     @property
     def ratio(self) -> float | None:
-        if not self.raw or self.conveyor is None:
-            return None
-        return self.conveyor / self.raw
+        """Conveyor ÷ the bound (raw aiormq; raw pulsar-client on Pulsar rows)."""
+        return _ratio(self.conveyor, self.bound)
 
     @property
     def meets_target(self) -> bool | None:
-        if self.target is None or self.ratio is None:
+        if self.target is None:
             return None
-        return self.ratio >= self.target
+        value = self.conveyor if self.absolute else self.ratio
+        if value is None:
+            return None
+        return value <= self.target if self.better == "lower" else value >= self.target
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
             "metric": self.metric,
             "unit": self.unit,
+            "aiormq": self.aiormq,
             "raw": self.raw,
             "conveyor": self.conveyor,
-            "ratio_conveyor_over_raw": self.ratio,
+            "ratio_conveyor_over_bound": self.ratio,
+            "ratio_conveyor_over_raw": _ratio(self.conveyor, self.raw),
             "better": self.better,
-            "target_ratio": self.target,
+            "target": self.target,
+            "target_is_absolute": self.absolute,
             "meets_target": self.meets_target,
             "note": self.note,
             "detail": self.detail,
         }
 
 
-def _best_rate(samples: list[Sample]) -> float:
-    return max(s["rate"] for s in samples)
+def _ratio(value: float | None, bound: float | None) -> float | None:
+    if not bound or value is None:
+        return None
+    return value / bound
 
 
-def _min_cpu(samples: list[Sample]) -> float | None:
-    values = [s["cpu_us"] for s in samples if s.get("cpu_us") is not None]
-    return min(values) if values else None
+def _median(samples: list[Sample], key: str) -> float | None:
+    values = [s[key] for s in samples if s.get(key) is not None]
+    return statistics.median(values) if values else None
 
 
 class Runner:
@@ -118,15 +139,17 @@ class Runner:
         self.filled: dict[str, list[str]] = {s: [] for s in SIDES}
 
     def wants(self, name: str) -> bool:
+        if name == "soak":  # long: only when asked for
+            return self.config.soak_jobs > 0
         return not self.config.only or name in self.config.only
 
     def queue(self, label: str) -> str:
         self._serial += 1
         return f"{self.prefix}.{label}.{self._serial}"
 
-    def orders(self, repeat: int | None = None) -> list[tuple[str, ...]]:
-        """ABBA…: each side goes first equally often."""
-        return [SIDES if i % 2 == 0 else SIDES[::-1] for i in range(repeat or self.config.repeat)]
+    def orders(self, sides: tuple[str, ...] = SIDES) -> list[tuple[str, ...]]:
+        """ABC, CBA, …: each side goes first (and last) equally often."""
+        return [sides if i % 2 == 0 else sides[::-1] for i in range(self.config.repeat)]
 
     async def cleanup(self, *queues: str) -> None:
         from bench.conveyor import DELAY_TIERS
@@ -139,14 +162,24 @@ class Runner:
         await delete_queues(self.config.url, names, exchanges=exchanges)
 
     def _pair_row(self, scenario: str, metric: str, samples: dict[str, list[Sample]], **kwargs: Any) -> Row:
+        """A jobs/s row (medians) plus, as its detail, the median CPU µs per job of each side."""
         return Row(
             scenario,
             metric,
             "jobs/s",
-            _best_rate(samples["raw"]),
-            _best_rate(samples["conveyor"]),
-            detail={"cpu_us_per_job": {s: _min_cpu(samples[s]) for s in SIDES}, "samples": samples},
+            _median(samples["raw"], "rate"),
+            _median(samples["conveyor"], "rate"),
+            aiormq=_median(samples["aiormq"], "rate") if "aiormq" in samples else None,
+            detail={"cpu_us_per_job": {s: _median(samples[s], "cpu_us") for s in samples}, "samples": samples},
             **kwargs,
+        )
+
+    def _cpu_row(self, scenario: str, metric: str, samples: dict[str, list[Sample]]) -> Row:
+        """Worker CPU per job as its own row: Conveyor ÷ bound ≤ 1.25 (issue 18)."""
+        cpu = {s: _median(samples[s], "cpu_us") for s in samples}
+        return Row(
+            scenario, metric, "µs", cpu["raw"], cpu["conveyor"], better="lower", target=1.25, aiormq=cpu.get("aiormq"),
+            note="CPU time of the worker process over the timed span ÷ jobs (median)",
         )
 
     # -- 1. publish ------------------------------------------------------------------
@@ -155,6 +188,7 @@ class Runner:
 
         n, url = self.config.jobs, self.config.url
         publishers: dict[str, Callable[[str, int, int], Awaitable[tuple[float, float]]]] = {
+            "aiormq": lambda q, n_, w: aiormq_raw.publish_rate(url, q, n_, w),
             "raw": lambda q, n_, w: raw.publish_rate(url, q, n_, w),
             "conveyor": lambda q, n_, w: conveyor.publish_rate(url, q, n_, w),
         }
@@ -166,18 +200,32 @@ class Runner:
                     self._say(f"publish: {side}, {n} jobs, window {window}")
                     seconds, cpu_seconds = await publishers[side](q, n, window)
                     samples[side].append({"rate": n / seconds, "cpu_us": cpu_seconds / n * 1e6})
-                    if self.wants("drain") and len(self.filled[side]) < self.config.repeat:
+                    if self.wants("drain") and len(self.filled[side]) < self.config.repeat * len(self.config.prefetches):
                         self.filled[side].append(q)
                     else:
                         await self.cleanup(q)
-            label = "sequential await" if window == 1 else f"{window} in flight (sliding window)"
-            self.rows.append(self._pair_row("publish", label, samples, target=0.85))
+            label = "one awaited confirm at a time" if window == 1 else f"{window} confirms in flight"
+            self.rows.append(self._pair_row("publish", label, samples, target=None if window == 1 else 0.85))
 
-    # -- 2. drain + 5. RSS ---------------------------------------------------------------
-    async def drain(self) -> None:
+    async def _prepublish(self, side: str, q: str, n: int) -> None:
         from bench import conveyor
 
-        n, url, prefetch = self.config.jobs, self.config.url, self.config.prefetch
+        self._say(f"publishing {n} {side} jobs (untimed)")
+        if side == "aiormq":
+            await aiormq_raw.prepublish(self.config.url, q, n)
+        elif side == "raw":
+            await raw.prepublish(self.config.url, q, n)
+        else:
+            await conveyor.declare(self.config.url, q)
+            await conveyor.prepublish(self.config.url, q, n)
+
+    # -- 2. drain + CPU + RSS ------------------------------------------------------------
+    async def drain(self) -> None:
+        for prefetch in self.config.prefetches:
+            await self._drain(prefetch)
+
+    async def _drain(self, prefetch: int) -> None:
+        n, url = self.config.jobs, self.config.url
         samples: dict[str, list[Sample]] = {s: [] for s in SIDES}
         for order in self.orders():
             for side in order:
@@ -185,12 +233,7 @@ class Runner:
                     q = self.filled[side].pop(0)  # filled by the publish scenario
                 else:
                     q = self.queue(f"drain.{side}")
-                    self._say(f"drain: publishing {n} {side} jobs (untimed)")
-                    if side == "raw":
-                        await raw.prepublish(url, q, n)
-                    else:
-                        await conveyor.declare(url, q)
-                        await conveyor.prepublish(url, q, n)
+                    await self._prepublish(side, q, n)
                 self._say(f"drain: {side} worker, prefetch = concurrency = {prefetch}")
                 spec = {"side": side, "mode": "drain", "url": url, "queue": q, "n": n, "prefetch": prefetch, "timeout": 600}
                 run = await run_worker_process("bench.worker", spec, timeout=660)
@@ -209,39 +252,51 @@ class Runner:
                 note="Conveyor: metrics on, JSON logs at INFO",
             )
         )
-        self.rows.append(_rss_row("worker RSS", n, samples))
+        self.rows.append(self._cpu_row("worker CPU", f"per drained job, prefetch {prefetch}", samples))
+        self.rows.append(_rss_row("worker RSS", f"{n:,}-job drain, prefetch {prefetch}", samples, target=45.0))
 
     # -- 3. latency ------------------------------------------------------------------
     async def latency(self) -> None:
+        for prefetch in self.config.prefetches:
+            await self._latency(prefetch)
+
+    async def _latency(self, prefetch: int) -> None:
         rate = self.config.latency_rate
         n = max(1, round(rate * self.config.latency_seconds))
         samples: dict[str, list[Sample]] = {s: [] for s in SIDES}
         for order in self.orders():
             for side in order:
-                samples[side].append(await self._latency_once(side, n))
-        best = {s: min(samples[s], key=lambda x: x["p99"]) for s in SIDES}
-        for key in ("p50", "p99"):
+                samples[side].append(await self._latency_once(side, n, prefetch))
+        for key, ceiling in (("p50", 1.0), ("p99", 3.0)):
+            median = {s: _median(samples[s], key) for s in SIDES}
             self.rows.append(
                 Row(
                     "latency",
-                    f"publish → handler start, {key}, {rate:g} jobs/s × {self.config.latency_seconds:g} s",
+                    f"publish → handler start, {key}, {rate:g} jobs/s, prefetch {prefetch}",
                     "ms",
-                    best["raw"][key],
-                    best["conveyor"][key],
+                    median["raw"],
+                    median["conveyor"],
                     better="lower",
-                    note="sample with the lower p99 of each side",
+                    target=ceiling,
+                    absolute=True,
+                    aiormq=median["aiormq"],
+                    note="median of the samples",
                     detail={"samples": samples} if key == "p99" else {},
                 )
             )
 
-    async def _latency_once(self, side: str, n: int) -> Sample:
+    async def _latency_once(self, side: str, n: int, prefetch: int) -> Sample:
         from bench import conveyor
 
         url, rate = self.config.url, self.config.latency_rate
         q = self.queue(f"latency.{side}")
-        if side == "raw":
+        paced: Callable[[], Awaitable[float]]
+        if side == "aiormq":
+            await aiormq_raw.declare_queue(url, q)
+            paced = lambda: aiormq_raw.publish_paced(url, q, rate, n)  # noqa: E731
+        elif side == "raw":
             await raw.declare_queue(url, q)
-            paced: Callable[[], Awaitable[float]] = lambda: raw.publish_paced(url, q, rate, n)  # noqa: E731
+            paced = lambda: raw.publish_paced(url, q, rate, n)  # noqa: E731
         else:
             await conveyor.declare(url, q)
             paced = lambda: conveyor.publish_paced(url, q, rate, n)  # noqa: E731
@@ -250,14 +305,14 @@ class Runner:
         async def publish() -> None:
             lag["worst"] = await paced()
 
-        self._say(f"latency: {side}, {n} jobs at {rate:g}/s")
+        self._say(f"latency: {side}, {n} jobs at {rate:g}/s, prefetch {prefetch}")
         spec = {
             "side": side,
             "mode": "latency",
             "url": url,
             "queue": q,
             "n": n,
-            "prefetch": self.config.prefetch,
+            "prefetch": prefetch,
             "timeout": self.config.latency_seconds + 60,
         }
         run = await run_worker_process("bench.worker", spec, timeout=self.config.latency_seconds + 120, after_ready=publish)
@@ -273,49 +328,54 @@ class Runner:
 
     # -- 4. retry --------------------------------------------------------------------
     async def retry(self) -> None:
+        for prefetch in self.config.prefetches:
+            await self._retry(prefetch)
+
+    async def _retry(self, prefetch: int) -> None:
         from bench import conveyor
 
         ttl_ms = round(conveyor.RETRY_DELAY * 1000)
         samples: dict[str, list[Sample]] = {s: [] for s in SIDES}
         for order in self.orders():
             for side in order:
-                samples[side].append(await self._retry_once(side, QUORUM, ttl_ms))
+                samples[side].append(await self._retry_once(side, QUORUM, ttl_ms, prefetch))
         self.rows.append(
             self._pair_row(
                 "retry",
-                f"fail once → {ttl_ms} ms TTL queue → succeed",
+                f"fail once → {ttl_ms} ms TTL queue → succeed, prefetch {prefetch}",
                 samples,
-                target=0.60,
+                target=0.80,
                 note="raw retry queue: quorum, default (at-most-once) dead-lettering",
             )
         )
         # Once more with the raw retry queue declared exactly like Conveyor's tiers: separates
         # the broker's cost of at-least-once dead-lettering from Conveyor's client-side cost.
-        alo = await self._retry_once("raw", {**QUORUM, **AT_LEAST_ONCE}, ttl_ms)
+        alo = await self._retry_once("aiormq", {**QUORUM, **AT_LEAST_ONCE}, ttl_ms, prefetch)
         self.rows.append(
             Row(
                 "retry",
-                "same, raw retry queue with at-least-once dead-lettering (like Conveyor's tiers)",
+                f"same, raw retry queue with at-least-once dead-lettering (like Conveyor's tiers), prefetch {prefetch}",
                 "jobs/s",
-                alo["rate"],
-                _best_rate(samples["conveyor"]),
-                detail={"cpu_us_per_job": {"raw": alo["cpu_us"], "conveyor": _min_cpu(samples["conveyor"])}},
-                note="one raw sample; isolates the broker cost of x-dead-letter-strategy=at-least-once",
+                None,
+                _median(samples["conveyor"], "rate"),
+                aiormq=alo["rate"],
+                detail={"cpu_us_per_job": {"aiormq": alo["cpu_us"], "conveyor": _median(samples["conveyor"], "cpu_us")}},
+                note="one aiormq sample; isolates the broker cost of x-dead-letter-strategy=at-least-once",
             )
         )
 
-    async def _retry_once(self, side: str, retry_args: dict[str, Any], ttl_ms: int) -> Sample:
+    async def _retry_once(self, side: str, retry_args: dict[str, Any], ttl_ms: int, prefetch: int) -> Sample:
         from bench import conveyor
 
         n, url = self.config.retry_jobs, self.config.url
         q = self.queue(f"retry.{side}")
-        if side == "raw":
-            await raw.declare_retry_topology(url, q, f"{q}.retry", ttl_ms, retry_args)
-            await raw.prepublish(url, q, n)
-        else:
+        if side == "conveyor":
             await conveyor.declare(url, q)
-            await conveyor.prepublish(url, q, n)
-        self._say(f"retry: {side}, {n} jobs each failing once ({ttl_ms} ms delay)")
+        else:
+            declare = aiormq_raw.declare_retry_topology if side == "aiormq" else raw.declare_retry_topology
+            await declare(url, q, f"{q}.retry", ttl_ms, retry_args)
+        await self._prepublish(side, q, n)
+        self._say(f"retry: {side}, {n} jobs each failing once ({ttl_ms} ms delay), prefetch {prefetch}")
         spec = {
             "side": side,
             "mode": "retry",
@@ -323,13 +383,49 @@ class Runner:
             "queue": q,
             "retry_queue": f"{q}.retry",
             "n": n,
-            "prefetch": self.config.prefetch,
+            "prefetch": prefetch,
             "timeout": 600,
         }
         run = await run_worker_process("bench.worker", spec, timeout=660)
         _require_complete(run.result, n, f"{side} retry")
         await self.cleanup(q)
         return {"rate": n / run.result["seconds"], "cpu_us": _cpu_us(run.result, n)}
+
+    # -- 5. soak: RSS over a long drain --------------------------------------------------
+    async def soak(self) -> None:
+        """One Conveyor drain of ``soak_jobs``, its RSS sampled every tenth of the run."""
+        n, url, prefetch = self.config.soak_jobs, self.config.url, self.config.prefetches[-1]
+        q = self.queue("soak.conveyor")
+        await self._prepublish("conveyor", q, n)
+        self._say(f"soak: conveyor worker draining {n} jobs, prefetch {prefetch}, RSS sampled")
+        spec = {
+            "side": "conveyor",
+            "mode": "drain",
+            "url": url,
+            "queue": q,
+            "n": n,
+            "prefetch": prefetch,
+            "timeout": 1800,
+            "rss_every": max(1, n // 10),
+        }
+        run = await run_worker_process("bench.worker", spec, timeout=1900)
+        _require_complete(run.result, n, "conveyor soak")
+        await self.cleanup(q)
+        rss = run.result["rss_samples"]  # [(jobs done, VmRSS MiB), …]
+        half = [mib for done, mib in rss if done >= n // 2]
+        growth = max(half) - min(half) if half else None
+        self.rows.append(
+            Row(
+                "soak",
+                f"RSS growth over the second half of a {n:,}-job drain, prefetch {prefetch}",
+                "MiB",
+                None,
+                growth,
+                better="lower",
+                note="VmRSS sampled every tenth of the run: " + ", ".join(f"{mib:.1f}" for _, mib in rss),
+                detail={"rss_samples": rss, "peak_rss_mib": run.result["peak_rss_mib"], "rate": n / run.result["seconds"]},
+            )
+        )
 
     # -- 6. Celery, Dramatiq ---------------------------------------------------------
     async def other_libraries(self) -> None:
@@ -354,7 +450,7 @@ class Runner:
             seconds = await asyncio.to_thread(side.publish_sequential, url, q, n)
             entry["publish_jobs_per_s"] = n / seconds
             self._say(f"{name}: drain worker")
-            spec = {"url": url, "queue": q, "n": n, "prefetch": self.config.prefetch, "timeout": 600}
+            spec = {"url": url, "queue": q, "n": n, "prefetch": self.config.prefetches[0], "timeout": 600}
             run = await run_worker_process(module, spec, timeout=660)
             _require_complete(run.result, n, f"{name} drain")
             entry["drain_jobs_per_s"] = n / run.result["seconds"]
@@ -368,63 +464,71 @@ class Runner:
         """Publish (sequential, window) and drain rows on Pulsar; topics deleted afterwards."""
         from bench import pulsar_conveyor, pulsar_raw
 
-        n, url, prefetch = self.config.jobs, self.config.pulsar_url, self.config.prefetch
+        n, url = self.config.jobs, self.config.pulsar_url
         publishers: dict[str, Callable[[str, int, int], Awaitable[tuple[float, float]]]] = {
             "raw": lambda q, n_, w: pulsar_raw.publish_rate(url, q, n_, w),
             "conveyor": lambda q, n_, w: pulsar_conveyor.publish_rate(url, q, n_, w),
         }
-        filled: dict[str, list[str]] = {s: [] for s in SIDES}
+        filled: dict[str, list[str]] = {s: [] for s in PULSAR_SIDES}
         created: list[str] = []
         try:
             if self.wants("publish"):
                 for window in (1, self.config.window):
-                    samples: dict[str, list[Sample]] = {s: [] for s in SIDES}
-                    for order in self.orders():
+                    samples: dict[str, list[Sample]] = {s: [] for s in PULSAR_SIDES}
+                    for order in self.orders(PULSAR_SIDES):
                         for side in order:
                             q = self.queue(f"pulsar.publish.{side}.w{window}")
                             created.append(q)
                             self._say(f"pulsar publish: {side}, {n} jobs, window {window}")
                             seconds, cpu_seconds = await publishers[side](q, n, window)
                             samples[side].append({"rate": n / seconds, "cpu_us": cpu_seconds / n * 1e6})
-                            if self.wants("drain") and len(filled[side]) < self.config.repeat:
+                            if self.wants("drain") and len(filled[side]) < self.config.repeat * len(self.config.prefetches):
                                 filled[side].append(q)
                             else:
                                 await pulsar_conveyor.delete(url, q)
-                    label = "sequential await" if window == 1 else f"{window} in flight (sliding window)"
-                    self.rows.append(self._pair_row("pulsar publish", label, samples, target=0.85))
+                    label = "one awaited send at a time" if window == 1 else f"{window} sends in flight"
+                    self.rows.append(self._pair_row("pulsar publish", label, samples, target=None if window == 1 else 0.85))
             if self.wants("drain"):
-                samples = {s: [] for s in SIDES}
-                for order in self.orders():
-                    for side in order:
-                        if filled[side]:
-                            q = filled[side].pop(0)  # filled by the publish rows
-                        else:
-                            q = self.queue(f"pulsar.drain.{side}")
-                            created.append(q)
-                            self._say(f"pulsar drain: publishing {n} {side} jobs (untimed)")
-                            publisher = pulsar_raw if side == "raw" else pulsar_conveyor
-                            await publisher.prepublish(url, q, n)
-                        self._say(f"pulsar drain: {side} worker, prefetch = concurrency = {prefetch}")
-                        spec = {"side": f"pulsar-{side}", "url": url, "queue": q, "n": n, "prefetch": prefetch, "timeout": 600}
-                        run = await run_worker_process("bench.worker", spec, timeout=660)
-                        _require_complete(run.result, n, f"pulsar {side} drain")
-                        samples[side].append(
-                            {"rate": n / run.result["seconds"], "cpu_us": _cpu_us(run.result, n), "peak_rss_mib": run.result["peak_rss_mib"]}
-                        )
-                        await pulsar_conveyor.delete(url, q)
-                self.rows.append(
-                    self._pair_row(
-                        "pulsar drain",
-                        f"ack after no-op handler, prefetch {prefetch}",
-                        samples,
-                        target=0.85,
-                        note="raw: pulsar-client Shared subscription; Conveyor: metrics on, JSON logs at INFO",
-                    )
-                )
-                self.rows.append(_rss_row("pulsar worker RSS", n, samples))
+                for prefetch in self.config.prefetches:
+                    await self._pulsar_drain(prefetch, filled, created)
         finally:
             # Every topic this run created, whatever happened (deleting a missing one is fine).
             await pulsar_conveyor.delete(url, *created)
+
+    async def _pulsar_drain(self, prefetch: int, filled: dict[str, list[str]], created: list[str]) -> None:
+        from bench import pulsar_conveyor, pulsar_raw
+
+        n, url = self.config.jobs, self.config.pulsar_url
+        samples: dict[str, list[Sample]] = {s: [] for s in PULSAR_SIDES}
+        for order in self.orders(PULSAR_SIDES):
+            for side in order:
+                if filled[side]:
+                    q = filled[side].pop(0)  # filled by the publish rows
+                else:
+                    q = self.queue(f"pulsar.drain.{side}")
+                    created.append(q)
+                    self._say(f"pulsar drain: publishing {n} {side} jobs (untimed)")
+                    publisher = pulsar_raw if side == "raw" else pulsar_conveyor
+                    await publisher.prepublish(url, q, n)
+                self._say(f"pulsar drain: {side} worker, prefetch = concurrency = {prefetch}")
+                spec = {"side": f"pulsar-{side}", "url": url, "queue": q, "n": n, "prefetch": prefetch, "timeout": 600}
+                run = await run_worker_process("bench.worker", spec, timeout=660)
+                _require_complete(run.result, n, f"pulsar {side} drain")
+                samples[side].append(
+                    {"rate": n / run.result["seconds"], "cpu_us": _cpu_us(run.result, n), "peak_rss_mib": run.result["peak_rss_mib"]}
+                )
+                await pulsar_conveyor.delete(url, q)
+        self.rows.append(
+            self._pair_row(
+                "pulsar drain",
+                f"ack after no-op handler, prefetch {prefetch}",
+                samples,
+                target=0.85,
+                note="raw: pulsar-client Shared subscription; Conveyor: metrics on, JSON logs at INFO",
+            )
+        )
+        self.rows.append(self._cpu_row("pulsar worker CPU", f"per drained job, prefetch {prefetch}", samples))
+        self.rows.append(_rss_row("pulsar worker RSS", f"{n:,}-job drain, prefetch {prefetch}", samples, target=45.0))
 
     async def run(self) -> None:
         steps = [
@@ -432,6 +536,7 @@ class Runner:
             ("drain", self.drain),
             ("latency", self.latency),
             ("retry", self.retry),
+            ("soak", self.soak),
         ]
         if "rabbitmq" in self.config.brokers:
             for name, step in steps:
@@ -446,7 +551,6 @@ class Runner:
             started = time.perf_counter()
             await self.pulsar()
             self._say(f"pulsar done in {time.perf_counter() - started:.1f}s")
-
 
     async def _broker_up(self) -> None:
         waited = await wait_for_broker(self.config.url)
@@ -476,15 +580,18 @@ def _require_complete(result: dict[str, Any], n: int, what: str) -> None:
         raise RuntimeError(f"{what}: only {result.get('completed', 0)} of {n} jobs completed before the timeout")
 
 
-def _rss_row(scenario: str, n: int, samples: dict[str, list[dict[str, Any]]]) -> Row:
-    """Peak RSS of the drain worker, worst sample per side."""
-    rss = {side: max(x["peak_rss_mib"] for x in samples[side]) for side in SIDES}
+def _rss_row(scenario: str, metric: str, samples: dict[str, list[dict[str, Any]]], target: float | None = None) -> Row:
+    """Peak RSS of the drain worker, worst sample per side (Conveyor's against a ceiling in MiB)."""
+    rss = {side: max(x["peak_rss_mib"] for x in runs) for side, runs in samples.items()}
     return Row(
         scenario,
-        f"peak RSS, drain worker process ({n:,} jobs)",
+        f"peak RSS, {metric}",
         "MiB",
         rss["raw"],
         rss["conveyor"],
         better="lower",
+        target=target,
+        absolute=target is not None,
+        aiormq=rss.get("aiormq"),
         note="VmHWM of the worker subprocess; worst sample",
     )

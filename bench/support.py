@@ -215,6 +215,18 @@ def _read_all(handle: Any) -> str:
     return str(text)
 
 
+def _status_mib(field: str) -> float | None:
+    """A ``kB`` field of /proc/self/status in MiB; None where /proc is missing."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set size, in MiB.
 
@@ -222,16 +234,32 @@ def peak_rss_mib() -> float:
     peak into ``ru_maxrss``, so a child spawned from a 50 MiB harness would report at least
     50 MiB whatever it used itself. ``ru_maxrss`` is the fallback off Linux.
     """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
+    peak = _status_mib("VmHWM:")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_mib() -> float:
+    """This process's resident set size now (``VmRSS``), in MiB; 0.0 where /proc is missing."""
+    return _status_mib("VmRSS:") or 0.0
+
+
+async def finish_raw_worker(done: asyncio.Event, state: dict[str, float], n: int, spec: dict[str, Any], latencies: list[float]) -> dict[str, Any]:
+    """Wait for the raw loop's ``n``-th ack (or the timeout) and build its result."""
+    try:
+        await asyncio.wait_for(done.wait(), float(spec["timeout"]))
+    except TimeoutError:
+        pass
+    result: dict[str, Any] = {"completed": state["count"]}
+    if state["count"] >= n:
+        result["seconds"] = state["last"] - state["first"]
+        result["cpu_seconds"] = state["cpu_last"] - state["cpu_first"]
+    if spec["mode"] == "latency":
+        result["latencies"] = latencies
+    return result
 
 
 def emit(result: dict[str, Any]) -> None:

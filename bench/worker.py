@@ -12,7 +12,9 @@ import sys
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    if spec["side"] == "raw":
+    if spec["side"] == "aiormq":
+        from bench.aiormq_raw import worker_main
+    elif spec["side"] == "raw":
         from bench.raw import worker_main
     elif spec["side"] == "conveyor":
         from bench.conveyor import worker_main

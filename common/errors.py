@@ -26,6 +26,10 @@
     ├── JobTimeout                  the handler ran past its time limit (retryable)
     ├── PayloadStoreUnavailable     the payload store is unreachable or failed (retryable)
     ├── IdempotencyStoreUnavailable the processed-key database failed (retryable)
+    ├── UnknownJob                  reason ``unknown_job``: no such job id in the job-state store
+    ├── JobStateStoreUnavailable    the job-state database failed (writes are buffered and retried)
+    ├── JobCancelled                an operator cancelled the job: acked, never retried or dead-lettered
+    ├── JobNotSucceeded             ``handle.result()`` of a job that ended dead-lettered or cancelled
     └── CircuitOpen                 a breaker refused the call (no attempt spent)
 
 Third-party exceptions are mapped at the transport boundary with ``raise … from``,
@@ -45,6 +49,9 @@ __all__ = [
     "ConveyorError",
     "CrashLoop",
     "InvalidPayload",
+    "JobCancelled",
+    "JobNotSucceeded",
+    "JobStateStoreUnavailable",
     "JobFailure",
     "JobTimeout",
     "MalformedMessage",
@@ -60,6 +67,7 @@ __all__ = [
     "RetryableError",
     "TlsError",
     "TransportError",
+    "UnknownJob",
     "UnknownJobType",
     "UnknownSchemaVersion",
     "UnsupportedContent",
@@ -198,3 +206,26 @@ class IdempotencyConflict(RejectedMessage):
 
 class IdempotencyStoreUnavailable(ConveyorError):
     """The processed-key database could not be reached or failed; worth another try."""
+
+
+class UnknownJob(ConveyorError):
+    """No job with this id in the job-state store (a typo, or expired by retention). Not a
+    message rejection (no message is involved), but it carries a reason code all the same."""
+
+    reason = "unknown_job"
+
+
+class JobStateStoreUnavailable(ConveyorError):
+    """The job-state database could not be reached or failed; the writer keeps and retries."""
+
+
+class JobCancelled(ConveyorError):
+    """The job was cancelled by an operator: it is acked, never retried or dead-lettered."""
+
+
+class JobNotSucceeded(ConveyorError):
+    """A job's result was asked for, but it ended without one (dead-lettered or cancelled)."""
+
+    def __init__(self, message: str, *, state: str) -> None:
+        super().__init__(message)
+        self.state = state

@@ -23,6 +23,9 @@ from conveyor.common.errors import UnsupportedContent
 
 __all__ = [
     "ATTEMPT",
+    "CONFIG_HASH",
+    "PRODUCER_VERSION",
+    "WORKER_VERSION",
     "CONTENT_ENCODING",
     "CONTENT_TYPE",
     "DUE_AT",
@@ -31,7 +34,7 @@ __all__ = [
     "REPLAYED_FROM",
     "carried_over",
     "check_content_labels",
-    "due_at",
+    "due_timestamp",
     "format_due_at",
 ]
 
@@ -42,6 +45,14 @@ ATTEMPT = "x-conveyor-attempt"
 DUE_AT = "x-conveyor-due-at"
 REPLAYED_FROM = "x-conveyor-replayed-from"  # on a replayed job: the dead letter it came from
 REASON = "x-conveyor-reason"  # on a dead letter: the reason code of the record it carries
+# On a dead letter: the code version and configuration hash of the worker that wrote it. Headers,
+# not record fields: the published record schema forbids unknown fields, so older dlq tools
+# would refuse records carrying new ones.
+WORKER_VERSION = "x-conveyor-worker-version"
+CONFIG_HASH = "x-conveyor-config-hash"
+# In an envelope's own ``headers``: the producer's code version (an envelope header, not a new
+# envelope field, for the same reason: workers of older versions must still read the message).
+PRODUCER_VERSION = "conveyor.producer-version"
 CONTENT_TYPE = "content-type"
 CONTENT_ENCODING = "content-encoding"
 _CONTENT_LABELS = frozenset({CONTENT_TYPE, CONTENT_ENCODING})
@@ -94,10 +105,25 @@ def format_due_at(moment: datetime) -> str:
     return f"{moment.timestamp():.3f}"
 
 
-def due_at(headers: Mapping[str, str]) -> datetime | None:
+# What a datetime can hold (years 1-9999, UTC), as Unix seconds.
+_EARLIEST = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC).timestamp()
+
+
+def due_timestamp(headers: Mapping[str, str]) -> float | None:
+    """When the message became due (Unix seconds), from ``DUE_AT``; None if absent or not a time.
+
+    Seconds, not a ``datetime``: read for every job (the start-delay metric), where building
+    and subtracting datetimes cost more than the rest of that metric.
+    """
     raw = headers.get(DUE_AT)
     if raw is None:
         return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if _EARLIEST <= value <= _LATEST else None  # NaN fails both comparisons
     try:
         return datetime.fromtimestamp(float(raw), UTC)
     except (ValueError, OverflowError, OSError):

@@ -53,13 +53,14 @@ def job_message(
 
 
 def dead_letter_message(
-    record: DeadLetterRecord, body: bytes, *, carried: Mapping[str, str] = _NONE
+    record: DeadLetterRecord, body: bytes, *, carried: Mapping[str, str] = _NONE, run: Mapping[str, str] = _NONE
 ) -> OutgoingMessage:
     """A dead letter: ``body`` is ``record`` encoded; its reason rides in a header too, so the
-    DLQ tooling can name it even for a record it cannot read."""
+    DLQ tooling can name it even for a record it cannot read. ``run``: the writing worker's
+    code version and configuration hash headers."""
     return OutgoingMessage(
         body=body,
         message_id=record.dead_letter_id,
-        headers={**carried, h.REASON: record.reason, h.JOB_TYPE: record.job_type or ""},
+        headers={**carried, h.REASON: record.reason, h.JOB_TYPE: record.job_type or "", **run},
         kind="dead_letter",
     )

@@ -10,6 +10,10 @@ The service-level indicators, and the series that carry them (names as exported)
 success rate                ``conveyor_jobs_succeeded_total`` / ``conveyor_jobs_dead_lettered_total``
                             (terminal outcomes); ``conveyor_jobs_failed_total`` counts attempts
 duration percentiles        ``conveyor_job_duration_seconds`` (handler time)
+cost per run                ``conveyor_job_cpu_seconds{job_type}``: process CPU while the handler ran
+                            (exact at concurrency 1; with jobs side by side it also counts theirs)
+process resources           ``process_resident_memory_bytes``, ``process_open_fds``,
+                            ``process_cpu_seconds_total`` (prometheus_client's ProcessCollector)
 queue depth                 ``conveyor_queue_depth{queue, state="ready|delayed|dead_letter"}``,
                             sampled by every worker every ``metrics_interval`` seconds
 time from publish to start  ``conveyor_job_start_delay_seconds{queue}``: from the moment a message
@@ -38,10 +42,19 @@ loop stalls                 ``conveyor_event_loop_stalls_total`` (blocking code 
 consumers, reconnects       ``conveyor_queue_consumers{queue}`` (this worker: 0/1), ``conveyor_queue_paused{queue}``,
                             ``conveyor_consumers_attached``, ``conveyor_consumer_reconnects_total{queue}``
 ==========================  ================================================================
+
+Under ``conveyor worker --processes N`` every worker process writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` and the supervisor serves their aggregate: counters and histograms
+are summed (dead processes' counts included), each gauge has a deliberate multiprocess mode:
+in flight, consumers and sync threads overrun are summed over live processes (``livesum``),
+breaker state, paused, start delay and oldest age take the worst live value (``livemax``), and
+queue depth, which every process samples from the same broker queue, the most recent sample
+(``livemostrecent``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -51,6 +64,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.values import MutexValue
@@ -96,12 +110,14 @@ class WorkerMetrics:
         self.duration = Histogram(
             "conveyor_job_duration_seconds", "Handler duration", ["job_type"], buckets=_DURATION_BUCKETS, registry=r
         )
-        self.in_flight = Gauge("conveyor_jobs_in_flight", "Jobs being handled now", ["queue"], registry=r)
+        self.in_flight = Gauge("conveyor_jobs_in_flight", "Jobs being handled now", ["queue"], registry=r,
+                              multiprocess_mode="livesum")
         self.breaker_state = Gauge(
-            "conveyor_breaker_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)", ["breaker"], registry=r
+            "conveyor_breaker_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)", ["breaker"], registry=r,
+            multiprocess_mode="livemax",
         )
         self.consumers_attached = Gauge(
-            "conveyor_consumers_attached", "Queues with an attached consumer", registry=r
+            "conveyor_consumers_attached", "Queues with an attached consumer", registry=r, multiprocess_mode="livesum"
         )
         self.attempts = Histogram(
             "conveyor_job_attempts", "Attempts a job took, observed when it succeeded or was dead-lettered",
@@ -115,22 +131,24 @@ class WorkerMetrics:
         self.max_start_delay = Gauge(
             "conveyor_queue_max_start_delay_seconds",
             "Longest start delay among jobs started in the last one or two sampling intervals",
-            ["queue"], registry=r,
+            ["queue"], registry=r, multiprocess_mode="livemax",
         )
         self.queue_depth = Gauge(
-            "conveyor_queue_depth", "Messages in the broker by state (sampled)", ["queue", "state"], registry=r
+            "conveyor_queue_depth", "Messages in the broker by state (sampled)", ["queue", "state"], registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.oldest_age = Gauge(
             "conveyor_queue_oldest_age_seconds",
             "Age of the oldest ready message (only from transports that know it exactly)", ["queue"], registry=r,
+            multiprocess_mode="livemax",
         )
         self.queue_consumers = Gauge(
             "conveyor_queue_consumers", "Whether this worker has a consumer attached to the queue (0/1)",
-            ["queue"], registry=r,
+            ["queue"], registry=r, multiprocess_mode="livesum",
         )
         self.queue_paused = Gauge(
             "conveyor_queue_paused", "Whether this worker paused the queue because a breaker is open (0/1)",
-            ["queue"], registry=r,
+            ["queue"], registry=r, multiprocess_mode="livemax",
         )
         self.reconnects = Counter(
             "conveyor_consumer_reconnects", "Consumers re-attached by the transport after losing the broker",
@@ -157,14 +175,24 @@ class WorkerMetrics:
         self.sync_threads_overrun = Gauge(
             "conveyor_sync_threads_overrun",
             "Sync handler threads still running past their job's time limit (each keeps its slot)", registry=r,
+            multiprocess_mode="livesum",
         )
         self.event_loop_stalls = Counter(
             "conveyor_event_loop_stalls", "Times the event loop was blocked longer than the watchdog allows",
             registry=r,
         )
+        self.job_cpu = Histogram(
+            "conveyor_job_cpu_seconds", "Process CPU time while a job's handler ran (exact at concurrency 1)",
+            ["job_type"], buckets=_DURATION_BUCKETS, registry=r,
+        )
+        with contextlib.suppress(ValueError):  # a registry that has them already (the global default)
+            ProcessCollector(registry=r)  # RSS, open fds, CPU seconds of this process
         self._known: set[str] = set()
+        self._functions: list[tuple[Any, Callable[[], float]]] = []
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._updaters: dict[tuple[int, tuple[str, ...]], Callable[[float], None]] = {}
+        # Per label (bounded: registered job types and "unknown"): a success's three updates.
+        self._succeeded_by_label: dict[str, tuple[Callable[[float], None], ...]] = {}
         self._window_max: dict[str, float] = {}
         self._previous_max: dict[str, float] = {}
 
@@ -203,6 +231,21 @@ class WorkerMetrics:
 
     def settled(self, job_type: str | None, action: SettleAction, outcome: Outcome) -> None:
         label = self.label(job_type)
+        if action is SettleAction.SUCCEEDED and not outcome.error_type and outcome.envelope is not None:
+            # Nearly every job: one lookup for its updates, bound once per label.
+            bound = self._succeeded_by_label.get(label)
+            if bound is None:
+                bound = self._succeeded_by_label[label] = (
+                    self.observer(self.duration, label),
+                    self.adder(self.succeeded, label),
+                    self.observer(self.attempts, label, "succeeded"),
+                )
+            duration, succeeded, attempts = bound
+            if outcome.duration:
+                duration(outcome.duration)
+            succeeded(1)
+            attempts(outcome.envelope.attempt)
+            return
         if outcome.duration:
             self.observer(self.duration, label)(outcome.duration)
         if outcome.error_type and outcome.reason:
@@ -240,7 +283,19 @@ class WorkerMetrics:
     # -- queues ----------------------------------------------------------------------------
     def count_in_flight(self, queue: str, count: Callable[[], int]) -> None:
         """Export ``count()`` as the queue's in-flight gauge, read at scrape time (no per-job update)."""
-        self.child(self.in_flight, queue).set_function(count)
+        self.export_function(self.child(self.in_flight, queue), count)
+
+    def export_function(self, gauge: Any, read: Callable[[], float]) -> None:
+        """``gauge.set_function(read)``, also remembered for ``refresh``: in multiprocess mode the
+        scrape reads the processes' files, not the function, so a worker process under
+        ``conveyor worker --processes N`` copies the values there every second."""
+        gauge.set_function(read)
+        self._functions.append((gauge, read))
+
+    def refresh(self) -> None:
+        """Write every function gauge's current value (multiprocess mode; see ``export_function``)."""
+        for gauge, read in self._functions:
+            gauge.set(read())
 
     def started(self, queue: str, delay: float) -> None:
         """A job started ``delay`` seconds after it became due."""

@@ -1,7 +1,8 @@
 """The middleware chain: cross-cutting behaviour as a finite, typed set of hooks.
 
 Each middleware may wrap consuming (``consume(ctx, call_next)``) and publishing
-(``publish(cmd, call_next)``) and may act at start-up and shutdown. The chain runs in the
+(``publish(cmd, call_next)``), hear what settlement did (``settled``) and may act at start-up
+and shutdown. The chain runs in the
 order given: the first middleware is the outermost. Settlement (ack, retry, dead-letter)
 is core and deliberately *not* a middleware, so no configuration can remove it.
 """
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from conveyor.common.jobs.command import PublishCommand
     from conveyor.common.jobs.context import JobContext
+    from conveyor.common.jobs.outcome import Outcome, SettleAction
     from conveyor.common.jobs.registry import JobSpec
     from conveyor.schemas.envelope import Envelope
 
@@ -46,6 +48,11 @@ class Middleware:
 
     async def publish(self, cmd: PublishCommand, call_next: PublishNext) -> None:
         await call_next(cmd)
+
+    def settled(self, outcome: Outcome, action: SettleAction) -> None:
+        """After settlement carried out ``outcome`` (``action``: what it did). Synchronous and
+        cheap: it runs on the hot path after every delivery (the job-state recorder buffers)."""
+        return None
 
 
 def build_consume_chain(middlewares: Sequence[Middleware], innermost: ConsumeNext) -> ConsumeNext:

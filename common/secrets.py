@@ -1,6 +1,7 @@
 """Secrets come from the environment or from files, and are masked wherever text leaves us.
 
-* **Files**: every secret setting (a ``SecretStr`` field of ``common.settings.Settings``:
+* **Files** (read by ``common.settings``' ``SecretFilesSource``, kept there so that importing this
+  module never loads pydantic-settings): every secret setting (a ``SecretStr`` field of ``common.settings.Settings``:
   ``broker_url``, ``idempotency_url``, ``s3_secret_key``) also reads
   ``CONVEYOR_<NAME>_FILE=/path`` — how Kubernetes and Docker mount secrets. The file's content
   is the value (one trailing newline dropped); setting both the variable and its ``_FILE`` is
@@ -20,12 +21,11 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlencode
 
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
-from pydantic_settings import PydanticBaseSettingsSource
 
 from conveyor.common.errors import ConfigurationError
 
@@ -40,7 +40,6 @@ __all__ = [
     "url_credentials",
     "url_password",
     "Redactor",
-    "SecretFilesSource",
     "read_secret_file",
     "secret_fields",
     "secret_from_file",
@@ -83,25 +82,6 @@ def read_secret_file(path: Path, variable: str) -> str:
     if not text:
         raise ConfigurationError(f"{variable}: {str(path)!r} is empty")
     return text
-
-
-class SecretFilesSource(PydanticBaseSettingsSource):
-    """``<PREFIX><NAME>_FILE`` for each secret setting (see module docs)."""
-
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
-        super().__init__(settings_cls)
-        self._prefix = str(settings_cls.model_config.get("env_prefix", "")).upper()
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # everything happens in __call__
-
-    def __call__(self) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for name in secret_fields(self.settings_cls):
-            value = secret_from_file(f"{self._prefix}{name.upper()}")
-            if value is not None:
-                values[name] = value
-        return values
 
 
 def secret_from_file(variable: str) -> str | None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,12 +37,31 @@ from conveyor.common.defaults import (
     DEFAULT_STALL_WARN_AFTER,
     DEFAULT_STORE_TIMEOUT,
 )
-from conveyor.common.secrets import SecretFilesSource
+from conveyor.common.secrets import secret_fields, secret_from_file
 from conveyor.common.tls import TlsConfig
 
 __all__ = ["LOG_LEVELS", "Settings"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """``<PREFIX><NAME>_FILE`` for each secret setting (see module docs)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self._prefix = str(settings_cls.model_config.get("env_prefix", "")).upper()
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything happens in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in secret_fields(self.settings_cls):
+            value = secret_from_file(f"{self._prefix}{name.upper()}")
+            if value is not None:
+                values[name] = value
+        return values
 
 
 class Settings(BaseSettings):
@@ -107,8 +128,8 @@ class Settings(BaseSettings):
     code_version: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9._+-]{1,40}$",
-        description="This deploy's code version (a release, a git sha): the worker id ends in @<version>, so "
-                    "attempts and dead letters name it (the console filters by it)",
+        description="This deploy's code version (a release, a git sha), recorded with every run, attempt and dead "
+                    "letter; the worker id ends in @<version> (default: package version + git revision when known)",
     )
     tracing: str = Field(
         default="off",
@@ -118,6 +139,10 @@ class Settings(BaseSettings):
     idempotency_url: SecretStr | None = Field(
         default=None,
         description="Processed-key store: sqlite:///path/keys.db or postgresql://… (unset: off)",
+    )
+    job_state_url: SecretStr | None = Field(
+        default=None,
+        description="Job-state store: memory://, sqlite:///path/state.db or postgresql://… (unset: off)",
     )
     payload_store: str | None = Field(
         default=None, description="Claim-check store: file:///path, s3://bucket/prefix, memory:// (unset: off)"

@@ -17,6 +17,7 @@ from conveyor.common.codec import decode_envelope, json_safe_text
 from conveyor.common.deadlines import TimeLimit
 from conveyor.common.errors import (
     CircuitOpen,
+    JobCancelled,
     JobTimeout,
     PermanentError,
     RejectedMessage,
@@ -49,6 +50,7 @@ _MAX_ERROR_TEXT = 1000
 # (``payload_unavailable`` while resolving the payload, ``error`` from the handler).
 _CLASSIFICATION: tuple[tuple[type[BaseException], OutcomeKind, str | None], ...] = (
     (CircuitOpen, OutcomeKind.RELEASE, "circuit_open"),  # the breaker refused: no attempt spent
+    (JobCancelled, OutcomeKind.CANCELLED, "cancelled"),  # an operator's cancel: acked, never retried
     (SchemaTooNew, OutcomeKind.DEFER, None),  # a newer worker will take it
     (RejectedMessage, OutcomeKind.DEAD, None),  # bad input, or a middleware's verdict (idempotency conflict)
     (PermanentError, OutcomeKind.DEAD, "permanent"),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -108,7 +108,10 @@ class Settlement:
         defer: DeferPolicy | None = None,
         payloads: PayloadResolver | None = None,
         redact: Callable[[str], str] = mask_secrets,
+        run_headers: Mapping[str, str] | None = None,
     ) -> None:
+        """``run_headers``: put on every dead letter (the worker's code version, config hash)."""
+        self._run_headers = dict(run_headers or {})
         self._transport = transport
         self._redact = redact  # tracebacks quote the raising line and its message
         self._payloads = payloads
@@ -142,6 +145,10 @@ class Settlement:
             case OutcomeKind.RELEASE:
                 await delivery.release()
                 action = SettleAction.RELEASED
+            case OutcomeKind.CANCELLED:  # never retried, never dead-lettered
+                await delivery.ack()
+                await self._discard_payload(outcome.envelope)
+                action = SettleAction.CANCELLED
             case OutcomeKind.DEFER:
                 action = await self._defer_or_dead(delivery, outcome)
             case OutcomeKind.RETRY:
@@ -220,9 +227,10 @@ class Settlement:
             record = self._bare_record(delivery, outcome, reason, exc)
             body = encode_model(record)
         # Trace context carried over: the dead letter stays in the job's trace.
-        message = dead_letter_message(record, body, carried=h.carried_over(delivery.headers))
+        message = dead_letter_message(record, body, carried=h.carried_over(delivery.headers), run=self._run_headers)
         await self._confirmed(self._transport.dead_letter_queue(delivery.queue), message, "dead_letter")
         await delivery.ack()
+        outcome.dead_letter_id, outcome.dead_letter_reason = record.dead_letter_id, reason
         self._metrics.dead_letter(record.job_type, reason, record.attempt)
         log.warning(
             "job dead-lettered",

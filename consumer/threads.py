@@ -36,11 +36,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from conveyor.common.deadlines import TimeLimit
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["HandlerThreads", "Overrun"]
 
@@ -132,6 +134,9 @@ class HandlerThreads:
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
+            # Imported on first use: a worker with async handlers only never loads it.
+            from concurrent.futures import ThreadPoolExecutor
+
             self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="conveyor-job")
         return self._executor
 

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES
@@ -34,15 +34,15 @@ from conveyor.common.defaults import (
     DEFAULT_METRICS_INTERVAL,
 )
 from conveyor.common.errors import ConfigurationError, UnknownJobType
-from conveyor.common.headers import due_at
+from conveyor.common.headers import CONFIG_HASH, WORKER_VERSION, due_timestamp
 from conveyor.common.idempotency.base import ProcessedKeyStore
+from conveyor.common.job_state.base import JobStateStore
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind, SettleAction
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.middleware import Middleware
 from conveyor.common.payload_store.base import PayloadStore
 from conveyor.common.secrets import mask_secrets
-from conveyor.common.settings import Settings
 from conveyor.common.transport.base import Delivery, Transport
 from conveyor.consumer.breaker import (
     BreakerBoard,
@@ -52,8 +52,10 @@ from conveyor.consumer.breaker import (
     CircuitBreaker,
 )
 from conveyor.consumer.hold_times import holds
+from conveyor.consumer.middleware.cpu_time import CpuTimeMiddleware
 from conveyor.consumer.middleware.crash_guard import CrashGuardMiddleware
 from conveyor.consumer.middleware.idempotency import IdempotencyMiddleware
+from conveyor.consumer.middleware.job_state import JobStateConfig, JobStateMiddleware
 from conveyor.consumer.middleware.log_context import LogContextMiddleware
 from conveyor.consumer.payloads import PayloadResolver
 from conveyor.consumer.processor import Processor
@@ -61,6 +63,9 @@ from conveyor.consumer.queue_runner import QueueMode, QueueRunner
 from conveyor.consumer.settlement import DeferPolicy, Settlement
 from conveyor.consumer.threads import HandlerThreads
 from conveyor.consumer.watchdog import StallWatchdog, WatchdogConfig
+
+if TYPE_CHECKING:  # Settings loads pydantic-settings (~5 MiB): only the CLI needs it at run time
+    from conveyor.common.settings import Settings
 
 __all__ = ["Worker", "WorkerConfig", "default_worker_id"]
 
@@ -93,6 +98,9 @@ class WorkerConfig:
     # guard (``conveyor worker`` always has one, see CONVEYOR_STATE_DIR).
     state_dir: Path | None = None
     crash_limit: int = DEFAULT_CRASH_LIMIT
+    # Recorded with every run (job-state attempts, dead-letter headers): see common.job_state.run_info.
+    code_version: str | None = None
+    config_hash: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -142,13 +150,16 @@ class Worker:
         payloads: PayloadResolver | None = None,
         payload_store: PayloadStore | None = None,
         idempotency: ProcessedKeyStore | None = None,
+        job_state: JobStateStore | None = None,
+        job_state_config: JobStateConfig | None = None,
         rng: random.Random | None = None,
         redact: Callable[[str], str] = mask_secrets,
     ) -> None:
         """``payload_store`` is where claim checks are fetched from (the caller closes it);
         ``payloads`` is the lower-level alternative for several stores. ``redact`` masks
         secrets in error texts before they go into retry copies, dead letters and logs
-        (a ``common.secrets.Redactor``; default: URL passwords only)."""
+        (a ``common.secrets.Redactor``; default: URL passwords only). ``job_state``: record
+        every job's transitions there and honour cancels (``consumer.middleware.job_state``)."""
         if payloads is not None and payload_store is not None:
             raise ConfigurationError("pass payload_store= or payloads=, not both")
         self.transport = transport
@@ -167,17 +178,27 @@ class Worker:
         guard = []
         if self.config.state_dir is not None:
             guard = [CrashGuardMiddleware(CrashJournal(self.config.state_dir), limit=self.config.crash_limit)]
+        # Job state just inside the log context: it sees every job that starts, and a cancel
+        # (JobCancelled) never reaches the breaker as a failure.
+        self.job_state = None if job_state is None else JobStateMiddleware(
+            job_state, worker_id=self.config.worker_id, config=job_state_config,
+            code_version=self.config.code_version, config_hash=self.config.config_hash,
+            registry=self.metrics.registry, clock=self.clock, payload_store=payload_store, control=transport,
+        )
+        recorder = [self.job_state] if self.job_state is not None else []
         self.middlewares = [
-            *guard, LogContextMiddleware(), *middlewares, *dedupe, BreakerMiddleware(self.breakers)
+            *guard, LogContextMiddleware(), *recorder, *middlewares, *dedupe,
+            CpuTimeMiddleware(self.metrics), BreakerMiddleware(self.breakers),
         ]
         registry.check_options(opt for m in self.middlewares for opt in m.options)
+        self._settled_hooks = [m.settled for m in self.middlewares if type(m).settled is not Middleware.settled]
         self.metrics.know_job_types([s.job_type for s in registry.specs()])
         for spec in registry.specs():  # every breaker is exported from the start, closed
             self.metrics.breaker_state.labels(spec.breaker or spec.job_type).set(int(BreakerState.CLOSED))
         self.payloads = payloads or PayloadResolver.for_store(payload_store)
         # Sync handlers' threads: one per slot, so a running job always has one (consumer.threads).
         self.threads = HandlerThreads(self.config.concurrency)
-        self.metrics.sync_threads_overrun.set_function(lambda: len(self.threads.overruns()))
+        self.metrics.export_function(self.metrics.sync_threads_overrun, lambda: len(self.threads.overruns()))
         self.processor = Processor(
             registry=registry,
             middlewares=self.middlewares,
@@ -198,6 +219,7 @@ class Worker:
             defer=self.config.defer,
             payloads=self.payloads,
             redact=redact,
+            run_headers=_run_headers(self.config),
         )
         self.counts: collections.Counter[str] = collections.Counter()
         self._slots = asyncio.Semaphore(self.config.concurrency)
@@ -355,8 +377,10 @@ class Worker:
         """Time from publish (or the end of the retry delay) to the start of this attempt."""
         if outcome.envelope is None or outcome.started_at is None:
             return  # never decoded, or given back without starting (breaker open)
-        due = due_at(delivery.headers) or outcome.envelope.created_at
-        self.metrics.started(delivery.queue, (outcome.started_at - due).total_seconds())
+        due = due_timestamp(delivery.headers)
+        if due is None:
+            due = outcome.envelope.created_at.timestamp()
+        self.metrics.started(delivery.queue, outcome.started_at.timestamp() - due)
 
     async def _settle(self, delivery: Delivery, outcome: Outcome) -> None:
         spec = None
@@ -376,6 +400,11 @@ class Worker:
         self.counts[action] += 1
         if action is SettleAction.RELEASED:
             self.metrics.delivery_released(delivery.queue, "breaker")
+        for hook in self._settled_hooks:
+            try:
+                hook(outcome, action)
+            except Exception:  # an observer must never fail a settled job
+                log.exception("settled hook failed", extra={"queue": delivery.queue})
 
     async def _give_back(self, delivery: Delivery, reason: str) -> None:
         """Release ``delivery`` unstarted (counted in ``conveyor_deliveries_released_total``)."""
@@ -473,6 +502,11 @@ class Worker:
         self._timers.add(task)
         task.add_done_callback(self._timers.discard)
         return task
+
+
+def _run_headers(config: WorkerConfig) -> dict[str, str]:
+    pairs = ((WORKER_VERSION, config.code_version), (CONFIG_HASH, config.config_hash))
+    return {name: value for name, value in pairs if value}
 
 
 def _why_not_accepting(runner: QueueRunner) -> str:

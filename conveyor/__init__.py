@@ -7,6 +7,8 @@ transports, stores) → ``conveyor.producer`` → ``conveyor.consumer`` (the eng
 middleware, operations and CLI).
 """
 
+from typing import TYPE_CHECKING
+
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import (
     AccessRefused,
@@ -38,7 +40,6 @@ from conveyor.common.errors import (
 from conveyor.common.jobs import JobContext, JobRegistry, JobSpec, PublishCommand, PublishReceipt
 from conveyor.common.middleware import Middleware
 from conveyor.common.payload_store import PayloadStore, store_from_url
-from conveyor.common.settings import Settings
 from conveyor.common.tls import TlsConfig
 from conveyor.common.transport.base import Transport
 from conveyor.common.transport.factory import transport_from_url
@@ -46,8 +47,12 @@ from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.middleware.idempotency import IdempotencyMiddleware, job_transaction
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
+from conveyor.producer.sync_producer import SyncProducer
 from conveyor.schemas.dead_letter import DeadLetterRecord
 from conveyor.schemas.envelope import Envelope, PayloadReference
+
+if TYPE_CHECKING:
+    from conveyor.common.settings import Settings
 
 __all__ = [
     "AccessRefused",
@@ -87,6 +92,7 @@ __all__ = [
     "RetryPolicy",
     "RetryableError",
     "Settings",
+    "SyncProducer",
     "TlsConfig",
     "TlsError",
     "Transport",
@@ -99,3 +105,13 @@ __all__ = [
     "store_from_url",
     "transport_from_url",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Settings loads pydantic-settings (~5 MiB resident): only on first use, so a worker or
+    # producer built in code does not carry it (issue 18, worker RSS).
+    if name == "Settings":
+        from conveyor.common.settings import Settings
+
+        return Settings
+    raise AttributeError(f"module 'conveyor' has no attribute {name!r}")

@@ -2,5 +2,6 @@
 
 from conveyor.common.jobs.command import PublishCommand, PublishReceipt
 from conveyor.producer.producer import Producer
+from conveyor.producer.sync_producer import SyncProducer
 
-__all__ = ["Producer", "PublishCommand", "PublishReceipt"]
+__all__ = ["Producer", "PublishCommand", "PublishReceipt", "SyncProducer"]

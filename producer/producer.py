@@ -41,6 +41,9 @@ from conveyor.common.errors import (
     TransportError,
     UnknownJobType,
 )
+from conveyor.common.headers import PRODUCER_VERSION
+from conveyor.common.job_state.base import JobStateStore
+from conveyor.common.job_state.handle import JobHandle
 from conveyor.common.jobs.command import PublishCommand, PublishReceipt
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.messages import job_message
@@ -49,6 +52,7 @@ from conveyor.common.middleware import Middleware, build_publish_chain
 from conveyor.common.payload_store.base import DEFAULT_PAYLOAD_THRESHOLD, PayloadStore
 from conveyor.common.transport.base import Transport
 from conveyor.producer.claim_check import ClaimCheck
+from conveyor.producer.job_state import JobStateRecorder
 from conveyor.schemas.envelope import (
     Envelope,
     InlinePayload,
@@ -58,6 +62,8 @@ from conveyor.schemas.envelope import (
 from conveyor.schemas.registry import SchemaRegistry
 
 __all__ = ["Producer"]
+
+MAX_ENVELOPE_HEADERS = 64  # the envelope schema's limit: a full set of the caller's own is left alone
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +93,12 @@ class Producer:
         manage_transport: bool = True,
         payload_store: PayloadStore | None = None,
         payload_threshold: int = DEFAULT_PAYLOAD_THRESHOLD,
+        job_state: JobStateStore | None = None,
+        code_version: str | None = None,
     ) -> None:
+        """``code_version``: put in each envelope's headers (``conveyor.producer-version``) and the
+        job-state records. ``job_state``: record each job ``queued``/``scheduled`` there and return a ``JobHandle``
+        (``status()``, ``result()``); the caller owns the store, as it owns a payload store."""
         if confirm_timeout <= 0 or publish_tries < 1:
             raise ConfigurationError("confirm_timeout must be > 0 and publish_tries ≥ 1")
         self.transport = transport
@@ -106,6 +117,12 @@ class Producer:
         self._declared: set[str] = set()
         self._declare_lock = asyncio.Lock()
         self._middlewares = list(middlewares)
+        self._job_state = job_state
+        self._code_version = code_version
+        if job_state is not None:  # innermost: it records only what the broker confirmed
+            self._middlewares.append(JobStateRecorder(
+                job_state, clock=self._clock, registry=self.metrics.registry, producer_version=code_version
+            ))
         self._send = build_publish_chain(self._middlewares, self._confirmed_send)
         # The caller owns (and closes) the store, as it owns the transport unless told otherwise.
         self.claim_check = (
@@ -184,6 +201,9 @@ class Producer:
         if isinstance(deadline, timedelta):
             deadline = now + deadline
         job_id = job_id or new_job_id()
+        headers = dict(headers or {})
+        if self._code_version and len(headers) < MAX_ENVELOPE_HEADERS:
+            headers.setdefault(PRODUCER_VERSION, self._code_version)
         return Envelope(
             job_id=job_id,
             idempotency_key=idempotency_key or job_id,
@@ -193,7 +213,7 @@ class Producer:
             causation_id=causation_id,
             created_at=now,
             deadline=deadline,
-            headers=dict(headers or {}),
+            headers=headers,
             payload=InlinePayload(data=data),
         )
 
@@ -237,6 +257,9 @@ class Producer:
             tries = await self._send_with_retries(command, exc)
         known = self.schemas.knows(envelope.job_type)  # a bounded label: registered types only
         self.metrics.adder(self.metrics.published, envelope.job_type if known else UNKNOWN)(1)
+        if self._job_state is not None:
+            return JobHandle(job_id=envelope.job_id, queue=target, confirmed_at=self._clock.now(), tries=tries,
+                             store=self._job_state, scheduled=delay > 0)
         return PublishReceipt(job_id=envelope.job_id, queue=target, confirmed_at=self._clock.now(), tries=tries)
 
     async def _send_with_retries(self, command: PublishCommand, first_error: Exception) -> int:

@@ -7,12 +7,9 @@ too). The drivers (aiosqlite, asyncpg) are imported only when a store opens.
 
 from __future__ import annotations
 
-from typing import TypedDict
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, TypedDict
 
 from conveyor.common.clock import Clock
-from conveyor.common.errors import ConfigurationError
-from conveyor.common.extras import require
 from conveyor.common.idempotency.base import (
     IdempotencyConflict,
     IdempotencyStoreUnavailable,
@@ -22,7 +19,10 @@ from conveyor.common.idempotency.base import (
 )
 from conveyor.common.idempotency.memory import MemoryProcessedKeyStore
 from conveyor.common.idempotency.postgres import PostgresProcessedKeyStore
-from conveyor.common.idempotency.sqlite import SQLiteProcessedKeyStore
+from conveyor.common.sql import parse_store_url
+
+if TYPE_CHECKING:
+    from conveyor.common.idempotency.sqlite import SQLiteProcessedKeyStore
 
 __all__ = [
     "IdempotencyConflict",
@@ -42,18 +42,21 @@ class _TablePrefix(TypedDict, total=False):
 
 
 def store_from_url(url: str, *, clock: Clock | None = None, table_prefix: str | None = None) -> ProcessedKeyStore:
-    scheme = urlsplit(url).scheme.lower()
+    location = parse_store_url(url, what="idempotency store")
     prefix: _TablePrefix = {} if table_prefix is None else {"table_prefix": table_prefix}
-    if scheme == "memory":
+    if location.kind == "memory":
         return MemoryProcessedKeyStore(clock=clock)
-    if scheme == "sqlite":
-        path = url[len("sqlite:") :]
-        path = path[2:] if path.startswith("//") else path  # sqlite:///abs → /abs
-        if not path:
-            raise ConfigurationError("sqlite URL needs a file path: sqlite:///var/lib/conveyor/keys.db")
-        return SQLiteProcessedKeyStore(path, clock=clock, **prefix)
-    if scheme in ("postgresql", "postgres"):
-        require("postgres", "a PostgreSQL idempotency store")
-        return PostgresProcessedKeyStore(url, clock=clock, **prefix)
-    # Never echo the URL: it may carry a password.
-    raise ConfigurationError(f"unsupported idempotency store scheme {scheme!r}: use memory, sqlite or postgresql")
+    if location.kind == "sqlite":
+        # The SQLite store loads the sqlite3 module (~1 MiB resident): only when it is asked for.
+        from conveyor.common.idempotency.sqlite import SQLiteProcessedKeyStore
+
+        return SQLiteProcessedKeyStore(location.target, clock=clock, **prefix)
+    return PostgresProcessedKeyStore(location.target, clock=clock, **prefix)
+
+
+def __getattr__(name: str) -> object:
+    if name == "SQLiteProcessedKeyStore":
+        from conveyor.common.idempotency.sqlite import SQLiteProcessedKeyStore
+
+        return SQLiteProcessedKeyStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import re
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -51,10 +50,10 @@ import orjson
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.errors import (
-    ConfigurationError,
     IdempotencyConflict,
     IdempotencyStoreUnavailable,
 )
+from conveyor.common.sql import check_schema_version, check_table_prefix
 
 __all__ = [
     "DEFAULT_TABLE_PREFIX",
@@ -75,9 +74,6 @@ DEFAULT_TABLE_PREFIX = "conveyor_"
 STATUS_SUCCEEDED = "succeeded"
 MAX_CHECKPOINT_BYTES = 256 * 1024  # a checkpoint is a bookmark, not a place to keep results
 
-_PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
-
-
 @dataclass(frozen=True, slots=True)
 class Record:
     """One idempotency key that succeeded."""
@@ -87,13 +83,6 @@ class Record:
     payload_hash: str
     job_id: str
     finished_at: datetime
-
-
-def check_table_prefix(prefix: str) -> str:
-    """Table names are built from it, so only ``[a-z_][a-z0-9_]*`` (≤ 31 characters)."""
-    if not _PREFIX.match(prefix):
-        raise ConfigurationError(f"invalid table prefix {prefix!r}: use a-z 0-9 _ (≤ 31 characters)")
-    return prefix
 
 
 def encode_state(state: dict[str, Any]) -> bytes:
@@ -234,11 +223,7 @@ class ProcessedKeyStore(abc.ABC):
         return self.clock.now() - older_than
 
     def _check_schema_version(self, found: int | None) -> None:
-        if found is not None and found > SCHEMA_VERSION:
-            raise ConfigurationError(
-                f"{self.version_table} is at schema v{found}, newer than v{SCHEMA_VERSION} known here: "
-                "upgrade this worker"
-            )
+        check_schema_version(self.version_table, found, SCHEMA_VERSION)
 
     @staticmethod
     def _compare(key: str, payload_hash: str, existing: Record) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from conveyor.common.idempotency.base import (
     decode_state,
     encode_state,
 )
+from conveyor.common.sql import create_pg_pool, postgres_errors_as, rows_affected
 
 if TYPE_CHECKING:
     import asyncpg
@@ -38,27 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["PostgresProcessedKeyStore"]
 
 
-def _driver_errors() -> tuple[type[BaseException], ...]:
-    import asyncpg
-
-    return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
-
-
-@contextlib.contextmanager
-def _mapped(what: str) -> Iterator[None]:
-    try:
-        yield
-    except _driver_errors() as exc:
-        # No DSN in the text: it carries the password.
-        raise IdempotencyStoreUnavailable(f"postgres {what} failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _rows(status: str) -> int:
-    """Row count from a command tag such as ``INSERT 0 1`` or ``DELETE 12``."""
-    try:
-        return int(status.rsplit(" ", 1)[-1])
-    except (ValueError, AttributeError):
-        return 0
+def _mapped(what: str) -> contextlib.AbstractContextManager[None]:
+    return postgres_errors_as(IdempotencyStoreUnavailable, what)
 
 
 class PostgresProcessedKeyStore(ProcessedKeyStore):
@@ -89,15 +71,13 @@ class PostgresProcessedKeyStore(ProcessedKeyStore):
     async def open(self) -> None:
         if self._pool is not None:
             return
-        import asyncpg
-
         with _mapped("connect"):
-            pool = await asyncpg.create_pool(
+            pool = await create_pg_pool(
                 self._dsn,
                 min_size=self._min_size,
                 max_size=self._max_size,
                 command_timeout=self._command_timeout,
-                timeout=self._connect_timeout,
+                connect_timeout=self._connect_timeout,
             )
         try:
             with _mapped("schema set-up"):
@@ -194,7 +174,7 @@ class PostgresProcessedKeyStore(ProcessedKeyStore):
                         " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO NOTHING",
                         key, STATUS_SUCCEEDED, payload_hash, job_id, self.clock.now(),
                     )
-                    if _rows(status) == 1:
+                    if rows_affected(status) == 1:
                         await conn.execute(f"DELETE FROM {self.checkpoints_table} WHERE job_id = $1", job_id)
                         return True
                     existing = await self._fetch_record(conn, key)
@@ -229,7 +209,8 @@ class PostgresProcessedKeyStore(ProcessedKeyStore):
         cutoff = self._cutoff(older_than)
         with _mapped("expire"):
             async with self._atomic() as conn:
-                deleted = _rows(await conn.execute(f"DELETE FROM {self.keys_table} WHERE finished_at < $1", cutoff))
+                status = await conn.execute(f"DELETE FROM {self.keys_table} WHERE finished_at < $1", cutoff)
+                deleted = rows_affected(status)
                 await conn.execute(f"DELETE FROM {self.checkpoints_table} WHERE updated_at < $1", cutoff)
         return deleted
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ from conveyor.common.idempotency.base import (
     decode_state,
     encode_state,
 )
+from conveyor.common.sql import connect_sqlite, sqlite_errors_as
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -39,23 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["SQLiteProcessedKeyStore"]
 
 
-@contextlib.contextmanager
-def _mapped(what: str) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise IdempotencyStoreUnavailable(f"sqlite {what} failed: {type(exc).__name__}: {exc}") from exc
-
-
-async def _reap(conn: aiosqlite.Connection) -> None:
-    """Wait for the worker thread of a connection that failed to open.
-
-    aiosqlite stops that thread without awaiting it; if the loop closed first, the thread
-    would fail handing back its result ("Event loop is closed").
-    """
-    thread = getattr(conn, "_thread", None)
-    if thread is not None and thread.is_alive():
-        await asyncio.to_thread(thread.join, 5.0)
+def _mapped(what: str) -> contextlib.AbstractContextManager[None]:
+    return sqlite_errors_as(IdempotencyStoreUnavailable, what)
 
 
 class SQLiteProcessedKeyStore(ProcessedKeyStore):
@@ -79,20 +65,9 @@ class SQLiteProcessedKeyStore(ProcessedKeyStore):
     async def open(self) -> None:
         if self._conn is not None:
             return
-        import aiosqlite
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with _mapped("open"):
-            conn = aiosqlite.connect(self.path, isolation_level=None)  # we issue BEGIN/COMMIT
+            conn = await connect_sqlite(self.path, busy_timeout=self.busy_timeout)
             try:
-                await conn
-            except BaseException:
-                await _reap(conn)
-                raise
-            try:
-                await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                await conn.execute("PRAGMA journal_mode = WAL")
-                await conn.execute("PRAGMA synchronous = FULL")
                 await self._migrate(conn)
             except BaseException:
                 await conn.close()

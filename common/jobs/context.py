@@ -38,6 +38,10 @@ class JobContext:
     headers: dict[str, str] = field(default_factory=dict)
     # Set by the idempotency middleware when the job has a processed-key store.
     checkpoints: Checkpoints | None = None
+    # Set (from the loop thread) when an operator cancels this job while it runs. An async
+    # handler is cancelled outright; a sync handler cannot be, so it should check this between
+    # steps and return early: the job is recorded cancelled whatever it returns.
+    cancelled: bool = False
 
     @property
     def last_checkpoint(self) -> dict[str, Any] | None:

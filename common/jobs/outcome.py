@@ -18,6 +18,7 @@ class OutcomeKind(enum.Enum):
     DEAD = "dead"  # dead-letter now with ``reason``
     DEFER = "defer"  # not for this worker yet (newer schema): later, no attempt spent
     RELEASE = "release"  # give back untouched (breaker open, shutting down)
+    CANCELLED = "cancelled"  # an operator cancelled it: ack, never retry or dead-letter
 
 
 class SettleAction(enum.StrEnum):
@@ -30,6 +31,7 @@ class SettleAction(enum.StrEnum):
     DEFERRED = "deferred"
     RELEASED = "released"
     DEAD_LETTERED = "dead_lettered"
+    CANCELLED = "cancelled"
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, which made building
@@ -49,6 +51,9 @@ class Outcome:
     # The exception behind a failure. Formatting a traceback costs more than the rest of a
     # retry, and only dead letters keep one, so it is formatted on demand: ``traceback_text``.
     error: BaseException | None = field(default=None, repr=False, compare=False)
+    # Set by settlement when it wrote a dead letter (its id and reason): the job's record links to it.
+    dead_letter_id: str | None = None
+    dead_letter_reason: str | None = None
 
     def traceback_text(self) -> str | None:
         """``traceback`` if set, else the formatted traceback of ``error`` (last 20,000 chars)."""

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from conveyor.common.backoff import check_delay
-from conveyor.common.errors import AlreadySettled
+from conveyor.common.errors import AlreadySettled, ConfigurationError
 
 __all__ = [
+    "CONTROL_CHANNEL",
     "ConsumerHandle",
+    "ControlHandler",
     "Delivery",
     "DeliveryHandler",
     "MessageKind",
@@ -100,6 +102,9 @@ class Delivery(abc.ABC):
 
 
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+# A broadcast's body, for every subscriber of a control channel (see ``Transport.broadcast``).
+ControlHandler = Callable[[bytes], Awaitable[None]]
+CONTROL_CHANNEL = "conveyor.control"  # operators' commands to every worker (job cancels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +189,18 @@ class Transport(abc.ABC):
         message (which job, how long). Call after ``declare``. The default: no such limit (the
         in-memory broker has none; Pulsar's ack timeout is left off by its transport)."""
         return None
+
+    async def broadcast(self, channel: str, body: bytes) -> None:
+        """Optional capability: hand ``body`` to every subscriber of ``channel`` connected now,
+        in any process (RabbitMQ: a fanout exchange; Pulsar: a non-persistent topic; memory: the
+        broker's subscribers). Not stored: a process subscribing later never sees it, so what
+        must not be missed is also written somewhere durable (cancels: the job-state store)."""
+        raise ConfigurationError(f"the {self.scheme or type(self).__name__} transport has no broadcast channel")
+
+    async def subscribe(self, channel: str, handler: ControlHandler) -> ConsumerHandle:
+        """Optional capability: call ``handler`` with each broadcast on ``channel`` from now on,
+        until the handle is cancelled (it re-attaches after a reconnect where the broker allows)."""
+        raise ConfigurationError(f"the {self.scheme or type(self).__name__} transport has no broadcast channel")
 
     async def stats(self, queue: str) -> QueueStats:
         """Optional capability: depth by state, consumers, oldest age, as far as known.

@@ -21,6 +21,7 @@ from conveyor.common.errors import PublishNotConfirmed, TransportError
 from conveyor.common.tasks import TaskSet
 from conveyor.common.transport.base import (
     ConsumerHandle,
+    ControlHandler,
     Delivery,
     DeliveryHandler,
     OutgoingMessage,
@@ -49,6 +50,21 @@ class _Consumer(ConsumerHandle):
     prefetch: int
     owner: MemoryTransport
     unacked: int = 0
+    active: bool = True
+
+    @property
+    def attached(self) -> bool:
+        return self.active and self.owner.connected
+
+    async def cancel(self) -> None:
+        self.active = False
+
+
+@dataclass(eq=False)
+class _Subscriber(ConsumerHandle):
+    channel: str
+    handler: ControlHandler
+    owner: MemoryTransport
     active: bool = True
 
     @property
@@ -101,6 +117,13 @@ class _MemoryDelivery(Delivery):
             raise TransportError("connection closed; the broker redelivers this message")
 
 
+async def _call(handler: ControlHandler, body: bytes) -> None:
+    try:
+        await handler(body)
+    except Exception:  # one bad broadcast must not stop the others
+        log.exception("control message handler failed")
+
+
 class MemoryBroker:
     """In-process broker state, shared by any number of ``MemoryTransport`` connections."""
 
@@ -109,6 +132,7 @@ class MemoryBroker:
         self._queues: dict[str, _Queue] = {}
         self._tasks = TaskSet()
         self._joiners: list[tuple[str, asyncio.Future[None]]] = []
+        self._subscribers: dict[str, list[_Subscriber]] = {}  # control channels (broadcast)
 
     def declare(self, queue: str) -> None:
         self._queues.setdefault(queue, _Queue())
@@ -249,6 +273,14 @@ class MemoryBroker:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.spawn(coro)
 
+    def broadcast(self, channel: str, body: bytes) -> None:
+        """Every attached subscriber of ``channel`` gets ``body``; the others never will."""
+        subscribers = [s for s in self._subscribers.get(channel, []) if s.active]
+        self._subscribers[channel] = subscribers
+        for subscriber in subscribers:
+            if subscriber.attached:
+                self._spawn(_call(subscriber.handler, body))
+
     def _notify(self) -> None:
         waiting = []
         for queue, future in self._joiners:
@@ -323,6 +355,16 @@ class MemoryTransport(Transport):
     async def stats(self, queue: str) -> QueueStats:
         self._check()
         return self.broker.stats(queue, self.dead_letter_queue(queue))
+
+    async def broadcast(self, channel: str, body: bytes) -> None:
+        self._check()
+        self.broker.broadcast(channel, body)
+
+    async def subscribe(self, channel: str, handler: ControlHandler) -> ConsumerHandle:
+        self._check()
+        subscriber = _Subscriber(channel=channel, handler=handler, owner=self)
+        self.broker._subscribers.setdefault(channel, []).append(subscriber)
+        return subscriber
 
     def _check(self) -> None:
         if not self.connected:

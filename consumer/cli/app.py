@@ -1,4 +1,4 @@
-"""The ``conveyor`` command line: demo, worker, publish, dlq, payloads, status, console.
+"""The ``conveyor`` command line: demo, worker, publish, dlq, payloads, status, jobs, outbox, console.
 
 Every option also reads a ``CONVEYOR_*`` environment variable (see ``conveyor.common.settings``);
 flags win. Broker URLs are masked whenever they are shown, and every secret a command knows
@@ -15,6 +15,8 @@ from conveyor.common.logging import configure_logging
 from conveyor.common.settings import LOG_LEVELS, Settings
 from conveyor.consumer.cli.console import console as console_command
 from conveyor.consumer.cli.dlq import dlq
+from conveyor.consumer.cli.jobs import jobs
+from conveyor.consumer.cli.outbox import outbox
 from conveyor.consumer.cli.payloads import payloads
 from conveyor.consumer.cli.publish import publish
 from conveyor.consumer.cli.status import status
@@ -65,7 +67,7 @@ def demo(jobs_count: int, with_console: bool, console_port: int) -> None:
     run(run_demo(console, jobs_count=jobs_count, keep_up=keep_up), None)
 
 
-for command in (worker, publish, dlq, payloads, status, console_command):
+for command in (worker, publish, dlq, payloads, status, jobs, outbox, console_command):
     main.add_command(command)
 
 

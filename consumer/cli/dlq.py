@@ -59,14 +59,24 @@ def _run_on_dlq(broker: str | None, queue: str, action: Callable[[DeadLetters], 
 @queue_option
 @_filters
 @click.option("--limit", default=100, show_default=True)
+@click.option("--worker-version", default=None,
+              help="Only entries written by workers of this code version (CONVEYOR_CODE_VERSION)")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line")
 def dlq_list(broker: str | None, queue: str, reason: str | None, job_type: str | None, limit: int,
-             as_json: bool) -> None:
+             worker_version: str | None, as_json: bool) -> None:
     """List dead letters (they stay in the DLQ)."""
-    records = _run_on_dlq(broker, queue, lambda d: d.list(DeadLetterFilter(reason, job_type), limit=limit))
+    seen: dict[str, dict[str, str | None]] = {}
+
+    async def listed(d: DeadLetters) -> list[Any]:
+        found = await d.list(DeadLetterFilter(reason, job_type, worker_version=worker_version), limit=limit)
+        seen.update(d.run_info)
+        return found
+
+    records = _run_on_dlq(broker, queue, listed)
     if as_json:
         for record in records:
-            click.echo(record.model_dump_json(exclude={"traceback", "original_body_b64"}))
+            data = record.model_dump(mode="json", exclude={"traceback", "original_body_b64"})
+            click.echo(orjson.dumps({**data, **seen.get(record.dead_letter_id, {})}).decode())
         return
     table = Table(title=f"DLQ of {queue}: {len(records)} shown")
     for column in ("id", "job id", "job type", "reason", "error", "attempts", "when"):

@@ -26,16 +26,23 @@ __all__ = ["publish"]
 @click.option("--delay", type=float, default=0.0, help="Seconds before the job may run (at most 30 days)")
 @click.option("--header", "headers", multiple=True, help="name=value, repeatable")
 @support.payload_store_option
+@support.job_state_option
 def publish(job_type: str, payload: str, broker: str | None, app: str | None, queue: str | None,
             schema_version: int | None, idempotency_key: str | None, delay: float, headers: tuple[str, ...],
-            payload_store: str | None) -> None:
+            payload_store: str | None, job_state_url: str | None) -> None:
     """Publish one job and wait for the broker's confirm (large payloads go to the payload store)."""
     from conveyor.producer.producer import Producer
 
-    settings = support.settings_from(**({"payload_store": payload_store} if payload_store else {}))
+    overrides = {"payload_store": payload_store, "job_state_url": job_state_url}
+    settings = support.settings_from(**{k: v for k, v in overrides.items() if v})
     url = support.require_broker(broker)
     store_options = {"payload_threshold": settings.payload_threshold_bytes}
 
+    version = None
+    if support.job_state_store_for(settings) is not None:  # before the loop: the git revision is a subprocess
+        from conveyor.common.job_state.run_info import code_version
+
+        version = code_version(settings.code_version)
     data = _payload(payload)
     header_map = _headers(headers)
     registry = support.load_registry(app, "--app") if app else None
@@ -43,8 +50,11 @@ def publish(job_type: str, payload: str, broker: str | None, app: str | None, qu
     async def go() -> None:
         transport = support.transport_for(url, settings)
         store = support.payload_store_for(settings)
+        states = support.job_state_store_for(settings)
         middlewares, tracer_provider = support.tracing(settings, "conveyor-publish")
         options: dict[str, Any] = {"payload_store": store, "middlewares": middlewares, **store_options}
+        if states is not None:
+            options.update(job_state=states, code_version=version)
         if registry is not None:
             producer = Producer.for_registry(transport, registry, **options)
         else:
@@ -58,6 +68,8 @@ def publish(job_type: str, payload: str, broker: str | None, app: str | None, qu
         finally:
             if store is not None:
                 await store.close()
+            if states is not None:
+                await states.close()
             if tracer_provider is not None:
                 tracer_provider.shutdown()
         click.echo(orjson.dumps({"job_id": receipt.job_id, "queue": receipt.queue, "confirmed": True}).decode())

@@ -25,6 +25,8 @@ __all__ = ["broker_from_environment", "protect", "redactor", "warn_if_credential
 _ALTERNATIVES = {
     "broker": "CONVEYOR_BROKER_URL or CONVEYOR_BROKER_URL_FILE",
     "idempotency_url": "CONVEYOR_IDEMPOTENCY_URL or CONVEYOR_IDEMPOTENCY_URL_FILE",
+    "job_state_url": "CONVEYOR_JOB_STATE_URL or CONVEYOR_JOB_STATE_URL_FILE",
+    "database_url": "CONVEYOR_OUTBOX_DATABASE_URL or CONVEYOR_OUTBOX_DATABASE_URL_FILE",
 }
 
 

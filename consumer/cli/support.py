@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from conveyor.common.errors import ConveyorError, RejectedMessage
+from conveyor.common.errors import ConveyorError, RejectedMessage, UnknownJob
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.settings import Settings
 from conveyor.common.transport.base import Transport
@@ -24,11 +24,14 @@ from conveyor.consumer.cli.secrets import (
     broker_from_environment,
     protect,
     redactor,
+    warn_if_credentials,
 )
 
 __all__ = [
     "broker_option",
     "console",
+    "job_state_option",
+    "job_state_store_for",
     "load_registry",
     "payload_store_for",
     "payload_store_option",
@@ -52,10 +55,12 @@ def run(coro: Coroutine[Any, Any, T], settings: Settings | None) -> T:
     try:
         if settings is not None:
             params = click.get_current_context().params
-            protect(settings, params.get("broker"), params.get("idempotency_url"))
+            protect(settings, params.get("broker"), params.get("idempotency_url"), params.get("database_url"),
+                    params.get("job_state_url"))
         return asyncio.run(coro)
     except ConveyorError as exc:  # one line: the error's type (and reason code) and message
-        kind = f"{type(exc).__name__} ({exc.reason})" if isinstance(exc, RejectedMessage) else type(exc).__name__
+        reason = exc.reason if isinstance(exc, RejectedMessage | UnknownJob) else None
+        kind = f"{type(exc).__name__} ({reason})" if reason else type(exc).__name__
         raise click.ClickException(redactor()(f"{kind}: {exc}")) from None
 
 
@@ -115,6 +120,22 @@ payload_store_option = click.option(
     "--payload-store", default=None,
     help="Claim-check store: file:///path, s3://bucket/prefix [env CONVEYOR_PAYLOAD_STORE; unset: off]",
 )
+
+
+job_state_option = click.option(
+    "--job-state-url", default=None, callback=warn_if_credentials,
+    help="Job-state store: memory://, sqlite:///path or postgresql://… [env CONVEYOR_JOB_STATE_URL or "
+         "CONVEYOR_JOB_STATE_URL_FILE; off]",
+)
+
+
+def job_state_store_for(settings: Settings) -> Any:
+    """The job-state store CONVEYOR_JOB_STATE_URL names, not opened; None when unset (or empty)."""
+    if settings.job_state_url is None or not settings.job_state_url.get_secret_value().strip():
+        return None
+    from conveyor.common.job_state import job_state_store_from_url
+
+    return job_state_store_from_url(settings.job_state_url.get_secret_value())
 
 
 def tracing(settings: Settings, service: str) -> tuple[list[Any], Any]:

@@ -1,10 +1,16 @@
-"""``conveyor worker MODULE[:ATTR]``: run a registry's handlers until SIGTERM/SIGINT, then drain."""
+"""``conveyor worker MODULE[:ATTR]``: run a registry's handlers until SIGTERM/SIGINT, then drain.
+
+``--processes N`` (N > 1, or ``auto``: one per core) runs N such workers under a supervisor
+(``conveyor.consumer.supervisor``); each is this same command, marked as a child.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,6 +22,8 @@ from conveyor.consumer.cli.secrets import redactor, warn_if_credentials
 from conveyor.consumer.cli.support import (
     broker_option,
     console,
+    job_state_option,
+    job_state_store_for,
     load_registry,
     payload_store_for,
     payload_store_option,
@@ -26,7 +34,28 @@ from conveyor.consumer.cli.support import (
     transport_for,
 )
 
-__all__ = ["worker"]
+if TYPE_CHECKING:
+    from conveyor.consumer.supervisor import RestartPolicy
+
+__all__ = ["Processes", "restart_policy", "worker"]
+
+
+class Processes(click.ParamType[int, Any]):
+    """A whole number ≥ 1, or ``auto``: ``os.cpu_count()``."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return os.cpu_count() or 1
+        if not text.lstrip("-").isdigit():
+            self.fail(f"{value!r} is not a number of processes or 'auto'", param, ctx)
+        if int(text) < 1:
+            self.fail(f"{value!r}: at least 1 worker process (or 'auto': one per core)", param, ctx)
+        return int(text)
 
 
 @click.command()
@@ -39,23 +68,69 @@ __all__ = ["worker"]
               help=f"Seconds to finish jobs on SIGTERM [{DEFAULT_GRACE_PERIOD:g}]")
 @click.option("--http-host", default=None, help=f"Health/metrics address [{DEFAULT_HTTP_HOST}]")
 @click.option("--http-port", type=int, default=None, help=f"Health/metrics port, 0 to disable [{DEFAULT_HTTP_PORT}]")
+@click.option("--processes", type=Processes(), default=1, envvar="CONVEYOR_PROCESSES",
+              help="Worker processes under one supervisor; auto: one per core [env CONVEYOR_PROCESSES, 1]")
 @payload_store_option
 @click.option("--idempotency-url", default=None, callback=warn_if_credentials,
               help="Processed-key store: sqlite:///path or postgresql://… [env CONVEYOR_IDEMPOTENCY_URL or "
                    "CONVEYOR_IDEMPOTENCY_URL_FILE; off]")
-def worker(target: str, broker: str | None, **overrides: Any) -> None:
+@job_state_option
+def worker(target: str, broker: str | None, processes: int, **overrides: Any) -> None:
     """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT."""
+    from conveyor.consumer.supervisor import child_index
+
+    child = child_index()
+    if child is not None:
+        overrides["http_port"] = 0  # the supervisor serves the endpoints for all its workers
     settings = settings_from(**{k: v for k, v in overrides.items() if v is not None})
     url = require_broker(broker)
     registry = load_registry(target, "TARGET")
-    run(_worker_main(registry, url, settings), settings)
+    if processes > 1 and child is None:
+        if url.startswith("memory:"):
+            raise click.UsageError("--processes needs a real broker: memory:// lives inside one process")
+        _supervise(processes, settings)
+        return
+    from conveyor.common.job_state.run_info import code_version, config_hash
+
+    # Before the loop: the git revision is a subprocess.
+    run_info = (code_version(settings.code_version), config_hash(settings))
+    run(_worker_main(registry, url, settings, run_info), settings)
 
 
-async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -> None:
+def restart_policy(settings: Settings) -> RestartPolicy:
+    """The default policy, with room for the crash guard: a job's crash count may reach
+    crash_limit before it is dead-lettered, so the supervisor allows that many early deaths
+    and two more before it calls it a crash loop."""
+    from conveyor.consumer.supervisor import RestartPolicy
+
+    return RestartPolicy(max_failures=max(RestartPolicy.max_failures, settings.crash_limit + 2))
+
+
+def _supervise(processes: int, settings: Settings) -> None:
+    """Run ``processes`` copies of this very command under a supervisor; exit as it says."""
+    from conveyor.consumer.supervisor import Supervisor
+
+    supervisor = Supervisor(
+        [sys.executable, "-m", "conveyor", *sys.argv[1:]], processes, grace_period=settings.grace_period,
+        http_host=settings.http_host, http_port=settings.http_port, policy=restart_policy(settings),
+        announce=lambda line: console.print(line, highlight=False),
+    )
+    code = run(supervisor.run(), settings)
+    if supervisor.error is not None:
+        raise click.ClickException(supervisor.error)
+    console.print("stopped")
+    if code:
+        sys.exit(code)
+
+
+async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, run_info: tuple[str, str]) -> None:
+    from dataclasses import replace
+
     from conveyor.consumer.http import HealthServer
+    from conveyor.consumer.supervisor import Beacon
     from conveyor.consumer.worker import Worker, WorkerConfig
 
-    config = WorkerConfig.from_settings(settings)
+    config = replace(WorkerConfig.from_settings(settings), code_version=run_info[0], config_hash=run_info[1])
     middlewares, tracer_provider = tracing(settings, "conveyor-worker")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -68,12 +143,19 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
         from conveyor.common.idempotency import store_from_url
 
         keys = store_from_url(settings.idempotency_url.get_secret_value())
-    async with transport:
-        async with Worker(transport, registry, config=config, payload_store=store, middlewares=middlewares,
-                          idempotency=keys, redact=redactor()) as running:
-            http = HealthServer(running, settings.http_host, settings.http_port) if settings.http_port else None
-            if http:
-                await http.start()
+    states = job_state_store_for(settings)
+    worker = Worker(transport, registry, config=config, payload_store=store, middlewares=middlewares,
+                    idempotency=keys, job_state=states, redact=redactor())
+    # Listen before consuming: a port in use is a one-line error before any job is taken.
+    http = HealthServer(worker, settings.http_host, settings.http_port) if settings.http_port else None
+    if http:
+        await http.start()
+    try:
+        async with transport, worker as running:
+            beacon = Beacon.from_environment(lambda: (running.ready, running.in_flight),
+                                             before=lambda: _refresh(running), orphaned=stop.set)
+            if beacon:
+                beacon.start()
             console.print(
                 f"worker {config.worker_id} consuming {', '.join(registry.queues())} on {mask_url(broker)}"
                 + (f"; http://{settings.http_host}:{http.port}/metrics" if http else ""),
@@ -82,10 +164,19 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings) -
             await stop.wait()
             console.print("draining…")
             await running.drain()
-            if http:
-                await http.stop()
+            if beacon:
+                await beacon.stop()
+    finally:
+        if http:
+            await http.stop()
     if store is not None:
         await store.close()
     if tracer_provider is not None:
         tracer_provider.shutdown()  # flush the last spans
     console.print("stopped")
+
+
+def _refresh(running: Any) -> None:
+    """Copy the scrape-time values into the multiprocess files the supervisor serves."""
+    running.metrics.consumers_attached.set(running.attached_queues)
+    running.metrics.refresh()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +28,15 @@ from typing import Any
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, decode_dead_letter, decode_envelope, encode_model
 from conveyor.common.errors import MessageTooLarge, RejectedMessage
-from conveyor.common.headers import JOB_TYPE, REASON, REPLAYED_FROM, carried_over, check_content_labels
+from conveyor.common.headers import (
+    CONFIG_HASH,
+    JOB_TYPE,
+    REASON,
+    REPLAYED_FROM,
+    WORKER_VERSION,
+    carried_over,
+    check_content_labels,
+)
 from conveyor.common.messages import job_message
 from conveyor.common.transport.base import Delivery, Transport
 from conveyor.consumer.payloads import PayloadResolver
@@ -53,8 +61,9 @@ class DeadLetterFilter:
     since: datetime | None = None
     until: datetime | None = None
     dead_letter_ids: frozenset[str] | None = None
+    worker_version: str | None = None  # the code version of the worker that wrote it (a header)
 
-    def matches(self, record: DeadLetterRecord) -> bool:
+    def matches(self, record: DeadLetterRecord, headers: Mapping[str, str] | None = None) -> bool:
         ids = (record.dead_letter_id, record.job_id)
         return (
             (self.reason is None or record.reason == self.reason)
@@ -65,6 +74,7 @@ class DeadLetterFilter:
             and (self.since is None or record.dead_lettered_at >= self.since)
             and (self.until is None or record.dead_lettered_at <= self.until)
             and (self.dead_letter_ids is None or not self.dead_letter_ids.isdisjoint(ids))
+            and (self.worker_version is None or (headers or {}).get(WORKER_VERSION) == self.worker_version)
         )
 
 
@@ -152,6 +162,8 @@ class DeadLetters:
         self._clock = clock or SystemClock()
         self._payloads = payloads
         self.payloads_deleted = 0  # claim-check objects removed by purge
+        # What listed entries' headers say of the worker that wrote them, by dead-letter id.
+        self.run_info: dict[str, dict[str, str | None]] = {}
         self._declared: set[str] = set()  # queues replayed into, declared (or checked) once
 
     async def depth(self) -> int:
@@ -161,9 +173,13 @@ class DeadLetters:
         flt = flt or DeadLetterFilter()
         found: list[DeadLetterRecord] = []
         async with self._scan() as entries:
-            async for _, record in entries:
-                if flt.matches(record):
+            async for delivery, record in entries:
+                if flt.matches(record, delivery.headers):
                     found.append(record)
+                    self.run_info[record.dead_letter_id] = {
+                        "worker_version": delivery.headers.get(WORKER_VERSION),
+                        "config_hash": delivery.headers.get(CONFIG_HASH),
+                    }
                     if len(found) >= limit:
                         break
         return found
@@ -204,7 +220,7 @@ class DeadLetters:
                 taken += 1
                 if record.job_id is not None and record.job_id in republished:
                     report.skipped_replayed += 1
-                elif flt.matches(record):
+                elif flt.matches(record, delivery.headers):
                     report.matched += 1
                     report.by_reason[record.reason] += 1
                     if not dry_run:
@@ -260,7 +276,7 @@ class DeadLetters:
         removed = 0
         async with self._scan() as entries:
             async for delivery, record in entries:
-                if flt.matches(record):
+                if flt.matches(record, delivery.headers):
                     await delivery.ack()
                     removed += 1
                     await self._discard_payload(record)

@@ -55,9 +55,10 @@ def check(ok: bool, what: str) -> None:
 
 def exported_metric_names() -> set[str]:
     from conveyor.common.metrics import WorkerMetrics
+    from conveyor.producer.outbox.metrics import OutboxMetrics  # the outbox relay's series
 
     names: set[str] = set()
-    for family in WorkerMetrics().registry.collect():
+    for family in [*WorkerMetrics().registry.collect(), *OutboxMetrics().registry.collect()]:
         names.add(family.name)
         suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
         for suffix in suffixes.get(family.type, ("",)):
@@ -73,7 +74,7 @@ def referenced_metrics(expr: str) -> set[str]:
 def check_metric_names(where: str, expressions: list[str], exported: set[str]) -> None:
     for expr in expressions:
         for name in referenced_metrics(expr):
-            check(name in exported, f"{where}: metric {name} is exported by WorkerMetrics")
+            check(name in exported, f"{where}: metric {name} is exported by WorkerMetrics or OutboxMetrics")
         for regex in re.findall(r'__name__=~"([^"]+)"', expr):
             matched = [n for n in exported if re.fullmatch(regex, n)]
             check(bool(matched), f"{where}: name regex {regex!r} matches exported metrics")

@@ -25,6 +25,15 @@ def conveyor(*args: str, env: dict[str, str] | None = None, timeout: float = 60)
     )
 
 
+def wait_for_a_line(worker: subprocess.Popen[str], out: Path, timeout: float = 30) -> None:
+    """Until the worker's job wrote its first line to ``out``; the worker must stay up."""
+    deadline = time.monotonic() + timeout
+    while not out.exists() or not out.read_text().strip():
+        assert worker.poll() is None, worker.communicate()[1]
+        assert time.monotonic() < deadline, "worker never finished a job"
+        time.sleep(0.1)
+
+
 def test_demo_accounts_for_every_job() -> None:
     result = conveyor("demo", "--jobs", "120")
     assert result.returncode == 0, result.stderr
@@ -63,11 +72,7 @@ def test_worker_drains_on_sigterm_and_exits_zero(amqp: str, queue: str, tmp_path
         cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not out.exists() or not out.read_text().strip():
-            assert worker.poll() is None, worker.communicate()[1]
-            assert time.monotonic() < deadline, "worker never finished a job"
-            time.sleep(0.1)
+        wait_for_a_line(worker, out)
         worker.send_signal(signal.SIGTERM)
         stdout, stderr = worker.communicate(timeout=30)
     finally:

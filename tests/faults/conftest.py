@@ -27,7 +27,8 @@ def _rounds() -> int:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "fault_round" in metafunc.fixturenames:
+    # A module with ONE_ROUND = True runs once per session (the cluster scenarios: CI time).
+    if "fault_round" in metafunc.fixturenames and not getattr(metafunc.module, "ONE_ROUND", False):
         metafunc.parametrize("fault_round", range(1, _rounds() + 1), ids=lambda n: f"round{n}")
 
 

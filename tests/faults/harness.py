@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import signal
 import subprocess
@@ -20,12 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.common.errors import TransportError
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.producer.producer import Producer
 from tests.faults import app
-from tests.faults.ledger import POISON_HEADER, Figures, Ledger
+from tests.faults.ledger import POISON_HEADER, Figures, Ledger, Snapshot
 from tests.integration.accounting import publish_until_confirmed
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BrokerControl", "FaultRun", "check"]
 
@@ -42,12 +46,17 @@ class BrokerControl:
     def pid(self) -> int:
         if self.name == "pulsar":
             return int((RUN_DIR / "pulsar.pid").read_text().strip())
-        found = subprocess.run(["pgrep", "-f", "beam.smp.*rabbit"], capture_output=True, text=True, check=False)
-        pids = [int(p) for p in found.stdout.split()]
-        if len(pids) != 1:
-            pytest.fail(f"expected one local RabbitMQ VM to kill, found {pids}: the broker-kill scenario "
-                        "needs the broker scripts/services/rabbitmq.sh runs on this machine")
-        return pids[0]
+        # The node's own pid file (RABBITMQ_PID_FILE's default, in the trixie root): the cluster's
+        # nodes (scripts/services/rabbitmq-cluster.sh) run beside it, so no process-name match.
+        cache = Path(os.environ.get("CONVEYOR_CACHE_DIR", Path.home() / ".cache" / "conveyor"))
+        pid_file = cache / "trixie-root" / "var/lib/rabbitmq/mnesia/rabbit4@localhost.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError) as exc:
+            pytest.fail(f"no running RabbitMQ node rabbit4@localhost to kill ({pid_file}: {exc}): the broker-kill "
+                        "scenario needs the broker scripts/services/rabbitmq.sh runs on this machine")
+        return pid
 
     async def crash(self) -> None:
         """RabbitMQ: ``kill -9``. Pulsar: an abrupt stop of the standalone JVM (SIGTERM, 5 s
@@ -114,9 +123,11 @@ class FaultRun:
         }
 
     def start_worker(self, *, concurrency: int = 8, prefetch: int | None = None, grace: float = 10,
-                     url: str | None = None, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+                     url: str | None = None, extra_env: Mapping[str, str] | None = None,
+                     http_port: int = 0) -> subprocess.Popen[bytes]:
+        """``http_port``: 0 (default) serves no /healthz, /readyz."""
         args = [sys.executable, "-m", "conveyor", "worker", "tests.faults.app:jobs",
-                "--concurrency", str(concurrency), "--http-port", "0", "--grace-period", str(grace)]
+                "--concurrency", str(concurrency), "--http-port", str(http_port), "--grace-period", str(grace)]
         if prefetch is not None:
             args += ["--prefetch", str(prefetch)]
         log = open(self.workdir / f"worker-{len(self.workers)}.log", "wb")
@@ -169,12 +180,13 @@ class FaultRun:
         ``healed_at``: when the fault struck (or, for an outage, ended), wall clock."""
         deadline = time.monotonic() + timeout
         while True:
-            snap = await self.ledger.snapshot()
-            if self.ledger.settled(snap):
+            snap = await self._observe(deadline)
+            if snap is not None and self.ledger.settled(snap):
                 break
             if time.monotonic() > deadline:
-                figures = self.ledger.figures(self.scenario, self.broker, snap)
-                pytest.fail(f"not settled after {timeout}s: {figures.line()}")
+                figures = "the ledger could not read the broker" if snap is None else \
+                    self.ledger.figures(self.scenario, self.broker, snap).line()
+                pytest.fail(f"not settled after {timeout}s: {figures}")
             await asyncio.sleep(0.5)
         await asyncio.sleep(1.0)  # late duplicates (redeliveries in flight) show up in the figures
         snap = await self.ledger.snapshot()
@@ -186,6 +198,18 @@ class FaultRun:
             edges = [healed_at, *times]
             figures.recover_seconds = max((b - a for a, b in itertools.pairwise(edges)), default=None)
         return figures
+
+    async def _observe(self, deadline: float) -> Snapshot | None:
+        """One ledger snapshot, or None while the broker cannot be read: the ledger browses the
+        DLQ over a new connection each poll, and a scenario may still be restarting the broker
+        (or a loaded machine may refuse a connect) -- the observer's hiccup, not the system's."""
+        try:
+            return await self.ledger.snapshot()
+        except (TransportError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("ledger: broker not readable yet (%s: %s); polling again", type(exc).__name__, exc)
+            return None
 
     def stop_workers(self) -> list[int]:
         codes = []

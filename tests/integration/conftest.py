@@ -87,3 +87,26 @@ async def transport(amqp_url: str, queue_name: str) -> AsyncIterator[object]:
             yield t
         finally:
             await t.delete(queue_name)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    url = os.environ.get("CONVEYOR_DATABASE_URL", "").strip()
+    if not url:
+        pytest.fail(
+            "CONVEYOR_DATABASE_URL is not set: these tests need a real PostgreSQL "
+            "(run scripts/services/postgres.sh up)",
+            pytrace=False,
+        )
+
+    async def probe() -> None:
+        import asyncpg
+
+        connection = await asyncpg.connect(url, timeout=10)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL at {mask_url(url)} is unreachable: {type(exc).__name__}: {str(exc)[:300]}", pytrace=False)
+    return url

@@ -9,7 +9,6 @@ own prefix and drops them afterwards.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -19,34 +18,10 @@ from conveyor.common.clock import FakeClock
 from conveyor.common.errors import ConfigurationError
 from conveyor.common.idempotency.base import IdempotencyStoreUnavailable, ProcessedKeyStore
 from conveyor.common.idempotency.postgres import PostgresProcessedKeyStore
-from conveyor.common.secrets import mask_url
 from tests.support.idempotency_contract import *  # noqa: F403 - the shared contract tests
 from tests.support.idempotency_contract import Effects, PostgresEffects
 
 HASH = "c" * 64
-
-
-@pytest.fixture(scope="session")
-def database_url() -> str:
-    url = os.environ.get("CONVEYOR_DATABASE_URL", "").strip()
-    if not url:
-        pytest.fail(
-            "CONVEYOR_DATABASE_URL is not set: these tests need a real PostgreSQL "
-            "(run scripts/services/postgres.sh up)",
-            pytrace=False,
-        )
-
-    async def probe() -> None:
-        import asyncpg
-
-        connection = await asyncpg.connect(url, timeout=10)
-        await connection.close()
-
-    try:
-        asyncio.run(probe())
-    except Exception as exc:
-        pytest.fail(f"PostgreSQL at {mask_url(url)} is unreachable: {type(exc).__name__}: {str(exc)[:300]}", pytrace=False)
-    return url
 
 
 @pytest.fixture

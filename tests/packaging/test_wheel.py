@@ -41,7 +41,7 @@ def test_wheel_holds_every_module_of_the_product_folders(wheel_names: list[str])
         f"conveyor/{path.relative_to(ROOT).as_posix()}"
         for folder in PRODUCT_FOLDERS
         for path in (ROOT / folder).rglob("*")
-        if path.suffix in {".py", ".json", ".html", ".css", ".js"} and "__pycache__" not in path.parts
+        if path.suffix in {".py", ".json", ".sql", ".html", ".css", ".js"} and "__pycache__" not in path.parts
     }
     assert expected - set(wheel_names) == set()
     assert {"conveyor/__init__.py", "conveyor/__main__.py", "conveyor/py.typed"} <= set(wheel_names)

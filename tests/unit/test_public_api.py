@@ -19,7 +19,7 @@ FACADE = {
     "MessageTooLarge", "Middleware", "PayloadIntegrityError", "PayloadMissing", "PayloadReference",
     "PayloadReferenceInvalid", "PayloadStore", "PayloadStoreUnavailable", "PermanentError",
     "Producer", "PublishCommand", "PublishNotConfirmed", "PublishOutcomeUnknown", "PublishReceipt",
-    "RejectedMessage", "RetryPolicy", "RetryableError", "Settings", "TlsConfig", "TlsError",
+    "RejectedMessage", "RetryPolicy", "RetryableError", "Settings", "SyncProducer", "TlsConfig", "TlsError",
     "Transport", "TransportError", "UnknownJobType", "UnknownSchemaVersion", "Worker",
     "WorkerConfig", "job_transaction", "store_from_url", "transport_from_url",
 }  # fmt: skip

@@ -99,6 +99,7 @@ from conveyor.common.tasks import TaskSet
 from conveyor.common.tls import TlsConfig, check_scheme, probe_handshake
 from conveyor.common.transport.base import (
     ConsumerHandle,
+    ControlHandler,
     Delivery,
     DeliveryHandler,
     OutgoingMessage,
@@ -122,6 +123,7 @@ from conveyor.common.transport.pulsar.consumer import (
     mark_retrieved,
     result_of,
 )
+from conveyor.common.transport.pulsar.control import PulsarSubscription, control_topic
 from conveyor.common.transport.pulsar.inbox import LoopInbox
 
 __all__ = ["PulsarTransport"]
@@ -135,6 +137,7 @@ log = logging.getLogger(__name__)
 _CLIENT_LOG_FILE = "/dev/stderr"
 _CLOSE_GRACE = 0.05  # seconds; see PulsarTransport.close
 _OWN_DELAYED_LIMIT = 10_000  # delayed copies remembered for passing on (oldest forgotten first)
+_TOPIC_CACHE = 4096  # queues whose topic name is remembered (a worker has a handful)
 
 _Result = pulsar.Result
 # The broker or client refused the message: it was not stored, and sending it again will not help.
@@ -230,7 +233,10 @@ class PulsarTransport(Transport):
         self._client: pulsar_asyncio.Client | None = None
         self._admin: AdminClient | None = None
         self._producers: dict[str, asyncio.Future[tuple[pulsar_asyncio.Producer, asyncio.Semaphore]]] = {}
+        # Queue → topic, checked once: the name check's regex was ~3 % of a pipelined publish.
+        self._topics: dict[str, str] = {}
         self._consumers: list[PulsarConsumer] = []
+        self._subscriptions: list[PulsarSubscription] = []  # control channels, closed with the client
         self._browsers: dict[str, Browser] = {}
         self._retired_browsers: dict[str, asyncio.Task[Any]] = {}  # closing: what they gave back returns
         self._browse_lock = asyncio.Lock()
@@ -327,6 +333,9 @@ class PulsarTransport(Transport):
                 await handle.close()
             for browser in browsers:
                 await self._close_consumer(browser.consumer)
+            subscriptions, self._subscriptions = self._subscriptions, []
+            for subscription in subscriptions:
+                await subscription.cancel()
             await self._housekeeping.wait(self.operation_timeout)  # consumers being closed, releases being sent
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -452,7 +461,11 @@ class PulsarTransport(Transport):
         )
 
     async def _producer(self, queue: str) -> tuple[pulsar_asyncio.Producer, asyncio.Semaphore]:
-        topic = self.names.topic(queue)
+        topic = self._topics.get(queue)
+        if topic is None:
+            topic = self.names.topic(queue)  # raises for a bad name: never cached
+            if len(self._topics) < _TOPIC_CACHE:
+                self._topics[queue] = topic
         future = self._producers.get(topic)
         if future is not None and future.done() and not future.cancelled() and future.exception() is None:
             return future.result()  # created: no shield (an extra future and callbacks per publish)
@@ -558,6 +571,29 @@ class PulsarTransport(Transport):
         if self._browsers.get(queue) is browser:
             del self._browsers[queue]
         await self._close_consumer(browser.consumer)
+
+    # -- control channel -------------------------------------------------------------
+    async def broadcast(self, channel: str, body: bytes) -> None:
+        topic = control_topic(self.names.tenant, self.names.namespace, check_name("channel", channel))
+        try:
+            producer = await self._client_or_fail().create_producer(topic, batching_enabled=False)
+            try:
+                await producer.send(body)
+            finally:
+                with contextlib.suppress(PulsarException):
+                    await producer.close()
+        except PulsarException as exc:
+            raise TransportError(f"broadcast on {channel!r} failed ({result_of(exc).name})") from exc
+
+    async def subscribe(self, channel: str, handler: ControlHandler) -> ConsumerHandle:
+        topic = control_topic(self.names.tenant, self.names.namespace, check_name("channel", channel))
+        subscription = PulsarSubscription(self._client_or_fail(), topic, handler)
+        try:
+            await subscription.start()
+        except PulsarException as exc:
+            raise TransportError(f"cannot subscribe to {channel!r} ({result_of(exc).name})") from exc
+        self._subscriptions.append(subscription)
+        return subscription
 
     # -- helpers ---------------------------------------------------------------------
     async def _subscribe(self, queue: str, *, receiver_queue_size: int) -> pulsar_asyncio.Consumer:

@@ -63,12 +63,14 @@ from conveyor.common.tasks import TaskSet
 from conveyor.common.tls import TlsConfig, check_scheme, tls_error
 from conveyor.common.transport.base import (
     ConsumerHandle,
+    ControlHandler,
     Delivery,
     DeliveryHandler,
     OutgoingMessage,
     QueueStats,
     Transport,
 )
+from conveyor.common.transport.rabbitmq.addresses import parse_amqp_url
 from conveyor.common.transport.rabbitmq.consumer import BROKER_ERRORS as _BROKER_ERRORS
 from conveyor.common.transport.rabbitmq.consumer import (
     AmqpConsumer,
@@ -76,6 +78,9 @@ from conveyor.common.transport.rabbitmq.consumer import (
     ChannelSettler,
     ConsumerLink,
 )
+from conveyor.common.transport.rabbitmq.control import AmqpSubscription, declare_control_exchange
+from conveyor.common.transport.rabbitmq.failover import open_failover
+from conveyor.common.transport.rabbitmq.properties import JobProperties
 from conveyor.common.transport.rabbitmq.publisher import ExchangePublisher
 from conveyor.common.transport.rabbitmq.topology import (
     CONSUMER_TIMEOUT,
@@ -137,7 +142,7 @@ class RabbitMQTransport(Transport):
         # amqps only; None keeps a plain amqp:// connection plain.
         self._tls = (tls or TlsConfig()) if secure else None
         self._ssl_context: ssl.SSLContext | None = None
-        self._host = urlsplit(url).hostname or "localhost"
+        self._addresses = parse_amqp_url(url)  # one host, or a cluster's (rabbitmq.addresses)
         self._vhost = unquote(urlsplit(url).path[1:]) or "/"  # AMQP URI: an empty path is the default vhost
         if connect_timeout <= 0 or reconnect_interval <= 0 or consumer_timeout <= 0:
             raise ConfigurationError("connect_timeout, reconnect_interval and consumer_timeout must be > 0")
@@ -196,17 +201,19 @@ class RabbitMQTransport(Transport):
             self._known_queues.clear()
 
     async def _open_connection(self, role: str) -> AbstractRobustConnection:
+        # Every host of a cluster URL in turn; after a lost connection, the next one (failover).
         try:
-            return await aio_pika.connect_robust(
-                self._url,
+            connection, _ = await open_failover(
+                self._addresses.urls,
                 timeout=self.connect_timeout,
                 reconnect_interval=self._reconnect_interval,
                 client_properties={"connection_name": f"{self._connection_name}:{role}"},
                 ssl_context=self._ssl_context,  # None for amqp://, which aiormq never wraps in TLS
             )
+            return connection
         except _BROKER_ERRORS as exc:
             # connect_robust gives up on a failed *first* attempt; a TLS failure says why.
-            failed = tls_error(exc, host=self._host)
+            failed = tls_error(exc, host=self._addresses.hosts[-1][0])
             if failed is not None:
                 raise failed from exc
             raise TransportError(
@@ -394,7 +401,7 @@ class RabbitMQTransport(Transport):
         headers.pop(REMAINING_DELAY, None)  # only a delay sets it, never a sender
         if target.remaining_ms:
             headers[REMAINING_DELAY] = str(target.remaining_ms)
-        properties = aiormq.spec.Basic.Properties(
+        properties = JobProperties(
             headers=headers,
             message_id=message.message_id,
             delivery_mode=_PERSISTENT,
@@ -479,6 +486,22 @@ class RabbitMQTransport(Transport):
             channel = await self._raw_channel()
             self._get_channel = (channel, ChannelSettler(channel))
         return self._get_channel
+
+    # -- control channel -------------------------------------------------------------
+    async def broadcast(self, channel: str, body: bytes) -> None:
+        async with self._control_channel() as raw:
+            await declare_control_exchange(raw, channel)
+            await raw.basic_publish(body, exchange=channel, routing_key="")
+
+    async def subscribe(self, channel: str, handler: ControlHandler) -> ConsumerHandle:
+        subscription = AmqpSubscription(self._consumer_connection(), channel, handler)
+        try:
+            await subscription.start()
+        except ChannelAccessRefused as exc:
+            raise AccessRefused(f"this user may not subscribe to {channel!r}: {self._scrub(exc)}") from exc
+        except _BROKER_ERRORS as exc:
+            raise TransportError(f"cannot subscribe to {channel!r}: {self._scrub(exc)}") from exc
+        return subscription
 
     # -- helpers ---------------------------------------------------------------------
     def _consumer_connection(self) -> AbstractRobustConnection:

@@ -108,14 +108,21 @@ def test_processes_starting_together_count_a_death_once(tmp_path: Path) -> None:
     """Several workers of one host start at once after a death: exactly one claims the dead
     journal, so the job's crash is counted once, not once per newcomer."""
     _die_while_running(tmp_path, running=["a"])
+    barrier = tmp_path.parent / f"{tmp_path.name}-opened"
+    barrier.mkdir()
     code = textwrap.dedent(f"""
         import time
         from pathlib import Path
         from conveyor.common.crash_journal import CrashJournal
         journal = CrashJournal(Path({str(tmp_path)!r}))
         suspects = journal.open()
-        print(sum(r.crashes for r in suspects.values()))
-        time.sleep(1.0)  # stay alive (and locked) while the others claim
+        print(sum(r.crashes for r in suspects.values()), flush=True)
+        # Stay alive (and locked) until every newcomer has opened: one that exited first would
+        # leave a journal of its own for a slow starter to claim, which is another story.
+        Path({str(barrier)!r}, str(time.monotonic_ns())).touch()
+        deadline = time.monotonic() + 50
+        while len(list(Path({str(barrier)!r}).iterdir())) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
     """)
     newcomers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(4)]
     counts = [int(p.communicate(timeout=60)[0].strip()) for p in newcomers]

@@ -32,7 +32,7 @@ def _root_logging_restored() -> Iterator[None]:
 
 
 def test_every_secret_setting_is_typed_as_a_secret() -> None:
-    assert set(secret_fields(Settings)) == {"broker_url", "idempotency_url", "s3_secret_key"}
+    assert set(secret_fields(Settings)) == {"broker_url", "idempotency_url", "job_state_url", "s3_secret_key"}
 
 
 @pytest.mark.parametrize("name", ["broker_url", "idempotency_url", "s3_secret_key"])

@@ -1,0 +1,63 @@
+"""What ``await producer.publish(...)`` returns when the producer has a job-state store.
+
+A ``JobHandle`` is a ``PublishReceipt`` (same fields, so callers of the receipt keep working)
+whose ``status()`` reads the job's record and whose ``result(timeout=)`` waits for its end.
+
+Reads follow the writers by up to their flush interval (and longer while the store is down):
+a job the store does not know yet is reported as its publish left it, ``queued`` or
+``scheduled``, since its publish was confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from conveyor.common.errors import JobNotSucceeded
+from conveyor.common.job_state.base import JobStateStore
+from conveyor.common.job_state.states import JobRecord, JobState
+from conveyor.common.jobs.command import PublishReceipt
+
+__all__ = ["JobHandle"]
+
+_FIRST_POLL = 0.02
+_MAX_POLL = 0.5
+
+
+@dataclass(frozen=True)
+class JobHandle(PublishReceipt):
+    store: JobStateStore | None = field(default=None, compare=False, repr=False)
+    scheduled: bool = False  # published with a delay
+
+    async def status(self) -> JobRecord:
+        assert self.store is not None
+        record = await self.store.get(self.job_id)
+        if record is not None:
+            return record
+        state = JobState.SCHEDULED if self.scheduled else JobState.QUEUED
+        return JobRecord(job_id=self.job_id, state=state, generation=0, rank=0, attempt=1,
+                         updated_at=self.confirmed_at, queue=self.queue, queued_at=self.confirmed_at)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The handler's return value (JSON) once the job succeeded; ``None`` if it returned
+        none or its result was too large to keep inline (then ``status().result_ref`` names it).
+
+        ``JobNotSucceeded`` (with ``.state``) if it ended dead-lettered or cancelled;
+        ``TimeoutError`` after ``timeout`` seconds (``None``: wait as long as it takes)."""
+        async with asyncio.timeout(timeout):
+            pause = _FIRST_POLL
+            while True:
+                record = await self.status()
+                if record.final and record.state is not JobState.SUCCEEDED:
+                    raise JobNotSucceeded(
+                        f"job {self.job_id} ended {record.state}"
+                        + (f" ({record.reason})" if record.reason and record.reason != str(record.state) else ""),
+                        state=str(record.state),
+                    )
+                if record.state is JobState.SUCCEEDED:
+                    return None if record.result is None else orjson.loads(record.result)
+                await asyncio.sleep(pause)
+                pause = min(_MAX_POLL, pause * 2)

@@ -1,0 +1,116 @@
+"""The SQLite job-state store (aiosqlite): one file, WAL mode, for one machine.
+
+One connection, serialised by an ``asyncio.Lock``; every operation runs in ``BEGIN IMMEDIATE``
+(the write lock up front: two writers never deadlock on a lock upgrade). ``synchronous=NORMAL``:
+the state records are an account of the jobs, not what keeps them (the broker does), so the
+last writes before a power cut may go; WAL keeps the file intact. Times are Unix seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conveyor.common.clock import Clock
+from conveyor.common.errors import JobStateStoreUnavailable
+from conveyor.common.job_state.base import DEFAULT_TABLE_PREFIX
+from conveyor.common.job_state.sql_store import SqlConnection, SqlJobStateStore
+from conveyor.common.sql import connect_sqlite, sqlite_errors_as
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+__all__ = ["SQLiteJobStateStore"]
+
+
+def _mapped(what: str) -> contextlib.AbstractContextManager[None]:
+    return sqlite_errors_as(JobStateStoreUnavailable, what)
+
+
+class _Connection(SqlConnection):
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        cursor = await self._conn.execute(sql, args)
+        return max(0, cursor.rowcount)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._conn.executemany(sql, rows)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        async with self._conn.execute(sql, args) as cursor:
+            return list(await cursor.fetchall())
+
+
+class SQLiteJobStateStore(SqlJobStateStore):
+    kind = "sqlite"
+    time_type = "REAL"
+    text_type = "TEXT"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        table_prefix: str = DEFAULT_TABLE_PREFIX,
+        clock: Clock | None = None,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(table_prefix=table_prefix, clock=clock)
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @staticmethod
+    def placeholder(i: int) -> str:
+        return f"?{i}"
+
+    def _to_db(self, value: datetime | None) -> Any:
+        return None if value is None else value.timestamp()
+
+    def _from_db(self, value: Any) -> datetime | None:
+        return None if value is None else datetime.fromtimestamp(value, UTC)
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        with _mapped("open"):
+            conn = await connect_sqlite(self.path, busy_timeout=self.busy_timeout, synchronous="NORMAL")
+            self._conn = conn
+            try:
+                async with self._transaction() as tx:
+                    await self._migrate(tx)
+            except BaseException:
+                self._conn = None
+                await conn.close()
+                raise
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[SqlConnection]:
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise JobStateStoreUnavailable("the sqlite job-state store is not open")
+            with _mapped("begin"):
+                await conn.execute("BEGIN IMMEDIATE")
+            try:
+                with _mapped("statement"):
+                    yield _Connection(conn)
+                with _mapped("commit"):
+                    await conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                raise

@@ -1,0 +1,346 @@
+"""Job-state middleware: the worker records every job's transitions, and honours cancels.
+
+- ``consume``: a job whose cancel is known here is not run (``JobCancelled``: acked, recorded
+  ``cancelled``); otherwise ``running`` is recorded (with this worker's id, code version and
+  configuration hash) and the handler runs. An operator's cancel while it runs cancels an
+  async handler (asyncio cancellation) and sets ``ctx.cancelled`` for a sync one; either way
+  the job ends ``cancelled``, never retried or dead-lettered.
+- ``settled``: what settlement did becomes the job's next state (succeeded with its result,
+  retrying, timed_out, dead_lettered with the dead letter's id, cancelled).
+
+Nothing here waits on the database: transitions go to a ``JobStateWriter`` (batched, bounded,
+retried). Which jobs are cancelled is kept in memory: loaded from the store at start-up (so a
+cancel survives worker restarts), refreshed every ``cancel_poll`` seconds, and pushed at once
+by ``cancel(job_id)`` (the control channel's listener). While this worker runs a job it sends
+the ``running`` transition again every ``heartbeat`` seconds; every ``reconcile_every`` seconds
+it asks the store to mark attempts silent for ``lease`` seconds ``abandoned`` (their worker
+died: the broker redelivers the job, and the redelivery's record wins).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from conveyor.common.clock import Clock, SystemClock
+from conveyor.common.errors import ConfigurationError, JobCancelled
+from conveyor.common.headers import PRODUCER_VERSION
+from conveyor.common.job_state.base import MAX_RESULT_BYTES, JobStateStore
+from conveyor.common.job_state.states import JobState, Transition, generation_of
+from conveyor.common.job_state.writer import JobStateWriter
+from conveyor.common.jobs.outcome import OutcomeKind, SettleAction
+from conveyor.common.middleware import ConsumeNext, Middleware
+from conveyor.common.payload_store.base import PayloadStore
+from conveyor.common.transport.base import CONTROL_CHANNEL, ConsumerHandle, Transport
+
+if TYPE_CHECKING:
+    from conveyor.common.jobs.context import JobContext
+    from conveyor.common.jobs.outcome import Outcome
+    from conveyor.schemas.envelope import Envelope
+
+__all__ = ["JobStateConfig", "JobStateMiddleware", "cancel_message", "generation_of_envelope"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobStateConfig:
+    flush_interval: float = 0.25
+    heartbeat: float = 10.0
+    lease: float = 60.0  # an attempt silent this long is abandoned (keep it ≫ heartbeat)
+    reconcile_every: float = 30.0
+    cancel_poll: float = 5.0
+    retention: timedelta | None = None  # finished jobs older than this are swept (None: kept)
+    max_result_bytes: int = MAX_RESULT_BYTES
+    control_channel: str = CONTROL_CHANNEL  # where operators' cancels are broadcast
+
+
+def cancel_message(job_id: str) -> bytes:
+    """The control-channel message that cancels ``job_id`` on every worker."""
+    return orjson.dumps({"cancel": job_id})
+
+
+def generation_of_envelope(envelope: Envelope) -> int:
+    history = envelope.history
+    return generation_of(envelope.created_at, history[-1].finished_at if history else None, len(history))
+
+
+@dataclass
+class _Run:
+    task: asyncio.Task[Any] | None
+    ctx: JobContext
+    running: Transition
+    cancel_requested: bool = False
+    result: Any = field(default=None)
+
+
+class JobStateMiddleware(Middleware):
+    def __init__(
+        self,
+        store: JobStateStore,
+        *,
+        worker_id: str,
+        config: JobStateConfig | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Clock | None = None,
+        payload_store: PayloadStore | None = None,
+        close_store: bool = True,
+        control: Transport | None = None,
+        code_version: str | None = None,
+        config_hash: str | None = None,
+    ) -> None:
+        """``control``: the transport whose broadcast channel carries cancels (None: the store's
+        poll alone, every ``cancel_poll`` seconds)."""
+        self.store = store
+        self.worker_id = worker_id[:128]
+        self.config = config or JobStateConfig()
+        self.code_version = code_version
+        self.config_hash = config_hash
+        self.clock = clock or SystemClock()
+        self.writer = JobStateWriter(store, flush_interval=self.config.flush_interval, registry=registry)
+        self._payload_store = payload_store
+        self._close_store = close_store
+        self._cancelled: set[str] = set()
+        self._runs: dict[str, _Run] = {}
+        self._finished: dict[str, _Run] = {}  # ran here, not settled yet
+        self._loops: list[asyncio.Task[None]] = []
+        self._pending_io: set[asyncio.Task[None]] = set()
+        self._control = control
+        self._subscription: ConsumerHandle | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def startup(self) -> None:
+        await self.store.open()
+        try:
+            self._cancelled |= await self.store.pending_cancels()
+        except Exception as exc:  # the store being down must not stop the worker
+            log.warning("could not load pending cancels", extra={"error_type": type(exc).__name__})
+        self.writer.start()
+        await self._subscribe()
+        loop = asyncio.get_running_loop()
+        for body, every in (
+            (self._heartbeat, self.config.heartbeat),
+            (self._reconcile, self.config.reconcile_every),
+            (self._refresh_cancels, self.config.cancel_poll),
+            (self._sweep, 3600.0 if self.config.retention else 0.0),
+        ):
+            if every > 0:
+                self._loops.append(loop.create_task(self._every(every, body)))
+
+    async def shutdown(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.cancel()
+        loops, self._loops = self._loops, []
+        for task in loops:
+            task.cancel()
+        if loops:
+            await asyncio.wait(loops, timeout=5.0)
+        if self._pending_io:
+            await asyncio.wait(self._pending_io, timeout=5.0)
+        await self.writer.close()
+        if self._close_store:
+            await self.store.close()
+
+    # -- cancellation ----------------------------------------------------------------
+    def cancel(self, job_id: str) -> bool:
+        """An operator cancelled ``job_id``: never start it here; stop it if it runs here.
+        Returns True when its handler was running on this worker."""
+        self._cancelled.add(job_id)
+        run = self._runs.get(job_id)
+        if run is None:
+            return False
+        run.cancel_requested = True
+        run.ctx.cancelled = True
+        if run.ctx.spec.is_async and run.task is not None:
+            run.task.cancel()
+        return True
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return job_id in self._cancelled
+
+    async def _subscribe(self) -> None:
+        if self._control is None:
+            return
+        try:
+            self._subscription = await self._control.subscribe(self.config.control_channel, self._on_control)
+        except ConfigurationError:
+            log.info("no broadcast channel on this transport: cancels arrive by the store's poll")
+        except Exception as exc:  # the poll still brings cancels; the worker must start
+            log.warning("control channel subscription failed; cancels arrive by the store's poll",
+                        extra={"error_type": type(exc).__name__})
+
+    async def _on_control(self, body: bytes) -> None:
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            log.warning("unreadable control message ignored")
+            return
+        job_id = message.get("cancel") if isinstance(message, dict) else None
+        if isinstance(job_id, str) and 0 < len(job_id) <= 256:
+            if self.cancel(job_id):
+                log.info("running job cancelled by an operator", extra={"job_id": job_id})
+
+    # -- hooks -----------------------------------------------------------------------
+    async def consume(self, ctx: JobContext, call_next: ConsumeNext) -> Any:
+        if ctx.job_id in self._cancelled:
+            self._finished[ctx.job_id] = _Run(None, ctx, self._transition(ctx.envelope, JobState.RUNNING, ctx.queue))
+            raise JobCancelled(f"job {ctx.job_id} was cancelled before it ran")
+        running = self._transition(ctx.envelope, JobState.RUNNING, ctx.queue)
+        self.writer.record(running)
+        run = _Run(asyncio.current_task(), ctx, running)
+        self._runs[ctx.job_id] = run
+        try:
+            result = await call_next(ctx)
+        except asyncio.CancelledError:
+            task = run.task
+            if run.cancel_requested and task is not None and task.uncancel() == 0:
+                raise JobCancelled(f"job {ctx.job_id} was cancelled while it ran") from None
+            raise  # a shutdown's cancellation: the delivery goes back, the attempt is released
+        except Exception as exc:
+            if run.cancel_requested:
+                raise JobCancelled(f"job {ctx.job_id} was cancelled while it ran") from exc
+            raise
+        finally:
+            self._runs.pop(ctx.job_id, None)
+            self._finished[ctx.job_id] = run
+        if run.cancel_requested:
+            if ctx.spec.is_async and run.task is not None and run.task.cancelling():
+                run.task.uncancel()  # the handler swallowed our cancellation: it is ours to take back
+            raise JobCancelled(f"job {ctx.job_id} was cancelled while it ran (its handler returned)")
+        run.result = result
+        return result
+
+    def settled(self, outcome: Outcome, action: SettleAction) -> None:
+        envelope = outcome.envelope
+        if envelope is None:
+            return  # never decoded: no job id to record
+        run = self._finished.pop(envelope.job_id, None)
+        if action is SettleAction.RELEASED:
+            if run is not None:  # ended without an outcome (shutdown): the attempt closes as released
+                self.writer.record(self._attempt_end(run, JobState.QUEUED, "released", None))
+            return
+        state, attempt_outcome = _STATES.get(action, (None, None))
+        if state is None:
+            return  # deferred: the copy waits for a newer worker, nothing new to say
+        if state is JobState.RETRYING and outcome.timed_out:
+            state, attempt_outcome = JobState.TIMED_OUT, "timeout"
+        if outcome.kind is OutcomeKind.DEAD and outcome.error_type is None:
+            attempt_outcome = "rejected"
+        error = f"{outcome.error_type}: {outcome.error_message or ''}"[:1000] if outcome.error_type else None
+        if state is JobState.CANCELLED:
+            error = None
+        base = run.running if run is not None else self._transition(envelope, JobState.RUNNING, None)
+        transition = Transition(
+            **{**_fields(base), "state": state, "at": self.clock.now(),
+               "worker_id": base.worker_id if run is not None else None,
+               "attempt_outcome": attempt_outcome, "reason": _reason(outcome, state),
+               "error": error, "dead_letter_id": outcome.dead_letter_id},
+        )
+        if state is JobState.SUCCEEDED and run is not None and run.result is not None:
+            self._with_result(transition, run.result)
+        else:
+            self.writer.record(transition)
+        if state.final:
+            self._cancelled.discard(envelope.job_id)
+
+    # -- helpers ---------------------------------------------------------------------
+    def _transition(self, envelope: Envelope, state: JobState, queue: str | None) -> Transition:
+        return Transition(
+            job_id=envelope.job_id, state=state, at=self.clock.now(), generation=generation_of_envelope(envelope),
+            attempt=envelope.attempt, job_type=envelope.job_type, queue=queue, created_at=envelope.created_at,
+            worker_id=self.worker_id, code_version=self.code_version, config_hash=self.config_hash,
+            producer_version=envelope.headers.get(PRODUCER_VERSION),
+        )
+
+    def _attempt_end(self, run: _Run, state: JobState, outcome: str, error: str | None) -> Transition:
+        return Transition(**{**_fields(run.running), "state": state, "at": self.clock.now(),
+                             "attempt_outcome": outcome, "error": error})
+
+    def _with_result(self, transition: Transition, result: Any) -> None:
+        try:
+            data = orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:
+            log.info("job result is not JSON; not kept", extra={"job_id": transition.job_id})
+            self.writer.record(transition)
+            return
+        if len(data) <= self.config.max_result_bytes:
+            self.writer.record(Transition(**{**_fields(transition), "result": data.decode()}))
+            return
+        if self._payload_store is None:
+            log.warning("job result over the size cap and no payload store; not kept",
+                        extra={"job_id": transition.job_id, "bytes": len(data)})
+            self.writer.record(transition)
+            return
+        self._spawn_io(self._store_large_result(transition, data))
+
+    async def _store_large_result(self, transition: Transition, data: bytes) -> None:
+        assert self._payload_store is not None
+        try:
+            reference = await self._payload_store.put_payload(
+                f"{transition.job_type}.result", transition.job_id, data, self.clock.now()
+            )
+        except Exception as exc:
+            log.warning("could not store a large job result", extra={"error_type": type(exc).__name__})
+            self.writer.record(transition)
+            return
+        self.writer.record(Transition(**{**_fields(transition), "result_ref": reference.model_dump_json()}))
+
+    def _spawn_io(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending_io.add(task)
+        task.add_done_callback(self._pending_io.discard)
+
+    async def _every(self, seconds: float, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await body()
+            except Exception as exc:  # upkeep never takes the worker down
+                log.warning("job-state upkeep failed", extra={"task": body.__name__, "error_type": type(exc).__name__})
+
+    async def _heartbeat(self) -> None:
+        now = self.clock.now()
+        for run in list(self._runs.values()):
+            self.writer.record(Transition(**{**_fields(run.running), "at": now}))
+
+    async def _reconcile(self) -> None:
+        abandoned = await self.store.reconcile(timedelta(seconds=self.config.lease))
+        if abandoned:
+            log.info("attempts of dead workers marked abandoned", extra={"count": abandoned})
+
+    async def _refresh_cancels(self) -> None:
+        for job_id in await self.store.pending_cancels() - self._cancelled:
+            self.cancel(job_id)
+
+    async def _sweep(self) -> None:
+        if self.config.retention is not None:
+            await self.store.expire(self.config.retention)
+
+
+_STATES: dict[SettleAction, tuple[JobState | None, str | None]] = {
+    SettleAction.SUCCEEDED: (JobState.SUCCEEDED, "succeeded"),
+    SettleAction.RETRIED: (JobState.RETRYING, "failed"),
+    SettleAction.DEAD_LETTERED: (JobState.DEAD_LETTERED, "failed"),
+    SettleAction.CANCELLED: (JobState.CANCELLED, "cancelled"),
+}
+
+
+def _reason(outcome: Outcome, state: JobState) -> str | None:
+    """The final outcome's reason code: the dead letter's (exhausted, permanent, …), else the outcome's."""
+    if not state.final:
+        return None
+    return outcome.dead_letter_reason or outcome.reason
+
+
+def _fields(t: Transition) -> dict[str, Any]:
+    return {name: getattr(t, name) for name in t.__slots__}

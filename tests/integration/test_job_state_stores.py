@@ -1,0 +1,99 @@
+"""The SQLite and PostgreSQL job-state stores against REAL databases: the shared store contract,
+plus what only a real database shows (writers racing on one job from separate connections,
+reopening a file, concurrent schema set-up, an unreachable server).
+
+PostgreSQL needs ``CONVEYOR_DATABASE_URL``; a missing server fails, never skips. Each test
+works in tables of its own prefix and drops them afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.common.clock import FakeClock
+from conveyor.common.errors import JobStateStoreUnavailable
+from conveyor.common.job_state import (
+    JobState,
+    JobStateStore,
+    PostgresJobStateStore,
+    SQLiteJobStateStore,
+    Transition,
+)
+from conveyor.common.job_state.states import generation_of
+from tests.support.job_state_contract import *  # noqa: F403 - the shared contract tests
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock, database_url: str
+) -> AsyncIterator[JobStateStore]:
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    chosen: SQLiteJobStateStore | PostgresJobStateStore
+    if request.param == "sqlite":
+        chosen = SQLiteJobStateStore(tmp_path / "state.db", clock=clock, table_prefix=prefix)
+    else:
+        chosen = PostgresJobStateStore(database_url, clock=clock, table_prefix=prefix)
+    async with chosen:
+        try:
+            yield chosen
+        finally:
+            await chosen.drop_schema()
+
+
+def _run(clock: FakeClock, job_id: str, state: JobState, worker: str, attempt: int = 1) -> Transition:
+    created = clock.now()
+    return Transition(job_id=job_id, state=state, at=clock.now(), generation=generation_of(created, None),
+                      attempt=attempt, created_at=created, worker_id=worker,
+                      attempt_outcome=None if state is JobState.RUNNING else "succeeded")
+
+
+async def test_writers_on_separate_connections_racing_on_one_job_end_final(
+    database_url: str, clock: FakeClock
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    stores = [PostgresJobStateStore(database_url, table_prefix=prefix, clock=clock, max_size=1) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))  # concurrent schema set-up, too
+        # Producer, the worker's running and its end, and a stale duplicate, all at once, 20 jobs.
+        batches = [
+            [_run(clock, f"j{n}", JobState.RUNNING, "w") for n in range(20)],
+            [_run(clock, f"j{n}", JobState.SUCCEEDED, "w") for n in range(20)],
+            [_run(clock, f"j{n}", JobState.RUNNING, "w") for n in range(20)],
+            [Transition(job_id=f"j{n}", state=JobState.QUEUED, at=clock.now(),
+                        generation=generation_of(clock.now(), None)) for n in range(20)],
+        ]
+        await asyncio.gather(*(s.apply(b) for s, b in zip(stores, batches, strict=True)))
+        records = await stores[0].list_jobs(limit=100)
+        assert len(records) == 20 and {r.state for r in records} == {JobState.SUCCEEDED}
+        assert all(r.queued_at is not None for r in records)
+    finally:
+        await stores[0].drop_schema()
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_a_sqlite_store_reopened_keeps_its_records(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "deep" / "state.db"
+    async with SQLiteJobStateStore(path, clock=clock) as first:
+        await first.apply([_run(clock, "kept", JobState.SUCCEEDED, "w")])
+    async with SQLiteJobStateStore(path, clock=clock) as second:
+        record = await second.get("kept")
+    assert record is not None and record.state is JobState.SUCCEEDED and record.attempts[0].worker_id == "w"
+
+
+async def test_an_unreachable_postgres_is_the_stores_error_without_the_password() -> None:
+    store = PostgresJobStateStore("postgresql://conveyor:hunter2@127.0.0.1:1/conveyor", connect_timeout=2.0, min_size=0)
+    with pytest.raises(JobStateStoreUnavailable) as caught:
+        await store.open()
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(JobStateStoreUnavailable):
+        await store.get("x")  # never opened

@@ -1,0 +1,227 @@
+"""The job-state store contract, one suite for every store (memory, SQLite, PostgreSQL).
+
+A test module imports the ``test_*`` functions below (pytest collects them there) and provides
+``clock`` (a ``FakeClock`` the store uses) and ``store`` (an opened store on fresh tables).
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timedelta
+
+import pytest
+
+from conveyor.common.clock import FakeClock
+from conveyor.common.errors import UnknownJob
+from conveyor.common.job_state import JobState, JobStateStore, Transition
+from conveyor.common.job_state.states import generation_of
+
+__all__ = [
+    "test_a_batch_in_any_order_ends_in_the_same_record",
+    "test_a_cancel_of_a_finished_job_changes_nothing",
+    "test_a_later_generation_runs_again_after_a_retry",
+    "test_a_queued_write_arriving_after_the_end_fills_in_queued_at_only",
+    "test_an_abandoned_attempt_gives_way_to_the_redelivery",
+    "test_cancel_of_an_unknown_job_is_an_unknown_job_error",
+    "test_cancelling_a_running_job_marks_it_and_the_worker_records_the_end",
+    "test_cancelling_a_waiting_job_cancels_it_at_once_and_twice_is_idempotent",
+    "test_expire_deletes_only_finished_jobs_older_than_the_cutoff",
+    "test_list_filters_by_state_type_and_time_newest_first",
+    "test_states_never_go_backwards",
+    "test_the_full_life_of_a_job_is_recorded_with_its_attempts",
+    "test_the_worker_outcome_wins_over_an_operator_cancel_it_raced",
+]
+
+
+def _t(clock: FakeClock, job_id: str, state: JobState, *, gen: datetime | None = None, **kw: object) -> Transition:
+    created = kw.pop("created_at", None) or clock.now()
+    assert isinstance(created, datetime)
+    generation = generation_of(created, gen)
+    return Transition(job_id=job_id, state=state, at=clock.now(), generation=generation,
+                      created_at=created, job_type=kw.pop("job_type", "t.job"), **kw)  # type: ignore[arg-type]
+
+
+async def test_the_full_life_of_a_job_is_recorded_with_its_attempts(store: JobStateStore, clock: FakeClock) -> None:
+    created = clock.now()
+    await store.apply([_t(clock, "j1", JobState.QUEUED, created_at=created, queue="q", producer_version="p1")])
+    clock.advance(1)
+    await store.apply([_t(clock, "j1", JobState.RUNNING, created_at=created, worker_id="w1", code_version="c1",
+                          config_hash="h1")])
+    clock.advance(1)
+    first_end = clock.now()
+    await store.apply([_t(clock, "j1", JobState.RETRYING, created_at=created, worker_id="w1",
+                          attempt_outcome="failed", error="ValueError: boom", code_version="c1")])
+    clock.advance(1)
+    await store.apply([_t(clock, "j1", JobState.RUNNING, created_at=created, gen=first_end, attempt=2,
+                          worker_id="w2")])
+    clock.advance(1)
+    await store.apply([_t(clock, "j1", JobState.SUCCEEDED, created_at=created, gen=first_end, attempt=2,
+                          worker_id="w2", attempt_outcome="succeeded", result='{"n": 3}')])
+    record = await store.get("j1")
+    assert record is not None
+    assert record.state is JobState.SUCCEEDED and record.attempt == 2 and record.result == '{"n": 3}'
+    assert record.queue == "q" and record.producer_version == "p1" and record.code_version == "c1"
+    assert record.queued_at == created and record.started_at == created + timedelta(seconds=1)
+    assert record.finished_at == created + timedelta(seconds=4)
+    assert [(a.worker_id, a.outcome) for a in record.attempts] == [("w1", "failed"), ("w2", "succeeded")]
+    assert record.attempts[0].error == "ValueError: boom" and record.attempts[0].config_hash == "h1"
+    assert record.attempts[1].started_at == created + timedelta(seconds=3)
+
+
+async def test_states_never_go_backwards(store: JobStateStore, clock: FakeClock) -> None:
+    created = clock.now()
+    await store.apply([_t(clock, "j", JobState.SUCCEEDED, created_at=created, worker_id="w", attempt_outcome="succeeded")])
+    for late in (JobState.RUNNING, JobState.QUEUED, JobState.RETRYING):
+        clock.advance(1)
+        await store.apply([_t(clock, "j", late, created_at=created, worker_id="w", attempt_outcome="failed")])
+    record = await store.get("j")
+    assert record is not None and record.state is JobState.SUCCEEDED
+    assert [a.outcome for a in record.attempts] == ["succeeded"]  # an attempt's end is written once
+
+
+async def test_a_batch_in_any_order_ends_in_the_same_record(store: JobStateStore, clock: FakeClock) -> None:
+    created = clock.now()
+    steps = [
+        _t(clock, "x", JobState.QUEUED, created_at=created),
+        _t(clock, "x", JobState.RUNNING, created_at=created, worker_id="w"),
+        _t(clock, "x", JobState.DEAD_LETTERED, created_at=created, worker_id="w", attempt_outcome="failed",
+           reason="permanent", dead_letter_id="d1"),
+    ]
+    for n, order in enumerate(itertools.permutations(steps)):
+        job_id = f"x{n}"
+        await store.apply([Transition(**{**_fields(t), "job_id": job_id}) for t in order])
+        record = await store.get(job_id)
+        assert record is not None and record.state is JobState.DEAD_LETTERED, order
+        assert record.queued_at is not None and record.reason == "permanent" and record.dead_letter_id == "d1"
+        assert [a.outcome for a in record.attempts] == ["failed"]
+
+
+async def test_a_queued_write_arriving_after_the_end_fills_in_queued_at_only(
+    store: JobStateStore, clock: FakeClock
+) -> None:
+    created = clock.now()
+    await store.apply([_t(clock, "late", JobState.SUCCEEDED, created_at=created, worker_id="w",
+                          attempt_outcome="succeeded")])
+    await store.apply([_t(clock, "late", JobState.QUEUED, created_at=created, producer_version="p9")])
+    record = await store.get("late")
+    assert record is not None and record.state is JobState.SUCCEEDED
+    assert record.queued_at == created and record.producer_version == "p9"
+
+
+async def test_a_later_generation_runs_again_after_a_retry(store: JobStateStore, clock: FakeClock) -> None:
+    created = clock.now()
+    await store.apply([_t(clock, "r", JobState.TIMED_OUT, created_at=created, worker_id="w",
+                          attempt_outcome="timeout")])
+    clock.advance(2)
+    await store.apply([_t(clock, "r", JobState.RUNNING, created_at=created, gen=clock.now(), attempt=2,
+                          worker_id="w")])
+    record = await store.get("r")
+    assert record is not None and record.state is JobState.RUNNING and record.attempt == 2
+    # …but the first attempt's running, batched late, does not step back over the retry.
+    await store.apply([_t(clock, "r", JobState.RUNNING, created_at=created, worker_id="w")])
+    record = await store.get("r")
+    assert record is not None and record.attempt == 2
+
+
+async def test_an_abandoned_attempt_gives_way_to_the_redelivery(store: JobStateStore, clock: FakeClock) -> None:
+    created = clock.now()
+    await store.apply([_t(clock, "d", JobState.RUNNING, created_at=created, worker_id="dead")])
+    await store.apply([_t(clock, "live", JobState.RUNNING, created_at=created, worker_id="alive")])
+    clock.advance(50)
+    await store.apply([_t(clock, "live", JobState.RUNNING, created_at=created, worker_id="alive")])  # heartbeat
+    clock.advance(20)
+    assert await store.reconcile(timedelta(seconds=60)) == 1
+    dead = await store.get("d")
+    assert dead is not None and dead.state is JobState.RETRYING
+    assert [a.outcome for a in dead.attempts] == ["abandoned"]
+    live = await store.get("live")
+    assert live is not None and live.state is JobState.RUNNING and live.attempts[0].outcome is None
+    assert await store.reconcile(timedelta(seconds=60)) == 0  # idempotent
+    await store.apply([_t(clock, "d", JobState.RUNNING, created_at=created, worker_id="next")])
+    await store.apply([_t(clock, "d", JobState.SUCCEEDED, created_at=created, worker_id="next",
+                          attempt_outcome="succeeded")])
+    dead = await store.get("d")
+    assert dead is not None and dead.state is JobState.SUCCEEDED
+    assert sorted((a.worker_id, a.outcome) for a in dead.attempts) == [("dead", "abandoned"), ("next", "succeeded")]
+
+
+async def test_cancelling_a_waiting_job_cancels_it_at_once_and_twice_is_idempotent(
+    store: JobStateStore, clock: FakeClock
+) -> None:
+    await store.apply([_t(clock, "c", JobState.SCHEDULED, scheduled_for=clock.now() + timedelta(hours=1))])
+    first = await store.request_cancel("c")
+    assert (first.previous, first.state, first.changed) == (JobState.SCHEDULED, JobState.CANCELLED, True)
+    second = await store.request_cancel("c")
+    assert (second.previous, second.state, second.changed) == (JobState.CANCELLED, JobState.CANCELLED, False)
+    assert await store.pending_cancels() == {"c"}  # until a worker records the end
+    record = await store.get("c")
+    assert record is not None and record.final and record.cancel_requested_at == clock.now()
+    # The job's arrival at a worker: it records cancelled, and the cancel is no longer pending.
+    await store.apply([_t(clock, "c", JobState.CANCELLED, worker_id="w", attempt_outcome="cancelled")])
+    assert await store.pending_cancels() == set()
+
+
+async def test_cancelling_a_running_job_marks_it_and_the_worker_records_the_end(
+    store: JobStateStore, clock: FakeClock
+) -> None:
+    await store.apply([_t(clock, "run", JobState.RUNNING, worker_id="w")])
+    result = await store.request_cancel("run")
+    assert result.running and result.changed
+    assert (await store.request_cancel("run")).changed is False
+    assert await store.pending_cancels() == {"run"}
+    await store.apply([_t(clock, "run", JobState.CANCELLED, worker_id="w", attempt_outcome="cancelled")])
+    record = await store.get("run")
+    assert record is not None and record.state is JobState.CANCELLED and record.attempts[0].outcome == "cancelled"
+    assert await store.pending_cancels() == set()
+
+
+async def test_the_worker_outcome_wins_over_an_operator_cancel_it_raced(store: JobStateStore, clock: FakeClock) -> None:
+    # The store still says queued (the worker's running write is in its buffer) when the cancel comes.
+    await store.apply([_t(clock, "race", JobState.QUEUED)])
+    assert (await store.request_cancel("race")).state is JobState.CANCELLED
+    await store.apply([_t(clock, "race", JobState.RUNNING, worker_id="w"),
+                       _t(clock, "race", JobState.SUCCEEDED, worker_id="w", attempt_outcome="succeeded")])
+    record = await store.get("race")
+    assert record is not None and record.state is JobState.SUCCEEDED  # what really happened
+
+
+async def test_a_cancel_of_a_finished_job_changes_nothing(store: JobStateStore, clock: FakeClock) -> None:
+    await store.apply([_t(clock, "done", JobState.SUCCEEDED, worker_id="w", attempt_outcome="succeeded")])
+    result = await store.request_cancel("done")
+    assert (result.state, result.changed) == (JobState.SUCCEEDED, False)
+    assert await store.pending_cancels() == set()
+
+
+async def test_cancel_of_an_unknown_job_is_an_unknown_job_error(store: JobStateStore) -> None:
+    with pytest.raises(UnknownJob) as caught:
+        await store.request_cancel("nope")
+    assert caught.value.reason == "unknown_job"
+
+
+async def test_list_filters_by_state_type_and_time_newest_first(store: JobStateStore, clock: FakeClock) -> None:
+    start = clock.now()
+    for i in range(6):
+        state = JobState.SUCCEEDED if i % 2 else JobState.QUEUED
+        await store.apply([_t(clock, f"l{i}", state, job_type="a" if i < 3 else "b")])
+        clock.advance(1)
+    assert [r.job_id for r in await store.list_jobs()] == ["l5", "l4", "l3", "l2", "l1", "l0"]
+    assert [r.job_id for r in await store.list_jobs(state=JobState.SUCCEEDED)] == ["l5", "l3", "l1"]
+    assert [r.job_id for r in await store.list_jobs(job_type="a", state=JobState.QUEUED)] == ["l2", "l0"]
+    assert [r.job_id for r in await store.list_jobs(since=start + timedelta(seconds=4))] == ["l5", "l4"]
+    assert [r.job_id for r in await store.list_jobs(limit=2)] == ["l5", "l4"]
+    assert await store.list_jobs(job_type="zzz") == []
+
+
+async def test_expire_deletes_only_finished_jobs_older_than_the_cutoff(store: JobStateStore, clock: FakeClock) -> None:
+    await store.apply([_t(clock, "old-done", JobState.SUCCEEDED, worker_id="w", attempt_outcome="succeeded"),
+                       _t(clock, "old-waiting", JobState.QUEUED)])
+    clock.advance(3600)
+    await store.apply([_t(clock, "new-done", JobState.DEAD_LETTERED)])
+    assert await store.expire(timedelta(minutes=30)) == 1
+    assert await store.get("old-done") is None
+    assert await store.get("old-waiting") is not None and await store.get("new-done") is not None
+    assert await store.expire(timedelta(minutes=30)) == 0
+
+
+def _fields(t: Transition) -> dict[str, object]:
+    return {name: getattr(t, name) for name in t.__slots__}

@@ -1,0 +1,287 @@
+"""The job-state middleware and the producer's handle on the in-memory broker and store.
+
+Writers are flushed explicitly (``flush``), so nothing here waits on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from pydantic import BaseModel
+
+from conveyor.common.backoff import RetryPolicy
+from conveyor.common.clock import FakeClock
+from conveyor.common.errors import ConfigurationError, JobNotSucceeded, PermanentError, RetryableError
+from conveyor.common.headers import CONFIG_HASH, PRODUCER_VERSION, WORKER_VERSION
+from conveyor.common.job_state import JobState, MemoryJobStateStore
+from conveyor.common.job_state.handle import JobHandle
+from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.consumer.middleware.job_state import JobStateConfig, JobStateMiddleware
+from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters
+from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.producer.producer import Producer
+from conveyor.schemas.dead_letter import DeadLetterRecord
+
+
+class Job(BaseModel):
+    n: int
+
+
+class Rig:
+    """Broker, store, producer and worker; ``await rig.ready()`` once the jobs are registered."""
+
+    def __init__(self, jobs: JobRegistry) -> None:
+        self.jobs = jobs
+        self.clock = FakeClock()
+        self.broker = MemoryBroker(self.clock)
+        self.store = MemoryJobStateStore(clock=self.clock)
+        self._stack = contextlib.AsyncExitStack()
+
+    async def ready(self) -> Rig:
+        transport = MemoryTransport(self.broker)
+        await transport.connect()
+        # Upkeep loops off (0): these tests drive reconcile and cancels themselves.
+        config = JobStateConfig(heartbeat=0, reconcile_every=0, cancel_poll=0)
+        self.worker = Worker(transport, self.jobs, clock=self.clock, rng=random.Random(0), job_state=self.store,
+                             job_state_config=config,
+                             config=WorkerConfig(metrics_interval=0, code_version="v-test", config_hash="abc"))
+        self.producer = await self._stack.enter_async_context(Producer.for_registry(
+            MemoryTransport(self.broker), self.jobs, clock=self.clock, job_state=self.store, code_version="p-test"
+        ))
+        return self
+
+    @property
+    def recorder(self) -> JobStateMiddleware:
+        assert self.worker.job_state is not None
+        return self.worker.job_state
+
+    async def drain(self) -> None:
+        await self.broker.join(DEFAULT_QUEUE)
+        await self.recorder.writer.flush()
+
+
+@pytest.fixture
+def jobs() -> JobRegistry:
+    return JobRegistry()
+
+
+@pytest.fixture
+async def rig(jobs: JobRegistry) -> AsyncIterator[Rig]:
+    chosen = Rig(jobs)
+    async with chosen._stack:
+        yield chosen
+
+
+async def _flush_producer(rig: Rig) -> None:
+    for middleware in rig.producer._middlewares:
+        writer = getattr(middleware, "writer", None)
+        if writer is not None:
+            await writer.flush()
+
+
+async def test_a_job_is_recorded_queued_then_succeeded_with_its_result_and_run_metadata(
+    rig: Rig, jobs: JobRegistry
+) -> None:
+    @jobs.job("t.add")
+    async def add(payload: Job, ctx: JobContext) -> dict[str, int]:
+        return {"sum": payload.n + 1}
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.add", Job(n=41))
+    assert rig.producer.build_envelope("t.add", Job(n=1)).headers[PRODUCER_VERSION] == "p-test"
+    assert isinstance(handle, JobHandle) and handle.queue == DEFAULT_QUEUE and handle.tries == 1
+    assert (await handle.status()).state is JobState.QUEUED  # before any write landed
+    await _flush_producer(rig)
+    record = await handle.status()
+    assert record.state is JobState.QUEUED and record.producer_version == "p-test"
+    async with rig.worker:
+        await rig.drain()
+    assert await handle.result(timeout=5) == {"sum": 42}
+    record = await handle.status()
+    assert record.state is JobState.SUCCEEDED and record.code_version == "v-test" and record.config_hash == "abc"
+    assert record.queued_at is not None and record.started_at is not None and record.finished_at is not None
+    [attempt] = record.attempts
+    assert attempt.worker_id == rig.worker.config.worker_id and attempt.outcome == "succeeded"
+    assert attempt.code_version == "v-test"
+
+
+async def test_retries_are_attempts_and_a_dead_letter_links_both_ways(rig: Rig, jobs: JobRegistry) -> None:
+    @jobs.job("t.fail", retry=RetryPolicy(max_attempts=2, base=1, jitter=0))
+    async def fail(payload: Job, ctx: JobContext) -> None:
+        if ctx.attempt == 1:
+            raise RetryableError("first")
+        raise PermanentError("second")
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.fail", Job(n=1))
+    async with rig.worker:
+        for _ in range(50):
+            await asyncio.sleep(0)
+        await rig.recorder.writer.flush()
+        assert (await handle.status()).state is JobState.RETRYING
+        rig.clock.advance(5)
+        await rig.drain()
+    record = await handle.status()
+    assert record.state is JobState.DEAD_LETTERED and record.reason == "permanent" and record.attempt == 2
+    assert record.producer_version == "p-test"  # from the envelope's header too, not only the producer's write
+    assert [a.outcome for a in record.attempts] == ["failed", "failed"]
+    assert record.attempts[1].error == "PermanentError: second"
+    reader = MemoryTransport(rig.broker)
+    await reader.connect()
+    delivery = await reader.get(f"{DEFAULT_QUEUE}.dlq")
+    assert delivery is not None
+    dead = DeadLetterRecord.model_validate(orjson.loads(delivery.body))
+    assert dead.dead_letter_id == record.dead_letter_id and dead.job_id == handle.job_id
+    assert delivery.headers[WORKER_VERSION] == "v-test" and delivery.headers[CONFIG_HASH] == "abc"
+    await delivery.release()
+    letters = DeadLetters(reader, DEFAULT_QUEUE)
+    assert [r.job_id for r in await letters.list(DeadLetterFilter(worker_version="v-test"))] == [handle.job_id]
+    assert letters.run_info[dead.dead_letter_id] == {"worker_version": "v-test", "config_hash": "abc"}
+    assert await letters.list(DeadLetterFilter(worker_version="v-other")) == []
+    with pytest.raises(JobNotSucceeded) as caught:
+        await handle.result(timeout=5)
+    assert caught.value.state == "dead_lettered"
+
+
+async def test_a_store_outage_never_blocks_or_loses_jobs_and_the_states_land_after(
+    rig: Rig, jobs: JobRegistry
+) -> None:
+    ran: list[int] = []
+
+    @jobs.job("t.ok")
+    async def ok(payload: Job, ctx: JobContext) -> None:
+        ran.append(payload.n)
+
+    await rig.ready()
+    rig.store.fail_with = OSError("database down")
+    handles = [await rig.producer.publish("t.ok", Job(n=i)) for i in range(20)]
+    async with rig.worker:
+        await rig.broker.join(DEFAULT_QUEUE)
+        assert sorted(ran) == list(range(20))  # every job ran while the store was down
+        with pytest.raises(Exception, match="failing on purpose"):
+            await rig.recorder.writer.flush()
+        assert rig.recorder.writer.pending == 40  # running + succeeded per job, kept
+        rig.store.fail_with = None
+        await rig.recorder.writer.flush()
+    await _flush_producer(rig)
+    records = [await h.status() for h in handles]
+    assert {r.state for r in records} == {JobState.SUCCEEDED}
+    assert all(r.queued_at is not None for r in records)  # queued landed late: harmless
+
+
+async def test_a_full_buffer_drops_the_oldest_and_counts_them(rig: Rig) -> None:
+    await rig.ready()
+    writer = rig.recorder.writer
+    writer.capacity = writer.batch_size = 3
+    for n in range(5):
+        writer.record(rig.recorder._transition(_envelope(rig, n), JobState.RUNNING, None))
+    assert writer.pending == 3 and writer.dropped == 2
+    assert rig.worker.metrics.registry.get_sample_value(
+        "conveyor_job_state_dropped_total", {"role": "worker"}
+    ) == 2
+
+
+async def test_a_job_cancelled_while_queued_is_acked_never_run_and_recorded_cancelled(
+    rig: Rig, jobs: JobRegistry
+) -> None:
+    ran: list[int] = []
+
+    @jobs.job("t.never")
+    async def never(payload: Job, ctx: JobContext) -> None:
+        ran.append(payload.n)
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.never", Job(n=1), delay=30)
+    await _flush_producer(rig)
+    assert (await handle.status()).state is JobState.SCHEDULED
+    first = await rig.store.request_cancel(handle.job_id)
+    assert first.changed and (await rig.store.request_cancel(handle.job_id)).changed is False
+    async with rig.worker:  # started after the cancel: it learns it from the store
+        for _ in range(20):
+            await asyncio.sleep(0)  # the broker's delay timer starts
+        rig.clock.advance(31)
+        await rig.drain()
+    assert ran == []
+    assert rig.broker.depth(f"{DEFAULT_QUEUE}.dlq") == 0 and rig.worker.counts["cancelled"] == 1
+    record = await handle.status()
+    assert record.state is JobState.CANCELLED and record.rank == 9  # the worker's record
+    assert await rig.store.pending_cancels() == set()
+    with pytest.raises(JobNotSucceeded, match="cancelled"):
+        await handle.result(timeout=5)
+
+
+async def test_cancelling_a_running_async_handler_cancels_it_and_it_is_never_retried(
+    rig: Rig, jobs: JobRegistry
+) -> None:
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    @jobs.job("t.long", retry=RetryPolicy(max_attempts=5))
+    async def long(payload: Job, ctx: JobContext) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            stopped.set()
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.long", Job(n=1))
+    async with rig.worker:
+        await started.wait()
+        assert rig.recorder.cancel(handle.job_id) is True
+        assert rig.recorder.cancel(handle.job_id) is True  # twice: harmless
+        await rig.drain()
+    assert stopped.is_set()
+    assert rig.worker.counts["cancelled"] == 1 and rig.worker.counts["retried"] == 0
+    assert rig.broker.depth(f"{DEFAULT_QUEUE}.dlq") == 0
+    record = await handle.status()
+    assert record.state is JobState.CANCELLED and [a.outcome for a in record.attempts] == ["cancelled"]
+
+
+async def test_a_sync_handler_sees_ctx_cancelled_and_the_job_ends_cancelled(rig: Rig, jobs: JobRegistry) -> None:
+    started, seen = threading.Event(), threading.Event()
+
+    @jobs.job("t.sync", timeout=30)
+    def steps(payload: Job, ctx: JobContext) -> str:
+        started.set()
+        while not ctx.cancelled:
+            threading.Event().wait(0.01)
+        seen.set()
+        return "stopped early"
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.sync", Job(n=1))
+    async with rig.worker:
+        await asyncio.to_thread(started.wait, 10)
+        assert rig.recorder.cancel(handle.job_id) is True
+        await rig.drain()
+    assert seen.is_set() and rig.worker.counts["cancelled"] == 1
+    assert (await handle.status()).state is JobState.CANCELLED
+
+
+async def test_a_receipt_without_a_store_says_what_is_missing() -> None:
+    broker = MemoryBroker()
+    async with Producer(MemoryTransport(broker), allow_unregistered=True) as producer:
+        receipt = await producer.publish("t.any", {"n": 1})
+        with pytest.raises(ConfigurationError, match="job-state store"):
+            await receipt.status()
+        with pytest.raises(ConfigurationError, match="job-state store"):
+            await receipt.result(timeout=1)
+
+
+def _envelope(rig: Rig, n: int):  # type: ignore[no-untyped-def]
+    return rig.producer.build_envelope("t.x", {"n": n}) if rig.producer.schemas.knows("t.x") else _raw(rig, n)
+
+
+def _raw(rig: Rig, n: int):  # type: ignore[no-untyped-def]
+    from conveyor.schemas.envelope import Envelope, InlinePayload
+
+    return Envelope(job_id=f"j{n}", idempotency_key=f"j{n}", job_type="t.x", schema_version=1, correlation_id="c",
+                    created_at=rig.clock.now(), payload=InlinePayload(data={"n": n}))

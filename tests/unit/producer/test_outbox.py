@@ -1,0 +1,81 @@
+"""The outbox without a database: rows built by the producer's own checks, driver dispatch, relay settings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from conveyor.common.errors import (
+    ConfigurationError,
+    InvalidPayload,
+    MalformedMessage,
+    MessageTooLarge,
+    PublishNotConfirmed,
+    PublishOutcomeUnknown,
+    TransportError,
+    UnknownJobType,
+)
+from conveyor.producer.outbox import Outbox, RelayConfig, migration_sql
+from conveyor.producer.outbox.relay import _permanent
+from conveyor.schemas.envelope import Envelope
+from tests.unit.producer.test_producer import jobs
+
+
+def test_a_row_carries_the_envelope_the_producer_builds() -> None:
+    outbox = Outbox(jobs=jobs())
+    row = outbox.row("email.send", {"to": "a@example.com"}, delay=12, ordering_key="k", idempotency_key="welcome-1",
+                     headers={"tenant": "t1"})
+    envelope = Envelope.model_validate_json(row.envelope)
+    assert (envelope.job_id, envelope.idempotency_key, envelope.headers) == (row.job_id, "welcome-1", {"tenant": "t1"})
+    assert (row.queue, row.delay_seconds, row.ordering_key, row.job_type) == ("conveyor.default", 12.0, "k", "email.send")
+    assert outbox.row("email.send", {"to": "b"}).job_id != row.job_id
+    assert outbox.row("email.send", {"to": "b"}, queue="elsewhere").queue == "elsewhere"
+
+
+@pytest.mark.parametrize(("payload", "job_type", "options", "error"), [
+    ({"too": "x"}, "email.send", {}, InvalidPayload),
+    ({"to": "x"}, "email.nope", {}, UnknownJobType),
+    ({"to": float("nan")}, "email.send", {}, MalformedMessage),
+    ({"to": "x"}, "email.send", {"delay": 31 * 86400}, ConfigurationError),
+])
+def test_what_a_worker_would_refuse_is_refused_at_add(payload: dict[str, object], job_type: str,
+                                                      options: dict[str, object], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        Outbox(jobs=jobs()).row(job_type, payload, **options)  # type: ignore[arg-type]
+
+
+def test_add_refuses_a_connection_it_cannot_write_through() -> None:
+    with pytest.raises(ConfigurationError, match="cannot write the outbox through a int"):
+        Outbox(jobs=jobs()).add(42, "email.send", {"to": "x"})
+
+
+async def test_add_async_refuses_a_sync_connection() -> None:
+    with pytest.raises(ConfigurationError, match="use 'outbox.add"):
+        await Outbox(jobs=jobs()).add_async(object(), "email.send", {"to": "x"})
+
+
+def test_the_migration_names_the_table_everywhere() -> None:
+    sql = migration_sql("orders_outbox")
+    assert "{table}" not in sql
+    assert "CREATE TABLE IF NOT EXISTS orders_outbox" in sql and "pg_notify('orders_outbox'" in sql
+
+
+def test_only_refusals_that_cannot_change_mark_a_row_failed() -> None:
+    assert _permanent(PublishNotConfirmed("unroutable")) and _permanent(MessageTooLarge("big"))
+    assert not _permanent(PublishOutcomeUnknown("lost confirm")) and not _permanent(TransportError("reset"))
+    assert not _permanent(OSError("network"))
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 0}, {"poll_interval": 0}, {"retention": timedelta(seconds=-1)},
+                                     {"table": "Bad Name"}])
+def test_relay_settings_are_checked(options: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        RelayConfig(**options)  # type: ignore[arg-type]
+
+
+def test_a_job_the_relay_could_not_send_is_refused_at_add_unless_the_relay_offloads() -> None:
+    big = {"to": "x" * 2_000_000}
+    with pytest.raises(MessageTooLarge, match="max_message_bytes=None"):
+        Outbox(jobs=jobs()).row("email.send", big)
+    assert len(Outbox(jobs=jobs(), max_message_bytes=None).row("email.send", big).envelope) > 2_000_000
