@@ -8,6 +8,7 @@ with the least rights it needs (read the queues, get and republish dead letters)
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from conveyor.common.secrets import Redactor, mask_url, secret_fields, url_crede
 from conveyor.common.settings import Settings
 from conveyor.consumer.cli.support import (
     broker_option,
+    job_state_option,
+    job_state_store_for,
     load_registry,
     payload_store_for,
     payload_store_option,
@@ -53,9 +56,11 @@ __all__ = ["console", "demo_console"]
 @click.option("--refresh", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
               help="Seconds between samples of the overview")
 @payload_store_option
+@job_state_option
 def console(broker: str | None, queues: tuple[str, ...], workers: tuple[str, ...], app_target: str | None,
             schemas_dir: Path | None, host: str, port: int, read_only: bool, token_file: Path | None,
-            basic_auth_file: Path | None, refresh: float, payload_store: str | None) -> None:
+            basic_auth_file: Path | None, refresh: float, payload_store: str | None,
+            job_state_url: str | None) -> None:
     """Serve the operator console: queues, rates, breakers, dead letters (replay, edit, purge)."""
     try:
         require("console", "conveyor console")
@@ -65,7 +70,8 @@ def console(broker: str | None, queues: tuple[str, ...], workers: tuple[str, ...
         check_bind(host, auth)
     except ConveyorError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
-    settings = settings_from(**({"payload_store": payload_store} if payload_store else {}))
+    settings = settings_from(**({"payload_store": payload_store} if payload_store else {}),
+                             **({"job_state_url": job_state_url} if job_state_url else {}))
     url = require_broker(broker)
     registry = load_registry(app_target, "--app") if app_target else None
     watched = queues or tuple(registry.queues() if registry else ()) or (DEFAULT_QUEUE,)
@@ -92,12 +98,13 @@ async def _serve(config: Any, url: str, settings: Any, registry: Any, schemas_di
     if schemas_dir is not None:
         catalog = catalog.merged(SchemaCatalog.from_directory(schemas_dir))
     store = payload_store_for(settings)
+    job_states = job_state_store_for(settings)
     transport = transport_for(url, settings)
     try:
-        async with transport:
+        async with transport, (job_states or contextlib.nullcontext()):
             state = ConsoleState(config=config, transport=transport, history=OverviewHistory(config.history),
                                  schemas=catalog, redact=redact, max_message_bytes=settings.max_message_bytes,
-                                 payloads=PayloadResolver.for_store(store))
+                                 payloads=PayloadResolver.for_store(store), job_states=job_states)
             try:
                 await serve(state)
             except OSError as exc:

@@ -18,6 +18,7 @@ from conveyor.consumer.ops.console.render import STATIC, highlight_css, page
 from conveyor.consumer.ops.console.security import NEW_SESSION, middlewares
 from conveyor.consumer.ops.console.state import STATE, ConsoleState, QueueBusy
 from conveyor.consumer.ops.console.views_dead_letters import routes as dead_letter_routes
+from conveyor.consumer.ops.console.views_jobs import routes as job_routes
 from conveyor.consumer.ops.console.views_overview import routes as overview_routes
 from conveyor.consumer.ops.console.views_replays import routes as replay_routes
 
@@ -82,6 +83,7 @@ def build_app(state: ConsoleState, *, sample: bool = True) -> web.Application:
     app.add_routes(overview_routes)
     app.add_routes(dead_letter_routes)
     app.add_routes(replay_routes)
+    app.add_routes(job_routes)
     if sample:
         app.cleanup_ctx.append(_sampling)
     app.on_cleanup.append(_stop_replays)

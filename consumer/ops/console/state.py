@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from conveyor.common.job_state.base import JobStateStore
 from conveyor.common.transport.base import Transport
 from conveyor.consumer.ops.console.config import ConsoleConfig
 from conveyor.consumer.ops.console.history import OverviewHistory
@@ -46,6 +47,7 @@ class ConsoleState:
     redact: Callable[[str], str] = str
     max_message_bytes: int = 1024 * 1024
     payloads: PayloadResolver | None = None
+    job_states: JobStateStore | None = None  # the jobs page, when one is configured
     secret_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     # Session ids that gave the token, oldest first; the oldest is forgotten past MAX_SESSIONS
     # (a sign-in loop cannot grow it without end).

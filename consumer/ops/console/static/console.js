@@ -1,6 +1,6 @@
 // Conveyor console: small enhancements over pages that work without them.
 // - the overview's live part is fetched again every refresh and swapped in (no page reload);
-// - keyboard: "g o" overview, "g d" dead letters, j/k move between rows, Enter opens, "/" filters.
+// - keyboard: "g o" overview, "g d" dead letters, "g j" jobs, j/k move between rows, Enter opens, "/" filters.
 "use strict";
 
 function refreshLive() {
@@ -52,6 +52,7 @@ function keyboard() {
       pendingG = false;
       if (event.key === "o") { window.location.assign("/"); return; }
       if (event.key === "d") { window.location.assign("/dead-letters"); return; }
+      if (event.key === "j") { window.location.assign("/jobs"); return; }
     }
     if (event.key === "g") { pendingG = true; return; }
     if (event.key === "j") { moveRow(1); event.preventDefault(); }

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import PermanentError
+from conveyor.common.job_state.base import JobStateStore
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.secrets import Redactor
@@ -80,11 +81,12 @@ async def world() -> World:
 async def make_client(world: World) -> AsyncIterator[Callable[..., object]]:
     clients: list[TestClient] = []  # type: ignore[type-arg]
 
-    async def make(*, read_only: bool = False, auth: ConsoleAuth | None = None, schemas: bool = True) -> TestClient:  # type: ignore[type-arg]
+    async def make(*, read_only: bool = False, auth: ConsoleAuth | None = None, schemas: bool = True,
+                   job_states: JobStateStore | None = None) -> TestClient:  # type: ignore[type-arg]
         config = ConsoleConfig(queues=(DEFAULT_QUEUE,), read_only=read_only, auth=auth, broker_label="memory://")
         state = ConsoleState(config=config, transport=world.transport, history=OverviewHistory(900),
                              schemas=SchemaCatalog.from_registry(world.jobs.schemas) if schemas else SchemaCatalog(),
-                             redact=Redactor([SECRET]))
+                             redact=Redactor([SECRET]), job_states=job_states)
         client = TestClient(TestServer(build_app(state, sample=False)))
         await client.start_server()
         clients.append(client)
