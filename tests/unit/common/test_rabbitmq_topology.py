@@ -121,8 +121,8 @@ def test_dead_letters_only_go_to_a_dead_letter_queue_and_dlq_names_are_reserved(
         TOPOLOGY.declarations("orders.dlq", "orders.dlq.dlq")
 
 
-def test_the_readme_shows_the_permissions_the_code_computes() -> None:
-    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+def test_the_broker_docs_show_the_permissions_the_code_computes() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "docs" / "brokers.md").read_text(encoding="utf-8")
     for role in ROLES:
         assert permissions(role, ["emails"]).command(f"emails-{role}", "prod") in readme, role
 
