@@ -64,7 +64,8 @@ def _run(work: Callable[[], Awaitable[T]], settings: Any = None) -> T:
 
         try:
             return await work()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # OverflowError: the socket's answer to a port past 65535.
+        except (OSError, OverflowError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise click.ClickException(
                 redactor()(f"database error ({type(exc).__name__}): {exc}".splitlines()[0])
             ) from None

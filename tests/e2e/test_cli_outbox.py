@@ -153,3 +153,9 @@ def test_a_relay_http_port_in_use_is_one_line_naming_the_port_not_the_database(d
                           CONVEYOR_BROKER_URL="memory://", CONVEYOR_OUTBOX_DATABASE_URL=database_url)
     line = assert_one_line_error(result, 1, "ConfigurationError", f"127.0.0.1:{port}", "--http-port")
     assert "database" not in line, line
+
+
+def test_a_database_port_out_of_range_is_one_line_with_its_password_masked() -> None:
+    result = conveyor("outbox", "check", CONVEYOR_OUTBOX_DATABASE_URL="postgresql://app:db-canary-3e7a@127.0.0.1:99999/app")
+    line = assert_one_line_error(result, 1, "database error", "port")
+    assert "db-canary-3e7a" not in result.stderr + result.stdout, line
