@@ -119,6 +119,7 @@ class SyncProducer:
         # Shuts the runner down if this producer is collected or the interpreter exits unclosed.
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._closed = False
+        self._warned_loop = False
         # What a forked child inherited from its parent: kept referenced (never closed, never
         # collected) so that no finaliser acts on the parent's sockets from the child.
         self._inherited: list[_LoopThread] = []
@@ -159,7 +160,8 @@ class SyncProducer:
         job_id: str | None = None,
     ) -> PublishReceipt:
         """As ``Producer.publish``: the same checks, retries, receipt and exceptions."""
-        runner, producer = self._started()
+        runner, producer = self._started()  # refuses its own loop thread; any other loop is warned of
+        self._warn_if_on_a_loop()
         return runner.call(producer.publish(
             job_type, payload, idempotency_key=idempotency_key, delay=delay, headers=headers,
             correlation_id=correlation_id, causation_id=causation_id, deadline=deadline,
@@ -167,7 +169,8 @@ class SyncProducer:
         ))
 
     def publish_envelope(self, envelope: Envelope, *, queue: str | None = None, delay: float = 0.0) -> PublishReceipt:
-        runner, producer = self._started()
+        runner, producer = self._started()  # refuses its own loop thread; any other loop is warned of
+        self._warn_if_on_a_loop()
         return runner.call(producer.publish_envelope(envelope, queue=queue, delay=delay))
 
     def build_envelope(self, job_type: str, payload: BaseModel | Mapping[str, Any], **options: Any) -> Envelope:
@@ -196,6 +199,19 @@ class SyncProducer:
         if runner is None or finalizer is None or finalizer.detach() is None:
             return  # never started, or already shut down (by another close, or at exit)
         _shut_down(runner, self._exit_timeout if timeout is None else timeout)
+
+    def _warn_if_on_a_loop(self) -> None:
+        """Once: a publish from a coroutine blocks its whole loop until the confirm (retries
+        included). Not refused: a notebook runs its cells on a loop, and there that is wanted."""
+        if self._warned_loop:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._warned_loop = True
+        log.warning("SyncProducer.publish called on a running event loop: it blocks that loop until the broker "
+                    "confirms; in async code use Producer and 'await producer.publish(...)'")
 
     def _started(self) -> tuple[_LoopThread, Producer]:
         current = self._runner

@@ -1,7 +1,8 @@
 """``conveyor outbox migrate | check | relay``: the transactional outbox's table and its relay.
 
-``relay`` runs until SIGTERM/SIGINT (the batch in progress finishes and commits first) and
-serves ``/metrics`` and ``/healthz`` on ``--http-port`` (0: off). Several relays may run at
+``relay`` runs until SIGTERM/SIGINT (the batch in progress may finish and commit within
+``--shutdown-grace``; past it, it rolls back and its rows go again) and serves ``/metrics``,
+``/healthz`` and ``/readyz`` on ``--http-port`` (0: off; see ``outbox_http``). Several relays may run at
 once (``FOR UPDATE SKIP LOCKED``). Errors are one line: a missing table or column names what
 is missing; an unreachable database names the exception type, with its password masked.
 """
@@ -64,7 +65,8 @@ def _run(work: Callable[[], Awaitable[T]], settings: Any = None) -> T:
 
         try:
             return await work()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # OverflowError: the socket's answer to a port past 65535.
+        except (OSError, OverflowError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise click.ClickException(
                 redactor()(f"database error ({type(exc).__name__}): {exc}".splitlines()[0])
             ) from None

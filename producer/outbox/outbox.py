@@ -12,11 +12,13 @@ never later in the relay.
 
 Connections: ``add`` takes a psycopg 3 connection or cursor, Django's ``connection`` (any
 DB-API connection with ``%s`` parameters), or a SQLAlchemy ``Session``/``Connection``;
-``add_async`` takes an asyncpg connection or a SQLAlchemy ``AsyncSession``/``AsyncConnection``.
+``add_async`` takes an asyncpg connection, a psycopg 3 ``AsyncConnection`` or async cursor, or a
+SQLAlchemy ``AsyncSession``/``AsyncConnection``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -132,8 +134,8 @@ class Outbox:
             from sqlalchemy import text
 
             connection.execute(text(self._insert_named), dict(zip(_FIELDS, row.values(), strict=True)))
-        elif type(connection).__module__.startswith("asyncpg"):
-            raise ConfigurationError("an asyncpg connection: use 'await outbox.add_async(...)'")
+        elif _awaits(connection):  # asyncpg, psycopg's async connection or cursor: execute is a coroutine
+            raise ConfigurationError(f"an async {type(connection).__name__}: use 'await outbox.add_async(...)'")
         elif hasattr(connection, "cursor"):
             with connection.cursor() as cursor:
                 cursor.execute(self._insert_dbapi, row.values())
@@ -154,11 +156,20 @@ class Outbox:
             await connection.execute(text(self._insert_named), dict(zip(_FIELDS, row.values(), strict=True)))
         elif type(connection).__module__.startswith("asyncpg"):
             await connection.execute(self._insert_asyncpg, *row.values())
+        elif _awaits(connection) and hasattr(connection, "cursor"):  # psycopg's AsyncConnection
+            async with connection.cursor() as cursor:
+                await cursor.execute(self._insert_dbapi, row.values())
+        elif _awaits(connection):  # psycopg's async cursor
+            await connection.execute(self._insert_dbapi, row.values())
         else:
             raise ConfigurationError(
                 f"cannot write the outbox asynchronously through a {type(connection).__name__}: use 'outbox.add(...)'"
             )
         return row.job_id
+
+
+def _awaits(connection: Any) -> bool:
+    return inspect.iscoroutinefunction(getattr(connection, "execute", None))
 
 
 def _is_sqlalchemy(connection: Any) -> bool:

@@ -22,6 +22,7 @@ from conveyor.producer.outbox import Outbox
 from tests.e2e.test_cli import ROOT
 from tests.e2e.test_cli_errors import assert_one_line_error
 from tests.integration.conftest import amqp_url  # noqa: F401 - the shared fixture
+from tests.support.ports import free_port
 from tests.unit.producer.test_producer import jobs
 
 
@@ -79,12 +80,6 @@ def test_an_unreachable_database_is_one_line_with_its_password_masked() -> None:
     assert_one_line_error(no_url, 2, "no database")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_the_relay_publishes_serves_metrics_and_stops_on_sigterm(database_url: str, table: str,
                                                                  amqp_url: str) -> None:  # noqa: F811
     refused = conveyor("outbox", "relay", "--table", table, "--http-port", "0",
@@ -95,7 +90,7 @@ def test_the_relay_publishes_serves_metrics_and_stops_on_sigterm(database_url: s
     outbox = Outbox(jobs=jobs(), table=table)
     with psycopg.connect(database_url) as connection, connection.transaction():
         ids = [outbox.add(connection, "email.send", {"to": f"{n}@example.com"}, queue=queue) for n in range(20)]
-    port = _free_port()
+    port = free_port()
     relay = subprocess.Popen(
         [sys.executable, "-m", "conveyor", "outbox", "relay", "--table", table, "--http-port", str(port)],
         cwd=ROOT, env={**os.environ, "CONVEYOR_OUTBOX_DATABASE_URL": database_url, "CONVEYOR_BROKER_URL": amqp_url},
@@ -153,3 +148,9 @@ def test_a_relay_http_port_in_use_is_one_line_naming_the_port_not_the_database(d
                           CONVEYOR_BROKER_URL="memory://", CONVEYOR_OUTBOX_DATABASE_URL=database_url)
     line = assert_one_line_error(result, 1, "ConfigurationError", f"127.0.0.1:{port}", "--http-port")
     assert "database" not in line, line
+
+
+def test_a_database_port_out_of_range_is_one_line_with_its_password_masked() -> None:
+    result = conveyor("outbox", "check", CONVEYOR_OUTBOX_DATABASE_URL="postgresql://app:db-canary-3e7a@127.0.0.1:99999/app")
+    line = assert_one_line_error(result, 1, "database error", "port")
+    assert "db-canary-3e7a" not in result.stderr + result.stdout, line

@@ -33,6 +33,7 @@ from tests.e2e.processes_app import registry_for
 from tests.e2e.test_cli import ROOT, conveyor
 from tests.e2e.test_cli_errors import assert_one_line_error
 from tests.support.backends import require_env
+from tests.support.ports import free_port
 
 APP = "tests.e2e.processes_app:jobs"
 
@@ -59,12 +60,6 @@ async def queue(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     url = request.getfixturevalue("broker_url") if "broker_url" in request.fixturenames else require_env(
         "CONVEYOR_AMQP_URL")
     await _delete(url, name)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

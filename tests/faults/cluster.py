@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,7 +19,7 @@ from tests.faults import app
 from tests.faults.harness import ROOT, FaultRun
 from tests.integration.accounting import publish_until_confirmed
 
-__all__ = ["NODES", "Cluster", "free_port", "paced_publish", "readiness"]
+__all__ = ["NODES", "Cluster", "paced_publish", "readiness"]
 
 SCRIPT = ROOT / "scripts" / "services" / "rabbitmq-cluster.sh"
 NODES = (1, 2, 3)
@@ -89,12 +88,6 @@ class Cluster:
 
     async def heal(self) -> None:
         await self.run("heal")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def readiness(port: int) -> int | None:

@@ -22,9 +22,10 @@ from conveyor.common.errors import TransportError
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.producer.producer import Producer
 from tests.faults import app
-from tests.faults.cluster import Cluster, free_port, paced_publish, readiness
+from tests.faults.cluster import Cluster, paced_publish, readiness
 from tests.faults.harness import FaultRun, check
 from tests.faults.ledger import Figures
+from tests.support.ports import free_port
 
 IN_FLIGHT = 8
 ONE_ROUND = True  # see tests/faults/conftest.py

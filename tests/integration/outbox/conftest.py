@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,14 +11,7 @@ import pytest
 from conveyor.producer.outbox.schema import migrate
 from tests.integration.conftest import amqp_url, pulsar_url  # noqa: F401 - shared fixtures
 
-
-@pytest.fixture(scope="session")
-def database_url() -> str:
-    url = os.environ.get("CONVEYOR_DATABASE_URL", "").strip()
-    if not url:
-        pytest.fail("CONVEYOR_DATABASE_URL is not set: the outbox tests need a real PostgreSQL "
-                    "(scripts/services/postgres.sh up)", pytrace=False)
-    return url
+# database_url: tests/integration/conftest.py's, inherited
 
 
 async def drop_outbox(database_url: str, table: str) -> None:

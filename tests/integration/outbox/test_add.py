@@ -3,6 +3,8 @@ rolled-back rows vanish, and the row holds the envelope the producer would have 
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import psycopg
 import pytest
@@ -60,17 +62,23 @@ async def test_sqlalchemy_sync_session_commit_and_rollback(database_url: str, ta
     assert set(await _rows(db, table)) == {kept, on_connection} and dropped
 
 
+async def _commit_one_roll_back_one(outbox: Outbox, connection: Any) -> str:
+    """add_async in a committed transaction (its job id returned), then in one rolled back."""
+    async with connection.transaction():
+        kept = await outbox.add_async(connection, "email.send", {"to": "a@example.com"})
+    with pytest.raises(Rollback):
+        async with connection.transaction():
+            await outbox.add_async(connection, "email.send", {"to": "b@example.com"})
+            raise Rollback
+    return kept
+
+
 async def test_asyncpg_and_sqlalchemy_async_commit_and_rollback(database_url: str, table: str,
                                                                 db: asyncpg.Connection) -> None:
     outbox = Outbox(jobs=jobs(), table=table)
     connection = await asyncpg.connect(database_url)
     try:
-        async with connection.transaction():
-            kept = await outbox.add_async(connection, "email.send", {"to": "a@example.com"})
-        with pytest.raises(Rollback):
-            async with connection.transaction():
-                await outbox.add_async(connection, "email.send", {"to": "b@example.com"})
-                raise Rollback
+        kept = await _commit_one_roll_back_one(outbox, connection)
     finally:
         await connection.close()
     engine = create_async_engine(database_url.replace("postgresql://", "postgresql+asyncpg://"))
@@ -93,8 +101,24 @@ async def test_bad_jobs_raise_inside_the_transaction_and_write_nothing(database_
             outbox.add(connection, "email.send", {"too": "x"})
         with pytest.raises(UnknownJobType), connection.transaction():
             outbox.add(connection, "email.nope", {"to": "x"})
-        with pytest.raises(ConfigurationError, match="add_async"):
-            outbox.add(await asyncpg.connect(database_url), "email.send", {"to": "x"})
+        raw = await asyncpg.connect(database_url)
+        try:
+            with pytest.raises(ConfigurationError, match="add_async"):
+                outbox.add(raw, "email.send", {"to": "x"})
+        finally:
+            await raw.close()
         with pytest.raises(ConfigurationError, match="outbox.add"):
             await outbox.add_async(connection, "email.send", {"to": "x"})
     assert await _rows(db, table) == {}
+
+
+async def test_psycopg_async_connection_and_cursor_commit_and_rollback(database_url: str, table: str,
+                                                                       db: asyncpg.Connection) -> None:
+    outbox = Outbox(jobs=jobs(), table=table)
+    async with await psycopg.AsyncConnection.connect(database_url) as connection:
+        kept = await _commit_one_roll_back_one(outbox, connection)
+        async with connection.transaction(), connection.cursor() as cursor:
+            via_cursor = await outbox.add_async(cursor, "email.send", {"to": "c@example.com"})
+        with pytest.raises(ConfigurationError, match="add_async"):
+            outbox.add(connection, "email.send", {"to": "d@example.com"})  # a sync call on an async connection
+    assert set(await _rows(db, table)) == {kept, via_cursor}

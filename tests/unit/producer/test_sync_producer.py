@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import signal
 import subprocess
@@ -346,3 +347,20 @@ def test_producers_made_and_closed_many_times_register_nothing_per_instance(
         with SyncProducer(factory) as producer:
             producer.publish("email.send", {"to": "x"})
     assert registered == [], "each SyncProducer added a fork hook that is never removed"
+
+
+async def test_publishing_from_a_running_event_loop_warns_once_that_it_blocks_the_loop(
+    producer: SyncProducer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not refused: a notebook's cells run on the kernel's loop, and there blocking is what the user wants.
+    with caplog.at_level(logging.WARNING, logger="conveyor.producer.sync_producer"):
+        for _ in range(3):
+            producer.publish("email.send", {"to": "x"})
+    warned = [r.getMessage() for r in caplog.records if "running event loop" in r.getMessage()]
+    assert len(warned) == 1 and "await" in warned[0], warned
+
+
+def test_publishing_from_plain_threads_does_not_warn(producer: SyncProducer, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="conveyor.producer.sync_producer"):
+        producer.publish("email.send", {"to": "x"})
+    assert not caplog.records
