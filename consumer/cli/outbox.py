@@ -1,4 +1,4 @@
-"""``conveyor outbox migrate | check | relay``: the transactional outbox's table and its relay.
+"""``conveyor outbox migrate | check | relay | failed | requeue``: the outbox's table, its relay, refused rows.
 
 ``relay`` runs until SIGTERM/SIGINT (the batch in progress may finish and commit within
 ``--shutdown-grace``; past it, it rolls back and its rows go again) and serves ``/metrics``,
@@ -47,7 +47,7 @@ table_option = click.option("--table", default="conveyor_outbox", show_default=T
 
 @click.group()
 def outbox() -> None:
-    """The transactional outbox on PostgreSQL: migrate, check, relay."""
+    """The transactional outbox on PostgreSQL: migrate, check, relay, failed, requeue."""
 
 
 def _url(database_url: str | None) -> str:
@@ -100,6 +100,56 @@ def migrate(database_url: str | None, table: str) -> None:
 
     _run(go)
     click.echo(f"outbox table {table} is ready")
+
+
+@outbox.command()
+@database_option
+@table_option
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1), help="Rows to show")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per row")
+def failed(database_url: str | None, table: str, limit: int, as_json: bool) -> None:
+    """The rows the relay refused (failed, never sent): id, job id, type, queue and the error."""
+    from conveyor.producer.outbox.admin import failed_rows
+
+    url = _url(database_url)
+
+    async def go() -> list[Any]:
+        connection = await _connect(url)
+        try:
+            return await failed_rows(connection, table, limit=limit)
+        finally:
+            await connection.close()
+
+    from dataclasses import asdict
+
+    import orjson
+
+    for row in _run(go):
+        if as_json:
+            click.echo(orjson.dumps(asdict(row)).decode())
+        else:
+            click.echo(f"{row.id}  {row.job_id}  {row.job_type}  {row.queue}  attempts={row.attempts}  "
+                       f"{row.failed_at:%Y-%m-%dT%H:%M:%SZ}  {row.last_error}")
+
+
+@outbox.command()
+@database_option
+@table_option
+@click.option("--id", "ids", type=int, multiple=True, help="A failed row's id (repeat); none: every failed row")
+def requeue(database_url: str | None, table: str, ids: tuple[int, ...]) -> None:
+    """Give failed rows back to the relay (same job id); idempotent: a second run requeues nothing."""
+    from conveyor.producer.outbox.admin import requeue_failed
+
+    url = _url(database_url)
+
+    async def go() -> int:
+        connection = await _connect(url)
+        try:
+            return await requeue_failed(connection, table, ids=list(ids) if ids else None)
+        finally:
+            await connection.close()
+
+    click.echo(f"requeued {_run(go)} failed row(s) of {table}")
 
 
 @outbox.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -154,3 +155,25 @@ def test_a_database_port_out_of_range_is_one_line_with_its_password_masked() -> 
     result = conveyor("outbox", "check", CONVEYOR_OUTBOX_DATABASE_URL="postgresql://app:db-canary-3e7a@127.0.0.1:99999/app")
     line = assert_one_line_error(result, 1, "database error", "port")
     assert "db-canary-3e7a" not in result.stderr + result.stdout, line
+
+
+def test_failed_lists_refused_rows_and_requeue_gives_them_back_once(database_url: str, table: str) -> None:
+    assert conveyor("outbox", "migrate", "--table", table, CONVEYOR_OUTBOX_DATABASE_URL=database_url).returncode == 0
+    outbox = Outbox(jobs=jobs(), table=table)
+    with psycopg.connect(database_url) as connection:
+        ids = [outbox.add(connection, "email.send", {"to": f"{n}@example.com"}) for n in range(3)]
+        # As the relay marks a row the broker refused.
+        connection.execute(f"UPDATE {table} SET failed_at = now(), last_error = 'PublishNotConfirmed: no queue'")
+    env = {"CONVEYOR_OUTBOX_DATABASE_URL": database_url}
+    listed = conveyor("outbox", "failed", "--table", table, "--json", **env)
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(r["job_id"] for r in rows) == sorted(ids)
+    assert {r["last_error"] for r in rows} == {"PublishNotConfirmed: no queue"}
+    one = conveyor("outbox", "requeue", "--table", table, "--id", str(rows[0]["id"]), **env)
+    assert one.returncode == 0 and "requeued 1 failed row(s)" in one.stdout, one.stderr
+    rest = conveyor("outbox", "requeue", "--table", table, **env)
+    assert "requeued 2 failed row(s)" in rest.stdout, rest.stderr
+    again = conveyor("outbox", "requeue", "--table", table, **env)
+    assert "requeued 0 failed row(s)" in again.stdout, again.stderr
+    assert conveyor("outbox", "failed", "--table", table, **env).stdout == ""

@@ -19,7 +19,7 @@ from conveyor.common.payload_store.filesystem import FileSystemPayloadStore
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
-from conveyor.producer.outbox import Outbox, OutboxRelay, RelayConfig
+from conveyor.producer.outbox import Outbox, OutboxRelay, RelayConfig, failed_rows, requeue_failed
 from conveyor.producer.producer import Producer
 from conveyor.schemas.envelope import Envelope, PayloadReference
 from tests.unit.producer.test_producer import jobs
@@ -184,6 +184,32 @@ async def test_a_refused_row_is_marked_failed_and_holds_back_nothing(database_ur
     assert sorted(j for j, _ in log) == sorted(good)
     assert relay.metrics.failed_rows._value.get() == 1
     assert relay.metrics.backlog._value.get() == 0
+
+
+async def test_a_failed_row_requeued_once_its_cause_is_fixed_is_published_and_requeue_again_does_nothing(
+        database_url: str, table: str, db: asyncpg.Connection) -> None:
+    refused = _add(database_url, table, 2, queue="declared.later")
+    log: list[tuple[str, str]] = []
+    broker = MemoryBroker()
+    transport = Recording(broker, log)
+    relay = OutboxRelay(database_url, lambda: Producer(transport, allow_unregistered=True, declare_queues=False),
+                        config=RelayConfig(table=table))
+    async with relay:
+        await relay.relay_once()
+        failed = await failed_rows(db, table)
+        assert sorted(r.job_id for r in failed) == sorted(refused) and log == []
+        assert all("PublishNotConfirmed" in r.last_error for r in failed)
+        broker.declare("declared.later")  # the operator fixes the cause
+        assert await requeue_failed(db, table, ids=[failed[0].id]) == 1
+        assert await relay.relay_once() == 1
+        assert [j for j, _ in log] == [failed[0].job_id]
+        assert await requeue_failed(db, table) == 1  # the other one
+        assert [await requeue_failed(db, table) for _ in range(100)] == [0] * 100  # an operator's loop
+        assert await relay.relay_once() == 1
+        assert await relay.relay_once() == 0
+    assert sorted(j for j, _ in log) == sorted(refused)  # each published once, with the id it was given
+    assert await failed_rows(db, table) == []
+    assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE sent_at IS NULL") == 0
 
 
 async def test_a_broker_outage_leaves_rows_unsent_until_it_ends(database_url: str, table: str,
