@@ -148,3 +148,26 @@ def test_a_forged_cross_site_form_is_refused_and_read_only_refuses_writes(stack:
         stack.wait_dead_letters(1, timeout=5)
     finally:
         context.close()
+
+
+def test_jobs_page_finds_a_job_and_follows_a_dead_one_to_its_dead_letter(stack: Stack, page: Page) -> None:
+    stack.env["CONVEYOR_JOB_STATE_URL"] = f"sqlite:///{stack.tmp}/jobs.db"  # the worker's and the console's
+    stack.start_worker()
+    good, bad = stack.publish(320, -7)
+    stack.wait_dead_letters(1)
+    assert eventually(lambda: stack.succeeded() == [good, "320"])
+    console = stack.start_console()
+    page.goto(console + "/jobs")
+    expect(page.locator(f'tr[data-job="{good}"]')).to_contain_text("succeeded")
+    expect(page.locator(f'tr[data-job="{bad}"]')).to_contain_text("dead_lettered")
+    shoot(page, f"jobs-{stack.broker}")
+    page.get_by_label("Job id").fill(good)
+    page.get_by_role("button", name="Find").click()
+    expect(page.locator("#job-state-now")).to_contain_text("succeeded")
+    expect(page.locator("#timeline")).to_contain_text("attempt 1 started")
+    page.goto(console + f"/jobs/{bad}")
+    expect(page.locator("#job-state-now")).to_contain_text("dead_lettered")
+    shoot(page, f"job-{stack.broker}")
+    page.locator("#job-dead-letter").click()
+    expect(page.locator("#entry-job")).to_have_text(bad)
+    expect(page.locator("#payload")).to_contain_text('"width": -7')
