@@ -82,6 +82,7 @@ class _Run:
     running: Transition
     cancel_requested: bool = False
     result: Any = field(default=None)
+    ended: bool = False  # its success is recorded already (before the ack)
 
 
 class JobStateMiddleware(Middleware):
@@ -229,6 +230,12 @@ class JobStateMiddleware(Middleware):
                 run.task.uncancel()  # the handler swallowed our cancellation: it is ours to take back
             raise JobCancelled(f"job {ctx.job_id} was cancelled while it ran (its handler returned)")
         run.result = result
+        # Recorded (and spilled) now, before settlement acks: a worker killed between its ack and
+        # the settled hooks would otherwise leave the job ``running`` -- and, once reconciled,
+        # ``retrying`` for ever, as the acked message never comes back. A success is always
+        # acked (or, if the ack fails, redelivered and skipped by idempotency or run again).
+        self._record_end(self._end(run.running, JobState.SUCCEEDED, "succeeded", worker=True), result)
+        run.ended = True
         return result
 
     def settled(self, outcome: Outcome, action: SettleAction) -> None:
@@ -252,20 +259,30 @@ class JobStateMiddleware(Middleware):
         error = f"{outcome.error_type}: {outcome.error_message or ''}"[:1000] if outcome.error_type else None
         if state is JobState.CANCELLED:
             error = None
-        base = run.running if run is not None else self._transition(envelope, JobState.RUNNING, None)
-        transition = Transition(  # built field by field: this runs once per job
-            job_id=base.job_id, state=state, at=self.clock.now(), generation=base.generation, attempt=base.attempt,
-            job_type=base.job_type, queue=base.queue, created_at=base.created_at,
-            worker_id=base.worker_id if run is not None else None, attempt_outcome=attempt_outcome,
-            reason=_reason(outcome, state), error=error, producer_version=base.producer_version,
-            code_version=base.code_version, config_hash=base.config_hash, dead_letter_id=outcome.dead_letter_id,
-        )
-        if state is JobState.SUCCEEDED and run is not None and run.result is not None:
-            self._with_result(transition, run.result)
-        else:
-            self.writer.record(transition)
         if state.final:
             self._cancelled.discard(envelope.job_id)
+        if run is not None and run.ended and state is JobState.SUCCEEDED:
+            return  # recorded before the ack (``consume``)
+        base = run.running if run is not None else self._transition(envelope, JobState.RUNNING, None)
+        transition = self._end(base, state, attempt_outcome, worker=run is not None, reason=_reason(outcome, state),
+                               error=error, dead_letter_id=outcome.dead_letter_id)
+        self._record_end(transition, run.result if state is JobState.SUCCEEDED and run is not None else None)
+
+    def _end(self, base: Transition, state: JobState, attempt_outcome: str | None, *, worker: bool,
+             reason: str | None = None, error: str | None = None, dead_letter_id: str | None = None) -> Transition:
+        return Transition(  # built field by field: this runs once per job
+            job_id=base.job_id, state=state, at=self.clock.now(), generation=base.generation, attempt=base.attempt,
+            job_type=base.job_type, queue=base.queue, created_at=base.created_at,
+            worker_id=base.worker_id if worker else None, attempt_outcome=attempt_outcome,
+            reason=reason, error=error, producer_version=base.producer_version,
+            code_version=base.code_version, config_hash=base.config_hash, dead_letter_id=dead_letter_id,
+        )
+
+    def _record_end(self, transition: Transition, result: Any) -> None:
+        if result is not None:
+            self._with_result(transition, result)
+        else:
+            self.writer.record(transition)
 
     # -- helpers ---------------------------------------------------------------------
     def _transition(self, envelope: Envelope, state: JobState, queue: str | None) -> Transition:

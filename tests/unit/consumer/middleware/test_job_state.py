@@ -407,3 +407,27 @@ def _t_for_registry_test() -> Transition:
 
     now = datetime.now(UTC)
     return Transition(job_id="j", state=JobState.QUEUED, at=now, generation=1, created_at=now)
+
+
+async def test_a_worker_killed_between_its_ack_and_the_settled_hooks_leaves_the_job_succeeded(
+    rig: Rig, jobs: JobRegistry
+) -> None:
+    """Found by the fault suite (a worker ``kill -9`` mid-batch): the ack went out, the process
+    died before the settled hooks ran, so the broker never redelivers and the store was left at
+    ``running`` -- then ``retrying`` for ever once its attempt was reconciled. The success is
+    recorded (spilled) before the ack now; here the hooks never run, as after such a kill."""
+
+    @jobs.job("t.quick")
+    async def quick(payload: Job, ctx: JobContext) -> dict[str, int]:
+        return {"n": payload.n}
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.quick", Job(n=3))
+    rig.worker._settled_hooks = []  # the kill: nothing after the ack runs
+    async with rig.worker:
+        await rig.drain()
+        rig.clock.advance(3600)  # far past the lease: the reconciler finds no live attempt
+        await rig.recorder._reconcile()
+    record = await handle.status()
+    assert record.state is JobState.SUCCEEDED and record.result == orjson.dumps({"n": 3}).decode()
+    assert [a.outcome for a in record.attempts] == ["succeeded"]
