@@ -63,6 +63,7 @@ class JobStateConfig:
     retention: timedelta | None = None  # finished jobs older than this are swept (None: kept)
     max_result_bytes: int = MAX_RESULT_BYTES
     control_channel: str = CONTROL_CHANNEL  # where operators' cancels are broadcast
+    close_timeout: float = 5.0  # bounds each shutdown step: a dead link must not hold up the drain
 
 
 def cancel_message(job_id: str) -> bytes:
@@ -148,15 +149,17 @@ class JobStateMiddleware(Middleware):
     async def shutdown(self) -> None:
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
+            # Bounded: after a connection cut, closing the subscription's channel can wait on a
+            # reply that never comes (seen: a worker's SIGTERM drain hung until it was killed).
             with contextlib.suppress(Exception):
-                await subscription.cancel()
+                await asyncio.wait_for(subscription.cancel(), self.config.close_timeout)
         loops, self._loops = self._loops, []
         for task in loops:
             task.cancel()
         if loops:
-            await asyncio.wait(loops, timeout=5.0)
+            await asyncio.wait(loops, timeout=self.config.close_timeout)
         if self._pending_io:
-            await asyncio.wait(self._pending_io, timeout=5.0)
+            await asyncio.wait(self._pending_io, timeout=self.config.close_timeout)
         await self.writer.close()
         if self._close_store:
             await self.store.close()

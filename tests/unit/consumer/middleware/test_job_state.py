@@ -23,6 +23,7 @@ from conveyor.common.job_state import JobState, MemoryJobStateStore, Transition
 from conveyor.common.job_state.handle import JobHandle
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.common.transport.base import ConsumerHandle
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.middleware.job_state import JobStateConfig, JobStateMiddleware
 from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters
@@ -431,3 +432,30 @@ async def test_a_worker_killed_between_its_ack_and_the_settled_hooks_leaves_the_
     record = await handle.status()
     assert record.state is JobState.SUCCEEDED and record.result == orjson.dumps({"n": 3}).decode()
     assert [a.outcome for a in record.attempts] == ["succeeded"]
+
+
+class _DeadLink(ConsumerHandle):
+    """A control subscription whose channel close never gets its reply (a cut connection)."""
+
+    attached = False
+
+    async def cancel(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_shutdown_is_bounded_when_the_control_subscription_never_closes() -> None:
+    """Found by the fault suite (a TCP cut, then SIGTERM): the worker's drain hung on closing
+    the cancel channel's subscription until it was killed. Shutdown now gives up on it."""
+    broker = MemoryBroker(FakeClock())
+    transport = MemoryTransport(broker)
+    await transport.connect()
+
+    async def subscribe(channel: str, handler: object) -> ConsumerHandle:
+        return _DeadLink()
+
+    transport.subscribe = subscribe  # type: ignore[assignment,method-assign]
+    recorder = JobStateMiddleware(MemoryJobStateStore(), worker_id="w", control=transport,
+                                  config=JobStateConfig(heartbeat=0, reconcile_every=0, cancel_poll=0,
+                                                        close_timeout=0.01))
+    await recorder.startup()
+    await asyncio.wait_for(recorder.shutdown(), 30)  # hung for ever before the fix
