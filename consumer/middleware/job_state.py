@@ -5,8 +5,11 @@
   configuration hash) and the handler runs. An operator's cancel while it runs cancels an
   async handler (asyncio cancellation) and sets ``ctx.cancelled`` for a sync one; either way
   the job ends ``cancelled``, never retried or dead-lettered.
-- ``settled``: what settlement did becomes the job's next state (succeeded with its result,
-  retrying, timed_out, dead_lettered with the dead letter's id, cancelled).
+- ``settled``: what settlement did becomes the job's next state (retrying, timed_out,
+  dead_lettered with the dead letter's id, cancelled). ``succeeded`` (with its result) is
+  recorded earlier, when the handler returns, so it is spilled before the ack: a ``kill -9``
+  after the ack cannot leave the job running. Dead letters still have that window between
+  the ack and this hook (the outcome is settlement's to decide).
 
 Nothing here waits on the database: transitions go to a ``JobStateWriter`` (batched, bounded,
 retried). Which jobs are cancelled is kept in memory: loaded from the store at start-up (so a
