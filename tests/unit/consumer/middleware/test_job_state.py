@@ -23,6 +23,7 @@ from conveyor.common.job_state import JobState, MemoryJobStateStore, Transition
 from conveyor.common.job_state.handle import JobHandle
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.common.transport.base import ConsumerHandle
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.middleware.job_state import JobStateConfig, JobStateMiddleware
 from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters
@@ -407,3 +408,54 @@ def _t_for_registry_test() -> Transition:
 
     now = datetime.now(UTC)
     return Transition(job_id="j", state=JobState.QUEUED, at=now, generation=1, created_at=now)
+
+
+async def test_a_worker_killed_between_its_ack_and_the_settled_hooks_leaves_the_job_succeeded(
+    rig: Rig, jobs: JobRegistry
+) -> None:
+    """Found by the fault suite (a worker ``kill -9`` mid-batch): the ack went out, the process
+    died before the settled hooks ran, so the broker never redelivers and the store was left at
+    ``running`` -- then ``retrying`` for ever once its attempt was reconciled. The success is
+    recorded (spilled) before the ack now; here the hooks never run, as after such a kill."""
+
+    @jobs.job("t.quick")
+    async def quick(payload: Job, ctx: JobContext) -> dict[str, int]:
+        return {"n": payload.n}
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.quick", Job(n=3))
+    rig.worker._settled_hooks = []  # the kill: nothing after the ack runs
+    async with rig.worker:
+        await rig.drain()
+        rig.clock.advance(3600)  # far past the lease: the reconciler finds no live attempt
+        await rig.recorder._reconcile()
+    record = await handle.status()
+    assert record.state is JobState.SUCCEEDED and record.result == orjson.dumps({"n": 3}).decode()
+    assert [a.outcome for a in record.attempts] == ["succeeded"]
+
+
+class _DeadLink(ConsumerHandle):
+    """A control subscription whose channel close never gets its reply (a cut connection)."""
+
+    attached = False
+
+    async def cancel(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_shutdown_is_bounded_when_the_control_subscription_never_closes() -> None:
+    """Found by the fault suite (a TCP cut, then SIGTERM): the worker's drain hung on closing
+    the cancel channel's subscription until it was killed. Shutdown now gives up on it."""
+    broker = MemoryBroker(FakeClock())
+    transport = MemoryTransport(broker)
+    await transport.connect()
+
+    async def subscribe(channel: str, handler: object) -> ConsumerHandle:
+        return _DeadLink()
+
+    transport.subscribe = subscribe  # type: ignore[assignment,method-assign]
+    recorder = JobStateMiddleware(MemoryJobStateStore(), worker_id="w", control=transport,
+                                  config=JobStateConfig(heartbeat=0, reconcile_every=0, cancel_poll=0,
+                                                        close_timeout=0.01))
+    await recorder.startup()
+    await asyncio.wait_for(recorder.shutdown(), 30)  # hung for ever before the fix
