@@ -22,6 +22,7 @@ from conveyor.common.headers import CONFIG_HASH, PRODUCER_VERSION, WORKER_VERSIO
 from conveyor.common.job_state import JobState, MemoryJobStateStore, Transition
 from conveyor.common.job_state.handle import JobHandle
 from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.outcome import Outcome, SettleAction
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.base import ConsumerHandle
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
@@ -432,6 +433,45 @@ async def test_a_worker_killed_between_its_ack_and_the_settled_hooks_leaves_the_
     record = await handle.status()
     assert record.state is JobState.SUCCEEDED and record.result == orjson.dumps({"n": 3}).decode()
     assert [a.outcome for a in record.attempts] == ["succeeded"]
+
+
+async def test_a_worker_killed_between_a_dead_letters_ack_and_the_settled_hooks_leaves_it_dead_lettered(
+    rig: Rig, jobs: JobRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dead-letter twin of the test above (seen by the fault suite): the dead letter is
+    recorded once its copy is confirmed and before the original is acked; here whatever would
+    run after that ack is dropped, as a ``kill -9`` there would."""
+    from conveyor.common.transport.memory import _MemoryDelivery
+
+    @jobs.job("t.doomed", retry=RetryPolicy(max_attempts=1))
+    async def doomed(payload: Job, ctx: JobContext) -> None:
+        raise RuntimeError("fails every time")
+
+    await rig.ready()
+    acked: list[bool] = []
+    ack = _MemoryDelivery._ack
+
+    async def ack_then_die(self: _MemoryDelivery) -> None:
+        await ack(self)
+        acked.append(True)
+
+    monkeypatch.setattr(_MemoryDelivery, "_ack", ack_then_die)
+    hooks = rig.worker._run_settled_hooks
+
+    def dead_after_the_ack(outcome: Outcome, action: SettleAction) -> None:
+        if not acked:
+            hooks(outcome, action)
+
+    monkeypatch.setattr(rig.worker, "_run_settled_hooks", dead_after_the_ack)
+    handle = await rig.producer.publish("t.doomed", Job(n=1))
+    async with rig.worker:
+        await rig.drain()
+        rig.clock.advance(3600)
+        await rig.recorder._reconcile()
+    assert acked and rig.worker.counts["dead_lettered"] == 1
+    record = await handle.status()
+    assert record.state is JobState.DEAD_LETTERED and record.dead_letter_id is not None
+    assert [a.outcome for a in record.attempts] == ["failed"]
 
 
 class _DeadLink(ConsumerHandle):
