@@ -108,7 +108,14 @@ class SqlJobStateStore(JobStateStore):
         return f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {type_}"
 
     async def _missing_column(self, conn: SqlConnection, table: str, column: str) -> bool:
-        return True  # PostgreSQL's ADD COLUMN IF NOT EXISTS checks by itself; SQLite has no such clause
+        # Asked first, though ADD COLUMN IF NOT EXISTS would be a no-op: on PostgreSQL the ALTER takes
+        # an exclusive lock on the table even then, and every process runs this at start-up.
+        p = self.placeholder
+        rows = await conn.fetch(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+            f" AND table_name = {p(1)} AND column_name = {p(2)}", table, column,
+        )
+        return not rows
 
     async def _upgrade(self, conn: SqlConnection) -> None:
         """v1 → v2, idempotent, at every ``open()``: a table created before the key gets its column."""

@@ -145,6 +145,9 @@ async def test_a_v1_table_is_upgraded_in_place_at_open_and_keeps_its_rows(
             assert [r.job_id for r in await store.list_jobs(idempotency_key="k-up")] == ["after"]
             async with store._transaction() as conn:
                 assert (await conn.fetch(f"SELECT max(version) FROM {store.version_table}"))[0][0] == 2
+                # so the next open() alters nothing (on PostgreSQL an ALTER would lock the table)
+                assert not await store._missing_column(conn, store.jobs_table, "idempotency_key")
+                assert await store._missing_column(conn, store.jobs_table, "no_such_column")
         async with make() as again:  # the upgrade is idempotent: a second open is a no-op
             after = await again.get("after")
             assert after is not None and after.idempotency_key == "k-up"
