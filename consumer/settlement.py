@@ -109,9 +109,14 @@ class Settlement:
         payloads: PayloadResolver | None = None,
         redact: Callable[[str], str] = mask_secrets,
         run_headers: Mapping[str, str] | None = None,
+        on_dead_lettered: Callable[[Outcome], None] | None = None,
     ) -> None:
-        """``run_headers``: put on every dead letter (the worker's code version, config hash)."""
+        """``run_headers``: put on every dead letter (the worker's code version, config hash).
+        ``on_dead_lettered``: called once the dead letter is confirmed and before the original is
+        acked, so an observer that records it (the job-state store) is never left behind by a
+        worker killed between that ack and the settled hooks; it must not raise."""
         self._run_headers = dict(run_headers or {})
+        self._on_dead_lettered = on_dead_lettered
         self._transport = transport
         self._redact = redact  # tracebacks quote the raising line and its message
         self._payloads = payloads
@@ -229,8 +234,10 @@ class Settlement:
         # Trace context carried over: the dead letter stays in the job's trace.
         message = dead_letter_message(record, body, carried=h.carried_over(delivery.headers), run=self._run_headers)
         await self._confirmed(self._transport.dead_letter_queue(delivery.queue), message, "dead_letter")
-        await delivery.ack()
         outcome.dead_letter_id, outcome.dead_letter_reason = record.dead_letter_id, reason
+        if self._on_dead_lettered is not None:
+            self._on_dead_lettered(outcome)
+        await delivery.ack()
         self._metrics.dead_letter(record.job_type, reason, record.attempt)
         log.warning(
             "job dead-lettered",

@@ -221,6 +221,7 @@ class Worker:
             payloads=self.payloads,
             redact=redact,
             run_headers=_run_headers(self.config),
+            on_dead_lettered=self._dead_lettered,
         )
         self.counts: collections.Counter[str] = collections.Counter()
         self._slots = asyncio.Semaphore(self.config.concurrency)
@@ -401,11 +402,18 @@ class Worker:
         self.counts[action] += 1
         if action is SettleAction.RELEASED:
             self.metrics.delivery_released(delivery.queue, "breaker")
+        if action is not SettleAction.DEAD_LETTERED:  # those ran before the ack (_dead_lettered)
+            self._run_settled_hooks(outcome, action)
+
+    def _dead_lettered(self, outcome: Outcome) -> None:
+        self._run_settled_hooks(outcome, SettleAction.DEAD_LETTERED)
+
+    def _run_settled_hooks(self, outcome: Outcome, action: SettleAction) -> None:
         for hook in self._settled_hooks:
             try:
                 hook(outcome, action)
             except Exception:  # an observer must never fail a settled job
-                log.exception("settled hook failed", extra={"queue": delivery.queue})
+                log.exception("settled hook failed", extra={"job_type": outcome.job_type})
 
     async def _give_back(self, delivery: Delivery, reason: str) -> None:
         """Release ``delivery`` unstarted (counted in ``conveyor_deliveries_released_total``)."""

@@ -5,8 +5,11 @@
   configuration hash) and the handler runs. An operator's cancel while it runs cancels an
   async handler (asyncio cancellation) and sets ``ctx.cancelled`` for a sync one; either way
   the job ends ``cancelled``, never retried or dead-lettered.
-- ``settled``: what settlement did becomes the job's next state (succeeded with its result,
-  retrying, timed_out, dead_lettered with the dead letter's id, cancelled).
+- ``settled``: what settlement did becomes the job's next state (retrying, timed_out,
+  dead_lettered with the dead letter's id, cancelled). ``succeeded`` (with its result) is
+  recorded earlier, when the handler returns, so it is spilled before the ack: a ``kill -9``
+  after the ack cannot leave the job running. Dead letters still have that window between
+  the ack and this hook (the outcome is settlement's to decide).
 
 Nothing here waits on the database: transitions go to a ``JobStateWriter`` (batched, bounded,
 retried). Which jobs are cancelled is kept in memory: loaded from the store at start-up (so a
@@ -63,6 +66,7 @@ class JobStateConfig:
     retention: timedelta | None = None  # finished jobs older than this are swept (None: kept)
     max_result_bytes: int = MAX_RESULT_BYTES
     control_channel: str = CONTROL_CHANNEL  # where operators' cancels are broadcast
+    close_timeout: float = 5.0  # bounds each shutdown step: a dead link must not hold up the drain
 
 
 def cancel_message(job_id: str) -> bytes:
@@ -82,6 +86,7 @@ class _Run:
     running: Transition
     cancel_requested: bool = False
     result: Any = field(default=None)
+    ended: bool = False  # its success is recorded already (before the ack)
 
 
 class JobStateMiddleware(Middleware):
@@ -147,15 +152,17 @@ class JobStateMiddleware(Middleware):
     async def shutdown(self) -> None:
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
+            # Bounded: after a connection cut, closing the subscription's channel can wait on a
+            # reply that never comes (seen: a worker's SIGTERM drain hung until it was killed).
             with contextlib.suppress(Exception):
-                await subscription.cancel()
+                await asyncio.wait_for(subscription.cancel(), self.config.close_timeout)
         loops, self._loops = self._loops, []
         for task in loops:
             task.cancel()
         if loops:
-            await asyncio.wait(loops, timeout=5.0)
+            await asyncio.wait(loops, timeout=self.config.close_timeout)
         if self._pending_io:
-            await asyncio.wait(self._pending_io, timeout=5.0)
+            await asyncio.wait(self._pending_io, timeout=self.config.close_timeout)
         await self.writer.close()
         if self._close_store:
             await self.store.close()
@@ -229,6 +236,12 @@ class JobStateMiddleware(Middleware):
                 run.task.uncancel()  # the handler swallowed our cancellation: it is ours to take back
             raise JobCancelled(f"job {ctx.job_id} was cancelled while it ran (its handler returned)")
         run.result = result
+        # Recorded (and spilled) now, before settlement acks: a worker killed between its ack and
+        # the settled hooks would otherwise leave the job ``running`` -- and, once reconciled,
+        # ``retrying`` for ever, as the acked message never comes back. A success is always
+        # acked (or, if the ack fails, redelivered and skipped by idempotency or run again).
+        self._record_end(self._end(run.running, JobState.SUCCEEDED, "succeeded", worker=True), result)
+        run.ended = True
         return result
 
     def settled(self, outcome: Outcome, action: SettleAction) -> None:
@@ -252,21 +265,31 @@ class JobStateMiddleware(Middleware):
         error = f"{outcome.error_type}: {outcome.error_message or ''}"[:1000] if outcome.error_type else None
         if state is JobState.CANCELLED:
             error = None
-        base = run.running if run is not None else self._transition(envelope, JobState.RUNNING, None)
-        transition = Transition(  # built field by field: this runs once per job
-            job_id=base.job_id, state=state, at=self.clock.now(), generation=base.generation, attempt=base.attempt,
-            job_type=base.job_type, queue=base.queue, created_at=base.created_at,
-            worker_id=base.worker_id if run is not None else None, attempt_outcome=attempt_outcome,
-            reason=_reason(outcome, state), error=error, producer_version=base.producer_version,
-            code_version=base.code_version, config_hash=base.config_hash, dead_letter_id=outcome.dead_letter_id,
-            idempotency_key=base.idempotency_key,
-        )
-        if state is JobState.SUCCEEDED and run is not None and run.result is not None:
-            self._with_result(transition, run.result)
-        else:
-            self.writer.record(transition)
         if state.final:
             self._cancelled.discard(envelope.job_id)
+        if run is not None and run.ended and state is JobState.SUCCEEDED:
+            return  # recorded before the ack (``consume``)
+        base = run.running if run is not None else self._transition(envelope, JobState.RUNNING, None)
+        transition = self._end(base, state, attempt_outcome, worker=run is not None, reason=_reason(outcome, state),
+                               error=error, dead_letter_id=outcome.dead_letter_id)
+        self._record_end(transition, run.result if state is JobState.SUCCEEDED and run is not None else None)
+
+    def _end(self, base: Transition, state: JobState, attempt_outcome: str | None, *, worker: bool,
+             reason: str | None = None, error: str | None = None, dead_letter_id: str | None = None) -> Transition:
+        return Transition(  # built field by field: this runs once per job
+            job_id=base.job_id, state=state, at=self.clock.now(), generation=base.generation, attempt=base.attempt,
+            job_type=base.job_type, queue=base.queue, created_at=base.created_at,
+            worker_id=base.worker_id if worker else None, attempt_outcome=attempt_outcome,
+            reason=reason, error=error, producer_version=base.producer_version,
+            code_version=base.code_version, config_hash=base.config_hash, dead_letter_id=dead_letter_id,
+            idempotency_key=base.idempotency_key,
+        )
+
+    def _record_end(self, transition: Transition, result: Any) -> None:
+        if result is not None:
+            self._with_result(transition, result)
+        else:
+            self.writer.record(transition)
 
     # -- helpers ---------------------------------------------------------------------
     def _transition(self, envelope: Envelope, state: JobState, queue: str | None) -> Transition:

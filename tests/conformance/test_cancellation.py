@@ -188,3 +188,36 @@ async def test_with_two_workers_the_one_running_the_job_stops_it(backend: Backen
     assert first.counts["retried"] + second.counts["retried"] == 0
     assert await dead_letters(backend) == []
     await producer.__aexit__(None, None, None)
+
+
+async def test_a_job_cancelled_while_its_worker_restarts_never_runs_again(backend: Backend) -> None:
+    """The cancel's broadcast misses the worker running the job (it listens elsewhere, as one that is
+    restarting would); that worker drains and gives the job back unfinished; the worker that starts
+    next finds the cancel in the store when the job arrives, acks it and never runs it."""
+    store, channel, runs = MemoryJobStateStore(), _channel(), []
+    jobs = JobRegistry()
+
+    @jobs.job("test.ping", queue=backend.queue, timeout=60)
+    async def handler(payload: Ping, ctx: JobContext) -> None:
+        runs.append(payload.n)
+        await asyncio.sleep(60)
+
+    producer = await _producer(backend, jobs, store)
+    going = _worker(await backend.transport(), jobs, store, _channel())  # deaf to our channel
+    async with going:
+        handle = await producer.publish("test.ping", Ping(n=1))
+        await wait_until(lambda: runs == [1], what="the first run to start", timeout=30)
+        assert going.job_state is not None
+        await going.job_state.writer.flush()
+        result, _ = await cancel_job(store, handle.job_id, control=await backend.transport(), channel=channel)
+        assert result.running
+        await going.drain(grace_period=0.2)  # the restart: the job goes back to the broker unfinished
+    assert going.counts["cancelled"] == 0  # it never heard of the cancel
+    async with _worker(await backend.transport(), jobs, store, channel) as coming:
+        await wait_until(lambda: coming.counts["cancelled"] == 1, what="the job to come back and be acked",
+                         timeout=30)
+        assert coming.job_state is not None
+        await coming.job_state.writer.flush()
+    assert runs == [1] and coming.counts["dead_lettered"] == 0 and await dead_letters(backend) == []
+    assert (await handle.status()).state is JobState.CANCELLED
+    await producer.__aexit__(None, None, None)

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 
 import pytest
 
-from conveyor.common.transport.factory import transport_from_url
-from conveyor.producer.producer import Producer
 from tests.faults import app
 from tests.faults.harness import ROOT, FaultRun
 from tests.integration.accounting import publish_until_confirmed
@@ -109,7 +107,7 @@ async def paced_publish(run: FaultRun, payloads: Sequence[dict[str, object]], *,
     unconfirmed publish with the same job id; so does this loop, after a loud failure)."""
     ids: list[str] = []
     started = time.monotonic()
-    async with Producer.for_registry(transport_from_url(run.url), app.jobs()) as producer:
+    async with run.producer() as producer:
         for i, payload in enumerate(payloads):
             envelope = producer.build_envelope(app.JOB_TYPE, payload)
             await publish_until_confirmed(producer, envelope, deadline)

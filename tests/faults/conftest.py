@@ -54,9 +54,14 @@ async def fault_run(request: pytest.FixtureRequest, broker: str, broker_url: str
                     monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FaultRun]:
     token = uuid.uuid4().hex[:10]
     scenario = request.node.originalname.removeprefix("test_")
+    # The scenario's job-state store: a schema of its own, selected by the URL's search_path
+    # (asyncpg passes unknown URL parameters as server settings), so no worker setting changes.
+    state_schema = f"fault_states_{token}"
+    separator = "&" if "?" in database_url else "?"
     ledger = Ledger(broker_url=broker_url, queue=f"faults.{scenario[:30]}.{token}", database_url=database_url,
-                    effects_table=f"fault_effects_{token}", executions=tmp_path / "executions.txt")
-    await ledger.create_effects_table()
+                    effects_table=f"fault_effects_{token}", executions=tmp_path / "executions.txt",
+                    job_state_url=f"{database_url}{separator}search_path={state_schema}")
+    await ledger.create_effects_table(state_schema)
     monkeypatch.setenv("FAULT_QUEUE", ledger.queue)  # app.jobs() in this process (the producer) routes the same way
     monkeypatch.setenv("FAULT_EFFECTS_TABLE", ledger.effects_table)
     run = FaultRun(scenario=scenario, broker=broker, url=broker_url, queue=ledger.queue, workdir=tmp_path,
@@ -68,7 +73,7 @@ async def fault_run(request: pytest.FixtureRequest, broker: str, broker_url: str
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        await ledger.drop_effects_table()
+        await ledger.drop_effects_table(state_schema)
         try:
             async with transport_from_url(broker_url) as transport:
                 await transport.delete(ledger.queue)

@@ -3,6 +3,11 @@
 A scenario publishes jobs (``publish``), starts ``conveyor worker`` processes
 (``start_worker``), breaks something, heals it, then ``settle``s: waits until every job is
 accounted for and returns the ``Figures``, which ``check`` holds to the invariants.
+
+Every run records job states: the producer and the workers write to the scenario's own
+PostgreSQL job-state store (``ledger.job_state_url``) with a short lease, so attempts of killed
+workers are reconciled within the scenario, and ``settle`` waits (bounded) until the store
+agrees with the ledger.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from conveyor.common.errors import TransportError
+from conveyor.common.job_state import job_state_store_from_url
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.producer.producer import Producer
@@ -34,6 +41,9 @@ log = logging.getLogger(__name__)
 __all__ = ["BrokerControl", "FaultRun", "check"]
 
 ROOT = Path(__file__).resolve().parents[2]
+# The workers' lease on a running attempt: short, so the attempts of a killed worker are
+# reconciled (abandoned) within the scenario rather than after the default minute.
+JOB_STATE_LEASE = 3.0
 RUN_DIR = Path(os.environ.get("CONVEYOR_RUN_DIR", Path.home() / ".cache" / "conveyor" / "run"))
 
 
@@ -119,6 +129,8 @@ class FaultRun:
             "FAULT_OUTAGE_FLAG": str(self.outage_flag),
             # The crash journal of this run's workers (one host): restarted workers claim it.
             "CONVEYOR_STATE_DIR": str(self.workdir / "state"),
+            **({"CONVEYOR_JOB_STATE_URL": self.ledger.job_state_url,
+                "CONVEYOR_JOB_STATE_LEASE": str(JOB_STATE_LEASE)} if self.ledger.job_state_url else {}),
             **(extra or {}),
         }
 
@@ -143,13 +155,25 @@ class FaultRun:
                       deadline: float = 120.0) -> list[str]:
         """Publish one job per payload (index in ``dead``: meant to be dead-lettered); confirmed each."""
         ids = []
-        async with Producer.for_registry(transport_from_url(self.url), app.jobs()) as producer:
+        async with self.producer() as producer:
             for i, payload in enumerate(payloads):
                 envelope = producer.build_envelope(app.JOB_TYPE, payload)
                 await publish_until_confirmed(producer, envelope, deadline)
                 self.ledger.expect(envelope.job_id, dead=i in dead)
                 ids.append(envelope.job_id)
         return ids
+
+    @asynccontextmanager
+    async def producer(self, url: str | None = None, **kwargs: object) -> AsyncIterator[Producer]:
+        """A producer of the fault app that records ``queued`` in the run's job-state store."""
+        states = job_state_store_from_url(self.ledger.job_state_url) if self.ledger.job_state_url else None
+        try:
+            async with Producer.for_registry(transport_from_url(url or self.url), app.jobs(),
+                                             job_state=states, **kwargs) as producer:
+                yield producer
+        finally:
+            if states is not None:
+                await states.close()
 
     async def publish_raw(self, marker: str, body: bytes, headers: Mapping[str, str] | None = None) -> None:
         """A poison message: bytes no producer of ours would send, tagged so its dead letter is found."""
@@ -184,9 +208,9 @@ class FaultRun:
             if snap is not None and self.ledger.settled(snap):
                 break
             if time.monotonic() > deadline:
-                figures = "the ledger could not read the broker" if snap is None else \
+                summary = "the ledger could not read the broker" if snap is None else \
                     self.ledger.figures(self.scenario, self.broker, snap).line()
-                pytest.fail(f"not settled after {timeout}s: {figures}")
+                pytest.fail(f"not settled after {timeout}s: {summary}")
             await asyncio.sleep(0.5)
         await asyncio.sleep(1.0)  # late duplicates (redeliveries in flight) show up in the figures
         snap = await self.ledger.snapshot()
@@ -197,7 +221,28 @@ class FaultRun:
             times = sorted(t.timestamp() for t in snap.effect_times.values() if t.timestamp() >= healed_at)
             edges = [healed_at, *times]
             figures.recover_seconds = max((b - a for a, b in itertools.pairwise(edges)), default=None)
+        if self.ledger.job_state_url:
+            await self._converge_states(figures)
         return figures
+
+    async def _converge_states(self, figures: Figures) -> None:
+        """Poll the job-state store until it agrees with the ledger, bounded: the writers flush
+        within a second or two (a restarted worker replays a killed one's journal first), and a
+        killed worker's attempts are abandoned one lease after their last heartbeat, by the
+        reconcile a live worker runs every half lease. What still disagrees then is counted."""
+        began = time.monotonic()
+        deadline = began + 4 * JOB_STATE_LEASE + 10
+        while True:
+            wrong, stuck = await self.ledger.job_states()
+            if (not wrong and not stuck) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        figures.state_mismatch, figures.state_stuck = len(wrong), len(stuck)
+        figures.notes["state_wait"] = f"{time.monotonic() - began:.1f}s"
+        if wrong or stuck:
+            log.warning("%s: job states disagree with the ledger: wrong %s; stuck %s", self.scenario,
+                        list(wrong.items())[:5], list(stuck.items())[:5])
+            figures.notes["state_examples"] = {**dict(list(wrong.items())[:3]), **dict(list(stuck.items())[:3])}
 
     async def _observe(self, deadline: float) -> Snapshot | None:
         """One ledger snapshot, or None while the broker cannot be read: the ledger browses the
@@ -232,3 +277,5 @@ def check(figures: Figures, *, max_duplicate_dead_letters: int = 0) -> None:
     assert figures.both == 0, figures.line()
     assert figures.unexpected_dead == 0, figures.line()
     assert figures.duplicate_dead_letters <= max_duplicate_dead_letters, figures.line()
+    assert figures.state_mismatch == 0, figures.line()
+    assert figures.state_stuck == 0, figures.line()

@@ -4,7 +4,10 @@ Sources, all outside the worker processes under test:
 
 * executions — ``job_id attempt pid`` lines the handler appends before doing anything;
 * effects — rows in a PostgreSQL table written in the job's idempotency transaction;
-* dead letters — the records in the queue's DLQ, read through the transport.
+* dead letters — the records in the queue's DLQ, read through the transport;
+* job states — the scenario's own job-state store (a PostgreSQL schema of its own), read
+  through the store's API: each job's final state must agree with the effects and dead letters,
+  and no job (or attempt) may be left running, queued or retrying.
 
 From them, the figures every scenario prints and the invariants it must hold: lost = 0,
 duplicate effects = 0, no job both succeeded and dead-lettered, only the jobs meant to fail
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import asyncpg
 
+from conveyor.common.job_state import JobState, JobStateStore, job_state_store_from_url
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.consumer.ops.dead_letters import DeadLetters
 from conveyor.schemas.dead_letter import DeadLetterRecord
@@ -57,6 +61,8 @@ class Figures:
     duplicate_effects: int = 0
     duplicate_dead_letters: int = 0
     poison: int = 0
+    state_mismatch: int | None = None  # jobs whose store state disagrees with the ledger (None: not read)
+    state_stuck: int | None = None  # jobs (or attempts) in the store left unfinished
     recover_seconds: float | None = None
     elapsed_seconds: float = 0.0
     notes: dict[str, object] = field(default_factory=dict)
@@ -68,7 +74,8 @@ class Figures:
             f"{self.scenario} [{self.broker}]: published={self.published} succeeded={self.succeeded} "
             f"dead_lettered={self.dead_lettered} poison={self.poison} lost={self.lost} "
             f"duplicate_effects={self.duplicate_effects} duplicate_executions={self.duplicate_executions} "
-            f"duplicate_dead_letters={self.duplicate_dead_letters} recover={recover} "
+            f"duplicate_dead_letters={self.duplicate_dead_letters} state_mismatch={self.state_mismatch} "
+            f"state_stuck={self.state_stuck} recover={recover} "
             f"elapsed={self.elapsed_seconds:.1f}s{extra}"
         )
 
@@ -76,7 +83,8 @@ class Figures:
 class Ledger:
     """What was published, and what became of it."""
 
-    def __init__(self, *, broker_url: str, queue: str, database_url: str, effects_table: str, executions: Path) -> None:
+    def __init__(self, *, broker_url: str, queue: str, database_url: str, effects_table: str, executions: Path,
+                 job_state_url: str | None = None) -> None:
         self.broker_url = broker_url
         self.queue = queue
         self.database_url = database_url
@@ -85,7 +93,9 @@ class Ledger:
         self.expected: dict[str, bool] = {}  # job id → meant to be dead-lettered
         self.poison: dict[str, str] = {}  # poison marker → description
         self.started = time.monotonic()
+        self.job_state_url = job_state_url
         self._connection: asyncpg.Connection | None = None
+        self._states: JobStateStore | None = None
 
     async def _db(self) -> asyncpg.Connection:
         # One connection for the scenario: the ledger is polled every 100 ms while it waits.
@@ -93,17 +103,25 @@ class Ledger:
             self._connection = await asyncpg.connect(self.database_url)
         return self._connection
 
-    async def create_effects_table(self) -> None:
+    async def create_effects_table(self, state_schema: str | None = None) -> None:
+        """And ``state_schema``, the empty schema the job-state store creates its tables in."""
         await (await self._db()).execute(
             f"CREATE TABLE {self.effects_table} (job_id text NOT NULL, n integer NOT NULL, pid integer NOT NULL,"
             " done_at timestamptz NOT NULL DEFAULT clock_timestamp())"
         )
+        if state_schema:
+            await (await self._db()).execute(f"CREATE SCHEMA {state_schema}")
 
-    async def drop_effects_table(self) -> None:
-        """Drop the table and close the ledger's connection."""
+    async def drop_effects_table(self, state_schema: str | None = None) -> None:
+        """Drop the table and close the ledger's connections."""
+        states, self._states = self._states, None
+        if states is not None:
+            await states.close()
         connection, self._connection = await self._db(), None
         try:
             await connection.execute(f"DROP TABLE IF EXISTS {self.effects_table}")
+            if state_schema:
+                await connection.execute(f"DROP SCHEMA IF EXISTS {state_schema} CASCADE")
         finally:
             await connection.close()
 
@@ -128,6 +146,32 @@ class Ledger:
     async def snapshot(self) -> Snapshot:
         effects, times = await self.effects()
         return Snapshot(self.executions(), effects, times, await self.dead_letters())
+
+    async def job_states(self) -> tuple[dict[str, str | None], dict[str, str]]:
+        """What the job-state store disagrees on: ``(wrong, stuck)``. ``wrong``: expected job id →
+        its state in the store (None: no record) where that is not the ledger's outcome
+        (succeeded, or dead-lettered/cancelled for a job meant to fail); ``stuck``: job id → why,
+        for every job in the store not final or with an attempt that never ended."""
+        assert self.job_state_url, "this ledger has no job-state store"
+        if self._states is None:
+            self._states = job_state_store_from_url(self.job_state_url)
+            await self._states.open()
+        store = self._states
+        records = {r.job_id: r for r in await store.list_jobs(limit=10_000)}
+        assert len(records) < 10_000, "more jobs than one listing reads: page the store"
+        wrong: dict[str, str | None] = {}
+        for job_id, dead in self.expected.items():
+            want = {JobState.DEAD_LETTERED, JobState.CANCELLED} if dead else {JobState.SUCCEEDED}
+            record = records.get(job_id)
+            if record is None or record.state not in want:
+                wrong[job_id] = None if record is None else record.state.value
+        stuck = {job_id: record.state.value for job_id, record in records.items() if not record.state.final}
+        if not wrong and not stuck:  # every state is final: read the attempts once
+            for job_id in records:
+                full = await store.get(job_id)
+                if full is not None and any(a.outcome is None for a in full.attempts):
+                    stuck[job_id] = "attempt running"
+        return wrong, stuck
 
     def settled(self, snap: Snapshot) -> bool:
         """Every expected job has an effect or a dead letter, and every poison message its dead letter."""

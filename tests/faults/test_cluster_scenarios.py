@@ -20,7 +20,6 @@ import pytest
 
 from conveyor.common.errors import TransportError
 from conveyor.common.transport.factory import transport_from_url
-from conveyor.producer.producer import Producer
 from tests.faults import app
 from tests.faults.cluster import Cluster, paced_publish, readiness
 from tests.faults.harness import FaultRun, check
@@ -194,8 +193,7 @@ async def test_cluster_loss_of_two_nodes_fails_publishes_loudly_and_loses_nothin
     worker = fault_run.start_worker(concurrency=IN_FLIGHT, http_port=port)
     await fault_run.wait_for_effects(10, timeout=120)
     assert await readiness(port) == 200
-    async with Producer.for_registry(transport_from_url(fault_run.url), app.jobs(),
-                                     confirm_timeout=5, publish_tries=2) as producer:
+    async with fault_run.producer(confirm_timeout=5, publish_tries=2) as producer:
         receipt = await producer.publish_envelope(producer.build_envelope(app.JOB_TYPE, {"n": -1}))  # connected
         fault_run.ledger.expect(receipt.job_id)
         lost_at = time.time()

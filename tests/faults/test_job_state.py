@@ -11,7 +11,7 @@ import signal
 import time
 from urllib.parse import urlsplit
 
-from conveyor.common.job_state import JobRecord, JobState, PostgresJobStateStore, SQLiteJobStateStore
+from conveyor.common.job_state import JobRecord, JobState, SQLiteJobStateStore, job_state_store_from_url
 from tests.faults.harness import FaultRun, check
 from tests.faults.ledger import Figures
 from tests.faults.proxy import FaultProxy
@@ -29,7 +29,8 @@ async def test_worker_kill_9_leaves_every_job_state_right_and_none_running(
     fault_run: FaultRun, record_figures: list[Figures]
 ) -> None:
     path = fault_run.workdir / "state.db"
-    env = {"CONVEYOR_JOB_STATE_URL": f"sqlite:///{path}", "CONVEYOR_JOB_STATE_LEASE": str(LEASE)}
+    fault_run.ledger.job_state_url = f"sqlite:///{path}"  # this scenario's store is SQLite: the ledger reads it
+    env = {"CONVEYOR_JOB_STATE_LEASE": str(LEASE)}
     payloads, dead = _jobs(200, fail_every=25)
     ids = await fault_run.publish(payloads, dead=dead)
     victim = fault_run.start_worker(concurrency=IN_FLIGHT, extra_env=env)
@@ -74,7 +75,8 @@ async def test_a_job_state_store_outage_neither_blocks_nor_loses_jobs_and_the_st
     payloads, dead = _jobs(200, fail_every=40, seconds=0.05)
     ids = await fault_run.publish(payloads, dead=dead)
     async with FaultProxy(host, port) as proxy:
-        state_url = proxy.rewrite_url(database_url)
+        assert fault_run.ledger.job_state_url
+        state_url = proxy.rewrite_url(fault_run.ledger.job_state_url)
         env = {"CONVEYOR_JOB_STATE_URL": state_url, "CONVEYOR_JOB_STATE_LEASE": "30"}
         fault_run.start_worker(concurrency=IN_FLIGHT, extra_env=env)
         await fault_run.wait_for_effects(30)
@@ -93,7 +95,7 @@ async def test_a_job_state_store_outage_neither_blocks_nor_loses_jobs_and_the_st
         assert during >= 20, f"only {during} jobs finished while the store was down: the store blocked them"
         expected = {job_id: JobState.DEAD_LETTERED if fault_run.ledger.expected[job_id] else JobState.SUCCEEDED
                     for job_id in ids}
-        async with PostgresJobStateStore(database_url) as store:
+        async with job_state_store_from_url(fault_run.ledger.job_state_url) as store:
             deadline = time.monotonic() + 30  # the writers' backoff (≤ 5 s) and their next batch
             while True:
                 records = {job_id: await store.get(job_id) for job_id in ids}

@@ -27,7 +27,6 @@ import pytest
 
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.factory import transport_from_url
-from conveyor.producer.producer import Producer
 from tests.faults import app
 from tests.faults.harness import ROOT, BrokerControl, FaultRun, check
 from tests.faults.ledger import POISON_HEADER, Figures
@@ -235,7 +234,7 @@ async def test_poison_mix_interleaved_with_valid_jobs(fault_run: FaultRun, recor
     payloads, _ = _jobs(60)
     valid = iter(payloads)
     async with (
-        Producer.for_registry(transport_from_url(fault_run.url), app.jobs()) as producer,
+        fault_run.producer() as producer,
         transport_from_url(fault_run.url) as transport,
     ):
         sample = orjson.loads(producer.build_envelope(app.JOB_TYPE, {"n": 0}).model_dump_json())

@@ -22,7 +22,9 @@ from conveyor.common.headers import CONFIG_HASH, PRODUCER_VERSION, WORKER_VERSIO
 from conveyor.common.job_state import JobState, MemoryJobStateStore, Transition
 from conveyor.common.job_state.handle import JobHandle
 from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.outcome import Outcome, SettleAction
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.common.transport.base import ConsumerHandle
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.middleware.job_state import JobStateConfig, JobStateMiddleware
 from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters
@@ -428,3 +430,93 @@ def _t_for_registry_test() -> Transition:
 
     now = datetime.now(UTC)
     return Transition(job_id="j", state=JobState.QUEUED, at=now, generation=1, created_at=now)
+
+
+async def test_a_worker_killed_between_its_ack_and_the_settled_hooks_leaves_the_job_succeeded(
+    rig: Rig, jobs: JobRegistry
+) -> None:
+    """Found by the fault suite (a worker ``kill -9`` mid-batch): the ack went out, the process
+    died before the settled hooks ran, so the broker never redelivers and the store was left at
+    ``running`` -- then ``retrying`` for ever once its attempt was reconciled. The success is
+    recorded (spilled) before the ack now; here the hooks never run, as after such a kill."""
+
+    @jobs.job("t.quick")
+    async def quick(payload: Job, ctx: JobContext) -> dict[str, int]:
+        return {"n": payload.n}
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.quick", Job(n=3))
+    rig.worker._settled_hooks = []  # the kill: nothing after the ack runs
+    async with rig.worker:
+        await rig.drain()
+        rig.clock.advance(3600)  # far past the lease: the reconciler finds no live attempt
+        await rig.recorder._reconcile()
+    record = await handle.status()
+    assert record.state is JobState.SUCCEEDED and record.result == orjson.dumps({"n": 3}).decode()
+    assert [a.outcome for a in record.attempts] == ["succeeded"]
+
+
+async def test_a_worker_killed_between_a_dead_letters_ack_and_the_settled_hooks_leaves_it_dead_lettered(
+    rig: Rig, jobs: JobRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dead-letter twin of the test above (seen by the fault suite): the dead letter is
+    recorded once its copy is confirmed and before the original is acked; here whatever would
+    run after that ack is dropped, as a ``kill -9`` there would."""
+    from conveyor.common.transport.memory import _MemoryDelivery
+
+    @jobs.job("t.doomed", retry=RetryPolicy(max_attempts=1))
+    async def doomed(payload: Job, ctx: JobContext) -> None:
+        raise RuntimeError("fails every time")
+
+    await rig.ready()
+    acked: list[bool] = []
+    ack = _MemoryDelivery._ack
+
+    async def ack_then_die(self: _MemoryDelivery) -> None:
+        await ack(self)
+        acked.append(True)
+
+    monkeypatch.setattr(_MemoryDelivery, "_ack", ack_then_die)
+    hooks = rig.worker._run_settled_hooks
+
+    def dead_after_the_ack(outcome: Outcome, action: SettleAction) -> None:
+        if not acked:
+            hooks(outcome, action)
+
+    monkeypatch.setattr(rig.worker, "_run_settled_hooks", dead_after_the_ack)
+    handle = await rig.producer.publish("t.doomed", Job(n=1))
+    async with rig.worker:
+        await rig.drain()
+        rig.clock.advance(3600)
+        await rig.recorder._reconcile()
+    assert acked and rig.worker.counts["dead_lettered"] == 1
+    record = await handle.status()
+    assert record.state is JobState.DEAD_LETTERED and record.dead_letter_id is not None
+    assert [a.outcome for a in record.attempts] == ["failed"]
+
+
+class _DeadLink(ConsumerHandle):
+    """A control subscription whose channel close never gets its reply (a cut connection)."""
+
+    attached = False
+
+    async def cancel(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_shutdown_is_bounded_when_the_control_subscription_never_closes() -> None:
+    """Found by the fault suite (a TCP cut, then SIGTERM): the worker's drain hung on closing
+    the cancel channel's subscription until it was killed. Shutdown now gives up on it."""
+    broker = MemoryBroker(FakeClock())
+    transport = MemoryTransport(broker)
+    await transport.connect()
+
+    async def subscribe(channel: str, handler: object) -> ConsumerHandle:
+        return _DeadLink()
+
+    transport.subscribe = subscribe  # type: ignore[assignment,method-assign]
+    recorder = JobStateMiddleware(MemoryJobStateStore(), worker_id="w", control=transport,
+                                  config=JobStateConfig(heartbeat=0, reconcile_every=0, cancel_poll=0,
+                                                        close_timeout=0.01))
+    await recorder.startup()
+    await asyncio.wait_for(recorder.shutdown(), 30)  # hung for ever before the fix
