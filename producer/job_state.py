@@ -59,4 +59,5 @@ class JobStateRecorder(Middleware):
             created_at=envelope.created_at,
             scheduled_for=now + timedelta(seconds=cmd.delay) if cmd.delay > 0 else None,
             producer_version=self.producer_version,
+            idempotency_key=envelope.idempotency_key,
         ))

@@ -3,7 +3,8 @@
 - ``apply(transitions)`` — write a batch of ``Transition``\\ s, each forward-only (see
   ``common.job_state.states``): any order of batches gives the same records;
 - ``get(job_id)`` — the ``JobRecord`` with its attempts, or ``None``;
-- ``list_jobs(state=, job_type=, since=, limit=)`` — newest first (by ``created_at``);
+- ``list_jobs(state=, job_type=, since=, idempotency_key=, limit=)`` — newest first (by
+  ``created_at``); several jobs may share an idempotency key over time: all of them come back;
 - ``request_cancel(job_id)`` — a waiting job becomes ``cancelled`` at once; a running one is
   marked ``cancel_requested_at`` (its worker is told over the control channel and records the
   end); a finished one is left alone. ``UnknownJob`` (reason ``unknown_job``) for an unknown id;
@@ -39,7 +40,7 @@ __all__ = [
     "JobStateStore",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: jobs.idempotency_key (a v1 table gets the column at open())
 DEFAULT_TABLE_PREFIX = "conveyor_"
 MAX_RESULT_BYTES = 64 * 1024  # a result is a summary; a larger one goes to the payload store
 DEFAULT_LIST_LIMIT = 50
@@ -97,6 +98,7 @@ class JobStateStore(abc.ABC):
         state: JobState | None = None,
         job_type: str | None = None,
         since: datetime | None = None,
+        idempotency_key: str | None = None,
         limit: int = DEFAULT_LIST_LIMIT,
     ) -> list[JobRecord]: ...
 

@@ -72,6 +72,7 @@ class MemoryJobStateStore(JobStateStore):
         state: JobState | None = None,
         job_type: str | None = None,
         since: datetime | None = None,
+        idempotency_key: str | None = None,
         limit: int = DEFAULT_LIST_LIMIT,
     ) -> list[JobRecord]:
         self._check()
@@ -81,6 +82,7 @@ class MemoryJobStateStore(JobStateStore):
             if (state is None or r.state is state)
             and (job_type is None or r.job_type == job_type)
             and (since is None or (r.created_at is not None and r.created_at >= since))
+            and (idempotency_key is None or r.idempotency_key == idempotency_key)
         ]
         found.sort(key=lambda r: (r.created_at or r.updated_at, r.job_id), reverse=True)
         return found[:limit]

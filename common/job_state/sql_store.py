@@ -33,13 +33,16 @@ __all__ = ["SqlConnection", "SqlJobStateStore"]
 _JOB_COLUMNS = (
     "job_id", "state", "generation", "rank", "attempt", "updated_at", "job_type", "queue", "created_at",
     "queued_at", "scheduled_for", "started_at", "finished_at", "reason", "error", "result", "result_ref",
-    "producer_version", "code_version", "config_hash", "dead_letter_id", "cancel_requested_at",
+    "producer_version", "code_version", "config_hash", "dead_letter_id", "idempotency_key", "cancel_requested_at",
 )
 _TIME_COLUMNS = frozenset({
     "updated_at", "created_at", "queued_at", "scheduled_for", "started_at", "finished_at", "cancel_requested_at",
     "heartbeat_at",
 })
-_FILLED = ("job_type", "queue", "created_at", "queued_at", "scheduled_for", "started_at", "producer_version")
+_FILLED = (
+    "job_type", "queue", "created_at", "queued_at", "scheduled_for", "started_at", "producer_version",
+    "idempotency_key",
+)
 _FORWARD_TAKEN = ("state", "generation", "rank", "attempt", "finished_at", "reason", "error")
 _FORWARD_KEPT = ("result", "result_ref", "code_version", "config_hash", "dead_letter_id")
 _ATTEMPT_COLUMNS = (
@@ -88,7 +91,7 @@ class SqlJobStateStore(JobStateStore):
             f" attempt integer NOT NULL, updated_at {ts} NOT NULL, job_type {t}, queue {t}, created_at {ts},"
             f" queued_at {ts}, scheduled_for {ts}, started_at {ts}, finished_at {ts}, reason {t}, error {t},"
             f" result {t}, result_ref {t}, producer_version {t}, code_version {t}, config_hash {t},"
-            f" dead_letter_id {t}, cancel_requested_at {ts})",
+            f" dead_letter_id {t}, cancel_requested_at {ts}, idempotency_key {t})",
             f"CREATE INDEX IF NOT EXISTS {jobs}_created ON {jobs} (created_at)",
             f"CREATE INDEX IF NOT EXISTS {jobs}_state ON {jobs} (state, created_at)",
             f"CREATE INDEX IF NOT EXISTS {jobs}_updated ON {jobs} (updated_at)",
@@ -101,6 +104,26 @@ class SqlJobStateStore(JobStateStore):
             f"CREATE INDEX IF NOT EXISTS {attempts}_live ON {attempts} (heartbeat_at) WHERE finished_at IS NULL",
         ]
 
+    def _add_column_sql(self, table: str, column: str, type_: str) -> str:
+        return f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {type_}"
+
+    async def _missing_column(self, conn: SqlConnection, table: str, column: str) -> bool:
+        # Asked first, though ADD COLUMN IF NOT EXISTS would be a no-op: on PostgreSQL the ALTER takes
+        # an exclusive lock on the table even then, and every process runs this at start-up.
+        p = self.placeholder
+        rows = await conn.fetch(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+            f" AND table_name = {p(1)} AND column_name = {p(2)}", table, column,
+        )
+        return not rows
+
+    async def _upgrade(self, conn: SqlConnection) -> None:
+        """v1 → v2, idempotent, at every ``open()``: a table created before the key gets its column."""
+        jobs, t = self.jobs_table, self.text_type
+        if await self._missing_column(conn, jobs, "idempotency_key"):
+            await conn.execute(self._add_column_sql(jobs, "idempotency_key", t))
+        await conn.execute(f"CREATE INDEX IF NOT EXISTS {jobs}_idempotency_key ON {jobs} (idempotency_key, created_at)")
+
     async def _migrate(self, conn: SqlConnection) -> None:
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {self.version_table}"
@@ -110,6 +133,7 @@ class SqlJobStateStore(JobStateStore):
         self._check_schema_version(rows[0][0] if rows else None)
         for statement in self.schema_statements():
             await conn.execute(statement)
+        await self._upgrade(conn)
         p = self.placeholder
         await conn.execute(
             f"INSERT INTO {self.version_table} (version, applied_at) VALUES ({p(1)}, {p(2)}) ON CONFLICT DO NOTHING",
@@ -160,7 +184,7 @@ class SqlJobStateStore(JobStateStore):
             r.job_id, str(r.state), r.generation, r.rank, r.attempt, ts(r.updated_at), r.job_type, r.queue,
             ts(r.created_at), ts(r.queued_at), ts(r.scheduled_for), ts(r.started_at), ts(r.finished_at),
             r.reason, r.error, r.result, r.result_ref, r.producer_version, r.code_version, r.config_hash,
-            r.dead_letter_id,
+            r.dead_letter_id, r.idempotency_key,
         )
 
     def _attempt_row(self, job_id: str, a: AttemptInfo) -> tuple[Any, ...]:
@@ -226,12 +250,16 @@ class SqlJobStateStore(JobStateStore):
         state: JobState | None = None,
         job_type: str | None = None,
         since: datetime | None = None,
+        idempotency_key: str | None = None,
         limit: int = DEFAULT_LIST_LIMIT,
     ) -> list[JobRecord]:
         self._check_limit(limit)
         where: list[str] = []
         args: list[Any] = []
-        for column, value in (("state", None if state is None else str(state)), ("job_type", job_type)):
+        for column, value in (
+            ("state", None if state is None else str(state)), ("job_type", job_type),
+            ("idempotency_key", idempotency_key),
+        ):
             if value is not None:
                 args.append(value)
                 where.append(f"{column} = {self.placeholder(len(args))}")

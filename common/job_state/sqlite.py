@@ -77,6 +77,13 @@ class SQLiteJobStateStore(SqlJobStateStore):
     def _from_db(self, value: Any) -> datetime | None:
         return None if value is None else datetime.fromtimestamp(value, UTC)
 
+    def _add_column_sql(self, table: str, column: str, type_: str) -> str:
+        return f"ALTER TABLE {table} ADD COLUMN {column} {type_}"  # no IF NOT EXISTS: see _missing_column
+
+    async def _missing_column(self, conn: SqlConnection, table: str, column: str) -> bool:
+        rows = await conn.fetch(f"SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1", column)
+        return not rows
+
     async def open(self) -> None:
         if self._conn is not None:
             return

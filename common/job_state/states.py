@@ -115,6 +115,7 @@ class Transition:
     code_version: str | None = None
     config_hash: str | None = None
     dead_letter_id: str | None = None
+    idempotency_key: str | None = None  # the envelope's; the first one written is kept
 
     @property
     def rank(self) -> int:
@@ -164,6 +165,7 @@ class JobRecord:
     dead_letter_id: str | None = None
     cancel_requested_at: datetime | None = None
     attempts: tuple[AttemptInfo, ...] = field(default=())
+    idempotency_key: str | None = None
 
     @property
     def final(self) -> bool:
@@ -204,7 +206,7 @@ def merge(record: JobRecord | None, t: Transition) -> JobRecord:
         return JobRecord(
             t.job_id, t.state, t.generation, t.rank, t.attempt, t.at, t.job_type, t.queue, t.created_at, queued_at,
             t.scheduled_for, started_at, finished_at, t.reason, t.error, t.result, t.result_ref, t.producer_version,
-            t.code_version, t.config_hash, t.dead_letter_id,
+            t.code_version, t.config_hash, t.dead_letter_id, idempotency_key=t.idempotency_key,
         )
     r = record
     filled = (
@@ -212,17 +214,19 @@ def merge(record: JobRecord | None, t: Transition) -> JobRecord:
         r.scheduled_for or t.scheduled_for, r.started_at or started_at,
     )
     producer_version = r.producer_version or t.producer_version
+    key = r.idempotency_key or t.idempotency_key  # filled like ``filled``: whichever writer came first
     updated_at = t.at if t.at > r.updated_at else r.updated_at
     if not _forward(r, t):
         return JobRecord(
             r.job_id, r.state, r.generation, r.rank, r.attempt, updated_at, *filled, r.finished_at, r.reason,
             r.error, r.result, r.result_ref, producer_version, r.code_version, r.config_hash, r.dead_letter_id,
-            r.cancel_requested_at, r.attempts,
+            r.cancel_requested_at, r.attempts, key,
         )
     return JobRecord(
         r.job_id, t.state, t.generation, t.rank, t.attempt, updated_at, *filled, finished_at, t.reason, t.error,
         t.result or r.result, t.result_ref or r.result_ref, producer_version, t.code_version or r.code_version,
         t.config_hash or r.config_hash, t.dead_letter_id or r.dead_letter_id, r.cancel_requested_at, r.attempts,
+        key,
     )
 
 

@@ -112,6 +112,7 @@ def _summary(record: JobRecord) -> list[tuple[str, str]]:
         ("reason", record.reason or "—"), ("error", record.error or "—"),
         ("code version", record.code_version or "—"), ("config hash", record.config_hash or "—"),
         ("producer version", record.producer_version or "—"),
+        ("idempotency key", record.idempotency_key or "—"),
     ]
     if record.scheduled_for:
         rows.append(("scheduled for", _when(record.scheduled_for)))
@@ -133,15 +134,18 @@ def _summary(record: JobRecord) -> list[tuple[str, str]]:
 @click.option("--state", type=click.Choice([s.value for s in JobState]), default=None, help="Only jobs in this state")
 @click.option("--type", "job_type", default=None, help="Only jobs of this type")
 @click.option("--since", default=None, help="Created since: a time (2026-01-31T12:00) or a duration (15m, 2h, 7d)")
+@click.option("--idempotency-key", "idempotency_key", default=None,
+              help="Only jobs published with this idempotency key (every one of them, newest first)")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line")
-def jobs_list(job_state_url: str | None, state: str | None, job_type: str | None, since: str | None, limit: int,
-              as_json: bool) -> None:
+def jobs_list(job_state_url: str | None, state: str | None, job_type: str | None, since: str | None,
+              idempotency_key: str | None, limit: int, as_json: bool) -> None:
     """Jobs, newest first."""
     when = _since(since)
     settings = _settings(job_state_url)
     records = _with_store(settings, lambda store: store.list_jobs(
-        state=JobState(state) if state else None, job_type=job_type, since=when, limit=limit,
+        state=JobState(state) if state else None, job_type=job_type, since=when, idempotency_key=idempotency_key,
+        limit=limit,
     ))
     if as_json:
         for record in records:

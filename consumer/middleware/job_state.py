@@ -282,6 +282,7 @@ class JobStateMiddleware(Middleware):
             worker_id=base.worker_id if worker else None, attempt_outcome=attempt_outcome,
             reason=reason, error=error, producer_version=base.producer_version,
             code_version=base.code_version, config_hash=base.config_hash, dead_letter_id=dead_letter_id,
+            idempotency_key=base.idempotency_key,
         )
 
     def _record_end(self, transition: Transition, result: Any) -> None:
@@ -296,7 +297,7 @@ class JobStateMiddleware(Middleware):
             job_id=envelope.job_id, state=state, at=self.clock.now(), generation=generation_of_envelope(envelope),
             attempt=envelope.attempt, job_type=envelope.job_type, queue=queue, created_at=envelope.created_at,
             worker_id=self.worker_id, code_version=self.code_version, config_hash=self.config_hash,
-            producer_version=envelope.headers.get(PRODUCER_VERSION),
+            producer_version=envelope.headers.get(PRODUCER_VERSION), idempotency_key=envelope.idempotency_key,
         )
 
     def _attempt_end(self, run: _Run, state: JobState, outcome: str, error: str | None) -> Transition:

@@ -52,8 +52,9 @@ def test_jobs_show_list_and_cancel_follow_jobs_through_the_cli(broker_url: str, 
         assert done.returncode == 0, done.stderr
         return str(json.loads(done.stdout)["job_id"])
 
-    quick, broken, later, slow = (publish("e2e.nap", 0.1), publish("e2e.broken", 0),
-                                  publish("e2e.nap", 0.1, "--delay", "3600"), publish("e2e.nap", 60))
+    quick, broken, later, slow = (publish("e2e.nap", 0.1, "--idempotency-key", "order-9"), publish("e2e.broken", 0),
+                                  publish("e2e.nap", 0.1, "--delay", "3600"),
+                                  publish("e2e.nap", 60, "--idempotency-key", "order-9"))
     shown = _json("jobs", "show", later, env=env)
     assert shown["state"] == "scheduled" and shown["scheduled_for"] and shown["queue"] == queue
     first = _json("jobs", "cancel", later, env=env)
@@ -104,6 +105,11 @@ def test_jobs_show_list_and_cancel_follow_jobs_through_the_cli(broker_url: str, 
     assert set(listed("--since", "1h")) == {quick, broken, later, slow}
     assert listed("--state", "cancelled", "--limit", "1") == [slow]  # newest first
     assert listed("--since", "2999-01-01T00:00") == []
+    assert listed("--idempotency-key", "order-9") == [slow, quick]  # both jobs with the key, newest first
+    assert listed("--idempotency-key", "order-9", "--state", "succeeded") == [quick]
+    assert listed("--idempotency-key", broken) == [broken]  # publish's default key is the job id
+    assert listed("--idempotency-key", "order-10") == []
+    assert "order-9" in conveyor("jobs", "show", quick, env=env).stdout
     assert later not in (tmp_path / "out.txt").read_text()  # the cancelled delayed job never ran
 
 

@@ -97,3 +97,60 @@ async def test_an_unreachable_postgres_is_the_stores_error_without_the_password(
     assert "hunter2" not in str(caught.value)
     with pytest.raises(JobStateStoreUnavailable):
         await store.get("x")  # never opened
+
+
+def _v1(store: SQLiteJobStateStore | PostgresJobStateStore) -> None:
+    """Make ``store`` create the v1 schema of earlier releases: the jobs table without the key."""
+    v2 = store.schema_statements()
+    store.schema_statements = lambda: [s.replace(f", idempotency_key {store.text_type})", ")") for s in v2]  # type: ignore[method-assign]
+
+    async def no_upgrade(conn: object) -> None:
+        return None
+
+    store._upgrade = no_upgrade  # type: ignore[method-assign,assignment]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_v1_table_is_upgraded_in_place_at_open_and_keeps_its_rows(
+    kind: str, tmp_path: Path, clock: FakeClock, database_url: str
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+
+    def make() -> SQLiteJobStateStore | PostgresJobStateStore:
+        if kind == "sqlite":
+            return SQLiteJobStateStore(tmp_path / "state.db", clock=clock, table_prefix=prefix)
+        return PostgresJobStateStore(database_url, clock=clock, table_prefix=prefix)
+
+    old = make()
+    _v1(old)
+    async with old, old._transaction() as conn:
+        p = old.placeholder
+        await conn.execute(f"DELETE FROM {old.version_table}")
+        await conn.execute(f"INSERT INTO {old.version_table} (version) VALUES (1)")
+        await conn.execute(
+            f"INSERT INTO {old.jobs_table} (job_id, state, generation, rank, attempt, updated_at)"
+            f" VALUES ({p(1)}, 'queued', 1, 0, 1, {p(2)})", "before", old._to_db(clock.now()),
+        )
+        columns = await conn.fetch(f"SELECT * FROM {old.jobs_table}")
+        assert len(columns[0]) == 22  # the v1 shape: no idempotency_key column yet
+    store = make()
+    try:
+        async with store:
+            before = await store.get("before")
+            assert before is not None and before.state is JobState.QUEUED and before.idempotency_key is None
+            created = clock.now()
+            await store.apply([Transition(job_id="after", state=JobState.QUEUED, at=created,
+                                          generation=generation_of(created, None), created_at=created,
+                                          idempotency_key="k-up")])
+            assert [r.job_id for r in await store.list_jobs(idempotency_key="k-up")] == ["after"]
+            async with store._transaction() as conn:
+                assert (await conn.fetch(f"SELECT max(version) FROM {store.version_table}"))[0][0] == 2
+                # so the next open() alters nothing (on PostgreSQL an ALTER would lock the table)
+                assert not await store._missing_column(conn, store.jobs_table, "idempotency_key")
+                assert await store._missing_column(conn, store.jobs_table, "no_such_column")
+        async with make() as again:  # the upgrade is idempotent: a second open is a no-op
+            after = await again.get("after")
+            assert after is not None and after.idempotency_key == "k-up"
+    finally:
+        async with make() as cleanup:
+            await cleanup.drop_schema()

@@ -26,6 +26,7 @@ __all__ = [
     "test_cancelling_a_running_job_marks_it_and_the_worker_records_the_end",
     "test_cancelling_a_waiting_job_cancels_it_at_once_and_twice_is_idempotent",
     "test_expire_deletes_only_finished_jobs_older_than_the_cutoff",
+    "test_the_idempotency_key_is_kept_from_the_first_writer_and_lists_every_job_with_it",
     "test_list_filters_by_state_type_and_time_newest_first",
     "test_states_never_go_backwards",
     "test_the_full_life_of_a_job_is_recorded_with_its_attempts",
@@ -210,6 +211,33 @@ async def test_list_filters_by_state_type_and_time_newest_first(store: JobStateS
     assert [r.job_id for r in await store.list_jobs(since=start + timedelta(seconds=4))] == ["l5", "l4"]
     assert [r.job_id for r in await store.list_jobs(limit=2)] == ["l5", "l4"]
     assert await store.list_jobs(job_type="zzz") == []
+
+
+async def test_the_idempotency_key_is_kept_from_the_first_writer_and_lists_every_job_with_it(
+    store: JobStateStore, clock: FakeClock
+) -> None:
+    # k1: the producer wrote it; later transitions carry none (or a different one): the first stays
+    await store.apply([_t(clock, "k-a", JobState.QUEUED, idempotency_key="k1")])
+    clock.advance(1)
+    await store.apply([_t(clock, "k-a", JobState.RUNNING, worker_id="w")])
+    await store.apply([_t(clock, "k-a", JobState.SUCCEEDED, worker_id="w", attempt_outcome="succeeded",
+                          idempotency_key="other")])
+    # no store-aware producer: the worker's first transition brings the key, arriving after the end
+    clock.advance(1)
+    done = _t(clock, "k-b", JobState.SUCCEEDED, worker_id="w", attempt_outcome="succeeded")
+    await store.apply([done, _t(clock, "k-b", JobState.RUNNING, worker_id="w", idempotency_key="k1")])
+    clock.advance(1)
+    await store.apply([_t(clock, "k-c", JobState.QUEUED, idempotency_key="k2"), _t(clock, "k-d", JobState.QUEUED)])
+    a, b, d = await store.get("k-a"), await store.get("k-b"), await store.get("k-d")
+    assert a is not None and a.state is JobState.SUCCEEDED and a.idempotency_key == "k1"
+    assert b is not None and b.state is JobState.SUCCEEDED and b.idempotency_key == "k1"
+    assert d is not None and d.idempotency_key is None and d.to_dict()["idempotency_key"] is None
+    assert [r.job_id for r in await store.list_jobs(idempotency_key="k1")] == ["k-b", "k-a"]
+    assert [r.job_id for r in await store.list_jobs(idempotency_key="k1", limit=1)] == ["k-b"]
+    assert [r.job_id for r in await store.list_jobs(idempotency_key="k1", state=JobState.QUEUED)] == []
+    assert [r.job_id for r in await store.list_jobs(idempotency_key="k2")] == ["k-c"]
+    assert await store.list_jobs(idempotency_key="other") == []
+    assert await store.list_jobs(idempotency_key="nope") == []
 
 
 async def test_expire_deletes_only_finished_jobs_older_than_the_cutoff(store: JobStateStore, clock: FakeClock) -> None:

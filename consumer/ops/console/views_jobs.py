@@ -1,4 +1,4 @@
-"""Jobs, when a job-state store is configured: search by id, list by state and type, one job's
+"""Jobs, when a job-state store is configured: search by id or idempotency key, list by state and type, one job's
 timeline across attempts and workers, and cancel (``consumer.ops.jobs.cancel_job``, the code
 ``conveyor jobs cancel`` runs: recorded in the store, then broadcast to the workers)."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -63,18 +64,21 @@ async def jobs_page(request: web.Request) -> web.Response:
     if store is None:
         return page(request, "jobs.html", store=None, records=[], query=query, state=state_name, job_type=job_type,
                     states=list(JobState), notice="")
-    if query:
-        found = await store.get(query)
-        if found is not None:
-            raise web.HTTPSeeOther(f"/jobs/{found.job_id}")
     try:
         state = JobState(state_name) if state_name else None
     except ValueError:
         raise web.HTTPBadRequest(text=f"state: {state_name!r} is not a job state (reason: bad_filter)") from None
-    records = [] if query else await store.list_jobs(state=state, job_type=job_type or None, limit=LIST_LIMIT)
+    if query:
+        # An id first (one job: its page); else every job published with that idempotency key.
+        found = await store.get(query)
+        if found is not None:
+            raise web.HTTPSeeOther(f"/jobs/{quote(found.job_id, safe='')}")
+        records = await store.list_jobs(idempotency_key=query, limit=LIST_LIMIT)
+    else:
+        records = await store.list_jobs(state=state, job_type=job_type or None, limit=LIST_LIMIT)
     return page(request, "jobs.html", store=store, records=records, query=query, state=state_name,
                 job_type=job_type, states=list(JobState), notice=request.query.get("notice", ""),
-                missing=bool(query))
+                missing=bool(query) and not records)
 
 
 async def _record(request: web.Request) -> tuple[JobStateStore, JobRecord]:

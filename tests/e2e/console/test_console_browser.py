@@ -9,8 +9,10 @@ mode shows no write control and refuses a write. Screenshots of each main page a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -156,6 +158,12 @@ def test_jobs_page_finds_a_job_and_follows_a_dead_one_to_its_dead_letter(stack: 
     good, bad = stack.publish(320, -7)
     stack.wait_dead_letters(1)
     assert eventually(lambda: stack.succeeded() == [good, "320"])
+
+    def stored() -> dict[str, str]:  # the worker batches its writes (every second): wait for them
+        with contextlib.closing(sqlite3.connect(stack.tmp / "jobs.db")) as db:
+            return dict(db.execute("SELECT job_id, state FROM conveyor_jobs").fetchall())
+
+    assert eventually(lambda: stored() == {good: "succeeded", bad: "dead_lettered"})
     console = stack.start_console()
     page.goto(console + "/jobs")
     expect(page.locator(f'tr[data-job="{good}"]')).to_contain_text("succeeded")

@@ -115,6 +115,27 @@ async def test_a_job_is_recorded_queued_then_succeeded_with_its_result_and_run_m
     assert attempt.code_version == "v-test"
 
 
+async def test_the_idempotency_key_comes_from_the_producer_or_else_from_the_worker(
+    rig: Rig, jobs: JobRegistry
+) -> None:
+    @jobs.job("t.key")
+    async def key(payload: Job, ctx: JobContext) -> None:
+        return None
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.key", Job(n=1), idempotency_key="order-7")
+    await _flush_producer(rig)
+    assert (await handle.status()).idempotency_key == "order-7"  # the producer's queued write
+    async with Producer.for_registry(MemoryTransport(rig.broker), rig.jobs, clock=rig.clock) as plain:
+        bare = await plain.publish("t.key", Job(n=2), idempotency_key="order-7")  # no store-aware producer
+        async with rig.worker:
+            await rig.drain()
+    first, second = await rig.store.get(handle.job_id), await rig.store.get(bare.job_id)
+    assert first is not None and first.state is JobState.SUCCEEDED and first.idempotency_key == "order-7"
+    assert second is not None and second.queued_at is None and second.idempotency_key == "order-7"
+    assert {r.job_id for r in await rig.store.list_jobs(idempotency_key="order-7")} == {handle.job_id, bare.job_id}
+
+
 async def test_retries_are_attempts_and_a_dead_letter_links_both_ways(rig: Rig, jobs: JobRegistry) -> None:
     @jobs.job("t.fail", retry=RetryPolicy(max_attempts=2, base=1, jitter=0))
     async def fail(payload: Job, ctx: JobContext) -> None:

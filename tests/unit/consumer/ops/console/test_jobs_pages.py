@@ -38,6 +38,21 @@ async def store() -> MemoryJobStateStore:
     return states
 
 
+async def _keyed(store: MemoryJobStateStore) -> MemoryJobStateStore:
+    """Two jobs published with the key ``order-7`` (the same order, published twice), and one
+    whose key is ``done``, the id of another job."""
+    for n, job in enumerate(("order-7-a", "order-7-b")):
+        created = T0 + timedelta(minutes=n + 1)
+        await store.apply([Transition(job_id=job, state=JobState.QUEUED, at=created,
+                                      generation=generation_of(created, None), created_at=created,
+                                      job_type="orders.pay", idempotency_key="order-7")])
+    created = T0 + timedelta(minutes=5)
+    await store.apply([Transition(job_id="other", state=JobState.QUEUED, at=created,
+                                  generation=generation_of(created, None), created_at=created,
+                                  idempotency_key="done")])  # a key equal to another job's id
+    return store
+
+
 async def test_jobs_are_listed_by_state_and_found_by_id(make_client, store: MemoryJobStateStore) -> None:
     client = await make_client(job_states=store)
     html = await (await client.get("/jobs")).text()
@@ -49,6 +64,23 @@ async def test_jobs_are_listed_by_state_and_found_by_id(make_client, store: Memo
     missing = await (await client.get("/jobs?q=nope")).text()
     assert 'id="job-missing"' in missing
     assert (await client.get("/jobs?state=lost")).status == 400
+
+
+async def test_the_search_box_takes_an_idempotency_key_when_no_job_has_that_id(
+    make_client, store: MemoryJobStateStore
+) -> None:
+    await _keyed(store)
+    client = await make_client(job_states=store)
+    html = await (await client.get("/jobs?q=order-7")).text()
+    assert 'id="job-missing"' not in html and "2 jobs with idempotency key order-7" in html
+    assert html.index('data-job="order-7-b"') < html.index('data-job="order-7-a"')  # newest first
+    assert 'data-job="done"' not in html and 'data-job="waiting"' not in html
+    by_id = await client.get("/jobs?q=done", allow_redirects=False)  # an id wins over a key of that text
+    assert by_id.status == 303 and by_id.headers["Location"] == "/jobs/done"
+    page = await (await client.get("/jobs/order-7-a")).text()
+    assert 'id="job-idempotency-key"' in page and "/jobs?q=order-7" in page
+    missing = await (await client.get("/jobs?q=order-8")).text()
+    assert 'id="job-missing"' in missing and "No job with id or idempotency key order-8" in missing
 
 
 async def test_a_jobs_timeline_follows_it_across_attempts_and_workers(make_client, store: MemoryJobStateStore) -> None:
