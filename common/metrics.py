@@ -182,7 +182,8 @@ class WorkerMetrics:
             registry=r,
         )
         self.job_cpu = Histogram(
-            "conveyor_job_cpu_seconds", "Process CPU time while a job's handler ran (exact at concurrency 1)",
+            "conveyor_job_cpu_seconds",
+            "Process CPU time while a job's handler ran (exact at concurrency 1; one run in N is measured)",
             ["job_type"], buckets=_DURATION_BUCKETS, registry=r,
         )
         with contextlib.suppress(ValueError):  # a registry that has them already (the global default)

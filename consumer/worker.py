@@ -98,6 +98,8 @@ class WorkerConfig:
     # guard (``conveyor worker`` always has one, see CONVEYOR_STATE_DIR).
     state_dir: Path | None = None
     crash_limit: int = DEFAULT_CRASH_LIMIT
+    # conveyor_job_cpu_seconds measures the first run of each job type, then one in this many.
+    cpu_time_every: int = 16
     # Recorded with every run (job-state attempts, dead-letter headers): see common.job_state.run_info.
     code_version: str | None = None
     config_hash: str | None = None
@@ -189,7 +191,7 @@ class Worker:
         recorder = [self.job_state] if self.job_state is not None else []
         self.middlewares = [
             *guard, LogContextMiddleware(), *recorder, *middlewares, *dedupe,
-            CpuTimeMiddleware(self.metrics), BreakerMiddleware(self.breakers),
+            CpuTimeMiddleware(self.metrics, every=self.config.cpu_time_every), BreakerMiddleware(self.breakers),
         ]
         registry.check_options(opt for m in self.middlewares for opt in m.options)
         self._settled_hooks = [m.settled for m in self.middlewares if type(m).settled is not Middleware.settled]
