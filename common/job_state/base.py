@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 
 from conveyor.common.clock import Clock
 from conveyor.common.errors import ConfigurationError
+from conveyor.common.job_state.filters import JobFilter
 from conveyor.common.job_state.states import JobRecord, JobState, Transition
 from conveyor.common.stores import DEFAULT_TABLE_PREFIX, Store
 
@@ -75,7 +76,6 @@ class JobStateStore(Store):
     @abc.abstractmethod
     async def get(self, job_id: str) -> JobRecord | None: ...
 
-    @abc.abstractmethod
     async def list_jobs(
         self,
         *,
@@ -84,7 +84,12 @@ class JobStateStore(Store):
         since: datetime | None = None,
         idempotency_key: str | None = None,
         limit: int = DEFAULT_LIST_LIMIT,
-    ) -> list[JobRecord]: ...
+    ) -> list[JobRecord]:
+        return await self._list(JobFilter(state, job_type, since, idempotency_key), self._check_limit(limit))
+
+    @abc.abstractmethod
+    async def _list(self, selected: JobFilter, limit: int) -> list[JobRecord]:
+        """The records ``selected`` matches, newest first, at most ``limit``."""
 
     @abc.abstractmethod
     async def request_cancel(self, job_id: str) -> CancelResult: ...
