@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TypedDict
 
-__all__ = ["EnvelopeOptions", "PublishOptions"]
+__all__ = ["EnvelopeOptions", "OutboxOptions", "PublishOptions"]
 
 
 class EnvelopeOptions(TypedDict, total=False):
@@ -30,3 +30,12 @@ class PublishOptions(EnvelopeOptions, total=False):
 
     delay: float
     queue: str | None
+
+
+class OutboxOptions(EnvelopeOptions, total=False):
+    """``Outbox.row``'s options (and so ``add``'s): the envelope's, where and when the relay
+    publishes it, and the key whose rows go out in order."""
+
+    queue: str | None
+    delay: float
+    ordering_key: str | None

@@ -31,7 +31,7 @@ from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, encode_model
 from conveyor.common.errors import ConfigurationError, MessageTooLarge
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.memory import MemoryTransport
-from conveyor.producer.options import EnvelopeOptions
+from conveyor.producer.options import EnvelopeOptions, OutboxOptions
 from conveyor.producer.outbox.schema import DEFAULT_TABLE, table_name
 from conveyor.producer.producer import Producer
 from conveyor.schemas.registry import SchemaRegistry
@@ -117,7 +117,9 @@ class Outbox:
             envelope=encoded.decode(),
         )
 
-    def add(self, connection: Any, job_type: str, payload: BaseModel | Mapping[str, Any], **options: Any) -> str:
+    def add(
+        self, connection: Any, job_type: str, payload: BaseModel | Mapping[str, Any], **options: Unpack[OutboxOptions]
+    ) -> str:
         """Insert the job in ``connection``'s current transaction; its job id. Options as ``row``."""
         row = self.row(job_type, payload, **options)
         if _is_sqlalchemy(connection):
@@ -138,7 +140,7 @@ class Outbox:
         return row.job_id
 
     async def add_async(
-        self, connection: Any, job_type: str, payload: BaseModel | Mapping[str, Any], **options: Any
+        self, connection: Any, job_type: str, payload: BaseModel | Mapping[str, Any], **options: Unpack[OutboxOptions]
     ) -> str:
         """``add`` for asyncpg connections and SQLAlchemy ``AsyncSession``/``AsyncConnection``."""
         row = self.row(job_type, payload, **options)
