@@ -29,8 +29,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from pydantic import BaseModel
 
@@ -38,6 +37,7 @@ from conveyor.common.errors import ConfigurationError, PublishOutcomeUnknown
 from conveyor.common.jobs.command import PublishReceipt
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.transport.factory import transport_from_url
+from conveyor.producer.options import EnvelopeOptions, PublishOptions
 from conveyor.producer.producer import Producer
 from conveyor.schemas.envelope import Envelope
 
@@ -145,35 +145,21 @@ class SyncProducer:
 
     # -- publishing ----------------------------------------------------------------------
     def publish(
-        self,
-        job_type: str,
-        payload: BaseModel | Mapping[str, Any],
-        *,
-        idempotency_key: str | None = None,
-        delay: float = 0.0,
-        headers: Mapping[str, str] | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-        deadline: datetime | timedelta | None = None,
-        version: int | None = None,
-        queue: str | None = None,
-        job_id: str | None = None,
+        self, job_type: str, payload: BaseModel | Mapping[str, Any], **options: Unpack[PublishOptions]
     ) -> PublishReceipt:
-        """As ``Producer.publish``: the same checks, retries, receipt and exceptions."""
+        """As ``Producer.publish``: the same options, checks, retries, receipt and exceptions."""
         runner, producer = self._started()  # refuses its own loop thread; any other loop is warned of
         self._warn_if_on_a_loop()
-        return runner.call(producer.publish(
-            job_type, payload, idempotency_key=idempotency_key, delay=delay, headers=headers,
-            correlation_id=correlation_id, causation_id=causation_id, deadline=deadline,
-            version=version, queue=queue, job_id=job_id,
-        ))
+        return runner.call(producer.publish(job_type, payload, **options))
 
     def publish_envelope(self, envelope: Envelope, *, queue: str | None = None, delay: float = 0.0) -> PublishReceipt:
         runner, producer = self._started()  # refuses its own loop thread; any other loop is warned of
         self._warn_if_on_a_loop()
         return runner.call(producer.publish_envelope(envelope, queue=queue, delay=delay))
 
-    def build_envelope(self, job_type: str, payload: BaseModel | Mapping[str, Any], **options: Any) -> Envelope:
+    def build_envelope(
+        self, job_type: str, payload: BaseModel | Mapping[str, Any], **options: Unpack[EnvelopeOptions]
+    ) -> Envelope:
         """As ``Producer.build_envelope`` (validates; sends nothing)."""
         return self._started()[1].build_envelope(job_type, payload, **options)
 

@@ -48,12 +48,13 @@ from typing import Any
 
 import orjson
 
-from conveyor.common.clock import Clock, SystemClock
+from conveyor.common.clock import Clock
 from conveyor.common.errors import (
     IdempotencyConflict,
     IdempotencyStoreUnavailable,
 )
-from conveyor.common.sql import check_schema_version, check_table_prefix
+from conveyor.common.sql import check_table_prefix
+from conveyor.common.stores import DEFAULT_TABLE_PREFIX, Store
 
 __all__ = [
     "DEFAULT_TABLE_PREFIX",
@@ -70,7 +71,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-DEFAULT_TABLE_PREFIX = "conveyor_"
 STATUS_SUCCEEDED = "succeeded"
 MAX_CHECKPOINT_BYTES = 256 * 1024  # a checkpoint is a bookmark, not a place to keep results
 
@@ -142,32 +142,16 @@ class StoreTransaction:
 _ACTIVE: ContextVar[StoreTransaction | None] = ContextVar("conveyor_idempotency_tx", default=None)
 
 
-class ProcessedKeyStore(abc.ABC):
+class ProcessedKeyStore(Store):
     """Remembers succeeded idempotency keys and job checkpoints. ``async with store:``."""
 
-    kind: str = ""
+    schema_version = SCHEMA_VERSION
+    version_table_name = "idempotency_schema"
 
     def __init__(self, *, table_prefix: str = DEFAULT_TABLE_PREFIX, clock: Clock | None = None) -> None:
-        self.table_prefix = check_table_prefix(table_prefix)
-        self.clock = clock or SystemClock()
+        super().__init__(table_prefix=table_prefix, clock=clock)
         self.keys_table = f"{table_prefix}processed_keys"
         self.checkpoints_table = f"{table_prefix}checkpoints"
-        self.version_table = f"{table_prefix}idempotency_schema"
-
-    async def __aenter__(self) -> ProcessedKeyStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    @abc.abstractmethod
-    async def open(self) -> None:
-        """Connect and create the schema if needed; calling it again is a no-op."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Release connections; ``open`` may be called again afterwards."""
 
     @abc.abstractmethod
     async def get(self, key: str) -> Record | None: ...
@@ -216,14 +200,6 @@ class ProcessedKeyStore(abc.ABC):
         if tx is None or tx.store is not self or tx.closed:
             return None
         return tx
-
-    def _cutoff(self, older_than: timedelta) -> datetime:
-        if older_than < timedelta(0):
-            raise ValueError("older_than must not be negative")
-        return self.clock.now() - older_than
-
-    def _check_schema_version(self, found: int | None) -> None:
-        check_schema_version(self.version_table, found, SCHEMA_VERSION)
 
     @staticmethod
     def _compare(key: str, payload_hash: str, existing: Record) -> bool:

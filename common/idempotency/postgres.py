@@ -14,14 +14,11 @@ together do not race on ``CREATE TABLE IF NOT EXISTS``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from conveyor.common.clock import Clock
 from conveyor.common.idempotency.base import (
-    DEFAULT_TABLE_PREFIX,
     SCHEMA_VERSION,
     STATUS_SUCCEEDED,
     IdempotencyStoreUnavailable,
@@ -31,7 +28,8 @@ from conveyor.common.idempotency.base import (
     decode_state,
     encode_state,
 )
-from conveyor.common.sql import create_pg_pool, postgres_errors_as, rows_affected
+from conveyor.common.sql import rows_affected
+from conveyor.common.stores import PostgresStore
 
 if TYPE_CHECKING:
     import asyncpg
@@ -39,92 +37,39 @@ if TYPE_CHECKING:
 __all__ = ["PostgresProcessedKeyStore"]
 
 
-def _mapped(what: str) -> contextlib.AbstractContextManager[None]:
-    return postgres_errors_as(IdempotencyStoreUnavailable, what)
-
-
-class PostgresProcessedKeyStore(ProcessedKeyStore):
+class PostgresProcessedKeyStore(PostgresStore, ProcessedKeyStore):
     kind = "postgres"
+    unavailable = IdempotencyStoreUnavailable
 
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        table_prefix: str = DEFAULT_TABLE_PREFIX,
-        clock: Clock | None = None,
-        min_size: int = 1,
-        max_size: int = 10,
-        command_timeout: float = 30.0,
-        connect_timeout: float = 10.0,
-    ) -> None:
-        super().__init__(table_prefix=table_prefix, clock=clock)
-        self._dsn = dsn
-        self._min_size = min_size
-        self._max_size = max_size
-        self._command_timeout = command_timeout
-        self._connect_timeout = connect_timeout
-        self._pool: asyncpg.Pool | None = None
-        # One advisory lock id per table set, so different prefixes migrate independently.
-        self._lock_id = int.from_bytes(hashlib.sha256(self.version_table.encode()).digest()[:8], "big", signed=True)
-
-    # -- lifecycle ---------------------------------------------------------------------
-    async def open(self) -> None:
-        if self._pool is not None:
-            return
-        with _mapped("connect"):
-            pool = await create_pg_pool(
-                self._dsn,
-                min_size=self._min_size,
-                max_size=self._max_size,
-                command_timeout=self._command_timeout,
-                connect_timeout=self._connect_timeout,
-            )
-        try:
-            with _mapped("schema set-up"):
-                async with pool.acquire() as conn:
-                    await self._migrate(conn)
-        except BaseException:
-            await pool.close()
-            raise
-        self._pool = pool
-
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            with contextlib.suppress(Exception):
-                await pool.close()
-
-    async def _migrate(self, conn: asyncpg.Connection) -> None:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_id)
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.version_table} ("
-                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            self._check_schema_version(await conn.fetchval(f"SELECT max(version) FROM {self.version_table}"))
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.keys_table} ("
-                " key text PRIMARY KEY, status text NOT NULL, payload_hash text NOT NULL,"
-                " job_id text NOT NULL, finished_at timestamptz NOT NULL)"
-            )
-            await conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {self.keys_table}_finished_at ON {self.keys_table} (finished_at)"
-            )
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.checkpoints_table} ("
-                " job_id text PRIMARY KEY, state jsonb NOT NULL, updated_at timestamptz NOT NULL)"
-            )
-            await conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {self.checkpoints_table}_updated_at"
-                f" ON {self.checkpoints_table} (updated_at)"
-            )
-            await conn.execute(
-                f"INSERT INTO {self.version_table} (version) VALUES ($1) ON CONFLICT DO NOTHING", SCHEMA_VERSION
-            )
+    async def _set_up(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.version_table} ("
+            " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        self._check_schema_version(await conn.fetchval(f"SELECT max(version) FROM {self.version_table}"))
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.keys_table} ("
+            " key text PRIMARY KEY, status text NOT NULL, payload_hash text NOT NULL,"
+            " job_id text NOT NULL, finished_at timestamptz NOT NULL)"
+        )
+        await conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {self.keys_table}_finished_at ON {self.keys_table} (finished_at)"
+        )
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.checkpoints_table} ("
+            " job_id text PRIMARY KEY, state jsonb NOT NULL, updated_at timestamptz NOT NULL)"
+        )
+        await conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {self.checkpoints_table}_updated_at"
+            f" ON {self.checkpoints_table} (updated_at)"
+        )
+        await conn.execute(
+            f"INSERT INTO {self.version_table} (version) VALUES ($1) ON CONFLICT DO NOTHING", SCHEMA_VERSION
+        )
 
     async def drop_schema(self) -> None:
         """Drop this store's tables (tests and decommissioning only)."""
-        with _mapped("drop"):
+        with self._mapped("drop"):
             async with self._using() as conn:
                 for table in (self.checkpoints_table, self.keys_table, self.version_table):
                     await conn.execute(f"DROP TABLE IF EXISTS {table}")
@@ -161,12 +106,12 @@ class PostgresProcessedKeyStore(ProcessedKeyStore):
 
     # -- operations --------------------------------------------------------------------
     async def get(self, key: str) -> Record | None:
-        with _mapped("get"):
+        with self._mapped("get"):
             async with self._using() as conn:
                 return await self._fetch_record(conn, key)
 
     async def record_success(self, key: str, payload_hash: str, job_id: str) -> bool:
-        with _mapped("record_success"):
+        with self._mapped("record_success"):
             for _ in range(3):  # the winner may expire between our insert and our look: insert again
                 async with self._atomic() as conn:
                     status = await conn.execute(
@@ -184,7 +129,7 @@ class PostgresProcessedKeyStore(ProcessedKeyStore):
 
     async def save_checkpoint(self, job_id: str, state: dict[str, Any]) -> None:
         data = encode_state(state).decode()
-        with _mapped("save_checkpoint"):
+        with self._mapped("save_checkpoint"):
             async with self._using() as conn:
                 await conn.execute(
                     f"INSERT INTO {self.checkpoints_table} (job_id, state, updated_at) VALUES ($1, $2::jsonb, $3)"
@@ -193,7 +138,7 @@ class PostgresProcessedKeyStore(ProcessedKeyStore):
                 )
 
     async def load_checkpoint(self, job_id: str) -> dict[str, Any] | None:
-        with _mapped("load_checkpoint"):
+        with self._mapped("load_checkpoint"):
             async with self._using() as conn:
                 data = await conn.fetchval(
                     f"SELECT state::text FROM {self.checkpoints_table} WHERE job_id = $1", job_id
@@ -201,13 +146,13 @@ class PostgresProcessedKeyStore(ProcessedKeyStore):
         return None if data is None else decode_state(data)
 
     async def clear_checkpoint(self, job_id: str) -> None:
-        with _mapped("clear_checkpoint"):
+        with self._mapped("clear_checkpoint"):
             async with self._using() as conn:
                 await conn.execute(f"DELETE FROM {self.checkpoints_table} WHERE job_id = $1", job_id)
 
     async def expire(self, older_than: timedelta) -> int:
         cutoff = self._cutoff(older_than)
-        with _mapped("expire"):
+        with self._mapped("expire"):
             async with self._atomic() as conn:
                 status = await conn.execute(f"DELETE FROM {self.keys_table} WHERE finished_at < $1", cutoff)
                 deleted = rows_affected(status)
@@ -218,11 +163,11 @@ class PostgresProcessedKeyStore(ProcessedKeyStore):
     async def _begin(self) -> AsyncIterator[StoreTransaction]:
         if self._pool is None:
             raise IdempotencyStoreUnavailable("the postgres store is not open")
-        with _mapped("acquire"):
+        with self._mapped("acquire"):
             conn = await self._pool.acquire()
         try:
             transaction = conn.transaction()
-            with _mapped("begin"):
+            with self._mapped("begin"):
                 await transaction.start()
             try:
                 yield StoreTransaction(self, conn)
@@ -230,7 +175,7 @@ class PostgresProcessedKeyStore(ProcessedKeyStore):
                 with contextlib.suppress(Exception):
                     await transaction.rollback()
                 raise
-            with _mapped("commit"):
+            with self._mapped("commit"):
                 await transaction.commit()
         finally:
             await self._pool.release(conn)

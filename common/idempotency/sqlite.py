@@ -12,17 +12,12 @@ readers from blocking the writer. Timestamps are stored as Unix seconds (REAL).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.common.clock import Clock
 from conveyor.common.idempotency.base import (
-    DEFAULT_TABLE_PREFIX,
     SCHEMA_VERSION,
     STATUS_SUCCEEDED,
     IdempotencyStoreUnavailable,
@@ -32,7 +27,7 @@ from conveyor.common.idempotency.base import (
     decode_state,
     encode_state,
 )
-from conveyor.common.sql import connect_sqlite, sqlite_errors_as
+from conveyor.common.stores import SQLiteStore
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -40,86 +35,43 @@ if TYPE_CHECKING:
 __all__ = ["SQLiteProcessedKeyStore"]
 
 
-def _mapped(what: str) -> contextlib.AbstractContextManager[None]:
-    return sqlite_errors_as(IdempotencyStoreUnavailable, what)
-
-
-class SQLiteProcessedKeyStore(ProcessedKeyStore):
+class SQLiteProcessedKeyStore(SQLiteStore, ProcessedKeyStore):
     kind = "sqlite"
-
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        table_prefix: str = DEFAULT_TABLE_PREFIX,
-        clock: Clock | None = None,
-        busy_timeout: float = 30.0,
-    ) -> None:
-        super().__init__(table_prefix=table_prefix, clock=clock)
-        self.path = Path(path)
-        self.busy_timeout = busy_timeout
-        self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
-
-    # -- lifecycle ---------------------------------------------------------------------
-    async def open(self) -> None:
-        if self._conn is not None:
-            return
-        with _mapped("open"):
-            conn = await connect_sqlite(self.path, busy_timeout=self.busy_timeout)
-            try:
-                await self._migrate(conn)
-            except BaseException:
-                await conn.close()
-                raise
-        self._conn = conn
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                await conn.close()
+    unavailable = IdempotencyStoreUnavailable
 
     async def journal_mode(self) -> str:
         async with self._using() as conn, conn.execute("PRAGMA journal_mode") as cursor:
             row = await cursor.fetchone()
         return str(row[0]) if row else ""
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.version_table} ("
-                " version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-            )
-            async with conn.execute(f"SELECT max(version) FROM {self.version_table}") as cursor:
-                row = await cursor.fetchone()
-            self._check_schema_version(row[0] if row else None)
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.keys_table} ("
-                " key TEXT PRIMARY KEY, status TEXT NOT NULL, payload_hash TEXT NOT NULL,"
-                " job_id TEXT NOT NULL, finished_at REAL NOT NULL) WITHOUT ROWID"
-            )
-            await conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {self.keys_table}_finished_at ON {self.keys_table} (finished_at)"
-            )
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.checkpoints_table} ("
-                " job_id TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL) WITHOUT ROWID"
-            )
-            await conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {self.checkpoints_table}_updated_at"
-                f" ON {self.checkpoints_table} (updated_at)"
-            )
-            await conn.execute(
-                f"INSERT OR IGNORE INTO {self.version_table} (version, applied_at) VALUES (?, ?)",
-                (SCHEMA_VERSION, self._now()),
-            )
-            await conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                await conn.execute("ROLLBACK")
-            raise
+    async def _set_up(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.version_table} ("
+            " version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        async with conn.execute(f"SELECT max(version) FROM {self.version_table}") as cursor:
+            row = await cursor.fetchone()
+        self._check_schema_version(row[0] if row else None)
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.keys_table} ("
+            " key TEXT PRIMARY KEY, status TEXT NOT NULL, payload_hash TEXT NOT NULL,"
+            " job_id TEXT NOT NULL, finished_at REAL NOT NULL) WITHOUT ROWID"
+        )
+        await conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {self.keys_table}_finished_at ON {self.keys_table} (finished_at)"
+        )
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.checkpoints_table} ("
+            " job_id TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL) WITHOUT ROWID"
+        )
+        await conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {self.checkpoints_table}_updated_at"
+            f" ON {self.checkpoints_table} (updated_at)"
+        )
+        await conn.execute(
+            f"INSERT OR IGNORE INTO {self.version_table} (version, applied_at) VALUES (?, ?)",
+            (SCHEMA_VERSION, self._now()),
+        )
 
     # -- plumbing ----------------------------------------------------------------------
     def _now(self) -> float:
@@ -145,14 +97,8 @@ class SQLiteProcessedKeyStore(ProcessedKeyStore):
             if in_tx:
                 yield conn
                 return
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
+            async with self._immediate(conn):
                 yield conn
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
 
     async def _fetch_record(self, conn: aiosqlite.Connection, key: str) -> Record | None:
         sql = f"SELECT key, status, payload_hash, job_id, finished_at FROM {self.keys_table} WHERE key = ?"
@@ -164,12 +110,12 @@ class SQLiteProcessedKeyStore(ProcessedKeyStore):
 
     # -- operations --------------------------------------------------------------------
     async def get(self, key: str) -> Record | None:
-        with _mapped("get"):
+        with self._mapped("get"):
             async with self._using() as conn:
                 return await self._fetch_record(conn, key)
 
     async def record_success(self, key: str, payload_hash: str, job_id: str) -> bool:
-        with _mapped("record_success"):
+        with self._mapped("record_success"):
             async with self._atomic() as conn:
                 cursor = await conn.execute(
                     f"INSERT OR IGNORE INTO {self.keys_table} (key, status, payload_hash, job_id, finished_at)"
@@ -186,7 +132,7 @@ class SQLiteProcessedKeyStore(ProcessedKeyStore):
 
     async def save_checkpoint(self, job_id: str, state: dict[str, Any]) -> None:
         data = encode_state(state).decode()
-        with _mapped("save_checkpoint"):
+        with self._mapped("save_checkpoint"):
             async with self._using() as conn:
                 await conn.execute(
                     f"INSERT INTO {self.checkpoints_table} (job_id, state, updated_at) VALUES (?, ?, ?)"
@@ -195,7 +141,7 @@ class SQLiteProcessedKeyStore(ProcessedKeyStore):
                 )
 
     async def load_checkpoint(self, job_id: str) -> dict[str, Any] | None:
-        with _mapped("load_checkpoint"):
+        with self._mapped("load_checkpoint"):
             async with self._using() as conn:
                 sql = f"SELECT state FROM {self.checkpoints_table} WHERE job_id = ?"
                 async with conn.execute(sql, (job_id,)) as cursor:
@@ -203,13 +149,13 @@ class SQLiteProcessedKeyStore(ProcessedKeyStore):
         return None if row is None else decode_state(row[0])
 
     async def clear_checkpoint(self, job_id: str) -> None:
-        with _mapped("clear_checkpoint"):
+        with self._mapped("clear_checkpoint"):
             async with self._using() as conn:
                 await conn.execute(f"DELETE FROM {self.checkpoints_table} WHERE job_id = ?", (job_id,))
 
     async def expire(self, older_than: timedelta) -> int:
         cutoff = self._cutoff(older_than).timestamp()
-        with _mapped("expire"):
+        with self._mapped("expire"):
             async with self._atomic() as conn:
                 cursor = await conn.execute(f"DELETE FROM {self.keys_table} WHERE finished_at < ?", (cutoff,))
                 deleted = cursor.rowcount
@@ -222,18 +168,5 @@ class SQLiteProcessedKeyStore(ProcessedKeyStore):
             conn = self._conn
             if conn is None:
                 raise IdempotencyStoreUnavailable("the sqlite store is not open")
-            with _mapped("begin"):
-                await conn.execute("BEGIN IMMEDIATE")
-            try:
+            async with self._immediate(conn):
                 yield StoreTransaction(self, conn)
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.execute("ROLLBACK")
-                raise
-            try:
-                with _mapped("commit"):
-                    await conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.execute("ROLLBACK")
-                raise

@@ -27,10 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from conveyor.common.clock import Clock, SystemClock
+from conveyor.common.clock import Clock
 from conveyor.common.errors import ConfigurationError
+from conveyor.common.job_state.filters import JobFilter
 from conveyor.common.job_state.states import JobRecord, JobState, Transition
-from conveyor.common.sql import check_schema_version, check_table_prefix
+from conveyor.common.stores import DEFAULT_TABLE_PREFIX, Store
 
 __all__ = [
     "DEFAULT_TABLE_PREFIX",
@@ -41,7 +42,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 2  # v2: jobs.idempotency_key (a v1 table gets the column at open())
-DEFAULT_TABLE_PREFIX = "conveyor_"
 MAX_RESULT_BYTES = 64 * 1024  # a result is a summary; a larger one goes to the payload store
 DEFAULT_LIST_LIMIT = 50
 
@@ -59,31 +59,16 @@ class CancelResult:
         return self.state is JobState.RUNNING
 
 
-class JobStateStore(abc.ABC):
+class JobStateStore(Store):
     """Per-job states, attempts and results. ``async with store:``."""
 
-    kind: str = ""
+    schema_version = SCHEMA_VERSION
+    version_table_name = "job_state_schema"
 
     def __init__(self, *, table_prefix: str = DEFAULT_TABLE_PREFIX, clock: Clock | None = None) -> None:
-        self.table_prefix = check_table_prefix(table_prefix)
-        self.clock = clock or SystemClock()
+        super().__init__(table_prefix=table_prefix, clock=clock)
         self.jobs_table = f"{table_prefix}jobs"
         self.attempts_table = f"{table_prefix}job_attempts"
-        self.version_table = f"{table_prefix}job_state_schema"
-
-    async def __aenter__(self) -> JobStateStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    @abc.abstractmethod
-    async def open(self) -> None:
-        """Connect and create the schema if needed; calling it again is a no-op."""
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
 
     @abc.abstractmethod
     async def apply(self, transitions: Sequence[Transition]) -> None: ...
@@ -91,7 +76,6 @@ class JobStateStore(abc.ABC):
     @abc.abstractmethod
     async def get(self, job_id: str) -> JobRecord | None: ...
 
-    @abc.abstractmethod
     async def list_jobs(
         self,
         *,
@@ -100,7 +84,12 @@ class JobStateStore(abc.ABC):
         since: datetime | None = None,
         idempotency_key: str | None = None,
         limit: int = DEFAULT_LIST_LIMIT,
-    ) -> list[JobRecord]: ...
+    ) -> list[JobRecord]:
+        return await self._list(JobFilter(state, job_type, since, idempotency_key), self._check_limit(limit))
+
+    @abc.abstractmethod
+    async def _list(self, selected: JobFilter, limit: int) -> list[JobRecord]:
+        """The records ``selected`` matches, newest first, at most ``limit``."""
 
     @abc.abstractmethod
     async def request_cancel(self, job_id: str) -> CancelResult: ...
@@ -114,14 +103,6 @@ class JobStateStore(abc.ABC):
 
     @abc.abstractmethod
     async def expire(self, older_than: timedelta) -> int: ...
-
-    def _cutoff(self, older_than: timedelta) -> datetime:
-        if older_than < timedelta(0):
-            raise ValueError("older_than must not be negative")
-        return self.clock.now() - older_than
-
-    def _check_schema_version(self, found: int | None) -> None:
-        check_schema_version(self.version_table, found, SCHEMA_VERSION)
 
     @staticmethod
     def _check_limit(limit: int) -> int:

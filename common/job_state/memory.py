@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 from conveyor.common.clock import Clock
 from conveyor.common.errors import JobStateStoreUnavailable, UnknownJob
-from conveyor.common.job_state.base import DEFAULT_LIST_LIMIT, CancelResult, JobStateStore
+from conveyor.common.job_state.base import CancelResult, JobStateStore
+from conveyor.common.job_state.filters import JobFilter
 from conveyor.common.job_state.states import (
     CANCEL_REQUESTED_RANK,
     FINAL_RANK,
@@ -66,24 +67,9 @@ class MemoryJobStateStore(JobStateStore):
         attempts = sorted(self._attempts.get(job_id, {}).values(), key=_attempt_order)
         return replace(record, attempts=tuple(attempts))
 
-    async def list_jobs(
-        self,
-        *,
-        state: JobState | None = None,
-        job_type: str | None = None,
-        since: datetime | None = None,
-        idempotency_key: str | None = None,
-        limit: int = DEFAULT_LIST_LIMIT,
-    ) -> list[JobRecord]:
+    async def _list(self, selected: JobFilter, limit: int) -> list[JobRecord]:
         self._check()
-        self._check_limit(limit)
-        found = [
-            r for r in self._jobs.values()
-            if (state is None or r.state is state)
-            and (job_type is None or r.job_type == job_type)
-            and (since is None or (r.created_at is not None and r.created_at >= since))
-            and (idempotency_key is None or r.idempotency_key == idempotency_key)
-        ]
+        found = [r for r in self._jobs.values() if selected.matches(r)]
         found.sort(key=lambda r: (r.created_at or r.updated_at, r.job_id), reverse=True)
         return found[:limit]
 

@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from conveyor.common.errors import UnknownJob
-from conveyor.common.job_state.base import DEFAULT_LIST_LIMIT, SCHEMA_VERSION, CancelResult, JobStateStore
+from conveyor.common.job_state.base import SCHEMA_VERSION, CancelResult, JobStateStore
+from conveyor.common.job_state.filters import JobFilter
 from conveyor.common.job_state.states import (
     CANCEL_REQUESTED_RANK,
     FINAL_RANK,
@@ -244,32 +245,11 @@ class SqlJobStateStore(JobStateStore):
             )
         return replace(self._record(rows[0]), attempts=tuple(self._attempt(a) for a in attempts))
 
-    async def list_jobs(
-        self,
-        *,
-        state: JobState | None = None,
-        job_type: str | None = None,
-        since: datetime | None = None,
-        idempotency_key: str | None = None,
-        limit: int = DEFAULT_LIST_LIMIT,
-    ) -> list[JobRecord]:
-        self._check_limit(limit)
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (
-            ("state", None if state is None else str(state)), ("job_type", job_type),
-            ("idempotency_key", idempotency_key),
-        ):
-            if value is not None:
-                args.append(value)
-                where.append(f"{column} = {self.placeholder(len(args))}")
-        if since is not None:
-            args.append(self._to_db(since))
-            where.append(f"created_at >= {self.placeholder(len(args))}")
+    async def _list(self, selected: JobFilter, limit: int) -> list[JobRecord]:
+        where, args = selected.where(self.placeholder, self._to_db)
         args.append(limit)
         sql = (
-            f"SELECT {', '.join(_JOB_COLUMNS)} FROM {self.jobs_table}"
-            f"{' WHERE ' + ' AND '.join(where) if where else ''}"
+            f"SELECT {', '.join(_JOB_COLUMNS)} FROM {self.jobs_table}{where}"
             f" ORDER BY created_at DESC, job_id DESC LIMIT {self.placeholder(len(args))}"
         )
         async with self._transaction() as conn:

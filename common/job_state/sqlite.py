@@ -8,28 +8,19 @@ last writes before a power cut may go; WAL keeps the file intact. Times are Unix
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.common.clock import Clock
 from conveyor.common.errors import JobStateStoreUnavailable
-from conveyor.common.job_state.base import DEFAULT_TABLE_PREFIX
 from conveyor.common.job_state.sql_store import SqlConnection, SqlJobStateStore
-from conveyor.common.sql import connect_sqlite, sqlite_errors_as
+from conveyor.common.stores import SQLiteStore
 
 if TYPE_CHECKING:
     import aiosqlite
 
 __all__ = ["SQLiteJobStateStore"]
-
-
-def _mapped(what: str) -> contextlib.AbstractContextManager[None]:
-    return sqlite_errors_as(JobStateStoreUnavailable, what)
 
 
 class _Connection(SqlConnection):
@@ -48,24 +39,13 @@ class _Connection(SqlConnection):
             return list(await cursor.fetchall())
 
 
-class SQLiteJobStateStore(SqlJobStateStore):
+class SQLiteJobStateStore(SQLiteStore, SqlJobStateStore):
     kind = "sqlite"
     time_type = "REAL"
     text_type = "TEXT"
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        table_prefix: str = DEFAULT_TABLE_PREFIX,
-        clock: Clock | None = None,
-        busy_timeout: float = 30.0,
-    ) -> None:
-        super().__init__(table_prefix=table_prefix, clock=clock)
-        self.path = Path(path)
-        self.busy_timeout = busy_timeout
-        self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+    unavailable = JobStateStoreUnavailable
+    synchronous = "NORMAL"
 
     @staticmethod
     def placeholder(i: int) -> str:
@@ -84,25 +64,8 @@ class SQLiteJobStateStore(SqlJobStateStore):
         rows = await conn.fetch(f"SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1", column)
         return not rows
 
-    async def open(self) -> None:
-        if self._conn is not None:
-            return
-        with _mapped("open"):
-            conn = await connect_sqlite(self.path, busy_timeout=self.busy_timeout, synchronous="NORMAL")
-            self._conn = conn
-            try:
-                async with self._transaction() as tx:
-                    await self._migrate(tx)
-            except BaseException:
-                self._conn = None
-                await conn.close()
-                raise
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                await conn.close()
+    async def _set_up(self, conn: aiosqlite.Connection) -> None:
+        await self._migrate(_Connection(conn))
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[SqlConnection]:
@@ -110,14 +73,6 @@ class SQLiteJobStateStore(SqlJobStateStore):
             conn = self._conn
             if conn is None:
                 raise JobStateStoreUnavailable("the sqlite job-state store is not open")
-            with _mapped("begin"):
-                await conn.execute("BEGIN IMMEDIATE")
-            try:
-                with _mapped("statement"):
+            async with self._immediate(conn):
+                with self._mapped("statement"):
                     yield _Connection(conn)
-                with _mapped("commit"):
-                    await conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.execute("ROLLBACK")
-                raise

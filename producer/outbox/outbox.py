@@ -21,8 +21,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 from pydantic import BaseModel
 
@@ -32,6 +31,7 @@ from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, encode_model
 from conveyor.common.errors import ConfigurationError, MessageTooLarge
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.memory import MemoryTransport
+from conveyor.producer.options import EnvelopeOptions, OutboxOptions
 from conveyor.producer.outbox.schema import DEFAULT_TABLE, table_name
 from conveyor.producer.producer import Producer
 from conveyor.schemas.registry import SchemaRegistry
@@ -96,20 +96,12 @@ class Outbox:
         queue: str | None = None,
         delay: float = 0.0,
         ordering_key: str | None = None,
-        idempotency_key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-        deadline: datetime | timedelta | None = None,
-        version: int | None = None,
-        job_id: str | None = None,
+        **envelope_options: Unpack[EnvelopeOptions],
     ) -> OutboxRow:
-        """The validated row for a job (nothing written): what ``add`` inserts."""
+        """The validated row for a job (nothing written): what ``add`` inserts. ``envelope_options``
+        as ``Producer.build_envelope``'s (``idempotency_key``, ``headers``, ``deadline`` …)."""
         check_delay(delay)
-        envelope = self._builder.build_envelope(
-            job_type, payload, idempotency_key=idempotency_key, headers=headers, correlation_id=correlation_id,
-            causation_id=causation_id, deadline=deadline, version=version, job_id=job_id,
-        )
+        envelope = self._builder.build_envelope(job_type, payload, **envelope_options)
         encoded = encode_model(envelope)
         if self._max_bytes is not None and len(encoded) > self._max_bytes:
             raise MessageTooLarge(
@@ -125,7 +117,9 @@ class Outbox:
             envelope=encoded.decode(),
         )
 
-    def add(self, connection: Any, job_type: str, payload: BaseModel | Mapping[str, Any], **options: Any) -> str:
+    def add(
+        self, connection: Any, job_type: str, payload: BaseModel | Mapping[str, Any], **options: Unpack[OutboxOptions]
+    ) -> str:
         """Insert the job in ``connection``'s current transaction; its job id. Options as ``row``."""
         row = self.row(job_type, payload, **options)
         if _is_sqlalchemy(connection):
@@ -146,7 +140,7 @@ class Outbox:
         return row.job_id
 
     async def add_async(
-        self, connection: Any, job_type: str, payload: BaseModel | Mapping[str, Any], **options: Any
+        self, connection: Any, job_type: str, payload: BaseModel | Mapping[str, Any], **options: Unpack[OutboxOptions]
     ) -> str:
         """``add`` for asyncpg connections and SQLAlchemy ``AsyncSession``/``AsyncConnection``."""
         row = self.row(job_type, payload, **options)

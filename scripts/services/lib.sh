@@ -462,6 +462,39 @@ start_node() {
         || { print_log_tail; die "rabbitmq-server -detached failed"; }
 }
 
+# NODE_ENV: the environment of every RabbitMQ program run in the root for the node selected
+# (server and CLI tools alike), plus "$@". The caller's environment is not passed in: a
+# RABBITMQ_NODENAME or ERL_* of the caller's (one meant for another node, e.g. the host's own
+# rabbitmq-server) must not redirect us.
+set_node_env() {
+    NODE_ENV=(
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+        HOME="$RMQ_HOME"
+        LANG=C.UTF-8
+        LC_ALL=C.UTF-8
+        RABBITMQ_NODENAME="$NODENAME"
+        RABBITMQ_NODE_PORT="$PORT"
+        RABBITMQ_DIST_PORT="$DIST_PORT"
+        RABBITMQ_MNESIA_BASE="$MNESIA_BASE"
+        RABBITMQ_LOG_BASE="$LOG_BASE"
+        ERL_EPMD_PORT="$EPMD_PORT"
+        "$@"
+    )
+}
+
+# Bring the node selected (NODENAME, PORT, NODE_ENV …) to a start: a VM that answers ping is left
+# alone (return 1); a VM that does not (hung, stopped or half dead) is killed; then the node is
+# started (return 0) and the caller waits for it with wait_ready, after starting any other nodes
+# first (a cluster whose nodes all stopped needs its peers to boot).
+start_unless_up() {
+    if [[ -n $(node_pids) ]]; then
+        pinging && return 1
+        log "a RabbitMQ VM of ${NODENAME} ($(node_pids | paste -sd ' ')) is running but does not answer; restarting it"
+        kill_node 0
+    fi
+    start_node
+}
+
 # Warn when a node we did not just start runs with a small open-files limit.
 check_open_files() {
     local pid soft

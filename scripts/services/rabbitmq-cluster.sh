@@ -75,22 +75,11 @@ use_node() {
     DIST_PORT="2568${n}"
     MNESIA_BASE="${RMQ_HOME}/cluster/rabbitc${n}"
     LOG_BASE="/var/log/rabbitmq/cluster/rabbitc${n}"
-    NODE_ENV=(
-        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-        HOME="$RMQ_HOME"
-        LANG=C.UTF-8
-        LC_ALL=C.UTF-8
-        RABBITMQ_NODENAME="$NODENAME"
-        RABBITMQ_NODE_PORT="$PORT"
-        RABBITMQ_DIST_PORT="$DIST_PORT"
-        RABBITMQ_MNESIA_BASE="$MNESIA_BASE"
-        RABBITMQ_LOG_BASE="$LOG_BASE"
-        RABBITMQ_CONFIG_FILE="${CONF_DIR}/rabbitc${n}.conf"
-        RABBITMQ_CONFIG_FILES="${CONF_DIR}/conf.d"
-        RABBITMQ_ENABLED_PLUGINS_FILE="${CONF_DIR}/enabled_plugins"
+    set_node_env \
+        RABBITMQ_CONFIG_FILE="${CONF_DIR}/rabbitc${n}.conf" \
+        RABBITMQ_CONFIG_FILES="${CONF_DIR}/conf.d" \
+        RABBITMQ_ENABLED_PLUGINS_FILE="${CONF_DIR}/enabled_plugins" \
         RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel net_ticktime 10 -kernel inet_dist_connect_options [{ip,{127,0,0,1${n}}}]"
-        ERL_EPMD_PORT="$EPMD_PORT"
-    )
 }
 
 log() { printf 'rabbitmq-cluster: %s\n' "$*" >&2; }
@@ -162,11 +151,9 @@ start_nodes() {
     ensure_epmd
     for n in "$@"; do
         use_node "$n"
-        if [[ -n $(node_pids) ]]; then
-            continue
+        if start_unless_up; then
+            started+=("$n")
         fi
-        start_node
-        started+=("$n")
     done
     for n in "${started[@]}"; do
         use_node "$n"

@@ -85,22 +85,6 @@ readonly RMQ_BIN="/usr/lib/rabbitmq/bin"
 readonly TLS_CONF="/etc/rabbitmq/conf.d/60-conveyor-tls.conf"
 readonly TLS_FILES_DIR="/etc/rabbitmq/conveyor-tls"
 
-# The environment of every RabbitMQ program run in the root (server and CLI tools alike). The
-# caller's environment is not passed in: a RABBITMQ_NODENAME or ERL_* of the caller's (one meant
-# for another node, e.g. the host's own rabbitmq-server) must not redirect us.
-readonly NODE_ENV=(
-    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-    HOME="$RMQ_HOME"
-    LANG=C.UTF-8
-    LC_ALL=C.UTF-8
-    RABBITMQ_NODENAME="$NODENAME"
-    RABBITMQ_NODE_PORT="$PORT"
-    RABBITMQ_DIST_PORT="$DIST_PORT"
-    RABBITMQ_MNESIA_BASE="$MNESIA_BASE"
-    RABBITMQ_LOG_BASE="$LOG_BASE"
-    ERL_EPMD_PORT="$EPMD_PORT"
-)
-
 # Everything but the URL goes to stderr, so `url=$(rabbitmq.sh up | tail -n1)` is all a caller
 # needs.
 log() { printf 'rabbitmq: %s\n' "$*" >&2; }
@@ -108,6 +92,8 @@ die() { log "error: $*"; exit 1; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; exit 2; }
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+set_node_env
+readonly NODE_ENV
 
 # The TLS listener completes a handshake with the test CA and the name "localhost". (Erlang
 # opens the port even when it cannot read the key; only a handshake shows that it works.)
@@ -217,13 +203,9 @@ cmd_up() {
                 kill_node 20
             fi
         fi
-    elif [[ -n $(node_pids) ]]; then
-        # A VM from an earlier run that does not even answer ping: hung, stopped or half dead.
-        log "a RabbitMQ VM ($(node_pids | paste -sd ' ')) is running but does not answer; restarting it"
-        kill_node 0
     fi
     if ((!serving)); then
-        start_node
+        start_unless_up || true # a VM from an earlier run that does not answer ping is killed first
         wait_ready
     fi
     ensure_tls_listener

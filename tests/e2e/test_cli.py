@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.backends import require_env
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.e2e_worker import ROOT, start_e2e_worker, stop_after_first_job
 
 
 def conveyor(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -23,15 +22,6 @@ def conveyor(*args: str, env: dict[str, str] | None = None, timeout: float = 60)
         [sys.executable, "-m", "conveyor", *args],
         cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
     )
-
-
-def wait_for_a_line(worker: subprocess.Popen[str], out: Path, timeout: float = 30) -> None:
-    """Until the worker's job wrote its first line to ``out``; the worker must stay up."""
-    deadline = time.monotonic() + timeout
-    while not out.exists() or not out.read_text().strip():
-        assert worker.poll() is None, worker.communicate()[1]
-        assert time.monotonic() < deadline, "worker never finished a job"
-        time.sleep(0.1)
 
 
 def test_demo_accounts_for_every_job() -> None:
@@ -66,18 +56,8 @@ def test_worker_drains_on_sigterm_and_exits_zero(amqp: str, queue: str, tmp_path
                              env=env)
         assert published.returncode == 0, published.stderr
         ids.append(json.loads(published.stdout)["job_id"])
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "worker", "tests.e2e.app:jobs", "--concurrency", "2",
-         "--http-port", "0", "--grace-period", "10"],
-        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        wait_for_a_line(worker, out)
-        worker.send_signal(signal.SIGTERM)
-        stdout, stderr = worker.communicate(timeout=30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    worker = start_e2e_worker(env, "--concurrency", "2", "--http-port", "0", "--grace-period", "10")
+    stdout, stderr = stop_after_first_job(worker, out)
     assert worker.returncode == 0, stderr
     assert "draining" in stdout
     done = [line.split() for line in out.read_text().splitlines()]

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.test_cli import ROOT, amqp, conveyor, queue, wait_for_a_line  # noqa: F401 - fixtures
+from tests.e2e.test_cli import ROOT, amqp, conveyor, queue  # noqa: F401 - fixtures
 from tests.support.backends import require_env
-
-
-def _dead_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.support.e2e_worker import start_e2e_worker, stop_after_first_job
+from tests.support.ports import free_port
 
 
 @pytest.fixture
@@ -30,7 +20,7 @@ def cluster_style_url() -> str:
     url = require_env("CONVEYOR_AMQP_URL")
     parts = urlsplit(url)
     userinfo, _, hostport = parts.netloc.rpartition("@")
-    return f"{parts.scheme}://{userinfo}@127.0.0.1:{_dead_port()},{hostport}{parts.path or '/'}"
+    return f"{parts.scheme}://{userinfo}@127.0.0.1:{free_port()},{hostport}{parts.path or '/'}"
 
 
 def test_publish_status_and_worker_go_to_the_next_host_when_the_first_is_down(
@@ -44,17 +34,8 @@ def test_publish_status_and_worker_go_to_the_next_host_when_the_first_is_down(
     job_id = json.loads(published.stdout)["job_id"]
     status = conveyor("status", "--json", "--queue", queue, env=env)
     assert status.returncode == 0, status.stderr
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "worker", "tests.e2e.app:jobs", "--concurrency", "2", "--http-port", "0"],
-        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        wait_for_a_line(worker, out)
-        worker.send_signal(signal.SIGTERM)
-        _, stderr = worker.communicate(timeout=30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    worker = start_e2e_worker(env, "--concurrency", "2", "--http-port", "0")
+    _, stderr = stop_after_first_job(worker, out)
     assert worker.returncode == 0, stderr
     assert out.read_text().split()[0] == job_id
     assert "conveyor:conveyor@" not in stderr  # the password of the multi-host URL is masked in logs

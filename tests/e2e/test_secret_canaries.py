@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import yarl
 
 from conveyor.common.transport.rabbitmq import RabbitMQTransport
 from tests.support.backends import require_env
+from tests.support.ports import free_port
 from tests.support.rabbitmq_admin import add_scratch_vhost, delete_vhost, rabbitmqctl, user_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,12 +86,6 @@ async def setup() -> AsyncIterator[Setup]:
     finally:
         await delete_vhost(vhost)
         await rabbitmqctl("delete_user", user)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def base_env(tmp_path: Path) -> dict[str, str]:

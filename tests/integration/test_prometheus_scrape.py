@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.http import HealthServer
 from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "services" / "prometheus.sh"
@@ -35,12 +35,6 @@ SCRIPT = ROOT / "scripts" / "services" / "prometheus.sh"
 
 class Job(BaseModel):
     n: int
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _service(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -105,7 +99,7 @@ async def _wait_for(http: aiohttp.ClientSession, base: str, promql: str, expecte
 
 async def test_prometheus_scrapes_the_worker_and_sees_the_workload(worker_setup, tmp_path: Path) -> None:
     worker, server, broker, jobs = worker_setup
-    port = _free_port()
+    port = free_port()
     env = {
         "CONVEYOR_RUN_DIR": str(tmp_path),
         "CONVEYOR_PROMETHEUS_PORT": str(port),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from tests.integration.accounting import (
     stop,
     wait_for_all,
 )
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.pulsar
 
@@ -80,12 +80,6 @@ async def _pulsar_sh(command: str) -> None:
     assert process.returncode == 0, err.decode()[-2000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def _ready(port: int) -> bool | None:
     """The worker's /readyz verdict; None while its HTTP server does not answer yet."""
     try:
@@ -112,7 +106,7 @@ async def test_broker_restart_mid_run_loses_nothing_and_workers_resume(run: Run)
             pytrace=False,
         )
     first = await publish_all(run, 150, fail_every=30)
-    port = _free_port()
+    port = free_port()
     worker = run.start_worker(http_port=port)
     try:
         deadline = time.monotonic() + 90

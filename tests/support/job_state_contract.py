@@ -14,6 +14,7 @@ import pytest
 from conveyor.common.clock import FakeClock
 from conveyor.common.errors import UnknownJob
 from conveyor.common.job_state import JobState, JobStateStore, Transition
+from conveyor.common.job_state.filters import JobFilter
 from conveyor.common.job_state.states import generation_of
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "test_expire_deletes_only_finished_jobs_older_than_the_cutoff",
     "test_the_idempotency_key_is_kept_from_the_first_writer_and_lists_every_job_with_it",
     "test_list_filters_by_state_type_and_time_newest_first",
+    "test_every_filter_lists_exactly_the_jobs_its_matches_accepts",
     "test_states_never_go_backwards",
     "test_the_full_life_of_a_job_is_recorded_with_its_attempts",
     "test_the_worker_outcome_wins_over_an_operator_cancel_it_raced",
@@ -211,6 +213,29 @@ async def test_list_filters_by_state_type_and_time_newest_first(store: JobStateS
     assert [r.job_id for r in await store.list_jobs(since=start + timedelta(seconds=4))] == ["l5", "l4"]
     assert [r.job_id for r in await store.list_jobs(limit=2)] == ["l5", "l4"]
     assert await store.list_jobs(job_type="zzz") == []
+
+
+async def test_every_filter_lists_exactly_the_jobs_its_matches_accepts(store: JobStateStore, clock: FakeClock) -> None:
+    """The memory store filters with ``JobFilter.matches``, the SQL stores with ``JobFilter.where``:
+    on every store, every combination lists what ``matches`` accepts, and no more."""
+    start = clock.now()
+    for i in range(8):
+        state = (JobState.QUEUED, JobState.SUCCEEDED, JobState.SCHEDULED)[i % 3]
+        key = {"idempotency_key": f"k{i % 2}"} if i % 4 else {}
+        await store.apply([_t(clock, f"f{i}", state, job_type="a" if i < 4 else "b", **key)])
+        clock.advance(1)
+    everything = await store.list_jobs(limit=100)
+    assert len(everything) == 8
+    sizes = set()
+    for state, job_type, since, key in itertools.product(
+        (None, JobState.QUEUED, JobState.SUCCEEDED), (None, "a", "b"), (None, start + timedelta(seconds=3)),
+        (None, "k1", "zzz"),
+    ):
+        selected = JobFilter(state, job_type, since, key)
+        listed = await store.list_jobs(state=state, job_type=job_type, since=since, idempotency_key=key)
+        assert [r.job_id for r in listed] == [r.job_id for r in everything if selected.matches(r)], selected
+        sizes.add(len(listed))
+    assert {0, 1, 8} <= sizes and len(sizes) > 4  # the filters really select, and differently
 
 
 async def test_the_idempotency_key_is_kept_from_the_first_writer_and_lists_every_job_with_it(

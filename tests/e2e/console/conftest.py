@@ -11,7 +11,6 @@ import asyncio
 import concurrent.futures
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from conveyor.consumer.ops.dead_letters import DeadLetters
 from conveyor.producer.producer import Producer
 from tests.e2e.console.app import JOB, Resize, make_jobs
 from tests.support.backends import require_env
+from tests.support.ports import free_port
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[3]
@@ -81,12 +81,6 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run broker calls beside Playwright's sync API, whose event loop owns this thread."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
