@@ -18,6 +18,8 @@ def main() -> None:
         from bench.raw import worker_main
     elif spec["side"] == "conveyor":
         from bench.conveyor import worker_main
+    elif spec["side"] == "conveyor-ablated":
+        from bench.ablation import worker_main
     elif spec["side"] == "pulsar-raw":
         from bench.pulsar_raw import worker_main
     elif spec["side"] == "pulsar-conveyor":
