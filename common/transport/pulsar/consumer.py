@@ -101,7 +101,7 @@ class PulsarDelivery(Delivery):
             # before acknowledge_async returns, and then nothing waits for a loop turn.
             done = Completion(self._inbox)
             self._consumer._consumer.acknowledge_async(self._message, done)
-            if done.result is not _OK:
+            if done.result != _OK:  # pybind11 hands out a new enum object each time: compare by value
                 await done.wait()
         except PulsarException as exc:
             raise TransportError(f"ack failed ({result_of(exc).name}): the broker redelivers this message") from exc
@@ -134,6 +134,7 @@ class PulsarConsumer(ConsumerHandle):
         self._prefetch = prefetch
         self._consumer: pulsar_asyncio.Consumer | None = None
         self._inbox: LoopInbox | None = None  # the transport's, for the loop this consumer runs on
+        self._received: Callable[..., None] | None = None  # the receive callback, through the inbox
         self._asking = False  # a receive_async is pending
         self._retry: asyncio.TimerHandle | None = None
         self._outstanding = 0  # handed out, not settled yet
@@ -145,6 +146,7 @@ class PulsarConsumer(ConsumerHandle):
     async def start(self) -> None:
         size = self._owner.receiver_queue_size or self._prefetch
         self._inbox = self._owner._inbox()
+        self._received = self._inbox.call(self._on_received)  # made once: one per receive showed in profiles
         self._consumer = await self._owner._subscribe(self._queue, receiver_queue_size=size)
         self._ask()
 
@@ -177,15 +179,15 @@ class PulsarConsumer(ConsumerHandle):
             await self._owner._close_consumer(self._consumer)
 
     def _ask(self) -> None:
-        inbox = self._inbox
+        inbox, received = self._inbox, self._received
         if self._asking or self.cancelled or self._outstanding >= self._prefetch or self._consumer is None:
             return
-        assert inbox is not None  # set before the consumer
+        assert inbox is not None and received is not None  # set before the consumer
         self._asking = True
         self._retry = None
         try:
             # consumer.receive() without its future and task: the completion comes through the inbox.
-            self._consumer._consumer.receive_async(inbox.call(self._on_received))
+            self._consumer._consumer.receive_async(received)
         except Exception:  # refused outright rather than through the callback: ask again later
             self._asking = False
             log.warning("receive refused; retrying", exc_info=True, extra={"queue": self._queue})
