@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--broker",
         choices=sorted(BROKERS),
         default="rabbitmq",
-        help="rabbitmq (default), pulsar (publish + drain rows on Pulsar only) or all",
+        help="rabbitmq (default), pulsar (publish, drain and latency rows on Pulsar only) or all",
     )
     p.add_argument(
         "--pulsar-url",
