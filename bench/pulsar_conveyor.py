@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from bench.support import emit, ready, run_windowed
+from bench.support import emit, ready, rss_mib, run_windowed
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.logging import configure_logging
@@ -103,6 +103,8 @@ async def worker_main(spec: dict[str, Any]) -> None:
     n, prefetch = int(spec["n"]), int(spec["prefetch"])
     latency = spec.get("mode") == "latency"
     latencies: list[float] = []
+    rss_every = int(spec.get("rss_every", 0))  # a long drain: VmRSS every so many jobs
+    rss_samples: list[tuple[int, float]] = []
     devnull = open(os.devnull, "w")
     configure_logging("INFO", "json", stream=devnull)
     state = {"handled": 0, "first": 0.0, "cpu_first": 0.0}
@@ -115,6 +117,8 @@ async def worker_main(spec: dict[str, Any]) -> None:
         if latency:
             latencies.append(time.time() - payload.sent_at)
         state["handled"] += 1
+        if rss_every and state["handled"] % rss_every == 0:
+            rss_samples.append((int(state["handled"]), rss_mib()))
         if state["handled"] >= n:
             handled_all.set()
 
@@ -138,6 +142,8 @@ async def worker_main(spec: dict[str, Any]) -> None:
     result["counts"] = dict(worker.counts)
     if latency:
         result["latencies"] = latencies
+    if rss_every:
+        result["rss_samples"] = rss_samples
     await worker.stop(grace_period=5.0)
     await transport.close()
     emit(result)
