@@ -16,15 +16,23 @@ from conveyor.common.transport.pulsar.admin import AdminClient
 async def raw_server(reply: Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]) -> AsyncIterator[int]:
     """A TCP server that answers each connection with ``reply`` (bytes written by hand)."""
 
+    handlers: list[asyncio.Task[object]] = []
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")  # the request head (no body on GET)
-        await reply(reader, writer)  # type: ignore[misc]
-        writer.close()
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await reader.readuntil(b"\r\n\r\n")  # the request head (no body on GET)
+            await reply(reader, writer)  # type: ignore[misc]
+        finally:
+            writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
         server.close()
         await server.wait_closed()
 
