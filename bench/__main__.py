@@ -22,7 +22,7 @@ DEFAULT_URL = "amqp://conveyor:conveyor@127.0.0.1:5672/"
 DEFAULT_PULSAR_URL = "pulsar://127.0.0.1:6650"
 BROKERS = {"rabbitmq": ("rabbitmq",), "pulsar": ("pulsar",), "all": ("rabbitmq", "pulsar")}
 RESULTS = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("publish", "drain", "latency", "retry", "others")
+SCENARIOS = ("publish", "drain", "latency", "retry", "others", "soak")  # soak: only with --soak N
 
 
 def _prefetches(text: str) -> tuple[int, ...]:
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--broker",
         choices=sorted(BROKERS),
         default="rabbitmq",
-        help="rabbitmq (default), pulsar (publish + drain rows on Pulsar only) or all",
+        help="rabbitmq (default), pulsar (publish, drain and latency rows on Pulsar only) or all",
     )
     p.add_argument(
         "--pulsar-url",

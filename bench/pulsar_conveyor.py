@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from bench.support import emit, ready, run_windowed
+from bench.support import emit, ready, rss_mib, run_windowed
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.logging import configure_logging
@@ -24,7 +24,9 @@ from conveyor.consumer.worker import Worker, WorkerConfig
 if TYPE_CHECKING:
     from conveyor.producer.producer import Producer
 
-__all__ = ["JOB_TYPE", "declare", "delete", "make_transport", "prepublish", "publish_rate", "worker_main"]
+__all__ = [
+    "JOB_TYPE", "declare", "delete", "make_transport", "prepublish", "publish_paced", "publish_rate", "worker_main",
+]
 
 JOB_TYPE = "bench.noop"
 
@@ -81,11 +83,28 @@ async def prepublish(url: str, queue: str, n: int, window: int = 500) -> None:
     await publish_rate(url, queue, n, window)
 
 
+async def publish_paced(url: str, queue: str, rate: float, n: int) -> float:
+    """``n`` ``Producer.publish`` calls at ``rate``/s (stamped with their send time); the worst lag."""
+    from bench.raw import _paced  # the same pacing as the RabbitMQ rows (harness side only)
+
+    async with make_producer(url, queue) as producer:
+
+        async def publish_one(i: int) -> None:
+            await producer.publish(JOB_TYPE, {"i": i, "sent_at": time.time()})
+
+        lag: float = await _paced(publish_one, rate, n)
+        return lag
+
+
 # -- the worker subprocess side -------------------------------------------------------------
 
 
 async def worker_main(spec: dict[str, Any]) -> None:
     n, prefetch = int(spec["n"]), int(spec["prefetch"])
+    latency = spec.get("mode") == "latency"
+    latencies: list[float] = []
+    rss_every = int(spec.get("rss_every", 0))  # a long drain: VmRSS every so many jobs
+    rss_samples: list[tuple[int, float]] = []
     devnull = open(os.devnull, "w")
     configure_logging("INFO", "json", stream=devnull)
     state = {"handled": 0, "first": 0.0, "cpu_first": 0.0}
@@ -95,7 +114,11 @@ async def worker_main(spec: dict[str, Any]) -> None:
         if not state["first"]:
             state["first"] = time.perf_counter()
             state["cpu_first"] = time.process_time()
+        if latency:
+            latencies.append(time.time() - payload.sent_at)
         state["handled"] += 1
+        if rss_every and state["handled"] % rss_every == 0:
+            rss_samples.append((int(state["handled"]), rss_mib()))
         if state["handled"] >= n:
             handled_all.set()
 
@@ -117,6 +140,10 @@ async def worker_main(spec: dict[str, Any]) -> None:
         pass
     result["completed"] = worker.counts["succeeded"]
     result["counts"] = dict(worker.counts)
+    if latency:
+        result["latencies"] = latencies
+    if rss_every:
+        result["rss_samples"] = rss_samples
     await worker.stop(grace_period=5.0)
     await transport.close()
     emit(result)

@@ -20,7 +20,9 @@ import pulsar.asyncio as pulsar_asyncio
 
 from bench.support import emit, ready, run_windowed
 
-__all__ = ["SUBSCRIPTION", "create_subscription", "prepublish", "publish_rate", "topic", "worker_main"]
+__all__ = [
+    "SUBSCRIPTION", "create_subscription", "prepublish", "publish_paced", "publish_rate", "topic", "worker_main",
+]
 
 SUBSCRIPTION = "bench-raw"
 _CLOSE_GRACE = 0.05  # see PulsarTransport.close: the client's I/O thread must wind down first
@@ -87,6 +89,26 @@ async def prepublish(url: str, name: str, n: int, window: int = 500) -> None:
     await publish_rate(url, name, n, window)
 
 
+async def publish_paced(url: str, name: str, rate: float, n: int) -> float:
+    """Send ``n`` messages at ``rate``/s, each stamped with its send time; returns the worst lag."""
+    from bench.raw import _paced  # the same pacing as the RabbitMQ rows (harness side only)
+
+    client = _client(url)
+    try:
+        producer = await client.create_producer(
+            topic(name), batching_enabled=False, send_timeout_millis=8000, max_pending_messages=1000
+        )
+
+        async def publish_one(i: int) -> None:
+            await producer.send(body_for(i))
+
+        lag: float = await _paced(publish_one, rate, n)
+        await producer.close()
+        return lag
+    finally:
+        await _close(client)
+
+
 # -- the worker subprocess side -------------------------------------------------------------
 
 
@@ -96,6 +118,8 @@ async def noop(data: Any) -> None:
 
 async def worker_main(spec: dict[str, Any]) -> None:
     n, prefetch = int(spec["n"]), int(spec["prefetch"])
+    latency = spec.get("mode") == "latency"
+    latencies: list[float] = []
     client = _client(spec["url"])
     consumer = await _subscribe(client, spec["queue"], prefetch)
     slots = asyncio.Semaphore(prefetch)
@@ -105,7 +129,10 @@ async def worker_main(spec: dict[str, Any]) -> None:
 
     async def handle(message: pulsar.Message) -> None:
         try:
-            await noop(orjson.loads(message.data()))
+            data = orjson.loads(message.data())
+            if latency:
+                latencies.append(time.time() - data["sent_at"])
+            await noop(data)
             await consumer.acknowledge(message)
         finally:
             slots.release()
@@ -142,6 +169,8 @@ async def worker_main(spec: dict[str, Any]) -> None:
     if state["count"] >= n:
         result["seconds"] = state["last"] - state["first"]
         result["cpu_seconds"] = state["cpu_last"] - state["cpu_first"]
+    if latency:
+        result["latencies"] = latencies
     with contextlib.suppress(Exception):
         await consumer.close()  # flushes the grouped acks
     await _close(client)

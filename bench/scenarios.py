@@ -491,6 +491,11 @@ class Runner:
             if self.wants("drain"):
                 for prefetch in self.config.prefetches:
                     await self._pulsar_drain(prefetch, filled, created)
+            if self.wants("latency"):
+                for prefetch in self.config.prefetches:
+                    await self._pulsar_latency(prefetch, created)
+            if self.wants("soak"):
+                await self._pulsar_soak(created)
         finally:
             # Every topic this run created, whatever happened (deleting a missing one is fine).
             await pulsar_conveyor.delete(url, *created)
@@ -530,6 +535,67 @@ class Runner:
         self.rows.append(self._cpu_row("pulsar worker CPU", f"per drained job, prefetch {prefetch}", samples))
         self.rows.append(_rss_row("pulsar worker RSS", f"{n:,}-job drain, prefetch {prefetch}", samples, target=45.0))
 
+    async def _pulsar_soak(self, created: list[str]) -> None:
+        """``soak()`` on Pulsar: one Conveyor drain of ``soak_jobs``, RSS sampled every tenth."""
+        from bench import pulsar_conveyor
+
+        n, url, prefetch = self.config.soak_jobs, self.config.pulsar_url, self.config.prefetches[-1]
+        q = self.queue("pulsar.soak.conveyor")
+        created.append(q)
+        await pulsar_conveyor.declare(url, q)
+        self._say(f"pulsar soak: publishing {n} jobs (untimed)")
+        await pulsar_conveyor.prepublish(url, q, n)
+        self._say(f"pulsar soak: conveyor worker draining {n} jobs, prefetch {prefetch}, RSS sampled")
+        spec = {"side": "pulsar-conveyor", "mode": "drain", "url": url, "queue": q, "n": n, "prefetch": prefetch,
+                "timeout": 1800, "rss_every": max(1, n // 10)}
+        run = await run_worker_process("bench.worker", spec, timeout=1900)
+        _require_complete(run.result, n, "pulsar conveyor soak")
+        await pulsar_conveyor.delete(url, q)
+        rss = run.result["rss_samples"]
+        half = [mib for done, mib in rss if done >= n // 2]
+        self.rows.append(
+            Row("pulsar soak", f"RSS growth over the second half of a {n:,}-job drain, prefetch {prefetch}", "MiB",
+                None, max(half) - min(half) if half else None, better="lower",
+                note="VmRSS sampled every tenth of the run: " + ", ".join(f"{mib:.1f}" for _, mib in rss),
+                detail={"rss_samples": rss, "peak_rss_mib": run.result["peak_rss_mib"], "rate": n / run.result["seconds"]})
+        )
+
+    async def _pulsar_latency(self, prefetch: int, created: list[str]) -> None:
+        """Publish → handler start at a fixed rate on Pulsar, the same way as ``_latency``."""
+        from bench import pulsar_conveyor, pulsar_raw
+
+        url, rate = self.config.pulsar_url, self.config.latency_rate
+        n = max(1, round(rate * self.config.latency_seconds))
+        samples: dict[str, list[Sample]] = {s: [] for s in PULSAR_SIDES}
+        for order in self.orders(PULSAR_SIDES):
+            for side in order:
+                q = self.queue(f"pulsar.latency.{side}")
+                created.append(q)
+                await pulsar_conveyor.declare(url, q)
+                module = pulsar_raw if side == "raw" else pulsar_conveyor
+                lag: dict[str, float] = {}
+
+                async def publish(module: Any = module, q: str = q, lag: dict[str, float] = lag) -> None:
+                    lag["worst"] = await module.publish_paced(url, q, rate, n)
+
+                self._say(f"pulsar latency: {side}, {n} jobs at {rate:g}/s, prefetch {prefetch}")
+                spec = {"side": f"pulsar-{side}", "mode": "latency", "url": url, "queue": q, "n": n,
+                        "prefetch": prefetch, "timeout": self.config.latency_seconds + 60}
+                run = await run_worker_process("bench.worker", spec, timeout=self.config.latency_seconds + 120,
+                                               after_ready=publish)
+                _require_complete(run.result, n, f"pulsar {side} latency")
+                values = run.result["latencies"]
+                samples[side].append({"p50": percentile(values, 50) * 1000, "p99": percentile(values, 99) * 1000,
+                                      "max": max(values) * 1000, "publisher_worst_lag_ms": lag.get("worst", 0.0) * 1000})
+                await pulsar_conveyor.delete(url, q)
+        for key, ceiling in (("p50", 1.0), ("p99", 3.0)):
+            median = {s: _median(samples[s], key) for s in PULSAR_SIDES}
+            self.rows.append(
+                Row("pulsar latency", f"publish → handler start, {key}, {rate:g} jobs/s, prefetch {prefetch}", "ms",
+                    median["raw"], median["conveyor"], better="lower", target=ceiling, absolute=True,
+                    note="median of the samples", detail={"samples": samples} if key == "p99" else {})
+            )
+
     async def run(self) -> None:
         steps = [
             ("publish", self.publish),
@@ -547,7 +613,7 @@ class Runner:
                     self._say(f"{name} done in {time.perf_counter() - started:.1f}s")
             if self.config.others and self.wants("others"):
                 await self.other_libraries()
-        if "pulsar" in self.config.brokers and (self.wants("publish") or self.wants("drain")):
+        if "pulsar" in self.config.brokers and any(self.wants(name) for name in ("publish", "drain", "latency", "soak")):
             started = time.perf_counter()
             await self.pulsar()
             self._say(f"pulsar done in {time.perf_counter() - started:.1f}s")

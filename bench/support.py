@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aio_pika
-
 __all__ = [
     "QUORUM",
     "WorkerRun",
@@ -71,6 +69,8 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 async def delete_queues(url: str, names: Sequence[str], exchanges: Sequence[str] = ()) -> None:
     """Delete queues/exchanges by name; a missing one is fine (each on its own channel)."""
+    import aio_pika  # here: a worker subprocess imports this module, and its RSS must be its own
+
     connection = await aio_pika.connect(url, timeout=15)
     try:
         for name in names:
@@ -100,6 +100,8 @@ async def wait_for_broker(url: str, timeout: float = 120.0) -> float:
 
     Returns the seconds waited; raises the last connection error after ``timeout``.
     """
+    import aio_pika  # see delete_queues
+
     started = time.monotonic()
     while True:
         try:

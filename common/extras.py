@@ -17,7 +17,7 @@ __all__ = ["EXTRAS", "require"]
 # extra -> the top-level modules it installs that Conveyor imports
 EXTRAS: dict[str, tuple[str, ...]] = {
     "rabbitmq": ("aio_pika", "aiormq"),
-    "pulsar": ("pulsar",),
+    "pulsar": ("pulsar", "h11"),
     "postgres": ("asyncpg",),
     "s3": ("aiobotocore", "botocore"),
     "console": ("jinja2", "jsonschema"),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import random
 import re
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -215,6 +217,64 @@ async def test_unsettled_deliveries_of_a_closed_connection_go_to_the_other_consu
     assert all(d.delivery_count == 1 for d in collector.deliveries)
     with pytest.raises(TransportError):
         await held.deliveries[0].ack()  # too late: the broker has given it to someone else
+
+
+_CRASHING_CONSUMER = """
+import asyncio, sys
+from conveyor.common.transport.pulsar import PulsarTransport
+
+async def main(url, queue, n):
+    transport = PulsarTransport(url)
+    await transport.connect()
+    acked = 0
+
+    async def handle(delivery):
+        nonlocal acked
+        if int(delivery.body) % 2 == 0:
+            await delivery.ack()  # the client answers at once (grouped acks): no loop turn
+            acked += 1
+            if acked == n // 2:
+                await asyncio.sleep(0.5)  # past the client's 100 ms ack grouping
+                print("ACKED", flush=True)
+        # odd ones: held, never settled
+
+    await transport.consume(queue, handle, prefetch=n)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+async def test_acks_answered_at_once_stay_acked_and_held_deliveries_come_back_after_kill_9(
+    open_transport: Callable[..., Awaitable[PulsarTransport]], queue: str, pulsar_url: str
+) -> None:
+    """A worker process killed (SIGKILL: no close, no flush) after acking half its deliveries:
+    the other consumer gets exactly the held half; nothing acked (and flushed) comes back."""
+    n = 20
+    survivor = await open_transport()
+    await survivor.declare(queue)
+    for i in range(n):
+        await survivor.publish(queue, message(b"%d" % i))
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CRASHING_CONSUMER, pulsar_url, queue, str(n),
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(child.stdout.readline(), 60)
+        assert line.strip() == b"ACKED"
+        collector = Collector()
+        await survivor.consume(queue, collector, prefetch=n)
+        await asyncio.sleep(0.5)
+        assert collector.deliveries == []  # the child holds the odd ones while it lives
+    finally:
+        child.kill()
+        await child.wait()
+    await eventually(lambda: len(collector.deliveries) >= n // 2)
+    await asyncio.sleep(1.0)  # anything acked that wrongly came back would arrive meanwhile
+    assert sorted(int(b) for b in collector.bodies) == list(range(1, n, 2))
+    for delivery in collector.deliveries:
+        await delivery.ack()
 
 
 async def test_release_comes_back_after_the_short_nack_delay(transport: PulsarTransport, queue: str) -> None:

@@ -29,6 +29,7 @@ No pulsar-client import: the rules are readable and testable without the native 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import ssl
@@ -36,11 +37,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urljoin, urlsplit
 
-import aiohttp
+import h11
+import orjson
 
 from conveyor.common.errors import ConfigurationError, TransportError
 from conveyor.common.secrets import mask_url
 from conveyor.common.tls import tls_error
+from conveyor.common.transport.pulsar.admin_http import HttpResponse, request
 
 __all__ = [
     "DEFAULT_SUBSCRIPTION",
@@ -154,7 +157,7 @@ class SubscriptionStats:
 
 
 class AdminClient:
-    """The handful of ``/admin/v2`` calls we need, over one aiohttp session."""
+    """The handful of ``/admin/v2`` calls we need, one connection each (see ``admin_http``)."""
 
     def __init__(
         self,
@@ -166,12 +169,12 @@ class AdminClient:
     ) -> None:
         self._base = f"{base_url.rstrip('/')}/admin/v2"
         self._host = urlsplit(base_url).hostname or "localhost"
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._headers = dict(headers or {})
-        # For https: the transport's verifying context; without one aiohttp's default, which
-        # verifies too. Never False.
-        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._session: aiohttp.ClientSession | None = None
+        # For https: the transport's verifying context; without one the system's default,
+        # which verifies too (built at start). Never an unverified one.
+        self._ssl = ssl_context
+        self._started = False
 
     @staticmethod
     def auth_headers(*, token: str | None, username: str | None, password: str | None) -> dict[str, str]:
@@ -183,15 +186,12 @@ class AdminClient:
         return {}
 
     async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout, headers=self._headers, connector=aiohttp.TCPConnector(ssl=self._ssl)
-            )
+        if self._ssl is None and self._base.lower().startswith("https://"):
+            self._ssl = await asyncio.to_thread(ssl.create_default_context)  # reads the system's CA files
+        self._started = True
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        self._started = False
 
     async def subscription_stats(self, path: str, subscription: str) -> SubscriptionStats | None:
         """Backlog of ``subscription`` on the topic at ``path``; None if either does not exist."""
@@ -210,43 +210,43 @@ class AdminClient:
         """Delete the topic with its subscriptions and messages; a missing topic is fine."""
         await self._request("DELETE", f"{path}?force=true")
 
-    async def _follow(self, method: str, url: str) -> aiohttp.ClientResponse:
+    async def _follow(self, method: str, url: str) -> HttpResponse:
         """Follow the broker's redirects (a topic owned by another broker answers 307) by hand,
         so one from https to anything else is refused before a request, with its auth header,
         goes out in clear."""
-        assert self._session is not None
         for _ in range(_MAX_REDIRECTS + 1):
-            response = await self._session.request(method, url, allow_redirects=False)
-            location = response.headers.get("Location")
+            response = await request(method, url, headers=self._headers, ssl_context=self._ssl, timeout=self._timeout)
+            location = response.headers.get("location")
             if response.status not in (301, 302, 303, 307, 308) or not location:
                 return response
-            response.release()
-            target = urljoin(str(response.url), location)
-            scheme = urlsplit(target).scheme
-            if response.url.scheme == "https" and scheme != "https":
+            target = urljoin(response.url, location)
+            scheme = urlsplit(target).scheme.lower()
+            if urlsplit(response.url).scheme.lower() == "https" and scheme != "https":
                 raise TransportError(f"Pulsar admin API redirected {method} from https to {scheme or '?'}: refused")
             url = target
         raise TransportError(f"Pulsar admin API: more than {_MAX_REDIRECTS} redirects for {method}")
 
     async def _request(self, method: str, path: str) -> Any:
-        if self._session is None:
+        if not self._started:
             raise TransportError("Pulsar admin client is not started")
-        url = f"{self._base}{path}"
         try:
-            async with await self._follow(method, url) as response:
-                if response.status == 404:
-                    return None
-                if response.status in (401, 403):
-                    raise TransportError(f"Pulsar admin API refused {method} {path} ({response.status})")
-                if response.status >= 300:
-                    text = (await response.text())[:300]
-                    raise TransportError(f"Pulsar admin API {method} {path} failed ({response.status}): {text}")
-                if response.content_type == "application/json":
-                    return await response.json()
-                return None
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            response = await self._follow(method, f"{self._base}{path}")
+        except (TimeoutError, OSError, h11.ProtocolError) as exc:
             failed = tls_error(exc, host=self._host)
             if failed is not None:
                 raise failed from exc
             where = mask_url(self._base)
             raise TransportError(f"Pulsar admin API at {where} unreachable: {type(exc).__name__}") from exc
+        if response.status == 404:
+            return None
+        if response.status in (401, 403):
+            raise TransportError(f"Pulsar admin API refused {method} {path} ({response.status})")
+        if response.status >= 300:
+            text = response.text()[:300]
+            raise TransportError(f"Pulsar admin API {method} {path} failed ({response.status}): {text}")
+        if response.content_type == "application/json" and response.body:
+            try:
+                return orjson.loads(response.body)
+            except orjson.JSONDecodeError as exc:
+                raise TransportError(f"Pulsar admin API {method} {path}: malformed JSON ({exc})") from None
+        return None

@@ -12,13 +12,14 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+import _pulsar
 import pulsar
 import pulsar.asyncio as pulsar_asyncio
 from pulsar.asyncio import PulsarException
 
 from conveyor.common.errors import TransportError
 from conveyor.common.transport.base import ConsumerHandle, Delivery, DeliveryHandler
-from conveyor.common.transport.pulsar.inbox import LoopInbox
+from conveyor.common.transport.pulsar.inbox import Completion, LoopInbox
 
 __all__ = [
     "MESSAGE_ID_PROPERTY",
@@ -33,6 +34,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MESSAGE_ID_PROPERTY = "conveyor.message_id"  # reserved property; not part of ``Delivery.headers``
+_OK = _pulsar.Result.Ok
 
 
 def result_of(exc: PulsarException) -> Any:
@@ -64,22 +66,26 @@ class ConsumerOwner(Protocol):
 
 
 class PulsarDelivery(Delivery):
+    """One message, held as the client's own ``_pulsar.Message`` (no ``pulsar.Message`` wrapper)."""
+
     __slots__ = ("_message", "_consumer", "_on_settled", "_inbox")
 
     def __init__(
         self,
-        message: pulsar.Message,
+        message: _pulsar.Message,
         queue: str,
         consumer: pulsar_asyncio.Consumer,
         on_settled: Callable[[bool], None],  # called with True for a release, False for an ack
         inbox: LoopInbox,
+        properties: dict[str, str] | None = None,  # message.properties(), when the caller has read them
     ) -> None:
-        properties = dict(message.properties())
+        if properties is None:
+            properties = message.properties()  # a new dict on every call
         count = message.redelivery_count()  # earlier deliveries (the broker's redelivery tracker)
         super().__init__(
             body=message.data(),
             headers=properties,
-            message_id=properties.pop(MESSAGE_ID_PROPERTY, None) or str(message.message_id()),
+            message_id=properties.pop(MESSAGE_ID_PROPERTY, "") or str(message.message_id()),
             queue=queue,
             redelivered=count > 0,
             delivery_count=count + 1,
@@ -91,10 +97,12 @@ class PulsarDelivery(Delivery):
 
     async def _ack(self) -> None:
         try:
-            # consumer.acknowledge(), with the completion coming back through the inbox.
-            done: asyncio.Future[None] = self._inbox.loop.create_future()
-            self._consumer._consumer.acknowledge_async(self._message._message, self._inbox.completion(done))
-            await done
+            # consumer.acknowledge() without its future: with ack grouping the client answers
+            # before acknowledge_async returns, and then nothing waits for a loop turn.
+            done = Completion(self._inbox)
+            self._consumer._consumer.acknowledge_async(self._message, done)
+            if done.result != _OK:  # pybind11 hands out a new enum object each time: compare by value
+                await done.wait()
         except PulsarException as exc:
             raise TransportError(f"ack failed ({result_of(exc).name}): the broker redelivers this message") from exc
         finally:
@@ -125,6 +133,8 @@ class PulsarConsumer(ConsumerHandle):
         self._handler = handler
         self._prefetch = prefetch
         self._consumer: pulsar_asyncio.Consumer | None = None
+        self._inbox: LoopInbox | None = None  # the transport's, for the loop this consumer runs on
+        self._received: Callable[..., None] | None = None  # the receive callback, through the inbox
         self._asking = False  # a receive_async is pending
         self._retry: asyncio.TimerHandle | None = None
         self._outstanding = 0  # handed out, not settled yet
@@ -135,6 +145,8 @@ class PulsarConsumer(ConsumerHandle):
 
     async def start(self) -> None:
         size = self._owner.receiver_queue_size or self._prefetch
+        self._inbox = self._owner._inbox()
+        self._received = self._inbox.call(self._on_received)  # made once: one per receive showed in profiles
         self._consumer = await self._owner._subscribe(self._queue, receiver_queue_size=size)
         self._ask()
 
@@ -167,14 +179,15 @@ class PulsarConsumer(ConsumerHandle):
             await self._owner._close_consumer(self._consumer)
 
     def _ask(self) -> None:
+        inbox, received = self._inbox, self._received
         if self._asking or self.cancelled or self._outstanding >= self._prefetch or self._consumer is None:
             return
+        assert inbox is not None and received is not None  # set before the consumer
         self._asking = True
         self._retry = None
-        inbox = self._owner._inbox()
         try:
             # consumer.receive() without its future and task: the completion comes through the inbox.
-            self._consumer._consumer.receive_async(inbox.call(self._on_received))
+            self._consumer._consumer.receive_async(received)
         except Exception:  # refused outright rather than through the callback: ask again later
             self._asking = False
             log.warning("receive refused; retrying", exc_info=True, extra={"queue": self._queue})
@@ -188,9 +201,9 @@ class PulsarConsumer(ConsumerHandle):
             if result == pulsar.Result.AlreadyClosed or self.closed or self.cancelled:
                 return
             log.warning("receive failed (%s); retrying", result.name, extra={"queue": self._queue})
-            self._retry = self._owner._inbox().loop.call_later(1.0, self._ask)
+            self._retry = asyncio.get_running_loop().call_later(1.0, self._ask)  # on the loop: the inbox's run
             return
-        message = _wrap(raw, consumer)
+        message: _pulsar.Message = raw
         if self.cancelled:
             # Asked for before cancel(), arrived after: never handed out, give it back.
             if not self.closed:
@@ -199,16 +212,17 @@ class PulsarConsumer(ConsumerHandle):
         self._dispatch(message)
         self._ask()
 
-    def _dispatch(self, message: pulsar.Message) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        if self._owner._came_back(message.properties().get(MESSAGE_ID_PROPERTY, "")):
+    def _dispatch(self, message: _pulsar.Message) -> None:
+        consumer, inbox = self._consumer, self._inbox
+        assert consumer is not None and inbox is not None
+        properties = message.properties()  # read once: each call converts the whole map
+        if self._owner._came_back(properties.get(MESSAGE_ID_PROPERTY, "")):
             # A delayed copy this transport published came back to it: pass it on once (see
             # PulsarTransport's notes on delayed dispatch). Never handed out: its slot is free.
             self._owner._spawn(_nack_quietly(consumer, message), housekeeping=True)
             return
         self._outstanding += 1
-        delivery = PulsarDelivery(message, self._queue, consumer, self._on_settled, self._owner._inbox())
+        delivery = PulsarDelivery(message, self._queue, consumer, self._on_settled, inbox, properties)
         previous = done = None
         key = self._owner.key_shared and (message.ordering_key() or message.partition_key())
         if key:
@@ -241,15 +255,7 @@ class PulsarConsumer(ConsumerHandle):
             self._ask()
 
 
-def _wrap(raw: Any, consumer: pulsar_asyncio.Consumer) -> pulsar.Message:
-    """The ``pulsar.Message`` that ``pulsar.asyncio``'s ``receive()`` would have returned."""
-    message = pulsar.Message()
-    message._message = raw
-    message._schema = consumer._schema
-    return message
-
-
-async def _nack_quietly(consumer: pulsar_asyncio.Consumer, message: pulsar.Message) -> None:
+async def _nack_quietly(consumer: pulsar_asyncio.Consumer, message: _pulsar.Message) -> None:
     with contextlib.suppress(PulsarException, RuntimeError):
         await consumer.negative_acknowledge(message)
 

@@ -25,7 +25,7 @@ from typing import Any
 import _pulsar
 from pulsar.asyncio import PulsarException
 
-__all__ = ["LoopInbox"]
+__all__ = ["Completion", "LoopInbox"]
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +89,43 @@ class LoopInbox:
                 target.set_result(value)
             else:
                 target.set_exception(PulsarException(result))
+
+
+class Completion:
+    """A pulsar-client callback for a call whose result may be known before the call returns.
+
+    With ack grouping (the client's default) ``acknowledge_async`` calls back at once, on the
+    caller's thread: then ``wait`` reads the result with no future, no inbox run and no loop
+    turn. A callback that comes later, from the client's thread, settles a future through
+    the inbox as ``completion`` does. Safe either way round: the callback stores the result
+    before it looks for the future, and ``wait`` publishes the future before it looks at the
+    result again (a future both sides saw is cancelled here, so the inbox skips it).
+    """
+
+    __slots__ = ("_inbox", "result", "_future")
+
+    def __init__(self, inbox: LoopInbox) -> None:
+        self._inbox = inbox
+        self.result: Any = None
+        self._future: asyncio.Future[None] | None = None
+
+    def __call__(self, result: Any, value: Any = None) -> None:
+        """Any thread."""
+        self.result = result
+        future = self._future
+        if future is not None:
+            self._inbox._put(future, result, value)
+
+    async def wait(self) -> None:
+        """Return once the call succeeded; ``PulsarException`` if it failed."""
+        result = self.result
+        if result is None:
+            future = self._inbox.loop.create_future()
+            self._future = future
+            result = self.result
+            if result is None:
+                await future
+                return
+            future.cancel()  # called back meanwhile: the inbox, if it got it too, skips it
+        if result != _OK:
+            raise PulsarException(result)

@@ -26,6 +26,7 @@ def _without(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
         ("aio_pika", "rabbitmq", lambda: transport_from_url("amqp://u:secret@h/")),
         ("aiormq", "rabbitmq", lambda: transport_from_url("amqps://u:secret@h/")),
         ("pulsar", "pulsar", lambda: transport_from_url("pulsar://h:6650")),
+        ("h11", "pulsar", lambda: transport_from_url("pulsar://h:6650")),  # the admin API's HTTP/1.1
         ("aiobotocore", "s3", lambda: store_from_url("s3://bucket/prefix")),
         ("asyncpg", "postgres", lambda: idempotency_store_from_url("postgresql://u:secret@h/db")),
     ],
