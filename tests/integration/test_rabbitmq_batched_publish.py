@@ -23,6 +23,7 @@ from conveyor.common.transport.rabbitmq.topology import jobs_exchange
 from conveyor.producer.producer import Producer
 from tests.faults.proxy import FaultProxy
 from tests.integration.test_rabbitmq_transport import delete_queues, eventually, make_transport
+from tests.integration.test_rabbitmq_transport import transport as transport  # the fixture
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -35,17 +36,6 @@ def message(body: bytes = b"x") -> OutgoingMessage:
 
 async def _depth(transport: RabbitMQTransport, queue: str, expected: int) -> bool:
     return await transport.depth(queue) == expected
-
-
-@pytest.fixture
-async def transport(amqp_url: str, queue_name: str) -> AsyncIterator[RabbitMQTransport]:
-    t = make_transport(amqp_url)
-    await t.connect()
-    try:
-        yield t
-    finally:
-        await t.close()
-        await delete_queues(amqp_url, queue_name)
 
 
 async def test_a_batch_of_publishes_lands_whole_each_body_intact(
@@ -108,72 +98,77 @@ async def test_a_nack_in_a_batch_fails_only_its_own_publish(
         await connection.close()
 
 
-async def test_publishes_in_flight_when_the_connection_is_cut_are_retried_and_none_lost(
-    amqp_url: str, queue_name: str
-) -> None:
+@pytest.fixture
+async def proxy(amqp_url: str) -> AsyncIterator[FaultProxy]:
     target = urlsplit(amqp_url)
+    async with FaultProxy(target.hostname or "127.0.0.1", target.port or 5672) as running:
+        yield running
+
+
+def _jobs(queue: str) -> JobRegistry:
     jobs = JobRegistry()
-    jobs.job("test.batch", queue=queue_name)(_handler)
-    async with FaultProxy(target.hostname or "127.0.0.1", target.port or 5672) as proxy:
-        transport = make_transport(proxy.rewrite_url(amqp_url), reconnect_interval=0.2, connect_timeout=5.0)
-        try:
-            async with Producer.for_registry(transport, jobs, confirm_timeout=3.0, publish_tries=6) as producer:
-                await producer.publish("test.batch", {"n": -1})
+    jobs.job("test.batch", queue=queue)(_handler)
+    return jobs
 
-                confirmed, cut = 0, 0
 
-                async def publish(n: int) -> PublishReceipt:
-                    nonlocal confirmed, cut
-                    receipt = await producer.publish("test.batch", {"n": n})
-                    confirmed += 1
-                    if confirmed == 200:  # the other 800 are in flight or about to be sent
-                        cut = proxy.cut()
-                    return receipt
+async def test_publishes_in_flight_when_the_connection_is_cut_are_retried_and_none_lost(
+    amqp_url: str, queue_name: str, proxy: FaultProxy
+) -> None:
+    transport = make_transport(proxy.rewrite_url(amqp_url), reconnect_interval=0.2, connect_timeout=5.0)
+    try:
+        async with Producer.for_registry(transport, _jobs(queue_name), confirm_timeout=3.0, publish_tries=6) as producer:
+            await producer.publish("test.batch", {"n": -1})
 
-                receipts = await asyncio.gather(*(publish(i) for i in range(COUNT)))
-                assert cut == 2  # the publisher and the consumer connection
-                assert len({r.job_id for r in receipts}) == COUNT
-                retried = sum(r.tries > 1 for r in receipts)
-                assert retried > 0  # some were in flight when the connection went
-            async with make_transport(amqp_url) as direct:
-                # At least once: a publish whose confirm was lost may be stored twice (same job id).
-                ids: list[str] = []
+            confirmed, cut = 0, 0
 
-                async def take(delivery: Delivery) -> None:
-                    ids.append(delivery.message_id)
-                    await delivery.ack()
+            async def publish(n: int) -> PublishReceipt:
+                nonlocal confirmed, cut
+                receipt = await producer.publish("test.batch", {"n": n})
+                confirmed += 1
+                if confirmed == 200:  # the other 800 are in flight or about to be sent
+                    cut = proxy.cut()
+                return receipt
 
-                await eventually(lambda: _at_least(direct, queue_name, COUNT + 1))
-                handle = await direct.consume(queue_name, take, prefetch=500)
-                await eventually(lambda: len(ids) >= COUNT + 1)
-                await asyncio.sleep(0.2)  # a duplicate would arrive too
-                await handle.cancel()
-            assert {r.job_id for r in receipts} <= set(ids)
-            assert len(ids) - (COUNT + 1) <= retried  # a duplicate only where a publish was retried
-        finally:
-            await delete_queues(amqp_url, queue_name)
+            receipts = await asyncio.gather(*(publish(i) for i in range(COUNT)))
+            assert cut == 2  # the publisher and the consumer connection
+            assert len({r.job_id for r in receipts}) == COUNT
+            retried = sum(r.tries > 1 for r in receipts)
+            assert retried > 0  # some were in flight when the connection went
+        async with make_transport(amqp_url) as direct:
+            # At least once: a publish whose confirm was lost may be stored twice (same job id).
+            ids: list[str] = []
+
+            async def take(delivery: Delivery) -> None:
+                ids.append(delivery.message_id)
+                await delivery.ack()
+
+            await eventually(lambda: _at_least(direct, queue_name, COUNT + 1))
+            handle = await direct.consume(queue_name, take, prefetch=500)
+            await eventually(lambda: len(ids) >= COUNT + 1)
+            await asyncio.sleep(0.2)  # a duplicate would arrive too
+            await handle.cancel()
+        assert {r.job_id for r in receipts} <= set(ids)
+        assert len(ids) - (COUNT + 1) <= retried  # a duplicate only where a publish was retried
+    finally:
+        await delete_queues(amqp_url, queue_name)
 
 
 async def test_a_confirm_that_never_comes_is_an_unknown_outcome_and_the_next_publish_works(
-    amqp_url: str, queue_name: str
+    amqp_url: str, queue_name: str, proxy: FaultProxy
 ) -> None:
-    target = urlsplit(amqp_url)
-    jobs = JobRegistry()
-    jobs.job("test.batch", queue=queue_name)(_handler)
-    async with FaultProxy(target.hostname or "127.0.0.1", target.port or 5672) as proxy:
-        transport = make_transport(proxy.rewrite_url(amqp_url), connect_timeout=5.0)
-        try:
-            async with Producer.for_registry(transport, jobs, confirm_timeout=0.3, publish_tries=1) as producer:
-                await producer.publish("test.batch", {"n": 0})
-                proxy.blackhole(1.0)  # the frames wait on the wire, so do their confirms
-                results = await asyncio.gather(*(producer.publish("test.batch", {"n": i}) for i in range(50)),
-                                               return_exceptions=True)
-                assert all(isinstance(r, PublishOutcomeUnknown) for r in results), results
-                await asyncio.sleep(1.2)
-                receipt = await producer.publish("test.batch", {"n": 99})  # the same channel, answering again
-                assert receipt.tries == 1
-        finally:
-            await delete_queues(amqp_url, queue_name)
+    transport = make_transport(proxy.rewrite_url(amqp_url), connect_timeout=5.0)
+    try:
+        async with Producer.for_registry(transport, _jobs(queue_name), confirm_timeout=0.3, publish_tries=1) as producer:
+            await producer.publish("test.batch", {"n": 0})
+            proxy.blackhole(1.0)  # the frames wait on the wire, so do their confirms
+            results = await asyncio.gather(*(producer.publish("test.batch", {"n": i}) for i in range(50)),
+                                           return_exceptions=True)
+            assert all(isinstance(r, PublishOutcomeUnknown) for r in results), results
+            await asyncio.sleep(1.2)
+            receipt = await producer.publish("test.batch", {"n": 99})  # the same channel, answering again
+            assert receipt.tries == 1
+    finally:
+        await delete_queues(amqp_url, queue_name)
 
 
 async def test_a_closed_transport_refuses_to_publish(amqp_url: str, queue_name: str) -> None:
