@@ -62,7 +62,7 @@ def summarize(profile: cProfile.Profile, what: str, top: int) -> str:
     out.write(f"\n== {what}: top {top} by own time ==\n")
     stats.sort_stats("tottime").print_stats(top)
     out.write(f"\n== {what}: top {top} Conveyor functions by cumulative time ==\n")
-    stats.sort_stats("cumulative").print_stats(r"/work/main/(common|consumer|producer|schemas)/", top)
+    stats.sort_stats("cumulative").print_stats(r"/(common|consumer|producer|schemas)/", top)
     return out.getvalue()
 
 

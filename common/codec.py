@@ -40,6 +40,7 @@ __all__ = [
     "decode_dead_letter",
     "decode_envelope",
     "dumps",
+    "encode_envelope",
     "encode_model",
     "json_safe_text",
     "strict_json_loads",
@@ -221,6 +222,26 @@ def encode_model(model: BaseModel) -> bytes:
     # pydantic-core writes the JSON itself: the same bytes as orjson over model_dump(mode="json"),
     # without the intermediate dict.
     return model.__pydantic_serializer__.to_json(model)
+
+
+_UTC_Z = orjson.OPT_UTC_Z  # date-times as pydantic writes them: "…Z", not "…+00:00"
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """``encode_model(envelope)``'s bytes for a new job (inline payload, no history), written
+    by orjson from the model's fields: about half the CPU. Anything orjson would write
+    differently or refuses (another payload kind, a history, a value orjson has no encoding
+    for, an integer past 64 bits) goes through ``encode_model`` as before; a unit test holds
+    the two to the same bytes."""
+    payload = envelope.payload
+    if envelope.history or payload.kind != "inline":
+        return encode_model(envelope)
+    fields = dict(envelope.__dict__)
+    fields["payload"] = payload.__dict__
+    try:
+        return orjson.dumps(fields, option=_UTC_Z)
+    except TypeError:  # orjson.JSONEncodeError: left to pydantic-core, which may still write it
+        return encode_model(envelope)
 
 
 def check_json_data(value: Any, *, levels: int = MAX_DEPTH) -> None:

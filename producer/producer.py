@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,7 +30,7 @@ from tenacity import (
 
 from conveyor.common.backoff import check_delay
 from conveyor.common.clock import Clock, SystemClock
-from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, MAX_DEPTH, check_json_data, encode_model
+from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, MAX_DEPTH, check_json_data, encode_envelope
 from conveyor.common.deadlines import TimeLimit
 from conveyor.common.errors import (
     ConfigurationError,
@@ -55,8 +55,8 @@ from conveyor.producer.claim_check import ClaimCheck
 from conveyor.producer.job_state import JobStateRecorder
 from conveyor.schemas.envelope import (
     Envelope,
-    InlinePayload,
     PayloadReference,
+    new_envelope,
     new_job_id,
 )
 from conveyor.schemas.registry import SchemaRegistry
@@ -124,6 +124,9 @@ class Producer:
                 job_state, clock=self._clock, registry=self.metrics.registry, producer_version=code_version
             ))
         self._send = build_publish_chain(self._middlewares, self._confirmed_send)
+        # Metric children looked up once, not per publish (see common.metrics).
+        self._observe_confirm = self.metrics.observer(self.metrics.publish_confirm, "job")
+        self._count_published: dict[str, Callable[[float], None]] = {}
         # The caller owns (and closes) the store, as it owns the transport unless told otherwise.
         self.claim_check = (
             ClaimCheck(payload_store, self._clock, threshold=payload_threshold) if payload_store else None
@@ -200,21 +203,22 @@ class Producer:
         now = self._clock.now()
         if isinstance(deadline, timedelta):
             deadline = now + deadline
-        job_id = job_id or new_job_id()
-        headers = dict(headers or {})
+        headers = dict(headers) if headers else {}
         if self._code_version and len(headers) < MAX_ENVELOPE_HEADERS:
             headers.setdefault(PRODUCER_VERSION, self._code_version)
-        return Envelope(
-            job_id=job_id,
-            idempotency_key=idempotency_key or job_id,
+        # Validated as Envelope(...) would, without a pass through pydantic for the fields the
+        # producer made itself (schemas.envelope.new_envelope).
+        return new_envelope(
+            job_id=job_id or new_job_id(),
             job_type=job_type,
             schema_version=version,
-            correlation_id=correlation_id or job_id,
-            causation_id=causation_id,
             created_at=now,
-            deadline=deadline,
+            data=data,
             headers=headers,
-            payload=InlinePayload(data=data),
+            idempotency_key=idempotency_key or None,
+            correlation_id=correlation_id or None,
+            causation_id=causation_id,
+            deadline=deadline,
         )
 
     async def publish_envelope(
@@ -255,8 +259,13 @@ class Producer:
             if self._tries == 1 or not _worth_retrying(exc):
                 raise
             tries = await self._send_with_retries(command, exc)
-        known = self.schemas.knows(envelope.job_type)  # a bounded label: registered types only
-        self.metrics.adder(self.metrics.published, envelope.job_type if known else UNKNOWN)(1)
+        count = self._count_published.get(envelope.job_type)
+        if count is None:
+            known = self.schemas.knows(envelope.job_type)  # a bounded label: registered types only
+            count = self.metrics.adder(self.metrics.published, envelope.job_type if known else UNKNOWN)
+            if known:  # an unregistered type may be registered later: not cached under UNKNOWN
+                self._count_published[envelope.job_type] = count
+        count(1)
         if self._job_state is not None:
             return JobHandle(job_id=envelope.job_id, queue=target, confirmed_at=self._clock.now(), tries=tries,
                              store=self._job_state, scheduled=delay > 0)
@@ -284,7 +293,7 @@ class Producer:
 
     async def _confirmed_send(self, command: PublishCommand) -> None:
         try:
-            body = encode_model(command.envelope)
+            body = encode_envelope(command.envelope)
         except ValueError as exc:  # an envelope built past build_envelope's checks (PydanticSerializationError)
             raise MalformedMessage(f"the job cannot be encoded as JSON ({type(exc).__name__})") from None
         if len(body) > self._max_bytes:
@@ -294,7 +303,9 @@ class Producer:
                 if command.queue not in self._declared:
                     await self.transport.declare(command.queue)
                     self._declared.add(command.queue)
-        due_at = self._clock.now() + timedelta(seconds=command.delay)
+        due_at = self._clock.now()
+        if command.delay:
+            due_at += timedelta(seconds=command.delay)
         message = job_message(command.envelope, body, due_at=due_at, delay=command.delay, extra=command.headers)
         begin = self._clock.monotonic()
         try:
@@ -311,7 +322,7 @@ class Producer:
         except Exception as exc:
             self.metrics.publish_failed("job", exc)
             raise
-        self.metrics.confirmed("job", self._clock.monotonic() - begin)
+        self._observe_confirm(max(0.0, self._clock.monotonic() - begin))  # metrics.confirmed("job", …)
 
     def _validate(self, job_type: str, data: dict[str, Any], version: int | None) -> int:
         if not self.schemas.knows(job_type):

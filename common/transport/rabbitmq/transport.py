@@ -89,6 +89,7 @@ from conveyor.common.transport.rabbitmq.topology import (
     DIRECT,
     LEGACY_DLQ_ARGUMENTS,
     REMAINING_DELAY,
+    Target,
     Topology,
     consumer_timeout_advice,
     legacy_dlq_advice,
@@ -161,6 +162,8 @@ class RabbitMQTransport(Transport):
         self._tasks = TaskSet()
         self._lock = asyncio.Lock()
         self._known_queues: set[str] = set()  # seen to exist, so basic.get cannot hit a 404
+        self._targets: dict[tuple[str, str], Target] = {}  # (queue, kind) → where an undelayed publish goes
+        self._underlay: aiormq.abc.AbstractChannel | None = None  # the publish channel's, while open
         self._exchanges = ExchangePublisher(
             shared_channel=self._ready_publish_channel,
             probe_channel=lambda: self._raw_channel(self._publisher, confirms=True),
@@ -224,6 +227,7 @@ class RabbitMQTransport(Transport):
         async with self._lock:
             publisher, consumer = self._publisher, self._consumer
             self._publisher = self._consumer = self._publish_channel = self._get_channel = None
+            self._underlay = None
             consumers, self._consumers = self._consumers, []
             for handle in consumers:
                 handle._detach()
@@ -396,7 +400,11 @@ class RabbitMQTransport(Transport):
 
     # -- publish ---------------------------------------------------------------------
     async def publish(self, queue: str, message: OutgoingMessage) -> None:
-        target = self.topology.target(queue, message.delay, message.kind)
+        target = None if message.delay > 0 else self._targets.get((queue, message.kind))
+        if target is None:
+            target = self.topology.target(queue, message.delay, message.kind)
+            if message.delay <= 0:  # the same for every undelayed publish of a kind to a queue
+                self._targets[(queue, message.kind)] = target
         headers: dict[str, Any] = dict(message.headers)
         headers.pop(REMAINING_DELAY, None)  # only a delay sets it, never a sender
         if target.remaining_ms:
@@ -420,6 +428,11 @@ class RabbitMQTransport(Transport):
         ))
 
     async def _ready_publish_channel(self) -> aiormq.abc.AbstractChannel:
+        underlay = self._underlay
+        if underlay is not None and not underlay.is_closed and self._publish_channel is not None:
+            # The robust channel reopens as a *new* aiormq channel: while this one is open it is
+            # the current one, and asking aio-pika again would only cost CPU per publish.
+            return underlay
         channel, connection = self._publish_channel, self._publisher
         if channel is None or connection is None:
             raise TransportError("RabbitMQ transport is not connected")
@@ -434,9 +447,10 @@ class RabbitMQTransport(Transport):
                     f"publisher connection not re-established within {self.connect_timeout:g}s"
                 ) from None
         try:
-            return await channel.get_underlay_channel()
+            self._underlay = await channel.get_underlay_channel()
         except ChannelInvalidStateError as exc:
             raise TransportError("publisher channel is closed; message not sent") from exc
+        return self._underlay
 
     # -- consume / get ---------------------------------------------------------------
     async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> ConsumerHandle:

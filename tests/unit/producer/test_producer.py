@@ -87,3 +87,22 @@ async def test_envelope_carries_keys_and_routing() -> None:
     envelope = decode_envelope(delivery.body)
     assert (envelope.job_id, envelope.idempotency_key, envelope.correlation_id) == (receipt.job_id, "order-1", "req-9")
     assert envelope.headers == {"tenant": "t"} and envelope.attempt == 1
+
+
+async def test_published_counts_an_unregistered_type_as_unknown_until_it_is_registered() -> None:
+    # The producer caches its metric children; a type registered later must get its own label,
+    # not stay counted as "unknown".
+    from prometheus_client import generate_latest
+
+    from conveyor.schemas.registry import SchemaRegistry
+
+    schemas = SchemaRegistry()
+    async with Producer(MemoryTransport(MemoryBroker()), schemas=schemas, allow_unregistered=True) as producer:
+        await producer.publish("late.type", {"to": "x"})
+        schemas.register("late.type", 1, Email)
+        await producer.publish("late.type", {"to": "y"})
+        await producer.publish("late.type", {"to": "z"})
+        text = generate_latest(producer.metrics.registry).decode()
+    assert 'conveyor_jobs_published_total{job_type="unknown"} 1.0' in text
+    assert 'conveyor_jobs_published_total{job_type="late.type"} 2.0' in text
+    assert 'conveyor_publish_confirm_seconds_count{kind="job"} 3.0' in text

@@ -1,0 +1,115 @@
+"""``new_envelope`` (the producer's way to build a new job's envelope) and ``encode_envelope``
+(its JSON) agree with ``Envelope(...)`` and ``encode_model`` for every input, and refuse what
+they refuse."""
+
+from __future__ import annotations
+
+import decimal
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from conveyor.common.codec import decode_envelope, encode_envelope, encode_model
+from conveyor.schemas.envelope import AttemptRecord, Envelope, InlinePayload, PayloadReference, new_envelope
+
+NOW = datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=UTC)
+BASE: dict[str, Any] = dict(job_id="0b6f7f3c-0f43-4c11-9f38-2a3f3c0e1d2e", job_type="email.send", schema_version=1,
+                            created_at=NOW, data={"to": "a@example.com"}, headers={})
+
+ACCEPTED: list[dict[str, Any]] = [
+    {},
+    {"idempotency_key": "order-17", "correlation_id": "req:9/a@b", "causation_id": "c.1"},
+    {"deadline": NOW + timedelta(minutes=5)},
+    {"deadline": datetime(2027, 1, 1, tzinfo=timezone(timedelta(hours=-3, minutes=-30)))},
+    {"created_at": datetime(2026, 1, 1, tzinfo=timezone(timedelta(0)))},
+    {"created_at": datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=5)))},
+    {"headers": {"conveyor.producer-version": "v1.2.3", "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}},
+    {"headers": {f"h{i}": "v" * 1024 for i in range(64)}},
+    {"schema_version": 10_000, "job_type": "a" * 128},
+    {"data": {"f": [0.1, 1e-7, 1e22, -0.0, 5e-324, 2**53 - 1], "s": "é\u2028<>&\"\\", "n": None, "b": True,
+              "nested": {"deep": [[{"x": 1}]]}, "when": datetime(2026, 1, 1, tzinfo=UTC)}},
+    {"data": {}},
+    {"job_id": "x" * 128},
+]
+
+REFUSED: list[dict[str, Any]] = [
+    {"job_type": "Email.send"},
+    {"job_type": "email.send\n"},
+    {"job_type": "a" * 129},
+    {"job_id": "has space"},
+    {"job_id": "x" * 129},
+    {"idempotency_key": "line\n"},
+    {"correlation_id": "é"},
+    {"causation_id": ""},
+    {"schema_version": 0},
+    {"schema_version": 10_001},
+    {"schema_version": True},
+    {"created_at": datetime(2026, 1, 1)},  # naive
+    {"deadline": datetime(2026, 1, 1)},
+    {"headers": {"bad name": "v"}},
+    {"headers": {"h": "v" * 1025}},
+    {"headers": {f"h{i}": "v" for i in range(65)}},
+    {"headers": {"h": 1}},
+    {"data": {1: "non-string key"}},
+]
+
+
+def _validated(fields: dict[str, Any]) -> Envelope:
+    job_id = fields["job_id"]
+    return Envelope(
+        job_id=job_id, idempotency_key=fields.get("idempotency_key") or job_id, job_type=fields["job_type"],
+        schema_version=fields["schema_version"], correlation_id=fields.get("correlation_id") or job_id,
+        causation_id=fields.get("causation_id"), created_at=fields["created_at"], deadline=fields.get("deadline"),
+        headers=fields["headers"], payload=InlinePayload(data=fields["data"]),
+    )
+
+
+@pytest.mark.parametrize("changes", ACCEPTED)
+def test_the_same_envelope_and_json_as_validating_every_field(changes: dict[str, Any]) -> None:
+    fields = {**BASE, **changes}
+    built, validated = new_envelope(**fields), _validated(fields)
+    assert built == validated
+    assert built.model_fields_set == validated.model_fields_set
+    assert built.payload.model_fields_set == validated.payload.model_fields_set
+    assert built.model_dump() == validated.model_dump()
+    assert encode_envelope(built) == encode_model(validated) == encode_model(built)
+    assert decode_envelope(encode_envelope(built)).job_id == built.job_id  # what a worker reads, strictly
+
+
+@pytest.mark.parametrize("changes", REFUSED)
+def test_refuses_what_the_envelope_refuses(changes: dict[str, Any]) -> None:
+    fields = {**BASE, **changes}
+    with pytest.raises(ValidationError):
+        _validated(fields)
+    with pytest.raises(ValidationError):
+        new_envelope(**fields)
+
+
+def test_a_fresh_envelope_is_as_frozen_as_a_validated_one() -> None:
+    built = new_envelope(**BASE)
+    with pytest.raises(ValidationError):
+        built.attempt = 2  # type: ignore[misc]
+    assert built.next_attempt(_record()).attempt == 2
+    assert built.model_copy(update={"attempt": 3}).attempt == 3
+
+
+def _record() -> AttemptRecord:
+    return AttemptRecord(attempt=1, worker_id="w", started_at=NOW, finished_at=NOW, outcome="retried")
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        # what orjson cannot write as pydantic does goes through pydantic-core, unchanged
+        new_envelope(**{**BASE, "data": {"amount": decimal.Decimal("1.10"), "id": uuid.UUID(int=5), "tags": {"a"}}}),
+        new_envelope(**{**BASE, "data": {"big": 2**70, "nested": {3: "int key"}}}),
+        new_envelope(**BASE).next_attempt(_record()),
+        Envelope(job_id="j", idempotency_key="j", job_type="t", schema_version=1, correlation_id="j", created_at=NOW,
+                 payload=PayloadReference(store="s3", bucket="b", key="k", sha256="0" * 64, size=1)),
+    ],
+)
+def test_encode_envelope_falls_back_to_pydantic_for_anything_else(envelope: Envelope) -> None:
+    assert encode_envelope(envelope) == encode_model(envelope)
