@@ -76,8 +76,12 @@ class ExchangePublisher:
         if channel.is_closed:
             raise TransportError("publisher channel is closed; message not sent")
         try:
+            # wait=False: no wait for the frame to reach the socket before waiting for the
+            # confirm, which says more (a lost connection fails the confirm's future too). The
+            # extra wake-up per publish cost a retry copy ~20 µs of worker CPU (issue 18).
             await channel.basic_publish(
-                body, exchange=target.exchange, routing_key=target.routing_key, properties=properties, mandatory=True
+                body, exchange=target.exchange, routing_key=target.routing_key, properties=properties, mandatory=True,
+                wait=False,  # type: ignore[call-arg]  # aiormq.Channel takes it; its abstract class lags
             )
         except PublishError as exc:  # basic.return: no binding for this key
             raise PublishNotConfirmed(_unroutable(target, queue)) from exc
