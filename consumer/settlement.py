@@ -33,7 +33,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from conveyor.common import headers as h
 from conveyor.common.backoff import MAX_DELAY, RetryPolicy
@@ -188,15 +188,17 @@ class Settlement:
         if envelope.attempt >= policy.max_attempts:
             return await self._dead_letter(delivery, outcome, "exhausted")
         delay = policy.delay(envelope.attempt, self._rng)
-        due = self._clock.now() + timedelta(seconds=delay)
+        now = self._clock.now()
+        due = now + timedelta(seconds=delay)
         if due - envelope.created_at > timedelta(seconds=policy.max_age):
             return await self._dead_letter(delivery, outcome, "exhausted")
         if envelope.deadline is not None and due >= envelope.deadline:
             return await self._dead_letter(delivery, outcome, "expired")
         kind = "timeout" if outcome.timed_out else "retried"
         try:
-            record = self._attempt_record(envelope, outcome, kind)
-            copy = self._copy_message(delivery, envelope.next_attempt(record), delay)
+            # One clock reading for the budget check, the record and the copy's due time.
+            record = self._attempt_record(envelope, outcome, kind, now)
+            copy = self._copy_message(delivery, envelope.next_attempt(record), delay, due)
         except Exception as exc:  # not the broker's doing: another delivery would fail the same way
             return await self._dead_letter(delivery, outcome, "settlement_failed", failure=exc)
         await self._confirmed(delivery.queue, copy, "retry")
@@ -304,9 +306,12 @@ class Settlement:
         if self._payloads is not None and envelope is not None and isinstance(envelope.payload, PayloadReference):
             await self._payloads.discard(envelope.payload)
 
-    def _copy_message(self, delivery: Delivery, envelope: Envelope, delay: float) -> OutgoingMessage:
+    def _copy_message(
+        self, delivery: Delivery, envelope: Envelope, delay: float, due_at: datetime | None = None
+    ) -> OutgoingMessage:
         """The retry or deferral copy, encoded (which is where a copy can fail, before any I/O)."""
-        due_at = self._clock.now() + timedelta(seconds=delay)
+        if due_at is None:
+            due_at = self._clock.now() + timedelta(seconds=delay)
         return job_message(envelope, encode_model(envelope), due_at=due_at, delay=delay,
                            carried=h.carried_over(delivery.headers), kind="retry")
 
@@ -319,8 +324,11 @@ class Settlement:
             raise
         self._metrics.confirmed(kind, self._clock.monotonic() - begin)
 
-    def _attempt_record(self, envelope: Envelope, outcome: Outcome, kind: str) -> AttemptRecord:
-        now = self._clock.now()
+    def _attempt_record(
+        self, envelope: Envelope, outcome: Outcome, kind: str, now: datetime | None = None
+    ) -> AttemptRecord:
+        if now is None:
+            now = self._clock.now()
         return AttemptRecord(
             attempt=envelope.attempt,
             worker_id=self._worker_id[:128],  # a long host name must not make the copy unwritable

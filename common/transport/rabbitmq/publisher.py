@@ -86,8 +86,12 @@ class ExchangePublisher:
                 await writer.publish(target.exchange, target.routing_key, properties.marshal(), body,
                                      properties.message_id)
             else:  # a return is matched by message id: aiormq makes one up for a message without
-                await channel.basic_publish(body, exchange=target.exchange, routing_key=target.routing_key,
-                                            properties=properties, mandatory=True)
+                # wait=False: the confirm, not the socket write, is what is waited for (a lost
+                # connection fails the confirm's future too).
+                await channel.basic_publish(
+                    body, exchange=target.exchange, routing_key=target.routing_key, properties=properties,
+                    mandatory=True, wait=False,  # type: ignore[call-arg]  # aiormq.Channel takes it; its abstract class lags
+                )
         except PublishError as exc:  # basic.return: no binding for this key
             raise PublishNotConfirmed(_unroutable(target, queue)) from exc
         except DeliveryError as exc:  # basic.nack

@@ -100,10 +100,11 @@ Pure (no I/O, no broker client), so the rules are readable and testable on their
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.common.backoff import check_delay
@@ -195,10 +196,16 @@ class Target:
     remaining_ms: int | None = None
 
 
+_NAMES_KEPT = 4096  # queues whose tier names are remembered (a worker has a few; a replay tool more)
+
+
 @dataclass(frozen=True)
 class Topology:
     delay_tiers: tuple[float, ...]
     delivery_limit: int
+    # Per work queue: its tier queues' names, in ``delay_tiers`` order. Every retry copy is
+    # routed to one; formatting the name each time was most of the routing's cost.
+    _tier_names: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def create(cls, delay_tiers: Sequence[float], delivery_limit: int) -> Topology:
@@ -257,9 +264,18 @@ class Topology:
         if delay <= 0:
             return queue, None
         check_delay(delay)
-        tier = next((t for t in self.delay_tiers if t >= delay), self.max_delay)
+        index = min(bisect.bisect_left(self.delay_tiers, delay), len(self.delay_tiers) - 1)  # smallest tier ≥ delay
+        tier = self.delay_tiers[index]
         # Round up: a message may arrive a little late, never early.
-        return tier_queue(queue, tier), max(1, math.ceil(min(delay, tier) * 1000 - 1e-6))
+        return self._tiers_of(queue)[index], max(1, math.ceil(min(delay, tier) * 1000 - 1e-6))
+
+    def _tiers_of(self, queue: str) -> tuple[str, ...]:
+        names = self._tier_names.get(queue)
+        if names is None:
+            if len(self._tier_names) >= _NAMES_KEPT:
+                self._tier_names.clear()
+            names = self._tier_names[queue] = tuple(tier_queue(queue, tier) for tier in self.delay_tiers)
+        return names
 
     def remaining(self, delay: float) -> int | None:
         """Milliseconds of ``delay`` left after one pass through the largest tier (None: none)."""
