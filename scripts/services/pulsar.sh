@@ -304,7 +304,12 @@ wait_ready() {
         if is_ready; then
             return 0
         fi
-        running_pid >/dev/null || fail_with_log "Pulsar exited during start-up"
+        if ! running_pid >/dev/null; then
+            # /proc/PID/cmdline read during one of the launcher's execs (shell, bin/pulsar, java)
+            # can come back empty: only a second miss, half a second later, means it is gone.
+            sleep 0.5
+            running_pid >/dev/null || fail_with_log "Pulsar exited during start-up"
+        fi
         sleep 1
     done
     # Do not leave a half-started JVM behind: the next `up` would find it "running" and wait

@@ -55,6 +55,40 @@ async def test_a_batch_of_publishes_lands_whole_each_body_intact(
     assert sorted(got[1:]) == sorted(bodies)
 
 
+async def test_publishes_without_a_message_id_mixed_into_a_batch_get_their_own_answers(
+    transport: RabbitMQTransport, amqp_url: str, queue_name: str
+) -> None:
+    """A message with no id goes through the same frame writer (an id is made up for it, as
+    aiormq would): a second publishing path on the channel could put a later delivery tag on
+    the wire first, and the broker's confirms would then answer the wrong publishes. Here every
+    id-less publish is nacked (its queue refuses everything) and every other one is acked."""
+    refusing = f"{queue_name}.refusing"
+    await transport.declare(queue_name)
+    await transport.declare(refusing)
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        await asyncio.gather(transport.publish(queue_name, message()), transport.publish(refusing, message()))
+        channel = await connection.channel()
+        full = await channel.declare_queue(f"{refusing}.full", arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+        await full.bind(jobs_exchange(refusing), routing_key=refusing)
+        sends = [
+            transport.publish(refusing, OutgoingMessage(body=b"%d" % i, message_id="")) if i % 3 == 1
+            else transport.publish(queue_name, message(b"%d" % i))
+            for i in range(300)
+        ]
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        for i, result in enumerate(results):
+            if i % 3 == 1:
+                assert isinstance(result, PublishNotConfirmed) and "refused" in str(result), (i, result)
+            else:
+                assert result is None, (i, result)
+        await eventually(lambda: _depth(transport, queue_name, 1 + 200))
+        await full.delete(if_unused=False, if_empty=False)
+    finally:
+        await connection.close()
+        await delete_queues(amqp_url, refusing)
+
+
 async def test_a_return_in_a_batch_fails_only_its_own_publish(
     transport: RabbitMQTransport, amqp_url: str, queue_name: str
 ) -> None:

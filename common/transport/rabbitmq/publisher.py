@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 
 import aiormq.abc
@@ -79,19 +80,18 @@ class ExchangePublisher:
         if channel.is_closed:
             raise TransportError("publisher channel is closed; message not sent")
         try:
-            if properties.message_id:
-                writer = self._writer
-                if writer is None or not writer.serves(channel):
-                    writer = self._writer = FrameWriter(channel)  # a reopened channel: a new writer
-                await writer.publish(target.exchange, target.routing_key, properties.marshal(), body,
-                                     properties.message_id)
-            else:  # a return is matched by message id: aiormq makes one up for a message without
-                # wait=False: the confirm, not the socket write, is what is waited for (a lost
-                # connection fails the confirm's future too).
-                await channel.basic_publish(
-                    body, exchange=target.exchange, routing_key=target.routing_key, properties=properties,
-                    mandatory=True, wait=False,  # type: ignore[call-arg]  # aiormq.Channel takes it; its abstract class lags
-                )
+            if not properties.message_id:
+                # What aiormq's basic_publish would do (a return is matched by message id), done
+                # here so that every publish on this channel goes through the one writer: a
+                # basic_publish beside it takes its delivery tag and queues its frames at once,
+                # so it could reach the socket before frames holding earlier tags, and the
+                # broker's confirms would then answer the wrong publishes.
+                properties.message_id = uuid.uuid4().hex
+            writer = self._writer
+            if writer is None or not writer.serves(channel):
+                writer = self._writer = FrameWriter(channel)  # a reopened channel: a new writer
+            await writer.publish(target.exchange, target.routing_key, properties.marshal(), body,
+                                 properties.message_id)
         except PublishError as exc:  # basic.return: no binding for this key
             raise PublishNotConfirmed(_unroutable(target, queue)) from exc
         except DeliveryError as exc:  # basic.nack
