@@ -66,14 +66,19 @@ def body_for(i: int) -> bytes:
     return orjson.dumps({"i": i, "sent_at": time.time()})
 
 
+async def _producer(client: Any, name: str) -> Any:
+    """The raw side's producer: no batching, like Conveyor's (each message its own entry)."""
+    return await client.create_producer(
+        topic(name), batching_enabled=False, send_timeout_millis=8000, max_pending_messages=1000
+    )
+
+
 async def publish_rate(url: str, name: str, n: int, window: int) -> tuple[float, float]:
     """(wall, CPU) seconds for ``n`` sends, each awaited for its receipt, ``window`` in flight."""
     await create_subscription(url, name)
     client = _client(url)
     try:
-        producer = await client.create_producer(
-            topic(name), batching_enabled=False, send_timeout_millis=8000, max_pending_messages=1000
-        )
+        producer = await _producer(client, name)
 
         async def publish_one(i: int) -> None:
             await producer.send(body_for(i))
@@ -95,9 +100,7 @@ async def publish_paced(url: str, name: str, rate: float, n: int) -> float:
 
     client = _client(url)
     try:
-        producer = await client.create_producer(
-            topic(name), batching_enabled=False, send_timeout_millis=8000, max_pending_messages=1000
-        )
+        producer = await _producer(client, name)
 
         async def publish_one(i: int) -> None:
             await producer.send(body_for(i))
