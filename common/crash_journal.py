@@ -16,6 +16,12 @@ there and never finished was running at the death, and its crash count goes up b
 counts are carried forward as ``C <job id> <count> <first death>`` lines in the claimer's own
 journal, so they survive the claimer's death too, and expire after ``retention`` seconds.
 
+Two lines per job would fill the disk of a long-lived worker (an ``emptyDir`` has a size limit,
+and a pod past it is evicted), so once ``compact_after`` bytes were appended the journal is
+rewritten to what it still means (the runs in progress and the suspects) in a new file, locked
+before it replaces the old one by ``rename``: at every instant the path names a complete,
+locked journal, and a claimer that opened the old file sees its inode replaced and leaves it.
+
 Scope: one host's state directory. On Kubernetes, mount an ``emptyDir`` (it survives container
 restarts, which is what a crash loop is); a crashing job that wanders across hosts is stopped
 after at most ``limit`` crashes per host it visits.
@@ -28,6 +34,7 @@ import fcntl
 import os
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +43,7 @@ from conveyor.common.errors import ConfigurationError
 __all__ = ["CrashJournal", "CrashRecord"]
 
 _SUFFIX = ".journal"
+_COMPACTING = ".compacting"  # a compaction's new file before its rename; not a journal to claim
 
 
 @dataclass
@@ -49,10 +57,17 @@ class CrashRecord:
 
 
 class CrashJournal:
-    def __init__(self, directory: Path, *, retention: float = 7 * 24 * 3600.0) -> None:
+    def __init__(
+        self, directory: Path, *, retention: float = 7 * 24 * 3600.0, compact_after: int = 1 << 20
+    ) -> None:
+        if compact_after < 1:
+            raise ConfigurationError("crash journal: compact_after must be ≥ 1 byte")
         self.directory = directory
         self.retention = retention
+        self.compact_after = compact_after
         self.suspects: dict[str, CrashRecord] = {}
+        self._running: dict[str, list[float]] = {}  # job id → start times of its runs in progress
+        self._appended = 0
         self._fd: int | None = None
         self._path: Path | None = None
 
@@ -76,16 +91,20 @@ class CrashJournal:
         self.suspects = {
             job: record for job, record in self.suspects.items() if now - record.first_death < self.retention
         }
-        self._append("".join(
-            f"C {job} {r.crashes} {r.first_death:.3f}\n" + "".join(f"K {job} {w} {t:.3f}\n" for w, t in r.kills)
-            for job, r in self.suspects.items()
-        ))
+        self._append(self._suspect_lines())
         return self.suspects
 
     def started(self, job_id: str) -> None:
-        self._append(f"S {job_id} {time.time():.3f}\n")
+        now = time.time()
+        self._running.setdefault(job_id, []).append(now)
+        self._append(f"S {job_id} {now:.3f}\n")
 
     def finished(self, job_id: str) -> None:
+        starts = self._running.get(job_id)
+        if starts:
+            starts.pop()
+            if not starts:
+                del self._running[job_id]
         self._append(f"F {job_id}\n")
 
     def resolved(self, job_id: str) -> None:
@@ -106,7 +125,44 @@ class CrashJournal:
 
     def _append(self, text: str) -> None:
         if self._fd is not None and text:
-            os.write(self._fd, text.encode())
+            data = text.encode()
+            _write_all(self._fd, data)
+            self._appended += len(data)
+            if self._appended >= self.compact_after:
+                self._compact()
+
+    def _suspect_lines(self) -> str:
+        return "".join(
+            f"C {job} {r.crashes} {r.first_death:.3f}\n" + "".join(f"K {job} {w} {t:.3f}\n" for w, t in r.kills)
+            for job, r in self.suspects.items()
+        )
+
+    def _compact(self) -> None:
+        """Replace the journal by one that says only what it still means (see the module doc)."""
+        old, path = self._fd, self._path
+        self._appended = 0  # a failed compaction is tried again only after as many bytes more
+        if old is None or path is None:
+            return
+        state = self._suspect_lines() + "".join(
+            f"S {job} {start:.3f}\n" for job, starts in self._running.items() for start in starts
+        )
+        staging = path.with_suffix(_COMPACTING)
+        try:
+            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        except OSError:
+            return  # the old journal stays whole and in use
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _write_all(fd, state.encode())
+            os.rename(staging, path)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                staging.unlink()
+            return
+        self._fd = fd
+        self._appended = len(state)
+        os.close(old)  # the replaced file's lock goes with it; a claimer holding it sees the new inode
 
     def _claim(self, path: Path, now: float) -> None:
         try:
@@ -124,16 +180,18 @@ class CrashJournal:
             except FileNotFoundError:
                 return  # another claimer took it first and removed it
             with os.fdopen(os.dup(fd), encoding="utf-8", errors="replace") as journal:
-                self._absorb(journal.read(), now, path.stem)
+                self._absorb(journal, now, path.stem)
             path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                path.with_suffix(_COMPACTING).unlink()  # its writer died compacting: the journal is whole
         finally:
             os.close(fd)
 
-    def _absorb(self, text: str, death: float, worker: str) -> None:
+    def _absorb(self, lines: Iterable[str], death: float, worker: str) -> None:
         running: dict[str, int] = {}
         started: dict[str, float] = {}
-        for line in text.splitlines():
-            kind, _, rest = line.partition(" ")
+        for line in lines:  # streamed: a journal is never read whole into memory
+            kind, _, rest = line.rstrip("\n").partition(" ")
             job, _, tail = rest.partition(" ")
             if not job:
                 continue  # a line cut short by the death
@@ -167,3 +225,9 @@ class CrashJournal:
         else:
             record.crashes += crashes
             record.first_death = min(record.first_death, first_death)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

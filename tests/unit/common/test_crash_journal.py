@@ -127,3 +127,96 @@ def test_processes_starting_together_count_a_death_once(tmp_path: Path) -> None:
     newcomers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(4)]
     counts = [int(p.communicate(timeout=60)[0].strip()) for p in newcomers]
     assert sorted(counts) == [0, 0, 0, 1], counts
+
+
+def _die_after_many_jobs(directory: Path, *, jobs: int, compact_after: int) -> None:
+    """A real process that claims what is there, runs many jobs (so its journal is compacted
+    many times) with one job started before and one after them, and dies running both."""
+    code = textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        from conveyor.common.crash_journal import CrashJournal
+        journal = CrashJournal(Path({str(directory)!r}), compact_after={compact_after})
+        journal.open()
+        journal.started("early")
+        for n in range({jobs}):
+            journal.started(f"job-{{n}}")
+            journal.finished(f"job-{{n}}")
+        journal.started("late")
+        os._exit(9)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 9, result.stderr
+
+
+def test_a_long_lived_workers_journal_stays_small(tmp_path: Path) -> None:
+    journal = CrashJournal(tmp_path, compact_after=4096)
+    journal.open()
+    journal.started("still-running")
+    for n in range(20_000):
+        journal.started(f"job-{n:05d}")
+        journal.finished(f"job-{n:05d}")
+    (path,) = tmp_path.glob("*.journal")
+    assert path.stat().st_size < 2 * 4096, "two lines a job would be about 600 KB by now"
+    assert "still-running" in path.read_text()
+    journal.close()
+
+
+def test_a_death_after_compactions_counts_exactly_the_runs_in_progress_and_the_suspects(tmp_path: Path) -> None:
+    _die_while_running(tmp_path, running=["suspect"])
+    _die_after_many_jobs(tmp_path, jobs=3_000, compact_after=2048)
+    journal = CrashJournal(tmp_path)
+    suspects = journal.open()
+    assert {job: r.crashes for job, r in suspects.items()} == {"suspect": 1, "early": 1, "late": 1}
+    assert len(suspects["suspect"].kills) == 1, "the kill record survives the compactions"
+    assert list(tmp_path.glob("*.compacting")) == []
+    journal.close()
+
+
+def test_newcomers_never_claim_a_live_journal_while_it_is_being_compacted(tmp_path: Path) -> None:
+    """A claimer may open the old file just before the rename: it must see the inode replaced
+    (or the lock held) and leave it, however the two interleave."""
+    import threading
+
+    live = CrashJournal(tmp_path, compact_after=256)
+    live.open()
+    live.started("running-in-the-live-worker")
+    stop = threading.Event()
+
+    def busy() -> None:
+        n = 0
+        while not stop.is_set():
+            live.started(f"j{n}")
+            live.finished(f"j{n}")
+            n += 1
+
+    writer = threading.Thread(target=busy)
+    writer.start()
+    try:
+        claimed = []
+        for _ in range(300):
+            newcomer = CrashJournal(tmp_path)
+            claimed.append(newcomer.open())
+            newcomer.close()
+    finally:
+        stop.set()
+        writer.join()
+    assert all(found == {} for found in claimed)
+    (path,) = tmp_path.glob("*.journal")
+    assert "running-in-the-live-worker" in path.read_text()
+    live.close()
+
+
+def test_a_compaction_cut_short_by_a_death_leaves_the_old_journal_to_count(tmp_path: Path) -> None:
+    _die_while_running(tmp_path, running=["a"])
+    (dead,) = tmp_path.glob("*.journal")
+    dead.with_suffix(".compacting").write_text("S half-writ")  # died between the write and the rename
+    journal = CrashJournal(tmp_path)
+    assert {job: r.crashes for job, r in journal.open().items()} == {"a": 1}
+    assert list(tmp_path.glob("*.compacting")) == []
+    journal.close()
+
+
+def test_compact_after_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="compact_after"):
+        CrashJournal(tmp_path, compact_after=0)
