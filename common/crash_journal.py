@@ -30,7 +30,7 @@ after at most ``limit`` crashes per host it visits.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import io
 import os
 import time
 import uuid
@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conveyor.common import lockfiles
 from conveyor.common.errors import ConfigurationError
 
 __all__ = ["CrashJournal", "CrashRecord"]
@@ -76,13 +77,12 @@ class CrashJournal:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            fd = lockfiles.create(path)
         except OSError as exc:
             raise ConfigurationError(
                 f"crash journal: cannot write to {self.directory} ({exc.strerror}); "
                 "set CONVEYOR_STATE_DIR to a writable directory (on Kubernetes an emptyDir)"
             ) from None
-        fcntl.flock(fd, fcntl.LOCK_EX)
         self._fd, self._path = fd, path
         now = time.time()
         for other in sorted(self.directory.glob(f"*{_SUFFIX}")):
@@ -126,7 +126,7 @@ class CrashJournal:
     def _append(self, text: str) -> None:
         if self._fd is not None and text:
             data = text.encode()
-            _write_all(self._fd, data)
+            lockfiles.write_all(self._fd, data)
             self._appended += len(data)
             if self._appended >= self.compact_after:
                 self._compact()
@@ -146,46 +146,17 @@ class CrashJournal:
         state = self._suspect_lines() + "".join(
             f"S {job} {start:.3f}\n" for job, starts in self._running.items() for start in starts
         )
-        staging = path.with_suffix(_COMPACTING)
         try:
-            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            self._fd = lockfiles.replace(path, state.encode(), staging_suffix=_COMPACTING)
         except OSError:
             return  # the old journal stays whole and in use
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            _write_all(fd, state.encode())
-            os.rename(staging, path)
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                staging.unlink()
-            return
-        self._fd = fd
         self._appended = len(state)
-        os.close(old)  # the replaced file's lock goes with it; a claimer holding it sees the new inode
+        os.close(old)  # the replaced file's lock goes with it
 
     def _claim(self, path: Path, now: float) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return  # claimed and removed by another process meanwhile
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return  # its writer lives
-            try:
-                if os.fstat(fd).st_ino != path.stat().st_ino:
-                    return  # replaced after we opened it
-            except FileNotFoundError:
-                return  # another claimer took it first and removed it
-            with os.fdopen(os.dup(fd), encoding="utf-8", errors="replace") as journal:
-                self._absorb(journal, now, path.stem)
-            path.unlink()
-            with contextlib.suppress(FileNotFoundError):
-                path.with_suffix(_COMPACTING).unlink()  # its writer died compacting: the journal is whole
-        finally:
-            os.close(fd)
+        with lockfiles.claim(path, staging_suffix=_COMPACTING) as journal:
+            if journal is not None:
+                self._absorb(io.TextIOWrapper(journal, encoding="utf-8", errors="replace"), now, path.stem)
 
     def _absorb(self, lines: Iterable[str], death: float, worker: str) -> None:
         running: dict[str, int] = {}
@@ -226,8 +197,3 @@ class CrashJournal:
             record.crashes += crashes
             record.first_death = min(record.first_death, first_death)
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

@@ -6,7 +6,9 @@ messages are acked, so no redelivery ever corrects them. So each transition is a
 one JSON line, to a file of this process in the state directory (a plain ``write``: the kernel
 keeps it when the process dies, as for the crash journal), under an exclusive ``flock`` held
 while the process lives. Whenever everything recorded has been written to the store, the file
-is emptied.
+is emptied; under steady load that moment may never come, so the writer also has the file
+rewritten to just the transitions still unwritten once it holds twice as many lines as those
+(``rewrite``, atomic by rename: ``conveyor.common.lockfiles``).
 
 A new worker *claims* every spill file whose lock is free (its writer died) and writes its lines
 to the store. Lines already written once are harmless: every write is forward-only. Scope: one
@@ -16,10 +18,10 @@ host's state directory (on Kubernetes an ``emptyDir``, which outlives container 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import uuid
+from collections.abc import Iterable
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from conveyor.common import lockfiles
 from conveyor.common.job_state.states import JobState, Transition
 
 __all__ = ["SpillFile", "decode_transition", "encode_transition"]
@@ -34,6 +37,7 @@ __all__ = ["SpillFile", "decode_transition", "encode_transition"]
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".jobstate"
+_STAGING = ".jobstate-new"  # a rewrite's new file before its rename; not a spill file to claim
 _TIMES = frozenset({"at", "created_at", "scheduled_for"})
 _NAMES = tuple(f.name for f in fields(Transition))
 
@@ -55,15 +59,14 @@ class SpillFile:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._fd: int | None = None
-        self._size = 0
+        self._path: Path | None = None
+        self.lines = 0  # transitions in the file now
 
     def open(self) -> list[Transition]:
         """Start this process's file; return the transitions claimed from dead processes' files."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd, self._path = fd, path
+        self._fd, self._path = lockfiles.create(path), path
         claimed: list[Transition] = []
         for other in sorted(self.directory.glob(f"*{_SUFFIX}")):
             if other != path:
@@ -72,52 +75,46 @@ class SpillFile:
 
     def append(self, transition: Transition) -> None:
         if self._fd is not None:
-            data = encode_transition(transition)
-            os.write(self._fd, data)
-            self._size += len(data)
+            lockfiles.write_all(self._fd, encode_transition(transition))
+            self.lines += 1
 
     def written(self) -> None:
         """Everything appended is in the store: start the file over."""
-        if self._fd is not None and self._size:
+        if self._fd is not None and self.lines:
             os.ftruncate(self._fd, 0)
-            self._size = 0
+            self.lines = 0
+
+    def rewrite(self, unwritten: Iterable[Transition]) -> None:
+        """Only ``unwritten`` (every transition not yet in the store) is still needed: replace
+        the file by one holding just those. An ``OSError`` leaves the old file whole."""
+        old, path = self._fd, self._path
+        if old is None or path is None:
+            return
+        lines = [encode_transition(t) for t in unwritten]
+        self._fd = lockfiles.replace(path, b"".join(lines), staging_suffix=_STAGING)
+        self.lines = len(lines)
+        os.close(old)
 
     def close(self, *, keep: bool) -> None:
         """``keep``: transitions are still unwritten; leave them for the next worker to claim."""
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        if not keep:
+        if not keep and self._path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._path.unlink()
         os.close(fd)  # releases the lock
 
     def _claim(self, path: Path) -> list[Transition]:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return []
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return []  # its writer lives
-            try:
-                if os.fstat(fd).st_ino != path.stat().st_ino:
-                    return []
-            except FileNotFoundError:
-                return []
-            with os.fdopen(os.dup(fd), "rb") as spill:
-                lines = spill.read().splitlines()
-            path.unlink()
-        finally:
-            os.close(fd)
         claimed = []
-        for line in lines:
-            try:
-                claimed.append(decode_transition(line))
-            except (ValueError, TypeError, KeyError):
-                continue  # a line cut short by the death
+        with lockfiles.claim(path, staging_suffix=_STAGING) as spill:
+            if spill is None:
+                return []
+            for line in spill:  # streamed, not read whole
+                try:
+                    claimed.append(decode_transition(line))
+                except (ValueError, TypeError, KeyError):
+                    continue  # a line cut short by the death
         if claimed:
             log.info("claimed a dead worker's unwritten job states", extra={"count": len(claimed)})
         return claimed

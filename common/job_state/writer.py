@@ -148,11 +148,23 @@ class JobStateWriter:
                     self._buffer.popleft()
                     self.dropped += 1
                     self.metrics.dropped.inc()
+                self._trim_spill()
                 raise
             self.metrics.written.inc(len(batch))
-            if not self._buffer and self.spill is not None:
-                with contextlib.suppress(OSError):
-                    self.spill.written()
+            self._trim_spill()
+
+    def _trim_spill(self) -> None:
+        """Under the write lock the buffer is everything unwritten: the spill file needs no more.
+        A rewrite costs as many lines as it keeps, after at least as many appended: O(1) each."""
+        if self.spill is None:
+            return
+        try:
+            if not self._buffer:
+                self.spill.written()
+            elif self.spill.lines > 2 * len(self._buffer) + self.batch_size:
+                self.spill.rewrite(self._buffer)
+        except OSError:  # a full disk: the old file stays whole, and is tried again next batch
+            log.warning("job-state spill file trim failed", exc_info=True)
 
     async def _run(self) -> None:
         backoff = 0.0

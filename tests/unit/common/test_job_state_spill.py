@@ -56,3 +56,60 @@ def test_a_line_cut_short_by_the_death_is_skipped(tmp_path: Path) -> None:
     (tmp_path / "1-dead.jobstate").write_bytes(good + good[: len(good) // 2])
     claimed = SpillFile(tmp_path).open()
     assert [t.job_id for t in claimed] == ["ok"]
+
+
+class _BusyStore(MemoryJobStateStore):
+    """Jobs keep finishing while each batch is written, so the buffer is never empty right
+    after a write (for the first ``busy_writes``): the moment the file used to be emptied."""
+
+    def __init__(self, writer_of: list[JobStateWriter], spill_dir: Path, busy_writes: int) -> None:
+        super().__init__()
+        self.writer_of, self.spill_dir, self.busy_writes = writer_of, spill_dir, busy_writes
+        self.clock, self.arrived, self.largest_file = FakeClock(), 0, 0
+
+    async def apply(self, batch: list[Transition]) -> None:
+        await super().apply(batch)
+        self.largest_file = max(self.largest_file, sum(p.stat().st_size for p in self.spill_dir.iterdir()))
+        if self.busy_writes:
+            self.busy_writes -= 1
+            for _ in range(8):  # fewer than a batch: the writer keeps up
+                self.writer_of[0].record(_t(self.clock, f"j{self.arrived}", JobState.SUCCEEDED))
+                self.arrived += 1
+
+
+async def test_the_file_stays_small_when_the_buffer_is_never_empty_after_a_write(tmp_path: Path) -> None:
+    writers: list[JobStateWriter] = []
+    store = _BusyStore(writers, tmp_path, busy_writes=3_000)
+    spill = SpillFile(tmp_path)
+    spill.open()
+    writers.append(JobStateWriter(store, batch_size=10, capacity=100, spill=spill))
+    writers[0].record(_t(store.clock, "first", JobState.RUNNING))
+    await writers[0].flush()
+    one_line = len(encode_transition(_t(store.clock, "j0", JobState.SUCCEEDED)))
+    assert store.arrived == 24_000, "24,000 transitions went through the file"
+    assert store.largest_file < 60 * one_line, f"{store.largest_file} bytes: it held lines already written"
+    for job in ("first", "j0", "j23999"):
+        assert await store.get(job) is not None
+    spill.close(keep=False)
+
+
+async def test_an_outage_longer_than_the_buffer_keeps_the_file_to_what_the_buffer_holds(tmp_path: Path) -> None:
+    clock, store = FakeClock(), MemoryJobStateStore()
+    spill = SpillFile(tmp_path)
+    spill.open()
+    writer = JobStateWriter(store, batch_size=100, capacity=1_000, spill=spill)
+    store.fail_with = OSError("down")
+    for n in range(20_000):
+        writer.record(_t(clock, f"j{n:05d}", JobState.SUCCEEDED))
+        if n % 100 == 99:
+            with pytest.raises(Exception, match="failing on purpose"):
+                await writer.flush()
+            assert spill.lines <= 2 * 1_000 + 100
+    assert writer.dropped == 19_000
+    spill.close(keep=True)  # the process dies in the outage
+
+    claimed = SpillFile(tmp_path).open()
+    assert [t.job_id for t in claimed][-1_000:] == [f"j{n:05d}" for n in range(19_000, 20_000)], (
+        "the heir gets every transition the buffer still held, in order"
+    )
+    assert len(claimed) <= 2 * 1_000 + 100
