@@ -103,6 +103,12 @@ class PublishNotConfirmed(TransportError):
     """The broker refused the message (nack, no write permission) or could not route it (return)."""
 
 
+class PublishNacked(PublishNotConfirmed):
+    """The broker refused the message *for now*: a RabbitMQ nack (a queue at its length limit
+    with ``reject-publish``, a broker-side failure) or a Pulsar backlog quota. Unlike a missing
+    route or permission, the same message may be taken a little later."""
+
+
 class PublishOutcomeUnknown(TransportError):
     """No confirm arrived in time; retry with the *same* job id, never a new one."""
 

@@ -84,9 +84,10 @@ _ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 7, 10, 15, 20, 50)
 PUBLISH_KINDS = frozenset({"job", "retry", "defer", "dead_letter", "replay"})
 QUEUE_STATES = ("ready", "delayed", "dead_letter")
 # Publish errors are labelled by exception class, but only from this closed set.
-_PUBLISH_ERRORS = frozenset(
-    {"PublishNotConfirmed", "PublishOutcomeUnknown", "TransportError", "MessageTooLarge", "TimeoutError"}
-)
+_PUBLISH_ERRORS = frozenset({
+    "PublishNacked", "PublishNotConfirmed", "PublishOutcomeUnknown", "TransportError", "MessageTooLarge",
+    "TimeoutError",
+})
 
 
 class WorkerMetrics:

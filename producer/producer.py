@@ -36,6 +36,7 @@ from conveyor.common.errors import (
     ConfigurationError,
     MalformedMessage,
     MessageTooLarge,
+    PublishNacked,
     PublishNotConfirmed,
     PublishOutcomeUnknown,
     TransportError,
@@ -69,9 +70,11 @@ log = logging.getLogger(__name__)
 
 
 def _worth_retrying(exc: BaseException) -> bool:
-    # A refusal or an unroutable message will not change by retrying; a lost confirm
-    # or a dropped connection may.
-    return isinstance(exc, TransportError) and not isinstance(exc, PublishNotConfirmed)
+    # A refusal or an unroutable message will not change by retrying; a lost confirm, a
+    # dropped connection or a nack (a full queue, a backlog quota) may.
+    return isinstance(exc, TransportError) and (
+        not isinstance(exc, PublishNotConfirmed) or isinstance(exc, PublishNacked)
+    )
 
 
 class Producer:

@@ -21,7 +21,9 @@ Refusals that will not change (an unroutable queue, an oversized or malformed en
 the row failed (``failed_at``, ``last_error``): kept, counted in ``conveyor_outbox_failed_rows``,
 never retried. Anything else (the broker is away, the confirm was lost) counts an attempt and
 the relay backs off, then reconnects and tries again; a broker outage longer than any backoff
-just grows the backlog.
+just grows the backlog. A nack (a queue at its length limit, a backlog quota: backpressure the
+outbox is there to absorb) is retried the same way until the row is ``nack_patience`` (1 h)
+old, and only then marked failed for an operator.
 
 The relay sleeps on LISTEN (the insert trigger's NOTIFY arrives at commit) with a fallback poll
 every ``poll_interval``; sent rows older than ``retention`` are deleted in small batches.
@@ -39,7 +41,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from conveyor.common.backoff import compute_backoff
-from conveyor.common.errors import ConfigurationError, MalformedMessage, PublishNotConfirmed, RejectedMessage
+from conveyor.common.errors import (
+    ConfigurationError,
+    MalformedMessage,
+    PublishNacked,
+    PublishNotConfirmed,
+    RejectedMessage,
+)
 from conveyor.common.extras import require
 from conveyor.producer.outbox.metrics import OutboxMetrics
 from conveyor.producer.outbox.schema import DEFAULT_TABLE, check_schema, table_name
@@ -63,14 +71,15 @@ class RelayConfig:
     metrics_interval: float = 10.0
     backoff_cap: float = 10.0
     shutdown_grace: float = 10.0  # how long a stop waits for the batch in progress
+    nack_patience: timedelta = timedelta(hours=1)  # a nacked row is retried until this old
 
     def __post_init__(self) -> None:
         table_name(self.table)
         if self.batch_size < 1 or min(self.poll_interval, self.cleanup_interval, self.metrics_interval) <= 0 \
                 or self.shutdown_grace < 0:
             raise ConfigurationError("batch_size must be ≥ 1 and the intervals > 0")
-        if self.retention < timedelta(0):
-            raise ConfigurationError("retention must not be negative")
+        if self.retention < timedelta(0) or self.nack_patience < timedelta(0):
+            raise ConfigurationError("retention and nack_patience must not be negative")
 
 
 @dataclass
@@ -286,7 +295,7 @@ class OutboxRelay:
             except Exception as exc:
                 self.metrics.errors.labels(type(exc).__name__).inc()
                 error = f"{type(exc).__name__}: {exc}"[:1000]
-                if _permanent(exc):
+                if _permanent(exc) and not self._still_patient(exc, row):
                     log.error("outbox row %s (job %s) refused for good: %s", row["id"], row["job_id"], error)
                     batch.failed.append((row["id"], error))
                     continue  # a refused row does not hold back its key: it will never be sent
@@ -294,6 +303,10 @@ class OutboxRelay:
                 return  # the key's later rows wait: never overtake an unsent one
             batch.sent.append(row["id"])
             self._observe_latency(row)
+
+    def _still_patient(self, exc: Exception, row: Any) -> bool:
+        """A nack is backpressure: retried like an outage while the row is young enough."""
+        return isinstance(exc, PublishNacked) and datetime.now(UTC) - row["created_at"] < self.config.nack_patience
 
     def _observe_latency(self, row: Any) -> None:
         # created_at is the database's clock at insert; the relay host's clock is close enough

@@ -14,8 +14,7 @@ import aio_pika
 import pytest
 from pydantic import BaseModel
 
-from conveyor.common.errors import PublishNotConfirmed, PublishOutcomeUnknown, TransportError
-from conveyor.common.jobs.command import PublishReceipt
+from conveyor.common.errors import PublishNacked, PublishNotConfirmed, PublishOutcomeUnknown, TransportError
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.transport.base import Delivery, OutgoingMessage
 from conveyor.common.transport.rabbitmq import RabbitMQTransport
@@ -124,7 +123,7 @@ async def test_a_nack_in_a_batch_fails_only_its_own_publish(
         await queue.bind(jobs_exchange(queue_name), routing_key=queue_name)
         results = await asyncio.gather(*(transport.publish(queue_name, message()) for _ in range(20)),
                                        return_exceptions=True)
-        assert all(isinstance(r, PublishNotConfirmed) and "refused" in str(r) for r in results), results
+        assert all(isinstance(r, PublishNacked) and "refused" in str(r) for r in results), results
         await queue.delete(if_unused=False, if_empty=False)
         await asyncio.gather(*(transport.publish(queue_name, message()) for _ in range(20)))
         await eventually(lambda: _depth(transport, queue_name, 21 + 20))  # nacked, yet stored in the work queue
@@ -153,21 +152,20 @@ async def test_publishes_in_flight_when_the_connection_is_cut_are_retried_and_no
         async with Producer.for_registry(transport, _jobs(queue_name), confirm_timeout=3.0, publish_tries=6) as producer:
             await producer.publish("test.batch", {"n": -1})
 
-            confirmed, cut = 0, 0
-
-            async def publish(n: int) -> PublishReceipt:
-                nonlocal confirmed, cut
-                receipt = await producer.publish("test.batch", {"n": n})
-                confirmed += 1
-                if confirmed == 200:  # the other 800 are in flight or about to be sent
-                    cut = proxy.cut()
-                return receipt
-
-            receipts = await asyncio.gather(*(publish(i) for i in range(COUNT)))
+            first = await asyncio.gather(*(producer.publish("test.batch", {"n": n}) for n in range(200)))
+            # Hold the next 800 in the proxy (written by the client, never answered), then cut:
+            # every one of them is in flight when the connection goes. Cutting at the 200th
+            # confirm instead raced the broker, whose other 800 confirms were often read already.
+            proxy.blackhole()
+            rest = [asyncio.ensure_future(producer.publish("test.batch", {"n": n})) for n in range(200, COUNT)]
+            await asyncio.sleep(0.3)
+            cut = proxy.cut()
+            proxy.restore()
+            receipts = [*first, *await asyncio.gather(*rest)]
             assert cut == 2  # the publisher and the consumer connection
             assert len({r.job_id for r in receipts}) == COUNT
             retried = sum(r.tries > 1 for r in receipts)
-            assert retried > 0  # some were in flight when the connection went
+            assert retried == COUNT - 200  # every held publish was in flight when the connection went
         async with make_transport(amqp_url) as direct:
             # At least once: a publish whose confirm was lost may be stored twice (same job id).
             ids: list[str] = []

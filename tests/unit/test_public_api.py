@@ -25,6 +25,8 @@ FACADE = {
     # issue 14: the job lifecycle
     "JobCancelled", "JobHandle", "JobNotSucceeded", "JobRecord", "JobState", "JobStateStore",
     "JobStateStoreUnavailable", "MemoryJobStateStore", "UnknownJob", "job_state_store_from_url",
+    # a nack is backpressure, retried (the producer, the outbox relay)
+    "PublishNacked",
 }  # fmt: skip
 
 

@@ -93,6 +93,7 @@ from pulsar.asyncio import PulsarException
 
 from conveyor.common.errors import (
     ConfigurationError,
+    PublishNacked,
     PublishNotConfirmed,
     PublishOutcomeUnknown,
     TlsError,
@@ -157,6 +158,10 @@ _REFUSED = {
     _Result.CryptoError,
 }
 # Not sent at all (closed producer, full client queue): safe to send again.
+_REFUSED_FOR_NOW = {  # a backlog quota: taken again once consumers catch up
+    _Result.ProducerBlockedQuotaExceededError,
+    _Result.ProducerBlockedQuotaExceededException,
+}
 _NOT_SENT = {
     _Result.AlreadyClosed,
     _Result.ProducerNotInitialized,
@@ -456,6 +461,8 @@ class PulsarTransport(Transport):
 
     def _send_error(self, queue: str, exc: PulsarException) -> TransportError:
         result = result_of(exc)
+        if result in _REFUSED_FOR_NOW:
+            return PublishNacked(f"broker refused the message for {queue!r} for now ({result.name})")
         if result in _REFUSED:
             return PublishNotConfirmed(f"broker refused the message for {queue!r} ({result.name})")
         if result in _NOT_SENT:

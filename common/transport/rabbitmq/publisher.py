@@ -34,6 +34,7 @@ from aiormq import spec
 from aiormq.exceptions import ChannelAccessRefused
 
 from conveyor.common.errors import (
+    PublishNacked,
     PublishNotConfirmed,
     PublishOutcomeUnknown,
     TransportError,
@@ -95,7 +96,7 @@ class ExchangePublisher:
         except PublishError as exc:  # basic.return: no binding for this key
             raise PublishNotConfirmed(_unroutable(target, queue)) from exc
         except DeliveryError as exc:  # basic.nack
-            raise PublishNotConfirmed(f"broker refused the message for {target.routing_key!r}") from exc
+            raise PublishNacked(f"broker refused the message for {target.routing_key!r} (nack)") from exc
         except (ChannelNotFoundEntity, ChannelAccessRefused) as exc:
             # Some publish on the shared channel hit a vanished or forbidden exchange, and the
             # broker closed the channel under all of them: which one is unknown from here.
@@ -147,7 +148,7 @@ class ExchangePublisher:
             raise PublishNotConfirmed(_unroutable(target, queue)) from exc
         except DeliveryError as exc:
             self._proven.add(target.exchange)
-            raise PublishNotConfirmed(f"broker refused the message for {target.routing_key!r}") from exc
+            raise PublishNacked(f"broker refused the message for {target.routing_key!r} (nack)") from exc
         except ChannelNotFoundEntity as exc:
             raise PublishNotConfirmed(
                 f"no exchange {target.exchange!r}: message unroutable (declare {queue!r} first)"

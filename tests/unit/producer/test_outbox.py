@@ -68,7 +68,7 @@ def test_only_refusals_that_cannot_change_mark_a_row_failed() -> None:
 
 
 @pytest.mark.parametrize("options", [{"batch_size": 0}, {"poll_interval": 0}, {"retention": timedelta(seconds=-1)},
-                                     {"table": "Bad Name"}])
+                                     {"table": "Bad Name"}, {"nack_patience": timedelta(seconds=-1)}])
 def test_relay_settings_are_checked(options: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
         RelayConfig(**options)  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from pydantic import BaseModel
 
-from conveyor.common.errors import InvalidPayload, MessageTooLarge, PublishNotConfirmed, UnknownJobType
+from conveyor.common.errors import InvalidPayload, MessageTooLarge, PublishNacked, PublishNotConfirmed, UnknownJobType
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
@@ -64,6 +64,36 @@ async def test_unroutable_publish_raises_and_is_not_retried() -> None:
     async with Producer.for_registry(MemoryTransport(broker), jobs(), declare_queues=False) as producer:
         with pytest.raises(PublishNotConfirmed):
             await producer.publish("email.send", Email(to="a@example.com"))
+
+
+class Nacking(MemoryTransport):
+    """The broker nacks the first ``nacks`` publishes (a full queue), then takes them."""
+
+    def __init__(self, broker: MemoryBroker, nacks: int) -> None:
+        super().__init__(broker)
+        self.nacks, self.sent = nacks, []
+
+    async def publish(self, queue: str, message: OutgoingMessage) -> None:
+        self.sent.append(message.message_id)
+        if self.nacks:
+            self.nacks -= 1
+            raise PublishNacked(f"broker refused the message for {queue!r} (nack)")
+        await super().publish(queue, message)
+
+
+async def test_a_nack_is_retried_under_the_same_job_id() -> None:
+    transport = Nacking(MemoryBroker(), nacks=2)
+    async with Producer.for_registry(transport, jobs()) as producer:
+        receipt = await producer.publish("email.send", Email(to="a@example.com"))
+    assert receipt.tries == 3 and transport.sent == [receipt.job_id] * 3
+
+
+async def test_a_nack_every_time_raises_after_the_tries_without_looping() -> None:
+    transport = Nacking(MemoryBroker(), nacks=10**6)
+    async with Producer.for_registry(transport, jobs(), publish_tries=2) as producer:
+        with pytest.raises(PublishNacked, match="nack"):
+            await producer.publish("email.send", Email(to="a@example.com"))
+    assert len(transport.sent) == 2
 
 
 async def test_oversize_job_is_refused_at_the_producer() -> None:
