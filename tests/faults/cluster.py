@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 import urllib.error
@@ -28,13 +30,19 @@ class Cluster:
 
     async def run(self, *args: str, timeout: float = 240) -> str:
         env = {k: v for k, v in os.environ.items() if k != "CONVEYOR_AMQP_URL"}
+        # A group of its own: on a timeout the script's children (rabbitmqctl, curl, sleep) go
+        # with it; killing bash alone left them running into the next scenario. The nodes are
+        # not in it: rabbitmq-server -detached leaves the session.
         process = await asyncio.create_subprocess_exec(
             "bash", str(SCRIPT), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+            start_new_session=True,
         )
         try:
             out, err = await asyncio.wait_for(process.communicate(), timeout)
         except TimeoutError:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
             pytest.fail(f"rabbitmq-cluster.sh {' '.join(args)} took over {timeout}s")
         assert process.returncode == 0, f"rabbitmq-cluster.sh {' '.join(args)} failed: {err.decode()[-3000:]}"
         return out.decode()
