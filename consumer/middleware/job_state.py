@@ -357,8 +357,14 @@ class JobStateMiddleware(Middleware):
             log.info("attempts of dead workers marked abandoned", extra={"count": abandoned})
 
     async def _refresh_cancels(self) -> None:
-        for job_id in await self.store.pending_cancels() - self._cancelled:
+        known = set(self._cancelled)  # a cancel broadcast while the query runs is not in it: kept
+        pending = await self.store.pending_cancels()
+        for job_id in pending - known:
             self.cancel(job_id)
+        # A job cancelled while queued is seen, acked and forgotten by the one worker it reaches;
+        # every other worker would keep its id for good (a leak of one id per cancel per worker).
+        # Ended jobs leave the store's pending set: forget them here too.
+        self._cancelled -= known - pending - self._runs.keys()
 
     async def _sweep(self) -> None:
         if self.config.retention is not None:

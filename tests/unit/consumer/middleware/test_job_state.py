@@ -330,6 +330,38 @@ async def test_the_poll_brings_a_cancel_made_elsewhere_to_the_running_job(rig: R
     assert (await handle.status()).state is JobState.CANCELLED
 
 
+async def test_cancels_of_jobs_that_ended_elsewhere_are_forgotten_and_pending_ones_kept(
+    rig: Rig, jobs: JobRegistry
+) -> None:
+    @jobs.job("t.idle")
+    async def idle(payload: Job, ctx: JobContext) -> None: ...
+
+    await rig.ready()
+    recorder = rig.recorder
+    queued = await rig.producer.publish("t.idle", Job(n=1))  # no worker runs: it stays queued
+    await _flush_producer(rig)
+    assert (await rig.store.request_cancel(queued.job_id)).changed
+    recorder.cancel(queued.job_id)  # the broadcast
+    for n in range(1_000):  # broadcasts for jobs another worker received, acked and recorded
+        recorder.cancel(f"ended-elsewhere-{n}")
+
+    real_query = rig.store.pending_cancels
+
+    async def query_racing_a_broadcast() -> set[str]:
+        pending = await real_query()
+        recorder.cancel("broadcast-during-the-query")  # its store write is not in this answer
+        return pending
+
+    rig.store.pending_cancels = query_racing_a_broadcast  # type: ignore[method-assign]
+    await recorder._refresh_cancels()
+    assert recorder._cancelled == {queued.job_id, "broadcast-during-the-query"}
+    rig.store.pending_cancels = real_query  # type: ignore[method-assign]
+    for _ in range(100):  # the poll, many times: the queued job's cancel is never dropped
+        await recorder._refresh_cancels()
+    assert recorder._cancelled == {queued.job_id}
+    assert recorder.is_cancelled(queued.job_id)
+
+
 async def test_heartbeats_keep_a_long_job_live_while_a_dead_workers_attempt_is_abandoned(
     rig: Rig, jobs: JobRegistry
 ) -> None:
