@@ -24,4 +24,3 @@ def test_caught_up_subscriptions_read_new_entries_at_once(pulsar_url: str) -> No
     config = _runtime_configuration(pulsar_url)
     # The default, 10, re-checks a caught-up cursor 10 ms later: ~5 ms of publish → handler latency.
     assert config["managedLedgerNewEntriesCheckDelayInMillis"] == "0"
-
