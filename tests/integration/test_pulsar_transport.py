@@ -120,6 +120,38 @@ async def test_message_id_headers_and_body_round_trip(transport: PulsarTransport
         await got.release()
 
 
+async def test_many_more_concurrent_publishes_than_the_send_window_are_all_confirmed(
+    open_transport: Callable[..., Awaitable[PulsarTransport]], queue: str
+) -> None:
+    # A window of 2: 60 publishes at once wait their turn instead of overfilling the client's
+    # queue (ProducerQueueIsFull); the ones cancelled while waiting give no slot away.
+    transport = await open_transport(max_pending_sends=2)
+    await transport.declare(queue)
+    waiting = [asyncio.create_task(transport.publish(queue, message(b"gone"))) for _ in range(5)]
+    sent = [message(str(i).encode()) for i in range(60)]
+    publishes = [asyncio.create_task(transport.publish(queue, m)) for m in sent]
+    await asyncio.sleep(0)
+    for task in waiting[2:]:  # the first two hold the window; these three queue behind them
+        task.cancel()
+    await asyncio.gather(*publishes)
+    await asyncio.gather(*waiting, return_exceptions=True)
+    stored = 60 + sum(1 for task in waiting if not task.cancelled())
+    assert await transport.depth(queue) == stored
+    await transport.publish(queue, message(b"after"))  # the window is whole again
+    assert await transport.depth(queue) == stored + 1
+
+
+async def test_publish_after_delete_and_declare_uses_a_new_producer(transport: PulsarTransport, queue: str) -> None:
+    await transport.declare(queue)
+    await transport.publish(queue, message(b"before"))
+    await transport.delete(queue)
+    await transport.declare(queue)
+    await transport.publish(queue, message(b"after"))  # not the closed producer of the deleted topic
+    got = await _get_eventually(transport, queue)
+    assert (got.body, await transport.depth(queue)) == (b"after", 0)
+    await got.ack()
+
+
 async def test_publish_to_an_undeclared_queue_is_refused_and_creates_nothing(
     transport: PulsarTransport, queue: str
 ) -> None:
