@@ -52,6 +52,7 @@ from conveyor.schemas.envelope import (
     AttemptRecord,
     Envelope,
     PayloadReference,
+    new_attempt_record,
     new_job_id,
 )
 
@@ -329,12 +330,12 @@ class Settlement:
     ) -> AttemptRecord:
         if now is None:
             now = self._clock.now()
-        return AttemptRecord(
+        return new_attempt_record(
             attempt=envelope.attempt,
             worker_id=self._worker_id[:128],  # a long host name must not make the copy unwritable
             started_at=outcome.started_at or now,
             finished_at=outcome.finished_at or now,
-            outcome=kind,  # type: ignore[arg-type]  # str: callers pass only AttemptRecord's outcome literals
+            outcome=kind,
             error_type=outcome.error_type and outcome.error_type[:200],
             error_message=(outcome.error_message or None) and outcome.error_message[:1000],
         )
