@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from conveyor.common import headers as h
 from conveyor.common.backoff import MAX_DELAY, RetryPolicy
 from conveyor.common.clock import Clock
-from conveyor.common.codec import encode_model, json_safe_text
+from conveyor.common.codec import encode_envelope, encode_model, json_safe_text
 from conveyor.common.errors import ConfigurationError, PublishNotConfirmed
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind, SettleAction
 from conveyor.common.messages import dead_letter_message, job_message
@@ -313,7 +313,7 @@ class Settlement:
         """The retry or deferral copy, encoded (which is where a copy can fail, before any I/O)."""
         if due_at is None:
             due_at = self._clock.now() + timedelta(seconds=delay)
-        return job_message(envelope, encode_model(envelope), due_at=due_at, delay=delay,
+        return job_message(envelope, encode_envelope(envelope), due_at=due_at, delay=delay,
                            carried=h.carried_over(delivery.headers), kind="retry")
 
     async def _confirmed(self, queue: str, message: OutgoingMessage, kind: str) -> None:
