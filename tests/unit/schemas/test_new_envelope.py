@@ -106,6 +106,7 @@ def _record() -> AttemptRecord:
         # what orjson cannot write as pydantic does goes through pydantic-core, unchanged
         new_envelope(**{**BASE, "data": {"amount": decimal.Decimal("1.10"), "id": uuid.UUID(int=5), "tags": {"a"}}}),
         new_envelope(**{**BASE, "data": {"big": 2**70, "nested": {3: "int key"}}}),
+        new_envelope(**{**BASE, "data": {"big": 2**70}}).next_attempt(_record()),  # a copy too, history and all
         Envelope(job_id="j", idempotency_key="j", job_type="t", schema_version=1, correlation_id="j", created_at=NOW,
                  payload=PayloadReference(store="s3", bucket="b", key="k", sha256="0" * 64, size=1)),
     ],
