@@ -63,6 +63,7 @@ class CircuitBreaker:
         self.opened_at = 0.0
         self._consecutive = 0
         self._results: collections.deque[bool] = collections.deque(maxlen=config.window)
+        self._failures = 0  # False entries in _results, kept as they come and go: no scan per failure
         self._probing = False  # a half-open period began since the breaker last closed
         self._probed: set[str] = set()  # keys that took their probe in this period
 
@@ -90,17 +91,26 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         self._consecutive = 0
-        self._results.append(True)
+        self._remember(True)
         if self.state is not BreakerState.CLOSED:
             self._results.clear()
+            self._failures = 0
             self._transition(BreakerState.CLOSED)
 
     def record_failure(self) -> None:
         self._consecutive += 1
-        self._results.append(False)
+        self._remember(False)
         if self.state is BreakerState.HALF_OPEN or self._tripped():
             self.opened_at = self._clock.monotonic()
             self._transition(BreakerState.OPEN)
+
+    def _remember(self, ok: bool) -> None:
+        results = self._results
+        if results and len(results) == results.maxlen and not results[0]:
+            self._failures -= 1  # the oldest, a failure, drops out of the window
+        results.append(ok)
+        if not ok:
+            self._failures += 1
 
     def abandon_probe(self, key: str = "") -> None:
         """A probe that ended without a verdict (cancelled): its key may probe again."""
@@ -118,8 +128,7 @@ class CircuitBreaker:
             return True
         if len(self._results) < self.config.min_calls:
             return False
-        failures = sum(1 for ok in self._results if not ok)
-        return failures / len(self._results) >= self.config.failure_rate
+        return self._failures / len(self._results) >= self.config.failure_rate
 
     def _transition(self, state: BreakerState) -> None:
         if state is self.state:

@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from conveyor.common import headers as h
 from conveyor.common.backoff import MAX_DELAY, RetryPolicy
 from conveyor.common.clock import Clock
-from conveyor.common.codec import encode_model, json_safe_text
+from conveyor.common.codec import encode_envelope, encode_model, json_safe_text
 from conveyor.common.errors import ConfigurationError, PublishNotConfirmed
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind, SettleAction
 from conveyor.common.messages import dead_letter_message, job_message
@@ -52,6 +52,7 @@ from conveyor.schemas.envelope import (
     AttemptRecord,
     Envelope,
     PayloadReference,
+    new_attempt_record,
     new_job_id,
 )
 
@@ -312,7 +313,7 @@ class Settlement:
         """The retry or deferral copy, encoded (which is where a copy can fail, before any I/O)."""
         if due_at is None:
             due_at = self._clock.now() + timedelta(seconds=delay)
-        return job_message(envelope, encode_model(envelope), due_at=due_at, delay=delay,
+        return job_message(envelope, encode_envelope(envelope), due_at=due_at, delay=delay,
                            carried=h.carried_over(delivery.headers), kind="retry")
 
     async def _confirmed(self, queue: str, message: OutgoingMessage, kind: str) -> None:
@@ -329,12 +330,12 @@ class Settlement:
     ) -> AttemptRecord:
         if now is None:
             now = self._clock.now()
-        return AttemptRecord(
+        return new_attempt_record(
             attempt=envelope.attempt,
             worker_id=self._worker_id[:128],  # a long host name must not make the copy unwritable
             started_at=outcome.started_at or now,
             finished_at=outcome.finished_at or now,
-            outcome=kind,  # type: ignore[arg-type]  # str: callers pass only AttemptRecord's outcome literals
+            outcome=kind,
             error_type=outcome.error_type and outcome.error_type[:200],
             error_message=(outcome.error_message or None) and outcome.error_message[:1000],
         )

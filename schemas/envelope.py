@@ -33,6 +33,7 @@ __all__ = [
     "PayloadReference",
     "RFC3339_PATTERN",
     "Timestamp",
+    "new_attempt_record",
     "new_envelope",
     "new_job_id",
 ]
@@ -230,12 +231,24 @@ class Envelope(_Frozen):
     def next_attempt(self, record: AttemptRecord) -> Envelope:
         """The copy to publish for a retry: attempt+1 and this attempt in the history."""
         history = (*self.history, record)[-MAX_HISTORY:]
-        return self.model_copy(update={"attempt": self.attempt + 1, "history": history})
+        return self._copied({"attempt": self.attempt + 1, "history": history})
 
     def with_history(self, record: AttemptRecord) -> Envelope:
         """The same attempt with one more history entry (a deferral spends no attempt)."""
         history = (*self.history, record)[-MAX_HISTORY:]
-        return self.model_copy(update={"history": history})
+        return self._copied({"history": history})
+
+    def _copied(self, update: dict[str, Any]) -> Envelope:
+        """``model_copy(update=update)`` (unvalidated, as that is) without its generic machinery:
+        one per retry copy. A unit test holds the two equal."""
+        if self.__pydantic_private__ is not None or self.__pydantic_extra__ is not None:
+            return self.model_copy(update=update)
+        copy = Envelope.__new__(type(self))
+        _object_setattr(copy, "__dict__", {**self.__dict__, **update})
+        _object_setattr(copy, "__pydantic_fields_set__", self.__pydantic_fields_set__ | update.keys())
+        _object_setattr(copy, "__pydantic_extra__", None)
+        _object_setattr(copy, "__pydantic_private__", None)
+        return copy
 
     def bounded_by_history(self) -> Envelope:
         """This envelope with ``attempt`` no higher than its own history accounts for.
@@ -368,3 +381,48 @@ _FIELDS_SET = frozenset({
     "job_id", "idempotency_key", "job_type", "schema_version", "correlation_id", "causation_id",
     "created_at", "deadline", "headers", "payload",
 })
+
+
+_OUTCOMES = frozenset({"retried", "failed", "timeout", "deferred", "rejected"})
+_RECORD_FIELDS_SET = frozenset(AttemptRecord.model_fields)
+
+
+def new_attempt_record(
+    *,
+    attempt: int,
+    worker_id: str,
+    started_at: datetime,
+    finished_at: datetime,
+    outcome: str,
+    error_type: str | None,
+    error_message: str | None,
+) -> AttemptRecord:
+    """``AttemptRecord(...)`` of these fields, without pydantic's pass where every field is
+    plainly valid (one per retry copy); anything else goes through ``AttemptRecord(...)``,
+    which raises ``ValidationError`` for what it refuses. A unit test holds the two equal."""
+    if not (
+        type(attempt) is int and 1 <= attempt <= _MAX_VERSION
+        and type(worker_id) is str and len(worker_id) <= 128
+        and _aware(started_at) and _aware(finished_at)
+        and outcome in _OUTCOMES and type(outcome) is str
+        and (error_type is None or (type(error_type) is str and len(error_type) <= 200))
+        and (error_message is None or (type(error_message) is str and len(error_message) <= 1000))
+    ):
+        return AttemptRecord(
+            attempt=attempt, worker_id=worker_id, started_at=started_at, finished_at=finished_at,
+            outcome=outcome, error_type=error_type, error_message=error_message,  # type: ignore[arg-type]
+        )
+    record = AttemptRecord.__new__(AttemptRecord)
+    _object_setattr(record, "__dict__", {
+        "attempt": attempt,
+        "worker_id": worker_id,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "outcome": outcome,
+        "error_type": error_type,
+        "error_message": error_message,
+    })
+    _object_setattr(record, "__pydantic_fields_set__", set(_RECORD_FIELDS_SET))
+    _object_setattr(record, "__pydantic_extra__", None)
+    _object_setattr(record, "__pydantic_private__", None)
+    return record

@@ -13,9 +13,12 @@ the two paths to the same bytes.
 
 from __future__ import annotations
 
+import operator
 import struct
 
 from aiormq import spec
+
+from conveyor.common import headers as h
 
 __all__ = ["JobProperties"]
 
@@ -24,8 +27,20 @@ _OTHERS = (
     "content_type", "content_encoding", "priority", "correlation_id", "reply_to",
     "timestamp", "message_type", "user_id", "app_id", "cluster_id",
 )
+_others = operator.attrgetter(*_OTHERS)  # one C call, not ten getattr in a loop
+_NOT_SET = _others(spec.Basic.Properties())  # pamqp's defaults (cluster_id is "", the rest None)
 _U32 = struct.Struct(">I")
 _MAX_KEY = 128  # pamqp truncates longer field names (with a warning): leave those to it
+
+
+def _key_prefix(key: str) -> bytes:
+    """A table entry up to its value: the key's length and bytes, then the long-string type."""
+    raw = key.encode("utf-8")
+    return bytes((len(raw),)) + raw + b"S"
+
+
+# The headers every job and retry copy carries, their entries' first part worked out once.
+_KNOWN_KEYS = {key: _key_prefix(key) for key in (h.JOB_TYPE, h.ATTEMPT, h.DUE_AT, h.REASON, "traceparent")}
 
 
 class JobProperties(spec.Basic.Properties):
@@ -36,9 +51,9 @@ class JobProperties(spec.Basic.Properties):
         return super().marshal() if encoded is None else encoded
 
     def _fast(self) -> bytes | None:
-        for name in _OTHERS:
-            if getattr(self, name) not in (None, ""):
-                return None
+        others = _others(self)
+        if others != _NOT_SET and any(value not in (None, "") for value in others):
+            return None
         flags = 0
         parts: list[bytes] = []
         headers = self.headers
@@ -47,11 +62,13 @@ class JobProperties(spec.Basic.Properties):
             for key, value in sorted(headers.items()):
                 if type(key) is not str or type(value) is not str:
                     return None
-                raw_key = key.encode("utf-8")
-                if len(raw_key) > _MAX_KEY:
-                    return None
+                prefix = _KNOWN_KEYS.get(key)
+                if prefix is None:
+                    if len(key.encode("utf-8")) > _MAX_KEY:
+                        return None
+                    prefix = _key_prefix(key)
                 raw_value = value.encode("utf-8")
-                table += (bytes((len(raw_key),)), raw_key, b"S", _U32.pack(len(raw_value)), raw_value)
+                table += (prefix, _U32.pack(len(raw_value)), raw_value)
             content = b"".join(table)
             flags |= _HEADERS
             parts += (_U32.pack(len(content)), content)

@@ -104,7 +104,7 @@ import bisect
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from conveyor.common.backoff import check_delay
@@ -196,16 +196,10 @@ class Target:
     remaining_ms: int | None = None
 
 
-_NAMES_KEPT = 4096  # queues whose tier names are remembered (a worker has a few; a replay tool more)
-
-
 @dataclass(frozen=True)
 class Topology:
     delay_tiers: tuple[float, ...]
     delivery_limit: int
-    # Per work queue: its tier queues' names, in ``delay_tiers`` order. Every retry copy is
-    # routed to one; formatting the name each time was most of the routing's cost.
-    _tier_names: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def create(cls, delay_tiers: Sequence[float], delivery_limit: int) -> Topology:
@@ -267,15 +261,7 @@ class Topology:
         index = min(bisect.bisect_left(self.delay_tiers, delay), len(self.delay_tiers) - 1)  # smallest tier ≥ delay
         tier = self.delay_tiers[index]
         # Round up: a message may arrive a little late, never early.
-        return self._tiers_of(queue)[index], max(1, math.ceil(min(delay, tier) * 1000 - 1e-6))
-
-    def _tiers_of(self, queue: str) -> tuple[str, ...]:
-        names = self._tier_names.get(queue)
-        if names is None:
-            if len(self._tier_names) >= _NAMES_KEPT:
-                self._tier_names.clear()
-            names = self._tier_names[queue] = tuple(tier_queue(queue, tier) for tier in self.delay_tiers)
-        return names
+        return tier_queue(queue, tier), max(1, math.ceil(min(delay, tier) * 1000 - 1e-6))
 
     def remaining(self, delay: float) -> int | None:
         """Milliseconds of ``delay`` left after one pass through the largest tier (None: none)."""

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import io
 import logging
+import random
+from datetime import UTC, datetime
 
 import orjson
+import pytest
 
-from conveyor.common.logging import configure_logging
+from conveyor.common.logging import JobLogContext, JsonFormatter, configure_logging
 from conveyor.common.secrets import mask_secrets
 
 
@@ -24,3 +27,47 @@ def test_log_lines_are_json_with_context_fields_and_masked() -> None:
     assert line["job_id"] == "j1" and line["attempt"] == 2 and line["level"] == "warning"
     assert "CANARY" not in stream.getvalue()
     logging.getLogger().handlers.clear()
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        0.0, 0.0004999, 0.0005, 0.9994999, 0.9995, 0.9999994, 0.9999995, 0.9999999,  # rounding edges
+        1_733_377_599.9999996, 1_733_377_600.0, 1_733_377_600.0005, 1_733_377_600.999,  # a new second
+        1_709_164_800.123456,  # 2024-02-29
+        -1.5,  # before the epoch: the slow path
+        4_102_444_799.9995,  # 2099-12-31T23:59:59.9995 rounds into the next year
+    ],
+)
+def test_a_log_timestamp_is_the_one_datetime_writes_at_every_rounding_edge(created: float) -> None:
+    """The per-second prefix is remembered: an edge must never print the wrong second or millisecond."""
+    formatter = JsonFormatter()
+    for at in (created, created + 1.0, created):  # a remembered second, then another, then back
+        assert formatter._timestamp(at) == datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+
+
+def test_a_log_timestamp_matches_datetime_for_many_random_instants() -> None:
+    formatter, rng = JsonFormatter(), random.Random(18)
+    base = 1_733_377_600.0
+    for _ in range(20_000):
+        at = base + rng.uniform(0, 5) if rng.random() < 0.8 else rng.uniform(0, 4e9)
+        assert formatter._timestamp(at) == datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+
+
+def test_extra_fields_keep_their_order_and_private_or_standard_names_stay_out() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    try:
+        with JobLogContext({"job_id": "j1", "attempt": 3}):
+            logging.getLogger("t").warning(
+                "m", extra={"zeta": 1, "alpha": ["a", 2, None], "_hidden": "x", "mid": "url amqp://u:CANARY@h/"}
+            )
+            logging.getLogger("t").warning("one", extra={"error_type": "KeyError"})
+        logging.getLogger("t").warning("bare")
+    finally:
+        logging.getLogger().handlers.clear()
+    first, second, third = (orjson.loads(line) for line in stream.getvalue().splitlines())
+    assert list(first) == ["ts", "level", "logger", "msg", "job_id", "attempt", "zeta", "alpha", "mid"]
+    assert first["alpha"] == ["a", 2, None] and "CANARY" not in first["mid"]
+    assert second == {**second, "msg": "one", "job_id": "j1", "attempt": 3, "error_type": "KeyError"}
+    assert list(third) == ["ts", "level", "logger", "msg"]

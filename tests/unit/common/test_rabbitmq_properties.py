@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -28,6 +29,17 @@ JOB_HEADERS = {"x-conveyor-job-type": "bench.noop", "x-conveyor-attempt": "1", "
         {"headers": {"k" * 129: "v"}},
         {"content_type": "application/json", "delivery_mode": 2, "headers": JOB_HEADERS},
         {"delivery_mode": 1, "correlation_id": "c", "app_id": "conveyor"},
+        # the known keys (entries worked out once) beside others, before and after them in order
+        {"delivery_mode": 2, "headers": {**JOB_HEADERS, "x-conveyor-reason": "exhausted", "traceparent": "00-a-b-01",
+                                         "a": "1", "x-conveyor-z": "é", "x-conveyor-attempt-2": "3"}},
+        {"headers": {"traceparent": 7, "x-conveyor-attempt": "1"}},  # a known key with a value pamqp encodes
+        # every other property set alone (cluster_id's default is "", the rest None): pamqp's path
+        *({"delivery_mode": 2, "headers": JOB_HEADERS, name: value} for name, value in (
+            ("content_type", "a"), ("content_encoding", "gzip"), ("priority", 0), ("priority", 5),
+            ("correlation_id", "c"), ("reply_to", "r"), ("timestamp", datetime(2026, 1, 1)),
+            ("message_type", "t"), ("user_id", "conveyor"), ("app_id", "a"),
+            ("cluster_id", ""), ("content_type", ""),
+        )),
     ],
 )
 def test_the_same_bytes_as_pamqp(fields: dict[str, Any]) -> None:

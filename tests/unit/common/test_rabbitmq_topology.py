@@ -165,12 +165,9 @@ def test_a_remaining_delay_header_is_read_only_as_a_positive_wait_up_to_the_maxi
 
 
 def test_routing_picks_the_smallest_tier_holding_the_delay_for_every_delay_and_queue() -> None:
-    """The tier names are remembered per queue: the answer must be the same as working it out."""
     topology = Topology.create((0.05, 0.5, 5, 30), delivery_limit=20)
     delays = [0.001, 0.0499, 0.05, 0.0501, 0.3, 0.5, 0.50001, 4.99, 5.0, 29.0, 30.0, 31.0, 3600.0]
-    # More queues than are remembered, twice over: forgetting must never change an answer.
-    for queue in [f"q{i}" for i in range(5000)] + ["q1", "q4999"]:
+    for queue in ["q", "orders", "a.b-c_d"]:
         for delay in delays:
             tier = next((t for t in topology.delay_tiers if t >= delay), topology.max_delay)
             assert topology.route(queue, delay)[0] == tier_queue(queue, tier)
-    assert len(topology._tier_names) <= 4096

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 from conveyor.common.clock import FakeClock
 from conveyor.consumer.breaker import BreakerConfig, BreakerState, CircuitBreaker
 
@@ -87,3 +89,29 @@ def test_a_probe_taken_from_the_broker_still_runs_after_another_queues_probe_reo
     assert breaker.state is BreakerState.CLOSED
     breaker.record_failure()
     assert not breaker.allow("q3"), "opened from closed: no probe before the next half-open"
+
+
+def test_the_failure_rate_is_that_of_the_last_window_calls_through_many_opens_and_closes() -> None:
+    """The failures in the window are counted as calls come and go (no scan): after every call the
+    breaker opens exactly when the last ``window`` results, worked out by hand, say it must."""
+    opened = 0
+    rng = random.Random(18)
+    for window, min_calls, rate in ((1, 1, 1.0), (5, 3, 0.6), (10, 10, 0.5), (50, 20, 0.3)):
+        breaker, clock, _ = make(consecutive_failures=10**6, failure_rate=rate, window=window, min_calls=min_calls)
+        seen: list[bool] = []
+        for _ in range(3000):
+            if breaker.state is BreakerState.OPEN:  # wait it out, then a probe closes it (a fresh window)
+                clock.advance(breaker.config.reset_timeout)
+                breaker.half_open()
+                assert breaker.allow("q")
+                breaker.record_success()
+                seen = []  # closing starts a fresh window
+                opened += 1
+                continue
+            ok = rng.random() < 0.6
+            (breaker.record_success if ok else breaker.record_failure)()
+            seen = (seen + [ok])[-window:]
+            # Only a failure trips it (a success never opens a closed breaker).
+            expected_open = not ok and len(seen) >= min_calls and seen.count(False) / len(seen) >= rate
+            assert (breaker.state is BreakerState.OPEN) is expected_open
+    assert opened > 100  # the window filled, slid and restarted many times over

@@ -106,10 +106,34 @@ def _record() -> AttemptRecord:
         # what orjson cannot write as pydantic does goes through pydantic-core, unchanged
         new_envelope(**{**BASE, "data": {"amount": decimal.Decimal("1.10"), "id": uuid.UUID(int=5), "tags": {"a"}}}),
         new_envelope(**{**BASE, "data": {"big": 2**70, "nested": {3: "int key"}}}),
-        new_envelope(**BASE).next_attempt(_record()),
+        new_envelope(**{**BASE, "data": {"big": 2**70}}).next_attempt(_record()),  # a copy too, history and all
         Envelope(job_id="j", idempotency_key="j", job_type="t", schema_version=1, correlation_id="j", created_at=NOW,
                  payload=PayloadReference(store="s3", bucket="b", key="k", sha256="0" * 64, size=1)),
     ],
 )
 def test_encode_envelope_falls_back_to_pydantic_for_anything_else(envelope: Envelope) -> None:
     assert encode_envelope(envelope) == encode_model(envelope)
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [dict(outcome="retried")],
+        [dict(outcome="timeout", error_type="TimeoutError", error_message="é\u2028\n\"\\<>&\x01\x7f")],
+        [dict(outcome="deferred", error_type=None, error_message=None, worker_id="w" * 128)],
+        [dict(started_at=datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+              finished_at=datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=timezone(timedelta(hours=-3))))],
+        [dict(started_at=datetime(1, 1, 1, tzinfo=UTC), finished_at=datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))],
+        [dict(attempt=n, outcome="retried") for n in range(1, 31)],  # a full history, and past it
+    ],
+)
+def test_a_retry_copy_with_its_history_is_written_as_pydantic_writes_it(records: list[dict[str, Any]]) -> None:
+    """encode_envelope writes every retry copy (settlement): its attempt history too."""
+    envelope = new_envelope(**{**BASE, "data": {"f": [0.1, 1e22, -0.0], "s": "é\u2028", "n": None}})
+    for changes in records:
+        fields = {"attempt": 1, "worker_id": "w", "started_at": NOW, "finished_at": NOW, "outcome": "retried",
+                  "error_type": "RetryableError", "error_message": "once", **changes}
+        envelope = envelope.next_attempt(AttemptRecord(**fields))
+    assert envelope.history
+    assert encode_envelope(envelope) == encode_model(envelope)
+    assert decode_envelope(encode_envelope(envelope)) == envelope
