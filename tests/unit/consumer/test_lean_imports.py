@@ -32,6 +32,8 @@ OPTIONAL = (
     "conveyor.consumer.middleware.idempotency",
     "conveyor.consumer.middleware.job_state",
     "conveyor.common.payload_store.factory",
+    "conveyor.common.payload_store.s3",
+    "conveyor.common.payload_store.filesystem",
     "conveyor.common.transport.memory",
     "conveyor.common.settings",
     "pydantic_settings",
