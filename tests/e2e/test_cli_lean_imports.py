@@ -17,23 +17,11 @@ import time
 from pathlib import Path
 
 from tests.support.e2e_worker import ROOT
-from tests.unit.consumer.test_lean_imports import OPTIONAL
+from tests.unit.consumer.test_lean_imports import OPTIONAL, REGISTRY_SOURCE
 
-APP = """
+AT_EXIT = """
 import atexit, json, sys
-from pydantic import BaseModel
-from conveyor import JobContext, JobRegistry
-
 atexit.register(lambda: open({out!r}, "w").write(json.dumps(sorted(sys.modules))))
-
-class Ping(BaseModel):
-    n: int
-
-jobs = JobRegistry()
-
-@jobs.job("ping", model=Ping)
-async def ping(payload: Ping, ctx: JobContext) -> None:
-    return None
 """
 
 # Besides the worker's OPTIONAL list: the CLI's other commands and what they draw in.
@@ -49,7 +37,7 @@ def _free_port() -> int:
 
 def _run_worker(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[set[str], str]:
     out = tmp_path / "modules.json"
-    (tmp_path / "leanapp.py").write_text(APP.format(out=str(out)))
+    (tmp_path / "leanapp.py").write_text(AT_EXIT.format(out=str(out)) + REGISTRY_SOURCE)
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "conveyor", "worker", "leanapp:jobs", "--broker", "memory://",

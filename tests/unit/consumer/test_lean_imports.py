@@ -46,11 +46,10 @@ OPTIONAL = (
     "rich",
 )
 
-_PREAMBLE = """
-import json, sys
+# A user's module: one pydantic-validated job (also the CLI test's app).
+REGISTRY_SOURCE = """
 from pydantic import BaseModel
-from conveyor import JobContext, JobRegistry, Worker, WorkerConfig
-from conveyor.common.transport.{broker} import {transport}
+from conveyor import JobContext, JobRegistry
 
 class Ping(BaseModel):
     n: int
@@ -60,7 +59,12 @@ jobs = JobRegistry()
 @jobs.job("ping", model=Ping)
 async def ping(payload: Ping, ctx: JobContext) -> None:
     return None
+"""
 
+_PREAMBLE = """
+import json, sys
+from conveyor import Worker, WorkerConfig
+from conveyor.common.transport.{broker} import {transport}
 transport = {transport}({url!r})
 """
 
@@ -72,7 +76,7 @@ BROKERS = {
 
 def _loaded(broker: str, body: str) -> set[str]:
     transport, url = BROKERS[broker]
-    script = _PREAMBLE.format(broker=broker, transport=transport, url=url) + textwrap.dedent(body) + (
+    script = REGISTRY_SOURCE + _PREAMBLE.format(broker=broker, transport=transport, url=url) + textwrap.dedent(body) + (
         "\nprint(json.dumps(sorted(sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
