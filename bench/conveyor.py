@@ -22,6 +22,7 @@ from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.logging import configure_logging
 from conveyor.common.transport.rabbitmq import RabbitMQTransport
 from conveyor.consumer.breaker import BreakerConfig
+from conveyor.consumer.http import HealthServer
 from conveyor.consumer.worker import Worker, WorkerConfig
 
 if TYPE_CHECKING:
@@ -134,6 +135,10 @@ async def worker_main(spec: dict[str, Any]) -> None:
     breaker = BreakerConfig(consecutive_failures=10**9, failure_rate=1.0, min_calls=10**9)
     config = WorkerConfig(concurrency=prefetch, prefetch=prefetch, breaker=breaker)
     worker = Worker(transport, jobs, config=config)
+    # /healthz, /readyz, /metrics as ``conveyor worker`` serves them (its default is on): the RSS
+    # row is then a deployed worker's, endpoint included.
+    http = HealthServer(worker, "127.0.0.1", 0)
+    await http.start()
     await worker.start()
     ready()
     result: dict[str, Any] = {}
@@ -153,5 +158,6 @@ async def worker_main(spec: dict[str, Any]) -> None:
     if rss_every:
         result["rss_samples"] = rss_samples
     await worker.stop(grace_period=5.0)
+    await http.stop()
     await transport.close()
     emit(result)

@@ -19,6 +19,7 @@ from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.logging import configure_logging
 from conveyor.common.transport.pulsar import PulsarTransport
+from conveyor.consumer.http import HealthServer
 from conveyor.consumer.worker import Worker, WorkerConfig
 
 if TYPE_CHECKING:
@@ -126,6 +127,10 @@ async def worker_main(spec: dict[str, Any]) -> None:
     transport = make_transport(spec["url"])
     await transport.connect()
     worker = Worker(transport, jobs, config=WorkerConfig(concurrency=prefetch, prefetch=prefetch))
+    # /healthz, /readyz, /metrics as ``conveyor worker`` serves them (its default is on): the RSS
+    # row is then a deployed worker's, endpoint included.
+    http = HealthServer(worker, "127.0.0.1", 0)
+    await http.start()
     await worker.start()
     ready()
     result: dict[str, Any] = {}
@@ -145,5 +150,6 @@ async def worker_main(spec: dict[str, Any]) -> None:
     if rss_every:
         result["rss_samples"] = rss_samples
     await worker.stop(grace_period=5.0)
+    await http.stop()
     await transport.close()
     emit(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import math
@@ -154,7 +155,20 @@ class WorkerRun:
     stderr_tail: str
 
 
+@functools.cache
+def _compile_sources() -> None:
+    """Byte-compile the project's sources once, as ``pip install`` and the Dockerfile's
+    ``compileall`` do for a deployed Conveyor. Under PYTHONDONTWRITEBYTECODE (set on this
+    machine) a worker subprocess would otherwise compile every Conveyor module at start, and
+    the compiler's memory would count in its peak RSS: about 1 MiB that an installed worker
+    does not use (issue 18). The raw loops' bench modules are compiled the same way."""
+    folders = [str(ROOT / name) for name in ("common", "schemas", "producer", "consumer", "conveyor", "bench")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *folders], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
 def _spawn(module: str, spec: dict[str, Any], stderr: Any) -> subprocess.Popen[str]:
+    _compile_sources()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     return subprocess.Popen(

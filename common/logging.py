@@ -22,11 +22,6 @@ import orjson
 
 from conveyor.common.secrets import mask_secrets
 
-try:  # optional: trace ids on log lines when OpenTelemetry is installed
-    from opentelemetry import trace as _otel_trace
-except ImportError:  # pragma: no cover
-    _otel_trace = None  # type: ignore[assignment]  # OTel absent: None marks it
-
 __all__ = ["JobLogContext", "JsonFormatter", "TextFormatter", "configure_logging", "job_log_fields", "mask_secrets"]
 
 # The job being handled in this task: its fields are added to every log line written while
@@ -139,9 +134,13 @@ class TextFormatter(logging.Formatter):
 
 
 def _add_trace_ids(entry: dict[str, Any]) -> None:
-    if _otel_trace is None:
+    # Only once something has loaded OpenTelemetry's API (tracing configured, or the app's own
+    # spans) can a span be active: until then there is nothing to add, and a worker without
+    # tracing does not carry the API's modules (issue 18, worker RSS).
+    otel_trace = sys.modules.get("opentelemetry.trace")
+    if otel_trace is None:
         return
-    context = _otel_trace.get_current_span().get_span_context()
+    context = otel_trace.get_current_span().get_span_context()
     if context.is_valid:
         entry["trace_id"] = format(context.trace_id, "032x")
         entry["span_id"] = format(context.span_id, "016x")

@@ -35,13 +35,10 @@ from conveyor.common.defaults import (
 )
 from conveyor.common.errors import ConfigurationError, UnknownJobType
 from conveyor.common.headers import CONFIG_HASH, WORKER_VERSION, due_timestamp
-from conveyor.common.idempotency.base import ProcessedKeyStore
-from conveyor.common.job_state.base import JobStateStore
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind, SettleAction
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.middleware import Middleware
-from conveyor.common.payload_store.base import PayloadStore
 from conveyor.common.secrets import mask_secrets
 from conveyor.common.transport.base import Delivery, Transport
 from conveyor.consumer.breaker import (
@@ -54,8 +51,6 @@ from conveyor.consumer.breaker import (
 from conveyor.consumer.hold_times import holds
 from conveyor.consumer.middleware.cpu_time import CpuTimeMiddleware
 from conveyor.consumer.middleware.crash_guard import CrashGuardMiddleware
-from conveyor.consumer.middleware.idempotency import IdempotencyMiddleware
-from conveyor.consumer.middleware.job_state import JobStateConfig, JobStateMiddleware
 from conveyor.consumer.middleware.log_context import LogContextMiddleware
 from conveyor.consumer.payloads import PayloadResolver
 from conveyor.consumer.processor import Processor
@@ -65,7 +60,11 @@ from conveyor.consumer.threads import HandlerThreads
 from conveyor.consumer.watchdog import StallWatchdog, WatchdogConfig
 
 if TYPE_CHECKING:  # Settings loads pydantic-settings (~5 MiB): only the CLI needs it at run time
+    from conveyor.common.idempotency.base import ProcessedKeyStore
+    from conveyor.common.job_state.base import JobStateStore
+    from conveyor.common.payload_store.base import PayloadStore
     from conveyor.common.settings import Settings
+    from conveyor.consumer.middleware.job_state import JobStateConfig, JobStateMiddleware
 
 __all__ = ["Worker", "WorkerConfig", "default_worker_id"]
 
@@ -139,6 +138,21 @@ class WorkerConfig:
         return self.prefetch or self.concurrency
 
 
+# The optional features' middlewares load their stores' modules (the job-state writer and
+# spill file, the idempotency store's base): imported only when the feature is configured, so a
+# plain worker does not carry them (issue 18, worker RSS; tests/unit/consumer/test_lean_imports.py).
+def _idempotency_middleware(store: ProcessedKeyStore) -> Middleware:
+    from conveyor.consumer.middleware.idempotency import IdempotencyMiddleware
+
+    return IdempotencyMiddleware(store)
+
+
+def _job_state_middleware() -> type[JobStateMiddleware]:
+    from conveyor.consumer.middleware.job_state import JobStateMiddleware
+
+    return JobStateMiddleware
+
+
 class Worker:
     def __init__(
         self,
@@ -174,7 +188,7 @@ class Worker:
         # must see the handler's own outcome, not another middleware's).
         # Deduplication sits just inside the caller's middlewares (tracing and metrics still
         # see a skipped duplicate) and outside the breaker (which counts real runs only).
-        dedupe = [IdempotencyMiddleware(idempotency)] if idempotency is not None else []
+        dedupe = [] if idempotency is None else [_idempotency_middleware(idempotency)]
         # The crash guard is outermost of all: a suspect waits for its exclusive run before
         # anything else happens, and its journal entry covers every other hook.
         guard = []
@@ -182,7 +196,7 @@ class Worker:
             guard = [CrashGuardMiddleware(CrashJournal(self.config.state_dir), limit=self.config.crash_limit)]
         # Job state just inside the log context: it sees every job that starts, and a cancel
         # (JobCancelled) never reaches the breaker as a failure.
-        self.job_state = None if job_state is None else JobStateMiddleware(
+        self.job_state = None if job_state is None else _job_state_middleware()(
             job_state, worker_id=self.config.worker_id, config=job_state_config,
             code_version=self.config.code_version, config_hash=self.config.config_hash,
             state_dir=self.config.state_dir,

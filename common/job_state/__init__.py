@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from conveyor.common.clock import Clock
-from conveyor.common.job_state.base import MAX_RESULT_BYTES, CancelResult, JobStateStore
-from conveyor.common.job_state.memory import MemoryJobStateStore
-from conveyor.common.job_state.postgres import PostgresJobStateStore
-from conveyor.common.job_state.states import AttemptInfo, JobRecord, JobState, Transition
+from conveyor.common.lazy import lazy_exports
 from conveyor.common.sql import parse_store_url
 
 if TYPE_CHECKING:
+    from conveyor.common.clock import Clock
+    from conveyor.common.job_state.base import MAX_RESULT_BYTES, CancelResult, JobStateStore
+    from conveyor.common.job_state.memory import MemoryJobStateStore
+    from conveyor.common.job_state.postgres import PostgresJobStateStore
     from conveyor.common.job_state.sqlite import SQLiteJobStateStore
+    from conveyor.common.job_state.states import AttemptInfo, JobRecord, JobState, Transition
 
 __all__ = [
     "MAX_RESULT_BYTES",
@@ -38,6 +39,8 @@ __all__ = [
 def job_state_store_from_url(url: str, *, clock: Clock | None = None, table_prefix: str | None = None) -> JobStateStore:
     location = parse_store_url(url, what="job-state store")
     if location.kind == "memory":
+        from conveyor.common.job_state.memory import MemoryJobStateStore
+
         return MemoryJobStateStore(clock=clock)
     if location.kind == "sqlite":
         # The SQLite store loads the sqlite3 module (~1 MiB resident): only when it is asked for.
@@ -46,14 +49,19 @@ def job_state_store_from_url(url: str, *, clock: Clock | None = None, table_pref
         if table_prefix is None:
             return SQLiteJobStateStore(location.target, clock=clock)
         return SQLiteJobStateStore(location.target, clock=clock, table_prefix=table_prefix)
+    from conveyor.common.job_state.postgres import PostgresJobStateStore
+
     if table_prefix is None:
         return PostgresJobStateStore(location.target, clock=clock)
     return PostgresJobStateStore(location.target, clock=clock, table_prefix=table_prefix)
 
 
-def __getattr__(name: str) -> object:
-    if name == "SQLiteJobStateStore":
-        from conveyor.common.job_state.sqlite import SQLiteJobStateStore
-
-        return SQLiteJobStateStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Each store's module (and the SQLite one's sqlite3, ~1 MiB resident) loads on first use: a
+# worker without a job-state store carries none of them (issue 18, worker RSS).
+__getattr__ = lazy_exports(__name__, {
+    ".base": ("MAX_RESULT_BYTES", "CancelResult", "JobStateStore"),
+    ".memory": ("MemoryJobStateStore",),
+    ".postgres": ("PostgresJobStateStore",),
+    ".sqlite": ("SQLiteJobStateStore",),
+    ".states": ("AttemptInfo", "JobRecord", "JobState", "Transition"),
+})

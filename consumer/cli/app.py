@@ -8,24 +8,40 @@ is masked in its logs and errors; a password typed as a flag gets a ``ps`` warni
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import click
 from click.core import ParameterSource
 
 from conveyor.common.logging import configure_logging
 from conveyor.common.settings import LOG_LEVELS, Settings
-from conveyor.consumer.cli.console import console as console_command
-from conveyor.consumer.cli.dlq import dlq
-from conveyor.consumer.cli.jobs import jobs
-from conveyor.consumer.cli.outbox import outbox
-from conveyor.consumer.cli.payloads import payloads
-from conveyor.consumer.cli.publish import publish
-from conveyor.consumer.cli.status import status
-from conveyor.consumer.cli.support import ArgvGroup, console, run
-from conveyor.consumer.cli.worker import worker
+from conveyor.consumer.cli.support import ArgvGroup, run
 
 __all__ = ["main"]
 
 _DEFAULTS = Settings.model_fields  # the log options' defaults are the settings' (one place)
+
+
+# Each subcommand's module is imported when that command runs (or for --help): ``conveyor
+# worker`` then never loads the listing commands' rich tables and progress bars (issue 18,
+# worker RSS; tests/e2e/test_cli_lean_imports.py). name -> the module defining the command.
+_SUBCOMMANDS = {
+    "worker": "worker", "publish": "publish", "dlq": "dlq", "payloads": "payloads",
+    "status": "status", "jobs": "jobs", "outbox": "outbox", "console": "console",
+}
+
+
+class _Root(ArgvGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_SUBCOMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = _SUBCOMMANDS.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            command: Any = getattr(importlib.import_module(f"conveyor.consumer.cli.{module}"), cmd_name)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
 
 def _log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -37,7 +53,7 @@ def _log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
     raise click.BadParameter(f"{value!r}{source} is not one of {', '.join(LOG_LEVELS)}", ctx=ctx, param=param)
 
 
-@click.group(cls=ArgvGroup)
+@click.group(cls=_Root)
 @click.option("--log-level", envvar="CONVEYOR_LOG_LEVEL", default=_DEFAULTS["log_level"].default, show_default=True,
               callback=_log_level, help=f"{', '.join(LOG_LEVELS)} [env CONVEYOR_LOG_LEVEL]")
 @click.option("--log-format", envvar="CONVEYOR_LOG_FORMAT", type=click.Choice(["json", "text"]),
@@ -56,6 +72,7 @@ def demo(jobs_count: int, with_console: bool, console_port: int) -> None:
     """Run the whole job life cycle on the embedded broker (no server needed)."""
     import logging
 
+    from conveyor.consumer.cli.support import console
     from conveyor.consumer.ops.demo import run_demo
 
     logging.getLogger().setLevel(logging.ERROR)  # the demo's tables tell the story
@@ -65,10 +82,6 @@ def demo(jobs_count: int, with_console: bool, console_port: int) -> None:
 
         keep_up = demo_console(console_port)
     run(run_demo(console, jobs_count=jobs_count, keep_up=keep_up), None)
-
-
-for command in (worker, publish, dlq, payloads, status, jobs, outbox, console_command):
-    main.add_command(command)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,11 @@
 """The outbox relay's /healthz, /readyz and /metrics (``conveyor outbox relay --http-port``).
 
-A module of its own so that ``conveyor --help`` does not import aiohttp and the worker.
+A module of its own so that ``conveyor --help`` does not import the worker.
 """
 
 from __future__ import annotations
 
-from aiohttp import web
-
-from conveyor.consumer.http import Endpoints
+from conveyor.consumer.http import Endpoints, Reply
 from conveyor.producer.outbox.relay import OutboxRelay
 
 __all__ = ["RelayHttp"]
@@ -22,12 +20,12 @@ class RelayHttp(Endpoints):
         super().__init__(host, port)
         self._relay = relay
 
-    async def _healthz(self, _: web.Request) -> web.Response:
-        return web.Response(text="ok")
+    async def _healthz(self) -> Reply:
+        return Reply(200, b"ok")
 
-    async def _readyz(self, _: web.Request) -> web.Response:
+    async def _readyz(self) -> Reply:
         failing = self._relay.failures
-        return web.json_response({"ready": not failing, "failures": failing}, status=503 if failing else 200)
+        return Reply.json({"ready": not failing, "failures": failing}, status=503 if failing else 200)
 
-    async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(body=self._relay.metrics.render(), content_type="text/plain")
+    async def _metrics(self) -> Reply:
+        return Reply(200, self._relay.metrics.render())

@@ -10,10 +10,9 @@ import importlib
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
 from conveyor.common.errors import ConveyorError, RejectedMessage, UnknownJob
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
@@ -43,8 +42,27 @@ __all__ = [
     "transport_for",
 ]
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    console: Console
+
 T = TypeVar("T")
-console = Console()
+
+
+def __getattr__(name: str) -> Any:
+    # ``console``: rich's Console, built when a command first imports it. rich is ~3 MiB
+    # resident once it has printed, and ``conveyor worker`` prints only plain lines (with
+    # click), so its processes never load it (issue 18, worker RSS). The listing commands'
+    # tables and the demo use it as before.
+    if name == "console":
+        from rich.console import Console
+
+        globals()["console"] = value = Console()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _MISSING = object()
 
 

@@ -22,7 +22,6 @@ from conveyor.consumer.cli.secrets import redactor, warn_if_credentials
 from conveyor.consumer.cli.support import (
     broker_option,
     command_line,
-    console,
     job_state_option,
     job_state_store_for,
     load_registry,
@@ -114,12 +113,12 @@ def _supervise(processes: int, settings: Settings) -> None:
     supervisor = Supervisor(
         [sys.executable, "-m", "conveyor", *command_line()], processes, grace_period=settings.grace_period,
         http_host=settings.http_host, http_port=settings.http_port, policy=restart_policy(settings),
-        announce=lambda line: console.print(line, highlight=False),
+        announce=click.echo,
     )
     code = run(supervisor.run(), settings)
     if supervisor.error is not None:
         raise click.ClickException(supervisor.error)
-    console.print("stopped")
+    click.echo("stopped")
     if code:
         sys.exit(code)
 
@@ -128,7 +127,6 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
     from dataclasses import replace
 
     from conveyor.consumer.http import HealthServer
-    from conveyor.consumer.middleware.job_state import JobStateConfig
     from conveyor.consumer.supervisor import Beacon
     from conveyor.consumer.worker import Worker, WorkerConfig
 
@@ -146,8 +144,12 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
 
         keys = store_from_url(settings.idempotency_url.get_secret_value())
     states = job_state_store_for(settings)
-    lease = settings.job_state_lease
-    state_config = JobStateConfig(lease=lease, heartbeat=lease / 6, reconcile_every=lease / 2)
+    state_config = None
+    if states is not None:  # the job-state middleware's modules load only when a store is configured
+        from conveyor.consumer.middleware.job_state import JobStateConfig
+
+        lease = settings.job_state_lease
+        state_config = JobStateConfig(lease=lease, heartbeat=lease / 6, reconcile_every=lease / 2)
     worker = Worker(transport, registry, config=config, payload_store=store, middlewares=middlewares,
                     idempotency=keys, job_state=states, job_state_config=state_config, redact=redactor())
     # Listen before consuming: a port in use is a one-line error before any job is taken.
@@ -160,13 +162,12 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
                                              before=lambda: _refresh(running), orphaned=stop.set)
             if beacon:
                 beacon.start()
-            console.print(
+            click.echo(
                 f"worker {config.worker_id} consuming {', '.join(registry.queues())} on {mask_url(broker)}"
                 + (f"; http://{settings.http_host}:{http.port}/metrics" if http else ""),
-                highlight=False,
             )
             await stop.wait()
-            console.print("draining…")
+            click.echo("draining…")
             await running.drain()
             if beacon:
                 await beacon.stop()
@@ -177,7 +178,7 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
         await store.close()
     if tracer_provider is not None:
         tracer_provider.shutdown()  # flush the last spans
-    console.print("stopped")
+    click.echo("stopped")
 
 
 def _refresh(running: Any) -> None:

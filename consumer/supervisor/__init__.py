@@ -9,8 +9,21 @@ and /healthz for all of them (``http``). Each worker keeps everything a single w
 own stall watchdog, its own crash journal (named by its pid), its own broker connections.
 """
 
-from conveyor.consumer.supervisor.beacon import CHILD_ENV, Beacon, child_index
-from conveyor.consumer.supervisor.policy import RestartPolicy
-from conveyor.consumer.supervisor.supervisor import Supervisor
+from typing import TYPE_CHECKING
+
+from conveyor.common.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from conveyor.consumer.supervisor.beacon import CHILD_ENV, Beacon, child_index
+    from conveyor.consumer.supervisor.policy import RestartPolicy
+    from conveyor.consumer.supervisor.supervisor import Supervisor
 
 __all__ = ["CHILD_ENV", "Beacon", "RestartPolicy", "Supervisor", "child_index"]
+
+# Lazy: every worker process asks for child_index and the Beacon; only the supervisor process
+# needs the Supervisor and its multiprocess /metrics (issue 18, worker RSS).
+__getattr__ = lazy_exports(__name__, {
+    ".beacon": ("CHILD_ENV", "Beacon", "child_index"),
+    ".policy": ("RestartPolicy",),
+    ".supervisor": ("Supervisor",),
+})

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from conveyor.consumer.http import Endpoints
+from conveyor.consumer.http import Endpoints, Reply
 
 __all__ = ["SupervisorHttp"]
 
@@ -40,14 +39,14 @@ class SupervisorHttp(Endpoints):
         self._processes = processes
         self._ready = ready
 
-    async def _healthz(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "processes": self._processes()})
+    async def _healthz(self) -> Reply:
+        return Reply.json({"status": "ok", "processes": self._processes()})
 
-    async def _readyz(self, _: web.Request) -> web.Response:
+    async def _readyz(self) -> Reply:
         ready = self._ready()
-        return web.json_response({"ready": ready, "processes": self._processes()}, status=200 if ready else 503)
+        return Reply.json({"ready": ready, "processes": self._processes()}, status=200 if ready else 503)
 
-    async def _metrics(self, _: web.Request) -> web.Response:
+    async def _metrics(self) -> Reply:
         # The workers' files are read from disk: off the loop.
         workers = await asyncio.to_thread(generate_latest, self._workers)
-        return web.Response(body=workers + generate_latest(self._own), content_type="text/plain", charset="utf-8")
+        return Reply(200, workers + generate_latest(self._own))
