@@ -117,7 +117,8 @@ class Endpoints:
         if not head:
             writer.write(conn.send(h11.Data(data=reply.body)) or b"")
         writer.write(conn.send(h11.EndOfMessage()) or b"")
-        await writer.drain()
+        # Bounded too: a client that never reads would otherwise hold this task for good.
+        await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
 
     async def _route(self, request: h11.Request) -> Reply:
         path = request.target.split(b"?", 1)[0]

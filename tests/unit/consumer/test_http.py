@@ -124,6 +124,25 @@ async def test_a_silent_client_is_cut_and_stop_closes_open_connections(monkeypat
         await asyncio.open_connection("127.0.0.1", server.port)
 
 
+async def test_a_client_that_never_reads_its_answer_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_module, "READ_TIMEOUT", 0.2)
+    server, worker = await _server()
+    assert server.port
+    monkeypatch.setattr(worker.metrics, "render", lambda: b"x" * (32 << 20))  # far past any socket buffer
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        for _ in range(100):  # never read: the server's write stalls, then it gives up
+            await asyncio.sleep(0.05)
+            if not server._connections:
+                break
+        assert not server._connections, "a reader that never reads held a server task"
+    finally:
+        writer.close()
+        await server.stop()
+
+
 async def test_a_failing_answer_is_a_500_and_the_endpoint_stays_up(monkeypatch: pytest.MonkeyPatch) -> None:
     server, worker = await _server()
     assert server.port
