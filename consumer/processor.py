@@ -121,7 +121,9 @@ class Processor:
             for middleware in self._middlewares:
                 if await middleware.succeeded_before(envelope, spec):
                     raise _SucceededBefore
-        data = await self._load(envelope, spec)
+        # An inline payload is its data (PayloadResolver.load's first line), without a coroutine.
+        payload_in = envelope.payload
+        data = payload_in.data if type(payload_in) is InlinePayload else await self._load(envelope, spec)
         payload = self._registry.schemas.resolve(
             envelope.job_type, envelope.schema_version, data, target=spec.version
         )

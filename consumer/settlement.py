@@ -145,14 +145,16 @@ class Settlement:
         match outcome.kind:
             case OutcomeKind.SUCCEEDED:
                 await delivery.ack()
-                await self._discard_payload(outcome.envelope)
+                if self._holds_claim_check(outcome.envelope):
+                    await self._discard_payload(outcome.envelope)
                 action = SettleAction.SUCCEEDED
             case OutcomeKind.RELEASE:
                 await delivery.release()
                 action = SettleAction.RELEASED
             case OutcomeKind.CANCELLED:  # never retried, never dead-lettered
                 await delivery.ack()
-                await self._discard_payload(outcome.envelope)
+                if self._holds_claim_check(outcome.envelope):
+                    await self._discard_payload(outcome.envelope)
                 action = SettleAction.CANCELLED
             case OutcomeKind.DEFER:
                 action = await self._defer_or_dead(delivery, outcome)
@@ -302,8 +304,14 @@ class Settlement:
         """Masked (tracebacks quote the raising line and its message) and encodable."""
         return json_safe_text(self._redact(text))
 
+    def _holds_claim_check(self, envelope: Envelope | None) -> bool:
+        # Asked first so that an inline job (nearly all) awaits no coroutine for nothing.
+        return self._payloads is not None and envelope is not None and isinstance(envelope.payload, PayloadReference)
+
     async def _discard_payload(self, envelope: Envelope | None) -> None:
-        if self._payloads is not None and envelope is not None and isinstance(envelope.payload, PayloadReference):
+        if self._holds_claim_check(envelope):
+            assert self._payloads is not None and envelope is not None
+            assert isinstance(envelope.payload, PayloadReference)
             await self._payloads.discard(envelope.payload)
 
     def _copy_message(

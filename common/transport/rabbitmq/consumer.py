@@ -194,11 +194,12 @@ class AmqpDelivery(Delivery):
         settler.delivered(self._delivery_tag)
         self._on_settled = on_settled
 
-    async def _ack(self) -> None:
-        await self._settle(ack=True)
+    # The settling coroutine itself, not one more around it (one per job).
+    def _ack(self) -> Coroutine[Any, Any, None]:
+        return self._settle(ack=True)
 
-    async def _release(self) -> None:
-        await self._settle(ack=False)
+    def _release(self) -> Coroutine[Any, Any, None]:
+        return self._settle(ack=False)
 
     async def _settle(self, *, ack: bool) -> None:
         try:
