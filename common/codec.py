@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from conveyor.common.errors import MalformedMessage, MessageTooLarge
 from conveyor.schemas.dead_letter import DeadLetterRecord
-from conveyor.schemas.envelope import MAX_DEPTH, Envelope
+from conveyor.schemas.envelope import MAX_DEPTH, Envelope, InlinePayload
 from conveyor.schemas.registry import describe_validation_error
 
 __all__ = [
@@ -99,18 +99,18 @@ def _key_ends(body: bytes) -> int:
     return body.translate(None, _JSON_SPACE).count(b'":')
 
 
-def _keys_and_exactness(value: Any) -> tuple[int, bool]:
+def _keys_and_exactness(value: Any, depth: int = 0) -> tuple[int, bool]:
     """Object keys in ``value`` (all levels), and whether every number is judged exactly.
 
     Not exact: an integer out of range, or any float of magnitude 2**53 or more (orjson turns
     integers too big for 64 bits into floats without a word, and inf/NaN fail the comparison
     too); such floats are rare, and the strict scanner tells a real one from a huge integer.
     Nesting deeper than ``MAX_DEPTH`` is refused here, whichever parser then decides.
+    ``depth``: the levels above ``value`` in its message, less one (0: ``value`` is the message).
     """
     keys = 0
     exact = True
     level: list[Any] = [[value]]  # the top level goes through the same checks as any nested value
-    depth = 0
     while level:  # level by level, not recursive: orjson nests deeper than Python recurses
         if depth > MAX_DEPTH:
             raise MalformedMessage(f"JSON nested deeper than {MAX_DEPTH} levels")
@@ -202,8 +202,50 @@ def _validate(model: type[BaseModel], data: Any) -> Any:
 
 
 def decode_envelope(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Envelope:
+    """The envelope in ``body``, strictly (module docs); ``MalformedMessage`` or ``MessageTooLarge``."""
+    if len(body) > max_bytes:
+        raise MessageTooLarge(f"message is {len(body)} bytes, limit is {max_bytes}")
+    envelope = _envelope_at_once(body)
+    if envelope is not None:
+        return envelope
     result: Envelope = _validate(Envelope, strict_json_loads(body, max_bytes=max_bytes))
     return result
+
+
+# The data of an inline payload sits below the envelope and the payload (see _keys_and_exactness).
+_DATA_DEPTH = 2
+
+
+def _envelope_at_once(body: bytes) -> Envelope | None:
+    """The envelope, parsed and validated in one pass by pydantic-core, if the two-step way
+    (``strict_json_loads``, then ``model_validate``) would accept ``body`` and give this same
+    envelope; None when it might not, and the two-step way decides, with its own words.
+
+    One pass is ~4 µs less per job than orjson's dict handed to pydantic. pydantic-core's parser
+    alone is no stricter than orjson, so the same proofs are made on what it built: as many
+    object keys as the bytes have key-ending quotes (fields given, header names, the data's keys,
+    counted as ``_keys_and_exactness`` counts them: no duplicate was folded away), every number
+    in the data exact and in range, the data nested no deeper than ``MAX_DEPTH``. The envelope's
+    own numbers are bounded by its schema. A ``\\u`` escape of a surrogate goes the two-step way
+    (orjson refuses a lone one), as does anything pydantic-core refuses. A differential unit test
+    holds the two ways to the same verdicts and the same envelopes.
+    """
+    if b"\\ud" in body or b"\\uD" in body:
+        return None
+    try:
+        envelope = Envelope.model_validate_json(body)
+        payload = envelope.payload
+        keys = len(envelope.model_fields_set) + len(payload.model_fields_set) + len(envelope.headers)
+        for record in envelope.history:
+            keys += len(record.model_fields_set)
+        if type(payload) is InlinePayload:
+            data_keys, exact = _keys_and_exactness(payload.data, _DATA_DEPTH)
+            if not exact:
+                return None
+            keys += data_keys
+    except (ValidationError, MalformedMessage):
+        return None
+    return envelope if keys == _key_ends(body) else None
 
 
 def decode_dead_letter(body: bytes, *, max_bytes: int | None = None) -> DeadLetterRecord:

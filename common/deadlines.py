@@ -35,12 +35,13 @@ class TimeLimit:
     def __call__(self) -> _Call:
         return _Call(self)
 
-    def _start(self, call: _Call) -> None:
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # first use, or a new event loop (tests): start afresh
-            if self._timer is not None:
-                self._timer.cancel()
-            self._loop, self._running, self._timer = loop, {}, None
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """First use, or a new event loop (tests): start afresh on ``loop``."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._loop, self._running, self._timer = loop, {}, None
+
+    def _start(self, call: _Call, loop: asyncio.AbstractEventLoop) -> None:
         call.when = loop.time() + self.seconds
         self._running[call] = None
         if self._timer is None:
@@ -80,12 +81,23 @@ class _Call:
         self.expired = False
 
     def __enter__(self) -> None:
-        task = asyncio.current_task()
+        limit = self._limit
+        loop = limit._loop
+        # The limit's own loop named: asyncio.current_task() would ask get_running_loop(),
+        # a getpid() system call per job on 3.11. A loop that is not running in this thread
+        # (one that has stopped: tests) has no current task, and the long way takes over.
+        task = None if loop is None else asyncio.current_task(loop)
         if task is None:
-            raise RuntimeError("TimeLimit must be used inside a task")
+            task = asyncio.current_task()
+            if task is None:
+                raise RuntimeError("TimeLimit must be used inside a task")
+            loop = task.get_loop()
+            if loop is not limit._loop:
+                limit._bind(loop)
+        assert loop is not None
         self.task = task
         self.cancelling = task.cancelling()
-        self._limit._start(self)
+        limit._start(self, loop)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

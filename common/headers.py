@@ -38,8 +38,8 @@ __all__ = [
     "format_due_at",
 ]
 
-JOB_TYPE = "x-conveyor-job-type"
-ATTEMPT = "x-conveyor-attempt"
+JOB_TYPE = "x-conveyor-job-type"  # on dead letters; on jobs only from versions before 2026-12
+ATTEMPT = "x-conveyor-attempt"  # sent on jobs by versions before 2026-12; never read (the envelope's counts)
 # When the message becomes due (epoch seconds): publish time plus its delay. The worker's
 # "time from publish to start" metric is measured from it.
 DUE_AT = "x-conveyor-due-at"

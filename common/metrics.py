@@ -195,6 +195,7 @@ class WorkerMetrics:
         self._updaters: dict[tuple[int, tuple[str, ...]], Callable[[float], None]] = {}
         # Per label (bounded: registered job types and "unknown"): a success's three updates.
         self._succeeded_by_label: dict[str, tuple[Callable[[float], None], ...]] = {}
+        self._start_delay_by_queue: dict[str, Callable[[float], None]] = {}  # bound once per queue
         self._window_max: dict[str, float] = {}
         self._previous_max: dict[str, float] = {}
 
@@ -302,7 +303,10 @@ class WorkerMetrics:
     def started(self, queue: str, delay: float) -> None:
         """A job started ``delay`` seconds after it became due."""
         delay = max(0.0, delay)
-        self.observer(self.start_delay, queue)(delay)
+        observe = self._start_delay_by_queue.get(queue)
+        if observe is None:  # every job: one lookup, no key built
+            observe = self._start_delay_by_queue[queue] = self.observer(self.start_delay, queue)
+        observe(delay)
         if delay > self._window_max.get(queue, -1.0):
             self._window_max[queue] = delay
             self.child(self.max_start_delay, queue).set(max(delay, self._previous_max.get(queue, 0.0)))

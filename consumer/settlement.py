@@ -133,7 +133,12 @@ class Settlement:
         after a pause that grows with each failure of this message (see the module docstring)."""
         job_type = outcome.job_type if policy is not None else None
         try:
-            action = await self._carry_out(delivery, outcome, policy)
+            if outcome.kind is OutcomeKind.SUCCEEDED and not self._holds_claim_check(outcome.envelope):
+                # Nearly every job: _carry_out's first case, without a coroutine of its own.
+                await delivery.ack()
+                action = SettleAction.SUCCEEDED
+            else:
+                action = await self._carry_out(delivery, outcome, policy)
         except Exception as exc:
             action = await self._after_failure(delivery, outcome, exc)
         else:
@@ -146,14 +151,16 @@ class Settlement:
         match outcome.kind:
             case OutcomeKind.SUCCEEDED:
                 await delivery.ack()
-                await self._discard_payload(outcome.envelope)
+                if self._holds_claim_check(outcome.envelope):
+                    await self._discard_payload(outcome.envelope)
                 action = SettleAction.SUCCEEDED
             case OutcomeKind.RELEASE:
                 await delivery.release()
                 action = SettleAction.RELEASED
             case OutcomeKind.CANCELLED:  # never retried, never dead-lettered
                 await delivery.ack()
-                await self._discard_payload(outcome.envelope)
+                if self._holds_claim_check(outcome.envelope):
+                    await self._discard_payload(outcome.envelope)
                 action = SettleAction.CANCELLED
             case OutcomeKind.DEFER:
                 action = await self._defer_or_dead(delivery, outcome)
@@ -303,8 +310,14 @@ class Settlement:
         """Masked (tracebacks quote the raising line and its message) and encodable."""
         return json_safe_text(self._redact(text))
 
+    def _holds_claim_check(self, envelope: Envelope | None) -> bool:
+        # Asked first so that an inline job (nearly all) awaits no coroutine for nothing.
+        return self._payloads is not None and envelope is not None and isinstance(envelope.payload, PayloadReference)
+
     async def _discard_payload(self, envelope: Envelope | None) -> None:
-        if self._payloads is not None and envelope is not None and isinstance(envelope.payload, PayloadReference):
+        if self._holds_claim_check(envelope):
+            assert self._payloads is not None and envelope is not None
+            assert isinstance(envelope.payload, PayloadReference)
             await self._payloads.discard(envelope.payload)
 
     def _copy_message(

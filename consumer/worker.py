@@ -40,6 +40,7 @@ from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.middleware import Middleware
 from conveyor.common.secrets import mask_secrets
+from conveyor.common.tasks import current_task
 from conveyor.common.transport.base import Delivery, Transport
 from conveyor.consumer.breaker import (
     BreakerBoard,
@@ -256,6 +257,7 @@ class Worker:
         self._processing: set[asyncio.Task[object]] = set()
         self._timers: set[asyncio.Task[None]] = set()
         self._monitor: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one start() ran on
         self.watchdog = StallWatchdog(
             self.config.watchdog,
             in_flight=lambda: [d.message_id for d in list(self._active.values())],
@@ -274,6 +276,7 @@ class Worker:
         await self.stop()
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.watchdog.start()
         for middleware in self.middlewares:
             await middleware.startup()
@@ -356,7 +359,7 @@ class Worker:
             if not self._may_run(runner, probe):
                 await self._give_back(delivery, _why_not_accepting(runner))
                 return
-            task = asyncio.current_task()
+            task = current_task(self._loop)
             assert task is not None
             self._active[task] = delivery
             try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from conveyor.common.errors import ConfigurationError
 from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.middleware import ConsumeNext, Middleware
 
@@ -27,7 +28,7 @@ __all__ = ["CpuTimeMiddleware"]
 class CpuTimeMiddleware(Middleware):
     def __init__(self, metrics: WorkerMetrics, *, every: int = 16) -> None:
         if every < 1:
-            raise ValueError(f"cpu_time_every must be at least 1, not {every}")
+            raise ConfigurationError(f"cpu_time_every must be at least 1, not {every}")
         self._metrics = metrics
         self._every = every
         self._runs: dict[str, int] = {}  # by job type: runs since the last measured one

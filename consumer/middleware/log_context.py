@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from conveyor.common.jobs.context import JobContext
-from conveyor.common.logging import JobLogContext
+from conveyor.common.logging import job_log_fields
 from conveyor.common.middleware import ConsumeNext, Middleware
 
 __all__ = ["LogContextMiddleware"]
@@ -21,12 +21,16 @@ class LogContextMiddleware(Middleware):
     the default level, so a job that keeps failing before its retries run out is not silent."""
 
     async def consume(self, ctx: JobContext, call_next: ConsumeNext) -> Any:
-        with JobLogContext(ctx.log_fields()):
-            try:
-                result = await call_next(ctx)
-            except Exception as exc:
-                # Type only: exception messages can carry payload values (secrets).
-                log.warning("job attempt failed", extra={"error_type": type(exc).__name__})
-                raise
+        # What JobLogContext does, without an object per job.
+        token = job_log_fields.set(ctx.log_fields())
+        try:
+            result = await call_next(ctx)
+        except Exception as exc:
+            # Type only: exception messages can carry payload values (secrets).
+            log.warning("job attempt failed", extra={"error_type": type(exc).__name__})
+            raise
+        else:
             log.debug("job succeeded")
             return result
+        finally:
+            job_log_fields.reset(token)

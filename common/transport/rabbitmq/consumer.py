@@ -94,10 +94,13 @@ class ChannelSettler:
     the messages back).
     """
 
-    __slots__ = ("_channel", "_unsettled", "_pending", "_batch", "_flusher")
+    __slots__ = ("_channel", "_loop", "_unsettled", "_pending", "_batch", "_flusher")
 
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self._channel = channel
+        # The channel's loop, remembered at the first settlement (a channel lives on one loop):
+        # get_running_loop() is a getpid() system call on 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Tags delivered on this channel with no settlement sent yet, in tag order.
         self._unsettled: dict[int, None] = {}
         self._pending: dict[int, bool] = {}  # tag → ack (True) or requeue (False), not sent yet
@@ -114,7 +117,9 @@ class ChannelSettler:
         self._pending[tag] = ack
         batch = self._batch
         if batch is None:
-            loop = asyncio.get_running_loop()
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
             batch = self._batch = loop.create_future()
             if self._flusher is None:
                 self._flusher = loop.create_task(self._flush())
@@ -194,11 +199,12 @@ class AmqpDelivery(Delivery):
         settler.delivered(self._delivery_tag)
         self._on_settled = on_settled
 
-    async def _ack(self) -> None:
-        await self._settle(ack=True)
+    # The settling coroutine itself, not one more around it (one per job).
+    def _ack(self) -> Coroutine[Any, Any, None]:
+        return self._settle(ack=True)
 
-    async def _release(self) -> None:
-        await self._settle(ack=False)
+    def _release(self) -> Coroutine[Any, Any, None]:
+        return self._settle(ack=False)
 
     async def _settle(self, *, ack: bool) -> None:
         try:

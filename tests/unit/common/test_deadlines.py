@@ -50,3 +50,33 @@ async def test_a_cancel_from_elsewhere_stays_a_cancellation() -> None:
 def test_a_limit_must_be_positive() -> None:
     with pytest.raises(ValueError):
         TimeLimit(0)
+
+
+def test_one_limit_used_on_one_event_loop_after_another_times_out_on_each() -> None:
+    # The limit remembers its loop (no get_running_loop per call); a stopped loop must not
+    # keep it: a later loop gets its own timer and its own tasks cancelled.
+    limit = TimeLimit(0.01)
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            asyncio.run(_hang(limit))
+        assert not limit._running
+
+
+async def test_a_limit_outside_any_task_is_refused_even_once_it_knows_a_loop() -> None:
+    limit = TimeLimit(60)
+    with limit():
+        pass
+    loop = asyncio.get_running_loop()
+    outside: list[BaseException] = []
+
+    def call_outside_a_task() -> None:
+        try:
+            with limit():
+                pass
+        except RuntimeError as exc:
+            outside.append(exc)
+
+    done = loop.create_future()
+    loop.call_soon(lambda: (call_outside_a_task(), done.set_result(None)))
+    await done
+    assert len(outside) == 1 and "inside a task" in str(outside[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from conveyor.common.tasks import TaskSet
+from conveyor.common.tasks import TaskSet, current_task
 
 
 async def test_a_spawned_task_survives_garbage_collection_and_leaves_the_set_when_done() -> None:
@@ -31,3 +31,28 @@ async def test_wait_returns_after_its_timeout_with_tasks_still_running() -> None
     await tasks.wait(0.01)
     assert not task.done() and list(tasks) == [task]
     task.cancel()
+
+
+def test_one_task_set_spawns_on_whichever_loop_runs_now() -> None:
+    # The set remembers the loop of its last spawn; once that loop stopped, the next one's
+    # tasks must go to the new loop (they would never run on the old one).
+    tasks = TaskSet()
+
+    async def spawn_and_finish() -> asyncio.AbstractEventLoop:
+        task = tasks.spawn(asyncio.sleep(0, result=asyncio.get_running_loop()))
+        assert task.get_loop() is asyncio.get_running_loop()
+        return await task
+
+    loops = [asyncio.run(spawn_and_finish()) for _ in range(3)]
+    assert len(set(map(id, loops))) == 3 and len(tasks) == 0
+
+
+async def test_current_task_asks_the_named_loop_and_falls_back_to_the_running_one() -> None:
+    me = asyncio.current_task()
+    assert current_task(asyncio.get_running_loop()) is me
+    assert current_task(None) is me
+    stopped = asyncio.new_event_loop()
+    try:
+        assert current_task(stopped) is me  # a loop that is not running here has no task: asked anew
+    finally:
+        stopped.close()

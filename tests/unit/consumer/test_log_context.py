@@ -71,3 +71,27 @@ def test_the_cli_logs_at_the_settings_default_level(monkeypatch: pytest.MonkeyPa
 def test_a_bogus_log_level_setting_is_refused() -> None:
     with pytest.raises(ValueError, match="log_level"):
         Settings(log_level="bogus")
+
+
+async def test_lines_inside_a_job_carry_its_fields_and_lines_after_it_do_not() -> None:
+    stream = io.StringIO()
+    configure_logging("DEBUG", "json", stream)
+    broker, jobs = MemoryBroker(), JobRegistry()
+    handler_log = logging.getLogger("tests.handler")
+
+    @jobs.job("t.ok")
+    async def ok(payload: Job, ctx: JobContext) -> None:
+        handler_log.info("inside the handler")
+
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer:
+        receipt = await producer.publish("t.ok", Job(n=1))
+    async with MemoryTransport(broker) as transport, Worker(transport, jobs):
+        await broker.join(DEFAULT_QUEUE)
+    logging.getLogger("tests.after").info("after the job")
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    [inside] = [line for line in lines if line["msg"] == "inside the handler"]
+    [succeeded] = [line for line in lines if line["msg"] == "job succeeded"]
+    for line in (inside, succeeded):
+        assert (line["job_id"], line["job_type"], line["attempt"]) == (receipt.job_id, "t.ok", 1)
+    [after] = [line for line in lines if line["msg"] == "after the job"]
+    assert "job_id" not in after

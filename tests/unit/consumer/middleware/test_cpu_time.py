@@ -7,6 +7,7 @@ import time
 import pytest
 from pydantic import BaseModel
 
+from conveyor.common.errors import ConfigurationError
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.metrics import WorkerMetrics
@@ -76,9 +77,10 @@ async def test_by_default_the_first_run_of_each_job_type_then_one_in_16_is_measu
     assert sample("conveyor_job_cpu_seconds_count", {"job_type": "t.rare"}) == 1  # a rare type is seen at once
 
 
-def test_a_sampling_interval_below_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="at least 1"):
-        CpuTimeMiddleware(WorkerMetrics(), every=0)
+@pytest.mark.parametrize("every", [0, -1])
+def test_a_sampling_interval_below_one_is_refused_as_a_configuration_error(every: int) -> None:
+    with pytest.raises(ConfigurationError, match="at least 1"):
+        CpuTimeMiddleware(WorkerMetrics(), every=every)
 
 
 def test_the_workers_registry_exports_rss_open_fds_and_cpu_of_the_process() -> None:
