@@ -124,7 +124,3 @@ def due_timestamp(headers: Mapping[str, str]) -> float | None:
     except ValueError:
         return None
     return value if _EARLIEST <= value <= _LATEST else None  # NaN fails both comparisons
-    try:
-        return datetime.fromtimestamp(float(raw), UTC)
-    except (ValueError, OverflowError, OSError):
-        return None
