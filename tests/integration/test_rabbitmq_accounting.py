@@ -34,7 +34,10 @@ async def run(amqp_url: str, queue_name: str, tmp_path: Path, monkeypatch: pytes
 
 async def test_kill_9_of_a_worker_mid_batch_loses_nothing(run: Run) -> None:
     published, done, dead = await kill_9_mid_batch(run)
-    assert_exact_accounting(published, done, dead)
+    # A dead letter is written at least once (README, Guarantees): a failing job killed between
+    # its DLQ confirm and its ack is dead-lettered again by the next worker. Only a job in flight
+    # at the kill can be (concurrency 8); CI saw it once in many runs, the kill landing just there.
+    assert_exact_accounting(published, done, dead, max_duplicate_dead_letters=8)
     assert len(done) - len(set(done)) <= 8, "only jobs in flight at the kill (concurrency 8) may run twice"
 
 
