@@ -196,4 +196,3 @@ class CrashJournal:
         else:
             record.crashes += crashes
             record.first_death = min(record.first_death, first_death)
-
