@@ -15,8 +15,9 @@ builds its own loop thread and connection on its first publish, from the same fa
 Shutdown: ``close()`` (or the ``with`` block) closes the producer and its connection and stops
 the thread. A producer left open is closed when it is garbage-collected or at interpreter exit
 (``weakref.finalize``), bounded by ``exit_timeout`` so that exit never hangs on a broker that
-does not answer. The loop thread is a daemon thread: exit handlers run only after the
-interpreter has joined every non-daemon thread.
+does not answer. A ``close()`` during the first connect does not wait for it: it cancels the
+connect, and the publishes that waited for it raise ``ConfigurationError``. The loop thread is a
+daemon thread: exit handlers run only after the interpreter has joined every non-daemon thread.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class _LoopThread:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self.producer: Producer | None = None
+        self.opening: concurrent.futures.Future[Producer] | None = None  # the connect every publish waits for
         self._accepting = True
         self._guard = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -67,16 +69,19 @@ class _LoopThread:
             self.loop.close()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        with self._guard:  # a call is either on the loop before stop() cancels what runs there, or refused
-            if not self._accepting:
-                coro.close()
-                raise ConfigurationError("this SyncProducer is closed")
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future = self.submit(coro)
         try:
             return future.result(timeout)
         except concurrent.futures.CancelledError:
             # close() while this publish waited for its confirm: the broker may have it.
             raise PublishOutcomeUnknown("the producer was closed while this publish was in flight") from None
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        with self._guard:  # a call is either on the loop before stop() cancels what runs there, or refused
+            if not self._accepting:
+                coro.close()
+                raise ConfigurationError("this SyncProducer is closed")
+            return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def stop(self, timeout: float) -> None:
         """Cancel what still runs on the loop (its callers get PublishOutcomeUnknown), stop it."""
@@ -210,15 +215,31 @@ class SyncProducer:
             if runner is None:
                 runner = self._runner = _LoopThread(self._name)
                 self._finalizer = weakref.finalize(self, _shut_down, runner, self._exit_timeout)
-            if runner.producer is None:
-                # Built and connected on the loop (its locks and timers belong there). A failed
-                # connect raises here and is tried again on the next publish.
-                runner.producer = runner.call(self._open())
-            return runner, runner.producer
+            if runner.producer is not None:
+                return runner, runner.producer
+            # Built and connected on the loop (its locks and timers belong there), once for all
+            # the threads that publish meanwhile.
+            opening = runner.opening
+            if opening is None:
+                opening = runner.opening = runner.submit(self._open(runner))
+        # Waited for outside the lock: a close() from another thread must not wait out a connect
+        # to a broker that does not answer; it cancels the connect instead.
+        try:
+            return runner, opening.result()
+        except concurrent.futures.CancelledError:
+            raise ConfigurationError("this SyncProducer was closed while it connected") from None
+        finally:
+            if opening.done() and runner.producer is None:
+                with self._lock:  # a failed connect is tried again on the next publish
+                    if runner.opening is opening:
+                        runner.opening = None
 
-    async def _open(self) -> Producer:
+    async def _open(self, runner: _LoopThread) -> Producer:
         producer = self._factory()
         await producer.__aenter__()
+        # Set here, on the loop thread, so that a close() that comes after this line always
+        # finds the producer to close, whichever thread waits for the connect.
+        runner.producer = producer
         return producer
 
     def _forget_parent(self) -> None:

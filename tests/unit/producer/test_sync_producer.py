@@ -201,6 +201,63 @@ def test_a_failed_connect_raises_and_the_next_publish_connects_again(broker: Mem
     assert len(calls) == 2 and broker.depth("conveyor.default") == 1
 
 
+class NeverConnects(MemoryTransport):
+    entered = threading.Event()
+
+    async def connect(self) -> None:
+        self.entered.set()
+        await asyncio.sleep(3600)  # a broker that accepts the TCP connection and never answers
+
+
+def test_close_during_the_first_connect_does_not_wait_for_it(broker: MemoryBroker) -> None:
+    producer = SyncProducer(Counting(broker, NeverConnects), exit_timeout=1)
+    outcomes: list[BaseException] = []
+    publishers = [threading.Thread(target=_capture, args=(outcomes, producer.publish, "email.send", {"to": "x"}))
+                  for _ in range(3)]
+    for publisher in publishers:
+        publisher.start()
+    assert NeverConnects.entered.wait(30)
+    closing = threading.Thread(target=producer.close)
+    closing.start()
+    closing.join(30)
+    assert not closing.is_alive(), "close() waited for a connect that never ends"
+    for publisher in publishers:
+        publisher.join(30)
+    assert not any(p.is_alive() for p in publishers), "a publish waited on a closed producer"
+    assert len(outcomes) == 3 and all(isinstance(e, ConfigurationError) for e in outcomes), outcomes
+    assert "conveyor.default" not in broker._queues  # nothing was published, not even declared
+
+
+def test_threads_that_publish_during_a_failed_connect_share_it_and_the_next_publish_retries(
+    broker: MemoryBroker,
+) -> None:
+    gate = threading.Event()
+    calls: list[int] = []
+
+    class SlowThenRefused(MemoryTransport):
+        async def connect(self) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                await asyncio.get_running_loop().run_in_executor(None, gate.wait, 30)
+                raise ConnectionRefusedError("broker not up yet")
+            await super().connect()
+
+    with SyncProducer(Counting(broker, SlowThenRefused)) as producer:
+        outcomes: list[BaseException] = []
+        publishers = [threading.Thread(target=_capture, args=(outcomes, producer.publish, "email.send", {"to": "x"}))
+                      for _ in range(4)]
+        for publisher in publishers:
+            publisher.start()
+        _until(lambda: len(calls) == 1)
+        gate.set()
+        for publisher in publishers:
+            publisher.join(30)
+        assert len(outcomes) == 4 and all(isinstance(e, ConnectionRefusedError) for e in outcomes), outcomes
+        assert len(calls) == 1, "each waiting thread made a connect of its own"
+        producer.publish("email.send", {"to": "x"})
+    assert len(calls) == 2 and broker.depth("conveyor.default") == 1
+
+
 def test_publishing_from_the_loop_thread_itself_is_refused(producer: SyncProducer) -> None:
     producer.publish("email.send", {"to": "x"})
     runner = producer._runner
