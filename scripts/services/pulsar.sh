@@ -157,7 +157,7 @@ configure() {
         "delayedDeliveryEnabled=true"
         "delayedDeliveryTickTimeMillis=100"
         "isDelayedDeliveryDeliverAtTimeStrict=true"
-        # Latency (README "Pulsar in production"): a caught-up subscription reads a new entry as
+        # Latency (docs/deploy.md "Pulsar in production"): a caught-up subscription reads a new entry as
         # soon as it is stored (the default re-checks 10 ms later: ~5 ms of the 9 ms from
         # publish to handler at 500 jobs/s), and the bookie writes out its journal as soon as
         # nothing else is queued instead of waiting out the group-commit window. Neither skips

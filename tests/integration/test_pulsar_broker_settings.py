@@ -1,4 +1,4 @@
-"""The broker under test runs with the latency setting README "Pulsar in production" recommends.
+"""The broker under test runs with the latency setting docs/deploy.md "Pulsar in production" recommends.
 
 Read back from the broker itself (its runtime configuration), not from the script that wrote it:
 a broker started before the setting was added to ``scripts/services/pulsar.sh`` fails here until

@@ -1,5 +1,6 @@
-"""README "Pulsar in production" recommends broker/bookie settings for latency: the test broker
-(``scripts/services/pulsar.sh``) runs with exactly those, and none of them skips the journal."""
+"""docs/deploy.md "Pulsar in production" (and its summary in the README) recommends broker/bookie
+settings for latency: the test broker (``scripts/services/pulsar.sh``) runs with exactly those,
+and none of them skips the journal."""
 
 from __future__ import annotations
 
@@ -16,12 +17,20 @@ def _script_settings() -> dict[str, str]:
     return dict(re.findall(r'^\s*"([A-Za-z_]\w*)=([^"]*)"', block, flags=re.M))
 
 
-def _recommended() -> dict[str, str]:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Pulsar in production") :]
-    section = section[: section.index("\n## ")]
-    paragraph = section[section.index("**Recommended for latency**") :].split("\n\n")[0]
+def _settings_in(paragraph: str) -> dict[str, str]:
     return dict(re.findall(r"`([A-Za-z_]\w*)=([^`]*)`", paragraph))
+
+
+def _recommended() -> dict[str, str]:
+    doc = (ROOT / "docs/deploy.md").read_text()
+    section = doc[doc.index("## Pulsar in production") :]
+    return _settings_in(section[section.index("**Recommended for latency**") :].split("\n\n")[0])
+
+
+def test_the_readme_summary_recommends_the_same_settings() -> None:
+    readme = (ROOT / "README.md").read_text()
+    summary = readme[readme.index("**Pulsar in production**") :].split("\n\n")[0]
+    assert _settings_in(summary) == _recommended()
 
 
 def test_the_test_broker_runs_with_every_recommended_setting() -> None:
