@@ -526,7 +526,12 @@ class PulsarTransport(Transport):
                 block_if_queue_full=False,  # True would block the event loop's thread
             )
         except PulsarException as exc:
-            raise TransportError(f"cannot create a producer for {queue!r} ({result_of(exc).name})") from exc
+            result = result_of(exc)
+            if result in _REFUSED_FOR_NOW:
+                # A topic past its backlog quota takes no new producer (a producer created before
+                # goes on until the broker's periodic check): the same backpressure as a nacked send.
+                raise PublishNacked(f"broker refuses producers for {queue!r} for now ({result.name})") from exc
+            raise TransportError(f"cannot create a producer for {queue!r} ({result.name})") from exc
         return producer, SendWindow(self._max_pending)
 
     # -- consume / get ---------------------------------------------------------------
