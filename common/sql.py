@@ -141,7 +141,7 @@ def sqlite_errors_as(error: type[Exception], what: str) -> Iterator[None]:
 
     try:
         yield
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:  # OSError: the database's directory cannot be made
         raise error(f"sqlite {what} failed: {type(exc).__name__}: {exc}") from exc
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "PulsarOptions",
     "SubscriptionStats",
     "TopicNames",
+    "check_admin_url",
     "check_name",
     "parse_pulsar_url",
 ]
@@ -88,6 +89,8 @@ def parse_pulsar_url(url: str) -> PulsarOptions:
         username, password = username or None, password or None
     if not hosts or any(not host for host in hosts.split(",")):
         raise ConfigurationError("the Pulsar URL names no broker host")
+    for entry in hosts.split(","):
+        _check_host(entry)
     options: dict[str, str] = {}
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name not in _URL_OPTIONS:
@@ -97,7 +100,31 @@ def parse_pulsar_url(url: str) -> PulsarOptions:
     admin = options.get("admin_url") or (
         f"https://{host}:8443" if scheme == "pulsar+ssl" else f"http://{host}:8080"
     )
+    check_admin_url(admin)
     return PulsarOptions(f"{scheme}://{hosts}", admin.rstrip("/"), options, username, password)
+
+
+def _check_host(entry: str) -> None:
+    """``host``, ``host:port``, ``[IPv6]`` or ``[IPv6]:port``, the port in 1-65535."""
+    if entry.startswith("["):
+        host, bracket, after = entry[1:].partition("]")
+        port: str | None = after[1:] if after.startswith(":") else (None if after or not bracket else "")
+    else:
+        host, colon, port = entry.partition(":")
+        port = port if colon else ""
+    if not host or port is None or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise ConfigurationError(f"the Pulsar URL has an empty or malformed host {entry!r}: use host:port")
+
+
+def check_admin_url(admin: str) -> None:
+    try:
+        parts = urlsplit(admin)
+        valid = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # raises for a port that is not a number or out of range
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigurationError("the Pulsar admin_url is not an http:// or https:// URL with a host")
 
 
 def _host_of(hostport: str) -> str:

@@ -117,6 +117,7 @@ from conveyor.common.transport.pulsar.admin import (
     AdminClient,
     SubscriptionStats,
     TopicNames,
+    check_admin_url,
     check_name,
     parse_pulsar_url,
 )
@@ -226,6 +227,7 @@ class PulsarTransport(Transport):
         self._token = token or options.get("token") or None
         self._username, self._password = parsed.username, parsed.password
         self.admin_url = (admin_url or parsed.admin_url).rstrip("/")
+        check_admin_url(self.admin_url)
         if self._secure and not self.admin_url.lower().startswith("https://"):
             # The admin API carries the token or password too: no plaintext side door.
             raise ConfigurationError("a pulsar+ssl:// URL needs an https:// admin_url")

@@ -134,6 +134,9 @@ class RabbitMQTransport(Transport):
             raise ConfigurationError(f"not an AMQP URL: {mask_url(url)!r}")
         secure = url.lower().startswith("amqps://")
         check_scheme(tls, secure=secure, shown_url=mask_url(url))
+        # First: it refuses a malformed host (an unclosed IPv6 bracket) that urlsplit would
+        # raise a bare ValueError for.
+        self._addresses = parse_amqp_url(url)  # one host, or a cluster's (rabbitmq.addresses)
         refused = sorted(_TLS_URL_OPTIONS.intersection(name.lower() for name, _ in parse_qsl(urlsplit(url).query)))
         if refused:
             raise ConfigurationError(
@@ -143,7 +146,6 @@ class RabbitMQTransport(Transport):
         # amqps only; None keeps a plain amqp:// connection plain.
         self._tls = (tls or TlsConfig()) if secure else None
         self._ssl_context: ssl.SSLContext | None = None
-        self._addresses = parse_amqp_url(url)  # one host, or a cluster's (rabbitmq.addresses)
         self._vhost = unquote(urlsplit(url).path[1:]) or "/"  # AMQP URI: an empty path is the default vhost
         if connect_timeout <= 0 or reconnect_interval <= 0 or consumer_timeout <= 0:
             raise ConfigurationError("connect_timeout, reconnect_interval and consumer_timeout must be > 0")

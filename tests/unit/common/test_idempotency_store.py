@@ -65,6 +65,12 @@ async def test_sqlite_runs_in_wal_mode_and_survives_a_reopen(tmp_path: Path, clo
         assert await reopened.load_checkpoint("job-2") == {"done": 1}
 
 
+async def test_a_sqlite_path_whose_directory_cannot_be_made_is_the_stores_own_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")  # `conveyor worker` printed mkdir's traceback for this
+    with pytest.raises(IdempotencyStoreUnavailable, match="sqlite open failed: (FileExistsError|NotADirectoryError)"):
+        await SQLiteProcessedKeyStore(tmp_path / "a-file" / "keys.db").open()
+
+
 async def test_sqlite_schema_is_versioned_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "keys.db"
     async with SQLiteProcessedKeyStore(path):

@@ -60,6 +60,13 @@ def test_the_transport_refuses_a_malformed_cluster_url_before_connecting() -> No
         RabbitMQTransport("amqp://app:hunter22@h1:5681,,h3/")
 
 
+@pytest.mark.parametrize("url", ["amqp://app:hunter22@[::1", "amqp://app:hunter22@[::1/?heartbeat=5"])
+def test_an_unclosed_ipv6_bracket_is_a_configuration_error_not_urlsplits_value_error(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="empty or malformed host") as caught:
+        RabbitMQTransport(url)
+    assert "hunter22" not in str(caught.value)
+
+
 def test_every_masker_hides_the_password_of_a_multi_host_url() -> None:
     url = "amqps://app:hunter22@h1:5681,h2:5682,[::1]:5683/vhost?password=tok3n-xyz"
     masked = mask_url(url)

@@ -58,3 +58,33 @@ def test_unknown_scheme_is_a_configuration_error_without_the_password() -> None:
     with pytest.raises(ConfigurationError) as caught:
         transport_from_url("redis://u:hunter2@host/")
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("pulsar://[::1", "malformed host '\\[::1'"),  # `conveyor worker` printed "substring not found"
+        ("pulsar://u:hunter22@[::1]x:6650", "malformed host"),
+        ("pulsar://h1:6650,h2:99999", "malformed host 'h2:99999'"),
+        ("pulsar://h1:66x0", "malformed host"),
+        ("pulsar://h1:6650/?admin_url=http://[::1", "admin_url"),
+        ("pulsar://h1:6650/?admin_url=ftp://h1", "admin_url"),
+        ("pulsar://h1:6650/?admin_url=http://h1:99999", "admin_url"),
+    ],
+)
+def test_a_malformed_pulsar_url_is_one_configuration_error_before_connecting(url: str, error: str) -> None:
+    with pytest.raises(ConfigurationError, match=error) as caught:
+        transport_from_url(url)
+    assert "hunter22" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["pulsar://[::1]:6650", "pulsar://[::1]", "pulsar://h1", "pulsar://h1:6650,h2:6651/"])
+def test_well_formed_pulsar_hosts_are_taken(url: str) -> None:
+    assert transport_from_url(url).scheme == "pulsar"
+
+
+def test_an_explicit_admin_url_is_checked_too() -> None:
+    from conveyor.common.transport.pulsar import PulsarTransport
+
+    with pytest.raises(ConfigurationError, match="admin_url"):
+        PulsarTransport("pulsar://h1:6650", admin_url="h1:8080")
