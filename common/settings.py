@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -183,6 +184,16 @@ class Settings(BaseSettings):
 
     def broker(self) -> str | None:
         return None if self.broker_url is None else self.broker_url.get_secret_value()
+
+    @model_validator(mode="after")
+    def _stall_limits_in_order(self) -> Settings:
+        if self.stall_exit_after and self.stall_exit_after < self.stall_warn_after:
+            raise PydanticCustomError(
+                "stall_order",
+                "CONVEYOR_STALL_EXIT_AFTER ({exit}) must be ≥ CONVEYOR_STALL_WARN_AFTER ({warn}), or 0 (never exit)",
+                {"exit": self.stall_exit_after, "warn": self.stall_warn_after},
+            )
+        return self
 
     def tls(self) -> TlsConfig:
         return TlsConfig(ca_file=self.tls_ca_file, cert_file=self.tls_cert_file, key_file=self.tls_key_file)

@@ -111,7 +111,9 @@ def settings_from(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"CONVEYOR_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" for error in exc.errors()
+            f"CONVEYOR_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" if error["loc"]
+            else error["msg"]  # a rule between settings: its message names them
+            for error in exc.errors()
         )
         raise click.UsageError(f"invalid configuration: {problems}") from None
 

@@ -197,3 +197,14 @@ def test_a_supervised_worker_process_does_not_repeat_the_supervisors_password_wa
     child = CliRunner().invoke(main, args)
     assert child.exit_code != 0 and "cannot connect" in child.output, child.output
     assert "carries a credential" not in child.output and CANARY not in child.output
+
+
+def test_stall_limits_out_of_order_are_a_usage_error_naming_both_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_STALL_WARN_AFTER", "100")
+    monkeypatch.setenv("CONVEYOR_STALL_EXIT_AFTER", "10")
+    result = CliRunner().invoke(main, ["worker", "tests.integration.accounting_app", "--broker", "memory://"])
+    assert result.exit_code == 2, result.output
+    assert "CONVEYOR_STALL_EXIT_AFTER (10.0) must be ≥ CONVEYOR_STALL_WARN_AFTER (100.0)" in result.output
+    assert "Traceback" not in result.output and "CONVEYOR_:" not in result.output
+    monkeypatch.setenv("CONVEYOR_STALL_EXIT_AFTER", "0")  # never exit: any warning limit goes with it
+    assert Settings().stall_exit_after == 0
