@@ -174,6 +174,17 @@ async def test_a_message_over_the_broker_limit_is_not_confirmed(transport: Pulsa
     assert await transport.depth(queue) == 1
 
 
+async def test_a_refused_message_in_a_burst_of_sends_fails_alone(transport: PulsarTransport, queue: str) -> None:
+    # 150 publishes in one loop turn reach the client in bursts (pulsar.sends); the one over the
+    # limit in the middle of a burst is refused, every other one is confirmed and stored once.
+    await transport.declare(queue)
+    bodies = [b"x" * (6 * 1024 * 1024) if i == 70 else str(i).encode() for i in range(150)]
+    results = await asyncio.gather(*(transport.publish(queue, message(b)) for b in bodies), return_exceptions=True)
+    assert isinstance(results[70], PublishNotConfirmed)
+    assert all(r is None for i, r in enumerate(results) if i != 70)
+    assert await transport.depth(queue) == 149
+
+
 # -- delays ------------------------------------------------------------------------------------
 
 
