@@ -140,3 +140,38 @@ def test_each_proof_is_needed_the_one_pass_stands_aside_for_what_only_it_would_t
                  "data nested past the limit in objects", 'a value holding ":'):
         assert codec._envelope_at_once(EXTRA[name]) is None, name
     assert codec._envelope_at_once(NOT_I_JSON["a lone surrogate in the data"]) is None
+
+
+@pytest.mark.parametrize("created_at", ["2026-01-01t00:00:00z", "2026-01-01T00:00:00.123456789Z",
+                                        "2026-01-01T00:00:00-00:00", "2024-02-29T12:00:00+05:30"])
+def test_the_one_pass_checks_date_times_itself_without_python_validators(created_at: str) -> None:
+    body = _with(created_at=created_at, history=[{**RECORD, "started_at": created_at}])
+    at_once = codec._envelope_at_once(body)
+    assert at_once is not None and at_once == _two_step(body)
+
+
+def test_whole_floats_are_the_integers_either_way_and_booleans_no_number_either_way() -> None:
+    for body, expected in ((_with(attempt=2.0), 2), (_with(attempt=1e4), 10_000), (_with(envelope_version=1.0), 1),
+                           (_with(schema_version=1.0), 1)):
+        at_once = codec._envelope_at_once(body)
+        assert at_once is None or at_once == _two_step(body)
+        envelope = decode_envelope(body)
+        counts = (envelope.attempt, envelope.envelope_version, envelope.schema_version)
+        assert expected in counts and all(type(n) is int for n in counts)
+    for body in (_with(attempt=True), _with(envelope_version=True), _with(schema_version=True), _with(attempt=2.5)):
+        assert codec._envelope_at_once(body) is None
+        with pytest.raises(MalformedMessage):
+            decode_envelope(body)
+
+
+def test_the_one_pass_validator_calls_no_python_function() -> None:
+    def functions(schema: object) -> list[object]:
+        if isinstance(schema, list):
+            return [f for item in schema for f in functions(item)]
+        if not isinstance(schema, dict):
+            return []
+        found = [schema] if str(schema.get("type", "")).startswith("function") else []
+        return found + [f for value in schema.values() for f in functions(value)]
+
+    assert functions(Envelope.__pydantic_core_schema__), "the full schema has them (what this replaces)"
+    assert functions(codec._without_python_validators(Envelope.__pydantic_core_schema__)) == []
