@@ -247,7 +247,34 @@ def _without_python_validators(schema: Any) -> Any:
     return {key: _without_python_validators(value) for key, value in schema.items()}
 
 
-_ONE_PASS = SchemaValidator(_without_python_validators(Envelope.__pydantic_core_schema__))
+def _one_pass_validator() -> SchemaValidator:
+    """``_without_python_validators`` of the envelope's schema, built as its own validator.
+
+    pydantic-core reuses a model class's own validator for any schema naming that class once
+    the class is complete ("prebuilt"), which would bring the Python validators back. So the
+    classes the envelope schema names are marked incomplete while this one is built, and only
+    then; a unit test checks that it calls no Python function."""
+    models: list[type[BaseModel]] = [Envelope]
+    models += [cls for cls in _model_classes(Envelope.__pydantic_core_schema__) if cls not in models]
+    try:
+        for cls in models:
+            cls.__pydantic_complete__ = False
+        return SchemaValidator(_without_python_validators(Envelope.__pydantic_core_schema__))
+    finally:
+        for cls in models:
+            cls.__pydantic_complete__ = True
+
+
+def _model_classes(schema: Any) -> list[type[BaseModel]]:
+    if isinstance(schema, list):
+        return [cls for item in schema for cls in _model_classes(item)]
+    if not isinstance(schema, dict):
+        return []
+    found = [schema["cls"]] if schema.get("type") == "model" else []
+    return found + [cls for value in schema.values() for cls in _model_classes(value)]
+
+
+_ONE_PASS = _one_pass_validator()
 
 
 def _envelope_at_once(body: bytes) -> Envelope | None:
