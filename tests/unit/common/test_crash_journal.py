@@ -287,3 +287,23 @@ def test_a_compaction_cut_short_by_a_death_leaves_the_old_journal_to_count(tmp_p
 def test_compact_after_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="compact_after"):
         CrashJournal(tmp_path, compact_after=0)
+
+
+def test_a_disk_too_full_for_the_journals_room_is_a_start_up_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(ConfigurationError, match="CONVEYOR_STATE_DIR"):
+        CrashJournal(tmp_path).open()
+    assert list(tmp_path.iterdir()) == [], "no half-made journal left behind"
+
+
+def test_the_journal_reserves_its_room_up_front(tmp_path: Path) -> None:
+    journal = CrashJournal(tmp_path, compact_after=1 << 20)
+    journal.open()
+    (path,) = tmp_path.glob("*.journal")
+    assert path.stat().st_blocks * 512 >= 1 << 20, "blocks allocated, not a sparse file"
+    journal.close()
