@@ -63,6 +63,11 @@ class MappedFile:
     with SIGBUS, while a full disk here is an ``OSError`` when the file is made. Bytes past the
     appended ones are NULs, which readers take as the end of the file."""
 
+    # Pages appended past are handed back this many bytes at a time (MADV_DONTNEED: for a shared
+    # file mapping the bytes stay in the page cache and the file; only this process's page
+    # table lets go), so the journal adds at most this much to the worker's resident memory.
+    _RELEASE_EVERY = 64 * 1024
+
     def __init__(self, fd: int, data: bytes, room: int) -> None:
         size = len(data) + max(room, 1)
         os.posix_fallocate(fd, 0, size)
@@ -71,6 +76,7 @@ class MappedFile:
         self._size = size
         self._map[: len(data)] = data
         self.used = len(data)
+        self._released = 0  # bytes below this are no longer mapped in (page-aligned)
 
     def append(self, data: bytes) -> bool:
         """Append ``data`` whole, or nothing and False when it does not fit."""
@@ -79,7 +85,15 @@ class MappedFile:
             return False
         self._map[self.used : end] = data
         self.used = end
+        if end - self._released >= self._RELEASE_EVERY:
+            self._release(end)
         return True
+
+    def _release(self, end: int) -> None:
+        upto = end - end % mmap.PAGESIZE  # whole pages only: the last one is still written to
+        if upto > self._released:
+            self._map.madvise(mmap.MADV_DONTNEED, self._released, upto - self._released)
+            self._released = upto
 
     def close(self) -> None:
         """Unmap and close (which releases the lock); what was appended stays in the file."""

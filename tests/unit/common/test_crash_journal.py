@@ -307,3 +307,30 @@ def test_the_journal_reserves_its_room_up_front(tmp_path: Path) -> None:
     (path,) = tmp_path.glob("*.journal")
     assert path.stat().st_blocks * 512 >= 1 << 20, "blocks allocated, not a sparse file"
     journal.close()
+
+
+def test_pages_handed_back_to_the_kernel_keep_their_lines(tmp_path: Path) -> None:
+    """Written pages are released from the worker's memory every 64 KiB (MADV_DONTNEED on the
+    shared map): the lines stay in the file, for a claimer after a kill -9 too."""
+    code = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from conveyor.common.crash_journal import CrashJournal
+        journal = CrashJournal(Path({str(tmp_path)!r}))
+        journal.open()
+        journal.started("first-still-running")
+        for n in range(6000):  # ~250 KiB: several releases
+            journal.started(f"done-{{n:05d}}")
+            journal.finished(f"done-{{n:05d}}")
+        assert journal._file._released >= 192 * 1024, journal._file._released
+        journal.started("last-still-running")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == -9, result.stderr
+    (path,) = tmp_path.glob("*.journal")
+    written = path.read_bytes().rstrip(b"\0").decode()
+    assert written.count("\nS done-") == 6000 and written.count("\nF done-") == 6000
+    journal = CrashJournal(tmp_path)
+    assert {job: r.crashes for job, r in journal.open().items()} == {"first-still-running": 1, "last-still-running": 1}
+    journal.close()
