@@ -14,6 +14,8 @@ The switches exist only here: ``worker_main`` patches the worker subprocess befo
 * ``payload``    payload validation against the job type's model: the raw dict
 * ``metrics``    per-job Prometheus updates (start delay, settled counters, durations, CPU)
 * ``middleware`` the consume chain (log context, CPU time, breaker): the handler alone
+* ``crashguard`` the crash guard and its journal (``conveyor worker`` turns them on with its
+                default state directory): as a Worker built without ``state_dir``
 * ``all``        every one of the above
 
     python -m bench.ablation [--jobs 20000] [--prefetch 200] [--repeat 3] [--variants strict,all]
@@ -23,15 +25,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import os
 import statistics
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 from bench.support import delete_queues, run_worker_process
 
-VARIANTS = ("shipped", "strict", "envelope", "payload", "metrics", "middleware", "all")
+VARIANTS = ("shipped", "strict", "envelope", "payload", "metrics", "middleware", "crashguard", "all")
 URL = os.environ.get("CONVEYOR_AMQP_URL", "amqp://conveyor:conveyor@127.0.0.1:5672/")
 
 
@@ -46,6 +51,17 @@ def _switch_off(parts: set[str]) -> None:
     from conveyor.schemas.registry import SchemaRegistry
 
     every = "all" in parts
+    if every or "crashguard" in parts:
+        import bench.support
+
+        cli_worker = bench.support.cli_worker
+
+        @contextlib.contextmanager
+        def without_guard(broker: str, prefetch: int, **overrides: Any) -> Iterator[tuple[Any, Any]]:
+            with cli_worker(broker, prefetch, **overrides) as (config, redact):
+                yield dataclasses.replace(config, state_dir=None), redact
+
+        bench.support.cli_worker = without_guard  # type: ignore[assignment]
     if every or parts & {"strict", "envelope"}:
         # The two-step way, where the switches below act (the one pass does both at once).
         codec._envelope_at_once = lambda body: None

@@ -1,20 +1,22 @@
 """Conveyor's side of each scenario: ``Producer.publish`` and ``Worker`` on ``RabbitMQTransport``.
 
-Everything a production worker has stays on: metrics (the Worker's own registry), JSON
-logging at INFO (to /dev/null, so formatting cost still counts), payload validation, the
-breaker middleware, settlement.
+Everything a production worker has stays on: the configuration ``conveyor worker`` builds
+(``bench.support.cli_worker``: crash guard and journal, watchdog, redactor), metrics (the
+Worker's own registry), JSON logging at INFO (to /dev/null, so formatting cost still counts),
+payload validation, the breaker middleware, settlement.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from bench.support import emit, ready, rss_mib, run_windowed
+from bench.support import cli_worker, emit, ready, rss_mib, run_windowed
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import RetryableError
 from conveyor.common.jobs.context import JobContext
@@ -23,7 +25,7 @@ from conveyor.common.logging import configure_logging
 from conveyor.common.transport.rabbitmq import RabbitMQTransport
 from conveyor.consumer.breaker import BreakerConfig
 from conveyor.consumer.http import HealthServer
-from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.consumer.worker import Worker
 
 if TYPE_CHECKING:
     from conveyor.producer.producer import Producer
@@ -106,35 +108,37 @@ async def worker_main(spec: dict[str, Any]) -> None:
     n = int(spec["n"])
     prefetch = int(spec["prefetch"])
     devnull = open(os.devnull, "w")
-    configure_logging("INFO", "json", stream=devnull)
-    state = {"handled": 0, "first": 0.0, "cpu_first": 0.0}
+    # Every retry-scenario job fails once by design: a breaker would (rightly) open and pause
+    # consumption, which is not what this scenario measures, so it is set never to trip.
+    breaker = BreakerConfig(consecutive_failures=10**9, failure_rate=1.0, min_calls=10**9)
+    cli = contextlib.ExitStack()
+    # The configuration ``conveyor worker`` runs with (crash guard and journal included).
+    config, redact = cli.enter_context(cli_worker(spec["url"], prefetch, breaker=breaker))
+    configure_logging("INFO", "json", stream=devnull, redact=redact)
+    progress = {"handled": 0, "first": 0.0, "cpu_first": 0.0}
     latencies: list[float] = []
     handled_all = asyncio.Event()
     rss_every = int(spec.get("rss_every", 0))  # the soak: VmRSS every so many jobs
     rss_samples: list[tuple[int, float]] = []
 
     async def handler(payload: BenchJob, ctx: JobContext) -> None:
-        if not state["first"]:
-            state["first"] = time.perf_counter()
-            state["cpu_first"] = time.process_time()
+        if not progress["first"]:
+            progress["first"] = time.perf_counter()
+            progress["cpu_first"] = time.process_time()
         if mode == "latency":
             latencies.append(time.time() - payload.sent_at)
         if mode == "retry" and ctx.attempt == 1:
             raise RetryableError("fails once by design")
-        state["handled"] += 1
-        if rss_every and state["handled"] % rss_every == 0:
-            rss_samples.append((int(state["handled"]), rss_mib()))
-        if state["handled"] >= n:
+        progress["handled"] += 1
+        if rss_every and progress["handled"] % rss_every == 0:
+            rss_samples.append((int(progress["handled"]), rss_mib()))
+        if progress["handled"] >= n:
             handled_all.set()
 
     jobs = make_registry(spec["queue"], handler)
     transport = make_transport(spec["url"])
     await transport.connect()
-    # Every retry-scenario job fails once by design: a breaker would (rightly) open and pause
-    # consumption, which is not what this scenario measures, so it is set never to trip.
-    breaker = BreakerConfig(consecutive_failures=10**9, failure_rate=1.0, min_calls=10**9)
-    config = WorkerConfig(concurrency=prefetch, prefetch=prefetch, breaker=breaker)
-    worker = Worker(transport, jobs, config=config)
+    worker = Worker(transport, jobs, config=config, redact=redact)
     # /healthz, /readyz, /metrics as ``conveyor worker`` serves them (its default is on): the RSS
     # row is then a deployed worker's, endpoint included.
     http = HealthServer(worker, "127.0.0.1", 0)
@@ -147,8 +151,8 @@ async def worker_main(spec: dict[str, Any]) -> None:
         # The last handler returned; the job counts once its ack is on the wire.
         while worker.counts["succeeded"] < n:
             await asyncio.sleep(0.0005)
-        result["seconds"] = time.perf_counter() - state["first"]
-        result["cpu_seconds"] = time.process_time() - state["cpu_first"]
+        result["seconds"] = time.perf_counter() - progress["first"]
+        result["cpu_seconds"] = time.process_time() - progress["cpu_first"]
     except TimeoutError:
         pass
     result["completed"] = worker.counts["succeeded"]
@@ -160,4 +164,5 @@ async def worker_main(spec: dict[str, Any]) -> None:
     await worker.stop(grace_period=5.0)
     await http.stop()
     await transport.close()
+    cli.close()
     emit(result)

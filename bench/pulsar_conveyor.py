@@ -8,19 +8,20 @@ RabbitMQ side, so the worker's RSS is its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from bench.support import emit, ready, rss_mib, run_windowed
+from bench.support import cli_worker, emit, ready, rss_mib, run_windowed
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.logging import configure_logging
 from conveyor.common.transport.pulsar import PulsarTransport
 from conveyor.consumer.http import HealthServer
-from conveyor.consumer.worker import Worker, WorkerConfig
+from conveyor.consumer.worker import Worker
 
 if TYPE_CHECKING:
     from conveyor.producer.producer import Producer
@@ -107,7 +108,10 @@ async def worker_main(spec: dict[str, Any]) -> None:
     rss_every = int(spec.get("rss_every", 0))  # a long drain: VmRSS every so many jobs
     rss_samples: list[tuple[int, float]] = []
     devnull = open(os.devnull, "w")
-    configure_logging("INFO", "json", stream=devnull)
+    cli = contextlib.ExitStack()
+    # The configuration ``conveyor worker`` runs with (crash guard and journal included).
+    config, redact = cli.enter_context(cli_worker(spec["url"], prefetch))
+    configure_logging("INFO", "json", stream=devnull, redact=redact)
     state = {"handled": 0, "first": 0.0, "cpu_first": 0.0}
     handled_all = asyncio.Event()
 
@@ -126,7 +130,7 @@ async def worker_main(spec: dict[str, Any]) -> None:
     jobs = make_registry(spec["queue"], handler)
     transport = make_transport(spec["url"])
     await transport.connect()
-    worker = Worker(transport, jobs, config=WorkerConfig(concurrency=prefetch, prefetch=prefetch))
+    worker = Worker(transport, jobs, config=config, redact=redact)
     # /healthz, /readyz, /metrics as ``conveyor worker`` serves them (its default is on): the RSS
     # row is then a deployed worker's, endpoint included.
     http = HealthServer(worker, "127.0.0.1", 0)
@@ -152,4 +156,5 @@ async def worker_main(spec: dict[str, Any]) -> None:
     await worker.stop(grace_period=5.0)
     await http.stop()
     await transport.close()
+    cli.close()
     emit(result)

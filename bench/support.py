@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 __all__ = [
     "QUORUM",
     "WorkerRun",
+    "cli_worker",
     "delete_queues",
     "percentile",
     "run_windowed",
@@ -288,3 +290,27 @@ def emit(result: dict[str, Any]) -> None:
 def ready() -> None:
     sys.stdout.write("READY\n")
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def cli_worker(broker: str, prefetch: int, **overrides: Any) -> Iterator[tuple[Any, Any]]:
+    """(WorkerConfig, redactor) as ``conveyor worker --concurrency P --prefetch P`` builds them,
+    no more and no less: ``WorkerConfig.from_settings`` (so the crash guard and its journal are
+    on, as the CLI's default state directory turns them on), the stall watchdog's exit, and
+    log lines masked by the command's ``Redactor``. The state directory is a fresh one on the
+    same filesystem as the CLI's default (``~/.local/state``), removed afterwards.
+    ``overrides``: WorkerConfig fields the scenario needs (e.g. a breaker that never trips).
+    """
+    from dataclasses import replace
+
+    from conveyor.common.secrets import Redactor
+    from conveyor.common.settings import Settings
+    from conveyor.consumer.worker import WorkerConfig
+
+    base = Path.home() / ".local" / "state"
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-", dir=base) as state_dir:
+        settings = Settings(concurrency=prefetch, prefetch=prefetch, state_dir=Path(state_dir))
+        config = replace(WorkerConfig.from_settings(settings), **overrides)
+        assert config.state_dir is not None  # the crash guard is on, as in the CLI
+        yield config, Redactor.from_settings(settings, broker)

@@ -5,18 +5,23 @@ The lock says the writer lives: the kernel drops it with the process, however it
 claimer takes the lock without waiting, then checks that the path still names the file it
 opened, because a writer compacts its file by writing a new one, locking it and renaming it
 over the old (``replace``); a claimer that opened the old file in between must leave it.
+
+A writer that appends on a hot path (the crash journal: two lines per job) uses a
+``MappedFile`` instead of ``write``: an append is a memory copy into a shared map of the
+file, with no system call (see its doc).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["claim", "create", "replace", "write_all"]
+__all__ = ["MappedFile", "claim", "create", "create_mapped", "replace", "replace_mapped", "write_all"]
 
 
 def create(path: Path) -> int:
@@ -42,6 +47,93 @@ def replace(path: Path, data: bytes, *, staging_suffix: str) -> int:
             staging.unlink()
         raise
     return fd
+
+
+class MappedFile:
+    """A locked file appended to through a shared memory map (``MAP_SHARED``).
+
+    A store into the map *is* a store into the kernel's page cache of the file: a reader (a
+    claimer) sees it at once, and the kernel keeps it and writes it back when the process dies,
+    however it dies, exactly as it would keep the bytes of a ``write`` (only a machine crash
+    loses either, neither is fsynced). So an append made before a handler runs is on record
+    before the handler's first instruction, without a system call per append.
+
+    The file is ``used + room`` bytes long from the start, its blocks reserved by
+    ``posix_fallocate``: a store into an unreserved page on a full disk would kill the process
+    with SIGBUS, while a full disk here is an ``OSError`` when the file is made. Bytes past the
+    appended ones are NULs, which readers take as the end of the file."""
+
+    # Pages appended past are handed back this many bytes at a time (MADV_DONTNEED: for a shared
+    # file mapping the bytes stay in the page cache and the file; only this process's page
+    # table lets go), so the journal adds at most this much to the worker's resident memory.
+    _RELEASE_EVERY = 64 * 1024
+
+    def __init__(self, fd: int, data: bytes, room: int) -> None:
+        size = len(data) + max(room, 1)
+        os.posix_fallocate(fd, 0, size)
+        self.fd = fd
+        self._map = mmap.mmap(fd, size)  # shared, read and write: what the fd allows
+        self._size = size
+        self._map[: len(data)] = data
+        self.used = len(data)
+        self._released = 0  # bytes below this are no longer mapped in (page-aligned)
+
+    def append(self, data: bytes) -> bool:
+        """Append ``data`` whole, or nothing and False when it does not fit."""
+        end = self.used + len(data)
+        if end > self._size:
+            return False
+        self._map[self.used : end] = data
+        self.used = end
+        if end - self._released >= self._RELEASE_EVERY:
+            self._release(end)
+        return True
+
+    def _release(self, end: int) -> None:
+        upto = end - end % mmap.PAGESIZE  # whole pages only: the last one is still written to
+        if upto > self._released:
+            self._map.madvise(mmap.MADV_DONTNEED, self._released, upto - self._released)
+            self._released = upto
+
+    def close(self) -> None:
+        """Unmap and close (which releases the lock); what was appended stays in the file."""
+        self._map.close()
+        os.close(self.fd)
+
+
+def create_mapped(path: Path, room: int, data: bytes = b"") -> MappedFile:
+    """``create``, as a ``MappedFile`` holding ``data`` with ``room`` bytes to append."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return MappedFile(fd, data, room)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+
+
+def replace_mapped(path: Path, data: bytes, room: int, *, staging_suffix: str) -> MappedFile:
+    """``replace``, as a ``MappedFile`` holding ``data`` with ``room`` bytes to append."""
+    staging = path.with_suffix(staging_suffix)
+    fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # before the rename: a claimer must never find it free
+        mapped = MappedFile(fd, data, room)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            staging.unlink()
+        raise
+    try:
+        os.rename(staging, path)
+    except BaseException:
+        mapped.close()
+        with contextlib.suppress(OSError):
+            staging.unlink()
+        raise
+    return mapped
 
 
 @contextlib.contextmanager

@@ -1,7 +1,13 @@
 """The one builder of outgoing messages: every message Conveyor sends is made here.
 
-A job travels as its encoded envelope plus one transport header, when the message becomes due
-(``DUE_AT``: the start-delay metric reads it; the envelope does not know a retry's delay). The
+A job travels as its encoded envelope plus, when it becomes due at another time than its
+envelope's ``created_at`` (a delayed job, a retry or deferral copy, a replay), one transport
+header with that time (``DUE_AT``: the start-delay metric reads it, else ``created_at``; the
+envelope does not know a delay or a retry's). A new job published without delay carries no
+header at all (``due_at=None``): it became due when ``publish`` was called, its ``created_at``,
+and the worker's broker client then decodes no header table for it (pamqp, in Python: about
+2 µs a job on RabbitMQ). Messages from older versions, which always carry it, are read as
+before. The
 job type and the attempt are in the envelope, where the worker reads them; earlier versions
 also sent them as headers (``JOB_TYPE``, ``ATTEMPT``), which nothing read, and the broker client
 decoded in Python for every delivery (pamqp: ~1.5 µs a job; on Pulsar two more properties per
@@ -32,7 +38,7 @@ def job_message(
     envelope: Envelope,
     body: bytes,
     *,
-    due_at: datetime,
+    due_at: datetime | None,
     delay: float = 0.0,
     carried: Mapping[str, str] = _NONE,
     extra: Mapping[str, str] = _NONE,
@@ -42,18 +48,13 @@ def job_message(
 
     ``kind="retry"`` for every copy a worker sends back (deferrals too: a worker may send copies,
     never new jobs); ``extra`` headers come last (a publish middleware's, a replay's marker).
+    ``due_at=None``: due at ``envelope.created_at`` (no ``DUE_AT`` header).
     """
-    return OutgoingMessage(
-        body=body,
-        message_id=envelope.job_id,
-        headers={
-            **carried,
-            h.DUE_AT: h.format_due_at(due_at),
-            **extra,
-        },
-        delay=delay,
-        kind=kind,
-    )
+    if due_at is None:
+        headers = {**carried, **extra}
+    else:
+        headers = {**carried, h.DUE_AT: h.format_due_at(due_at), **extra}
+    return OutgoingMessage(body=body, message_id=envelope.job_id, headers=headers, delay=delay, kind=kind)
 
 
 def dead_letter_message(

@@ -40,7 +40,7 @@ from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.metrics import WorkerMetrics
 from conveyor.common.middleware import Middleware
 from conveyor.common.secrets import mask_secrets
-from conveyor.common.tasks import current_task
+from conveyor.common.tasks import Slots, current_task
 from conveyor.common.transport.base import Delivery, Transport
 from conveyor.consumer.breaker import (
     BreakerBoard,
@@ -241,7 +241,7 @@ class Worker:
             on_dead_lettered=self._dead_lettered,
         )
         self.counts: collections.Counter[str] = collections.Counter()
-        self._slots = asyncio.Semaphore(self.config.concurrency)
+        self._slots = Slots(self.config.concurrency)
         self._runners = {
             queue: QueueRunner(queue, transport=transport, handler=self._on_delivery,
                                prefetch=self.config.effective_prefetch, clock=self.clock, spawn=self._spawn_timer)
@@ -355,7 +355,10 @@ class Worker:
         if not self._may_run(runner, probe):
             await self._give_back(delivery, _why_not_accepting(runner))
             return
-        async with self._slots:
+        slots = self._slots
+        if not slots.try_take():  # nearly always taken at once: no await
+            await slots.take()
+        try:
             if not self._may_run(runner, probe):
                 await self._give_back(delivery, _why_not_accepting(runner))
                 return
@@ -381,6 +384,8 @@ class Worker:
                 raise
             finally:
                 self._active.pop(task, None)
+        finally:
+            slots.give()
 
     def _may_run(self, runner: QueueRunner, probe: bool) -> bool:
         return not self._draining and (runner.accepting or (probe and runner.paused))

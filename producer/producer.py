@@ -306,9 +306,8 @@ class Producer:
                 if command.queue not in self._declared:
                     await self.transport.declare(command.queue)
                     self._declared.add(command.queue)
-        due_at = self._clock.now()
-        if command.delay:
-            due_at += timedelta(seconds=command.delay)
+        # Undelayed: due when publish() was called, the envelope's created_at (no header to decode).
+        due_at = self._clock.now() + timedelta(seconds=command.delay) if command.delay else None
         message = job_message(command.envelope, body, due_at=due_at, delay=command.delay, extra=command.headers)
         begin = self._clock.monotonic()
         try:

@@ -38,9 +38,15 @@ class ExclusiveGate:
         self._waiting_shared = 0
         self._changed = asyncio.Condition()
 
+    def try_shared(self) -> bool:
+        """Enter shared at once if nobody runs or waits exclusively (the common case, no await)."""
+        if self._exclusive or self._waiting_exclusive:
+            return False
+        self._running += 1
+        return True
+
     async def shared(self) -> None:
-        if not self._exclusive and not self._waiting_exclusive:
-            self._running += 1  # the common case: no suspect around, no await
+        if self.try_shared():
             return
         async with self._changed:
             self._waiting_shared += 1
@@ -60,12 +66,19 @@ class ExclusiveGate:
             self._exclusive = True
             self._running = 1
 
-    async def release(self) -> None:
+    def leave(self) -> bool:
+        """Leave without waking anyone; True when someone waits and ``wake`` must follow."""
         self._running -= 1
         self._exclusive = False
-        if self._waiting_exclusive or self._waiting_shared:  # someone may now go
-            async with self._changed:
-                self._changed.notify_all()
+        return bool(self._waiting_exclusive or self._waiting_shared)
+
+    async def wake(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def release(self) -> None:
+        if self.leave():  # someone may now go
+            await self.wake()
 
 
 class CrashGuardMiddleware(Middleware):
@@ -98,17 +111,22 @@ class CrashGuardMiddleware(Middleware):
                 f"the job was running each time its worker died, {record.crashes} times since {since} "
                 f"(limit {self.limit}): not run again. Killed: {killed}"
             )
-        if record is None:
-            await self.gate.shared()
-        else:
+        gate, journal, job_id = self.gate, self.journal, ctx.job_id
+        if record is not None:
             log.warning("running a job alone: it was running when a worker died",
-                        extra={"job_id": ctx.job_id, "crashes": record.crashes})
-            await self.gate.exclusive()
+                        extra={"job_id": job_id, "crashes": record.crashes})
+            await gate.exclusive()
+        elif not gate.try_shared():  # per job: no await unless a suspect runs or waits
+            await gate.shared()
         try:
-            self.journal.started(ctx.job_id)
-            return await call_next(ctx)
+            journal.started(job_id)
+            try:
+                return await call_next(ctx)
+            finally:
+                journal.finished(job_id)
+                if record is not None:
+                    journal.resolved(job_id)
         finally:
-            self.journal.finished(ctx.job_id)
-            if record is not None:
-                self.journal.resolved(ctx.job_id)
-            await self.gate.release()
+            # Whatever the journal raised (a full disk): the gate is left, or a suspect waits forever.
+            if gate.leave():
+                await gate.wake()

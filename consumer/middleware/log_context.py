@@ -30,7 +30,8 @@ class LogContextMiddleware(Middleware):
             log.warning("job attempt failed", extra={"error_type": type(exc).__name__})
             raise
         else:
-            log.debug("job succeeded")
+            if log.isEnabledFor(logging.DEBUG):  # what debug() asks first, without its call per job
+                log.debug("job succeeded")
             return result
         finally:
             job_log_fields.reset(token)

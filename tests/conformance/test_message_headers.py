@@ -1,7 +1,8 @@
 """The transport headers a job travels with, and jobs published by earlier versions.
 
-A job message carries one Conveyor header, ``x-conveyor-due-at`` (the start-delay metric's);
-the job type and the attempt are read from the envelope. Versions before 2026-12 also sent
+A new job sent when it was created carries no Conveyor header: the start-delay metric reads the
+envelope's ``created_at``. A retry copy or a delayed job carries ``x-conveyor-due-at``. The job
+type and the attempt are read from the envelope. Versions before 2026-12 also sent
 them as ``x-conveyor-job-type`` and ``x-conveyor-attempt``: such messages, still queued when a
 newer worker starts, must run, retry and succeed exactly as before, whatever those say.
 """
@@ -31,17 +32,38 @@ def _fail_first_attempt(seen: list[tuple[int, dict[str, str]]]) -> object:
     return handler
 
 
-async def test_a_job_and_its_retry_copy_carry_the_due_time_but_no_job_type_or_attempt_header(backend: Backend) -> None:
+async def test_a_new_job_carries_no_conveyor_header_and_its_retry_copy_the_due_time(backend: Backend) -> None:
     seen: list[tuple[int, dict[str, str]]] = []
     jobs = registry_for(backend, _fail_first_attempt(seen))
     producer = await producer_for(backend, jobs)
     await producer.publish("test.ping", Ping(n=1))
     async with Worker(await backend.transport(), jobs, config=fast_config()) as worker:
         await wait_until(lambda: worker.counts["succeeded"] == 1, what="the job's second attempt")
+        # Both attempts are measured: the first from created_at, the copy from its due time.
+        assert worker.metrics.registry.get_sample_value(
+            "conveyor_job_start_delay_seconds_count", {"queue": backend.queue}) == 2
+        assert worker.metrics.registry.get_sample_value(
+            "conveyor_job_start_delay_seconds_sum", {"queue": backend.queue}) < 30
     assert [attempt for attempt, _ in seen] == [1, 2]
+    assert not [name for name in seen[0][1] if name.lower().startswith("x-conveyor-")], seen[0][1]
+    assert h.DUE_AT in seen[1][1], "the retry copy became due after its delay, not when created"
     for _, headers in seen:
-        assert h.DUE_AT in headers
         assert h.JOB_TYPE not in headers and h.ATTEMPT not in headers
+
+
+async def test_a_delayed_job_carries_its_due_time(backend: Backend) -> None:
+    seen: list[tuple[int, dict[str, str]]] = []
+
+    async def handler(payload: Ping, ctx: JobContext) -> None:
+        seen.append((ctx.attempt, dict(ctx.headers)))
+
+    jobs = registry_for(backend, handler)
+    producer = await producer_for(backend, jobs)
+    await producer.publish("test.ping", Ping(n=2), delay=0.05)
+    async with Worker(await backend.transport(), jobs, config=fast_config()) as worker:
+        await wait_until(lambda: worker.counts["succeeded"] == 1, what="the delayed job")
+    due = h.due_timestamp(seen[0][1])
+    assert due is not None and abs(due - datetime.now(UTC).timestamp()) < 60
 
 
 async def test_a_job_an_earlier_version_published_with_job_type_and_attempt_headers_still_runs(backend: Backend) -> None:

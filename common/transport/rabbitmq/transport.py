@@ -412,7 +412,7 @@ class RabbitMQTransport(Transport):
         if target.remaining_ms:
             headers[REMAINING_DELAY] = str(target.remaining_ms)
         properties = JobProperties(
-            headers=headers,
+            headers=headers or None,  # no table at all: the consumer's client then decodes none
             message_id=message.message_id,
             delivery_mode=_PERSISTENT,
             # Milliseconds as AMQP wants them: exact, no float seconds in between.

@@ -140,3 +140,45 @@ def test_each_proof_is_needed_the_one_pass_stands_aside_for_what_only_it_would_t
                  "data nested past the limit in objects", 'a value holding ":'):
         assert codec._envelope_at_once(EXTRA[name]) is None, name
     assert codec._envelope_at_once(NOT_I_JSON["a lone surrogate in the data"]) is None
+
+
+@pytest.mark.parametrize("created_at", ["2026-01-01t00:00:00z", "2026-01-01T00:00:00.123456789Z",
+                                        "2026-01-01T00:00:00-00:00", "2024-02-29T12:00:00+05:30"])
+def test_the_one_pass_checks_date_times_itself_without_python_validators(created_at: str) -> None:
+    body = _with(created_at=created_at, history=[{**RECORD, "started_at": created_at}])
+    at_once = codec._envelope_at_once(body)
+    assert at_once is not None and at_once == _two_step(body)
+
+
+def test_whole_floats_are_the_integers_either_way_and_booleans_no_number_either_way() -> None:
+    for body, expected in ((_with(attempt=2.0), 2), (_with(attempt=1e4), 10_000), (_with(envelope_version=1.0), 1),
+                           (_with(schema_version=1.0), 1)):
+        at_once = codec._envelope_at_once(body)
+        assert at_once is None or at_once == _two_step(body)
+        envelope = decode_envelope(body)
+        counts = (envelope.attempt, envelope.envelope_version, envelope.schema_version)
+        assert expected in counts and all(type(n) is int for n in counts)
+    for body in (_with(attempt=True), _with(envelope_version=True), _with(schema_version=True), _with(attempt=2.5)):
+        assert codec._envelope_at_once(body) is None
+        with pytest.raises(MalformedMessage):
+            decode_envelope(body)
+
+
+def test_the_one_pass_validator_calls_no_python_function() -> None:
+    import sys
+
+    body = _with(history=[RECORD], deadline="2030-01-01T00:00:00Z", payload=REFERENCE)
+    python_calls: list[str] = []
+
+    def watch(frame: object, event: str, arg: object) -> None:
+        if event == "call":
+            python_calls.append(frame.f_code.co_name)  # type: ignore[attr-defined]
+
+    sys.setprofile(watch)
+    try:
+        envelope = codec._ONE_PASS.validate_json(body)
+    finally:
+        sys.setprofile(None)
+    assert python_calls == [], "pydantic-core called back into Python (a prebuilt validator?)"
+    assert envelope == _two_step(body) and type(envelope) is Envelope
+    assert Envelope.__pydantic_complete__, "the classes are complete again after the build"

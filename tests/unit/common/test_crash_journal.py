@@ -157,8 +157,75 @@ def test_a_long_lived_workers_journal_stays_small(tmp_path: Path) -> None:
         journal.started(f"job-{n:05d}")
         journal.finished(f"job-{n:05d}")
     (path,) = tmp_path.glob("*.journal")
-    assert path.stat().st_size < 2 * 4096, "two lines a job would be about 600 KB by now"
-    assert "still-running" in path.read_text()
+    written = path.read_bytes().rstrip(b"\0")
+    assert len(written) < 2 * 4096, "two lines a job would be about 600 KB by now"
+    assert path.stat().st_size <= len(written) + 4096 + 4096, "the file is what was written and its room"
+    assert b"still-running" in written
+    journal.close()
+
+
+def test_a_job_started_just_before_a_kill_9_is_on_record(tmp_path: Path) -> None:
+    """The S line is stored through the memory map, not written by a system call: it must
+    still be in the file when SIGKILL lands the very next instant."""
+    code = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from conveyor.common.crash_journal import CrashJournal
+        journal = CrashJournal(Path({str(tmp_path)!r}))
+        journal.open()
+        for n in range(500):
+            journal.started(f"done-{{n}}")
+            journal.finished(f"done-{{n}}")
+        journal.started("killed-mid-run")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == -9, result.stderr
+    journal = CrashJournal(tmp_path)
+    assert {job: r.crashes for job, r in journal.open().items()} == {"killed-mid-run": 1}
+    journal.close()
+
+
+def test_a_line_cut_short_by_the_death_before_the_nul_tail_is_not_counted(tmp_path: Path) -> None:
+    # A SIGKILL during the copy of an S line (a page fault enters the kernel): the handler had
+    # not started, so the job was not running.
+    (tmp_path / "1-dead.journal").write_bytes(b"S a 1.0\nS b 2.0\nF a\nS cut-sh" + b"\0" * 8192)
+    journal = CrashJournal(tmp_path)
+    assert {job: r.crashes for job, r in journal.open().items()} == {"b": 1}
+    journal.close()
+
+
+def test_a_journal_written_by_an_older_version_with_write_is_still_claimed(tmp_path: Path) -> None:
+    (tmp_path / "1-dead.journal").write_text(f"S a 1.0\nF a\nS b 2.0\nC c 2 {time.time():.3f}\n")
+    journal = CrashJournal(tmp_path)
+    assert {job: r.crashes for job, r in journal.open().items()} == {"b": 1, "c": 2}
+    journal.close()
+
+
+def test_a_full_journal_that_cannot_be_compacted_fails_the_start_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full at every compaction: appends fill the reserved room, then a start that does
+    not fit raises (the job is not run unrecorded), and nothing is ever stored past the map."""
+    from conveyor.common import lockfiles
+
+    journal = CrashJournal(tmp_path, compact_after=256)
+    journal.open()
+
+    def disk_full(*args: object, **kwargs: object) -> lockfiles.MappedFile:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lockfiles, "replace_mapped", disk_full)
+    with pytest.raises(OSError, match="full"):
+        for n in range(10_000):
+            journal.started(f"job-{n:05d}")
+            journal.finished(f"job-{n:05d}")
+    assert n > 10, "the reserved room was used first"
+    monkeypatch.undo()
+    journal.started("after-the-disk-has-room")  # the next compaction succeeds and writes the state
+    (path,) = tmp_path.glob("*.journal")
+    written = path.read_bytes().rstrip(b"\0")
+    assert b"after-the-disk-has-room" in written and f"job-{n:05d}".encode() in written
     journal.close()
 
 
@@ -220,3 +287,50 @@ def test_a_compaction_cut_short_by_a_death_leaves_the_old_journal_to_count(tmp_p
 def test_compact_after_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="compact_after"):
         CrashJournal(tmp_path, compact_after=0)
+
+
+def test_a_disk_too_full_for_the_journals_room_is_a_start_up_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(ConfigurationError, match="CONVEYOR_STATE_DIR"):
+        CrashJournal(tmp_path).open()
+    assert list(tmp_path.iterdir()) == [], "no half-made journal left behind"
+
+
+def test_the_journal_reserves_its_room_up_front(tmp_path: Path) -> None:
+    journal = CrashJournal(tmp_path, compact_after=1 << 20)
+    journal.open()
+    (path,) = tmp_path.glob("*.journal")
+    assert path.stat().st_blocks * 512 >= 1 << 20, "blocks allocated, not a sparse file"
+    journal.close()
+
+
+def test_pages_handed_back_to_the_kernel_keep_their_lines(tmp_path: Path) -> None:
+    """Written pages are released from the worker's memory every 64 KiB (MADV_DONTNEED on the
+    shared map): the lines stay in the file, for a claimer after a kill -9 too."""
+    code = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from conveyor.common.crash_journal import CrashJournal
+        journal = CrashJournal(Path({str(tmp_path)!r}))
+        journal.open()
+        journal.started("first-still-running")
+        for n in range(6000):  # ~250 KiB: several releases
+            journal.started(f"done-{{n:05d}}")
+            journal.finished(f"done-{{n:05d}}")
+        assert journal._file._released >= 192 * 1024, journal._file._released
+        journal.started("last-still-running")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == -9, result.stderr
+    (path,) = tmp_path.glob("*.journal")
+    written = path.read_bytes().rstrip(b"\0").decode()
+    assert written.count("\nS done-") == 6000 and written.count("\nF done-") == 6000
+    journal = CrashJournal(tmp_path)
+    assert {job: r.crashes for job, r in journal.open().items()} == {"first-still-running": 1, "last-still-running": 1}
+    journal.close()

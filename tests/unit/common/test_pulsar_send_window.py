@@ -1,4 +1,4 @@
-"""SendWindow: at most ``size`` sends in flight, FIFO waiters, no slot lost to a cancellation."""
+"""SendWindow = common.tasks.Slots (also the worker's per-delivery slots): at most ``size`` holders, FIFO waiters, no slot lost to a cancellation."""
 
 from __future__ import annotations
 

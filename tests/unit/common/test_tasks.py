@@ -56,3 +56,36 @@ async def test_current_task_asks_the_named_loop_and_falls_back_to_the_running_on
         assert current_task(stopped) is me  # a loop that is not running here has no task: asked anew
     finally:
         stopped.close()
+
+
+async def test_done_tasks_are_swept_so_the_set_stays_bounded_by_what_runs() -> None:
+    tasks = TaskSet()
+    blocked = asyncio.Event()
+    long_running = [tasks.spawn(blocked.wait()) for _ in range(10)]
+    for _ in range(100):  # many short tasks, as one per delivery
+        batch = [tasks.spawn(asyncio.sleep(0)) for _ in range(50)]
+        await asyncio.gather(*batch)
+        assert len(tasks) == 10, "only the running ones count"
+        assert len(tasks._tasks) <= 2 * 64 + 50, "done tasks are dropped in sweeps, not kept forever"
+    gc.collect()
+    assert all(not t.done() for t in long_running), "running tasks are never swept"
+    assert set(tasks) == set(long_running)
+    blocked.set()
+    await tasks.wait(1.0)
+    assert len(tasks) == 0 and list(tasks) == []
+
+
+async def test_a_task_cancelled_before_it_ran_is_not_counted_or_waited_for() -> None:
+    tasks = TaskSet()
+    started: list[int] = []
+
+    async def work() -> None:
+        started.append(1)
+
+    task = tasks.spawn(work())
+    task.cancel()
+    await asyncio.sleep(0)
+    assert task.cancelled() and started == []
+    assert len(tasks) == 0
+    await asyncio.wait_for(tasks.wait(10.0), 1.0)  # returns at once: nothing runs
+

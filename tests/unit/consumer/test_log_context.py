@@ -95,3 +95,25 @@ async def test_lines_inside_a_job_carry_its_fields_and_lines_after_it_do_not() -
         assert (line["job_id"], line["job_type"], line["attempt"]) == (receipt.job_id, "t.ok", 1)
     [after] = [line for line in lines if line["msg"] == "after the job"]
     assert "job_id" not in after
+
+
+async def test_at_info_a_success_writes_no_line_and_handler_lines_carry_all_four_fields() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    broker, jobs = MemoryBroker(), JobRegistry()
+
+    @jobs.job("t.ok")
+    async def ok(payload: Job, ctx: JobContext) -> None:
+        logging.getLogger("tests.handler").info("inside the handler")
+
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer:
+        receipts = [await producer.publish("t.ok", Job(n=n)) for n in range(3)]
+    async with MemoryTransport(broker) as transport, Worker(transport, jobs) as worker:
+        await broker.join(DEFAULT_QUEUE)
+        assert worker.counts["succeeded"] == 3
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert not [line for line in lines if line["msg"] == "job succeeded"]
+    inside = [line for line in lines if line["msg"] == "inside the handler"]
+    assert sorted(line["job_id"] for line in inside) == sorted(r.job_id for r in receipts)
+    for line in inside:
+        assert line["job_type"] == "t.ok" and line["attempt"] == 1 and line["correlation_id"] == line["job_id"]

@@ -1,0 +1,48 @@
+"""The bench's Conveyor worker runs what ``conveyor worker`` runs, no more and no less
+(issue 18: a bench without the CLI's crash guard measured a cheaper worker than users run)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from bench.conveyor import make_registry
+from bench.support import cli_worker
+from conveyor.common.settings import Settings
+from conveyor.common.transport.memory import MemoryTransport
+from conveyor.consumer.breaker import BreakerConfig
+from conveyor.consumer.middleware.crash_guard import CrashGuardMiddleware
+from conveyor.consumer.worker import Worker, WorkerConfig
+
+URL = "amqp://bench:s3cret-bench@127.0.0.1:5672/"
+
+
+def test_the_bench_worker_config_is_the_cli_one_with_a_fresh_state_dir() -> None:
+    cli = WorkerConfig.from_settings(Settings(concurrency=64, prefetch=64))
+    with cli_worker(URL, 64) as (config, redact):
+        state_dir = config.state_dir
+        assert state_dir is not None and state_dir.is_dir()
+        assert state_dir.parent == Path.home() / ".local" / "state"  # the CLI default's filesystem
+        ignored = {"state_dir", "worker_id"}  # per process in the CLI too
+        for f in dataclasses.fields(WorkerConfig):
+            if f.name not in ignored:
+                assert getattr(config, f.name) == getattr(cli, f.name), f.name
+        assert config.watchdog.exit_after == cli.watchdog.exit_after is not None
+        assert "s3cret-bench" not in redact(f"connect to {URL} failed: s3cret-bench")
+    assert not state_dir.exists()  # removed afterwards
+
+
+def test_overrides_change_only_what_they_name() -> None:
+    never = BreakerConfig(consecutive_failures=10**9, failure_rate=1.0, min_calls=10**9)
+    with cli_worker(URL, 200) as (plain, _), cli_worker(URL, 200, breaker=never) as (config, _):
+        assert config.breaker == never
+        assert dataclasses.replace(config, breaker=plain.breaker, state_dir=plain.state_dir,
+                                   worker_id=plain.worker_id) == plain
+
+
+def test_the_bench_worker_has_the_crash_guard_outermost() -> None:
+    jobs = make_registry("bench-fairness")
+    with cli_worker(URL, 8) as (config, _):
+        worker = Worker(MemoryTransport(), jobs, config=config)
+        assert isinstance(worker.middlewares[0], CrashGuardMiddleware)
+        assert worker.middlewares[0].journal.directory == config.state_dir
