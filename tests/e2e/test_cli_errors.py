@@ -113,3 +113,10 @@ def test_a_payload_the_app_rejects_is_one_line_with_the_reason_code() -> None:
     result = conveyor_without_broker("publish", "e2e.nap", "--payload", '{"seconds": "soon"}', "--app",
                                      "tests.e2e.app:jobs", "--broker", "memory://", PYTHONPATH=str(ROOT))
     assert_one_line_error(result, 1, "InvalidPayload (invalid_payload)", "seconds")
+
+
+@pytest.mark.parametrize("job_type", ["", "Send Email"])
+def test_a_job_type_no_worker_accepts_is_one_line_with_the_reason_code(job_type: str) -> None:
+    result = conveyor_without_broker("publish", job_type, "--payload", "{}", "--broker", "memory://")
+    assert_one_line_error(result, 1, "MalformedMessage (malformed)", "job_type")
+    assert result.stdout == ""
