@@ -120,3 +120,10 @@ def test_a_job_type_no_worker_accepts_is_one_line_with_the_reason_code(job_type:
     result = conveyor_without_broker("publish", job_type, "--payload", "{}", "--broker", "memory://")
     assert_one_line_error(result, 1, "MalformedMessage (malformed)", "job_type")
     assert result.stdout == ""
+
+
+def test_an_empty_queue_is_a_usage_error_not_the_default_queue() -> None:
+    # It published to conveyor.default and said so on stdout, exit 0.
+    result = conveyor_without_broker("publish", "e2e.nap", "--payload", "{}", "--queue", "", "--broker", "memory://")
+    assert_one_line_error(result, 2, "--queue")
+    assert result.stdout == ""
