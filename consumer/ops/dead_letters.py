@@ -27,7 +27,7 @@ from typing import Any
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, decode_dead_letter, decode_envelope, encode_model
-from conveyor.common.errors import MessageTooLarge, RejectedMessage
+from conveyor.common.errors import MessageTooLarge, PublishOutcomeUnknown, RejectedMessage
 from conveyor.common.headers import (
     CONFIG_HASH,
     JOB_TYPE,
@@ -152,10 +152,14 @@ class DeadLetters:
         clock: Clock | None = None,
         payloads: PayloadResolver | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        confirm_timeout: float = 10.0,
     ) -> None:
         """``max_message_bytes``: the workers' job limit (``CONVEYOR_MAX_MESSAGE_BYTES``), which a
-        replayed original must meet; records themselves are read whatever their size."""
+        replayed original must meet; records themselves are read whatever their size.
+        ``confirm_timeout``: seconds a republish may wait for the broker's confirm (the
+        producer's default) before the replay stops with ``PublishOutcomeUnknown``."""
         self._max_bytes = max_message_bytes
+        self._confirm_timeout = confirm_timeout
         self._transport = transport
         self.queue = queue
         self.dlq = transport.dead_letter_queue(queue)
@@ -315,7 +319,16 @@ class DeadLetters:
         if record.queue not in self._declared:  # once per queue: a check costs round trips
             await self._transport.declare(record.queue)
             self._declared.add(record.queue)
-        await self._transport.publish(record.queue, message)
+        try:
+            # A broker that went silent (a black hole, not a closed socket) would otherwise hold
+            # the replay until the connection's heartbeat gives up: minutes, with no word.
+            async with asyncio.timeout(self._confirm_timeout):
+                await self._transport.publish(record.queue, message)
+        except TimeoutError:
+            raise PublishOutcomeUnknown(
+                f"no confirm within {self._confirm_timeout:g}s for the replay of job {record.job_id} "
+                f"(dead letter {record.dead_letter_id}): it may or may not be republished; its entry stays"
+            ) from None
 
     @contextlib.asynccontextmanager
     async def _scan(self) -> AsyncIterator[AsyncIterator[tuple[Delivery, DeadLetterRecord]]]:

@@ -138,3 +138,29 @@ async def test_replay_while_the_bug_is_live_replays_each_entry_once_and_ends() -
     after = await (await dlq(broker)).list(DeadLetterFilter(reason="exhausted"))
     assert sorted(r.job_id or "" for r in after) == sorted(j or "" for j in before), "each dead-lettered again, once"
     assert all(len(r.history) == 2 for r in after), "one replayed attempt each"
+
+
+async def test_a_replay_whose_confirm_never_comes_stops_with_an_unknown_outcome_and_keeps_the_entry() -> None:
+    # A black-holed broker: `conveyor dlq replay` sat silent for 3.5 minutes (until the AMQP
+    # heartbeat closed the connection), then ended in a traceback.
+    from conveyor.common.errors import PublishOutcomeUnknown
+
+    broker, _, _ = await populated()
+
+    class Silent(MemoryTransport):
+        async def publish(self, queue: str, message: OutgoingMessage) -> None:
+            if queue == DEFAULT_QUEUE:
+                await asyncio.Event().wait()  # no confirm, ever
+            await super().publish(queue, message)
+
+    transport = Silent(broker)
+    await transport.connect()
+    letters = DeadLetters(transport, DEFAULT_QUEUE, clock=FakeClock(), confirm_timeout=0.01)
+    try:
+        await letters.replay(DeadLetterFilter(reason="permanent"))
+    except PublishOutcomeUnknown as exc:
+        assert "may or may not be republished" in str(exc)
+    else:
+        raise AssertionError("the replay returned without its confirm")
+    assert await letters.depth() == 6  # every entry still there, the one in flight included
+    assert broker.depth(DEFAULT_QUEUE) == 0
