@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from typing import Any
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, decode_dead_letter, decode_envelope, encode_model
-from conveyor.common.errors import MessageTooLarge, PublishOutcomeUnknown, RejectedMessage
+from conveyor.common.errors import ConfigurationError, MessageTooLarge, PublishOutcomeUnknown, RejectedMessage
 from conveyor.common.headers import (
     CONFIG_HASH,
     JOB_TYPE,
@@ -76,6 +77,12 @@ class DeadLetterFilter:
             and (self.dead_letter_ids is None or not self.dead_letter_ids.isdisjoint(ids))
             and (self.worker_version is None or (headers or {}).get(WORKER_VERSION) == self.worker_version)
         )
+
+
+def _check_limit(limit: int) -> None:
+    # A negative limit stopped after the first match: `--limit -5` replayed one entry.
+    if limit < 0:
+        raise ConfigurationError(f"a limit must be 0 or more entries, not {limit}")
 
 
 def group_counts(records: Iterable[DeadLetterRecord], by: str) -> list[tuple[str, int]]:
@@ -176,6 +183,9 @@ class DeadLetters:
     async def list(self, flt: DeadLetterFilter | None = None, *, limit: int = 100) -> list[DeadLetterRecord]:
         flt = flt or DeadLetterFilter()
         found: list[DeadLetterRecord] = []
+        _check_limit(limit)
+        if limit == 0:
+            return found
         async with self._scan() as entries:
             async for delivery, record in entries:
                 if flt.matches(record, delivery.headers):
@@ -213,6 +223,12 @@ class DeadLetters:
         """
         flt = flt or DeadLetterFilter()
         report = ReplayReport(dry_run=dry_run)
+        if limit is not None:
+            _check_limit(limit)
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            # NaN slept forever between two entries (the console's queue stayed "busy"), and a
+            # negative rate or zero meant no rate at all, silently.
+            raise ConfigurationError(f"a replay rate must be a number of entries per second above 0, not {rate!r}")
         interval = 1.0 / rate if rate else 0.0
         present = await self.depth()
         if present == 0 or limit == 0:

@@ -86,6 +86,10 @@ MISUSES = {
     "--payload: not an object": (["publish", "e2e.nap", "--payload", "[1, 2]"], "JSON object"),
     "--header without =": (["publish", "e2e.nap", "--payload", "{}", "--header", "foo"], "--header"),
     "--log-level bogus": (["--log-level", "bogus", "publish", "e2e.nap", "--payload", "{}"], "--log-level"),
+    "dlq list --limit -1": (["dlq", "list", "--limit", "-1"], "--limit"),
+    "dlq replay --limit -5": (["dlq", "replay", "--limit", "-5"], "--limit"),
+    "dlq replay --rate nan (slept forever)": (["dlq", "replay", "--rate", "nan"], "--rate"),
+    "dlq replay --rate 0": (["dlq", "replay", "--rate", "0"], "--rate"),
 }
 
 

@@ -164,3 +164,23 @@ async def test_a_replay_whose_confirm_never_comes_stops_with_an_unknown_outcome_
         raise AssertionError("the replay returned without its confirm")
     assert await letters.depth() == 6  # every entry still there, the one in flight included
     assert broker.depth(DEFAULT_QUEUE) == 0
+
+
+async def test_a_limit_of_zero_lists_and_replays_nothing_and_a_negative_one_or_a_rate_that_is_no_rate_is_refused() -> None:
+    # `dlq list --limit 0` listed one entry, `dlq replay --limit -5` replayed one, `--rate nan` hung.
+    import math
+
+    import pytest
+
+    from conveyor.common.errors import ConfigurationError
+
+    broker, _, _ = await populated()
+    letters = await dlq(broker)
+    assert await letters.list(limit=0) == []
+    assert (await letters.replay(limit=0)).replayed == 0
+    for bad in ({"limit": -5}, {"rate": math.nan}, {"rate": math.inf}, {"rate": 0.0}, {"rate": -1.0}):
+        with pytest.raises(ConfigurationError):
+            await letters.replay(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        await letters.list(limit=-1)
+    assert await letters.depth() == 6 and broker.depth(DEFAULT_QUEUE) == 0
