@@ -173,7 +173,11 @@ def job_state_store_for(settings: Settings) -> Any:
         return None
     from conveyor.common.job_state import job_state_store_from_url
 
-    return job_state_store_from_url(settings.job_state_url.get_secret_value())
+    try:
+        return job_state_store_from_url(settings.job_state_url.get_secret_value())
+    except ConveyorError as exc:  # publish and jobs build it before run(): one line, not a traceback
+        raise click.UsageError(redactor()(f"invalid configuration: CONVEYOR_JOB_STATE_URL (or --job-state-url): "
+                                          f"{exc}")) from None
 
 
 def tracing(settings: Settings, service: str) -> tuple[list[Any], Any]:
