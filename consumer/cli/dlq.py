@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -16,6 +15,7 @@ from conveyor.common.errors import ConveyorError
 from conveyor.consumer.cli.support import (
     broker_option,
     console,
+    finite,
     payload_store_for,
     payload_store_option,
     queue_option,
@@ -40,13 +40,6 @@ def _filters(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--reason", default=None, help="Only entries with this reason code")(fn)
     fn = click.option("--job-type", default=None, help="Only entries of this job type")(fn)
     return fn
-
-
-def _finite(value: float | None) -> float | None:
-    """FloatRange lets NaN through (every comparison with it is false): a replay that never ends."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value!r} is not a finite number", param_hint="--rate")
-    return value
 
 
 def _run_on_dlq(broker: str | None, queue: str, action: Callable[[DeadLetters], Awaitable[T]]) -> T:
@@ -120,7 +113,7 @@ def dlq_show(entry_id: str, broker: str | None, queue: str) -> None:
 @_filters
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Replay at most N entries")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
-              callback=lambda ctx, param, value: _finite(value), help="At most N entries per second")
+              callback=finite, help="At most N entries per second")
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing")
 def dlq_replay(broker: str | None, queue: str, reason: str | None, job_type: str | None, limit: int | None,
                rate: float | None, dry_run: bool) -> None:

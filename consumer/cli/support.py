@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -29,6 +30,7 @@ from conveyor.consumer.cli.secrets import (
 __all__ = [
     "broker_option",
     "console",
+    "finite",
     "job_state_option",
     "job_state_store_for",
     "load_registry",
@@ -145,6 +147,13 @@ def load_registry(target: str, param_hint: str) -> JobRegistry:
         value = value()
     if not isinstance(value, JobRegistry):
         raise click.ClickException(f"{target} is not a JobRegistry")
+    return value
+
+
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A click callback: FloatRange lets NaN through (every comparison with it is false)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a finite number", ctx=ctx, param=param)
     return value
 
 

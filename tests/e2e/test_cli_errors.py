@@ -90,6 +90,9 @@ MISUSES = {
     "dlq replay --limit -5": (["dlq", "replay", "--limit", "-5"], "--limit"),
     "dlq replay --rate nan (slept forever)": (["dlq", "replay", "--rate", "nan"], "--rate"),
     "dlq replay --rate 0": (["dlq", "replay", "--rate", "0"], "--rate"),
+    "status --interval nan": (["status", "--interval", "nan"], "--interval"),
+    "status --interval -5": (["status", "--interval", "-5"], "--interval"),
+    "status --dlq-scan-limit -1": (["status", "--dlq-scan-limit", "-1"], "--dlq-scan-limit"),
 }
 
 
