@@ -292,14 +292,23 @@ class DeadLetters:
         return decode_envelope(record.original_body, max_bytes=self._max_bytes)
 
     async def purge(self, flt: DeadLetterFilter | None = None) -> int:
+        """Delete matching entries among those present when it starts (a snapshot, as ``replay``):
+        a DLQ fed while it runs (a bug still live) would otherwise never let it end, and entries
+        written after the operator looked would go unseen."""
         flt = flt or DeadLetterFilter()
-        removed = 0
+        removed = taken = 0
+        present = await self.depth()
+        if present == 0:
+            return 0
         async with self._scan() as entries:
             async for delivery, record in entries:
+                taken += 1
                 if flt.matches(record, delivery.headers):
                     await delivery.ack()
                     removed += 1
                     await self._discard_payload(record)
+                if taken >= present:
+                    break
         return removed
 
     async def _discard_payload(self, record: DeadLetterRecord) -> None:

@@ -184,3 +184,24 @@ async def test_a_limit_of_zero_lists_and_replays_nothing_and_a_negative_one_or_a
     with pytest.raises(ConfigurationError):
         await letters.list(limit=-1)
     assert await letters.depth() == 6 and broker.depth(DEFAULT_QUEUE) == 0
+
+
+async def test_purge_takes_the_entries_present_when_it_starts_and_ends_while_the_dlq_is_fed() -> None:
+    # A purge read until the DLQ was empty: fed by a live bug faster than it deleted, it never
+    # ended, and it deleted entries written after the operator looked.
+    broker, _, _ = await populated()
+    fed: list[str] = []
+
+    class Fed(MemoryTransport):
+        async def get(self, queue: str):  # type: ignore[no-untyped-def]
+            if queue.endswith(".dlq") and len(fed) < 1000:  # a new dead letter before every read
+                await super().publish(queue, OutgoingMessage(body=b"late", message_id=f"late-{len(fed)}"))
+                fed.append(queue)
+            return await super().get(queue)
+
+    transport = Fed(broker)
+    await transport.connect()
+    letters = DeadLetters(transport, DEFAULT_QUEUE, clock=FakeClock())
+    assert await letters.purge() == 6  # the six present at the start, and it ended
+    assert len(fed) < 1000
+    assert await letters.depth() == len(fed)  # every later entry kept
