@@ -17,7 +17,9 @@ MAX_DELAY = 30 * 24 * 3600.0
 
 def check_delay(delay: float) -> None:
     """Refuse a delay longer than ``MAX_DELAY`` (or NaN) with a one-line ``ConfigurationError``."""
-    if not delay <= MAX_DELAY:  # NaN too
+    if delay != delay:  # NaN: "a delay of nans is longer than …" said the opposite of the problem
+        raise ConfigurationError("a delay must be a number of seconds, not NaN")
+    if not delay <= MAX_DELAY:
         raise ConfigurationError(f"a delay of {delay:g}s is longer than the longest Conveyor honours "
                                  f"({MAX_DELAY:g}s, 30 days)")
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -60,7 +60,7 @@ from conveyor.schemas.envelope import (
     new_envelope,
     new_job_id,
 )
-from conveyor.schemas.registry import SchemaRegistry
+from conveyor.schemas.registry import SchemaRegistry, describe_validation_error
 
 __all__ = ["Producer"]
 
@@ -198,7 +198,9 @@ class Producer:
         """Validate the payload against its schema (before anything is sent) and wrap it.
 
         Raises ``MalformedMessage`` (reason ``malformed``) for data no worker would accept:
-        NaN or infinity, integers beyond ±(2**53-1), lone surrogates, nesting past the limit.
+        NaN or infinity, integers beyond ±(2**53-1), lone surrogates, nesting past the limit,
+        and for envelope fields the wire contract refuses (a job type not ``[a-z][a-z0-9_.-]*``,
+        an over-long idempotency key, a header name with spaces).
         """
         data = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else dict(payload)
         check_json_data(data, levels=MAX_DEPTH - 2)  # the envelope and its payload are two levels
@@ -211,18 +213,21 @@ class Producer:
             headers.setdefault(PRODUCER_VERSION, self._code_version)
         # Validated as Envelope(...) would, without a pass through pydantic for the fields the
         # producer made itself (schemas.envelope.new_envelope).
-        return new_envelope(
-            job_id=job_id or new_job_id(),
-            job_type=job_type,
-            schema_version=version,
-            created_at=now,
-            data=data,
-            headers=headers,
-            idempotency_key=idempotency_key or None,
-            correlation_id=correlation_id or None,
-            causation_id=causation_id,
-            deadline=deadline,
-        )
+        try:
+            return new_envelope(
+                job_id=job_id or new_job_id(),
+                job_type=job_type,
+                schema_version=version,
+                created_at=now,
+                data=data,
+                headers=headers,
+                idempotency_key=idempotency_key or None,
+                correlation_id=correlation_id or None,
+                causation_id=causation_id,
+                deadline=deadline,
+            )
+        except ValidationError as exc:  # a job type, key or header no worker would accept: ours, typed
+            raise MalformedMessage(f"not a valid job: {describe_validation_error(exc)}") from None
 
     async def publish_envelope(
         self, envelope: Envelope, *, queue: str | None = None, delay: float = 0.0

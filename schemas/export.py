@@ -1,7 +1,7 @@
 """Export the wire contract as JSON Schema files for publishers in any language.
 
-    python -m schemas.export --app consumer.demo:demo_jobs --out schemas/json/
-    python -m schemas.export --app consumer.demo:demo_jobs --out schemas/json/ --check
+    python -m conveyor.schemas.export --app conveyor.consumer.ops.demo:demo_jobs --out schemas/json/
+    python -m conveyor.schemas.export --app conveyor.consumer.ops.demo:demo_jobs --out schemas/json/ --check
 
 Writes, generated from the pydantic models (draft 2020-12):
 
@@ -152,7 +152,13 @@ def write(registry: SchemaRegistry, out: Path, *, allow_breaking: bool = False) 
 def load_schemas(target: str) -> SchemaRegistry:
     module_name, _, attr = target.partition(":")
     sys.path.insert(0, str(Path.cwd()))
-    value: Any = getattr(importlib.import_module(module_name), attr or "jobs")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:  # a one-line error, like `conveyor worker`'s, not a traceback
+        raise SystemExit(f"--app {target!r}: no module named {exc.name!r} (is it on PYTHONPATH?)") from None
+    value: Any = getattr(module, attr or "jobs", None)
+    if value is None:
+        raise SystemExit(f"--app {target!r}: module {module_name!r} has no attribute {attr or 'jobs'!r}")
     if callable(value) and not isinstance(value, SchemaRegistry) and not hasattr(value, "schemas"):
         value = value()
     value = getattr(value, "schemas", value)
@@ -162,7 +168,7 @@ def load_schemas(target: str) -> SchemaRegistry:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m schemas.export", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m conveyor.schemas.export", description=__doc__.split("\n")[0])
     parser.add_argument("--app", required=True, help="module[:attr] of a JobRegistry or SchemaRegistry")
     parser.add_argument("--out", required=True, type=Path, help="directory of the JSON Schema files")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if files differ or break")

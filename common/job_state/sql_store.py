@@ -231,6 +231,8 @@ class SqlJobStateStore(JobStateStore):
         return AttemptInfo(**values)
 
     async def get(self, job_id: str) -> JobRecord | None:
+        if "\x00" in job_id:  # no job has one (ids are identifiers); PostgreSQL refuses it as an outage would
+            return None
         p = self.placeholder
         async with self._transaction() as conn:
             rows = await conn.fetch(
@@ -247,6 +249,8 @@ class SqlJobStateStore(JobStateStore):
 
     async def _list(self, selected: JobFilter, limit: int) -> list[JobRecord]:
         where, args = selected.where(self.placeholder, self._to_db)
+        if any(isinstance(arg, str) and "\x00" in arg for arg in args):
+            return []  # a type or key with NUL matches nothing (see get)
         args.append(limit)
         sql = (
             f"SELECT {', '.join(_JOB_COLUMNS)} FROM {self.jobs_table}{where}"
@@ -260,6 +264,8 @@ class SqlJobStateStore(JobStateStore):
     async def request_cancel(self, job_id: str) -> CancelResult:
         p, j = self.placeholder, self.jobs_table
         now = self._to_db(self.clock.now())
+        if "\x00" in job_id:
+            raise UnknownJob(f"no job {job_id!r} in the job-state store")
         async with self._transaction() as conn:
             rows = await conn.fetch(
                 f"SELECT state, rank, cancel_requested_at FROM {j} WHERE job_id = {p(1)}{self._for_update}", job_id

@@ -15,6 +15,7 @@ from conveyor.common.errors import ConveyorError
 from conveyor.consumer.cli.support import (
     broker_option,
     console,
+    finite,
     payload_store_for,
     payload_store_option,
     queue_option,
@@ -58,7 +59,7 @@ def _run_on_dlq(broker: str | None, queue: str, action: Callable[[DeadLetters], 
 @broker_option
 @queue_option
 @_filters
-@click.option("--limit", default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True)
 @click.option("--worker-version", default=None,
               help="Only entries written by workers of this code version (CONVEYOR_CODE_VERSION)")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line")
@@ -110,8 +111,9 @@ def dlq_show(entry_id: str, broker: str | None, queue: str) -> None:
 @broker_option
 @queue_option
 @_filters
-@click.option("--limit", type=int, default=None, help="Replay at most N entries")
-@click.option("--rate", type=float, default=None, help="At most N entries per second")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Replay at most N entries")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              callback=finite, help="At most N entries per second")
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing")
 def dlq_replay(broker: str | None, queue: str, reason: str | None, job_type: str | None, limit: int | None,
                rate: float | None, dry_run: bool) -> None:

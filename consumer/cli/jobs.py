@@ -65,7 +65,10 @@ def _since(value: str | None) -> datetime | None:
         return None
     match = _DURATION.match(value.strip())
     if match:
-        return datetime.now(UTC) - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+        try:
+            return datetime.now(UTC) - timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+        except OverflowError:  # past year 1 (or a float timedelta cannot hold): everything
+            return datetime.min.replace(tzinfo=UTC)
     try:
         when = datetime.fromisoformat(value)
     except ValueError:

@@ -201,6 +201,9 @@ def relay(database_url: str | None, table: str, broker: str | None, batch_size: 
         config = RelayConfig(table=table, batch_size=batch_size, poll_interval=poll_interval,
                              retention=timedelta(hours=retention_hours), shutdown_grace=shutdown_grace)
         store = support.payload_store_for(settings)
+        # The broker URL is checked once, here: built only inside the relay's loop, a URL of no
+        # known kind was an "outage" retried forever (one warning per backoff, never an exit).
+        support.transport_for(broker_url, settings)
 
         def producer() -> Producer:
             return Producer(support.transport_for(broker_url, settings), allow_unregistered=True,

@@ -20,7 +20,8 @@ __all__ = ["publish"]
 @click.option("--payload", required=True, help="JSON object, or @file to read it from a file")
 @support.broker_option
 @click.option("--app", default=None, help="module[:attr] of a JobRegistry to validate against")
-@click.option("--queue", default=None, help="Target queue [from --app, else conveyor.default]")
+@click.option("--queue", default=None, callback=lambda ctx, param, value: _queue(value),
+              help="Target queue [from --app, else conveyor.default]")
 @click.option("--version", "schema_version", type=int, default=None, help="Schema version [latest]")
 @click.option("--idempotency-key", default=None)
 @click.option("--delay", type=float, default=0.0, help="Seconds before the job may run (at most 30 days)")
@@ -79,6 +80,13 @@ def publish(job_type: str, payload: str, broker: str | None, app: str | None, qu
 
 def _bad(reason: str, option: str) -> click.BadParameter:
     return click.BadParameter(reason, ctx=click.get_current_context(silent=True), param_hint=option)
+
+
+def _queue(queue: str | None) -> str | None:
+    """``--queue ""`` is a mistake, not "the default queue": it used to publish there unasked."""
+    if queue is not None and not queue.strip():
+        raise _bad("must name a queue (leave it out for the job type's own)", "--queue")
+    return queue
 
 
 def _payload(payload: str) -> dict[str, Any]:

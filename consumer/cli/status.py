@@ -12,6 +12,7 @@ from conveyor.common.secrets import mask_url
 from conveyor.consumer.cli.support import (
     broker_option,
     console,
+    finite,
     require_broker,
     run,
     settings_from,
@@ -27,9 +28,9 @@ __all__ = ["status"]
               help="Work queue, repeatable")
 @click.option("--worker", "workers", multiple=True, metavar="URL",
               help="A worker's metrics endpoint (http://host:9464), repeatable: breakers, in flight, jobs/s")
-@click.option("--interval", type=float, default=2.0, show_default=True,
+@click.option("--interval", type=click.FloatRange(0, 3600), default=2.0, show_default=True, callback=finite,
               help="Seconds between the two samples rates are computed from (0: one sample, no rates)")
-@click.option("--dlq-scan-limit", type=int, default=1000, show_default=True,
+@click.option("--dlq-scan-limit", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Dead letters browsed per queue to group them by reason")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tables")
 def status(broker: str | None, queues: tuple[str, ...], workers: tuple[str, ...], interval: float, dlq_scan_limit: int,

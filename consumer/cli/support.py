@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -29,6 +30,7 @@ from conveyor.consumer.cli.secrets import (
 __all__ = [
     "broker_option",
     "console",
+    "finite",
     "job_state_option",
     "job_state_store_for",
     "load_registry",
@@ -150,6 +152,13 @@ def load_registry(target: str, param_hint: str) -> JobRegistry:
     return value
 
 
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A click callback: FloatRange lets NaN through (every comparison with it is false)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a finite number", ctx=ctx, param=param)
+    return value
+
+
 broker_option = click.option(
     "--broker", envvar="CONVEYOR_BROKER_URL", default=None, callback=broker_from_environment,
     help="Broker URL: amqp://…, pulsar://…, or memory:// (in-process: gone when the command exits) "
@@ -175,7 +184,11 @@ def job_state_store_for(settings: Settings) -> Any:
         return None
     from conveyor.common.job_state import job_state_store_from_url
 
-    return job_state_store_from_url(settings.job_state_url.get_secret_value())
+    try:
+        return job_state_store_from_url(settings.job_state_url.get_secret_value())
+    except ConveyorError as exc:  # publish and jobs build it before run(): one line, not a traceback
+        raise click.UsageError(redactor()(f"invalid configuration: CONVEYOR_JOB_STATE_URL (or --job-state-url): "
+                                          f"{exc}")) from None
 
 
 def tracing(settings: Settings, service: str) -> tuple[list[Any], Any]:

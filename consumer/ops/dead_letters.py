@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from typing import Any
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, decode_dead_letter, decode_envelope, encode_model
-from conveyor.common.errors import MessageTooLarge, RejectedMessage
+from conveyor.common.errors import ConfigurationError, MessageTooLarge, PublishOutcomeUnknown, RejectedMessage
 from conveyor.common.headers import (
     CONFIG_HASH,
     JOB_TYPE,
@@ -76,6 +77,12 @@ class DeadLetterFilter:
             and (self.dead_letter_ids is None or not self.dead_letter_ids.isdisjoint(ids))
             and (self.worker_version is None or (headers or {}).get(WORKER_VERSION) == self.worker_version)
         )
+
+
+def _check_limit(limit: int) -> None:
+    # A negative limit stopped after the first match: `--limit -5` replayed one entry.
+    if limit < 0:
+        raise ConfigurationError(f"a limit must be 0 or more entries, not {limit}")
 
 
 def group_counts(records: Iterable[DeadLetterRecord], by: str) -> list[tuple[str, int]]:
@@ -152,10 +159,14 @@ class DeadLetters:
         clock: Clock | None = None,
         payloads: PayloadResolver | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        confirm_timeout: float = 10.0,
     ) -> None:
         """``max_message_bytes``: the workers' job limit (``CONVEYOR_MAX_MESSAGE_BYTES``), which a
-        replayed original must meet; records themselves are read whatever their size."""
+        replayed original must meet; records themselves are read whatever their size.
+        ``confirm_timeout``: seconds a republish may wait for the broker's confirm (the
+        producer's default) before the replay stops with ``PublishOutcomeUnknown``."""
         self._max_bytes = max_message_bytes
+        self._confirm_timeout = confirm_timeout
         self._transport = transport
         self.queue = queue
         self.dlq = transport.dead_letter_queue(queue)
@@ -172,6 +183,9 @@ class DeadLetters:
     async def list(self, flt: DeadLetterFilter | None = None, *, limit: int = 100) -> list[DeadLetterRecord]:
         flt = flt or DeadLetterFilter()
         found: list[DeadLetterRecord] = []
+        _check_limit(limit)
+        if limit == 0:
+            return found
         async with self._scan() as entries:
             async for delivery, record in entries:
                 if flt.matches(record, delivery.headers):
@@ -209,6 +223,12 @@ class DeadLetters:
         """
         flt = flt or DeadLetterFilter()
         report = ReplayReport(dry_run=dry_run)
+        if limit is not None:
+            _check_limit(limit)
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            # NaN slept forever between two entries (the console's queue stayed "busy"), and a
+            # negative rate or zero meant no rate at all, silently.
+            raise ConfigurationError(f"a replay rate must be a number of entries per second above 0, not {rate!r}")
         interval = 1.0 / rate if rate else 0.0
         present = await self.depth()
         if present == 0 or limit == 0:
@@ -272,14 +292,23 @@ class DeadLetters:
         return decode_envelope(record.original_body, max_bytes=self._max_bytes)
 
     async def purge(self, flt: DeadLetterFilter | None = None) -> int:
+        """Delete matching entries among those present when it starts (a snapshot, as ``replay``):
+        a DLQ fed while it runs (a bug still live) would otherwise never let it end, and entries
+        written after the operator looked would go unseen."""
         flt = flt or DeadLetterFilter()
-        removed = 0
+        removed = taken = 0
+        present = await self.depth()
+        if present == 0:
+            return 0
         async with self._scan() as entries:
             async for delivery, record in entries:
+                taken += 1
                 if flt.matches(record, delivery.headers):
                     await delivery.ack()
                     removed += 1
                     await self._discard_payload(record)
+                if taken >= present:
+                    break
         return removed
 
     async def _discard_payload(self, record: DeadLetterRecord) -> None:
@@ -315,7 +344,16 @@ class DeadLetters:
         if record.queue not in self._declared:  # once per queue: a check costs round trips
             await self._transport.declare(record.queue)
             self._declared.add(record.queue)
-        await self._transport.publish(record.queue, message)
+        try:
+            # A broker that went silent (a black hole, not a closed socket) would otherwise hold
+            # the replay until the connection's heartbeat gives up: minutes, with no word.
+            async with asyncio.timeout(self._confirm_timeout):
+                await self._transport.publish(record.queue, message)
+        except TimeoutError:
+            raise PublishOutcomeUnknown(
+                f"no confirm within {self._confirm_timeout:g}s for the replay of job {record.job_id} "
+                f"(dead letter {record.dead_letter_id}): it may or may not be republished; its entry stays"
+            ) from None
 
     @contextlib.asynccontextmanager
     async def _scan(self) -> AsyncIterator[AsyncIterator[tuple[Delivery, DeadLetterRecord]]]:

@@ -31,7 +31,10 @@ from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 from conveyor.schemas.dead_letter import DeadLetterRecord
 
-__all__ = ["DemoRun", "DemoState", "build_jobs", "run_demo"]
+__all__ = ["WORKER_TARGET", "DemoRun", "DemoState", "build_jobs", "run_demo"]
+
+# What the demo tells its user to run a worker with: a module:attr `conveyor worker` can load.
+WORKER_TARGET = "conveyor.consumer.ops.demo:demo_jobs"
 
 _FAST_RETRY = RetryPolicy(max_attempts=4, base=0.02, factor=2.0, cap=0.2)
 
@@ -139,7 +142,7 @@ async def run_demo(console: Console | None = None, *, jobs_count: int = 300, see
             if keep_up is not None:
                 await keep_up(DemoRun(broker, jobs, state, worker, producer))
     console.print(
-        "\nNext: run a worker on RabbitMQ with [bold]conveyor worker consumer.demo:demo_jobs "
+        f"\nNext: run a worker on RabbitMQ with [bold]conveyor worker {WORKER_TARGET} "
         "--broker amqp://…[/]; metrics on http://127.0.0.1:9464/metrics"
     )
     console.print(
@@ -150,7 +153,7 @@ async def run_demo(console: Console | None = None, *, jobs_count: int = 300, see
 
 
 def demo_jobs() -> JobRegistry:
-    """The demo's handlers, for ``conveyor worker consumer.demo:demo_jobs``."""
+    """The demo's handlers, for ``conveyor worker conveyor.consumer.ops.demo:demo_jobs``."""
     return build_jobs(DemoState())
 
 

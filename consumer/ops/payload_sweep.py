@@ -35,7 +35,10 @@ def parse_age(text: str) -> timedelta:
     match = _AGE.match(text)
     if not match:
         raise ConfigurationError(f"age {text!r}: use a number and one of s, m, h, d, w (e.g. 7d)")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    except OverflowError:  # past what a timedelta holds (~2.7 million years): a typo, not an age
+        raise ConfigurationError(f"age {text!r}: longer than any object can be old") from None
 
 
 @dataclass

@@ -86,6 +86,13 @@ MISUSES = {
     "--payload: not an object": (["publish", "e2e.nap", "--payload", "[1, 2]"], "JSON object"),
     "--header without =": (["publish", "e2e.nap", "--payload", "{}", "--header", "foo"], "--header"),
     "--log-level bogus": (["--log-level", "bogus", "publish", "e2e.nap", "--payload", "{}"], "--log-level"),
+    "dlq list --limit -1": (["dlq", "list", "--limit", "-1"], "--limit"),
+    "dlq replay --limit -5": (["dlq", "replay", "--limit", "-5"], "--limit"),
+    "dlq replay --rate nan (slept forever)": (["dlq", "replay", "--rate", "nan"], "--rate"),
+    "dlq replay --rate 0": (["dlq", "replay", "--rate", "0"], "--rate"),
+    "status --interval nan": (["status", "--interval", "nan"], "--interval"),
+    "status --interval -5": (["status", "--interval", "-5"], "--interval"),
+    "status --dlq-scan-limit -1": (["status", "--dlq-scan-limit", "-1"], "--dlq-scan-limit"),
 }
 
 
@@ -113,3 +120,17 @@ def test_a_payload_the_app_rejects_is_one_line_with_the_reason_code() -> None:
     result = conveyor_without_broker("publish", "e2e.nap", "--payload", '{"seconds": "soon"}', "--app",
                                      "tests.e2e.app:jobs", "--broker", "memory://", PYTHONPATH=str(ROOT))
     assert_one_line_error(result, 1, "InvalidPayload (invalid_payload)", "seconds")
+
+
+@pytest.mark.parametrize("job_type", ["", "Send Email"])
+def test_a_job_type_no_worker_accepts_is_one_line_with_the_reason_code(job_type: str) -> None:
+    result = conveyor_without_broker("publish", job_type, "--payload", "{}", "--broker", "memory://")
+    assert_one_line_error(result, 1, "MalformedMessage (malformed)", "job_type")
+    assert result.stdout == ""
+
+
+def test_an_empty_queue_is_a_usage_error_not_the_default_queue() -> None:
+    # It published to conveyor.default and said so on stdout, exit 0.
+    result = conveyor_without_broker("publish", "e2e.nap", "--payload", "{}", "--queue", "", "--broker", "memory://")
+    assert_one_line_error(result, 2, "--queue")
+    assert result.stdout == ""

@@ -123,3 +123,15 @@ def test_jobs_commands_fail_in_one_line_with_a_reason(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--since" in bad.stderr and "Traceback" not in bad.stderr
     unset = conveyor("jobs", "list", env={"CONVEYOR_JOB_STATE_URL": ""})
     assert unset.returncode == 2 and "CONVEYOR_JOB_STATE_URL" in unset.stderr
+
+
+def test_a_job_state_url_of_no_known_kind_and_a_duration_past_year_one_are_not_tracebacks(tmp_path: Path) -> None:
+    # Both printed a traceback: the store was built before the command's error handling, and
+    # `--since 99999999999d` overflowed timedelta.
+    for args in (("jobs", "show", "x"), ("publish", "e2e.nap", "--payload", "{}", "--broker", "memory://")):
+        done = conveyor(*args, env={"CONVEYOR_JOB_STATE_URL": "bogus://x"})
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert "CONVEYOR_JOB_STATE_URL" in done.stderr and "unsupported job-state store scheme" in done.stderr
+    env = {"CONVEYOR_JOB_STATE_URL": f"sqlite:///{tmp_path}/state.db"}
+    done = conveyor("jobs", "list", "--since", "99999999999d", "--json", env=env)
+    assert done.returncode == 0 and done.stderr == "" and done.stdout == "", done.stderr  # every job: none yet

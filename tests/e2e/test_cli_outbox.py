@@ -177,3 +177,13 @@ def test_failed_lists_refused_rows_and_requeue_gives_them_back_once(database_url
     again = conveyor("outbox", "requeue", "--table", table, **env)
     assert "requeued 0 failed row(s)" in again.stdout, again.stderr
     assert conveyor("outbox", "failed", "--table", table, **env).stdout == ""
+
+
+def test_relay_with_a_broker_url_of_no_known_kind_exits_in_one_line_instead_of_retrying(
+    database_url: str, table: str
+) -> None:
+    # It logged "unsupported broker URL … (attempt N; retrying)" forever: a typo passed for an outage.
+    assert conveyor("outbox", "migrate", "--table", table, CONVEYOR_OUTBOX_DATABASE_URL=database_url).returncode == 0
+    relayed = conveyor("outbox", "relay", "--table", table, "--http-port", "0", "--broker", "bogus://host/",
+                       CONVEYOR_OUTBOX_DATABASE_URL=database_url)
+    assert_one_line_error(relayed, 1, "ConfigurationError", "unsupported broker URL")

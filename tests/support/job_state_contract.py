@@ -21,6 +21,7 @@ __all__ = [
     "test_a_batch_in_any_order_ends_in_the_same_record",
     "test_a_cancel_of_a_finished_job_changes_nothing",
     "test_a_later_generation_runs_again_after_a_retry",
+    "test_a_nul_in_an_id_type_or_key_finds_nothing_and_is_no_outage",
     "test_a_queued_write_arriving_after_the_end_fills_in_queued_at_only",
     "test_an_abandoned_attempt_gives_way_to_the_redelivery",
     "test_cancel_of_an_unknown_job_is_an_unknown_job_error",
@@ -199,6 +200,18 @@ async def test_cancel_of_an_unknown_job_is_an_unknown_job_error(store: JobStateS
     with pytest.raises(UnknownJob) as caught:
         await store.request_cancel("nope")
     assert caught.value.reason == "unknown_job"
+
+
+async def test_a_nul_in_an_id_type_or_key_finds_nothing_and_is_no_outage(store: JobStateStore, clock: FakeClock) -> None:
+    # The console's /jobs/%00 answered 503 "JobStateStoreUnavailable … try again" on PostgreSQL
+    # (which refuses NUL in text): bad input passed for an outage.
+    await store.apply([_t(clock, "j-1", JobState.QUEUED, job_type="t.job")])
+    assert await store.get("j-1\x00") is None
+    with pytest.raises(UnknownJob):
+        await store.request_cancel("j-1\x00")
+    assert await store.list_jobs(job_type="t.job\x00") == []
+    assert await store.list_jobs(idempotency_key="\x00") == []
+    assert [r.job_id for r in await store.list_jobs(job_type="t.job")] == ["j-1"]
 
 
 async def test_list_filters_by_state_type_and_time_newest_first(store: JobStateStore, clock: FakeClock) -> None:

@@ -72,6 +72,23 @@ class ExchangePublisher:
     async def publish(
         self, target: Target, body: bytes, properties: spec.Basic.Properties, *, queue: str, kind: str
     ) -> None:
+        try:
+            await self._publish(target, body, properties, queue=queue, kind=kind)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # this publish was cancelled (a time limit, a shutdown): theirs to handle
+            # aiormq rejects the confirms still awaited on a connection it closes (a missed
+            # heartbeat) with its reader task's CancelledError: the caller's task was not
+            # cancelled, and a CancelledError escaping here ended `conveyor dlq replay` in a
+            # traceback (and would pass for a shutdown in a worker's settlement).
+            raise PublishOutcomeUnknown(
+                f"connection lost before the confirm for {target.routing_key!r}: the message may or may not be stored"
+            ) from exc
+
+    async def _publish(
+        self, target: Target, body: bytes, properties: spec.Basic.Properties, *, queue: str, kind: str
+    ) -> None:
         if target.exchange not in self._proven and await self._probe(target, body, properties, queue, kind):
             return
         # The aiormq channel under the robust one, written to as frames (rabbitmq.frames): aio-pika's

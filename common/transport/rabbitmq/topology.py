@@ -353,7 +353,19 @@ def consumer_timeout_advice(queue: str, vhost: str, *, legacy: bool) -> str:
     )
 
 
+# AMQP 0-9-1 names: these characters only, a queue's at most 256, an exchange's at most 127
+# (pamqp refuses any other with a bare ValueError). A queue lends its name to its exchanges,
+# the longest ``<q>.retry``; its tier queues' (``<q>.retry.<tier>s``) stay far below 256.
+_NAME = re.compile(r"[a-zA-Z0-9_.:@#,/+ -]+")
+_MAX_NAME = 127 - len(".retry")
+
+
 def _check_work_queue(queue: str) -> None:
+    if not _NAME.fullmatch(queue) or len(queue) > _MAX_NAME:
+        raise ConfigurationError(
+            f"invalid RabbitMQ queue name {queue[:80]!r}: use 1 to {_MAX_NAME} of letters, digits, space "
+            "and _ . : @ # , / + -"
+        )
     # "x.dlq" as a work queue would be taken for the DLQ of "x" when publishing.
     if queue.endswith(DLQ_SUFFIX):
         raise ConfigurationError(f"queue names ending in {DLQ_SUFFIX!r} are reserved for dead-letter queues: {queue!r}")

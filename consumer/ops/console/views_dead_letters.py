@@ -7,6 +7,7 @@ entries and gives every one back, so looking changes nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -173,7 +174,7 @@ def _rate(value: Any) -> float | None:
         rate = float(value) if value not in (None, "") else None
     except ValueError:
         raise web.HTTPBadRequest(text="rate: not a number (reason: bad_rate)") from None
-    if rate is not None and rate <= 0:
+    if rate is not None and not (math.isfinite(rate) and rate > 0):  # NaN: a replay that never ends
         raise web.HTTPBadRequest(text="rate: must be positive (reason: bad_rate)")
     return rate
 

@@ -33,3 +33,15 @@ def test_equal_jitter_stays_within_half_and_full_delay_and_spreads() -> None:
 def test_policy_rejects_bad_options_with_the_projects_configuration_error(options: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError, match="RetryPolicy"):
         RetryPolicy(**options)
+
+
+@pytest.mark.parametrize(("delay", "says"), [(float("nan"), "not NaN"), (float("inf"), "longer than the longest"),
+                                              (31 * 86400.0, "longer than the longest")])
+def test_a_delay_no_broker_keeps_is_refused_saying_why(delay: float, says: str) -> None:
+    # `conveyor publish --delay nan` said "a delay of nans is longer than the longest Conveyor honours".
+    from conveyor.common.backoff import check_delay
+    from conveyor.common.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=says):
+        check_delay(delay)
+    check_delay(30 * 86400.0)  # the longest is kept

@@ -56,9 +56,10 @@ def test_a_delay_past_the_largest_tier_carries_the_rest_never_less(delay: float,
     assert ((target.ttl_ms or 0) + (remaining_ms or 0)) / 1000 >= delay
 
 
-@pytest.mark.parametrize("delay", [MAX_DELAY + 1, float("inf"), float("nan")])
-def test_a_delay_past_the_maximum_is_refused_not_shortened(delay: float) -> None:
-    with pytest.raises(ConfigurationError, match="longest Conveyor honours"):
+@pytest.mark.parametrize(("delay", "says"), [(MAX_DELAY + 1, "longest Conveyor honours"),
+                                              (float("inf"), "longest Conveyor honours"), (float("nan"), "not NaN")])
+def test_a_delay_past_the_maximum_is_refused_not_shortened(delay: float, says: str) -> None:
+    with pytest.raises(ConfigurationError, match=says):
         TOPOLOGY.target("jobs", delay, "retry")
 
 
@@ -171,3 +172,23 @@ def test_routing_picks_the_smallest_tier_holding_the_delay_for_every_delay_and_q
         for delay in delays:
             tier = next((t for t in topology.delay_tiers if t >= delay), topology.max_delay)
             assert topology.route(queue, delay)[0] == tier_queue(queue, tier)
+
+
+@pytest.mark.parametrize("queue", ["", "orders.ünï", "emoji.\U0001f600", "q" * 122, "tab\there"])
+def test_a_queue_name_amqp_cannot_carry_is_a_configuration_error_not_pamqps_value_error(queue: str) -> None:
+    # `conveyor dlq list --queue é` printed pamqp's "ValueError: Invalid value for queue" traceback.
+    with pytest.raises(ConfigurationError, match="invalid RabbitMQ queue name"):
+        TOPOLOGY.declarations(queue, f"{queue}.dlq")
+    with pytest.raises(ConfigurationError, match="invalid RabbitMQ queue name"):
+        TOPOLOGY.exchanges(queue)
+
+
+def test_every_name_of_the_longest_queue_fits_an_amqp_frame() -> None:
+    from pamqp import commands
+
+    queue = "q" * 121
+    longest = Topology.create((0.25, 1, 2_592_000), delivery_limit=7)
+    for name, _ in longest.declarations(queue, f"{queue}.dlq"):
+        commands.Queue.Declare(queue=name)  # raises ValueError past 256 or for another character
+    for exchange in longest.exchanges(queue):
+        commands.Exchange.Declare(exchange=exchange)

@@ -138,3 +138,70 @@ async def test_replay_while_the_bug_is_live_replays_each_entry_once_and_ends() -
     after = await (await dlq(broker)).list(DeadLetterFilter(reason="exhausted"))
     assert sorted(r.job_id or "" for r in after) == sorted(j or "" for j in before), "each dead-lettered again, once"
     assert all(len(r.history) == 2 for r in after), "one replayed attempt each"
+
+
+async def test_a_replay_whose_confirm_never_comes_stops_with_an_unknown_outcome_and_keeps_the_entry() -> None:
+    # A black-holed broker: `conveyor dlq replay` sat silent for 3.5 minutes (until the AMQP
+    # heartbeat closed the connection), then ended in a traceback.
+    from conveyor.common.errors import PublishOutcomeUnknown
+
+    broker, _, _ = await populated()
+
+    class Silent(MemoryTransport):
+        async def publish(self, queue: str, message: OutgoingMessage) -> None:
+            if queue == DEFAULT_QUEUE:
+                await asyncio.Event().wait()  # no confirm, ever
+            await super().publish(queue, message)
+
+    transport = Silent(broker)
+    await transport.connect()
+    letters = DeadLetters(transport, DEFAULT_QUEUE, clock=FakeClock(), confirm_timeout=0.01)
+    try:
+        await letters.replay(DeadLetterFilter(reason="permanent"))
+    except PublishOutcomeUnknown as exc:
+        assert "may or may not be republished" in str(exc)
+    else:
+        raise AssertionError("the replay returned without its confirm")
+    assert await letters.depth() == 6  # every entry still there, the one in flight included
+    assert broker.depth(DEFAULT_QUEUE) == 0
+
+
+async def test_a_limit_of_zero_lists_and_replays_nothing_and_a_negative_one_or_a_rate_that_is_no_rate_is_refused() -> None:
+    # `dlq list --limit 0` listed one entry, `dlq replay --limit -5` replayed one, `--rate nan` hung.
+    import math
+
+    import pytest
+
+    from conveyor.common.errors import ConfigurationError
+
+    broker, _, _ = await populated()
+    letters = await dlq(broker)
+    assert await letters.list(limit=0) == []
+    assert (await letters.replay(limit=0)).replayed == 0
+    for bad in ({"limit": -5}, {"rate": math.nan}, {"rate": math.inf}, {"rate": 0.0}, {"rate": -1.0}):
+        with pytest.raises(ConfigurationError):
+            await letters.replay(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        await letters.list(limit=-1)
+    assert await letters.depth() == 6 and broker.depth(DEFAULT_QUEUE) == 0
+
+
+async def test_purge_takes_the_entries_present_when_it_starts_and_ends_while_the_dlq_is_fed() -> None:
+    # A purge read until the DLQ was empty: fed by a live bug faster than it deleted, it never
+    # ended, and it deleted entries written after the operator looked.
+    broker, _, _ = await populated()
+    fed: list[str] = []
+
+    class Fed(MemoryTransport):
+        async def get(self, queue: str):  # type: ignore[no-untyped-def]
+            if queue.endswith(".dlq") and len(fed) < 1000:  # a new dead letter before every read
+                await super().publish(queue, OutgoingMessage(body=b"late", message_id=f"late-{len(fed)}"))
+                fed.append(queue)
+            return await super().get(queue)
+
+    transport = Fed(broker)
+    await transport.connect()
+    letters = DeadLetters(transport, DEFAULT_QUEUE, clock=FakeClock())
+    assert await letters.purge() == 6  # the six present at the start, and it ended
+    assert len(fed) < 1000
+    assert await letters.depth() == len(fed)  # every later entry kept

@@ -85,3 +85,25 @@ def test_publish_input_that_is_not_json_is_a_one_line_typed_error(text: bytes, m
     with pytest.raises(MalformedMessage) as err:
         strict_json_loads(text)
     assert (str(err.value), err.value.reason) == (message, "malformed")
+
+
+ENVELOPE_FIELDS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "an empty job type": ("", {}, "job_type: string_pattern_mismatch"),
+    "a job type with capitals and a space": ("Send Email", {}, "job_type: string_pattern_mismatch"),
+    "a job type of 10,000 characters": ("j" * 10_000, {}, "job_type: string_pattern_mismatch"),
+    "an idempotency key of 1,000 characters": ("t.reading", {"idempotency_key": "k" * 1000}, "idempotency_key"),
+    "a header name with a space": ("t.reading", {"headers": {"a b": "c"}}, "headers"),
+}
+
+
+@pytest.mark.parametrize(("job_type", "options", "says"), list(ENVELOPE_FIELDS.values()), ids=list(ENVELOPE_FIELDS))
+async def test_an_envelope_field_the_wire_refuses_is_a_typed_error_never_pydantics(
+    job_type: str, options: dict[str, Any], says: str
+) -> None:
+    # `conveyor publish ""` printed pydantic's ValidationError traceback: the one error that
+    # escaped the hierarchy. The value itself is never echoed (it may be a secret).
+    async with Producer(MemoryTransport(MemoryBroker()), allow_unregistered=True) as producer:
+        with pytest.raises(MalformedMessage) as err:
+            await producer.publish(job_type, {"value": 1}, **options)
+    assert err.value.reason == "malformed"
+    assert says in str(err.value) and "\n" not in str(err.value) and "kkkk" not in str(err.value)

@@ -21,7 +21,7 @@ from conveyor.schemas.export import check, main, render, write
 from conveyor.schemas.registry import SchemaRegistry
 
 COMMITTED = Path(__file__).resolve().parents[3] / "schemas" / "json"
-REGENERATE = "python -m schemas.export --app consumer.demo:demo_jobs --out schemas/json/"
+REGENERATE = "python -m conveyor.schemas.export --app conveyor.consumer.ops.demo:demo_jobs --out schemas/json/"
 
 
 def test_committed_schema_files_match_the_models() -> None:
@@ -193,3 +193,14 @@ def test_the_command_line_checks_and_writes(tmp_path: Path, capsys: pytest.Captu
     assert main(["--app", "conveyor.consumer.ops.demo:demo_jobs", "--out", str(tmp_path)]) == 0
     assert main(["--app", "conveyor.consumer.ops.demo:demo_jobs", "--out", str(tmp_path), "--check"]) == 0
     assert (tmp_path / "jobs" / "images.resize" / "v1.json").exists()
+
+
+def test_the_regenerate_command_names_an_app_that_loads_and_a_missing_one_is_one_line(tmp_path: Path) -> None:
+    # The documented command named `consumer.demo:demo_jobs`, which is no module: a traceback.
+    app = REGENERATE.split("--app ")[1].split()[0]
+    assert main(["--app", app, "--out", str(tmp_path)]) == 0
+    for target, says in (("no_such_app.jobs", "no module named 'no_such_app'"),
+                         ("conveyor.consumer.ops.demo:nope", "has no attribute 'nope'")):
+        with pytest.raises(SystemExit) as stopped:
+            main(["--app", target, "--out", str(tmp_path)])
+        assert says in str(stopped.value.code) and "\n" not in str(stopped.value.code)

@@ -7,6 +7,8 @@ import asyncio
 import json
 import re
 
+import pytest
+
 from conveyor.common.jobs.registry import DEFAULT_QUEUE
 from conveyor.common.transport.memory import MemoryTransport
 from conveyor.consumer.ops.console.state import STATE
@@ -157,6 +159,19 @@ async def test_replay_of_a_selection_is_previewed_first(make_client, world: Worl
     assert set(await entries(world)).isdisjoint(chosen) and world.broker.depth(DEFAULT_QUEUE) == 2
     bad = await client.post(f"{DLQ}/replay", data=[*form[:1], ("rate", "-1")], headers={"Origin": origin(client)})
     assert bad.status == 400
+
+
+@pytest.mark.parametrize("rate", ["nan", "NaN", "inf", "-inf", "0"])
+async def test_a_replay_rate_that_is_no_rate_is_refused_before_anything_starts(make_client, world: World,
+                                                                               rate: str) -> None:
+    # rate=nan passed `rate <= 0`, and the background replay slept forever after its first entry:
+    # the queue's pages answered "busy" until the console restarted.
+    client = await make_client()
+    page = await (await client.get("/dead-letters")).text()
+    form = {"csrf_token": csrf_of(page), "reason": "permanent", "rate": rate, "confirm": "replay"}
+    refused = await client.post(f"{DLQ}/replay", data=form, headers={"Origin": origin(client)}, allow_redirects=False)
+    assert refused.status == 400 and "bad_rate" in await refused.text()
+    assert len(await entries(world)) == 4 and world.broker.depth(DEFAULT_QUEUE) == 0
 
 
 async def test_replay_of_a_whole_filter(make_client, world: World) -> None:
