@@ -34,6 +34,7 @@ from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, MAX_DEPTH, check_js
 from conveyor.common.deadlines import TimeLimit
 from conveyor.common.errors import (
     ConfigurationError,
+    InvalidPayload,
     MalformedMessage,
     MessageTooLarge,
     PublishNacked,
@@ -202,7 +203,13 @@ class Producer:
         and for envelope fields the wire contract refuses (a job type not ``[a-z][a-z0-9_.-]*``,
         an over-long idempotency key, a header name with spaces).
         """
-        data = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else dict(payload)
+        if isinstance(payload, BaseModel):
+            data = payload.model_dump(mode="json")
+        elif isinstance(payload, Mapping):
+            data = dict(payload)
+        else:  # a list or a string would reach dict() and fail with its TypeError
+            kind = type(payload).__name__
+            raise InvalidPayload(f"a payload is a mapping (a JSON object) or a pydantic model, not {kind}")
         check_json_data(data, levels=MAX_DEPTH - 2)  # the envelope and its payload are two levels
         version = self._validate(job_type, data, version)
         now = self._clock.now()

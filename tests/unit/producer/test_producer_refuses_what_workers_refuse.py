@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from conveyor.common.codec import MAX_DEPTH, decode_envelope, strict_json_loads
-from conveyor.common.errors import MalformedMessage
+from conveyor.common.errors import InvalidPayload, MalformedMessage
 from conveyor.common.jobs.registry import DEFAULT_QUEUE
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
@@ -107,3 +107,20 @@ async def test_an_envelope_field_the_wire_refuses_is_a_typed_error_never_pydanti
             await producer.publish(job_type, {"value": 1}, **options)
     assert err.value.reason == "malformed"
     assert says in str(err.value) and "\n" not in str(err.value) and "kkkk" not in str(err.value)
+
+
+@pytest.mark.parametrize("payload", [[1, 2], [("a", 1)], "ab", 7, None, {1, 2}], ids=repr)
+async def test_a_payload_that_is_not_a_mapping_or_a_model_is_an_invalid_payload(payload: Any) -> None:
+    # A list reached dict() and raised its TypeError; a list of pairs even became an object.
+    async with Producer(MemoryTransport(MemoryBroker()), allow_unregistered=True) as producer:
+        with pytest.raises(InvalidPayload, match=f"not {type(payload).__name__}$") as err:
+            await producer.publish("t.reading", payload)
+    assert err.value.reason == "invalid_payload"
+
+
+async def test_a_payload_key_that_is_not_a_string_is_a_typed_error() -> None:
+    async with Producer(MemoryTransport(MemoryBroker()), allow_unregistered=True) as producer:
+        for payload in ({1: 2}, {(1,): 2}):
+            with pytest.raises(MalformedMessage) as err:
+                await producer.publish("t.reading", payload)
+            assert "\n" not in str(err.value)
