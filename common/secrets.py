@@ -146,6 +146,10 @@ def _forms(secret: str) -> set[str]:
         key, _, value = pair.partition("=")
         if value and any(word in unquote(key).lower() for word in _SECRET_QUERY_PARAMS):
             forms.update({value, unquote(value.replace("+", " "))})
+    if forms == {secret}:
+        # A URL without a password or credential option (memory://, amqp://host/) is no secret:
+        # masking it would blank "memory://" in every error that names the supported schemes.
+        return set()
     return forms
 
 

@@ -208,3 +208,11 @@ def test_stall_limits_out_of_order_are_a_usage_error_naming_both_settings(monkey
     assert "Traceback" not in result.output and "CONVEYOR_:" not in result.output
     monkeypatch.setenv("CONVEYOR_STALL_EXIT_AFTER", "0")  # never exit: any warning limit goes with it
     assert Settings().stall_exit_after == 0
+
+
+def test_a_url_without_credentials_is_not_masked_where_it_names_a_scheme() -> None:
+    # With CONVEYOR_BROKER_URL=memory:// the redactor blanked the word in unrelated errors:
+    # "unknown payload store scheme 'x': use file://, s3:// or ***".
+    redactor = Redactor(["memory://", "amqp://broker.internal:5672/"])
+    assert redactor("use file://, s3:// or memory://") == "use file://, s3:// or memory://"
+    assert Redactor(["amqp://u:l0ngpassw0rd@h/"])("x l0ngpassw0rd amqp://u:l0ngpassw0rd@h/") == "x *** ***"
