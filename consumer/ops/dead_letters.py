@@ -46,6 +46,8 @@ from conveyor.schemas.envelope import MAX_HISTORY, Envelope, InlinePayload, Payl
 
 __all__ = ["DeadLetterFilter", "DeadLetters", "ReplayReport", "group_counts"]
 
+MIN_REPLAY_RATE = 1 / 3600  # entries per second: one an hour; slower is a replay nobody waits for
+
 
 @dataclass(frozen=True)
 class DeadLetterFilter:
@@ -225,10 +227,13 @@ class DeadLetters:
         report = ReplayReport(dry_run=dry_run)
         if limit is not None:
             _check_limit(limit)
-        if rate is not None and not (math.isfinite(rate) and rate > 0):
-            # NaN slept forever between two entries (the console's queue stayed "busy"), and a
-            # negative rate or zero meant no rate at all, silently.
-            raise ConfigurationError(f"a replay rate must be a number of entries per second above 0, not {rate!r}")
+        if rate is not None and not (math.isfinite(rate) and rate >= MIN_REPLAY_RATE):
+            # NaN slept forever between two entries (the console's queue stayed "busy"), a
+            # negative rate or zero meant no rate at all, silently, and 1e-300 slept for ever too.
+            raise ConfigurationError(
+                f"a replay rate must be a number of entries per second of at least {MIN_REPLAY_RATE:.6f} "
+                f"(one an hour), not {rate!r}"
+            )
         interval = 1.0 / rate if rate else 0.0
         present = await self.depth()
         if present == 0 or limit == 0:

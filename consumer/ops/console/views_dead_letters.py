@@ -20,7 +20,7 @@ from conveyor.common.codec import strict_json_loads
 from conveyor.common.errors import ConfigurationError, ConveyorError, RejectedMessage
 from conveyor.consumer.ops.console.render import highlight_json, highlight_traceback, page, pretty_json
 from conveyor.consumer.ops.console.state import STATE
-from conveyor.consumer.ops.dead_letters import DeadLetterFilter, ReplayReport, group_counts
+from conveyor.consumer.ops.dead_letters import MIN_REPLAY_RATE, DeadLetterFilter, ReplayReport, group_counts
 from conveyor.schemas.dead_letter import DeadLetterRecord
 from conveyor.schemas.envelope import Envelope, InlinePayload
 
@@ -174,8 +174,8 @@ def _rate(value: Any) -> float | None:
         rate = float(value) if value not in (None, "") else None
     except ValueError:
         raise web.HTTPBadRequest(text="rate: not a number (reason: bad_rate)") from None
-    if rate is not None and not (math.isfinite(rate) and rate > 0):  # NaN: a replay that never ends
-        raise web.HTTPBadRequest(text="rate: must be positive (reason: bad_rate)")
+    if rate is not None and not (math.isfinite(rate) and rate >= MIN_REPLAY_RATE):  # NaN: a replay that never ends
+        raise web.HTTPBadRequest(text="rate: must be at least one entry an hour (reason: bad_rate)")
     return rate
 
 

@@ -178,7 +178,7 @@ async def test_a_limit_of_zero_lists_and_replays_nothing_and_a_negative_one_or_a
     letters = await dlq(broker)
     assert await letters.list(limit=0) == []
     assert (await letters.replay(limit=0)).replayed == 0
-    for bad in ({"limit": -5}, {"rate": math.nan}, {"rate": math.inf}, {"rate": 0.0}, {"rate": -1.0}):
+    for bad in ({"limit": -5}, {"rate": math.nan}, {"rate": math.inf}, {"rate": 0.0}, {"rate": -1.0}, {"rate": 1e-300}):
         with pytest.raises(ConfigurationError):
             await letters.replay(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):

@@ -161,7 +161,7 @@ async def test_replay_of_a_selection_is_previewed_first(make_client, world: Worl
     assert bad.status == 400
 
 
-@pytest.mark.parametrize("rate", ["nan", "NaN", "inf", "-inf", "0"])
+@pytest.mark.parametrize("rate", ["nan", "NaN", "inf", "-inf", "0", "1e-300"])
 async def test_a_replay_rate_that_is_no_rate_is_refused_before_anything_starts(make_client, world: World,
                                                                                rate: str) -> None:
     # rate=nan passed `rate <= 0`, and the background replay slept forever after its first entry:
