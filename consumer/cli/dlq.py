@@ -120,7 +120,8 @@ def dlq_replay(broker: str | None, queue: str, reason: str | None, job_type: str
     """Republish dead letters with a fresh attempt budget (same job id and history).
 
     Only the entries present when it starts: a replayed job that fails again is not replayed
-    again in the same run, so it ends even while the bug is still live."""
+    again in the same run, so it ends even while the bug is still live. Entries another reader
+    holds at that moment (a dlq list, a console page) are left for the next run."""
     async def go(d: DeadLetters) -> Any:
         total = await d.depth()
         with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), console=console,
