@@ -205,3 +205,21 @@ async def test_purge_takes_the_entries_present_when_it_starts_and_ends_while_the
     assert await letters.purge() == 6  # the six present at the start, and it ended
     assert len(fed) < 1000
     assert await letters.depth() == len(fed)  # every later entry kept
+
+
+async def test_entries_another_reader_holds_are_left_for_the_next_replay() -> None:
+    # README, dlq replay: entries a `dlq list` or a console page holds when a replay starts are
+    # left for the next run (the broker's depth counts only ready messages), never lost.
+    broker, _, state = await populated()
+    state["fixed"] = True
+    letters = await dlq(broker)
+    browser = MemoryTransport(broker)
+    await browser.connect()
+    held = [await browser.get(letters.dlq) for _ in range(2)]
+    first = await letters.replay()
+    assert first.matched == 4 and await letters.depth() == 1  # the malformed entry stays
+    for delivery in held:
+        assert delivery is not None
+        await delivery.release()
+    second = await letters.replay()
+    assert second.matched == 3 and first.replayed + second.replayed == 5
