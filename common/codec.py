@@ -363,8 +363,6 @@ def _json_problem(value: Any, levels: int, path: tuple[Any, ...]) -> tuple[str, 
 
 
 def _encodable(text: str) -> bool:
-    if text.isascii():  # a flag CPython keeps on every str: no encoding to try (nearly every text)
-        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
