@@ -438,6 +438,8 @@ def json_safe_text(text: str) -> str:
     may quote a file name decoded with ``surrogateescape``, which no encoder writes. Returns
     ``text`` itself when there is nothing to escape (nearly always).
     """
+    if text.isascii():  # a flag CPython keeps on every str: no encoding to try (nearly every text)
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

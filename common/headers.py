@@ -91,6 +91,8 @@ def check_content_labels(headers: Mapping[str, str]) -> None:
 
 
 def _is_json(content_type: str) -> bool:
+    if content_type == _JSON:  # the label every Conveyor publisher writes: both deliveries of a retried job
+        return True
     media_type, _, parameters = content_type.partition(";")
     if media_type.strip().lower() != _JSON:
         return False

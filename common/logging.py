@@ -100,6 +100,9 @@ class JsonFormatter(logging.Formatter):
 
     def _clean(self, value: Any, limit: int = _MAX_VALUE) -> Any:
         if type(value) is str:  # most values: no isinstance chain
+            if len(value) <= limit:  # most of those: nothing to cut before or after masking
+                text = self._redact(value)
+                return text if len(text) <= limit else text[:limit]
             text = value
         elif isinstance(value, (int, float, bool)) or value is None:
             return value

@@ -195,6 +195,8 @@ class WorkerMetrics:
         self._updaters: dict[tuple[int, tuple[str, ...]], Callable[[float], None]] = {}
         # Per label (bounded: registered job types and "unknown"): a success's three updates.
         self._succeeded_by_label: dict[str, tuple[Callable[[float], None], ...]] = {}
+        self._retried_by_label: dict[tuple[str, str], tuple[Callable[[float], None], ...]] = {}
+        self._confirm_by_kind: dict[str, Callable[[float], None]] = {}
         self._start_delay_by_queue: dict[str, Callable[[float], None]] = {}  # bound once per queue
         self._window_max: dict[str, float] = {}
         self._previous_max: dict[str, float] = {}
@@ -249,6 +251,22 @@ class WorkerMetrics:
             succeeded(1)
             attempts(outcome.envelope.attempt)
             return
+        if action is SettleAction.RETRIED and outcome.duration and outcome.error_type and outcome.reason:
+            # Every retried job: its three updates bound once per label and reason (the reasons a
+            # retry has are Conveyor's few), as a success's are.
+            key = (label, outcome.reason)
+            retried = self._retried_by_label.get(key)
+            if retried is None:
+                retried = self._retried_by_label[key] = (
+                    self.observer(self.duration, label),
+                    self.adder(self.failed, label, outcome.reason),
+                    self.adder(self.retried, label, outcome.reason),
+                )
+            duration, failed, retried_one = retried
+            duration(outcome.duration)
+            failed(1)
+            retried_one(1)
+            return
         if outcome.duration:
             self.observer(self.duration, label)(outcome.duration)
         if outcome.error_type and outcome.reason:
@@ -277,7 +295,12 @@ class WorkerMetrics:
 
     # -- publishing ------------------------------------------------------------------------
     def confirmed(self, kind: str, seconds: float) -> None:
-        self.observer(self.publish_confirm, _kind(kind))(max(0.0, seconds))
+        observe = self._confirm_by_kind.get(kind)  # bound once per kind: one per retried job
+        if observe is None:
+            observe = self.observer(self.publish_confirm, _kind(kind))
+            if kind in PUBLISH_KINDS:  # the few kinds there are; anything else is "unknown", unkept
+                self._confirm_by_kind[kind] = observe
+        observe(max(0.0, seconds))
 
     def publish_failed(self, kind: str, error: BaseException) -> None:
         name = type(error).__name__

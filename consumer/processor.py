@@ -58,6 +58,7 @@ _CLASSIFICATION: tuple[tuple[type[BaseException], OutcomeKind, str | None], ...]
     (Exception, OutcomeKind.RETRY, None),
 )
 DEFAULT_HANDLER_THREADS = 4  # a Processor used without a worker's pool
+_REMEMBERED_CLASSES = 256  # exception types whose classification is remembered
 
 
 class Processor:
@@ -86,6 +87,7 @@ class Processor:
         self._middlewares = tuple(middlewares)
         self._chain = build_consume_chain(middlewares, self._invoke)
         self._limits: dict[float, TimeLimit] = {}  # by a job's timeout: few distinct values
+        self._classes: dict[type[Exception], tuple[OutcomeKind, str | None]] = {}  # see _classification
 
     async def process(self, delivery: Delivery) -> Outcome:
         started = self._clock.now()
@@ -185,13 +187,24 @@ class Processor:
         self, envelope: Envelope, exc: Exception, started: datetime, *, otherwise: str, begin: float | None = None
     ) -> Outcome:
         """The outcome ``_CLASSIFICATION`` gives ``exc``; ``otherwise``: the reason of a plain failure."""
-        kind, reason = next((k, r) for error, k, r in _CLASSIFICATION if isinstance(exc, error))
+        kind, reason = self._classification(type(exc))
         if kind is OutcomeKind.RELEASE:  # no attempt spent, nothing to report but the type
             return Outcome(kind, envelope, reason=reason, error_type=type(exc).__name__)
         if reason is None:
             reason = exc.reason if isinstance(exc, RejectedMessage) else otherwise
         outcome = self._failed(kind, envelope, exc, started, reason=reason, begin=begin)
         return replace(outcome, timed_out=True) if isinstance(exc, JobTimeout) else outcome
+
+    def _classification(self, error: type[Exception]) -> tuple[OutcomeKind, str | None]:
+        """``_CLASSIFICATION``'s first match for ``error``, remembered per exception type: every
+        failed attempt asks, and a handler raises few distinct types (a bounded number is kept,
+        so classes made on the fly cannot grow it)."""
+        found = self._classes.get(error)
+        if found is None:
+            found = next((k, r) for base, k, r in _CLASSIFICATION if issubclass(error, base))
+            if len(self._classes) < _REMEMBERED_CLASSES:
+                self._classes[error] = found
+        return found
 
     def _failed(
         self,

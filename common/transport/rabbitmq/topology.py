@@ -103,7 +103,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -255,13 +255,8 @@ class Topology:
     def route(self, queue: str, delay: float) -> tuple[str, int | None]:
         """Which queue a message for ``queue`` waits in first, and its per-message TTL in ms
         (None: no delay). A delay past the largest tier waits that tier first (``remaining``)."""
-        if delay <= 0:
-            return queue, None
-        check_delay(delay)
-        index = min(bisect.bisect_left(self.delay_tiers, delay), len(self.delay_tiers) - 1)  # smallest tier ≥ delay
-        tier = self.delay_tiers[index]
-        # Round up: a message may arrive a little late, never early.
-        return tier_queue(queue, tier), max(1, math.ceil(min(delay, tier) * 1000 - 1e-6))
+        target = self.targets(queue, "job")(delay)
+        return target.routing_key, target.ttl_ms
 
     def remaining(self, delay: float) -> int | None:
         """Milliseconds of ``delay`` left after one pass through the largest tier (None: none)."""
@@ -270,13 +265,32 @@ class Topology:
 
     def target(self, queue: str, delay: float, kind: str) -> Target:
         """Exchange, routing key and TTL of a publish of ``kind`` to ``queue`` (see module docs)."""
+        return self.targets(queue, kind)(delay)
+
+    def targets(self, queue: str, kind: str) -> Callable[[float], Target]:
+        """``target(queue, delay, kind)`` as a function of the delay, with the exchange and the
+        tier queues' names worked out once: a transport keeps one per queue and kind, and every
+        retry copy is a delayed publish (its target cost about as much as the rest of the copy)."""
         if queue.endswith(DLQ_SUFFIX):  # a dead letter: never delayed, whoever sends it
-            return Target(dead_letter_exchange(queue[: -len(DLQ_SUFFIX)]), queue, None)
+            dead = Target(dead_letter_exchange(queue[: -len(DLQ_SUFFIX)]), queue, None)
+            return lambda delay: dead
         if kind == "dead_letter":
             raise ConfigurationError(f"a dead letter must go to a dead-letter queue (*{DLQ_SUFFIX}), not {queue!r}")
-        routing_key, ttl_ms = self.route(queue, delay)
         exchange = retry_exchange(queue) if kind == "retry" else jobs_exchange(queue)
-        return Target(exchange, routing_key, ttl_ms, self.remaining(delay))
+        tiers, remaining = self.delay_tiers, self.remaining
+        names, last = tuple(tier_queue(queue, tier) for tier in tiers), len(tiers) - 1
+
+        def target(delay: float) -> Target:
+            if delay <= 0:
+                return Target(exchange, queue, None)
+            check_delay(delay)
+            index = min(bisect.bisect_left(tiers, delay), last)  # the smallest tier ≥ delay
+            # Round up: a message may arrive a little late, never early. Past the largest tier,
+            # the rest is waited after it (``remaining``).
+            ttl_ms = max(1, math.ceil(min(delay, tiers[index]) * 1000 - 1e-6))
+            return Target(exchange, names[index], ttl_ms, remaining(delay))
+
+        return target
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -165,6 +165,7 @@ class RabbitMQTransport(Transport):
         self._lock = asyncio.Lock()
         self._known_queues: set[str] = set()  # seen to exist, so basic.get cannot hit a 404
         self._targets: dict[tuple[str, str], Target] = {}  # (queue, kind) → where an undelayed publish goes
+        self._delayed_targets: dict[tuple[str, str], Callable[[float], Target]] = {}  # (queue, kind) → by delay
         self._underlay: aiormq.abc.AbstractChannel | None = None  # the publish channel's, while open
         self._exchanges = ExchangePublisher(
             shared_channel=self._ready_publish_channel,
@@ -402,11 +403,16 @@ class RabbitMQTransport(Transport):
 
     # -- publish ---------------------------------------------------------------------
     async def publish(self, queue: str, message: OutgoingMessage) -> None:
-        target = None if message.delay > 0 else self._targets.get((queue, message.kind))
-        if target is None:
-            target = self.topology.target(queue, message.delay, message.kind)
-            if message.delay <= 0:  # the same for every undelayed publish of a kind to a queue
-                self._targets[(queue, message.kind)] = target
+        if message.delay > 0:  # every retry copy: the tier and TTL from names worked out once
+            targets = self._delayed_targets.get((queue, message.kind))
+            if targets is None:
+                targets = self._delayed_targets[(queue, message.kind)] = self.topology.targets(queue, message.kind)
+            target = targets(message.delay)
+        else:
+            known = self._targets.get((queue, message.kind))
+            if known is None:  # the same for every undelayed publish of a kind to a queue
+                known = self._targets[(queue, message.kind)] = self.topology.target(queue, 0, message.kind)
+            target = known
         headers: dict[str, Any] = dict(message.headers)
         headers.pop(REMAINING_DELAY, None)  # only a delay sets it, never a sender
         if target.remaining_ms:

@@ -213,3 +213,21 @@ def test_whatever_decodes_can_be_written_back_as_a_retry_copy() -> None:
         decoded = decode_envelope(body)
         copy = decoded.next_attempt(record)
         assert decode_envelope(encode_model(copy)).payload == decoded.payload
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "plain ascii", "caf\u00e9", "\U0001f600 emoji", "lone \udc80 surrogate", "\ud800", "ascii then \udfff",
+     "\x00\x7f control", "\u2028 separator"],
+)
+def test_json_safe_text_escapes_lone_surrogates_and_returns_anything_else_itself(text: str) -> None:
+    """The ASCII shortcut (issue 18: every failed attempt's error text) must not let a
+    surrogate through, nor change a text that encodes."""
+    from conveyor.common.codec import json_safe_text
+
+    safe = json_safe_text(text)
+    safe.encode("utf-8")  # always encodable
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        assert safe == text.encode("utf-8", "backslashreplace").decode("utf-8") and safe != text
+    else:
+        assert safe is text

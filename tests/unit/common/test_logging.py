@@ -71,3 +71,31 @@ def test_extra_fields_keep_their_order_and_private_or_standard_names_stay_out() 
     assert first["alpha"] == ["a", 2, None] and "CANARY" not in first["mid"]
     assert second == {**second, "msg": "one", "job_id": "j1", "attempt": 3, "error_type": "KeyError"}
     assert list(third) == ["ts", "level", "logger", "msg"]
+
+
+@pytest.mark.parametrize("length", [0, 1, 1990, 1999, 2000, 2001, 7999, 8000, 8001, 20_000])
+@pytest.mark.parametrize("shape", ["plain", "url_at_the_end", "url_at_the_start", "secret_known"])
+def test_a_cleaned_log_value_is_the_masked_value_cut_to_the_limit(length: int, shape: str) -> None:
+    """The short-string fast path of ``_clean`` (issue 18) gives what masking the first 4×limit
+    characters and cutting to the limit gives, also where masking makes a value longer ("p"
+    becomes "***") right at the limit, and with a Redactor of known secrets."""
+    from conveyor.common.secrets import Redactor
+
+    redact = Redactor(["CANARY-SECRET"]) if shape == "secret_known" else mask_secrets
+    url = "amqp://u:p@host/"
+    # Words, not one long run of letters: mask_secrets' URL regex takes time quadratic in such a run
+    # (8,000 letters after an '@': 0.35 s), a defect of its own, not this test's subject.
+    filler = ("word " * (length // 5 + 1))[: max(0, length - len(url))]
+    value = {
+        "plain": "y" * length,
+        "url_at_the_end": filler + url,
+        "url_at_the_start": (url + filler)[: max(length, len(url))],
+        "secret_known": ("CANARY-SECRET " * (length // 14 + 1))[:length],
+    }[shape]
+    limit = 2000
+    assert JsonFormatter(redact)._clean(value) == redact(value[: limit * 4])[:limit]
+    assert "CANARY-SECRET" not in str(JsonFormatter(redact)._clean(value)) or shape != "secret_known"
+    for other in (None, 7, 2.5, True, ["list"], b"bytes"):
+        assert JsonFormatter(redact)._clean(other) == (
+            other if other is None or isinstance(other, (int, float)) else redact(str(other)[: limit * 4])[:limit]
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
@@ -216,3 +217,53 @@ async def test_ten_thousand_distinct_job_ids_add_no_series() -> None:
         after = set(samples(worker.metrics.render())) | set(samples(producer.metrics.render()))
     assert after == before, f"new series: {sorted(after - before)[:5]}"
     assert value(worker.metrics.render(), "conveyor_jobs_succeeded_total", job_type="t.many") == 9018
+
+
+def _reference_settled(metrics: object, job_type: str | None, action: object, outcome: object) -> None:
+    """The generic updates ``WorkerMetrics.settled`` makes for anything but a plain success
+    (what it did for every retry before the retry's updates were bound once per label)."""
+    from conveyor.common.jobs.outcome import SettleAction
+    from conveyor.common.metrics import UNKNOWN
+
+    m: Any = metrics
+    o: Any = outcome
+    label = m.label(job_type)
+    if o.duration:
+        m.observer(m.duration, label)(o.duration)
+    if o.error_type and o.reason:
+        m.adder(m.failed, label, o.reason)(1)
+    if action is SettleAction.RETRIED:
+        m.adder(m.retried, label, o.reason or UNKNOWN)(1)
+
+
+def test_retried_and_confirmed_updates_are_the_generic_ones_whatever_the_mix() -> None:
+    """The bound fast paths of ``settled`` (a retry) and ``confirmed`` export exactly what the
+    generic updates export: known and unknown job types, several reasons, a zero duration, a
+    retry without an error type or reason, unknown publish kinds."""
+    from conveyor.common.jobs.outcome import Outcome, OutcomeKind, SettleAction
+    from conveyor.common.metrics import WorkerMetrics
+
+    fast, reference = WorkerMetrics(), WorkerMetrics()
+    for metrics in (fast, reference):
+        metrics.know_job_types(["t.a", "t.b"])
+    rng = random.Random(18)
+    for _ in range(2000):
+        job_type = rng.choice(["t.a", "t.b", "t.unknown", None])
+        outcome = Outcome(
+            OutcomeKind.RETRY,
+            reason=rng.choice(["error", "timeout", "payload_unavailable", None]),
+            error_type=rng.choice(["ValueError", "JobTimeout", None]),
+            duration=rng.choice([0.0, 0.0004, 0.3, 2.5, 1e9]),
+        )
+        fast.settled(job_type, SettleAction.RETRIED, outcome)
+        _reference_settled(reference, job_type, SettleAction.RETRIED, outcome)
+        kind, seconds = rng.choice(["retry", "defer", "dead_letter", "job", "bogus"]), rng.choice([-1.0, 0.002, 9.0])
+        fast.confirmed(kind, seconds)
+        reference.observer(reference.publish_confirm, kind if kind in ("retry", "defer", "dead_letter", "job")
+                           else "unknown")(max(0.0, seconds))
+
+    def exported(metrics: WorkerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {key: v for key, v in samples(metrics.render()).items() if not key[0].endswith("_created") and not key[0].startswith(("process_", "python_"))}
+
+    assert exported(fast) == exported(reference)
+    assert set(fast._confirm_by_kind) == {"retry", "defer", "dead_letter", "job"}, "only the known kinds are kept"

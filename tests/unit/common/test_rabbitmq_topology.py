@@ -192,3 +192,56 @@ def test_every_name_of_the_longest_queue_fits_an_amqp_frame() -> None:
         commands.Queue.Declare(queue=name)  # raises ValueError past 256 or for another character
     for exchange in longest.exchanges(queue):
         commands.Exchange.Declare(exchange=exchange)
+
+
+def _target_as_written_before(topology: Topology, queue: str, delay: float, kind: str) -> Target:
+    """``Topology.target`` before ``targets`` (issue 18): every name and number worked out per call."""
+    import bisect
+    import math
+
+    from conveyor.common.backoff import check_delay
+    from conveyor.common.transport.rabbitmq.topology import dead_letter_exchange, jobs_exchange, retry_exchange
+
+    if queue.endswith(".dlq"):
+        return Target(dead_letter_exchange(queue[: -len(".dlq")]), queue, None)
+    if kind == "dead_letter":
+        raise ConfigurationError("a dead letter must go to a dead-letter queue")
+    if delay <= 0:
+        routing_key, ttl_ms = queue, None
+    else:
+        check_delay(delay)
+        index = min(bisect.bisect_left(topology.delay_tiers, delay), len(topology.delay_tiers) - 1)
+        tier = topology.delay_tiers[index]
+        routing_key, ttl_ms = tier_queue(queue, tier), max(1, math.ceil(min(delay, tier) * 1000 - 1e-6))
+    rest = delay - topology.max_delay
+    remaining = math.ceil(rest * 1000 - 1e-6) if rest > 0 else None
+    exchange = retry_exchange(queue) if kind == "retry" else jobs_exchange(queue)
+    return Target(exchange, routing_key, ttl_ms, remaining)
+
+
+@pytest.mark.parametrize("tiers", [(30, 1, 5), (0.05, 0.5, 5.0), (0.001,), (3600, 86400)])
+def test_a_delayed_target_from_names_worked_out_once_is_the_one_worked_out_per_call(tiers: tuple[float, ...]) -> None:
+    """The same target for every delay (tiers exactly, between, past the largest, tiny, zero,
+    negative), every kind and a dead-letter queue; the same refusals (too long, NaN, a dead
+    letter to a work queue), and a function asked many times never drifts."""
+    import random
+
+    topology = Topology.create(tiers, delivery_limit=7)
+    rng = random.Random(18)
+    delays = [*topology.delay_tiers, *(t + 1e-9 for t in topology.delay_tiers), *(t - 1e-9 for t in topology.delay_tiers),
+              0.0, -1.0, 1e-9, 0.0005, 0.0015, MAX_DELAY, MAX_DELAY - 0.0001, *(rng.uniform(0, 200_000) for _ in range(300)),
+              *(rng.uniform(0, 2) for _ in range(300))]
+    for queue in ("orders", "orders.dlq"):
+        for kind in ("job", "retry", "dead_letter"):
+            if kind == "dead_letter" and queue == "orders":
+                with pytest.raises(ConfigurationError):
+                    topology.targets(queue, kind)
+                continue
+            targets = topology.targets(queue, kind)
+            for delay in delays * 2:
+                assert targets(delay) == _target_as_written_before(topology, queue, delay, kind), (queue, kind, delay)
+                assert topology.target(queue, delay, kind) == targets(delay)
+            if queue == "orders":
+                for refused in (MAX_DELAY + 1, float("nan"), float("inf")):
+                    with pytest.raises(ConfigurationError):
+                        targets(refused)

@@ -117,3 +117,80 @@ async def test_at_info_a_success_writes_no_line_and_handler_lines_carry_all_four
     assert sorted(line["job_id"] for line in inside) == sorted(r.job_id for r in receipts)
     for line in inside:
         assert line["job_type"] == "t.ok" and line["attempt"] == 1 and line["correlation_id"] == line["job_id"]
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def _fail_once_in_a_worker(jobs_logger: logging.Logger) -> list[logging.LogRecord]:
+    """Run one job that fails on every attempt (two attempts) and return the records the
+    ``conveyor.jobs`` logger's own handler received."""
+    records = _Records()
+    jobs_logger.addHandler(records)
+    broker, jobs = MemoryBroker(), JobRegistry()
+
+    @jobs.job("t.failing", retry=RetryPolicy(max_attempts=2, base=0.01, jitter=0))
+    def failing(payload: Job, ctx: JobContext) -> None:  # sync: the line is the same from a thread's job
+        raise KeyError("never")
+
+    try:
+        async with Producer.for_registry(MemoryTransport(broker), jobs) as producer:
+            await producer.publish("t.failing", Job(n=1))
+        async with MemoryTransport(broker) as transport, Worker(transport, jobs) as worker:
+            await broker.join(DEFAULT_QUEUE)
+        assert worker.counts["dead_lettered"] == 1
+    finally:
+        jobs_logger.removeHandler(records)
+    return [r for r in records.records if r.msg == "job attempt failed"]
+
+
+async def test_every_failed_attempt_is_one_record_with_what_logger_warning_would_give() -> None:
+    """The failure line is built without ``findCaller`` (retry path, issue 18): handlers must
+    still get the record ``log.warning(msg, extra=…)`` makes, bar the place it names."""
+    jobs_logger = logging.getLogger("conveyor.jobs")
+    failed = await _fail_once_in_a_worker(jobs_logger)
+    assert len(failed) == 2, "one record per failed attempt"
+    reference = jobs_logger.makeRecord(
+        "conveyor.jobs", logging.WARNING, "f", 1, "job attempt failed", (), None, extra={"error_type": "KeyError"}
+    )
+    moving = {"created", "msecs", "relativeCreated", "thread", "threadName", "pathname", "filename", "module",
+              "lineno", "funcName", "message", "asctime"}
+    for record in failed:
+        formatted = {"message", "asctime"}  # set on the record by whichever formatter ran first (pytest's)
+        assert set(vars(record)) - formatted == set(vars(reference))
+        assert {k: v for k, v in vars(record).items() if k not in moving} == {
+            k: v for k, v in vars(reference).items() if k not in moving
+        }
+        assert (record.levelname, record.error_type, record.args, record.exc_info) == ("WARNING", "KeyError", (), None)
+        assert record.module == "log_context" and record.pathname.endswith("log_context.py") and record.lineno > 0
+
+
+async def test_the_failure_line_honours_the_loggers_level_disabled_flag_and_filters() -> None:
+    jobs_logger = logging.getLogger("conveyor.jobs")
+    level, disabled = jobs_logger.level, jobs_logger.disabled
+    dropped: list[str] = []
+
+    def drop_failures(record: logging.LogRecord) -> bool:
+        dropped.append(record.getMessage())
+        return record.getMessage() != "job attempt failed"
+
+    try:
+        jobs_logger.setLevel(logging.ERROR)
+        assert await _fail_once_in_a_worker(jobs_logger) == []
+        jobs_logger.setLevel(level)
+        jobs_logger.disabled = True
+        assert await _fail_once_in_a_worker(jobs_logger) == []
+        jobs_logger.disabled = disabled
+        jobs_logger.addFilter(drop_failures)
+        assert await _fail_once_in_a_worker(jobs_logger) == []
+        assert dropped.count("job attempt failed") == 2, "the logger's filter saw each failure"
+    finally:
+        jobs_logger.removeFilter(drop_failures)
+        jobs_logger.setLevel(level)
+        jobs_logger.disabled = disabled
