@@ -153,13 +153,22 @@ def _forms(secret: str) -> set[str]:
     return forms
 
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.I)
+# A match is tried only where a run of scheme characters starts (the lookbehind), the scheme
+# being that run from its first letter on (``lead`` holds what comes before it): the same URLs
+# as a scheme tried at every letter, but without trying a long run of letters from each of its
+# characters, which was quadratic (1.4 s on the event loop for 16,000 characters of a hostile
+# error message holding an "@").
+_URL_PASSWORD = re.compile(
+    r"(?<![a-z0-9+.-])(?P<lead>[0-9+.-]*)(?P<scheme>[a-z][a-z0-9+.-]*://)"
+    r"(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@",
+    re.I,
+)
 
 
 def mask_secrets(text: str) -> str:
-    if "@" not in text:  # no URL credentials without one; the substring test is far cheaper than the regex
+    if "@" not in text or "://" not in text:  # no URL credentials without both; far cheaper than the regex
         return text
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _URL_PASSWORD.sub(lambda m: f"{m['lead']}{m['scheme']}{m['user']}:***@", text)
 
 
 def mask_url(url: str) -> str:
