@@ -58,7 +58,6 @@ from conveyor.schemas.envelope import (
     Envelope,
     PayloadReference,
     new_envelope,
-    new_job_id,
 )
 from conveyor.schemas.registry import SchemaRegistry
 
@@ -212,7 +211,7 @@ class Producer:
         # Validated as Envelope(...) would, without a pass through pydantic for the fields the
         # producer made itself (schemas.envelope.new_envelope).
         return new_envelope(
-            job_id=job_id or new_job_id(),
+            job_id=job_id or None,  # None: a fresh id
             job_type=job_type,
             schema_version=version,
             created_at=now,
@@ -328,6 +327,10 @@ class Producer:
         self._observe_confirm(max(0.0, self._clock.monotonic() - begin))  # metrics.confirmed("job", …)
 
     def _validate(self, job_type: str, data: dict[str, Any], version: int | None) -> int:
+        latest = self.schemas.latest(job_type)
+        if latest is not None and (not version or version == latest[0]):  # nearly every publish
+            self.schemas.validate_as(latest[1], job_type, latest[0], data)
+            return latest[0]
         if not self.schemas.knows(job_type):
             if not self._allow_unregistered:
                 raise UnknownJobType(f"job type {job_type!r} is not registered with this producer")

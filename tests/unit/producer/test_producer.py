@@ -136,3 +136,23 @@ async def test_published_counts_an_unregistered_type_as_unknown_until_it_is_regi
     assert 'conveyor_jobs_published_total{job_type="unknown"} 1.0' in text
     assert 'conveyor_jobs_published_total{job_type="late.type"} 2.0' in text
     assert 'conveyor_publish_confirm_seconds_count{kind="job"} 3.0' in text
+
+
+class EmailV2(BaseModel):
+    to: str
+    subject: str
+
+
+async def test_a_version_registered_after_the_producer_started_is_the_one_validated_and_sent() -> None:
+    broker = MemoryBroker()
+    registry = jobs()
+    async with Producer.for_registry(MemoryTransport(broker), registry) as producer:
+        first = producer.build_envelope("email.send", {"to": "a@example.com"})
+        registry.schemas.register("email.send", 2, EmailV2)
+        with pytest.raises(InvalidPayload, match=r"email.send v2 payload invalid: subject: missing"):
+            producer.build_envelope("email.send", {"to": "a@example.com"})
+        second = producer.build_envelope("email.send", {"to": "a@example.com", "subject": "hi"})
+        old = producer.build_envelope("email.send", {"to": "a@example.com"}, version=1)  # still v1's schema
+        with pytest.raises(InvalidPayload, match=r"email.send v1 payload invalid"):
+            producer.build_envelope("email.send", {"subject": "hi"}, version=1)
+    assert (first.schema_version, second.schema_version, old.schema_version) == (1, 2, 1)
