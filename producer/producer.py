@@ -179,6 +179,9 @@ class Producer:
             version=version,
             job_id=job_id,
         )
+        if self.claim_check is None:  # publish_envelope's steps, one coroutine fewer per publish
+            check_delay(delay)
+            return await self._publish(envelope, queue or self._routes.get(job_type, self._default_queue), delay)
         return await self.publish_envelope(envelope, queue=queue, delay=delay)
 
     def build_envelope(
