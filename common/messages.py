@@ -32,7 +32,7 @@ def job_message(
     envelope: Envelope,
     body: bytes,
     *,
-    due_at: datetime,
+    due_at: datetime | float,
     delay: float = 0.0,
     carried: Mapping[str, str] = _NONE,
     extra: Mapping[str, str] = _NONE,
@@ -40,6 +40,7 @@ def job_message(
 ) -> OutgoingMessage:
     """A job (new, a retry or deferral copy, a replay): ``body`` is ``envelope`` encoded.
 
+    ``due_at``: a date-time, or Unix seconds.
     ``kind="retry"`` for every copy a worker sends back (deferrals too: a worker may send copies,
     never new jobs); ``extra`` headers come last (a publish middleware's, a replay's marker).
     """

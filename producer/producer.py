@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -108,6 +109,7 @@ class Producer:
         self._routes = dict(routes or {})
         self._default_queue = default_queue
         self._clock = clock or SystemClock()
+        self._wall = time.time if type(self._clock) is SystemClock else None  # its now(), as Unix seconds
         self.metrics = metrics or WorkerMetrics()
         self._max_bytes = max_message_bytes
         self._confirm_timeout = confirm_timeout
@@ -308,9 +310,13 @@ class Producer:
                 if command.queue not in self._declared:
                     await self.transport.declare(command.queue)
                     self._declared.add(command.queue)
-        due_at = self._clock.now()
-        if command.delay:
-            due_at += timedelta(seconds=command.delay)
+        due_at: datetime | float
+        if self._wall is not None:  # the system clock: Unix seconds straight, no datetime per publish
+            due_at = self._wall() + command.delay
+        else:
+            due_at = self._clock.now()
+            if command.delay:
+                due_at += timedelta(seconds=command.delay)
         message = job_message(command.envelope, body, due_at=due_at, delay=command.delay, extra=command.headers)
         begin = self._clock.monotonic()
         try:

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import BaseModel
 
+from conveyor.common.clock import FakeClock, SystemClock
 from conveyor.common.errors import InvalidPayload, MessageTooLarge, PublishNacked, PublishNotConfirmed, UnknownJobType
+from conveyor.common.headers import DUE_AT
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
@@ -156,3 +160,25 @@ async def test_a_version_registered_after_the_producer_started_is_the_one_valida
         with pytest.raises(InvalidPayload, match=r"email.send v1 payload invalid"):
             producer.build_envelope("email.send", {"subject": "hi"}, version=1)
     assert (first.schema_version, second.schema_version, old.schema_version) == (1, 2, 1)
+
+
+@pytest.mark.parametrize("delay", [0.0, 90.5])
+async def test_due_at_is_when_the_job_becomes_due_on_the_system_clock_and_a_fake_one(delay: float) -> None:
+    sent: list[OutgoingMessage] = []
+
+    class Recording(MemoryTransport):
+        async def publish(self, queue: str, message: OutgoingMessage) -> None:
+            sent.append(message)
+            await super().publish(queue, message)
+
+    start = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    for clock in (SystemClock(), FakeClock(start)):
+        before = time.time()
+        async with Producer.for_registry(Recording(MemoryBroker()), jobs(), clock=clock) as producer:
+            await producer.publish("email.send", {"to": "a@example.com"}, delay=delay)
+        after = time.time()
+        due = float(sent[-1].headers[DUE_AT])
+        if isinstance(clock, SystemClock):  # milliseconds, rounded either way
+            assert before + delay - 0.001 <= due <= after + delay + 0.001
+        else:
+            assert sent[-1].headers[DUE_AT] == f"{start.timestamp() + delay:.3f}"
