@@ -337,7 +337,8 @@ class Producer:
 
     def _validate(self, job_type: str, data: dict[str, Any], version: int | None) -> int:
         latest = self.schemas.latest(job_type)
-        if latest is not None and (not version or version == latest[0]):  # nearly every publish
+        # Nearly every publish; a version of another type (True, 1.0) takes the long way as ever.
+        if latest is not None and (not version or (type(version) is int and version == latest[0])):
             self.schemas.validate_as(latest[1], job_type, latest[0], data)
             return latest[0]
         if not self.schemas.knows(job_type):

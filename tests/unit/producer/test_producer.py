@@ -5,10 +5,17 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from conveyor.common.clock import FakeClock, SystemClock
-from conveyor.common.errors import InvalidPayload, MessageTooLarge, PublishNacked, PublishNotConfirmed, UnknownJobType
+from conveyor.common.errors import (
+    InvalidPayload,
+    MalformedMessage,
+    MessageTooLarge,
+    PublishNacked,
+    PublishNotConfirmed,
+    UnknownJobType,
+)
 from conveyor.common.headers import DUE_AT
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.base import OutgoingMessage
@@ -182,3 +189,15 @@ async def test_due_at_is_when_the_job_becomes_due_on_the_system_clock_and_a_fake
             assert before + delay - 0.001 <= due <= after + delay + 0.001
         else:
             assert sent[-1].headers[DUE_AT] == f"{start.timestamp() + delay:.3f}"
+
+
+@pytest.mark.parametrize("version", [True, 1.0, 1])
+def test_a_version_of_another_type_is_judged_as_before_the_latest_version_shortcut(version: object) -> None:
+    """``True`` is no schema version (the envelope refuses it); ``1.0`` is 1, as JSON has it."""
+    producer = Producer.for_registry(MemoryTransport(MemoryBroker()), jobs())
+    if version is True:
+        with pytest.raises((ValidationError, MalformedMessage)):  # build_envelope may wrap pydantic's error
+            producer.build_envelope("email.send", {"to": "a@example.com"}, version=version)  # type: ignore[arg-type]
+    else:
+        envelope = producer.build_envelope("email.send", {"to": "a@example.com"}, version=version)  # type: ignore[arg-type]
+        assert envelope.schema_version == 1 and type(envelope.schema_version) is int
