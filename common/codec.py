@@ -359,7 +359,7 @@ def check_json_data(value: Any, *, levels: int = MAX_DEPTH) -> None:
     or keys with lone surrogates (no encoder writes them), deeper nesting. Other Python types
     are left to the encoder (a ``datetime`` becomes its ISO string).
     """
-    if _json_ok(value, levels):  # the common case, fast; the path is only looked for on failure
+    if _written_clean(value, levels) or _json_ok(value, levels):  # the path is only looked for on failure
         return
     problem = _json_problem(value, levels, ())
     if problem is not None:
@@ -368,9 +368,60 @@ def check_json_data(value: Any, *, levels: int = MAX_DEPTH) -> None:
         raise MalformedMessage(f"payload{where}: {what}")
 
 
+_STRICT_INTEGER = orjson.OPT_STRICT_INTEGER
+
+
+def _written_clean(value: Any, levels: int) -> bool:
+    """True only where ``_json_ok`` is true too, at a fraction of its cost (orjson, in C).
+
+    orjson looks at every value ``_json_ok`` looks at (it descends into dicts, lists and tuples
+    and their subclasses, or refuses them) and refuses lone surrogates, integers beyond
+    ±(2**53-1) (``OPT_STRICT_INTEGER``), non-string keys and float subclasses; NaN and infinity
+    it writes as ``null``. So text without ``null`` leaves only the nesting to check: no deeper
+    than the text has brackets, else counted over the containers alone. False (a ``null``, a
+    refusal, too deep) proves nothing: ``_json_ok`` then walks the data and decides. A
+    differential test holds the two to the same verdicts on hostile data.
+    """
+    try:
+        text = orjson.dumps(value, option=_STRICT_INTEGER)
+    except TypeError:  # orjson.JSONEncodeError
+        return False
+    if text.find(b"null") >= 0:  # find: cheaper than ``in`` on bytes
+        return False
+    return (len(text) <= levels or text.count(b"[") + text.count(b"{") <= levels
+            or _nested_within(value, levels))
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
+def _nested_within(value: Any, levels: int) -> bool:
+    """No dict, list or tuple deeper than ``levels`` (``value`` itself is level 1), as
+    ``_json_ok`` counts them."""
+    if not isinstance(value, _CONTAINERS):
+        return True
+    level: list[Any] = [value]
+    depth = 1
+    while level:
+        if depth > levels:
+            return False
+        level = [
+            item
+            for container in level
+            for item in (container.values() if isinstance(container, dict) else container)
+            if isinstance(item, _CONTAINERS)
+        ]
+        depth += 1
+    return True
+
+
 def _json_ok(value: Any, levels: int) -> bool:
-    level: list[Any] = [[value]]
-    depth = 0
+    if type(value) is dict and levels >= 1:  # a payload: start at its own level, one pass fewer
+        level: list[Any] = [value]
+        depth = 1
+    else:
+        level = [[value]]
+        depth = 0
     while level:  # level by level, as _keys_and_exactness
         if depth > levels:
             return False

@@ -103,8 +103,10 @@ def _is_json(content_type: str) -> bool:
     return True
 
 
-def format_due_at(moment: datetime) -> str:
-    return f"{moment.timestamp():.3f}"
+def format_due_at(moment: datetime | float) -> str:
+    """``moment``: a date-time, or Unix seconds (what the system clock's ``time.time()`` gives)."""
+    seconds = moment if isinstance(moment, float) else moment.timestamp()
+    return f"{seconds:.3f}"
 
 
 # What a datetime can hold (years 1-9999, UTC), as Unix seconds.

@@ -38,7 +38,7 @@ def job_message(
     envelope: Envelope,
     body: bytes,
     *,
-    due_at: datetime | None,
+    due_at: datetime | float | None,
     delay: float = 0.0,
     carried: Mapping[str, str] = _NONE,
     extra: Mapping[str, str] = _NONE,
@@ -46,9 +46,9 @@ def job_message(
 ) -> OutgoingMessage:
     """A job (new, a retry or deferral copy, a replay): ``body`` is ``envelope`` encoded.
 
+    ``due_at``: a date-time, or Unix seconds; ``None``: due at ``envelope.created_at`` (no ``DUE_AT`` header).
     ``kind="retry"`` for every copy a worker sends back (deferrals too: a worker may send copies,
     never new jobs); ``extra`` headers come last (a publish middleware's, a replay's marker).
-    ``due_at=None``: due at ``envelope.created_at`` (no ``DUE_AT`` header).
     """
     if due_at is None:
         headers = {**carried, **extra}

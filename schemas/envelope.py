@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import re
 from collections import deque
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
@@ -300,7 +301,21 @@ def _optional_id(value: object) -> bool:
 
 
 def _aware(value: object) -> bool:
-    return type(value) is datetime and value.utcoffset() is not None
+    # UTC first: what the system clock gives, and a tzinfo whose offset is never None.
+    return type(value) is datetime and (value.tzinfo is UTC or value.utcoffset() is not None)
+
+
+@lru_cache(maxsize=1024)
+def _job_type_passes(job_type: str) -> bool:
+    """The pattern's verdict on a job type, remembered: a producer sends a few types, many times."""
+    return _JOB_TYPE.fullmatch(job_type) is not None
+
+
+def _str_keys(data: dict[Any, Any]) -> bool:
+    for name in data:  # a loop, not all(...): no generator per publish
+        if type(name) is not str:
+            return False
+    return True
 
 
 def _headers_pass(headers: dict[str, str]) -> bool:
@@ -316,7 +331,7 @@ def _headers_pass(headers: dict[str, str]) -> bool:
 
 def new_envelope(
     *,
-    job_id: str,
+    job_id: str | None,
     job_type: str,
     schema_version: int,
     created_at: datetime,
@@ -329,20 +344,24 @@ def new_envelope(
 ) -> Envelope:
     """A first-attempt envelope with an inline payload, equal to ``Envelope(...)`` of the same
     fields (the key and correlation id default to ``job_id``); raises ``ValidationError`` for
-    whatever ``Envelope`` refuses, since then it is ``Envelope(...)`` that builds it."""
+    whatever ``Envelope`` refuses, since then it is ``Envelope(...)`` that builds it.
+    ``job_id=None``: a fresh one (``new_job_id``), which needs no check."""
+    fresh = job_id is None
+    if job_id is None:
+        job_id = _job_ids.take()
     key = job_id if idempotency_key is None else idempotency_key
     correlation = job_id if correlation_id is None else correlation_id
     if not (
-        type(job_id) is str and _IDENTIFIER.fullmatch(job_id) is not None
+        (fresh or (type(job_id) is str and _IDENTIFIER.fullmatch(job_id) is not None))
         and (idempotency_key is None or _optional_id(key))
         and (correlation_id is None or _optional_id(correlation))
-        and _optional_id(causation_id)
-        and _passes(job_type, _JOB_TYPE)
+        and (causation_id is None or _optional_id(causation_id))
+        and type(job_type) is str and _job_type_passes(job_type)
         and type(schema_version) is int and 1 <= schema_version <= _MAX_VERSION
         and _aware(created_at)
         and (deadline is None or _aware(deadline))
-        and type(data) is dict and all(type(name) is str for name in data)
-        and type(headers) is dict and _headers_pass(headers)
+        and type(data) is dict and _str_keys(data)
+        and type(headers) is dict and (not headers or _headers_pass(headers))
     ):
         return Envelope(
             job_id=job_id, idempotency_key=key, job_type=job_type, schema_version=schema_version,

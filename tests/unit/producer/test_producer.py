@@ -1,11 +1,22 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from conveyor.common.errors import InvalidPayload, MessageTooLarge, PublishNacked, PublishNotConfirmed, UnknownJobType
+from conveyor.common.clock import FakeClock, SystemClock
+from conveyor.common.errors import (
+    InvalidPayload,
+    MalformedMessage,
+    MessageTooLarge,
+    PublishNacked,
+    PublishNotConfirmed,
+    UnknownJobType,
+)
+from conveyor.common.headers import DUE_AT
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
@@ -136,3 +147,60 @@ async def test_published_counts_an_unregistered_type_as_unknown_until_it_is_regi
     assert 'conveyor_jobs_published_total{job_type="unknown"} 1.0' in text
     assert 'conveyor_jobs_published_total{job_type="late.type"} 2.0' in text
     assert 'conveyor_publish_confirm_seconds_count{kind="job"} 3.0' in text
+
+
+class EmailV2(BaseModel):
+    to: str
+    subject: str
+
+
+async def test_a_version_registered_after_the_producer_started_is_the_one_validated_and_sent() -> None:
+    broker = MemoryBroker()
+    registry = jobs()
+    async with Producer.for_registry(MemoryTransport(broker), registry) as producer:
+        first = producer.build_envelope("email.send", {"to": "a@example.com"})
+        registry.schemas.register("email.send", 2, EmailV2)
+        with pytest.raises(InvalidPayload, match=r"email.send v2 payload invalid: subject: missing"):
+            producer.build_envelope("email.send", {"to": "a@example.com"})
+        second = producer.build_envelope("email.send", {"to": "a@example.com", "subject": "hi"})
+        old = producer.build_envelope("email.send", {"to": "a@example.com"}, version=1)  # still v1's schema
+        with pytest.raises(InvalidPayload, match=r"email.send v1 payload invalid"):
+            producer.build_envelope("email.send", {"subject": "hi"}, version=1)
+    assert (first.schema_version, second.schema_version, old.schema_version) == (1, 2, 1)
+
+
+@pytest.mark.parametrize("delay", [0.0, 90.5])
+async def test_due_at_is_when_the_job_becomes_due_on_the_system_clock_and_a_fake_one(delay: float) -> None:
+    sent: list[OutgoingMessage] = []
+
+    class Recording(MemoryTransport):
+        async def publish(self, queue: str, message: OutgoingMessage) -> None:
+            sent.append(message)
+            await super().publish(queue, message)
+
+    start = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    for clock in (SystemClock(), FakeClock(start)):
+        before = time.time()
+        async with Producer.for_registry(Recording(MemoryBroker()), jobs(), clock=clock) as producer:
+            await producer.publish("email.send", {"to": "a@example.com"}, delay=delay)
+        after = time.time()
+        if not delay:  # undelayed: due at the envelope's created_at, no header (h-drain3)
+            assert DUE_AT not in sent[-1].headers
+            continue
+        due = float(sent[-1].headers[DUE_AT])
+        if isinstance(clock, SystemClock):  # milliseconds, rounded either way
+            assert before + delay - 0.001 <= due <= after + delay + 0.001
+        else:
+            assert sent[-1].headers[DUE_AT] == f"{start.timestamp() + delay:.3f}"
+
+
+@pytest.mark.parametrize("version", [True, 1.0, 1])
+def test_a_version_of_another_type_is_judged_as_before_the_latest_version_shortcut(version: object) -> None:
+    """``True`` is no schema version (the envelope refuses it); ``1.0`` is 1, as JSON has it."""
+    producer = Producer.for_registry(MemoryTransport(MemoryBroker()), jobs())
+    if version is True:
+        with pytest.raises((ValidationError, MalformedMessage)):  # build_envelope may wrap pydantic's error
+            producer.build_envelope("email.send", {"to": "a@example.com"}, version=version)  # type: ignore[arg-type]
+    else:
+        envelope = producer.build_envelope("email.send", {"to": "a@example.com"}, version=version)  # type: ignore[arg-type]
+        assert envelope.schema_version == 1 and type(envelope.schema_version) is int

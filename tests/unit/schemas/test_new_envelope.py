@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import decimal
 import uuid
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import pytest
@@ -14,6 +14,16 @@ from pydantic import ValidationError
 
 from conveyor.common.codec import decode_envelope, encode_envelope, encode_model
 from conveyor.schemas.envelope import AttemptRecord, Envelope, InlinePayload, PayloadReference, new_envelope
+
+
+class _Str(str):
+    pass
+
+
+class _NoOffset(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        return None
+
 
 NOW = datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=UTC)
 BASE: dict[str, Any] = dict(job_id="0b6f7f3c-0f43-4c11-9f38-2a3f3c0e1d2e", job_type="email.send", schema_version=1,
@@ -54,6 +64,13 @@ REFUSED: list[dict[str, Any]] = [
     {"headers": {f"h{i}": "v" for i in range(65)}},
     {"headers": {"h": 1}},
     {"data": {1: "non-string key"}},
+    {"data": {"ok": 1, ("a",): "a tuple key after a good one"}},
+    # what the remembered job-type verdicts and the UTC shortcut must not let through
+    {"job_type": 5},
+    {"job_type": ["email.send"]},  # unhashable: never reaches the cache
+    {"job_type": _Str("Email.send")},
+    {"causation_id": 5},
+    {"created_at": datetime(2026, 1, 1, tzinfo=_NoOffset())},  # a tzinfo without an offset is naive
 ]
 
 
@@ -86,6 +103,33 @@ def test_refuses_what_the_envelope_refuses(changes: dict[str, Any]) -> None:
         _validated(fields)
     with pytest.raises(ValidationError):
         new_envelope(**fields)
+
+
+@pytest.mark.parametrize("job_type", ["email.send", "Email.send", "email.send\n"])
+def test_a_remembered_job_type_verdict_is_the_envelopes_every_time(job_type: str) -> None:
+    fields = {**BASE, "job_type": job_type}
+    verdicts = []
+    for _ in range(3):  # the first call decides, the later ones remember: all must agree
+        try:
+            new_envelope(**fields)
+            verdicts.append(True)
+        except ValidationError:
+            verdicts.append(False)
+    try:
+        _validated(fields)
+        expected = True
+    except ValidationError:
+        expected = False
+    assert verdicts == [expected] * 3
+
+
+def test_a_fresh_job_id_is_a_uuid4_and_the_envelope_the_validated_one() -> None:
+    first, second = new_envelope(**{**BASE, "job_id": None}), new_envelope(**{**BASE, "job_id": None})
+    assert first.job_id != second.job_id
+    assert uuid.UUID(first.job_id).version == 4
+    assert first.idempotency_key == first.correlation_id == first.job_id
+    validated = _validated({**BASE, "job_id": first.job_id})
+    assert first == validated and encode_envelope(first) == encode_model(validated)
 
 
 def test_a_fresh_envelope_is_as_frozen_as_a_validated_one() -> None:

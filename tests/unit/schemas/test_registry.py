@@ -55,3 +55,24 @@ def test_unknown_job_type_and_invalid_payload_are_typed() -> None:
         registry().resolve("user.create", 2, {"first": "secret-value"})
     assert "secret-value" not in str(err.value)
     assert "last" in str(err.value)
+
+
+def test_latest_follows_every_registration_whatever_the_order() -> None:
+    r = SchemaRegistry()
+    assert r.latest("user.create") is None
+    r.upcaster("user.create", 1)(lambda data: data)  # known, but without a model yet
+    assert r.latest("user.create") is None
+    r.register("user.create", 2, V2)
+    r.register("user.create", 1, V1)  # an older version registered later leaves v2 the latest
+    assert r.latest("user.create") == (2, V2) == (r.latest_version("user.create"), r.model("user.create", 2))
+    r.register("user.create", 3, V1)
+    assert r.latest("user.create") == (3, V1)
+
+
+def test_validate_as_refuses_as_validate_does() -> None:
+    r = registry()
+    with pytest.raises(InvalidPayload) as direct:
+        r.validate("user.create", 2, {"first": "a"})
+    with pytest.raises(InvalidPayload) as looked_up:
+        SchemaRegistry.validate_as(V2, "user.create", 2, {"first": "a"})
+    assert str(direct.value) == str(looked_up.value) == "user.create v2 payload invalid: last: missing"
