@@ -18,9 +18,11 @@ import sys
 
 STEPS = {
     "rabbitmq": ["asyncio", "aiormq", "orjson", "pydantic (imported)", "pydantic (one model built)",
-                 "prometheus_client", "h11", "conveyor.common.transport.rabbitmq", "conveyor.consumer.worker"],
+                 "prometheus_client", "h11", "conveyor.common.transport.rabbitmq", "conveyor.consumer.worker",
+                 "conveyor.common.settings", "conveyor.consumer.cli.worker"],
     "pulsar": ["asyncio", "pulsar", "pulsar.asyncio", "orjson", "pydantic (imported)", "pydantic (one model built)",
-               "prometheus_client", "h11", "conveyor.common.transport.pulsar", "conveyor.consumer.worker"],
+               "prometheus_client", "h11", "conveyor.common.transport.pulsar", "conveyor.consumer.worker",
+               "conveyor.common.settings", "conveyor.consumer.cli.worker"],
 }
 
 _CHILD = r"""
