@@ -43,6 +43,7 @@ import orjson
 from conveyor.common.errors import ConfigurationError, TransportError
 from conveyor.common.secrets import mask_url
 from conveyor.common.tls import tls_error
+from conveyor.common.transport.hosts import split_host_port
 from conveyor.common.transport.pulsar.admin_http import HttpResponse, request
 
 __all__ = [
@@ -105,15 +106,10 @@ def parse_pulsar_url(url: str) -> PulsarOptions:
 
 
 def _check_host(entry: str) -> None:
-    """``host``, ``host:port``, ``[IPv6]`` or ``[IPv6]:port``, the port in 1-65535."""
-    if entry.startswith("["):
-        host, bracket, after = entry[1:].partition("]")
-        port: str | None = after[1:] if after.startswith(":") else (None if after or not bracket else "")
-    else:
-        host, colon, port = entry.partition(":")
-        port = port if colon else ""
-    if not host or port is None or (port and not (port.isdigit() and 0 < int(port) < 65536)):
-        raise ConfigurationError(f"the Pulsar URL has an empty or malformed host {entry!r}: use host:port")
+    try:
+        split_host_port(entry)
+    except ValueError:
+        raise ConfigurationError(f"the Pulsar URL has an empty or malformed host {entry!r}: use host:port") from None
 
 
 def check_admin_url(admin: str) -> None:

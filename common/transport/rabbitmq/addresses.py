@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from conveyor.common.errors import ConfigurationError
 from conveyor.common.secrets import mask_url
+from conveyor.common.transport.hosts import split_host_port
 
 __all__ = ["BrokerAddresses", "parse_amqp_url"]
 
@@ -57,18 +58,8 @@ def parse_amqp_url(url: str) -> BrokerAddresses:
 
 def _host_port(entry: str, secure: bool, url: str) -> tuple[str, int]:
     entry = entry.strip()
-    default = 5671 if secure else 5672
-    if entry.startswith("["):  # [IPv6] or [IPv6]:port
-        host, bracket, after = entry[1:].partition("]")
-        port_text = after.removeprefix(":") if after.startswith(":") else ("" if not after else None)
-        if not bracket:
-            port_text = None
-    else:
-        host, colon, port_text = entry.partition(":")
-        port_text = port_text if colon else ""
-    if not host or port_text is None or (port_text and not port_text.isdigit()):
-        raise ConfigurationError(f"AMQP URL has an empty or malformed host {entry!r}: {mask_url(url)!r}")
-    port = int(port_text) if port_text else default
-    if not 0 < port < 65536:
-        raise ConfigurationError(f"AMQP URL has a port out of range in {entry!r}: {mask_url(url)!r}")
-    return host, port
+    try:
+        host, port = split_host_port(entry)
+    except ValueError as exc:
+        raise ConfigurationError(f"AMQP URL has {exc} {entry!r}: {mask_url(url)!r}") from None
+    return host, port or (5671 if secure else 5672)
