@@ -17,11 +17,13 @@ import contextlib
 import fcntl
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 __all__ = ["MappedFile", "claim", "create", "create_mapped", "replace", "replace_mapped", "write_all"]
+
+T = TypeVar("T")
 
 
 def create(path: Path) -> int:
@@ -35,18 +37,36 @@ def replace(path: Path, data: bytes, *, staging_suffix: str) -> int:
     """Put ``data`` at ``path`` in a new locked file and return its descriptor; the caller then
     closes the old one. The path names a whole, locked file at every instant; an ``OSError``
     leaves the old file in place."""
+
+    def written(fd: int) -> int:
+        write_all(fd, data)
+        return fd
+
+    return _replace_with(path, staging_suffix, os.O_WRONLY | os.O_APPEND, written, os.close)
+
+
+def _replace_with(path: Path, staging_suffix: str, flags: int, fill: Callable[[int], T],
+                  close: Callable[[T], None]) -> T:
+    """A new file, locked before it is filled and renamed over ``path``: what ``fill`` made of
+    its descriptor. On any failure nothing is left behind and the old file stays in place."""
     staging = path.with_suffix(staging_suffix)
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+    fd = os.open(staging, flags | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # before the rename: a claimer must never find it free
-        write_all(fd, data)
-        os.rename(staging, path)
-    except OSError:
+        made = fill(fd)
+    except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
             staging.unlink()
         raise
-    return fd
+    try:
+        os.rename(staging, path)
+    except BaseException:
+        close(made)
+        with contextlib.suppress(OSError):
+            staging.unlink()
+        raise
+    return made
 
 
 class MappedFile:
@@ -116,24 +136,7 @@ def create_mapped(path: Path, room: int, data: bytes = b"") -> MappedFile:
 
 def replace_mapped(path: Path, data: bytes, room: int, *, staging_suffix: str) -> MappedFile:
     """``replace``, as a ``MappedFile`` holding ``data`` with ``room`` bytes to append."""
-    staging = path.with_suffix(staging_suffix)
-    fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # before the rename: a claimer must never find it free
-        mapped = MappedFile(fd, data, room)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            staging.unlink()
-        raise
-    try:
-        os.rename(staging, path)
-    except BaseException:
-        mapped.close()
-        with contextlib.suppress(OSError):
-            staging.unlink()
-        raise
-    return mapped
+    return _replace_with(path, staging_suffix, os.O_RDWR, lambda fd: MappedFile(fd, data, room), MappedFile.close)
 
 
 @contextlib.contextmanager
