@@ -102,7 +102,7 @@ from conveyor.common.errors import (
     TransportError,
 )
 from conveyor.common.secrets import mask_url, scrub_error
-from conveyor.common.tasks import TaskSet
+from conveyor.common.tasks import Slots, TaskSet
 from conveyor.common.tls import TlsConfig, check_scheme, probe_handshake
 from conveyor.common.transport.base import (
     ConsumerHandle,
@@ -134,7 +134,6 @@ from conveyor.common.transport.pulsar.consumer import (
 from conveyor.common.transport.pulsar.control import PulsarSubscription, control_topic
 from conveyor.common.transport.pulsar.inbox import LoopInbox
 from conveyor.common.transport.pulsar.sends import SendQueue
-from conveyor.common.transport.pulsar.window import SendWindow
 
 __all__ = ["PulsarTransport"]
 
@@ -247,10 +246,10 @@ class PulsarTransport(Transport):
         self._own_delayed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._client: pulsar_asyncio.Client | None = None
         self._admin: AdminClient | None = None
-        self._producers: dict[str, asyncio.Future[tuple[pulsar_asyncio.Producer, SendWindow]]] = {}
+        self._producers: dict[str, asyncio.Future[tuple[pulsar_asyncio.Producer, Slots]]] = {}
         # Queue → (the client's native producer, its send window) once created: the publish fast
         # path, one dict lookup (the future checks and the topic lookup were ~2 % of a publish).
-        self._senders: dict[str, tuple[Any, SendWindow]] = {}
+        self._senders: dict[str, tuple[Any, Slots]] = {}
         # Queue → topic, checked once: the name check's regex was ~3 % of a pipelined publish.
         self._topics: dict[str, str] = {}
         self._consumers: list[PulsarConsumer] = []
@@ -500,7 +499,7 @@ class PulsarTransport(Transport):
             f"no send receipt for {queue!r} ({result.name}): the message may or may not be stored"
         )
 
-    async def _sender(self, queue: str) -> tuple[Any, SendWindow]:
+    async def _sender(self, queue: str) -> tuple[Any, Slots]:
         """The queue's producer, created on first use, cached for the fast path once created."""
         producer, window = await self._producer(queue)
         sender = (producer._producer, window)
@@ -511,7 +510,7 @@ class PulsarTransport(Transport):
                 self._senders[queue] = sender
         return sender
 
-    async def _producer(self, queue: str) -> tuple[pulsar_asyncio.Producer, SendWindow]:
+    async def _producer(self, queue: str) -> tuple[pulsar_asyncio.Producer, Slots]:
         topic = self._topics.get(queue)
         if topic is None:
             topic = self.names.topic(queue)  # raises for a bad name: never cached
@@ -528,7 +527,7 @@ class PulsarTransport(Transport):
         # creation stays cached only until the next publish, which tries again.
         return await asyncio.shield(future)
 
-    async def _create_producer(self, queue: str, topic: str) -> tuple[pulsar_asyncio.Producer, SendWindow]:
+    async def _create_producer(self, queue: str, topic: str) -> tuple[pulsar_asyncio.Producer, Slots]:
         if not await self._is_declared(queue):
             raise PublishNotConfirmed(f"no queue {queue!r}: message unroutable (declare {queue!r} first)")
         try:
@@ -546,7 +545,7 @@ class PulsarTransport(Transport):
                 # goes on until the broker's periodic check): the same backpressure as a nacked send.
                 raise PublishNacked(f"broker refuses producers for {queue!r} for now ({result.name})") from exc
             raise TransportError(f"cannot create a producer for {queue!r} ({result.name})") from exc
-        return producer, SendWindow(self._max_pending)
+        return producer, Slots(self._max_pending)
 
     # -- consume / get ---------------------------------------------------------------
     async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> ConsumerHandle:

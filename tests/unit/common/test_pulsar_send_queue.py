@@ -12,11 +12,11 @@ import pytest
 from pulsar.asyncio import PulsarException
 
 from conveyor.common.errors import PublishNotConfirmed, PublishOutcomeUnknown
+from conveyor.common.tasks import Slots as SendWindow
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.pulsar import PulsarTransport
 from conveyor.common.transport.pulsar.consumer import MESSAGE_ID_PROPERTY
 from conveyor.common.transport.pulsar.sends import BURST, SendQueue
-from conveyor.common.transport.pulsar.window import SendWindow
 
 OK = _pulsar.Result.Ok
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from conveyor.common.transport.pulsar.window import SendWindow
+from conveyor.common.tasks import Slots as SendWindow
 
 
 def test_free_slots_are_taken_without_waiting_and_given_back() -> None:
