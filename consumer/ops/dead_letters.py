@@ -44,7 +44,7 @@ from conveyor.consumer.payloads import PayloadResolver
 from conveyor.schemas.dead_letter import DeadLetterRecord
 from conveyor.schemas.envelope import MAX_HISTORY, Envelope, InlinePayload, PayloadReference
 
-__all__ = ["DeadLetterFilter", "DeadLetters", "ReplayReport", "group_counts"]
+__all__ = ["DeadLetterFilter", "DeadLetters", "ReplayReport", "check_replay_rate", "group_counts"]
 
 MIN_REPLAY_RATE = 1 / 3600  # entries per second: one an hour; slower is a replay nobody waits for
 
@@ -78,6 +78,17 @@ class DeadLetterFilter:
             and (self.until is None or record.dead_lettered_at <= self.until)
             and (self.dead_letter_ids is None or not self.dead_letter_ids.isdisjoint(ids))
             and (self.worker_version is None or (headers or {}).get(WORKER_VERSION) == self.worker_version)
+        )
+
+
+def check_replay_rate(rate: float) -> None:
+    """Entries per second, at least ``MIN_REPLAY_RATE``: NaN slept for ever between two entries
+    (the console's queue stayed "busy"), a negative rate or zero meant no rate at all, silently,
+    and 1e-300 slept for ever too."""
+    if not (math.isfinite(rate) and rate >= MIN_REPLAY_RATE):
+        raise ConfigurationError(
+            f"a replay rate must be a number of entries per second of at least {MIN_REPLAY_RATE:.6f} "
+            f"(one an hour), not {rate!r}"
         )
 
 
@@ -227,13 +238,8 @@ class DeadLetters:
         report = ReplayReport(dry_run=dry_run)
         if limit is not None:
             _check_limit(limit)
-        if rate is not None and not (math.isfinite(rate) and rate >= MIN_REPLAY_RATE):
-            # NaN slept forever between two entries (the console's queue stayed "busy"), a
-            # negative rate or zero meant no rate at all, silently, and 1e-300 slept for ever too.
-            raise ConfigurationError(
-                f"a replay rate must be a number of entries per second of at least {MIN_REPLAY_RATE:.6f} "
-                f"(one an hour), not {rate!r}"
-            )
+        if rate is not None:
+            check_replay_rate(rate)
         interval = 1.0 / rate if rate else 0.0
         present = await self.depth()
         if present == 0 or limit == 0:

@@ -7,7 +7,6 @@ entries and gives every one back, so looking changes nothing.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from conveyor.common.codec import strict_json_loads
 from conveyor.common.errors import ConfigurationError, ConveyorError, RejectedMessage
 from conveyor.consumer.ops.console.render import highlight_json, highlight_traceback, page, pretty_json
 from conveyor.consumer.ops.console.state import STATE
-from conveyor.consumer.ops.dead_letters import MIN_REPLAY_RATE, DeadLetterFilter, ReplayReport, group_counts
+from conveyor.consumer.ops.dead_letters import DeadLetterFilter, ReplayReport, check_replay_rate, group_counts
 from conveyor.schemas.dead_letter import DeadLetterRecord
 from conveyor.schemas.envelope import Envelope, InlinePayload
 
@@ -174,8 +173,11 @@ def _rate(value: Any) -> float | None:
         rate = float(value) if value not in (None, "") else None
     except ValueError:
         raise web.HTTPBadRequest(text="rate: not a number (reason: bad_rate)") from None
-    if rate is not None and not (math.isfinite(rate) and rate >= MIN_REPLAY_RATE):  # NaN: a replay that never ends
-        raise web.HTTPBadRequest(text="rate: must be at least one entry an hour (reason: bad_rate)")
+    if rate is not None:
+        try:
+            check_replay_rate(rate)  # here too: refused before the background replay starts
+        except ConfigurationError:
+            raise web.HTTPBadRequest(text="rate: must be at least one entry an hour (reason: bad_rate)") from None
     return rate
 
 
