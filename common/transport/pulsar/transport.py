@@ -228,8 +228,9 @@ class PulsarTransport(Transport):
             raise ConfigurationError("max_pending_sends must be ≥ 1")
         self._token = token or options.get("token") or None
         self._username, self._password = parsed.username, parsed.password
+        if admin_url:  # the URL's own was checked by parse_pulsar_url
+            check_admin_url(admin_url)
         self.admin_url = (admin_url or parsed.admin_url).rstrip("/")
-        check_admin_url(self.admin_url)
         if self._secure and not self.admin_url.lower().startswith("https://"):
             # The admin API carries the token or password too: no plaintext side door.
             raise ConfigurationError("a pulsar+ssl:// URL needs an https:// admin_url")
