@@ -62,3 +62,36 @@ def test_parent_and_forked_child_publish_on_their_own_connections(broker_url: st
     producer.close()
     received = asyncio.run(drain_ids(broker_url, queue_name, 6))
     assert sorted(received) == sorted([*sent, child_id])
+
+
+async def test_close_does_not_wait_out_a_first_connect_to_a_broker_that_never_answers(amqp_url: str) -> None:
+    # The connect goes through a proxy that takes the TCP connection and passes nothing: the
+    # publish waits in the AMQP handshake. close() cancels it (ConfigurationError for the
+    # publish); before, it waited for the connect timeout and the publish got its TransportError.
+    from urllib.parse import urlsplit
+
+    from conveyor.common.errors import ConfigurationError, TransportError
+    from tests.faults.proxy import FaultProxy
+
+    target = urlsplit(amqp_url)
+    async with FaultProxy(target.hostname or "127.0.0.1", target.port or 5672) as proxy:
+        proxy.blackhole()
+        url = amqp_url.replace(target.netloc, f"{target.netloc.rpartition('@')[0]}@127.0.0.1:{proxy.port}", 1)
+        producer = SyncProducer.from_url(url, jobs=jobs())
+
+        def publish() -> BaseException | None:
+            try:
+                producer.publish("email.send", {"to": "a@example.com"})
+            except BaseException as exc:
+                return exc
+            return None
+
+        publishing = asyncio.ensure_future(asyncio.to_thread(publish))
+        for _ in range(600):  # until the connect is under way (a hang guard, not a timing)
+            if proxy.accepted_total:
+                break
+            await asyncio.sleep(0.05)
+        assert proxy.accepted_total, "the publish never connected"
+        await asyncio.wait_for(asyncio.to_thread(producer.close, 1.0), 30)
+        outcome = await asyncio.wait_for(publishing, 30)
+    assert isinstance(outcome, ConfigurationError) and not isinstance(outcome, TransportError), outcome
