@@ -63,6 +63,7 @@ __all__ = [
     "PermanentError",
     "PublishNotConfirmed",
     "PublishOutcomeUnknown",
+    "QueueNotFound",
     "RejectedMessage",
     "RetryableError",
     "TlsError",
@@ -84,6 +85,13 @@ class ConfigurationError(ConveyorError):
 
 class TransportError(ConveyorError):
     """The broker could not be reached, or it answered in a way we cannot use."""
+
+
+class QueueNotFound(TransportError):
+    """The broker has no queue of this name (or not its dead-letter queue): a mistyped name, or a
+    queue no worker or ``declare`` has created yet. Commands that only read never create one."""
+
+    reason = "queue_not_found"
 
 
 class AccessRefused(TransportError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.common.clock import Clock, SystemClock
-from conveyor.common.errors import PublishNotConfirmed, TransportError
+from conveyor.common.errors import PublishNotConfirmed, QueueNotFound, TransportError
 from conveyor.common.tasks import TaskSet
 from conveyor.common.transport.base import (
     ConsumerHandle,
@@ -296,7 +296,7 @@ class MemoryBroker:
         try:
             return self._queues[queue]
         except KeyError:
-            raise TransportError(f"no queue {queue!r}") from None
+            raise QueueNotFound(f"no queue {queue!r}") from None
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

@@ -24,7 +24,7 @@ from conveyor.consumer.cli.support import (
     settings_from,
     transport_for,
 )
-from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters
+from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters, require_dead_letter_queue
 
 __all__ = ["dlq"]
 
@@ -49,7 +49,7 @@ def _run_on_dlq(broker: str | None, queue: str, action: Callable[[DeadLetters], 
     async def go() -> T:
         transport = transport_for(url, settings)
         async with transport:
-            await transport.declare(queue)
+            await require_dead_letter_queue(transport, queue)
             return await action(DeadLetters(transport, queue, max_message_bytes=settings.max_message_bytes))
 
     return run(go(), settings)
@@ -162,7 +162,7 @@ def dlq_purge(broker: str | None, queue: str, reason: str | None, job_type: str 
         transport = transport_for(url, settings)
         try:
             async with transport:
-                await transport.declare(queue)
+                await require_dead_letter_queue(transport, queue)
                 letters = DeadLetters(transport, queue, payloads=PayloadResolver.for_store(store),
                                       max_message_bytes=settings.max_message_bytes)
                 removed = await letters.purge(DeadLetterFilter(reason, job_type))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from conveyor.common.errors import ConveyorError, RejectedMessage, UnknownJob
+from conveyor.common.errors import ConveyorError
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.settings import Settings
 from conveyor.common.transport.base import Transport
@@ -99,7 +99,7 @@ def run(coro: Coroutine[Any, Any, T], settings: Settings | None) -> T:
                     params.get("job_state_url"))
         return asyncio.run(coro)
     except ConveyorError as exc:  # one line: the error's type (and reason code) and message
-        reason = exc.reason if isinstance(exc, RejectedMessage | UnknownJob) else None
+        reason = getattr(exc, "reason", None)
         kind = f"{type(exc).__name__} ({reason})" if reason else type(exc).__name__
         raise click.ClickException(redactor()(f"{kind}: {exc}")) from None
 

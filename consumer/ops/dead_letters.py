@@ -28,7 +28,13 @@ from typing import Any
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, decode_dead_letter, decode_envelope, encode_model
-from conveyor.common.errors import ConfigurationError, MessageTooLarge, PublishOutcomeUnknown, RejectedMessage
+from conveyor.common.errors import (
+    ConfigurationError,
+    MessageTooLarge,
+    PublishOutcomeUnknown,
+    QueueNotFound,
+    RejectedMessage,
+)
 from conveyor.common.headers import (
     CONFIG_HASH,
     JOB_TYPE,
@@ -44,9 +50,21 @@ from conveyor.consumer.payloads import PayloadResolver
 from conveyor.schemas.dead_letter import DeadLetterRecord
 from conveyor.schemas.envelope import MAX_HISTORY, Envelope, InlinePayload, PayloadReference
 
-__all__ = ["DeadLetterFilter", "DeadLetters", "ReplayReport", "check_replay_rate", "group_counts"]
+__all__ = ["DeadLetterFilter", "DeadLetters", "ReplayReport", "check_replay_rate", "group_counts",
+           "require_dead_letter_queue"]
 
 MIN_REPLAY_RATE = 1 / 3600  # entries per second: one an hour; slower is a replay nobody waits for
+
+
+async def require_dead_letter_queue(transport: Transport, queue: str) -> None:
+    """The commands on a DLQ create nothing: a mistyped ``--queue`` is one line naming it, not a
+    new queue with its delay tiers and an empty table that says all is well."""
+    dlq = transport.dead_letter_queue(queue)
+    try:
+        await transport.depth(dlq)
+    except QueueNotFound:
+        raise QueueNotFound(f"no dead-letter queue {dlq!r} for {queue!r} on this broker (a mistyped --queue? "
+                            "a worker declares both when it starts)") from None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from conveyor.common.codec import encode_model
+from conveyor.common.errors import QueueNotFound
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.schemas.dead_letter import DeadLetterRecord
@@ -145,3 +146,18 @@ def test_replay_while_the_bug_is_live_ends_and_replays_each_entry_exactly_once(
     entries = dead_letters()
     assert sorted(str(entry["job_id"]) for entry in entries) == sorted(ids)
     assert all(entry["reason"] == "exhausted" for entry in entries)
+
+
+async def test_every_dlq_command_on_a_mistyped_queue_is_one_line_and_creates_nothing(broker_url: str) -> None:
+    typo = f"e2e.dlq.typo.{uuid.uuid4().hex[:10]}"
+    for command in (["list"], ["show", "dl-x"], ["replay"], ["purge", "--yes"]):
+        result = conveyor("dlq", *command, "--queue", typo, env={"CONVEYOR_BROKER_URL": broker_url})
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        [line] = result.stderr.strip().splitlines()  # no traceback
+        assert line.startswith("Error: QueueNotFound (queue_not_found): "), line
+        assert f"no dead-letter queue '{typo}" in line, line  # its DLQ's name: "{typo}.dlq" or "{typo}-DLQ"
+        assert result.stdout == "", "no empty table that says all is well"
+    async with transport_from_url(broker_url) as transport:  # nothing was declared on the way
+        for name in (typo, transport.dead_letter_queue(typo)):
+            with pytest.raises(QueueNotFound):
+                await transport.depth(name)

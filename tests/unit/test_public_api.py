@@ -27,6 +27,8 @@ FACADE = {
     "JobStateStoreUnavailable", "MemoryJobStateStore", "UnknownJob", "job_state_store_from_url",
     # a nack is backpressure, retried (the producer, the outbox relay)
     "PublishNacked",
+    # operators' commands on a queue the broker lacks create nothing
+    "QueueNotFound",
 }  # fmt: skip
 
 

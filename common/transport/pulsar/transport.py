@@ -98,6 +98,7 @@ from conveyor.common.errors import (
     PublishNacked,
     PublishNotConfirmed,
     PublishOutcomeUnknown,
+    QueueNotFound,
     TlsError,
     TransportError,
 )
@@ -416,7 +417,7 @@ class PulsarTransport(Transport):
         stats = await self._admin_client().subscription_stats(self.names.rest_path(queue), self.subscription)
         if stats is None:
             self._declared.discard(queue)
-            raise TransportError(f"no queue {queue!r} (topic or subscription {self.subscription!r} missing)")
+            raise QueueNotFound(f"no queue {queue!r} (topic or subscription {self.subscription!r} missing)")
         return stats
 
     async def _is_declared(self, queue: str) -> bool:
@@ -551,7 +552,7 @@ class PulsarTransport(Transport):
     # -- consume / get ---------------------------------------------------------------
     async def consume(self, queue: str, handler: DeliveryHandler, *, prefetch: int) -> ConsumerHandle:
         if not await self._is_declared(queue):
-            raise TransportError(f"no queue {queue!r}")
+            raise QueueNotFound(f"no queue {queue!r}")
         handle = PulsarConsumer(self, queue, handler, max(1, prefetch))
         await handle.start()
         self._consumers = [c for c in self._consumers if not c.closed]
@@ -563,7 +564,7 @@ class PulsarTransport(Transport):
             browser = self._browsers.get(queue)
             if browser is None:
                 if not await self._is_declared(queue):
-                    raise TransportError(f"no queue {queue!r}")
+                    raise QueueNotFound(f"no queue {queue!r}")
                 retired = self._retired_browsers.pop(queue, None)
                 if retired is not None:  # what the last scan gave back is on its way back
                     await asyncio.wait({retired}, timeout=self.operation_timeout)

@@ -57,7 +57,7 @@ from aio_pika.exceptions import (
 )
 from aiormq.exceptions import ChannelAccessRefused
 
-from conveyor.common.errors import AccessRefused, ConfigurationError, TransportError
+from conveyor.common.errors import AccessRefused, ConfigurationError, QueueNotFound, TransportError
 from conveyor.common.secrets import mask_url, scrub_error
 from conveyor.common.tasks import TaskSet
 from conveyor.common.tls import TlsConfig, check_scheme, tls_error
@@ -359,7 +359,7 @@ class RabbitMQTransport(Transport):
                 declared = await channel.queue_declare(queue, passive=True)
             except ChannelNotFoundEntity:
                 self._known_queues.discard(queue)
-                raise TransportError(f"no queue {queue!r}") from None
+                raise QueueNotFound(f"no queue {queue!r}") from None
         self._known_queues.add(queue)
         return int(declared.message_count or 0)
 
@@ -381,7 +381,7 @@ class RabbitMQTransport(Transport):
                         declared = await channel.queue_declare(name, passive=True)
                     except ChannelNotFoundEntity:
                         if name in (queue, dlq):
-                            raise TransportError(f"no queue {name!r}") from None
+                            raise QueueNotFound(f"no queue {name!r}") from None
                         # A tier this process's topology has and the declarer's had not: skip
                         # it; the 404 closed the channel, go on with a new one.
                         break
@@ -474,7 +474,7 @@ class RabbitMQTransport(Transport):
         try:
             await handle.start()  # closes its channel if it fails
         except ChannelNotFoundEntity:
-            raise TransportError(f"no queue {queue!r}") from None
+            raise QueueNotFound(f"no queue {queue!r}") from None
         except ChannelAccessRefused as exc:
             raise AccessRefused(f"this user may not consume from {queue!r}: {self._scrub(exc)}") from exc
         except (*_BROKER_ERRORS, RuntimeError) as exc:  # RuntimeError: the connection is closed
@@ -492,7 +492,7 @@ class RabbitMQTransport(Transport):
             message = await channel.basic_get(queue, no_ack=False, timeout=self.connect_timeout)
         except ChannelNotFoundEntity:
             self._known_queues.discard(queue)
-            raise TransportError(f"no queue {queue!r}") from None
+            raise QueueNotFound(f"no queue {queue!r}") from None
         except ChannelAccessRefused as exc:  # the channel is gone, and with it what it held
             raise AccessRefused(f"this user may not read {queue!r}: {self._scrub(exc)}") from exc
         except _BROKER_ERRORS as exc:

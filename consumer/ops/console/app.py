@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from conveyor.common.errors import ConveyorError
+from conveyor.common.errors import ConveyorError, QueueNotFound
 from conveyor.consumer.ops.console.history import sample_forever
 from conveyor.consumer.ops.console.render import STATIC, highlight_css, page
 from conveyor.consumer.ops.console.security import NEW_SESSION, middlewares
@@ -66,7 +66,12 @@ async def broker_errors(request: web.Request, handler: Any) -> web.StreamRespons
         return page(request, "busy.html", status=409, run=busy.run, refresh_ms=1000)
     except ConveyorError as exc:
         reason = getattr(exc, "reason", "broker_error")
-        return page(request, "error.html", status=503, message=f"{type(exc).__name__}: {exc}", reason=reason)
+        # A queue the broker does not have is a wrong address, not the broker being down.
+        status = 404 if isinstance(exc, QueueNotFound) else 503
+        message = f"{type(exc).__name__}: {exc}"
+        if request.path.startswith("/api/"):  # a script gets JSON, as from every other API answer
+            return web.json_response({"error": message, "reason": reason}, status=status)
+        return page(request, "error.html", status=status, message=message, reason=reason)
 
 
 async def _highlight_css(_: web.Request) -> web.Response:

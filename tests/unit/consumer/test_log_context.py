@@ -62,7 +62,7 @@ def test_the_cli_logs_at_the_settings_default_level(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("CONVEYOR_LOG_LEVEL", raising=False)
     default = Settings().log_level
     assert default == "WARNING"
-    result = CliRunner().invoke(main, ["dlq", "list", "--broker", "memory://", "--json"])
+    result = CliRunner().invoke(main, ["status", "--broker", "memory://", "--interval", "0", "--json"])
     assert result.exit_code == 0, result.output
     assert logging.getLogger().level == logging.getLevelName(default)
     assert f"[default: {default}]" in CliRunner().invoke(main, ["--help"]).output

@@ -82,8 +82,9 @@ async def make_client(world: World) -> AsyncIterator[Callable[..., object]]:
     clients: list[TestClient] = []  # type: ignore[type-arg]
 
     async def make(*, read_only: bool = False, auth: ConsoleAuth | None = None, schemas: bool = True,
-                   job_states: JobStateStore | None = None) -> TestClient:  # type: ignore[type-arg]
-        config = ConsoleConfig(queues=(DEFAULT_QUEUE,), read_only=read_only, auth=auth, broker_label="memory://")
+                   job_states: JobStateStore | None = None,
+                   queues: tuple[str, ...] = (DEFAULT_QUEUE,)) -> TestClient:  # type: ignore[type-arg]
+        config = ConsoleConfig(queues=queues, read_only=read_only, auth=auth, broker_label="memory://")
         state = ConsoleState(config=config, transport=world.transport, history=OverviewHistory(900),
                              schemas=SchemaCatalog.from_registry(world.jobs.schemas) if schemas else SchemaCatalog(),
                              redact=Redactor([SECRET]), job_states=job_states)

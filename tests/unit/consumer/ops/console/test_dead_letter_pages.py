@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from conveyor.common.errors import QueueNotFound
 from conveyor.common.jobs.registry import DEFAULT_QUEUE
 from conveyor.common.transport.memory import MemoryTransport
 from conveyor.consumer.ops.console.state import STATE
@@ -238,3 +239,17 @@ async def test_dead_letters_filter_by_the_code_version_that_ran_them(make_client
     data = await (await client.get("/api/dead-letters?worker=@v2.0.1")).json()
     assert [entry["worker_id"].rsplit("@", 1)[1] for entry in data["entries"]] == ["v2.0.1"]
     assert len((await (await client.get("/api/dead-letters?worker=@v1")).json())["entries"]) == 0
+
+
+async def test_a_watched_queue_the_broker_lacks_is_a_404_naming_it_as_a_page_and_as_json(make_client, world: World) -> None:
+    client = await make_client(queues=(DEFAULT_QUEUE, "never.declared"))
+    page = await client.get("/dead-letters?queue=never.declared")
+    assert page.status == 404, "a wrong queue name is not the broker being down (503)"
+    assert "never.declared.dlq" in await page.text() and "queue_not_found" in await page.text()
+    answer = await client.get("/api/dead-letters?queue=never.declared")
+    assert (answer.status, answer.content_type) == (404, "application/json"), "a script gets JSON, not a page"
+    error = await answer.json()
+    assert error["reason"] == "queue_not_found" and "never.declared.dlq" in error["error"]
+    with pytest.raises(QueueNotFound):  # looking created nothing
+        await world.transport.depth("never.declared.dlq")
+    assert (await client.get(f"/api/dead-letters?queue={DEFAULT_QUEUE}")).status == 200
