@@ -1,4 +1,5 @@
-"""The receiving side of the Pulsar transport: deliveries, ``consume()`` handles, ``get()`` browsers.
+"""The receiving side of the Pulsar transport: deliveries and ``consume()`` handles (``get()``'s
+readers are in ``browsing``).
 
 The rules they follow (prefetch, the never-cancelled receive, what closing gives back) are
 described in ``common.transport.pulsar``.
@@ -23,7 +24,6 @@ from conveyor.common.transport.pulsar.inbox import Completion, LoopInbox
 
 __all__ = [
     "MESSAGE_ID_PROPERTY",
-    "Browser",
     "ConsumerOwner",
     "PulsarConsumer",
     "PulsarDelivery",
@@ -258,31 +258,3 @@ class PulsarConsumer(ConsumerHandle):
 async def _nack_quietly(consumer: pulsar_asyncio.Consumer, message: _pulsar.Message) -> None:
     with contextlib.suppress(PulsarException, RuntimeError):
         await consumer.negative_acknowledge(message)
-
-
-class Browser:
-    """The consumer behind ``get()`` for one queue, with its one pending receive."""
-
-    def __init__(self, consumer: pulsar_asyncio.Consumer) -> None:
-        self.consumer = consumer
-        self.pending: asyncio.Future[pulsar.Message] | None = None
-        self.outstanding = 0  # fetched, not yet settled
-        self.exhausted = False  # the last get() came up empty
-        self.released = False  # gave a message back (it returns only after the nack delay, or on close)
-
-    def receive(self) -> asyncio.Future[pulsar.Message]:
-        """The pending receive, started if there is none. Never cancel it: it would swallow
-        the next message."""
-        if self.pending is None:
-            self.pending = asyncio.ensure_future(self.consumer.receive())
-            self.pending.add_done_callback(mark_retrieved)
-        return self.pending
-
-    async def wait(self, timeout: float) -> pulsar.Message | None:
-        """The next message if one arrives within ``timeout``, else None (still pending)."""
-        pending = self.receive()
-        await asyncio.wait({pending}, timeout=timeout)
-        if not pending.done():
-            return None
-        self.pending = None
-        return pending.result()  # PulsarException if the consumer failed

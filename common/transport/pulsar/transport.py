@@ -1,14 +1,14 @@
 """The Apache Pulsar transport, on pulsar-client's native asyncio API (``pulsar.asyncio``).
 
 Names, URL options, the admin REST calls and what the backlog counts: see
-``common.transport.pulsar_admin``; deliveries, consumers and ``get()`` browsers:
-``common.transport.pulsar_consumer``.
+``common.transport.pulsar.admin``; deliveries and consumers: ``.consumer``; ``get()``'s
+readers: ``.browsing``; what a failed send means: ``.results``.
 
 * **A queue is a persistent topic with one durable subscription** (``conveyor`` unless
   configured), its DLQ the topic ``<queue>-DLQ``. A topic without a subscription keeps
   nothing, so ``declare`` creates the subscription on both (subscribe at Earliest, close):
   messages published before any worker ran wait for it. Publishing to, consuming or fetching
-  from a queue that nobody declared is refused (``PublishNotConfirmed`` / ``TransportError``)
+  from a queue that nobody declared is refused (``PublishNotConfirmed`` / ``QueueNotFound``)
   where Pulsar would auto-create the topic and drop the message: RabbitMQ's ``mandatory``.
 * **Shared subscription** by default: deliveries spread over every consumer, what a consumer
   held when it went away goes to the others, and the broker honours ``deliver_after`` (it
@@ -65,7 +65,7 @@ Names, URL options, the admin REST calls and what the backlog counts: see
 * **Completions in batches.** On the hot paths (send receipts, the worker's receives and
   acks) the transport calls the ``_pulsar`` objects under ``pulsar.asyncio`` the way
   ``pulsar.asyncio`` itself does, but their callbacks land in a ``LoopInbox``
-  (``common.transport.pulsar_inbox``): one loop wake-up per batch instead of one self-pipe
+  (``common.transport.pulsar.inbox``): one loop wake-up per batch instead of one self-pipe
   write per message and per ack. Same futures, same errors (``PulsarException``). An ack the
   client answers before ``acknowledge_async`` returns (ack grouping, the default) is read at
   once, with no future (``Completion``). Sends made during one loop turn are handed to the
@@ -95,9 +95,7 @@ from pulsar.asyncio import PulsarException
 
 from conveyor.common.errors import (
     ConfigurationError,
-    PublishNacked,
     PublishNotConfirmed,
-    PublishOutcomeUnknown,
     QueueNotFound,
     TlsError,
     TransportError,
@@ -124,16 +122,11 @@ from conveyor.common.transport.pulsar.admin import (
     check_name,
     parse_pulsar_url,
 )
-from conveyor.common.transport.pulsar.consumer import (
-    MESSAGE_ID_PROPERTY,
-    Browser,
-    PulsarConsumer,
-    PulsarDelivery,
-    mark_retrieved,
-    result_of,
-)
+from conveyor.common.transport.pulsar.browsing import Browsing
+from conveyor.common.transport.pulsar.consumer import MESSAGE_ID_PROPERTY, PulsarConsumer, mark_retrieved, result_of
 from conveyor.common.transport.pulsar.control import PulsarSubscription, control_topic
 from conveyor.common.transport.pulsar.inbox import LoopInbox
+from conveyor.common.transport.pulsar.results import producer_error, send_error
 from conveyor.common.transport.pulsar.sends import SendQueue
 
 __all__ = ["PulsarTransport"]
@@ -149,30 +142,8 @@ _CLOSE_GRACE = 0.05  # seconds; see PulsarTransport.close
 _OWN_DELAYED_LIMIT = 10_000  # delayed copies remembered for passing on (oldest forgotten first)
 _TOPIC_CACHE = 4096  # queues whose topic name is remembered (a worker has a handful)
 
+
 _Result = pulsar.Result
-# The broker or client refused the message: it was not stored, and sending it again will not help.
-_REFUSED = {
-    _Result.MessageTooBig,
-    _Result.InvalidMessage,
-    _Result.TopicTerminated,
-    _Result.ProducerBlockedQuotaExceededError,
-    _Result.ProducerBlockedQuotaExceededException,
-    _Result.NotAllowedError,
-    _Result.AuthorizationError,
-    _Result.IncompatibleSchema,
-    _Result.CryptoError,
-}
-# Not sent at all (closed producer, full client queue): safe to send again.
-_REFUSED_FOR_NOW = {  # a backlog quota: taken again once consumers catch up
-    _Result.ProducerBlockedQuotaExceededError,
-    _Result.ProducerBlockedQuotaExceededException,
-}
-_NOT_SENT = {
-    _Result.AlreadyClosed,
-    _Result.ProducerNotInitialized,
-    _Result.ProducerQueueIsFull,
-    _Result.MemoryBufferIsFull,
-}
 
 
 class PulsarTransport(Transport):
@@ -256,9 +227,7 @@ class PulsarTransport(Transport):
         self._topics: dict[str, str] = {}
         self._consumers: list[PulsarConsumer] = []
         self._subscriptions: list[PulsarSubscription] = []  # control channels, closed with the client
-        self._browsers: dict[str, Browser] = {}
-        self._retired_browsers: dict[str, asyncio.Task[Any]] = {}  # closing: what they gave back returns
-        self._browse_lock = asyncio.Lock()
+        self._browsing = Browsing(self)  # get(): a reader per queue being scanned
         self._declared: set[str] = set()  # queues known to have our subscription
         self._tasks = TaskSet()
         self._housekeeping = TaskSet()  # what close() waits for
@@ -342,8 +311,6 @@ class PulsarTransport(Transport):
             client, admin = self._client, self._admin
             self._client = self._admin = None
             consumers, self._consumers = self._consumers, []
-            browsers, self._browsers = list(self._browsers.values()), {}
-            self._retired_browsers.clear()  # their closes are housekeeping, waited for below
             self._producers.clear()
             self._senders.clear()
             self._declared.clear()
@@ -352,8 +319,7 @@ class PulsarTransport(Transport):
             # Each one explicitly, before the client, and waited for.
             for handle in consumers:
                 await handle.close()
-            for browser in browsers:
-                await self._close_consumer(browser.consumer)
+            await self._browsing.close()  # closes already under way are housekeeping, waited for below
             subscriptions, self._subscriptions = self._subscriptions, []
             for subscription in subscriptions:
                 await subscription.cancel()
@@ -391,9 +357,7 @@ class PulsarTransport(Transport):
             if producer is not None and producer.done() and not producer.exception():
                 with contextlib.suppress(PulsarException):
                     await producer.result()[0].close()
-            browser = self._browsers.pop(name, None)
-            if browser is not None:
-                await self._close_consumer(browser.consumer)
+            await self._browsing.forget(name)
             await admin.delete_topic(self.names.rest_path(name))
             self._declared.discard(name)
 
@@ -456,7 +420,7 @@ class PulsarTransport(Transport):
         try:
             await self._send_queue().send(native, builder.build())
         except PulsarException as exc:
-            raise self._send_error(queue, exc) from exc
+            raise send_error(queue, exc) from exc
         finally:
             window.give()
         if message.delay > 0 and self.pass_on_own_delayed:
@@ -465,7 +429,7 @@ class PulsarTransport(Transport):
                 self._own_delayed.popitem(last=False)
 
     def _inbox(self) -> LoopInbox:
-        """Where pulsar-client's callbacks land on this loop (see ``pulsar_inbox``)."""
+        """Where pulsar-client's callbacks land on this loop (see ``pulsar.inbox``)."""
         inbox = self._completions
         if inbox is None or inbox.loop is not asyncio.get_running_loop():
             inbox = self._completions = LoopInbox.here()
@@ -488,18 +452,6 @@ class PulsarTransport(Transport):
             del self._own_delayed[message_id]
             return True
         return False
-
-    def _send_error(self, queue: str, exc: PulsarException) -> TransportError:
-        result = result_of(exc)
-        if result in _REFUSED_FOR_NOW:
-            return PublishNacked(f"broker refused the message for {queue!r} for now ({result.name})")
-        if result in _REFUSED:
-            return PublishNotConfirmed(f"broker refused the message for {queue!r} ({result.name})")
-        if result in _NOT_SENT:
-            return TransportError(f"message for {queue!r} not sent ({result.name})")
-        return PublishOutcomeUnknown(
-            f"no send receipt for {queue!r} ({result.name}): the message may or may not be stored"
-        )
 
     async def _sender(self, queue: str) -> tuple[Any, Slots]:
         """The queue's producer, created on first use, cached for the fast path once created."""
@@ -541,12 +493,7 @@ class PulsarTransport(Transport):
                 block_if_queue_full=False,  # True would block the event loop's thread
             )
         except PulsarException as exc:
-            result = result_of(exc)
-            if result in _REFUSED_FOR_NOW:
-                # A topic past its backlog quota takes no new producer (a producer created before
-                # goes on until the broker's periodic check): the same backpressure as a nacked send.
-                raise PublishNacked(f"broker refuses producers for {queue!r} for now ({result.name})") from exc
-            raise TransportError(f"cannot create a producer for {queue!r} ({result.name})") from exc
+            raise producer_error(queue, exc) from exc
         return producer, Slots(self._max_pending)
 
     # -- consume / get ---------------------------------------------------------------
@@ -560,74 +507,10 @@ class PulsarTransport(Transport):
         return handle
 
     async def get(self, queue: str) -> Delivery | None:
-        async with self._browse_lock:
-            browser = self._browsers.get(queue)
-            if browser is None:
-                if not await self._is_declared(queue):
-                    raise QueueNotFound(f"no queue {queue!r}")
-                retired = self._retired_browsers.pop(queue, None)
-                if retired is not None:  # what the last scan gave back is on its way back
-                    await asyncio.wait({retired}, timeout=self.operation_timeout)
-                browser = Browser(await self._subscribe(queue, receiver_queue_size=1))
-                self._browsers[queue] = browser
-            message = await self._next_message(queue, browser)
-            if message is None:
-                browser.exhausted = True
-                if browser.outstanding == 0:
-                    await self._drop_browser(queue, browser)
-                return None
-            browser.exhausted = False
-            browser.outstanding += 1
-            return PulsarDelivery(
-                message._message, queue, browser.consumer,
-                lambda released: self._browsed_settled(queue, browser, released), self._inbox(),
-            )
-
-    async def _next_message(self, queue: str, browser: Browser) -> pulsar.Message | None:
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.get_max_wait
-        while True:
-            remaining = give_up - loop.time()
-            try:
-                message = await browser.wait(min(self.get_wait, max(0.0, remaining)))
-                # Nothing came: is anything stored that no consumer holds (e.g. still on its way)?
-                if message is None and remaining > 0 and (await self._stats(queue)).ready > 0:
-                    continue
-                if message is None:
-                    message = await browser.wait(0)  # unless it arrived meanwhile
-            except PulsarException as exc:
-                await self._drop_browser(queue, browser)
-                raise TransportError(f"receive from {queue!r} failed ({result_of(exc).name})") from exc
-            return message
-
-    def _browsed_settled(self, queue: str, browser: Browser, released: bool) -> None:
-        browser.outstanding -= 1
-        browser.released |= released
-        done = browser.exhausted or browser.released
-        if browser.outstanding == 0 and done and self._browsers.get(queue) is browser:
-            # The scan is over (it came up empty, or gave back what it took) and everything it
-            # took is settled: closing gives back at once what was released (instead of after
-            # the nack delay) and what the pending receive got. Kept open, a scan that ended
-            # early (``dlq show``) would hide what it released from the next scan for that
-            # long: the admin API counts it as held, so get() would end without it.
-            del self._browsers[queue]
-            self._retired_browsers[queue] = self._spawn(self._close_consumer(browser.consumer), housekeeping=True)
+        return await self._browsing.get(queue)
 
     async def end_browse(self, queue: str) -> None:
-        """Close the scan's reader even when it ended early with nothing given back (a replay or
-        purge that acked all it took): kept open, its prefetch took the next dead letter to
-        arrive and held it, unseen by other readers and not counted as ready, for as long as
-        the process lived (the console's does)."""
-        async with self._browse_lock:
-            browser = self._browsers.get(queue)
-            if browser is not None and browser.outstanding == 0:
-                del self._browsers[queue]
-                self._retired_browsers[queue] = self._spawn(self._close_consumer(browser.consumer), housekeeping=True)
-
-    async def _drop_browser(self, queue: str, browser: Browser) -> None:
-        if self._browsers.get(queue) is browser:
-            del self._browsers[queue]
-        await self._close_consumer(browser.consumer)
+        await self._browsing.end(queue)
 
     # -- control channel -------------------------------------------------------------
     async def broadcast(self, channel: str, body: bytes) -> None:
