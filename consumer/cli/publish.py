@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -11,6 +11,9 @@ import orjson
 from conveyor.common.codec import strict_json_loads
 from conveyor.common.errors import RejectedMessage
 from conveyor.consumer.cli import support
+
+if TYPE_CHECKING:
+    from conveyor.common.settings import Settings
 
 __all__ = ["publish"]
 
@@ -44,7 +47,7 @@ def publish(job_type: str, payload: str, broker: str | None, app: str | None, qu
         from conveyor.common.job_state.run_info import code_version
 
         version = code_version(settings.code_version)
-    data = _payload(payload)
+    data = _payload(payload, _largest_payload(settings))
     header_map = _headers(headers)
     registry = support.load_registry(app, "--app") if app else None
 
@@ -89,14 +92,28 @@ def _queue(queue: str | None) -> str | None:
     return queue
 
 
-def _payload(payload: str) -> dict[str, Any]:
+def _largest_payload(settings: Settings) -> tuple[int, str]:
+    """The most bytes a payload may have here, and the setting that says so."""
+    if settings.payload_store:
+        return max(settings.payload_max_bytes, settings.max_message_bytes), "CONVEYOR_PAYLOAD_MAX_BYTES"
+    return settings.max_message_bytes, "CONVEYOR_MAX_MESSAGE_BYTES"
+
+
+def _payload(payload: str, largest: tuple[int, str]) -> dict[str, Any]:
     """``--payload``: a JSON object, inline or ``@file``; JSON the wire would reject (NaN,
-    duplicate keys, huge numbers) is a usage error with its reason code."""
+    duplicate keys, huge numbers) is a usage error with its reason code. A file is read no
+    further than the largest payload that could be sent: ``@/dev/zero`` is an error, not a
+    process that eats the machine's memory."""
     if payload.startswith("@"):
+        limit, setting = largest
         try:
-            raw = Path(payload[1:]).read_bytes()
+            with Path(payload[1:]).open("rb") as file:
+                raw = file.read(limit + 1)
         except OSError as exc:
             raise _bad(f"cannot read {payload[1:]!r}: {exc.strerror or exc}", "--payload") from None
+        if len(raw) > limit:
+            raise _bad(f"oversize: {payload[1:]!r} holds more than the {limit:,} bytes a payload may have "
+                       f"({setting})", "--payload")
     else:
         raw = payload.encode()
     try:

@@ -134,3 +134,31 @@ def test_an_empty_queue_is_a_usage_error_not_the_default_queue() -> None:
     result = conveyor_without_broker("publish", "e2e.nap", "--payload", "{}", "--queue", "", "--broker", "memory://")
     assert_one_line_error(result, 2, "--queue")
     assert result.stdout == ""
+
+
+def _at_most_2_gib() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # the old code read /dev/zero until the OOM killer
+
+
+def test_a_payload_file_is_read_no_further_than_the_largest_payload_and_dev_zero_is_one_line() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor", "publish", "e2e.nap", "--payload", "@/dev/zero", "--broker", "memory://"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, preexec_fn=_at_most_2_gib,
+    )
+    assert_one_line_error(result, 2, "--payload", "oversize", "/dev/zero", "CONVEYOR_MAX_MESSAGE_BYTES")
+    assert result.stdout == ""
+
+
+def test_a_payload_file_over_the_limit_names_the_setting_and_one_at_the_limit_is_published(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    big, fits = tmp_path / "big.json", tmp_path / "fits.json"
+    big.write_text('{"pad": "' + "x" * 2000 + '"}')
+    fits.write_text('{"pad": "' + "x" * 500 + '"}')
+    limit = {"CONVEYOR_MAX_MESSAGE_BYTES": "1024"}
+    refused = conveyor_without_broker("publish", "e2e.nap", "--payload", f"@{big}", "--broker", "memory://", **limit)
+    assert_one_line_error(refused, 2, "oversize", "1,024 bytes", "CONVEYOR_MAX_MESSAGE_BYTES")
+    published = conveyor_without_broker("publish", "e2e.nap", "--payload", f"@{fits}", "--broker", "memory://", **limit)
+    assert published.returncode == 0, published.stderr
+    assert json.loads(published.stdout)["confirmed"] is True
