@@ -22,11 +22,13 @@ from conveyor.common.secrets import Redactor, mask_url, secret_fields, url_crede
 from conveyor.common.settings import Settings
 from conveyor.consumer.cli.support import (
     broker_option,
+    finite,
     job_state_option,
     job_state_store_for,
     load_registry,
     payload_store_for,
     payload_store_option,
+    queue_names,
     require_broker,
     run,
     settings_from,
@@ -38,7 +40,8 @@ __all__ = ["console", "demo_console"]
 
 @click.command()
 @broker_option
-@click.option("--queue", "queues", multiple=True, help=f"Work queue to watch, repeatable [default: {DEFAULT_QUEUE}, "
+@click.option("--queue", "queues", multiple=True, callback=queue_names,
+              help=f"Work queue to watch, repeatable [default: {DEFAULT_QUEUE}, "
               "or the queues of --app]")
 @click.option("--worker", "workers", multiple=True, metavar="URL",
               help="A worker's metrics endpoint (http://host:9464), repeatable: rates and breakers")
@@ -53,7 +56,7 @@ __all__ = ["console", "demo_console"]
               help="A file holding the access token (16+ characters) asked for at sign-in or as a Bearer header")
 @click.option("--basic-auth-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A file holding user:password for HTTP basic authentication")
-@click.option("--refresh", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+@click.option("--refresh", type=click.FloatRange(0.2, 3600), default=2.0, show_default=True, callback=finite,
               help="Seconds between samples of the overview")
 @payload_store_option
 @job_state_option

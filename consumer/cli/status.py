@@ -13,6 +13,7 @@ from conveyor.consumer.cli.support import (
     broker_option,
     console,
     finite,
+    queue_names,
     require_broker,
     run,
     settings_from,
@@ -24,7 +25,7 @@ __all__ = ["status"]
 
 @click.command()
 @broker_option
-@click.option("--queue", "queues", multiple=True, default=[DEFAULT_QUEUE], show_default=True,
+@click.option("--queue", "queues", multiple=True, default=[DEFAULT_QUEUE], show_default=True, callback=queue_names,
               help="Work queue, repeatable")
 @click.option("--worker", "workers", multiple=True, metavar="URL",
               help="A worker's metrics endpoint (http://host:9464), repeatable: breakers, in flight, jobs/s")

@@ -31,6 +31,7 @@ __all__ = [
     "broker_option",
     "console",
     "finite",
+    "queue_names",
     "job_state_option",
     "job_state_store_for",
     "load_registry",
@@ -164,7 +165,17 @@ broker_option = click.option(
     help="Broker URL: amqp://…, pulsar://…, or memory:// (in-process: gone when the command exits) "
          "[required: this or env CONVEYOR_BROKER_URL or CONVEYOR_BROKER_URL_FILE; a password here shows in ps]",
 )
-queue_option = click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Work queue name")
+def queue_names(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A click callback for ``--queue`` (one or repeated): an empty name is a mistake, not a queue
+    to look for (it was a table row with an error, or a search for the DLQ ``.dlq``)."""
+    for name in (value,) if isinstance(value, str) else value or ():
+        if not name.strip():
+            raise click.BadParameter("must name a queue, not be empty", ctx=ctx, param=param)
+    return value
+
+
+queue_option = click.option("--queue", default=DEFAULT_QUEUE, show_default=True, callback=queue_names,
+                            help="Work queue name")
 payload_store_option = click.option(
     "--payload-store", default=None,
     help="Claim-check store: file:///path, s3://bucket/prefix [env CONVEYOR_PAYLOAD_STORE; unset: off]",

@@ -93,6 +93,11 @@ MISUSES = {
     "status --interval nan": (["status", "--interval", "nan"], "--interval"),
     "status --interval -5": (["status", "--interval", "-5"], "--interval"),
     "status --dlq-scan-limit -1": (["status", "--dlq-scan-limit", "-1"], "--dlq-scan-limit"),
+    "console --refresh nan (sampled in a busy loop, memory growing)": (["console", "--refresh", "nan"], "--refresh"),
+    "console --refresh inf (never sampled)": (["console", "--refresh", "inf"], "--refresh"),
+    "status --queue '' (a row with an error)": (["status", "--queue", "q", "--queue", ""], "--queue"),
+    "console --queue ''": (["console", "--queue", " "], "--queue"),
+    "dlq list --queue '' (looked for the DLQ '.dlq')": (["dlq", "list", "--queue", ""], "--queue"),
 }
 
 
