@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -54,6 +55,11 @@ class RetryPolicy:
     jitter: float = 0.5
 
     def __post_init__(self) -> None:
+        numbers = {"max_age": self.max_age, "base": self.base, "factor": self.factor, "cap": self.cap,
+                   "jitter": self.jitter}
+        for name, value in numbers.items():
+            if math.isnan(value):  # every comparison below is false for NaN: it passed them all
+                raise ConfigurationError(f"RetryPolicy: {name} must be a number, not NaN")
         if self.max_age <= 0:
             raise ConfigurationError(f"RetryPolicy: max_age must be > 0 seconds, not {self.max_age}")
         if self.max_attempts < 1:

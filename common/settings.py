@@ -66,7 +66,9 @@ class SecretFilesSource(PydanticBaseSettingsSource):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+    # inf passed every ``ge``/``gt`` (a breaker that never half-opens, a store call that never
+    # times out); NaN is refused by them, but not with its own message.
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore", allow_inf_nan=False)
 
     broker_url: SecretStr | None = Field(
         default=None,
@@ -78,9 +80,12 @@ class Settings(BaseSettings):
     concurrency: int = Field(
         default=DEFAULT_CONCURRENCY, ge=1, le=10_000, description="Jobs run at once per worker process"
     )
-    prefetch: int | None = Field(default=None, ge=1, description="Unacked deliveries held (default: concurrency)")
+    # 65535: AMQP's basic.qos prefetch count is 16 bits (a larger one was a TypeError at consume).
+    prefetch: int | None = Field(
+        default=None, ge=1, le=65535, description="Unacked deliveries held (default: concurrency)"
+    )
     grace_period: float = Field(
-        default=DEFAULT_GRACE_PERIOD, ge=0, description="Seconds to finish in-flight jobs on SIGTERM"
+        default=DEFAULT_GRACE_PERIOD, ge=0, le=86400, description="Seconds to finish in-flight jobs on SIGTERM"
     )
     http_host: str = Field(default=DEFAULT_HTTP_HOST, description="Address of /healthz, /readyz, /metrics")
     http_port: int = Field(default=DEFAULT_HTTP_PORT, ge=0, le=65535, description="Port of the HTTP endpoints (0: off)")
@@ -93,7 +98,7 @@ class Settings(BaseSettings):
     )
     log_format: str = Field(default="json", pattern="^(json|text)$", description="json or text")
     metrics_interval: float = Field(
-        default=DEFAULT_METRICS_INTERVAL, ge=0, description="Seconds between queue depth samples (0: off)"
+        default=DEFAULT_METRICS_INTERVAL, ge=0, le=86400, description="Seconds between queue depth samples (0: off)"
     )
     breaker_consecutive_failures: int = Field(
         default=DEFAULT_BREAKER_CONSECUTIVE_FAILURES,
@@ -102,17 +107,17 @@ class Settings(BaseSettings):
     )
     breaker_reset_timeout: float = Field(
         default=DEFAULT_BREAKER_RESET_TIMEOUT,
-        gt=0,
+        gt=0, le=86400,
         description="Seconds an open breaker waits before a half-open probe",
     )
     stall_warn_after: float = Field(
         default=DEFAULT_STALL_WARN_AFTER,
-        ge=0,
+        ge=0, le=86400,
         description="Seconds the event loop may be blocked before a stall is logged (0: off)",
     )
     stall_exit_after: float = Field(
         default=DEFAULT_STALL_EXIT_AFTER,
-        ge=0,
+        ge=0, le=86400,
         description=(
             "Seconds the event loop may be blocked before the worker exits so its jobs are redelivered (0: never)"
         ),
@@ -157,7 +162,9 @@ class Settings(BaseSettings):
         default=DEFAULT_PAYLOAD_THRESHOLD, ge=1024, description="Encoded payloads above this go to the store"
     )
     payload_max_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=1024, description="Largest payload stored")
-    payload_timeout: float = Field(default=DEFAULT_STORE_TIMEOUT, gt=0, description="Seconds per upload/download")
+    payload_timeout: float = Field(
+        default=DEFAULT_STORE_TIMEOUT, gt=0, le=86400, description="Seconds per upload/download"
+    )
     s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint (unset: AWS)")
     s3_access_key: str | None = Field(default=None, description="S3 access key (unset: the AWS default chain)")
     s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret key")

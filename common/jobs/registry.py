@@ -12,6 +12,7 @@ registered in the registry's ``SchemaRegistry``, which producers share to valida
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -42,6 +43,12 @@ class JobSpec:
     is_async: bool
     options: tuple[tuple[str, Any], ...] = ()
 
+    def __post_init__(self) -> None:
+        # inf or NaN would be no time limit at all: a hung handler would hold its message forever.
+        if not 0 < self.timeout < math.inf:
+            raise ConfigurationError(f"{self.job_type}: timeout must be a positive number of seconds, "
+                                     f"not {self.timeout}")
+
     def option(self, name: str, default: Any = None) -> Any:
         return dict(self.options).get(name, default)
 
@@ -65,8 +72,8 @@ class JobRegistry:
         breaker: str | None = None,
         **options: Any,
     ) -> Callable[[Handler], Handler]:
-        if timeout <= 0:
-            raise ConfigurationError(f"{job_type}: timeout must be positive")
+        if not 0 < timeout < math.inf:  # at once, not when the handler is decorated
+            raise ConfigurationError(f"{job_type}: timeout must be a positive number of seconds, not {timeout}")
 
         def decorate(handler: Handler) -> Handler:
             resolved = model or _model_from_annotation(handler)

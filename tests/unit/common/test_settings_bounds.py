@@ -1,0 +1,53 @@
+"""Numbers no job system can honour are refused where they enter: NaN and infinity in settings,
+retry policies and job time limits (NaN passed every ``<=``/``>=`` check, infinity every ``ge``),
+and values past what the broker or the clock can take."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from conveyor import ConfigurationError, JobRegistry, RetryPolicy
+from conveyor.common.settings import Settings
+
+SECONDS = ["grace_period", "metrics_interval", "breaker_reset_timeout", "stall_warn_after", "stall_exit_after",
+           "payload_timeout", "job_state_lease"]
+
+
+@pytest.mark.parametrize("name", SECONDS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e308", "86401"])
+def test_a_duration_setting_is_a_finite_number_of_seconds_up_to_a_day(name: str, value: str) -> None:
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{name: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", SECONDS)
+def test_a_day_is_still_taken(name: str) -> None:
+    values = {name: "86400", **({"stall_exit_after": "86400"} if name == "stall_warn_after" else {})}
+    assert getattr(Settings(**values), name) == 86400  # type: ignore[arg-type]
+
+
+def test_prefetch_stops_where_amqp_does() -> None:
+    assert Settings(prefetch=65535).prefetch == 65535
+    with pytest.raises(ValidationError, match="prefetch"):
+        Settings(prefetch=65536)  # basic.qos carries 16 bits: it was a TypeError at consume
+
+
+@pytest.mark.parametrize("field", ["max_age", "base", "factor", "cap", "jitter"])
+def test_a_retry_policy_with_nan_is_refused_naming_the_field(field: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"{field} must be a number, not NaN"):
+        RetryPolicy(**{field: math.nan})
+
+
+class Nap(BaseModel):
+    seconds: float = 0
+
+
+@pytest.mark.parametrize("timeout", [math.nan, math.inf, 0.0, -1.0])
+def test_a_job_time_limit_is_a_positive_finite_number_of_seconds(timeout: float) -> None:
+    jobs = JobRegistry()
+    with pytest.raises(ConfigurationError, match="timeout must be a positive number of seconds"):
+        @jobs.job("naps.take", timeout=timeout)
+        async def nap(payload: Nap) -> None: ...
