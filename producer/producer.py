@@ -29,12 +29,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from conveyor.common import bounds
 from conveyor.common.backoff import check_delay
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, MAX_DEPTH, check_json_data, encode_envelope
 from conveyor.common.deadlines import TimeLimit
 from conveyor.common.errors import (
-    ConfigurationError,
     InvalidPayload,
     MalformedMessage,
     MessageTooLarge,
@@ -103,8 +103,10 @@ class Producer:
         """``code_version``: put in each envelope's headers (``conveyor.producer-version``) and the
         job-state records. ``job_state``: record each job ``queued``/``scheduled`` there and return a ``JobHandle``
         (``status()``, ``result()``); the caller owns the store, as it owns a payload store."""
-        if confirm_timeout <= 0 or publish_tries < 1:
-            raise ConfigurationError("confirm_timeout must be > 0 and publish_tries ≥ 1")
+        confirm_timeout = bounds.seconds("confirm_timeout", confirm_timeout)
+        publish_tries = bounds.count("publish_tries", publish_tries)
+        max_message_bytes = bounds.count("max_message_bytes", max_message_bytes)
+        payload_threshold = bounds.count("payload_threshold", payload_threshold)
         self.transport = transport
         self.schemas = schemas or SchemaRegistry()
         self._routes = dict(routes or {})

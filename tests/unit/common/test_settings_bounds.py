@@ -51,3 +51,16 @@ def test_a_job_time_limit_is_a_positive_finite_number_of_seconds(timeout: float)
     with pytest.raises(ConfigurationError, match="timeout must be a positive number of seconds"):
         @jobs.job("naps.take", timeout=timeout)
         async def nap(payload: Nap) -> None: ...
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("confirm_timeout", math.nan), ("confirm_timeout", math.inf), ("confirm_timeout", 0.0),
+    ("publish_tries", math.nan), ("publish_tries", 0), ("publish_tries", 2.5),
+    ("max_message_bytes", math.inf), ("max_message_bytes", -1),
+    ("payload_threshold", math.nan), ("payload_threshold", -1),
+])
+def test_a_producer_refuses_a_number_it_cannot_honour_naming_it(option: str, value: float) -> None:
+    from conveyor import MemoryBroker, MemoryTransport, Producer
+
+    with pytest.raises(ConfigurationError, match=option):
+        Producer(MemoryTransport(MemoryBroker()), **{option: value})
