@@ -23,9 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from conveyor.common import bounds
 from conveyor.common.clock import Clock
 from conveyor.common.defaults import DEFAULT_BREAKER_CONSECUTIVE_FAILURES, DEFAULT_BREAKER_RESET_TIMEOUT
-from conveyor.common.errors import CircuitOpen, PermanentError, RejectedMessage
+from conveyor.common.errors import CircuitOpen, ConfigurationError, PermanentError, RejectedMessage
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.middleware import ConsumeNext, Middleware
 
@@ -48,6 +49,15 @@ class BreakerConfig:
     window: int = 50
     min_calls: int = 20
     reset_timeout: float = DEFAULT_BREAKER_RESET_TIMEOUT
+
+    def __post_init__(self) -> None:
+        bounds.count("breaker consecutive_failures", self.consecutive_failures)
+        bounds.count("breaker window", self.window)
+        bounds.count("breaker min_calls", self.min_calls)
+        # A breaker that never half-opens (inf) would hold its jobs in the broker for good.
+        bounds.seconds("breaker reset_timeout", self.reset_timeout)
+        if not 0 < self.failure_rate <= 1:
+            raise ConfigurationError(f"breaker failure_rate must be in (0, 1], not {self.failure_rate!r}")
 
 
 Listener = Callable[["CircuitBreaker"], None]

@@ -57,10 +57,13 @@ class WatchdogConfig:
     interval: float = 0.25
 
     def __post_init__(self) -> None:
+        from conveyor.common import bounds
         from conveyor.common.errors import ConfigurationError
 
-        if self.warn_after < 0 or self.interval <= 0:
-            raise ConfigurationError("watchdog warn_after must be ≥ 0 and interval > 0")
+        bounds.seconds("watchdog warn_after", self.warn_after, zero_ok=True)
+        bounds.seconds("watchdog interval", self.interval)
+        if self.exit_after is not None:
+            bounds.seconds("watchdog exit_after", self.exit_after)
         if self.exit_after is not None and self.exit_after < self.warn_after:
             raise ConfigurationError("watchdog exit_after must be ≥ warn_after")
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor.common import bounds
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES
 from conveyor.common.crash_journal import CrashJournal
@@ -125,14 +126,14 @@ class WorkerConfig:
         )
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ConfigurationError("concurrency must be ≥ 1")
-        if self.prefetch is not None and self.prefetch < 1:
-            raise ConfigurationError("prefetch must be ≥ 1")
-        if self.grace_period < 0:
-            raise ConfigurationError("grace_period must be ≥ 0")
-        if self.metrics_interval < 0:
-            raise ConfigurationError("metrics_interval must be ≥ 0")
+        bounds.count("concurrency", self.concurrency, at_most=10_000)
+        if self.prefetch is not None:
+            bounds.count("prefetch", self.prefetch, at_most=65_535)  # AMQP's basic.qos is 16 bits
+        bounds.seconds("grace_period", self.grace_period, zero_ok=True)
+        bounds.seconds("metrics_interval", self.metrics_interval, zero_ok=True)
+        bounds.count("max_message_bytes", self.max_message_bytes)
+        bounds.count("crash_limit", self.crash_limit)
+        bounds.count("cpu_time_every", self.cpu_time_every)
 
     @property
     def effective_prefetch(self) -> int:

@@ -93,6 +93,7 @@ import pulsar
 import pulsar.asyncio as pulsar_asyncio
 from pulsar.asyncio import PulsarException
 
+from conveyor.common import bounds
 from conveyor.common.errors import (
     ConfigurationError,
     PublishNotConfirmed,
@@ -192,12 +193,15 @@ class PulsarTransport(Transport):
         self.names = TopicNames(
             tenant or options.get("tenant", "public"), namespace or options.get("namespace", "default")
         )
-        if min(send_timeout, operation_timeout, connect_timeout, get_wait, get_max_wait) <= 0 or nack_delay < 0:
-            raise ConfigurationError("timeouts must be > 0 and nack_delay ≥ 0")
-        if receiver_queue_size is not None and receiver_queue_size < 1:
-            raise ConfigurationError("receiver_queue_size must be ≥ 1")
-        if max_pending_sends < 1:
-            raise ConfigurationError("max_pending_sends must be ≥ 1")
+        send_timeout = bounds.seconds("send_timeout", send_timeout)
+        operation_timeout = bounds.seconds("operation_timeout", operation_timeout)
+        connect_timeout = bounds.seconds("connect_timeout", connect_timeout)
+        get_wait = bounds.seconds("get_wait", get_wait)
+        get_max_wait = bounds.seconds("get_max_wait", get_max_wait)
+        nack_delay = bounds.seconds("nack_delay", nack_delay, zero_ok=True)
+        if receiver_queue_size is not None:
+            receiver_queue_size = bounds.count("receiver_queue_size", receiver_queue_size)
+        max_pending_sends = bounds.count("max_pending_sends", max_pending_sends)
         self._token = token or options.get("token") or None
         self._username, self._password = parsed.username, parsed.password
         if admin_url:  # the URL's own was checked by parse_pulsar_url

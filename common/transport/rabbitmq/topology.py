@@ -107,6 +107,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from conveyor.common import bounds
 from conveyor.common.backoff import check_delay
 from conveyor.common.errors import ConfigurationError
 
@@ -206,9 +207,7 @@ class Topology:
         tiers = tuple(sorted({float(t) for t in delay_tiers}))
         if not tiers or tiers[0] < 0.001:
             raise ConfigurationError("delay_tiers must hold at least one delay, each ≥ 0.001 s")
-        if delivery_limit < 1:
-            raise ConfigurationError("delivery_limit must be ≥ 1")
-        return cls(tiers, delivery_limit)
+        return cls(tiers, bounds.count("delivery_limit", delivery_limit))
 
     @property
     def max_delay(self) -> float:

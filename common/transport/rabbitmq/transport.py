@@ -57,6 +57,7 @@ from aio_pika.exceptions import (
 )
 from aiormq.exceptions import ChannelAccessRefused
 
+from conveyor.common import bounds
 from conveyor.common.errors import AccessRefused, ConfigurationError, QueueNotFound, TransportError
 from conveyor.common.secrets import mask_url, scrub_error
 from conveyor.common.tasks import TaskSet
@@ -147,8 +148,10 @@ class RabbitMQTransport(Transport):
         self._tls = (tls or TlsConfig()) if secure else None
         self._ssl_context: ssl.SSLContext | None = None
         self._vhost = unquote(urlsplit(url).path[1:]) or "/"  # AMQP URI: an empty path is the default vhost
-        if connect_timeout <= 0 or reconnect_interval <= 0 or consumer_timeout <= 0:
-            raise ConfigurationError("connect_timeout, reconnect_interval and consumer_timeout must be > 0")
+        connect_timeout = bounds.seconds("connect_timeout", connect_timeout)
+        reconnect_interval = bounds.seconds("reconnect_interval", reconnect_interval)
+        # A node's consumer_timeout may be set past a day (it is milliseconds in a 32-bit-safe range).
+        consumer_timeout = bounds.seconds("consumer_timeout", consumer_timeout, at_most=30 * bounds.DAY)
         self._consumer_timeout = consumer_timeout
         self._timed_queues: set[str] = set()  # work queues declared with CONSUMER_TIMEOUT
         self.topology = Topology.create(delay_tiers, delivery_limit)

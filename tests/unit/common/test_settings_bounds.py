@@ -64,3 +64,59 @@ def test_a_producer_refuses_a_number_it_cannot_honour_naming_it(option: str, val
 
     with pytest.raises(ConfigurationError, match=option):
         Producer(MemoryTransport(MemoryBroker()), **{option: value})
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("concurrency", math.nan), ("concurrency", 0), ("prefetch", 65536), ("prefetch", math.inf),
+    ("grace_period", math.nan), ("grace_period", math.inf), ("metrics_interval", math.nan),
+    ("crash_limit", math.nan), ("crash_limit", 0), ("cpu_time_every", 0), ("max_message_bytes", -1),
+])
+def test_a_worker_config_refuses_a_number_it_cannot_honour_naming_it(option: str, value: float) -> None:
+    from conveyor import WorkerConfig
+
+    with pytest.raises(ConfigurationError, match=option):
+        WorkerConfig(**{option: value})
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("reset_timeout", math.inf), ("reset_timeout", math.nan), ("consecutive_failures", math.nan),
+    ("failure_rate", math.nan), ("failure_rate", 0.0), ("window", 0), ("min_calls", -1),
+])
+def test_a_breaker_that_could_never_close_or_open_is_refused(option: str, value: float) -> None:
+    from conveyor.consumer.breaker import BreakerConfig
+
+    with pytest.raises(ConfigurationError, match=option):
+        BreakerConfig(**{option: value})
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("warn_after", math.nan), ("interval", math.inf), ("exit_after", math.nan), ("exit_after", math.inf),
+])
+def test_a_watchdog_with_a_number_it_cannot_honour_is_refused(option: str, value: float) -> None:
+    from conveyor.consumer.watchdog import WatchdogConfig
+
+    with pytest.raises(ConfigurationError, match=option):
+        WatchdogConfig(**{option: value})
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("connect_timeout", math.nan), ("reconnect_interval", math.inf), ("consumer_timeout", math.nan),
+    ("delivery_limit", math.nan),
+])
+def test_a_rabbitmq_transport_refuses_a_number_it_cannot_honour(option: str, value: float) -> None:
+    from conveyor.common.transport.rabbitmq import RabbitMQTransport
+
+    with pytest.raises(ConfigurationError, match=option):
+        RabbitMQTransport("amqp://u:p@127.0.0.1:1/", **{option: value})
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("send_timeout", math.nan), ("operation_timeout", math.inf), ("connect_timeout", math.nan),
+    ("nack_delay", math.nan), ("get_wait", math.inf), ("get_max_wait", math.nan),
+    ("receiver_queue_size", math.nan), ("max_pending_sends", math.inf),
+])
+def test_a_pulsar_transport_refuses_a_number_it_cannot_honour(option: str, value: float) -> None:
+    from conveyor.common.transport.pulsar import PulsarTransport
+
+    with pytest.raises(ConfigurationError, match=option):
+        PulsarTransport("pulsar://127.0.0.1:1", **{option: value})
