@@ -296,7 +296,9 @@ class Worker:
 
     async def drain(self, grace_period: float | None = None) -> None:
         """Stop fetching, finish in-flight work within the grace period, release the rest."""
-        grace = self.config.grace_period if grace_period is None else grace_period
+        # NaN made asyncio.wait return at once: every job in flight was cut short.
+        grace = self.config.grace_period if grace_period is None else bounds.seconds(
+            "grace_period", grace_period, zero_ok=True)
         self._draining = True
         for runner in self._runners.values():
             await runner.close()

@@ -34,6 +34,7 @@ from typing import Any, TypeVar, Unpack
 
 from pydantic import BaseModel
 
+from conveyor.common import bounds
 from conveyor.common.errors import ConfigurationError, PublishOutcomeUnknown
 from conveyor.common.jobs.command import PublishReceipt
 from conveyor.common.jobs.registry import JobRegistry
@@ -114,8 +115,7 @@ class SyncProducer:
     def __init__(
         self, factory: Callable[[], Producer], *, exit_timeout: float = 5.0, name: str = "conveyor-producer"
     ) -> None:
-        if exit_timeout <= 0:
-            raise ConfigurationError("exit_timeout must be > 0")
+        exit_timeout = bounds.seconds("exit_timeout", exit_timeout)  # NaN or inf: an exit that hangs
         self._factory = factory
         self._exit_timeout = exit_timeout
         self._name = name
@@ -189,7 +189,7 @@ class SyncProducer:
             finalizer, self._finalizer = self._finalizer, None
         if runner is None or finalizer is None or finalizer.detach() is None:
             return  # never started, or already shut down (by another close, or at exit)
-        _shut_down(runner, self._exit_timeout if timeout is None else timeout)
+        _shut_down(runner, self._exit_timeout if timeout is None else bounds.seconds("timeout", timeout, zero_ok=True))
 
     def _warn_if_on_a_loop(self) -> None:
         """Once: a publish from a coroutine blocks its whole loop until the confirm (retries

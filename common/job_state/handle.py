@@ -11,11 +11,13 @@ a job the store does not know yet is reported as its publish left it, ``queued``
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from conveyor.common import bounds
 from conveyor.common.errors import JobNotSucceeded
 from conveyor.common.job_state.base import JobStateStore
 from conveyor.common.job_state.states import JobRecord, JobState
@@ -47,6 +49,8 @@ class JobHandle(PublishReceipt):
 
         ``JobNotSucceeded`` (with ``.state``) if it ended dead-lettered or cancelled;
         ``TimeoutError`` after ``timeout`` seconds (``None``: wait as long as it takes)."""
+        if timeout is not None:  # NaN timed out at the first wait, whatever the job's state
+            bounds.seconds("timeout", timeout, zero_ok=True, at_most=math.inf)
         async with asyncio.timeout(timeout):
             pause = _FIRST_POLL
             while True:

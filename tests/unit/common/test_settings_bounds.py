@@ -120,3 +120,24 @@ REFUSED = [
 def test_a_constructor_refuses_a_number_it_cannot_honour_naming_it(build, option: str, value: float) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigurationError, match=option):
         build(**{option: value})
+
+
+async def test_a_call_with_a_timeout_it_cannot_honour_is_refused_before_it_waits() -> None:
+    from conveyor import MemoryBroker, MemoryJobStateStore, MemoryTransport, Producer, SyncProducer, Worker
+
+    broker, jobs = MemoryBroker(), JobRegistry()
+
+    @jobs.job("naps.take")
+    async def nap(payload: Nap) -> None: ...
+
+    async with Producer.for_registry(MemoryTransport(broker), jobs, job_state=MemoryJobStateStore()) as producer:
+        handle = await producer.publish("naps.take", Nap())
+        with pytest.raises(ConfigurationError, match="timeout"):
+            await handle.result(timeout=math.nan)  # timed out at once, whatever the job's state
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    async with Worker(transport, jobs) as worker:
+        with pytest.raises(ConfigurationError, match="grace_period"):
+            await worker.drain(grace_period=math.nan)  # cut every job in flight short at once
+    with pytest.raises(ConfigurationError, match="exit_timeout"):
+        SyncProducer.from_url("memory://", exit_timeout=math.inf)
