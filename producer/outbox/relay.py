@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from conveyor.common import bounds
 from conveyor.common.backoff import compute_backoff
 from conveyor.common.errors import (
     ConfigurationError,
@@ -75,9 +76,11 @@ class RelayConfig:
 
     def __post_init__(self) -> None:
         table_name(self.table)
-        if self.batch_size < 1 or min(self.poll_interval, self.cleanup_interval, self.metrics_interval) <= 0 \
-                or self.shutdown_grace < 0:
-            raise ConfigurationError("batch_size must be ≥ 1 and the intervals > 0")
+        bounds.count("batch_size", self.batch_size)
+        # NaN passed "min(...) <= 0": a relay that spins, or sleeps for ever.
+        for name in ("poll_interval", "cleanup_interval", "metrics_interval", "backoff_cap"):
+            bounds.seconds(name, getattr(self, name))
+        bounds.seconds("shutdown_grace", self.shutdown_grace, zero_ok=True)
         if self.retention < timedelta(0) or self.nack_patience < timedelta(0):
             raise ConfigurationError("retention and nack_patience must not be negative")
 

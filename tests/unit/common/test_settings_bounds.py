@@ -89,6 +89,12 @@ def _pulsar(**options: float) -> object:
     return PulsarTransport("pulsar://127.0.0.1:1", **options)  # type: ignore[arg-type]
 
 
+def _relay(**options: float) -> object:
+    from conveyor.producer.outbox.relay import RelayConfig
+
+    return RelayConfig(**options)  # type: ignore[arg-type]
+
+
 # (what is built, the option, a value it cannot honour): NaN and infinity for durations (no
 # timeout at all, a breaker that never half-opens), NaN, fractions and out-of-range for counts.
 REFUSED = [
@@ -112,6 +118,8 @@ REFUSED = [
     (_pulsar, "connect_timeout", math.nan), (_pulsar, "nack_delay", math.nan), (_pulsar, "get_wait", math.inf),
     (_pulsar, "get_max_wait", math.nan), (_pulsar, "receiver_queue_size", math.nan),
     (_pulsar, "max_pending_sends", math.inf),
+    (_relay, "poll_interval", math.nan), (_relay, "cleanup_interval", math.inf), (_relay, "metrics_interval", 0.0),
+    (_relay, "backoff_cap", math.nan), (_relay, "shutdown_grace", math.nan), (_relay, "batch_size", 0),
 ]
 
 
