@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypedDict
 
+from conveyor.common import bounds
 from conveyor.common.defaults import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_PAYLOAD_THRESHOLD, DEFAULT_STORE_TIMEOUT
 from conveyor.common.errors import ConfigurationError, PayloadReferenceInvalid
 from conveyor.schemas.envelope import PayloadReference
@@ -144,8 +145,8 @@ class PayloadStore(abc.ABC):
         max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         timeout: float = DEFAULT_STORE_TIMEOUT,
     ) -> None:
-        if max_bytes < 1 or timeout <= 0:
-            raise ConfigurationError("payload store max_bytes must be ≥ 1 and timeout > 0")
+        bounds.count("payload store max_bytes", max_bytes)
+        bounds.seconds("payload store timeout", timeout)
         if not re.match(r"^[a-z][a-z0-9_-]{0,31}$", name):
             raise ConfigurationError(f"invalid payload store name {name!r}")
         self.name = name

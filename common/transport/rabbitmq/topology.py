@@ -108,7 +108,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conveyor.common import bounds
-from conveyor.common.backoff import check_delay
+from conveyor.common.backoff import MAX_DELAY, check_delay
 from conveyor.common.errors import ConfigurationError
 
 __all__ = [
@@ -204,7 +204,7 @@ class Topology:
 
     @classmethod
     def create(cls, delay_tiers: Sequence[float], delivery_limit: int) -> Topology:
-        tiers = tuple(sorted({float(t) for t in delay_tiers}))
+        tiers = tuple(sorted({bounds.seconds("delay_tiers", float(t), at_most=MAX_DELAY) for t in delay_tiers}))
         if not tiers or tiers[0] < 0.001:
             raise ConfigurationError("delay_tiers must hold at least one delay, each ≥ 0.001 s")
         return cls(tiers, bounds.count("delivery_limit", delivery_limit))

@@ -95,6 +95,12 @@ def _relay(**options: float) -> object:
     return RelayConfig(**options)  # type: ignore[arg-type]
 
 
+def _payload_store(**options: float) -> object:
+    from conveyor.common.payload_store.memory import MemoryPayloadStore
+
+    return MemoryPayloadStore(**options)  # type: ignore[arg-type]
+
+
 # (what is built, the option, a value it cannot honour): NaN and infinity for durations (no
 # timeout at all, a breaker that never half-opens), NaN, fractions and out-of-range for counts.
 REFUSED = [
@@ -119,13 +125,15 @@ REFUSED = [
     (_pulsar, "get_max_wait", math.nan), (_pulsar, "receiver_queue_size", math.nan),
     (_pulsar, "max_pending_sends", math.inf),
     (_relay, "poll_interval", math.nan), (_relay, "cleanup_interval", math.inf), (_relay, "metrics_interval", 0.0),
+    (_rabbitmq, "delay_tiers", [5.0, math.nan]), (_rabbitmq, "delay_tiers", [math.inf]),
+    (_payload_store, "timeout", math.nan), (_payload_store, "max_bytes", math.inf),
     (_relay, "backoff_cap", math.nan), (_relay, "shutdown_grace", math.nan), (_relay, "batch_size", 0),
 ]
 
 
 @pytest.mark.parametrize(("build", "option", "value"), REFUSED,
-                         ids=[f"{b.__name__[1:]}-{o}-{v}" for b, o, v in REFUSED])
-def test_a_constructor_refuses_a_number_it_cannot_honour_naming_it(build, option: str, value: float) -> None:  # type: ignore[no-untyped-def]
+                         ids=[f"{b.__name__[1:]}-{o}-{v}" for b, o, v in REFUSED])  # type: ignore[attr-defined]
+def test_a_constructor_refuses_a_number_it_cannot_honour_naming_it(build, option: str, value: object) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigurationError, match=option):
         build(**{option: value})
 
