@@ -99,3 +99,18 @@ def test_a_full_forged_history_bounds_the_attempt_by_its_newest_record() -> None
     assert _envelope(attempt=999, history=history).bounded_by_history().attempt == 2
     history = (*history[1:], _record(700))
     assert _envelope(attempt=999, history=history).bounded_by_history().attempt == 701
+
+
+def test_validating_json_never_caches_a_messages_string_values() -> None:
+    # pydantic-core's default caches every short string value process-wide (16,384 entries): a
+    # process reading many envelopes (the outbox relay) would hold ~1.3 MiB of ids and times no
+    # later message reuses (issue 18). The worker's one pass has its own test.
+    import orjson
+
+    from conveyor.schemas.envelope import Envelope
+    from tests.unit.schemas.test_schema_agrees_with_worker import BASE
+
+    body = orjson.dumps({**BASE, "headers": {"tenant": "acme"}})
+    first, second = Envelope.model_validate_json(body), Envelope.model_validate_json(body)
+    assert first == second
+    assert first.job_id is not second.job_id and first.headers["tenant"] is not second.headers["tenant"]
