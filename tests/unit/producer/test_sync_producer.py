@@ -125,7 +125,10 @@ def test_close_is_idempotent_closes_the_connection_and_refuses_later_publishes(f
 
 
 class NeverConfirms(MemoryTransport):
+    waiting = threading.Event()  # a publish is inside the transport, waiting for its confirm
+
     async def publish(self, queue: str, message: object) -> None:  # type: ignore[override]
+        NeverConfirms.waiting.set()
         await asyncio.sleep(3600)
 
 
@@ -133,8 +136,11 @@ def test_close_while_a_publish_waits_for_its_confirm_ends_it_with_an_unknown_out
     producer = SyncProducer(Counting(broker, NeverConfirms, confirm_timeout=3600))
     outcome: list[BaseException] = []
     waiting = threading.Thread(target=lambda: _capture(outcome, producer.publish, "email.send", {"to": "x"}))
+    NeverConfirms.waiting.clear()
     waiting.start()
-    _until(lambda: producer._runner is not None and producer._runner.producer is not None)
+    # Until the publish waits for its confirm: a close before it reached the transport is the
+    # other outcome ("closed"), which a loaded machine made this test see now and then.
+    _until(NeverConfirms.waiting.is_set)
     producer.close(timeout=1)
     waiting.join(30)
     assert not waiting.is_alive(), "a caller waited forever on a closed producer"
