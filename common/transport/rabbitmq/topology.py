@@ -379,6 +379,10 @@ def _check_work_queue(queue: str) -> None:
             f"invalid RabbitMQ queue name {queue[:80]!r}: use 1 to {_MAX_NAME} of letters, digits, space "
             "and _ . : @ # , / + -"
         )
+    # RabbitMQ refuses to declare them; the refusal came back as an AccessRefused that blamed
+    # the user's permissions.
+    if queue.startswith("amq."):
+        raise ConfigurationError(f"queue names starting with 'amq.' are reserved by RabbitMQ: {queue!r}")
     # "x.dlq" as a work queue would be taken for the DLQ of "x" when publishing.
     if queue.endswith(DLQ_SUFFIX):
         raise ConfigurationError(f"queue names ending in {DLQ_SUFFIX!r} are reserved for dead-letter queues: {queue!r}")

@@ -120,6 +120,8 @@ def test_dead_letters_only_go_to_a_dead_letter_queue_and_dlq_names_are_reserved(
         TOPOLOGY.target("jobs", 0, "dead_letter")
     with pytest.raises(ConfigurationError, match="reserved"):
         TOPOLOGY.declarations("orders.dlq", "orders.dlq.dlq")
+    with pytest.raises(ConfigurationError, match="'amq.' are reserved by RabbitMQ"):
+        TOPOLOGY.declarations("amq.orders", "amq.orders.dlq")  # it was an AccessRefused blaming permissions
 
 
 def test_the_broker_docs_show_the_permissions_the_code_computes() -> None:
