@@ -33,7 +33,7 @@ def _prefetches(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, allow_abbrev=False)
     p.add_argument("--url", default=os.environ.get("CONVEYOR_AMQP_URL", DEFAULT_URL), help="AMQP URL (env CONVEYOR_AMQP_URL)")
     p.add_argument("--quick", action="store_true", help="small run: 2,000 jobs, 3 s of latency, 1,000 retries")
     p.add_argument("--jobs", type=int, help="jobs per publish/drain scenario (default 20,000; 2,000 with --quick)")
