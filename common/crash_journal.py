@@ -100,6 +100,32 @@ class CrashJournal:
         self._append(self._suspect_lines())
         return self.suspects
 
+    def claim_dead(self) -> int:
+        """Claim the journals of processes that died since this one opened; return how many.
+
+        A sibling's death is not news to a process that opened before it: the broker hands the
+        jobs it held to whoever still runs, maybe this process, before any replacement starts
+        and claims them. Called when such a job arrives (a redelivery), so that a job that
+        killed a sibling runs alone here too, and its crash count stays one count instead of one
+        per process. What is absorbed is added to this journal as ``C``/``K`` lines of the
+        increase only: whoever claims this journal sums the ``C`` lines of a job.
+        """
+        path = self._path
+        if path is None:
+            return 0
+        before = {job: (record.crashes, len(record.kills)) for job, record in self.suspects.items()}
+        now = time.time()
+        claimed = sum(self._claim(other, now) for other in sorted(self.directory.glob(f"*{_SUFFIX}")) if other != path)
+        if claimed:
+            lines = []
+            for job, record in self.suspects.items():
+                crashes, kills = before.get(job, (0, 0))
+                if record.crashes > crashes:
+                    lines.append(f"C {job} {record.crashes - crashes} {record.first_death:.3f}\n")
+                    lines += [f"K {job} {who} {when:.3f}\n" for who, when in record.kills[kills:]]
+            self._append("".join(lines))
+        return claimed
+
     def started(self, job_id: str) -> None:
         now = time.time()
         self._running.setdefault(job_id, []).append(now)
@@ -168,10 +194,12 @@ class CrashJournal:
         self._appended = len(state)
         old.close()  # the replaced file's lock goes with it
 
-    def _claim(self, path: Path, now: float) -> None:
+    def _claim(self, path: Path, now: float) -> bool:
         with lockfiles.claim(path, staging_suffix=_COMPACTING) as journal:
-            if journal is not None:
-                self._absorb(io.TextIOWrapper(journal, encoding="utf-8", errors="replace"), now, path.stem)
+            if journal is None:
+                return False
+            self._absorb(io.TextIOWrapper(journal, encoding="utf-8", errors="replace"), now, path.stem)
+            return True
 
     def _absorb(self, lines: Iterable[str], death: float, worker: str) -> None:
         running: dict[str, int] = {}

@@ -110,6 +110,7 @@ class Processor:
         except Exception as exc:  # e.g. the payload store is down: worth another try
             return self._classified(envelope, exc, started, otherwise="payload_unavailable")
         ctx.headers = dict(delivery.headers)
+        ctx.redelivered = delivery.redelivered or delivery.delivery_count > 1
         # The chain runs here rather than in a coroutine of its own: one less per job.
         begin = self._clock.monotonic()
         try:

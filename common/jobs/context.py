@@ -42,6 +42,9 @@ class JobContext:
     # handler is cancelled outright; a sync handler cannot be, so it should check this between
     # steps and return early: the job is recorded cancelled whatever it returns.
     cancelled: bool = False
+    # The broker delivered this message before (to this process or another, which may have died
+    # with it): the crash guard then looks for the journals of siblings that died meanwhile.
+    redelivered: bool = False
 
     @property
     def last_checkpoint(self) -> dict[str, Any] | None:

@@ -1,14 +1,15 @@
 """Middleware: a job that keeps killing its worker is dead-lettered as ``crash_loop``, and the
 jobs that merely ran beside it are not punished for it.
 
-The crash journal (``conveyor.common.crash_journal``) tells, at start-up, which jobs were
-running when a worker on this host died, and how often. Such a *suspect* runs **alone**: it
-waits until the jobs running now have finished, and nothing else starts until it has. If it
-kills the worker again, it was the only job running, so only its count grows; an innocent job
-that shared the first crash runs alone once, succeeds and is cleared. A suspect that arrives
-with ``limit`` crashes behind it is not run again: it is dead-lettered with the crashes it
-caused in the error text. Journal writes are single ``write`` calls to a local file (page
-cache, no fsync): microseconds, on the loop.
+The crash journal (``conveyor.common.crash_journal``) tells, at start-up and whenever a
+redelivered job arrives, which jobs were running when a worker on this host died, and how
+often. Such a *suspect* runs **alone**: it waits until the jobs running now have finished, and
+nothing else starts until it has. If it kills the worker again, it was the only job running, so
+only its count grows; an innocent job that shared the first crash runs alone once, succeeds and
+is cleared. A suspect that arrives with ``limit`` crashes behind it is not run again: it is
+dead-lettered with the crashes it caused in the error text. Journal writes are stores into a
+mapped file (page cache, no fsync): microseconds, on the loop. Claiming a dead sibling's
+journal (a redelivery, rare) reads a small local file on the loop too.
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ class CrashGuardMiddleware(Middleware):
 
     async def consume(self, ctx: JobContext, call_next: ConsumeNext) -> Any:
         record = self.journal.suspects.get(ctx.job_id)
+        if record is None and ctx.redelivered and self.journal.claim_dead():
+            # A sibling process died since this one started (``--processes``, or workers that
+            # share a state directory), maybe running this very job: its journal is ours now.
+            log.warning("jobs were running when a worker died here; each runs alone next time",
+                        extra={"suspects": len(self.journal.suspects)})
+            record = self.journal.suspects.get(ctx.job_id)
         if record is not None and record.crashes >= self.limit:
             self.journal.resolved(ctx.job_id)
             since = datetime.fromtimestamp(record.first_death, UTC).isoformat(timespec="seconds")

@@ -278,7 +278,11 @@ async def test_a_job_that_blocks_the_loop_every_time_ends_each_process_by_its_wa
     run.wait(lambda: run.done_ids() >= set(others), "the other jobs done")
     starts = [pid for job, _, pid in run.lines("start") if job == blocker]
     restarts = sum(p["restarts"] for p in run.wait_and_get_processes())
-    assert len(starts) == restarts >= 3, "each run of the blocker ended its process; each process came back"
+    assert len(starts) == restarts, "each run of the blocker ended its process; each process came back"
+    # A redelivered job makes a process claim the journals of siblings that died meanwhile, so
+    # the deaths add up to one count: 3 (the limit) in 9 of 9 runs, where it was 4 in 3 of 3
+    # before; one more when two deaths race (the count then sits in a live sibling's journal).
+    assert restarts in (3, 4), f"{restarts} deaths"
     assert await dead() == [blocker], "only the blocker is dead-lettered"
     _, stderr = run.stop()
     assert run.process.returncode == 0, stderr

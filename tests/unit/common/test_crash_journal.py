@@ -334,3 +334,55 @@ def test_pages_handed_back_to_the_kernel_keep_their_lines(tmp_path: Path) -> Non
     journal = CrashJournal(tmp_path)
     assert {job: r.crashes for job, r in journal.open().items()} == {"first-still-running": 1, "last-still-running": 1}
     journal.close()
+
+
+def _open_wait_claim_and_die(directory: Path, trigger: Path, running: list[str]) -> subprocess.Popen[str]:
+    """A real process that opens its journal at once, and when ``trigger`` appears claims the
+    siblings that died meanwhile (what a redelivery makes it do), starts jobs and dies."""
+    code = textwrap.dedent(f"""
+        import os, time
+        from pathlib import Path
+        from conveyor.common.crash_journal import CrashJournal
+        journal = CrashJournal(Path({str(directory)!r}))
+        journal.open()
+        print("open", flush=True)
+        while not Path({str(trigger)!r}).exists():
+            time.sleep(0.01)
+        print("claimed", journal.claim_dead(), flush=True)
+        for job in {running!r}:
+            journal.started(job)
+        os._exit(9)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline() == "open\n"
+    return process
+
+
+def test_a_sibling_that_opened_before_a_death_claims_it_and_one_count_runs_on(tmp_path: Path) -> None:
+    trigger = tmp_path / "go"
+    sibling = _open_wait_claim_and_die(tmp_path, trigger, running=["killer"])
+    _die_while_running(tmp_path, running=["killer", "innocent"])  # cannot claim the live sibling's journal
+    trigger.touch()
+    out, _ = sibling.communicate(timeout=60)
+    assert sibling.returncode == 9 and "claimed 1" in out, out
+    newcomer = CrashJournal(tmp_path)
+    suspects = newcomer.open()
+    # Before claim_dead the sibling knew nothing of the first death: the killer's count was split
+    # (1 here, 1 in whoever claimed the other journal), and each process let it kill again.
+    assert {job: r.crashes for job, r in suspects.items()} == {"killer": 2, "innocent": 1}
+    assert len(suspects["killer"].kills) == 2
+    newcomer.close()
+
+
+def test_claim_dead_takes_nothing_from_the_living_and_adds_nothing_without_a_death(tmp_path: Path) -> None:
+    alive, other = CrashJournal(tmp_path), CrashJournal(tmp_path)
+    alive.open()
+    other.open()
+    other.started("theirs")
+    assert alive.claim_dead() == 0 and alive.suspects == {}
+    assert len(list(tmp_path.glob("*.journal"))) == 2
+    _die_while_running(tmp_path, running=["k"])
+    assert alive.claim_dead() == 1 and {j: r.crashes for j, r in alive.suspects.items()} == {"k": 1}
+    assert alive.claim_dead() == 0, "a journal is claimed once"
+    alive.close()
+    other.close()

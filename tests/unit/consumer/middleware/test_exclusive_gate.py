@@ -14,8 +14,9 @@ from conveyor.consumer.middleware.crash_guard import CrashGuardMiddleware, Exclu
 
 
 class _Ctx:
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, redelivered: bool = False) -> None:
         self.job_id = job_id
+        self.redelivered = redelivered
 
 
 async def test_ordinary_jobs_enter_without_waiting_while_no_suspect_is_around() -> None:
@@ -99,3 +100,28 @@ async def test_a_failing_handler_is_journalled_finished_and_the_gate_left(tmp_pa
     await guard.gate.release()
     await guard.shutdown()
     assert list(tmp_path.glob("*.journal")) == [], "nothing left running, nothing to claim"
+
+
+@pytest.mark.parametrize("redelivered", [False, True])
+async def test_a_redelivered_job_learns_of_a_sibling_that_died_running_it(tmp_path: Path, redelivered: bool) -> None:
+    from conveyor.common.errors import CrashLoop
+    from tests.unit.common.test_crash_journal import _die_while_running
+
+    guard = CrashGuardMiddleware(CrashJournal(tmp_path), limit=1)
+    await guard.startup()  # before the sibling's death: nothing to claim yet
+    _die_while_running(tmp_path, running=["killer"])
+    ran: list[str] = []
+
+    async def handler(ctx: Any) -> None:
+        ran.append(ctx.job_id)
+
+    try:
+        if redelivered:  # the broker gave it back after the sibling died: the guard claims and counts it
+            with pytest.raises(CrashLoop, match="1 times"):
+                await guard.consume(_Ctx("killer", redelivered=True), handler)
+            assert ran == []
+        else:  # a first delivery is no reason to look
+            await guard.consume(_Ctx("killer"), handler)
+            assert ran == ["killer"]
+    finally:
+        await guard.shutdown()
