@@ -21,8 +21,10 @@ What happens now:
   it returns) and its message stays unacknowledged, so it is made visible: the gauge
   ``conveyor_sync_threads_overrun`` counts such threads, and the stall watchdog logs each one
   with its job id and the thread's current stack, which names the call it is stuck in. A thread
-  that never returns holds its message until the worker stops or the broker gives up on the
-  consumer (RabbitMQ's ``consumer_timeout``); the broker redelivers it then.
+  still running ``exit_after`` past its limit (``CONVEYOR_STALL_EXIT_AFTER`` under
+  ``conveyor worker``) ends the process, as a blocked loop does: the broker redelivers, and the
+  crash journal counts the job, so one that hangs every time is dead-lettered as ``crash_loop``.
+  An embedded worker without ``exit_after`` keeps holding the message until it stops.
 * At shutdown the grace period wins: a handler still running when it ends cannot be stopped;
   its message is given back and its thread's result discarded (the process exit ends it).
 """

@@ -21,7 +21,8 @@ decision); ``conveyor worker`` turns it on (``CONVEYOR_STALL_EXIT_AFTER``).
 
 The same thread watches sync handlers: a thread still running past its job's time limit (it
 keeps its slot and message until it returns, see ``consumer.threads``) is logged once, as
-``sync handler overran its time limit``, with its job id and the thread's current stack.
+``sync handler overran its time limit``, with its job id and the thread's current stack; once
+it has run ``exit_after`` past that limit, the process exits as for a blocked loop.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ class StallWatchdog:
     def _watch(self) -> None:
         warned = False
         while not self._stop.wait(self.config.interval):
-            self._report_overruns()
+            if self._report_overruns():
+                return
             blocked = self.blocked_for
             if blocked < self.config.warn_after:
                 if warned:
@@ -147,22 +149,36 @@ class StallWatchdog:
                 )
             exit_after = self.config.exit_after
             if exit_after is not None and blocked >= exit_after:
-                log.critical(
-                    "event loop blocked too long; exiting so the broker redelivers the in-flight jobs",
-                    extra={"blocked_seconds": round(blocked, 3), "exit_code": EXIT_CODE,
-                           "in_flight_job_ids": self._jobs()},
-                )
-                for handler in logging.getLogger().handlers:
-                    handler.flush()
-                self._exit(EXIT_CODE)
+                self._exit_now("event loop blocked too long; exiting so the broker redelivers the in-flight jobs",
+                               {"blocked_seconds": round(blocked, 3)})
                 return
 
-    def _report_overruns(self) -> None:
+    def _exit_now(self, message: str, extra: dict[str, object]) -> None:
+        log.critical(message, extra={**extra, "exit_code": EXIT_CODE, "in_flight_job_ids": self._jobs()})
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        self._exit(EXIT_CODE)
+
+    def _report_overruns(self) -> bool:
+        """Log each new overrun once; True when one ran ``exit_after`` past its limit and the
+        process was told to exit."""
         try:
             overruns = list(self._overruns())
         except Exception:  # read from another thread: never crash the watchdog
-            return
+            return False
+        exit_after = self.config.exit_after
         for overrun in overruns:
+            if exit_after is not None and overrun.over_by() >= exit_after:
+                # A thread cannot be stopped, and one that never returns would hold its slot and
+                # message for good (on Pulsar for ever; on RabbitMQ until consumer_timeout, then
+                # on the next worker). Ending the process is the one hard limit: the broker
+                # redelivers, and the crash journal counts the job, so one that hangs every time
+                # is dead-lettered as crash_loop.
+                self._exit_now("sync handler still running past its time limit; exiting so the broker "
+                               "redelivers the in-flight jobs",
+                               {"job_id": overrun.job_id, "job_type": overrun.job_type, "time_limit": overrun.limit,
+                                "over_seconds": round(overrun.over_by(), 3)})
+                return True
             if overrun.key in self._reported:
                 continue
             self._reported.add(overrun.key)
@@ -172,6 +188,7 @@ class StallWatchdog:
                        "over_seconds": round(overrun.over_by(), 3), "thread_stack": _stack(overrun.thread_id)},
             )
         self._reported.intersection_update(o.key for o in overruns)
+        return False
 
     def _jobs(self) -> list[str]:
         try:

@@ -12,7 +12,8 @@ event loop: the stall watchdog ends the process), ``depends`` (fails while the f
 $FAULT_OUTAGE_FLAG exists: a downstream outage behind the ``downstream`` breaker), ``broken``
 (a permanent failure while that file exists: a bug, fixed before the DLQ is replayed),
 ``crash_always`` (kills its worker process on every run), ``block_always`` and ``hang_always``
-(``block_once`` and ``hang_once`` on every run).
+(``block_once`` and ``hang_once`` on every run). ``fault.sync_hang`` is a sync handler whose
+thread never returns.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from conveyor.common.jobs.registry import JobRegistry
 from conveyor.consumer.middleware.idempotency import job_transaction
 
 JOB_TYPE = "fault.work"
+SYNC_HANG_JOB_TYPE = "fault.sync_hang"  # a sync (def) handler whose thread never returns
 
 
 class Work(BaseModel):
@@ -93,5 +95,11 @@ def jobs() -> JobRegistry:
             await tx.connection.execute(
                 f"INSERT INTO {effects} (job_id, n, pid) VALUES ($1, $2, $3)", ctx.job_id, payload.n, os.getpid()
             )
+
+    @registry.job(SYNC_HANG_JOB_TYPE, queue=os.environ["FAULT_QUEUE"],
+                  timeout=float(os.environ.get("FAULT_TIMEOUT", "5")))
+    def sync_hang(payload: Work, ctx: JobContext) -> None:
+        _append(os.environ["FAULT_EXECUTIONS"], f"{ctx.job_id} {ctx.attempt} {os.getpid()}\n")
+        time.sleep(3600)  # the bug: a C call that never returns; no thread can be stopped
 
     return registry

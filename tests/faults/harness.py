@@ -152,12 +152,13 @@ class FaultRun:
         return (self.workdir / f"worker-{self.workers.index(process)}.log").read_text(errors="replace")
 
     async def publish(self, payloads: list[dict[str, object]], *, dead: set[int] = frozenset(),  # type: ignore[assignment]
-                      deadline: float = 120.0) -> list[str]:
-        """Publish one job per payload (index in ``dead``: meant to be dead-lettered); confirmed each."""
+                      deadline: float = 120.0, job_types: Mapping[int, str] | None = None) -> list[str]:
+        """Publish one job per payload (index in ``dead``: meant to be dead-lettered; in
+        ``job_types``: of that job type, else ``app.JOB_TYPE``); confirmed each."""
         ids = []
         async with self.producer() as producer:
             for i, payload in enumerate(payloads):
-                envelope = producer.build_envelope(app.JOB_TYPE, payload)
+                envelope = producer.build_envelope((job_types or {}).get(i, app.JOB_TYPE), payload)
                 await publish_until_confirmed(producer, envelope, deadline)
                 self.ledger.expect(envelope.job_id, dead=i in dead)
                 ids.append(envelope.job_id)

@@ -343,15 +343,39 @@ async def test_job_that_kills_its_worker_every_time_is_dead_lettered_as_crash_lo
     assert fault_run.stop_workers()[-1] == 0
 
 
+@BOTH
+async def test_sync_handler_that_hangs_every_time_is_dead_lettered_as_crash_loop(
+    fault_run: FaultRun, record_figures: list[Figures]
+) -> None:
+    """A sync handler's thread never returns, on every run. No thread can be stopped: past its
+    time limit by CONVEYOR_STALL_EXIT_AFTER the watchdog ends the worker (exit 70), the crash
+    journal counts those deaths, so the job is dead-lettered after 3 and the others succeed.
+    It used to hold its slot and message for good (on Pulsar, and on RabbitMQ for 30 minutes
+    a time, until the broker's consumer_timeout closed the channel)."""
+    payloads, _ = _jobs(20, seconds=0.05)
+    ids = await fault_run.publish(payloads, dead={5}, job_types={5: app.SYNC_HANG_JOB_TYPE})
+    env = {"FAULT_TIMEOUT": "0.5", "CONVEYOR_STALL_WARN_AFTER": "0.5", "CONVEYOR_STALL_EXIT_AFTER": "1"}
+    codes = await _restart_until_settled(fault_run, env)
+    figures = await fault_run.settle(timeout=120)
+    figures.notes.update(worker_deaths=len(codes))
+    _report(figures, record_figures)
+    check(figures)
+    assert codes == [70, 70, 70], codes
+    [record] = [r for r in await fault_run.ledger.dead_letters() if r.job_id == ids[5]]
+    assert record.reason == "crash_loop", record
+
+
 async def _restart_until_settled(
     fault_run: FaultRun, env: dict[str, str] | None = None, max_deaths: int = 4
 ) -> list[int]:
     """Run one worker at a time, restarting it when it dies (a supervisor's job), until every
     job is accounted for; the exit codes of the workers that died."""
     codes: list[int] = []
+    give_up = time.monotonic() + 300  # a job held for good must fail the scenario, not hang CI
     while True:
         worker = fault_run.start_worker(concurrency=8, extra_env=env)
         while worker.poll() is None and not fault_run.ledger.settled(await fault_run.ledger.snapshot()):
+            assert time.monotonic() < give_up, f"not every job ended in 300 s (worker deaths: {codes})"
             await asyncio.sleep(0.2)
         if worker.poll() is None:
             return codes

@@ -104,3 +104,27 @@ async def test_the_worker_counts_a_stall_and_names_the_job_in_flight(caplog: pyt
     assert worker.metrics.registry.get_sample_value("conveyor_event_loop_stalls_total") == 1
     blocked = [r for r in caplog.records if r.getMessage().startswith("event loop blocked:")]
     assert blocked and blocked[0].in_flight_job_ids == [receipt.job_id]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("exit_after", "over", "exits_expected"), [(0.5, 1.0, [EXIT_CODE]), (5.0, 1.0, []), (None, 99.0, [])])
+async def test_a_sync_thread_past_its_limit_by_exit_after_ends_the_process(
+    exit_after: float | None, over: float, exits_expected: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    from conveyor.consumer.threads import Overrun
+
+    stuck = Overrun(key=1, job_id="job-9", job_type="reports.build", thread_id=0, limit=2.0,
+                    since=time.monotonic() - over)
+    exits: list[int] = []
+    watchdog = StallWatchdog(WatchdogConfig(warn_after=0.1, exit_after=exit_after, interval=0.02),
+                             exit_process=exits.append, overruns=lambda: [stuck])
+    caplog.set_level(logging.WARNING, logger="conveyor.consumer.watchdog")
+    watchdog.start()
+    try:
+        await asyncio.sleep(0.2)  # several looks: it exits once, and only past exit_after
+    finally:
+        await watchdog.stop()
+    assert exits == exits_expected
+    ended = [r for r in caplog.records if r.getMessage().startswith("sync handler still running past its time limit")]
+    assert len(ended) == len(exits_expected)
+    if ended:
+        assert ended[0].job_id == "job-9" and ended[0].exit_code == EXIT_CODE  # type: ignore[attr-defined]
