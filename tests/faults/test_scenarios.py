@@ -353,8 +353,18 @@ async def test_sync_handler_that_hangs_every_time_is_dead_lettered_as_crash_loop
     It used to hold its slot and message for good (on Pulsar, and on RabbitMQ for 30 minutes
     a time, until the broker's consumer_timeout closed the channel)."""
     payloads, _ = _jobs(20, seconds=0.05)
-    ids = await fault_run.publish(payloads, dead={5}, job_types={5: app.SYNC_HANG_JOB_TYPE})
     env = {"FAULT_TIMEOUT": "0.5", "CONVEYOR_STALL_WARN_AFTER": "0.5", "CONVEYOR_STALL_EXIT_AFTER": "1"}
+    await _watchdog_ends_three_workers_then_crash_loop(fault_run, record_figures, payloads, env,
+                                                       job_types={5: app.SYNC_HANG_JOB_TYPE})
+
+
+async def _watchdog_ends_three_workers_then_crash_loop(
+    fault_run: FaultRun, record_figures: list[Figures], payloads: list[dict[str, object]], env: dict[str, str],
+    job_types: dict[int, str] | None = None,
+) -> None:
+    """Job 5 makes the watchdog end every worker that runs it: three exits 70, then it is
+    dead-lettered as crash_loop and every other job succeeds."""
+    ids = await fault_run.publish(payloads, dead={5}, job_types=job_types)
     codes = await _restart_until_settled(fault_run, env)
     figures = await fault_run.settle(timeout=120)
     figures.notes.update(worker_deaths=len(codes))
@@ -391,16 +401,8 @@ async def test_handler_that_blocks_the_event_loop_every_time_is_dead_lettered_as
     deaths like any other, so the job is dead-lettered after 3 and the others all succeed."""
     payloads, _ = _jobs(20, seconds=0.05)
     payloads[5]["mode"] = "block_always"
-    ids = await fault_run.publish(payloads, dead={5})
     env = {"CONVEYOR_STALL_WARN_AFTER": "1", "CONVEYOR_STALL_EXIT_AFTER": "2", "FAULT_BLOCK_SECONDS": "60"}
-    codes = await _restart_until_settled(fault_run, env)
-    figures = await fault_run.settle(timeout=120)
-    figures.notes.update(worker_deaths=len(codes))
-    _report(figures, record_figures)
-    check(figures)
-    assert codes == [70, 70, 70], codes
-    [record] = [r for r in await fault_run.ledger.dead_letters() if r.job_id == ids[5]]
-    assert record.reason == "crash_loop", record
+    await _watchdog_ends_three_workers_then_crash_loop(fault_run, record_figures, payloads, env)
 
 
 @BOTH
