@@ -14,6 +14,7 @@ elsewhere (shutdown), which stays a ``CancelledError``.
 from __future__ import annotations
 
 import asyncio
+import time
 from types import TracebackType
 from typing import Any
 
@@ -31,15 +32,19 @@ class TimeLimit:
         self._running: dict[_Call, None] = {}  # insertion order is deadline order
         self._timer: asyncio.TimerHandle | None = None
         self._armed_for = 0.0
+        # Calls cancelled at their limit that have not ended yet (time.monotonic() of the
+        # cancel): a block that swallows CancelledError goes on; the watchdog reads this.
+        self.overdue: dict[_Call, float] = {}
 
-    def __call__(self) -> _Call:
-        return _Call(self)
+    def __call__(self, label: Any = None) -> _Call:
+        return _Call(self, label)
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """First use, or a new event loop (tests): start afresh on ``loop``."""
         if self._timer is not None:
             self._timer.cancel()
         self._loop, self._running, self._timer = loop, {}, None
+        self.overdue = {}
 
     def _start(self, call: _Call, loop: asyncio.AbstractEventLoop) -> None:
         call.when = loop.time() + self.seconds
@@ -63,22 +68,25 @@ class TimeLimit:
                 self._arm(call.when)
                 break
             due.append(call)
+        cancelled_at = time.monotonic()
         for call in due:
             del self._running[call]
             call.expired = True
+            self.overdue[call] = cancelled_at
             call.task.cancel()
 
 
 class _Call:
-    __slots__ = ("_limit", "when", "task", "cancelling", "expired")
+    __slots__ = ("_limit", "when", "task", "cancelling", "expired", "label")
 
     when: float  # set by TimeLimit._start
     task: asyncio.Task[Any]  # these two set by __enter__
     cancelling: int
 
-    def __init__(self, limit: TimeLimit) -> None:
+    def __init__(self, limit: TimeLimit, label: Any = None) -> None:
         self._limit = limit
         self.expired = False
+        self.label = label  # what the caller wants to know of an overdue call (a job's id)
 
     def __enter__(self) -> None:
         limit = self._limit
@@ -103,6 +111,8 @@ class _Call:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._limit._running.pop(self, None)
+        if self.expired:
+            self._limit.overdue.pop(self, None)
         # As asyncio.timeout: take back our own cancel; report it as a timeout unless another
         # cancel request is pending too.
         if self.expired and self.task.uncancel() <= self.cancelling and exc_type is asyncio.CancelledError:

@@ -31,7 +31,7 @@ from conveyor.common.secrets import mask_secrets
 from conveyor.common.transport.base import Delivery
 from conveyor.consumer.breaker import BreakerBoard
 from conveyor.consumer.payloads import PayloadResolver
-from conveyor.consumer.threads import HandlerThreads
+from conveyor.consumer.threads import HandlerThreads, Overrun
 from conveyor.schemas.envelope import Envelope, InlinePayload
 from conveyor.schemas.registry import SchemaTooNew
 
@@ -175,7 +175,7 @@ class Processor:
             limit = self._limits[spec.timeout] = TimeLimit(spec.timeout)
         try:
             if spec.is_async:
-                with limit():
+                with limit(ctx):
                     return await spec.handler(ctx.payload, ctx)
             # Sync handlers run in the worker's threads so the loop (and AMQP heartbeats) never
             # starve; an overrun keeps its slot until its thread returns (consumer.threads).
@@ -183,6 +183,18 @@ class Processor:
             return await self._threads.run(call, limit=limit, job_id=ctx.job_id, job_type=spec.job_type)
         except TimeoutError:
             raise JobTimeout(f"{spec.job_type} exceeded its {spec.timeout:g}s timeout") from None
+
+    def overdue(self) -> list[Overrun]:
+        """Async handlers cancelled at their time limit that go on: they swallowed the cancel
+        (``except BaseException``, a retry loop around ``CancelledError``). Read by the
+        watchdog's thread, like the sync handlers' overruns."""
+        found = []
+        for limit in list(self._limits.values()):
+            for call, since in list(limit.overdue.items()):
+                ctx: JobContext = call.label
+                found.append(Overrun(key=id(call), job_id=ctx.job_id, job_type=ctx.job_type, thread_id=0,
+                                     limit=limit.seconds, since=since, kind="async"))
+        return found
 
     def _classified(
         self, envelope: Envelope, exc: Exception, started: datetime, *, otherwise: str, begin: float | None = None

@@ -63,6 +63,8 @@ class Overrun:
     thread_id: int
     limit: float
     since: float  # time.monotonic() when the limit passed
+    # "sync": a handler thread; "async": a coroutine that swallowed its cancel (thread_id 0)
+    kind: str = "sync"
 
     def over_by(self) -> float:
         return max(0.0, time.monotonic() - self.since)

@@ -174,7 +174,7 @@ class StallWatchdog:
                 # on the next worker). Ending the process is the one hard limit: the broker
                 # redelivers, and the crash journal counts the job, so one that hangs every time
                 # is dead-lettered as crash_loop.
-                self._exit_now("sync handler still running past its time limit; exiting so the broker "
+                self._exit_now(f"{overrun.kind} handler still running past its time limit; exiting so the broker "
                                "redelivers the in-flight jobs",
                                {"job_id": overrun.job_id, "job_type": overrun.job_type, "time_limit": overrun.limit,
                                 "over_seconds": round(overrun.over_by(), 3)})
@@ -183,7 +183,9 @@ class StallWatchdog:
                 continue
             self._reported.add(overrun.key)
             log.warning(
-                "sync handler overran its time limit; its thread still runs and keeps its slot and message",
+                "sync handler overran its time limit; its thread still runs and keeps its slot and message"
+                if overrun.kind == "sync" else
+                "async handler ignored its cancel at its time limit; it still runs and keeps its slot and message",
                 extra={"job_id": overrun.job_id, "job_type": overrun.job_type, "time_limit": overrun.limit,
                        "over_seconds": round(overrun.over_by(), 3), "thread_stack": _stack(overrun.thread_id)},
             )

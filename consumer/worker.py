@@ -263,7 +263,7 @@ class Worker:
             self.config.watchdog,
             in_flight=lambda: [d.message_id for d in list(self._active.values())],
             on_stall=self.metrics.event_loop_stalls.inc,
-            overruns=self.threads.overruns,
+            overruns=lambda: [*self.threads.overruns(), *self.processor.overdue()],
         )
         self._started = False
         self._draining = False

@@ -80,3 +80,32 @@ async def test_a_limit_outside_any_task_is_refused_even_once_it_knows_a_loop() -
     loop.call_soon(lambda: (call_outside_a_task(), done.set_result(None)))
     await done
     assert len(outside) == 1 and "inside a task" in str(outside[0])
+
+
+async def test_a_block_cut_at_its_limit_is_overdue_only_until_it_ends() -> None:
+    limit = TimeLimit(0.05)
+
+    async def obedient() -> None:
+        with limit("obedient"):
+            await asyncio.sleep(10)
+
+    with pytest.raises(TimeoutError):
+        await obedient()
+    assert limit.overdue == {}, "a block that ended at its cancel is not overdue"
+    went_on = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        with limit("stubborn"):
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                went_on.set()  # swallowed: the block goes on past its limit
+                await release.wait()
+
+    task = asyncio.ensure_future(stubborn())
+    await went_on.wait()
+    assert [call.label for call in limit.overdue] == ["stubborn"]
+    release.set()
+    await task
+    assert limit.overdue == {}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import BaseModel
@@ -20,6 +22,19 @@ from conveyor.producer.producer import Producer
 
 class Job(BaseModel):
     n: int
+
+
+@contextlib.asynccontextmanager
+async def _running(broker: MemoryBroker, jobs: JobRegistry, watchdog: WatchdogConfig,
+                   exits: list[int]) -> AsyncIterator[tuple[Producer, Worker]]:
+    """A worker with this watchdog whose exit is recorded (the test process must survive)."""
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer:
+        worker = Worker(transport, jobs, config=WorkerConfig(watchdog=watchdog))
+        worker.watchdog._exit = exits.append
+        async with worker:
+            yield producer, worker
 
 
 def a_blocking_call(seconds: float) -> None:
@@ -90,16 +105,11 @@ async def test_the_worker_counts_a_stall_and_names_the_job_in_flight(caplog: pyt
     async def blocks(payload: Job, ctx: JobContext) -> None:
         a_blocking_call(0.6)
 
-    transport = MemoryTransport(broker)
-    await transport.connect()
-    config = WorkerConfig(watchdog=WatchdogConfig(warn_after=0.2, exit_after=0.4, interval=0.05))
     caplog.set_level(logging.ERROR, logger="conveyor.consumer.watchdog")
-    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer:
-        worker = Worker(transport, jobs, config=config)
-        worker.watchdog._exit = exits.append  # the test process must survive
-        async with worker:
-            receipt = await producer.publish("t.blocks", Job(n=1))
-            await broker.join(jobs.get("t.blocks").queue)
+    async with _running(broker, jobs, WatchdogConfig(warn_after=0.2, exit_after=0.4, interval=0.05), exits) as (
+            producer, worker):
+        receipt = await producer.publish("t.blocks", Job(n=1))
+        await broker.join(jobs.get("t.blocks").queue)
     assert exits == [EXIT_CODE]
     assert worker.metrics.registry.get_sample_value("conveyor_event_loop_stalls_total") == 1
     blocked = [r for r in caplog.records if r.getMessage().startswith("event loop blocked:")]
@@ -128,3 +138,37 @@ async def test_a_sync_thread_past_its_limit_by_exit_after_ends_the_process(
     assert len(ended) == len(exits_expected)
     if ended:
         assert ended[0].job_id == "job-9" and ended[0].exit_code == EXIT_CODE  # type: ignore[attr-defined]
+
+
+async def test_an_async_handler_that_swallows_its_cancel_is_named_and_ends_the_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = MemoryBroker()
+    jobs = JobRegistry()
+    exits: list[int] = []
+    stop = asyncio.Event()
+
+    @jobs.job("t.stubborn", timeout=0.2)
+    async def stubborn(payload: Job, ctx: JobContext) -> None:
+        while not stop.is_set():  # the bug: a retry loop that catches the cancel too
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                pass
+
+    caplog.set_level(logging.WARNING, logger="conveyor.consumer.watchdog")
+    async with _running(broker, jobs, WatchdogConfig(warn_after=0.1, exit_after=0.5, interval=0.05), exits) as (
+            producer, worker):
+        receipt = await producer.publish("t.stubborn", Job(n=1))
+        deadline = asyncio.get_running_loop().time() + 10
+        while not exits:
+            assert asyncio.get_running_loop().time() < deadline, "the watchdog never acted"
+            await asyncio.sleep(0.05)
+        assert [o.job_id for o in worker.processor.overdue()] == [receipt.job_id]
+        stop.set()  # let it end, so the worker can stop
+    assert exits == [EXIT_CODE]
+    named = [r for r in caplog.records if r.getMessage().startswith("async handler ignored its cancel")]
+    assert named and named[0].job_id == receipt.job_id  # type: ignore[attr-defined]
+    ended = [r for r in caplog.records if r.getMessage().startswith("async handler still running past its time limit")]
+    assert len(ended) == 1 and ended[0].job_id == receipt.job_id  # type: ignore[attr-defined]
+    assert worker.processor.overdue() == [], "a call that ended is no longer overdue"
