@@ -13,8 +13,9 @@ connection and redelivers every in-flight job elsewhere), ``/healthz`` cannot an
   ``EXIT_CODE``. By then the broker has given up on the connection or soon will, so every
   in-flight job is (or will be) redelivered to a healthy worker; a process that carried on
   after the block would only finish jobs whose acks can no longer land, running them twice.
-  The supervisor (Kubernetes, systemd) starts a fresh worker. A job that blocks every time
-  hits the broker's delivery limit and is dead-lettered, not redelivered forever.
+  The supervisor (Kubernetes, systemd, ``--processes``) starts a fresh worker. A job that
+  blocks every time is counted by the crash journal at each exit and dead-lettered as
+  ``crash_loop`` after the crash limit (the broker's delivery limit is only the backstop).
 
 ``exit_after`` is off for an embedded ``Worker`` (exiting the host process is the caller's
 decision); ``conveyor worker`` turns it on (``CONVEYOR_STALL_EXIT_AFTER``).
