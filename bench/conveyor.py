@@ -25,7 +25,7 @@ from conveyor.common.logging import configure_logging
 from conveyor.common.transport.rabbitmq import RabbitMQTransport
 from conveyor.consumer.breaker import BreakerConfig
 from conveyor.consumer.http import HealthServer
-from conveyor.consumer.worker import Worker
+from conveyor.consumer.worker import Worker, freeze_startup_heap
 
 if TYPE_CHECKING:
     from conveyor.producer.producer import Producer
@@ -143,6 +143,7 @@ async def worker_main(spec: dict[str, Any]) -> None:
     # row is then a deployed worker's, endpoint included.
     http = HealthServer(worker, "127.0.0.1", 0)
     await http.start()
+    freeze_startup_heap()  # as ``conveyor worker`` does before it consumes
     await worker.start()
     ready()
     result: dict[str, Any] = {}

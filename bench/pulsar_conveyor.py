@@ -21,7 +21,7 @@ from conveyor.common.jobs.registry import JobRegistry
 from conveyor.common.logging import configure_logging
 from conveyor.common.transport.pulsar import PulsarTransport
 from conveyor.consumer.http import HealthServer
-from conveyor.consumer.worker import Worker
+from conveyor.consumer.worker import Worker, freeze_startup_heap
 
 if TYPE_CHECKING:
     from conveyor.producer.producer import Producer
@@ -135,6 +135,7 @@ async def worker_main(spec: dict[str, Any]) -> None:
     # row is then a deployed worker's, endpoint included.
     http = HealthServer(worker, "127.0.0.1", 0)
     await http.start()
+    freeze_startup_heap()  # as ``conveyor worker`` does before it consumes
     await worker.start()
     ready()
     result: dict[str, Any] = {}

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import gc
 import logging
 import os
 import random
@@ -68,13 +69,28 @@ if TYPE_CHECKING:  # Settings loads pydantic-settings (~5 MiB): only the CLI nee
     from conveyor.common.settings import Settings
     from conveyor.consumer.middleware.job_state import JobStateConfig, JobStateMiddleware
 
-__all__ = ["Worker", "WorkerConfig", "default_worker_id"]
+__all__ = ["Worker", "WorkerConfig", "default_worker_id", "freeze_startup_heap"]
 
 log = logging.getLogger(__name__)
 
 # At most this long a delivery of a paused queue waits for the queue's consumer to be cancelled
 # before it is settled (the cancel itself is bounded by the transport's timeouts).
 _DETACH_WAIT = 15.0
+
+
+def freeze_startup_heap() -> None:
+    """Collect once, then keep every object alive now out of the cyclic collector's passes.
+
+    For a worker process (``conveyor worker``), once its imports and its objects are built and
+    before it consumes: the ~47,000 objects of the modules, the registry, the metrics and the
+    settings live as long as the process, yet each full collection walked them all again
+    (about 30 ms each, several per 20,000-job drain). Frozen (``gc.freeze``), a full pass walks
+    only what the jobs made: worker CPU per drained job 102.6 → 94.4 µs at prefetch 200
+    (issue 18; median of 5, interleaved). The collection first frees the start-up garbage, which
+    freezing would keep for good. Process-wide, so the process's owner calls it, not ``Worker``.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def default_worker_id(code_version: str | None = None) -> str:

@@ -128,7 +128,7 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
 
     from conveyor.consumer.http import HealthServer
     from conveyor.consumer.supervisor import Beacon
-    from conveyor.consumer.worker import Worker, WorkerConfig
+    from conveyor.consumer.worker import Worker, WorkerConfig, freeze_startup_heap
 
     config = replace(WorkerConfig.from_settings(settings), code_version=run_info[0], config_hash=run_info[1])
     middlewares, tracer_provider = tracing(settings, "conveyor-worker")
@@ -156,6 +156,7 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
     http = HealthServer(worker, settings.http_host, settings.http_port) if settings.http_port else None
     if http:
         await http.start()
+    freeze_startup_heap()  # everything above lives as long as the process
     try:
         async with transport, worker as running:
             beacon = Beacon.from_environment(lambda: (running.ready, running.in_flight),

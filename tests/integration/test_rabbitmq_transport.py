@@ -673,3 +673,37 @@ class CuttableProxy:
             pass
         finally:
             sink.transport.abort()
+
+
+# -- deliveries per event-loop turn --------------------------------------------------------
+
+
+async def test_a_backlog_is_taken_many_deliveries_per_loop_turn(transport: RabbitMQTransport, queue_name: str) -> None:
+    """aiormq queues at most 10 frames per channel by default (3⅓ deliveries), so a worker took
+    3 or 4 deliveries per loop turn and paid its per-turn costs (coalesced ack, socket write)
+    for every 3 jobs. The consumer channel has room for its whole prefetch window instead."""
+    prefetch = 150
+    await transport.declare(queue_name)
+    for i in range(prefetch):
+        await transport.publish(queue_name, message(str(i).encode()))
+    turn = 0
+
+    async def ticker() -> None:  # one step per loop turn
+        nonlocal turn
+        while True:
+            turn += 1
+            await asyncio.sleep(0)
+
+    turns: list[int] = []
+
+    async def record(delivery: Delivery) -> None:
+        turns.append(turn)  # handlers started in the same turn were handed over in the same turn
+
+    ticking = asyncio.get_running_loop().create_task(ticker())
+    try:
+        await transport.consume(queue_name, record, prefetch=prefetch)
+        await eventually(lambda: len(turns) == prefetch)
+    finally:
+        ticking.cancel()
+    biggest = max(turns.count(t) for t in set(turns))
+    assert biggest > 10, f"at most {biggest} deliveries were handed over in one loop turn"

@@ -46,3 +46,18 @@ def test_the_bench_worker_has_the_crash_guard_outermost() -> None:
         worker = Worker(MemoryTransport(), jobs, config=config)
         assert isinstance(worker.middlewares[0], CrashGuardMiddleware)
         assert worker.middlewares[0].journal.directory == config.state_dir
+
+
+def test_the_cli_and_the_bench_workers_freeze_the_startup_heap_before_consuming() -> None:
+    """``conveyor worker`` freezes its start-up objects (consumer.worker.freeze_startup_heap) just
+    before it consumes; the bench's workers must do the same, no more and no less."""
+    import inspect
+
+    from bench import conveyor, pulsar_conveyor
+    from conveyor.consumer.cli import worker as cli
+
+    for source in (inspect.getsource(cli._worker_main), inspect.getsource(conveyor.worker_main),
+                   inspect.getsource(pulsar_conveyor.worker_main)):
+        assert source.count("freeze_startup_heap()") == 1
+        consuming = "async with transport, worker" if "async with transport, worker" in source else "await worker.start()"
+        assert source.index("freeze_startup_heap()") < source.index(consuming)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
@@ -78,6 +79,7 @@ from conveyor.common.transport.rabbitmq.consumer import (
     AmqpDelivery,
     ChannelSettler,
     ConsumerLink,
+    consumer_frame_buffer,
 )
 from conveyor.common.transport.rabbitmq.control import AmqpSubscription, declare_control_exchange
 from conveyor.common.transport.rabbitmq.failover import open_failover
@@ -469,7 +471,8 @@ class RabbitMQTransport(Transport):
         # race to reopen itself while we close it.
         await self._require_queue(queue)
         link = ConsumerLink(
-            connection=lambda: self._consumer, open_channel=self._raw_channel, scrub=self._scrub, spawn=self._spawn,
+            connection=lambda: self._consumer, scrub=self._scrub, spawn=self._spawn,
+            open_channel=functools.partial(self._raw_channel, frame_buffer=consumer_frame_buffer(prefetch)),
             connect_timeout=self.connect_timeout, reconnect_interval=self._reconnect_interval,
             pass_on=self._pass_on,
         )
@@ -535,7 +538,8 @@ class RabbitMQTransport(Transport):
         return self._consumer
 
     async def _raw_channel(
-        self, connection: AbstractRobustConnection | None = None, *, confirms: bool = False
+        self, connection: AbstractRobustConnection | None = None, *, confirms: bool = False,
+        frame_buffer: int = aiormq.Connection.FRAME_BUFFER_SIZE,
     ) -> aiormq.abc.AbstractChannel:
         """A plain (non-robust) channel for one-off RPCs (default: on the consumer connection).
 
@@ -551,7 +555,8 @@ class RabbitMQTransport(Transport):
             if transport is None:
                 raise TransportError("RabbitMQ connection is reconnecting")
             return await transport.connection.channel(
-                publisher_confirms=confirms, on_return_raises=confirms, timeout=self.connect_timeout
+                publisher_confirms=confirms, on_return_raises=confirms, frame_buffer_size=frame_buffer,
+                timeout=self.connect_timeout,
             )
         except TimeoutError:
             raise TransportError(f"RabbitMQ connection not available within {self.connect_timeout:g}s") from None

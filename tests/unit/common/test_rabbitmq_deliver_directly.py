@@ -9,7 +9,7 @@ from typing import Any
 import aiormq
 import pytest
 
-from conveyor.common.transport.rabbitmq.consumer import deliver_directly
+from conveyor.common.transport.rabbitmq.consumer import consumer_frame_buffer, deliver_directly
 
 
 class FakeChannel:
@@ -73,3 +73,11 @@ async def test_a_callback_that_raises_does_not_stop_the_channel_reader(caplog: p
         await channel._on_deliver_frame(SimpleNamespace(consumer_tag="tag"))  # never raises into the reader
     assert calls == 3
     assert "could not take a delivery" in caplog.text
+
+
+def test_a_consumer_channel_has_room_for_its_whole_prefetch_window() -> None:
+    """Three frames per delivery (deliver, header, body): aiormq's default of 10 frames held a
+    worker to 3 deliveries per loop turn (see consumer_frame_buffer)."""
+    assert consumer_frame_buffer(1) >= aiormq.Connection.FRAME_BUFFER_SIZE
+    for prefetch in (1, 64, 200, 1000):
+        assert consumer_frame_buffer(prefetch) >= 3 * prefetch + aiormq.Connection.FRAME_BUFFER_SIZE
