@@ -228,7 +228,7 @@ def _without_python_validators(schema: Any) -> Any:
       engine (same ASCII classes; ``$`` only at the very end, as ``fullmatch``), then the
       same date-time schema.
 
-    Each was a call from pydantic-core into Python per field per job (~1.2 µs an envelope).
+    Each was a call from pydantic-core into Python per field per job.
     """
     if isinstance(schema, list):
         return [_without_python_validators(item) for item in schema]
@@ -257,9 +257,9 @@ def _one_pass_validator() -> SchemaValidator:
 
     Strings are cached by key only (``cache_strings="keys"``): pydantic-core's default caches
     every string value under 64 characters in a process-wide cache of 16,384 entries, and a
-    job's values are mostly unique (ids, timestamps), so a drain filled it with ~1.3 MiB of
-    strings no later job reuses (issue 18, the worker's peak RSS). No slower: 4.7 µs a
-    validation either way."""
+    job's values are mostly unique (ids, timestamps), so a drain filled it with strings no
+    later job reuses (issue 18, the worker's peak RSS; figures in docs/benchmarks.md), and
+    validation is no slower."""
     models: list[type[BaseModel]] = [Envelope]
     models += [cls for cls in _model_classes(Envelope.__pydantic_core_schema__) if cls not in models]
     try:
@@ -289,7 +289,7 @@ def _envelope_at_once(body: bytes) -> Envelope | None:
     (``strict_json_loads``, then ``model_validate``) would accept ``body`` and give this same
     envelope; None when it might not, and the two-step way decides, with its own words.
 
-    One pass is ~4 µs less per job than orjson's dict handed to pydantic. pydantic-core's parser
+    One pass costs less than orjson's dict handed to pydantic. pydantic-core's parser
     alone is no stricter than orjson, so the same proofs are made on what it built: as many
     object keys as the bytes have key-ending quotes (fields given, header names, the data's keys,
     counted as ``_keys_and_exactness`` counts them: no duplicate was folded away), every number

@@ -5,12 +5,12 @@ envelope's ``created_at`` (a delayed job, a retry or deferral copy, a replay), o
 header with that time (``DUE_AT``: the start-delay metric reads it, else ``created_at``; the
 envelope does not know a delay or a retry's). A new job published without delay carries no
 header at all (``due_at=None``): it became due when ``publish`` was called, its ``created_at``,
-and the worker's broker client then decodes no header table for it (pamqp, in Python: about
-2 µs a job on RabbitMQ). Messages from older versions, which always carry it, are read as
+and the worker's broker client then decodes no header table for it (pamqp, in Python, per
+delivery on RabbitMQ). Messages from older versions, which always carry it, are read as
 before. The
 job type and the attempt are in the envelope, where the worker reads them; earlier versions
 also sent them as headers (``JOB_TYPE``, ``ATTEMPT``), which nothing read, and the broker client
-decoded in Python for every delivery (pamqp: ~1.5 µs a job; on Pulsar two more properties per
+decoded in Python for every delivery (pamqp, per delivery; on Pulsar two more properties per
 send). Messages that still carry them are read as before: extra headers change nothing.
 Dead letters keep ``JOB_TYPE``: the DLQ tooling names the job type of a record it cannot read.
 

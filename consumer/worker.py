@@ -62,7 +62,7 @@ from conveyor.consumer.settlement import DeferPolicy, Settlement
 from conveyor.consumer.threads import HandlerThreads
 from conveyor.consumer.watchdog import StallWatchdog, WatchdogConfig
 
-if TYPE_CHECKING:  # Settings loads pydantic-settings (~5 MiB): only the CLI needs it at run time
+if TYPE_CHECKING:  # Settings loads pydantic-settings: only the CLI needs it at run time
     from conveyor.common.idempotency.base import ProcessedKeyStore
     from conveyor.common.job_state.base import JobStateStore
     from conveyor.common.payload_store.base import PayloadStore
@@ -83,10 +83,9 @@ def freeze_startup_heap() -> None:
 
     For a worker process (``conveyor worker``), once its imports and its objects are built and
     before it consumes: the ~47,000 objects of the modules, the registry, the metrics and the
-    settings live as long as the process, yet each full collection walked them all again
-    (about 30 ms each, several per 20,000-job drain). Frozen (``gc.freeze``), a full pass walks
-    only what the jobs made: worker CPU per drained job 102.6 → 94.4 µs at prefetch 200
-    (issue 18; median of 5, interleaved). The collection first frees the start-up garbage, which
+    settings live as long as the process, yet each full collection walked them all again,
+    several times per drain. Frozen (``gc.freeze``), a full pass walks only what the jobs made
+    (issue 18; figures in docs/benchmarks.md). The collection first frees the start-up garbage, which
     freezing would keep for good. Process-wide, so the process's owner calls it, not ``Worker``.
     """
     gc.collect()

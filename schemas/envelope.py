@@ -210,7 +210,7 @@ class Envelope(_Frozen):
     """The typed, versioned job message."""
 
     # A job's string values are mostly unique (ids, times): pydantic-core's default would cache
-    # each in its process-wide 16,384-entry string cache, ~1.3 MiB no later message reuses in a
+    # each in its process-wide 16,384-entry string cache, where no later message reuses them in a
     # process that reads many (the outbox relay; the worker's one pass, ``common.codec``).
     model_config = ConfigDict(json_schema_extra={"$comment": WIRE_RULES}, cache_strings="keys")
 
@@ -280,7 +280,7 @@ class Envelope(_Frozen):
 
 
 # -- building a new job's envelope without validating what the producer made itself ---------
-# ``Envelope(...)`` runs every field through pydantic (regexes, date-time checks): about 5 µs,
+# ``Envelope(...)`` runs every field through pydantic (regexes, date-time checks),
 # the largest single cost of a publish after the broker client. For a new job nearly every
 # field is the producer's own (a fresh uuid4 id, the clock's time, the envelope's defaults),
 # and the caller's few (job type, optional ids and headers) are checked here the way the

@@ -54,7 +54,7 @@ T = TypeVar("T")
 
 
 def __getattr__(name: str) -> Any:
-    # ``console``: rich's Console, built when a command first imports it. rich is ~3 MiB
+    # ``console``: rich's Console, built when a command first imports it. rich is sizeable
     # resident once it has printed, and ``conveyor worker`` prints only plain lines (with
     # click), so its processes never load it (issue 18, worker RSS). The listing commands'
     # tables and the demo use it as before.

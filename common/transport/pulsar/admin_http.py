@@ -1,8 +1,8 @@
 """One HTTP/1.1 request to the Pulsar admin API, on asyncio streams with h11 doing the protocol.
 
-aiohttp was ~9 MiB of a Pulsar worker's resident memory (its import alone, measured) for the
+aiohttp was a large part of a Pulsar worker's resident memory (its import alone) for the
 few admin calls a worker makes: a queue-depth sample per metrics interval. h11 is the HTTP/1.1
-state machine and nothing else (~0.2 MiB); a connection per request (``Connection: close``)
+state machine and nothing else; a connection per request (``Connection: close``)
 is plenty at that rate, and a cancelled request simply closes its connection.
 """
 

@@ -5,8 +5,8 @@ thread (a wake-up through ``epoll_ctl`` and a contended connection mutex), and r
 taking back the GIL around it is a thread switch whenever that thread is waiting to run a
 receipt callback. A send that finds a write in progress only queues behind it. Publishes
 spread over a loop turn, each after the producer's own work (validation, envelope, encoding),
-found the connection idle: in a pipelined publish (500 in flight) Conveyor spent about 3× the
-raw pulsar-client loop's time in ``send_async`` and made twice its context switches per job.
+found the connection idle: in a pipelined publish Conveyor spent far more than the raw
+pulsar-client loop's time in ``send_async``, with more context switches per job.
 Queued here and sent together once the turn's ready callbacks have run (or every ``BURST``
 sends, so a long turn still feeds the broker as it goes), they leave as the raw loop's do.
 

@@ -3,10 +3,10 @@
 pamqp encodes a content header generically: for every one of the fourteen properties it looks
 up the AMQP type by name and dispatches an encoder, and a header table goes through the same
 machinery per key and value. For the properties every Conveyor publish carries (a few string
-headers, the message id, persistent delivery, sometimes an expiration) that came to about
-30 µs a publish, more than the rest of the producer's own work (measured on the 2-core VM,
-issue 18). ``JobProperties`` writes the same bytes directly; anything outside that shape (a
-non-string header value, a key pamqp would truncate, another property set) goes through
+headers, the message id, persistent delivery, sometimes an expiration) that cost more than
+the rest of the producer's own work (issue 18; docs/benchmarks.md). ``JobProperties`` writes
+the same bytes directly; anything outside that shape (a non-string header value, a key pamqp
+would truncate, another property set) goes through
 pamqp's own encoder, so the wire format never depends on which path ran. A unit test holds
 the two paths to the same bytes.
 """
