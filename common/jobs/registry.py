@@ -44,13 +44,16 @@ class JobSpec:
     options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        # inf or NaN would be no time limit at all: a hung handler would hold its message forever.
-        if not 0 < self.timeout < math.inf:
-            raise ConfigurationError(f"{self.job_type}: timeout must be a positive number of seconds, "
-                                     f"not {self.timeout}")
+        _check_timeout(self.job_type, self.timeout)
 
     def option(self, name: str, default: Any = None) -> Any:
         return dict(self.options).get(name, default)
+
+
+def _check_timeout(job_type: str, timeout: float) -> None:
+    # inf or NaN would be no time limit at all: a hung handler would hold its message forever.
+    if not 0 < timeout < math.inf:
+        raise ConfigurationError(f"{job_type}: timeout must be a positive number of seconds, not {timeout}")
 
 
 class JobRegistry:
@@ -72,8 +75,7 @@ class JobRegistry:
         breaker: str | None = None,
         **options: Any,
     ) -> Callable[[Handler], Handler]:
-        if not 0 < timeout < math.inf:  # at once, not when the handler is decorated
-            raise ConfigurationError(f"{job_type}: timeout must be a positive number of seconds, not {timeout}")
+        _check_timeout(job_type, timeout)  # at once, not when the handler is decorated
 
         def decorate(handler: Handler) -> Handler:
             resolved = model or _model_from_annotation(handler)
