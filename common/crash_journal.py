@@ -91,9 +91,7 @@ class CrashJournal:
             ) from None
         self._file, self._path = file, path
         now = time.time()
-        for other in sorted(self.directory.glob(f"*{_SUFFIX}")):
-            if other != path:
-                self._claim(other, now)
+        self._claim_others(now)
         self.suspects = {
             job: record for job, record in self.suspects.items() if now - record.first_death < self.retention
         }
@@ -110,12 +108,10 @@ class CrashJournal:
         per process. What is absorbed is added to this journal as ``C``/``K`` lines of the
         increase only: whoever claims this journal sums the ``C`` lines of a job.
         """
-        path = self._path
-        if path is None:
+        if self._path is None:
             return 0
         before = {job: (record.crashes, len(record.kills)) for job, record in self.suspects.items()}
-        now = time.time()
-        claimed = sum(self._claim(other, now) for other in sorted(self.directory.glob(f"*{_SUFFIX}")) if other != path)
+        claimed = self._claim_others(time.time())
         if claimed:
             lines = []
             for job, record in self.suspects.items():
@@ -193,6 +189,11 @@ class CrashJournal:
             return  # the old journal stays whole and in use
         self._appended = len(state)
         old.close()  # the replaced file's lock goes with it
+
+    def _claim_others(self, now: float) -> int:
+        """Claim every journal but this process's own whose writer is dead; how many."""
+        return sum(self._claim(other, now) for other in sorted(self.directory.glob(f"*{_SUFFIX}"))
+                   if other != self._path)
 
     def _claim(self, path: Path, now: float) -> bool:
         with lockfiles.claim(path, staging_suffix=_COMPACTING) as journal:
