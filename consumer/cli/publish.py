@@ -23,7 +23,7 @@ __all__ = ["publish"]
 @click.option("--payload", required=True, help="JSON object, or @file to read it from a file")
 @support.broker_option
 @click.option("--app", default=None, help="module[:attr] of a JobRegistry to validate against")
-@click.option("--queue", default=None, callback=lambda ctx, param, value: _queue(value),
+@click.option("--queue", default=None, callback=support.queue_names,
               help="Target queue [from --app, else conveyor.default]")
 @click.option("--version", "schema_version", type=int, default=None, help="Schema version [latest]")
 @click.option("--idempotency-key", default=None)
@@ -83,13 +83,6 @@ def publish(job_type: str, payload: str, broker: str | None, app: str | None, qu
 
 def _bad(reason: str, option: str) -> click.BadParameter:
     return click.BadParameter(reason, ctx=click.get_current_context(silent=True), param_hint=option)
-
-
-def _queue(queue: str | None) -> str | None:
-    """``--queue ""`` is a mistake, not "the default queue": it used to publish there unasked."""
-    if queue is not None and not queue.strip():
-        raise _bad("must name a queue (leave it out for the job type's own)", "--queue")
-    return queue
 
 
 def _largest_payload(settings: Settings) -> tuple[int, str]:

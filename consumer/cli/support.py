@@ -31,12 +31,12 @@ __all__ = [
     "broker_option",
     "console",
     "finite",
-    "queue_names",
     "job_state_option",
     "job_state_store_for",
     "load_registry",
     "payload_store_for",
     "payload_store_option",
+    "queue_names",
     "queue_option",
     "require_broker",
     "run",
@@ -166,11 +166,13 @@ broker_option = click.option(
          "[required: this or env CONVEYOR_BROKER_URL or CONVEYOR_BROKER_URL_FILE; a password here shows in ps]",
 )
 def queue_names(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """A click callback for ``--queue`` (one or repeated): an empty name is a mistake, not a queue
-    to look for (it was a table row with an error, or a search for the DLQ ``.dlq``)."""
+    """A click callback for ``--queue`` (one, repeated or optional): an empty name is a mistake,
+    not a queue to look for (a table row with an error, a search for the DLQ ``.dlq``) nor the
+    default queue (``publish`` sent jobs there unasked)."""
     for name in (value,) if isinstance(value, str) else value or ():
         if not name.strip():
-            raise click.BadParameter("must name a queue, not be empty", ctx=ctx, param=param)
+            raise click.BadParameter("must name a queue, not be empty (leave it out for the default)",
+                                     ctx=ctx, param=param)
     return value
 
 
