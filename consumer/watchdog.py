@@ -65,9 +65,8 @@ class WatchdogConfig:
         bounds.seconds("watchdog warn_after", self.warn_after, zero_ok=True)
         bounds.seconds("watchdog interval", self.interval)
         if self.exit_after is not None:
-            bounds.seconds("watchdog exit_after", self.exit_after)
-        if self.exit_after is not None and self.exit_after < self.warn_after:
-            raise ConfigurationError("watchdog exit_after must be ≥ warn_after")
+            if bounds.seconds("watchdog exit_after", self.exit_after) < self.warn_after:
+                raise ConfigurationError("watchdog exit_after must be ≥ warn_after")
 
     @property
     def enabled(self) -> bool:
@@ -169,7 +168,8 @@ class StallWatchdog:
             return False
         exit_after = self.config.exit_after
         for overrun in overruns:
-            if exit_after is not None and overrun.over_by() >= exit_after:
+            over_by = overrun.over_by()
+            if exit_after is not None and over_by >= exit_after:
                 # A thread cannot be stopped, and one that never returns would hold its slot and
                 # message for good (on Pulsar for ever; on RabbitMQ until consumer_timeout, then
                 # on the next worker). Ending the process is the one hard limit: the broker
@@ -178,7 +178,7 @@ class StallWatchdog:
                 self._exit_now(f"{overrun.kind} handler still running past its time limit; exiting so the broker "
                                "redelivers the in-flight jobs",
                                {"job_id": overrun.job_id, "job_type": overrun.job_type, "time_limit": overrun.limit,
-                                "over_seconds": round(overrun.over_by(), 3)})
+                                "over_seconds": round(over_by, 3)})
                 return True
             if overrun.key in self._reported:
                 continue
@@ -188,7 +188,7 @@ class StallWatchdog:
                 if overrun.kind == "sync" else
                 "async handler ignored its cancel at its time limit; it still runs and keeps its slot and message",
                 extra={"job_id": overrun.job_id, "job_type": overrun.job_type, "time_limit": overrun.limit,
-                       "over_seconds": round(overrun.over_by(), 3), "thread_stack": _stack(overrun.thread_id)},
+                       "over_seconds": round(over_by, 3), "thread_stack": _stack(overrun.thread_id)},
             )
         self._reported.intersection_update(o.key for o in overruns)
         return False
