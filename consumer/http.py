@@ -2,9 +2,9 @@
 
 Served on h11 (python-hyper's HTTP/1.1 state machine) over asyncio streams, one request per
 connection: three GET routes do not need a web framework, and aiohttp's server was a large
-part of every ``conveyor worker`` process's memory (issue 18, worker RSS). A slow or silent client is
-cut after ``READ_TIMEOUT``; a malformed request gets a 400, an unknown path 404, a method
-other than GET/HEAD 405.
+part of every ``conveyor worker`` process's memory (issue 18, worker RSS). A slow or silent
+client is cut after ``READ_TIMEOUT``; a malformed request gets a 400, an unknown path 404, a
+method other than GET/HEAD 405.
 """
 
 from __future__ import annotations

@@ -85,8 +85,9 @@ def freeze_startup_heap() -> None:
     before it consumes: the ~47,000 objects of the modules, the registry, the metrics and the
     settings live as long as the process, yet each full collection walked them all again,
     several times per drain. Frozen (``gc.freeze``), a full pass walks only what the jobs made
-    (issue 18; figures in docs/benchmarks.md). The collection first frees the start-up garbage, which
-    freezing would keep for good. Process-wide, so the process's owner calls it, not ``Worker``.
+    (issue 18; figures in docs/benchmarks.md). The collection first frees the start-up garbage,
+    which freezing would keep for good. Process-wide, so the process's owner calls it, not
+    ``Worker``.
     """
     gc.collect()
     gc.freeze()

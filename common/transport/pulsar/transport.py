@@ -71,8 +71,8 @@ readers: ``.browsing``; what a failed send means: ``.results``.
   once, with no future (``Completion``). Sends made during one loop turn are handed to the
   client back to back at its end (``common.transport.pulsar.sends``): one wake-up of its I/O
   thread per burst instead of one per publish. The admin API runs on h11 over asyncio streams
-  (``pulsar.admin_http``): aiohttp was a large part of a worker's memory for one depth sample per
-  metrics interval.
+  (``pulsar.admin_http``): aiohttp was a large part of a worker's memory for one depth sample
+  per metrics interval.
 * The token or password never appears in a log line, an error or a repr.
 """
 
@@ -142,8 +142,6 @@ _CLIENT_LOG_FILE = "/dev/stderr"
 _CLOSE_GRACE = 0.05  # seconds; see PulsarTransport.close
 _OWN_DELAYED_LIMIT = 10_000  # delayed copies remembered for passing on (oldest forgotten first)
 _TOPIC_CACHE = 4096  # queues whose topic name is remembered (a worker has a handful)
-
-
 _Result = pulsar.Result
 
 

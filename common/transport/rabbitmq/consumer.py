@@ -80,8 +80,9 @@ def consumer_frame_buffer(prefetch: int) -> int:
 
     aiormq's default is 10 frames: once a channel has 3⅓ deliveries queued, the connection
     reader waits for the channel's reader task, so a worker took at most 3 or 4 deliveries per
-    event-loop turn however many the socket held (docs/benchmarks.md). Every per-turn cost (the settler's coalesced
-    ``basic.ack(multiple)``, its write, the wake-ups) was then shared by 3 jobs. Room for a whole
+    event-loop turn however many the socket held (docs/benchmarks.md). Every per-turn cost (the
+    settler's coalesced ``basic.ack(multiple)``, its write, the wake-ups) was then shared by 3
+    jobs. Room for a whole
     prefetch window costs no memory the window does not already allow: the broker never has
     more than ``prefetch`` unacked deliveries out on the channel, so the queue never holds more
     than their frames (plus a few for the channel's own RPC replies).

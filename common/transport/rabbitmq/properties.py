@@ -6,9 +6,8 @@ machinery per key and value. For the properties every Conveyor publish carries (
 headers, the message id, persistent delivery, sometimes an expiration) that cost more than
 the rest of the producer's own work (issue 18; docs/benchmarks.md). ``JobProperties`` writes
 the same bytes directly; anything outside that shape (a non-string header value, a key pamqp
-would truncate, another property set) goes through
-pamqp's own encoder, so the wire format never depends on which path ran. A unit test holds
-the two paths to the same bytes.
+would truncate, another property set) goes through pamqp's own encoder, so the wire format
+never depends on which path ran. A unit test holds the two paths to the same bytes.
 """
 
 from __future__ import annotations
