@@ -386,3 +386,35 @@ def test_claim_dead_takes_nothing_from_the_living_and_adds_nothing_without_a_dea
     assert alive.claim_dead() == 0, "a journal is claimed once"
     alive.close()
     other.close()
+
+
+def test_a_death_is_counted_once_when_live_siblings_and_newcomers_race_to_claim_it(tmp_path: Path) -> None:
+    import threading
+
+    for round_ in range(10):
+        directory = tmp_path / str(round_)
+        live = [CrashJournal(directory) for _ in range(3)]
+        for journal in live:
+            journal.open()
+        _die_while_running(directory, running=["k"])
+        newcomers = [CrashJournal(directory) for _ in range(3)]
+        start = threading.Barrier(6)
+
+        def claim(journal: CrashJournal) -> None:
+            start.wait()
+            journal.claim_dead()
+
+        def open_(journal: CrashJournal) -> None:
+            start.wait()
+            journal.open()
+
+        threads = [threading.Thread(target=claim, args=(j,)) for j in live]
+        threads += [threading.Thread(target=open_, args=(j,)) for j in newcomers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        counts = [j.suspects["k"].crashes for j in live + newcomers if "k" in j.suspects]
+        assert counts == [1], f"round {round_}: the death was counted {counts}"
+        for journal in live + newcomers:
+            journal.close()
