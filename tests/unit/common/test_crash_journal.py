@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -400,16 +401,12 @@ def test_a_death_is_counted_once_when_live_siblings_and_newcomers_race_to_claim_
         newcomers = [CrashJournal(directory) for _ in range(3)]
         start = threading.Barrier(6)
 
-        def claim(journal: CrashJournal) -> None:
+        def at_once(step: Callable[[], object], start: threading.Barrier = start) -> None:
             start.wait()
-            journal.claim_dead()
+            step()
 
-        def open_(journal: CrashJournal) -> None:
-            start.wait()
-            journal.open()
-
-        threads = [threading.Thread(target=claim, args=(j,)) for j in live]
-        threads += [threading.Thread(target=open_, args=(j,)) for j in newcomers]
+        threads = [threading.Thread(target=at_once, args=(j.claim_dead,)) for j in live]
+        threads += [threading.Thread(target=at_once, args=(j.open,)) for j in newcomers]
         for thread in threads:
             thread.start()
         for thread in threads:
