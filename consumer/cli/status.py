@@ -51,6 +51,14 @@ def status(broker: str | None, queues: tuple[str, ...], workers: tuple[str, ...]
     report = run(go(), settings)
     if as_json:
         click.echo(orjson.dumps({"broker": mask_url(url), **report.to_dict()}).decode())
-        return
-    for table in render_tables(report, mask_url(url)):
-        console.print(table)
+    else:
+        for table in render_tables(report, mask_url(url)):
+            console.print(table)
+    # The report is printed whole either way; a script still has to learn that a row is missing.
+    failed = [(q.queue, q.error, q.reason) for q in report.queues if q.error] + [
+        (w.url, w.error, None) for w in report.workers if w.error]
+    if failed:
+        name, error, reason = failed[0]
+        kind = f" ({reason})" if reason else ""
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise click.ClickException(f"status{kind}: {name!r} could not be read: {error}{more}")

@@ -40,6 +40,8 @@ class QueueStatus:
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
     dead_letters_scanned: int = 0
     error: str | None = None
+    # The error's reason code (``queue_not_found``, ``transport_error``…) for scripts.
+    reason: str | None = None
 
 
 @dataclass
@@ -94,19 +96,21 @@ async def collect_status(
     return StatusReport(interval=interval, queues=rows, workers=status)
 
 
-async def _sample_queues(transport: Transport, queues: list[str]) -> dict[str, QueueStats | str]:
-    out: dict[str, QueueStats | str] = {}
+async def _sample_queues(transport: Transport, queues: list[str]) -> dict[str, QueueStats | ConveyorError]:
+    out: dict[str, QueueStats | ConveyorError] = {}
     for queue in queues:
         try:
             out[queue] = await transport.stats(queue)
         except ConveyorError as exc:
-            out[queue] = f"{type(exc).__name__}: {exc}"
+            out[queue] = exc
     return out
 
 
-def _queue_row(queue: str, first: QueueStats | str, second: QueueStats | str, interval: float) -> QueueStatus:
-    if isinstance(second, str):
-        return QueueStatus(queue=queue, error=second)
+def _queue_row(queue: str, first: QueueStats | ConveyorError, second: QueueStats | ConveyorError,
+               interval: float) -> QueueStatus:
+    if isinstance(second, ConveyorError):
+        error = f"{type(second).__name__}: {second}"
+        return QueueStatus(queue=queue, error=error, reason=getattr(second, "reason", None))
     row = QueueStatus(
         queue=queue,
         ready=second.ready,
@@ -115,7 +119,7 @@ def _queue_row(queue: str, first: QueueStats | str, second: QueueStats | str, in
         consumers=second.consumers,
         oldest_age_seconds=second.oldest_age,
     )
-    if interval > 0 and not isinstance(first, str):
+    if interval > 0 and not isinstance(first, ConveyorError):
         row.ready_rate_per_second = round((second.ready - first.ready) / interval, 3)
     return row
 
@@ -124,7 +128,7 @@ async def _group_dead_letters(transport: Transport, row: QueueStatus, limit: int
     try:
         records = await DeadLetters(transport, row.queue).list(limit=limit)
     except ConveyorError as exc:
-        row.error = f"cannot browse the DLQ: {type(exc).__name__}: {exc}"
+        row.error, row.reason = f"cannot browse the DLQ: {type(exc).__name__}: {exc}", getattr(exc, "reason", None)
         return
     row.dead_letters_scanned = len(records)
     row.dead_letters_by_reason = dict(collections.Counter(r.reason for r in records).most_common())

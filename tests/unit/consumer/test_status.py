@@ -6,6 +6,7 @@ import asyncio
 import io
 
 import orjson
+import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel
 from rich.console import Console
@@ -18,6 +19,7 @@ from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.breaker import BreakerConfig
 from conveyor.consumer.cli import main
+from conveyor.consumer.cli import status as status_cli
 from conveyor.consumer.http import HealthServer
 from conveyor.consumer.ops.status import collect_status, render_tables
 from conveyor.consumer.worker import Worker, WorkerConfig
@@ -82,7 +84,8 @@ async def test_status_reports_queues_dead_letters_by_reason_and_worker_breakers(
     assert mail.consumers == 0, "the smtp breaker is open: its queue is paused"
     assert (idle.ready, idle.consumers, idle.ready_rate_per_second) == (5, 0, 8.0)
     assert idle.oldest_age_seconds is not None and idle.oldest_age_seconds >= 0.5
-    assert missing.error and "no queue" in missing.error
+    assert missing.error and "no queue" in missing.error and missing.reason == "queue_not_found"
+    assert default.error is None and default.reason is None
     up, down = report.workers
     assert up.up and up.breakers == {"smtp": "open", "t.bad": "closed"}
     assert up.consumers_attached == 1 and up.jobs_per_second == 0
@@ -95,13 +98,32 @@ async def test_status_reports_queues_dead_letters_by_reason_and_worker_breakers(
     assert "permanent 2, malformed 1" in text and "smtp open" in text and "no queue 'missing'" in text
 
 
-def test_status_cli_prints_json_and_a_table() -> None:
+def test_status_cli_prints_json_and_a_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    # memory:// is a new, empty broker per command: this one has the queue declared.
+    broker = MemoryBroker()
+    broker.declare("q1")
+    broker.declare("q1.dlq")
+    monkeypatch.setattr(status_cli, "transport_for", lambda url, settings: MemoryTransport(broker))
     runner = CliRunner()
     result = runner.invoke(main, ["status", "--broker", "memory://", "--queue", "q1", "--interval", "0", "--json"])
     assert result.exit_code == 0, result.output
     data = orjson.loads(result.output)
     assert data["broker"] == "memory://"
-    assert data["queues"][0]["queue"] == "q1" and "no queue" in data["queues"][0]["error"]
-    table = runner.invoke(main, ["status", "--broker", "memory://", "--interval", "0"])
+    assert data["queues"][0]["queue"] == "q1" and data["queues"][0]["error"] is None
+    table = runner.invoke(main, ["status", "--broker", "memory://", "--queue", "q1", "--interval", "0"])
     assert table.exit_code == 0, table.output
     assert "Queues on memory://" in table.output
+
+
+def test_status_cli_prints_the_whole_report_and_exits_1_when_a_queue_is_missing() -> None:
+    """A mistyped queue is a row with its error, and the exit code a script checks is not 0."""
+    runner = CliRunner()
+    args = ["status", "--broker", "memory://", "--queue", "q1", "--queue", "q2", "--interval", "0"]
+    result = runner.invoke(main, [*args, "--json"])
+    assert result.exit_code == 1, result.output
+    data = orjson.loads(result.stdout)
+    assert [q["reason"] for q in data["queues"]] == ["queue_not_found", "queue_not_found"]
+    assert result.stderr.strip().splitlines() == [
+        "Error: status (queue_not_found): 'q1' could not be read: QueueNotFound: no queue 'q1' (and 1 more)"]
+    table = runner.invoke(main, args)
+    assert table.exit_code == 1 and "Queues on memory://" in table.stdout
