@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+# The module ``conveyor worker`` runs from (click, the CLI's settings and commands): imported so
+# the RSS row is the deployed command's, not only the engine's.
+import conveyor.consumer.cli.worker  # noqa: F401
 from bench.support import cli_worker, emit, ready, rss_mib, run_windowed
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import RetryableError
@@ -144,9 +147,10 @@ async def worker_main(spec: dict[str, Any]) -> None:
     http = HealthServer(worker, "127.0.0.1", 0)
     await http.start()
     freeze_startup_heap()  # as ``conveyor worker`` does before it consumes
+    rss_at_start = rss_mib()  # beside the peak: what the drain itself added
     await worker.start()
     ready()
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"rss_at_start_mib": round(rss_at_start, 1)}
     try:
         await asyncio.wait_for(handled_all.wait(), float(spec["timeout"]))
         # The last handler returned; the job counts once its ack is on the wire.

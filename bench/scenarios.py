@@ -240,7 +240,8 @@ class Runner:
                 run = await run_worker_process("bench.worker", spec, timeout=660)
                 _require_complete(run.result, n, f"{side} drain")
                 samples[side].append(
-                    {"rate": n / run.result["seconds"], "cpu_us": _cpu_us(run.result, n), "peak_rss_mib": run.result["peak_rss_mib"]}
+                    {"rate": n / run.result["seconds"], "cpu_us": _cpu_us(run.result, n), "peak_rss_mib": run.result["peak_rss_mib"],
+                     **_start_rss(run.result)}
                 )
                 await self.cleanup(q)
                 await asyncio.sleep(1.0)  # let the broker finish deleting a large quorum queue
@@ -525,7 +526,8 @@ class Runner:
                 run = await run_worker_process("bench.worker", spec, timeout=660)
                 _require_complete(run.result, n, f"pulsar {side} drain")
                 samples[side].append(
-                    {"rate": n / run.result["seconds"], "cpu_us": _cpu_us(run.result, n), "peak_rss_mib": run.result["peak_rss_mib"]}
+                    {"rate": n / run.result["seconds"], "cpu_us": _cpu_us(run.result, n), "peak_rss_mib": run.result["peak_rss_mib"],
+                     **_start_rss(run.result)}
                 )
                 await pulsar_conveyor.delete(url, q)
         self.rows.append(
@@ -644,6 +646,11 @@ def tier_queue(queue: str, tier: float) -> str:
 def _cpu_us(result: dict[str, Any], n: int) -> float | None:
     cpu = result.get("cpu_seconds")
     return None if cpu is None else cpu / n * 1e6
+
+
+def _start_rss(result: dict[str, Any]) -> dict[str, float]:
+    """A Conveyor worker's RSS once started, before its first job: kept beside its peak."""
+    return {"rss_at_start_mib": result["rss_at_start_mib"]} if "rss_at_start_mib" in result else {}
 
 
 def _require_complete(result: dict[str, Any], n: int, what: str) -> None:
