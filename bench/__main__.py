@@ -22,7 +22,7 @@ DEFAULT_URL = "amqp://conveyor:conveyor@127.0.0.1:5672/"
 DEFAULT_PULSAR_URL = "pulsar://127.0.0.1:6650"
 BROKERS = {"rabbitmq": ("rabbitmq",), "pulsar": ("pulsar",), "all": ("rabbitmq", "pulsar")}
 RESULTS = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("publish", "drain", "latency", "retry", "others", "soak")  # soak: only with --soak N
+SCENARIOS = ("publish", "drain", "latency", "retry", "others", "soak", "processes")  # soak: only with --soak N
 
 
 def _prefetches(text: str) -> tuple[int, ...]:

@@ -4,7 +4,7 @@ beside the raw aio-pika drain loop of ``bench.raw``, in one run, on RabbitMQ.
 Each sample prefills a fresh quorum queue with ``--jobs`` jobs (untimed), then starts the
 drainer. Conveyor runs as users run it: the ``conveyor worker`` command as a subprocess
 (``--processes 1`` is today's single worker, no supervisor), ``--concurrency`` = prefetch per
-process, metrics on, JSON logs at WARNING. Its handler (this module's ``jobs``) does nothing;
+process, metrics on, JSON logs at WARNING. Its handler (``bench.processes_app:jobs``) does nothing;
 each worker process keeps the wall time of its first job start and last job end and its CPU
 time in between, and writes them when it exits. The harness polls the supervisor's summed
 ``conveyor_jobs_succeeded_total`` to see the end, then sends SIGTERM; throughput is jobs /
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import json
 import os
 import signal
@@ -37,32 +36,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.conveyor import JOB_TYPE, BenchJob, make_registry
+from bench.conveyor import JOB_TYPE, make_registry
 from bench.machine import describe, rabbitmq_version
+from bench.processes_app import OUT_ENV, QUEUE_ENV
 from bench.support import ROOT, run_windowed, run_worker_process, sweep_prefix, wait_for_broker
-from conveyor.common.jobs.context import JobContext
-from conveyor.common.jobs.registry import JobRegistry
 
 DEFAULT_URL = "amqp://conveyor:conveyor@127.0.0.1:5672/"
-_QUEUE_ENV, _OUT_ENV = "BENCH_QUEUE", "BENCH_OUT"
-
-
-# -- the worker processes' side: ``conveyor worker bench.processes:jobs`` ------------------------
-def jobs() -> JobRegistry:
-    """A no-op handler that times itself; the times go to $BENCH_OUT/<pid>.json at exit."""
-    state = {"count": 0, "first": 0.0, "last": 0.0, "cpu_first": 0.0, "cpu_last": 0.0}
-
-    async def handler(payload: BenchJob, ctx: JobContext) -> None:
-        if not state["count"]:
-            state["first"], state["cpu_first"] = time.time(), time.process_time()
-        state["count"] += 1
-        state["last"], state["cpu_last"] = time.time(), time.process_time()
-
-    def write() -> None:
-        Path(os.environ[_OUT_ENV], f"{os.getpid()}.json").write_text(json.dumps(state))
-
-    atexit.register(write)
-    return make_registry(os.environ[_QUEUE_ENV], handler)
 
 
 # -- the harness -------------------------------------------------------------------------------
@@ -111,9 +90,9 @@ async def conveyor_sample(url: str, queue: str, n: int, processes: int, concurre
     await _prefill_conveyor(url, queue, n)
     out = Path(tempfile.mkdtemp(prefix="bench-processes-"))
     port = _free_port()
-    env = {**os.environ, "CONVEYOR_BROKER_URL": url, _QUEUE_ENV: queue, _OUT_ENV: str(out),
+    env = {**os.environ, "CONVEYOR_BROKER_URL": url, QUEUE_ENV: queue, OUT_ENV: str(out),
            "PYTHONPATH": str(ROOT), "CONVEYOR_STATE_DIR": str(out / "state")}
-    command = [sys.executable, "-m", "conveyor", "worker", "bench.processes:jobs", "--processes", str(processes),
+    command = [sys.executable, "-m", "conveyor", "worker", "bench.processes_app:jobs", "--processes", str(processes),
                "--concurrency", str(concurrency), "--http-port", str(port)]
     errors = out / "stderr.txt"  # a file, not a pipe: a chatty worker must never block on a full pipe
     worker = await asyncio.to_thread(_start, command, env, errors)
@@ -137,19 +116,24 @@ async def conveyor_sample(url: str, queue: str, n: int, processes: int, concurre
         raise RuntimeError(f"the worker processes handled {count} jobs, not {n}")
     seconds = max(r["last"] for r in ran) - min(r["first"] for r in ran)
     cpu = sum(r["cpu_last"] - r["cpu_first"] for r in ran)
-    return {"jobs_per_s": n / seconds, "cpu_us_per_job": cpu / n * 1e6, "processes_that_ran": len(ran)}
+    return {"jobs_per_s": n / seconds, "cpu_us_per_job": cpu / n * 1e6, "processes_that_ran": len(ran),
+            "peak_rss_mib": max(r.get("peak_rss_mib", 0.0) for r in ran)}
 
 
-async def raw_sample(url: str, queue: str, n: int, prefetch: int) -> dict[str, Any]:
-    from bench.raw import prepublish
+async def raw_sample(url: str, queue: str, n: int, prefetch: int, side: str = "raw") -> dict[str, Any]:
+    """The raw drain loop of ``side``: ``raw`` (aio-pika) or ``aiormq``."""
+    if side == "aiormq":
+        from bench.aiormq_raw import prepublish
+    else:
+        from bench.raw import prepublish
 
     await prepublish(url, queue, n)
-    spec = {"side": "raw", "mode": "drain", "url": url, "queue": queue, "n": n, "prefetch": prefetch, "timeout": 600}
+    spec = {"side": side, "mode": "drain", "url": url, "queue": queue, "n": n, "prefetch": prefetch, "timeout": 600}
     run = await run_worker_process("bench.worker", spec, timeout=660)
     if run.result.get("completed") != n:
-        raise RuntimeError(f"raw drain completed {run.result.get('completed')} of {n}")
+        raise RuntimeError(f"{side} drain completed {run.result.get('completed')} of {n}")
     return {"jobs_per_s": n / run.result["seconds"], "cpu_us_per_job": run.result["cpu_seconds"] / n * 1e6,
-            "processes_that_ran": 1}
+            "processes_that_ran": 1, "peak_rss_mib": run.result["peak_rss_mib"]}
 
 
 async def _sample(args: argparse.Namespace, side: str, queue: str) -> dict[str, Any]:

@@ -433,6 +433,47 @@ class Runner:
             )
         )
 
+    # -- 5b. the ``conveyor worker`` command, 1 and 2 processes ------------------------
+    async def processes(self) -> None:
+        """Drains by the ``conveyor worker`` command itself (``--processes 1`` and ``2``, a
+        subprocess as users run it) beside the raw aiormq loop, at the first prefetch per process;
+        and the command's own peak RSS (``--processes 1``: no supervisor, the process that
+        drains is the command's)."""
+        from bench import processes
+
+        n, url, prefetch = self.config.jobs, self.config.url, self.config.prefetches[0]
+        sides = ("aiormq", "conveyor-1", "conveyor-2")
+        samples: dict[str, list[Sample]] = {s: [] for s in sides}
+        for order in self.orders(sides):
+            for side in order:
+                q = self.queue(f"processes.{side}")
+                self._say(f"processes: {side}, {n} jobs, prefetch {prefetch} per process")
+                if side == "aiormq":
+                    sample = await processes.raw_sample(url, q, n, prefetch, side="aiormq")
+                else:
+                    sample = await processes.conveyor_sample(url, q, n, int(side[-1]), prefetch)
+                samples[side].append({"rate": sample["jobs_per_s"], "cpu_us": sample["cpu_us_per_job"],
+                                      "peak_rss_mib": sample["peak_rss_mib"],
+                                      "processes_that_ran": sample["processes_that_ran"]})
+                await self.cleanup(q)
+                await asyncio.sleep(1.0)
+        for count in (1, 2):
+            side = f"conveyor-{count}"
+            self.rows.append(Row(
+                "processes", f"drain by `conveyor worker --processes {count}`, prefetch {prefetch} per process",
+                "jobs/s", None, _median(samples[side], "rate"), aiormq=_median(samples["aiormq"], "rate"),
+                note="the command as a subprocess; CPU summed over its worker processes",
+                detail={"cpu_us_per_job": {"aiormq": _median(samples["aiormq"], "cpu_us"),
+                                           "conveyor": _median(samples[side], "cpu_us")},
+                        "samples": {s: samples[s] for s in ("aiormq", side)}},
+            ))
+        rss = {side: max(x["peak_rss_mib"] for x in runs) for side, runs in samples.items()}
+        self.rows.append(Row(
+            "command RSS", f"peak RSS of `conveyor worker`, {n:,}-job drain, prefetch {prefetch}", "MiB",
+            None, rss["conveyor-1"], better="lower", target=45.0, absolute=True, aiormq=rss["aiormq"],
+            note="VmHWM of the command's process (--processes 1); worst sample",
+        ))
+
     # -- 6. Celery, Dramatiq ---------------------------------------------------------
     async def other_libraries(self) -> None:
         for name, module, probe in (("celery", "bench.celery_side", "celery"), ("dramatiq", "bench.dramatiq_side", "pika")):
@@ -610,6 +651,7 @@ class Runner:
             ("latency", self.latency),
             ("retry", self.retry),
             ("soak", self.soak),
+            ("processes", self.processes),
         ]
         if "rabbitmq" in self.config.brokers:
             for name, step in steps:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from bench.conveyor import make_registry
 from bench.support import cli_worker
 from conveyor.common.settings import Settings
@@ -61,3 +63,43 @@ def test_the_cli_and_the_bench_workers_freeze_the_startup_heap_before_consuming(
         assert source.count("freeze_startup_heap()") == 1
         consuming = "async with transport, worker" if "async with transport, worker" in source else "await worker.start()"
         assert source.index("freeze_startup_heap()") < source.index(consuming)
+
+
+def test_the_processes_rows_compare_the_command_with_the_aiormq_loop_and_report_its_rss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The processes scenario (issue 18, goal 6) in the main run: `conveyor worker --processes 1/2`
+    beside raw aiormq, and the command's own peak RSS against the 45 MiB ceiling."""
+    import asyncio
+
+    from bench import processes
+    from bench.scenarios import Config, Runner
+
+    calls: list[tuple[str, int]] = []
+
+    async def raw_sample(url: str, queue: str, n: int, prefetch: int, side: str = "raw") -> dict[str, float]:
+        calls.append((side, prefetch))
+        return {"jobs_per_s": 10_000.0, "cpu_us_per_job": 80.0, "processes_that_ran": 1, "peak_rss_mib": 28.0}
+
+    async def conveyor_sample(url: str, queue: str, n: int, count: int, prefetch: int) -> dict[str, float]:
+        calls.append((f"conveyor-{count}", prefetch))
+        return {"jobs_per_s": 9_000.0 * count, "cpu_us_per_job": 90.0, "processes_that_ran": count,
+                "peak_rss_mib": 46.0 + count}
+
+    async def no_cleanup(*queues: str) -> None:
+        return None
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr(processes, "raw_sample", raw_sample)
+    monkeypatch.setattr(processes, "conveyor_sample", conveyor_sample)
+    monkeypatch.setattr("bench.scenarios.asyncio.sleep", no_sleep)
+    runner = Runner(Config(url=URL, jobs=100, repeat=2, prefetches=(64, 200)), progress=lambda text: None)
+    monkeypatch.setattr(runner, "cleanup", no_cleanup)
+    asyncio.run(runner.processes())
+    assert sorted(calls) == sorted([("aiormq", 64), ("conveyor-1", 64), ("conveyor-2", 64)] * 2)
+    one, two, rss = runner.rows
+    assert (one.aiormq, one.conveyor, one.ratio) == (10_000.0, 9_000.0, 0.9)
+    assert two.conveyor == 18_000.0 and "--processes 2" in two.metric
+    assert (rss.conveyor, rss.aiormq, rss.target, rss.meets_target) == (47.0, 28.0, 45.0, False)
