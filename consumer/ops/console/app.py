@@ -15,7 +15,7 @@ from aiohttp import web
 from conveyor.common.errors import ConveyorError, QueueNotFound
 from conveyor.consumer.ops.console.history import sample_forever
 from conveyor.consumer.ops.console.render import STATIC, highlight_css, page
-from conveyor.consumer.ops.console.security import NEW_SESSION, middlewares
+from conveyor.consumer.ops.console.security import NEW_SESSION, form_of, middlewares
 from conveyor.consumer.ops.console.state import STATE, ConsoleState, QueueBusy
 from conveyor.consumer.ops.console.views_dead_letters import routes as dead_letter_routes
 from conveyor.consumer.ops.console.views_jobs import routes as job_routes
@@ -36,7 +36,7 @@ async def login_form(request: web.Request) -> web.Response:
 @login_routes.post("/login")
 async def login(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    form = await request.post()
+    form = await form_of(request)
     given, target = str(form.get("token", "")), _next(str(form.get("next", "/")))
     token = state.config.auth.token if state.config.auth else None
     if token is None or not hmac.compare_digest(given.encode(), token.encode()):
