@@ -71,6 +71,9 @@ async def test_dlq_show_finds_an_entry_by_dead_letter_id_and_by_job_id(broker_ur
         assert data["original_body"] == {"n": 1}
     missing = conveyor("dlq", "show", "no-such-entry", "--queue", queue, env=env)
     assert missing.returncode == 1 and "no dead letter 'no-such-entry'" in missing.stderr
+    assert missing.stderr.strip().endswith("(reason: not_found)"), "one line with its reason code, as the console's"
+    unconfirmed = conveyor("dlq", "purge", "--queue", queue, env=env)
+    assert unconfirmed.returncode == 1 and unconfirmed.stderr.strip().endswith("(reason: not_confirmed)")
     listed = conveyor("dlq", "list", "--queue", queue, "--json", env=env)
     assert len(listed.stdout.splitlines()) == 3, "showing removes nothing"
 
