@@ -32,6 +32,7 @@ __all__ = [
     "test_list_filters_by_state_type_and_time_newest_first",
     "test_every_filter_lists_exactly_the_jobs_its_matches_accepts",
     "test_states_never_go_backwards",
+    "test_text_that_is_not_utf8_in_an_id_type_or_key_finds_nothing_and_is_no_outage",
     "test_the_full_life_of_a_job_is_recorded_with_its_attempts",
     "test_the_worker_outcome_wins_over_an_operator_cancel_it_raced",
 ]
@@ -211,6 +212,19 @@ async def test_a_nul_in_an_id_type_or_key_finds_nothing_and_is_no_outage(store: 
         await store.request_cancel("j-1\x00")
     assert await store.list_jobs(job_type="t.job\x00") == []
     assert await store.list_jobs(idempotency_key="\x00") == []
+    assert [r.job_id for r in await store.list_jobs(job_type="t.job")] == ["j-1"]
+
+
+async def test_text_that_is_not_utf8_in_an_id_type_or_key_finds_nothing_and_is_no_outage(
+        store: JobStateStore, clock: FakeClock) -> None:
+    # `conveyor jobs show $'\xff'` (bytes pasted from a log) reaches the store as a lone surrogate:
+    # SQLite raised UnicodeEncodeError (a traceback), PostgreSQL an outage ("store unavailable").
+    await store.apply([_t(clock, "j-1", JobState.QUEUED, job_type="t.job")])
+    assert await store.get("j-1\udcff") is None
+    with pytest.raises(UnknownJob):
+        await store.request_cancel("\udcff")
+    assert await store.list_jobs(job_type="t.job\ud800") == []
+    assert await store.list_jobs(idempotency_key="\udcff") == []
     assert [r.job_id for r in await store.list_jobs(job_type="t.job")] == ["j-1"]
 
 
