@@ -18,6 +18,7 @@ from typing import Any
 from conveyor.common.job_state import job_state_store_from_url
 from tests.e2e import test_cli_dlq
 from tests.e2e.test_cli import ROOT, conveyor
+from tests.support.backends import require_env
 
 # The same fixtures as the dlq commands': each broker, a queue of its own deleted after.
 broker_url = test_cli_dlq.broker_url
@@ -161,3 +162,13 @@ def test_a_sqlite_store_that_is_not_there_is_one_line_and_is_not_created(tmp_pat
         [line] = done.stderr.strip().splitlines()
         assert "(reason: store_not_found)" in line and str(typo) in line, line
     assert not typo.parent.exists(), "nothing was created"
+
+
+def test_a_postgresql_url_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    # A stray byte (0xff, pasted) in the URL: asyncpg failed mid-connect with an AttributeError,
+    # an 80-line traceback.
+    dsn = require_env("CONVEYOR_DATABASE_URL")
+    bad = "postgresql://\udcff" + dsn.split("://", 1)[1].split("@", 1)[-1]  # the byte as the user name
+    done = conveyor("jobs", "show", "x", env={"CONVEYOR_JOB_STATE_URL": bad})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-1500:]
+    assert "is not UTF-8 text" in done.stderr and "CONVEYOR_JOB_STATE_URL" in done.stderr
