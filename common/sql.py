@@ -62,6 +62,10 @@ def parse_store_url(url: str, *, what: str) -> StoreUrl:
         return StoreUrl("sqlite", path)
     if scheme in ("postgresql", "postgres"):
         require("postgres", f"a PostgreSQL {what}")
+        try:  # asyncpg failed on it with an AttributeError and an 80-line traceback, mid-connect
+            url.encode()
+        except UnicodeEncodeError:
+            raise ConfigurationError(f"the PostgreSQL URL of {what} is not UTF-8 text (a stray byte?)") from None
         return StoreUrl("postgres", url)
     raise ConfigurationError(f"unsupported {what} scheme {scheme!r}: use memory, sqlite or postgresql")
 

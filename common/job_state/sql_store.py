@@ -52,6 +52,19 @@ _ATTEMPT_COLUMNS = (
 )
 
 
+def _never_stored(text: str) -> bool:
+    """Text no job's id, type or key holds (they are identifiers): NUL, or a lone surrogate (bytes
+    that were not UTF-8, as a shell passes them). PostgreSQL refuses both as an outage would, and
+    SQLite's driver raised ``UnicodeEncodeError``: bad input, answered as "no such job"."""
+    if "\x00" in text:
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 class SqlConnection(abc.ABC):
     """One connection inside one transaction, as the generic store needs it."""
 
@@ -231,7 +244,7 @@ class SqlJobStateStore(JobStateStore):
         return AttemptInfo(**values)
 
     async def get(self, job_id: str) -> JobRecord | None:
-        if "\x00" in job_id:  # no job has one (ids are identifiers); PostgreSQL refuses it as an outage would
+        if _never_stored(job_id):
             return None
         p = self.placeholder
         async with self._transaction() as conn:
@@ -249,8 +262,8 @@ class SqlJobStateStore(JobStateStore):
 
     async def _list(self, selected: JobFilter, limit: int) -> list[JobRecord]:
         where, args = selected.where(self.placeholder, self._to_db)
-        if any(isinstance(arg, str) and "\x00" in arg for arg in args):
-            return []  # a type or key with NUL matches nothing (see get)
+        if any(isinstance(arg, str) and _never_stored(arg) for arg in args):
+            return []  # a type or key no job has matches nothing (see get)
         args.append(limit)
         sql = (
             f"SELECT {', '.join(_JOB_COLUMNS)} FROM {self.jobs_table}{where}"
@@ -264,7 +277,7 @@ class SqlJobStateStore(JobStateStore):
     async def request_cancel(self, job_id: str) -> CancelResult:
         p, j = self.placeholder, self.jobs_table
         now = self._to_db(self.clock.now())
-        if "\x00" in job_id:
+        if _never_stored(job_id):
             raise UnknownJob(f"no job {job_id!r} in the job-state store")
         async with self._transaction() as conn:
             rows = await conn.fetch(

@@ -97,7 +97,7 @@ def dlq_show(entry_id: str, broker: str | None, queue: str) -> None:
     """Show one dead letter in full (by dead-letter id or job id)."""
     record = _run_on_dlq(broker, queue, lambda d: d.show(entry_id))
     if record is None:
-        raise click.ClickException(f"no dead letter {entry_id!r} in {queue}")
+        raise click.ClickException(f"no dead letter {entry_id!r} in {queue} (reason: not_found)")  # as the console says
     data = record.model_dump(mode="json")
     try:  # show the original as JSON when it is JSON; poison stays a (replaced) string
         data["original_body"] = strict_json_loads(record.original_body, max_bytes=len(record.original_body) + 1)
@@ -151,7 +151,7 @@ def dlq_purge(broker: str | None, queue: str, reason: str | None, job_type: str 
               payload_store: str | None) -> None:
     """Delete matching dead letters for good, with their stored payloads."""
     if not yes:
-        raise click.ClickException("purge deletes dead letters for good: add --yes")
+        raise click.ClickException("purge deletes dead letters for good: add --yes (reason: not_confirmed)")
     settings = settings_from(**({"payload_store": payload_store} if payload_store else {}))
     url = require_broker(broker)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -48,7 +49,23 @@ def _settings(job_state_url: str | None) -> Settings:
             "no job-state store: pass --job-state-url URL or set CONVEYOR_JOB_STATE_URL "
             "(or CONVEYOR_JOB_STATE_URL_FILE)", ctx=click.get_current_context(silent=True),
         )
+    _require_sqlite_file(settings)
     return settings
+
+
+def _require_sqlite_file(settings: Settings) -> None:
+    """These commands read a store that workers and producers write: a SQLite file that is not
+    there is a mistyped path. Opening it created an empty store, and its directories, and then
+    answered ``unknown_job`` for a job that is in the real one."""
+    from conveyor.common.sql import parse_store_url
+
+    assert settings.job_state_url is not None  # _settings checked
+    location = parse_store_url(settings.job_state_url.get_secret_value(), what="job-state store")
+    if location.kind == "sqlite" and location.target != ":memory:" and not Path(location.target).exists():
+        raise click.ClickException(
+            f"no job-state store at {location.target} (reason: store_not_found): workers and producers "
+            "create it; a mistyped path?"
+        )
 
 
 def _with_store(settings: Settings, action: Callable[[JobStateStore], Awaitable[T]]) -> T:

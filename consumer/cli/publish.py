@@ -107,8 +107,8 @@ def _payload(payload: str, largest: tuple[int, str]) -> dict[str, Any]:
         if len(raw) > limit:
             raise _bad(f"oversize: {payload[1:]!r} holds more than the {limit:,} bytes a payload may have "
                        f"({setting})", "--payload")
-    else:
-        raw = payload.encode()
+    else:  # the bytes the shell gave, as a file's: not UTF-8 is the codec's "malformed", not a traceback
+        raw = payload.encode("utf-8", "surrogateescape")
     try:
         data = strict_json_loads(raw)
     except RejectedMessage as exc:

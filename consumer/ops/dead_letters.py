@@ -206,7 +206,7 @@ class DeadLetters:
         self.payloads_deleted = 0  # claim-check objects removed by purge
         # What listed entries' headers say of the worker that wrote them, by dead-letter id.
         self.run_info: dict[str, dict[str, str | None]] = {}
-        self._declared: set[str] = set()  # queues replayed into, declared (or checked) once
+        self._present: set[str] = set()  # queues replayed into, checked once
 
     async def depth(self) -> int:
         return await self._transport.depth(self.dlq)
@@ -370,9 +370,9 @@ class DeadLetters:
             carried=carried_over(record.original_headers),  # trace context: the replay joins the job's trace
             extra={REPLAYED_FROM: record.dead_letter_id},
         )
-        if record.queue not in self._declared:  # once per queue: a check costs round trips
-            await self._transport.declare(record.queue)
-            self._declared.add(record.queue)
+        if record.queue not in self._present:  # once per queue: a check costs round trips
+            await self._require_queue(record)
+            self._present.add(record.queue)
         try:
             # A broker that went silent (a black hole, not a closed socket) would otherwise hold
             # the replay until the connection's heartbeat gives up: minutes, with no word.
@@ -382,6 +382,18 @@ class DeadLetters:
             raise PublishOutcomeUnknown(
                 f"no confirm within {self._confirm_timeout:g}s for the replay of job {record.job_id} "
                 f"(dead letter {record.dead_letter_id}): it may or may not be republished; its entry stays"
+            ) from None
+
+    async def _require_queue(self, record: DeadLetterRecord) -> None:
+        """The queue a replay goes to must be there: declaring it (as this did) made a queue no
+        worker consumes and reported the job replayed while it sat there (a work queue deleted
+        and its DLQ kept, a record naming another queue). Its entry stays; the replay stops."""
+        try:
+            await self._transport.depth(record.queue)
+        except QueueNotFound:
+            raise QueueNotFound(
+                f"no queue {record.queue!r} on this broker for the replay of job {record.job_id} (dead letter "
+                f"{record.dead_letter_id}): its entry stays; start its worker (which declares it), then replay"
             ) from None
 
     @contextlib.asynccontextmanager

@@ -71,6 +71,9 @@ async def test_dlq_show_finds_an_entry_by_dead_letter_id_and_by_job_id(broker_ur
         assert data["original_body"] == {"n": 1}
     missing = conveyor("dlq", "show", "no-such-entry", "--queue", queue, env=env)
     assert missing.returncode == 1 and "no dead letter 'no-such-entry'" in missing.stderr
+    assert missing.stderr.strip().endswith("(reason: not_found)"), "one line with its reason code, as the console's"
+    unconfirmed = conveyor("dlq", "purge", "--queue", queue, env=env)
+    assert unconfirmed.returncode == 1 and unconfirmed.stderr.strip().endswith("(reason: not_confirmed)")
     listed = conveyor("dlq", "list", "--queue", queue, "--json", env=env)
     assert len(listed.stdout.splitlines()) == 3, "showing removes nothing"
 
@@ -161,3 +164,17 @@ async def test_every_dlq_command_on_a_mistyped_queue_is_one_line_and_creates_not
         for name in (typo, transport.dead_letter_queue(typo)):
             with pytest.raises(QueueNotFound):
                 await transport.depth(name)
+
+
+@pytest.mark.parametrize("name", ["é✓💥", "q" * 300])
+async def test_a_queue_name_the_broker_cannot_hold_is_one_line_for_every_dlq_command_and_status(broker_url: str,
+                                                                                                name: str) -> None:
+    # On RabbitMQ each printed pamqp's traceback ("ValueError: Invalid value for queue", "Max
+    # length exceeded for queue"): the name reached the AMQP frame unchecked.
+    for command in (["dlq", "list"], ["dlq", "show", "dl-x"], ["dlq", "replay"], ["dlq", "purge", "--yes"], ["status"]):
+        result = conveyor(*command, "--queue", name, env={"CONVEYOR_BROKER_URL": broker_url})
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, (command, result.stderr[-500:])
+        [line] = [line for line in result.stderr.strip().splitlines() if line.startswith("Error: ")]
+        assert len(result.stderr.strip().splitlines()) == 1, (command, result.stderr)
+        assert "ConfigurationError" in line or "queue_not_found" in line, (command, line)

@@ -114,7 +114,8 @@ def test_a_bogus_log_level_in_the_environment_is_a_one_line_usage_error() -> Non
     assert_one_line_error(result, 2, "CONVEYOR_LOG_LEVEL")
 
 
-@pytest.mark.parametrize("payload", ['{"ratio": NaN}', '{"n": 1, "n": 2}', '{"n": Infinity}'])
+# '\udcff': the byte 0xff on the command line (not UTF-8), which printed a UnicodeEncodeError traceback.
+@pytest.mark.parametrize("payload", ['{"ratio": NaN}', '{"n": 1, "n": 2}', '{"n": Infinity}', '{"s": "\udcff"}'])
 def test_publish_refuses_json_the_wire_would_reject_in_one_line_with_the_reason_code(payload: str) -> None:
     result = conveyor_without_broker("publish", "e2e.nap", "--payload", payload, "--broker", "memory://")
     assert_one_line_error(result, 2, "--payload", "malformed")

@@ -4,6 +4,7 @@ worker and each command a subprocess, on RabbitMQ and Pulsar, sharing one SQLite
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,8 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from conveyor.common.job_state import job_state_store_from_url
 from tests.e2e import test_cli_dlq
 from tests.e2e.test_cli import ROOT, conveyor
+from tests.support.backends import require_env
 
 # The same fixtures as the dlq commands': each broker, a queue of its own deleted after.
 broker_url = test_cli_dlq.broker_url
@@ -113,8 +116,20 @@ def test_jobs_show_list_and_cancel_follow_jobs_through_the_cli(broker_url: str, 
     assert later not in (tmp_path / "out.txt").read_text()  # the cancelled delayed job never ran
 
 
+def sqlite_store(path: Path) -> str:
+    """The URL of a SQLite job-state store at ``path``, created as a worker creates it."""
+    url = f"sqlite:///{path}"
+
+    async def create() -> None:
+        async with job_state_store_from_url(url):
+            pass
+
+    asyncio.run(create())
+    return url
+
+
 def test_jobs_commands_fail_in_one_line_with_a_reason(tmp_path: Path) -> None:
-    env = {"CONVEYOR_JOB_STATE_URL": f"sqlite:///{tmp_path}/state.db"}
+    env = {"CONVEYOR_JOB_STATE_URL": sqlite_store(tmp_path / "state.db")}
     for args in (("jobs", "show", "nope"), ("jobs", "cancel", "nope")):
         done = conveyor(*args, env=env)
         assert done.returncode == 1 and "(unknown_job)" in done.stderr, done.stderr
@@ -132,6 +147,28 @@ def test_a_job_state_url_of_no_known_kind_and_a_duration_past_year_one_are_not_t
         done = conveyor(*args, env={"CONVEYOR_JOB_STATE_URL": "bogus://x"})
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert "CONVEYOR_JOB_STATE_URL" in done.stderr and "unsupported job-state store scheme" in done.stderr
-    env = {"CONVEYOR_JOB_STATE_URL": f"sqlite:///{tmp_path}/state.db"}
+    env = {"CONVEYOR_JOB_STATE_URL": sqlite_store(tmp_path / "state.db")}
     done = conveyor("jobs", "list", "--since", "99999999999d", "--json", env=env)
     assert done.returncode == 0 and done.stderr == "" and done.stdout == "", done.stderr  # every job: none yet
+
+
+def test_a_sqlite_store_that_is_not_there_is_one_line_and_is_not_created(tmp_path: Path) -> None:
+    # A mistyped path: each command created an empty store there (and its directories), then
+    # said the job was unknown, while it was in the real store.
+    typo = tmp_path / "no-such-dir" / "state.db"
+    for args in (("jobs", "show", "x"), ("jobs", "list"), ("jobs", "cancel", "x")):
+        done = conveyor(*args, env={"CONVEYOR_JOB_STATE_URL": f"sqlite:///{typo}"})
+        assert done.returncode == 1, (args, done.stderr)
+        [line] = done.stderr.strip().splitlines()
+        assert "(reason: store_not_found)" in line and str(typo) in line, line
+    assert not typo.parent.exists(), "nothing was created"
+
+
+def test_a_postgresql_url_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    # A stray byte (0xff, pasted) in the URL: asyncpg failed mid-connect with an AttributeError,
+    # an 80-line traceback.
+    dsn = require_env("CONVEYOR_DATABASE_URL")
+    bad = "postgresql://\udcff" + dsn.split("://", 1)[1].split("@", 1)[-1]  # the byte as the user name
+    done = conveyor("jobs", "show", "x", env={"CONVEYOR_JOB_STATE_URL": bad})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-1500:]
+    assert "is not UTF-8 text" in done.stderr and "CONVEYOR_JOB_STATE_URL" in done.stderr

@@ -21,7 +21,6 @@ __all__ = [
     "test_a_batch_in_any_order_ends_in_the_same_record",
     "test_a_cancel_of_a_finished_job_changes_nothing",
     "test_a_later_generation_runs_again_after_a_retry",
-    "test_a_nul_in_an_id_type_or_key_finds_nothing_and_is_no_outage",
     "test_a_queued_write_arriving_after_the_end_fills_in_queued_at_only",
     "test_an_abandoned_attempt_gives_way_to_the_redelivery",
     "test_cancel_of_an_unknown_job_is_an_unknown_job_error",
@@ -32,6 +31,7 @@ __all__ = [
     "test_list_filters_by_state_type_and_time_newest_first",
     "test_every_filter_lists_exactly_the_jobs_its_matches_accepts",
     "test_states_never_go_backwards",
+    "test_text_no_id_holds_in_an_id_type_or_key_finds_nothing_and_is_no_outage",
     "test_the_full_life_of_a_job_is_recorded_with_its_attempts",
     "test_the_worker_outcome_wins_over_an_operator_cancel_it_raced",
 ]
@@ -202,15 +202,19 @@ async def test_cancel_of_an_unknown_job_is_an_unknown_job_error(store: JobStateS
     assert caught.value.reason == "unknown_job"
 
 
-async def test_a_nul_in_an_id_type_or_key_finds_nothing_and_is_no_outage(store: JobStateStore, clock: FakeClock) -> None:
-    # The console's /jobs/%00 answered 503 "JobStateStoreUnavailable … try again" on PostgreSQL
-    # (which refuses NUL in text): bad input passed for an outage.
+@pytest.mark.parametrize("bad", ["\x00", "\udcff"])
+async def test_text_no_id_holds_in_an_id_type_or_key_finds_nothing_and_is_no_outage(
+        store: JobStateStore, clock: FakeClock, bad: str) -> None:
+    # NUL: the console's /jobs/%00 answered 503 "JobStateStoreUnavailable … try again" on
+    # PostgreSQL (which refuses NUL in text): bad input passed for an outage. A lone surrogate
+    # (`conveyor jobs show $'\xff'`, bytes that were not UTF-8): SQLite raised UnicodeEncodeError,
+    # a traceback, and PostgreSQL called it an outage.
     await store.apply([_t(clock, "j-1", JobState.QUEUED, job_type="t.job")])
-    assert await store.get("j-1\x00") is None
+    assert await store.get(f"j-1{bad}") is None
     with pytest.raises(UnknownJob):
-        await store.request_cancel("j-1\x00")
-    assert await store.list_jobs(job_type="t.job\x00") == []
-    assert await store.list_jobs(idempotency_key="\x00") == []
+        await store.request_cancel(f"j-1{bad}")
+    assert await store.list_jobs(job_type=f"t.job{bad}") == []
+    assert await store.list_jobs(idempotency_key=bad) == []
     assert [r.job_id for r in await store.list_jobs(job_type="t.job")] == ["j-1"]
 
 

@@ -126,6 +126,7 @@ __all__ = [
     "Permissions",
     "Target",
     "Topology",
+    "check_queue_name",
     "consumer_timeout_advice",
     "dead_letter_exchange",
     "jobs_exchange",
@@ -373,12 +374,19 @@ _NAME = re.compile(r"[a-zA-Z0-9_.:@#,/+ -]+")
 _MAX_NAME = 127 - len(".retry")
 
 
-def _check_work_queue(queue: str) -> None:
-    if not _NAME.fullmatch(queue) or len(queue) > _MAX_NAME:
+def check_queue_name(queue: str) -> None:
+    """A work queue's name, or its DLQ's: one pamqp would refuse (a bare ValueError and its
+    traceback from ``dlq list``, ``status``) is a ``ConfigurationError`` naming it."""
+    base = queue.removesuffix(DLQ_SUFFIX)
+    if not _NAME.fullmatch(base) or len(base) > _MAX_NAME:
         raise ConfigurationError(
             f"invalid RabbitMQ queue name {queue[:80]!r}: use 1 to {_MAX_NAME} of letters, digits, space "
             "and _ . : @ # , / + -"
         )
+
+
+def _check_work_queue(queue: str) -> None:
+    check_queue_name(queue)
     # RabbitMQ refuses to declare them; the refusal came back as an AccessRefused that blamed
     # the user's permissions.
     if queue.startswith("amq."):

@@ -94,6 +94,7 @@ from conveyor.common.transport.rabbitmq.topology import (
     REMAINING_DELAY,
     Target,
     Topology,
+    check_queue_name,
     consumer_timeout_advice,
     legacy_dlq_advice,
     tier_queue,
@@ -359,6 +360,7 @@ class RabbitMQTransport(Transport):
                 await channel.exchange_delete(exchange)
 
     async def depth(self, queue: str) -> int:
+        check_queue_name(queue)
         async with self._control_channel() as channel:
             try:
                 declared = await channel.queue_declare(queue, passive=True)
@@ -375,6 +377,7 @@ class RabbitMQTransport(Transport):
         missing (a worker with other delay tiers declared the queue). AMQP cannot tell a
         message's age without taking it, so ``oldest_age`` stays unknown.
         """
+        check_queue_name(queue)
         dlq = self.dead_letter_queue(queue)
         pending = [queue, dlq, *(tier_queue(queue, tier) for tier in self.topology.delay_tiers)]
         counts: dict[str, tuple[int, int]] = {}

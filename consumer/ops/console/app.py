@@ -11,21 +11,46 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from conveyor.common.errors import ConveyorError, QueueNotFound
 from conveyor.consumer.ops.console.history import sample_forever
 from conveyor.consumer.ops.console.render import STATIC, highlight_css, page
-from conveyor.consumer.ops.console.security import NEW_SESSION, middlewares
+from conveyor.consumer.ops.console.security import NEW_SESSION, REASON_HEADER, form_of, middlewares
 from conveyor.consumer.ops.console.state import STATE, ConsoleState, QueueBusy
 from conveyor.consumer.ops.console.views_dead_letters import routes as dead_letter_routes
 from conveyor.consumer.ops.console.views_jobs import routes as job_routes
 from conveyor.consumer.ops.console.views_overview import routes as overview_routes
 from conveyor.consumer.ops.console.views_replays import routes as replay_routes
 
-__all__ = ["build_app", "serve"]
+__all__ = ["SERVER_LIMITS", "build_app", "serve"]
 
 log = logging.getLogger(__name__)
 login_routes = web.RouteTableDef()
+# aiohttp's parser refuses a request line over 8 KiB (a 400 naming no reason) before any route:
+# 32 KiB lets a 10 KB id reach the pages, which answer it with their reason code.
+SERVER_LIMITS: dict[str, Any] = {"max_line_size": 32 * 1024}
+
+
+class _RefusedRequestsInOneLine(logging.Filter):
+    """aiohttp logs a request its parser refused (a request line over the limit, broken framing)
+    as an error with its traceback: a stranger's malformed request, not a console fault, and one
+    that would fill the log. One warning line instead, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.getMessage()}: refused ({exc.code}, {type(exc).__name__}: {str(exc.message)[:120]})"
+            record.args = ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _quiet_refusals() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _RefusedRequestsInOneLine) for f in server_log.filters):
+        server_log.addFilter(_RefusedRequestsInOneLine())
 
 
 @login_routes.get("/login")
@@ -36,7 +61,7 @@ async def login_form(request: web.Request) -> web.Response:
 @login_routes.post("/login")
 async def login(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    form = await request.post()
+    form = await form_of(request)
     given, target = str(form.get("token", "")), _next(str(form.get("next", "/")))
     token = state.config.auth.token if state.config.auth else None
     if token is None or not hmac.compare_digest(given.encode(), token.encode()):
@@ -63,15 +88,20 @@ async def broker_errors(request: web.Request, handler: Any) -> web.StreamRespons
     except QueueBusy as busy:
         if request.path.startswith("/api/"):
             raise
-        return page(request, "busy.html", status=409, run=busy.run, refresh_ms=1000)
+        answer = page(request, "busy.html", status=409, run=busy.run, refresh_ms=1000)
+        answer.headers[REASON_HEADER] = "busy"
+        return answer
     except ConveyorError as exc:
         reason = getattr(exc, "reason", "broker_error")
         # A queue the broker does not have is a wrong address, not the broker being down.
         status = 404 if isinstance(exc, QueueNotFound) else 503
         message = f"{type(exc).__name__}: {exc}"
         if request.path.startswith("/api/"):  # a script gets JSON, as from every other API answer
-            return web.json_response({"error": message, "reason": reason}, status=status)
-        return page(request, "error.html", status=status, message=message, reason=reason)
+            answer = web.json_response({"error": message, "reason": reason}, status=status)
+        else:
+            answer = page(request, "error.html", status=status, message=message, reason=reason)
+        answer.headers[REASON_HEADER] = reason
+        return answer
 
 
 async def _highlight_css(_: web.Request) -> web.Response:
@@ -115,7 +145,8 @@ async def _sampling(app: web.Application) -> AsyncIterator[None]:
 async def serve(state: ConsoleState, *, started: asyncio.Event | None = None) -> None:
     """Listen on the configured address until cancelled; ``state.config.port`` 0 picks a port
     (printed, like the real one, on the ``listening on`` line)."""
-    runner = web.AppRunner(build_app(state), access_log=None)
+    _quiet_refusals()
+    runner = web.AppRunner(build_app(state), access_log=None, **SERVER_LIMITS)
     await runner.setup()
     try:
         site = web.TCPSite(runner, state.config.host, state.config.port)

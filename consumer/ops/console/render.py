@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -26,6 +27,9 @@ HERE = Path(__file__).parent
 STATIC = HERE / "static"
 ENVIRONMENT = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
                           trim_blocks=True, lstrip_blocks=True)
+# A path segment quoted whole: Jinja's ``urlencode`` keeps "/", and a job id may hold one
+# (orders/42), which made its link and its cancel form another route (a 404).
+ENVIRONMENT.filters["segment"] = lambda value: quote(str(value), safe="")
 _FORMATTER = HtmlFormatter(nowrap=True, classprefix="hl-")
 
 

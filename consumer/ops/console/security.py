@@ -2,6 +2,8 @@
 
 * ``headers``: a CSP that allows no inline script or style and no framing, ``nosniff``, no
   referrer, no caching of pages that show dead letters.
+* ``reasons``: every refusal names its reason code (text and ``X-Conveyor-Reason``), aiohttp's
+  own too (no such route or method, a body over the limit).
 * ``redact``: every text the console answers with passes the process's ``Redactor``, so a
   secret in a dead letter, an error or the broker URL never reaches a page.
 * ``host``: without credentials (loopback only) the Host header must be a loopback name too —
@@ -22,23 +24,27 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_request import FileField
+from multidict import MultiDictProxy
 from yarl import URL
 
 from conveyor.consumer.ops.console.config import ConsoleAuth, is_loopback
 from conveyor.consumer.ops.console.state import STATE
 
-__all__ = ["CSRF_FIELD", "CSRF_HEADER", "NEW_SESSION", "SESSION", "SESSION_COOKIE", "csrf_token", "middlewares",
-           "session_of"]
+__all__ = ["CSRF_FIELD", "CSRF_HEADER", "NEW_SESSION", "REASON_HEADER", "SESSION", "SESSION_COOKIE", "csrf_token",
+           "form_of", "middlewares", "session_of"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SESSION_COOKIE = "conveyor_console"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
+REASON_HEADER = "X-Conveyor-Reason"
 SESSION = web.RequestKey("conveyor_console_session", str)
 NEW_SESSION = web.RequestKey("conveyor_console_new_session", str)  # set by sign-in: the rotated id
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -56,7 +62,35 @@ def session_of(request: web.Request) -> str:
 
 
 def refuse(status: type[web.HTTPException], reason: str, text: str) -> web.HTTPException:
-    return status(text=f"{text} (reason: {reason})", headers={"X-Conveyor-Reason": reason})
+    return status(text=f"{text} (reason: {reason})", headers={REASON_HEADER: reason})
+
+
+async def form_of(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | FileField]:
+    """The request's form. A body that is no form (not UTF-8, multipart without its boundary)
+    made aiohttp's parser raise, a 500: here it is a 400 with its reason."""
+    try:
+        return await request.post()
+    except ValueError as exc:  # UnicodeDecodeError is one
+        raise refuse(web.HTTPBadRequest, "bad_form", f"the request body is not a form: {type(exc).__name__}") from None
+
+
+# aiohttp's own refusals (no route, no such method, a body over the limit) carry no reason.
+_STATUS_REASONS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+_REASON_IN_TEXT = re.compile(r"\(reason: ([a-z_]+)\)")
+
+
+@web.middleware
+async def reasons(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and REASON_HEADER not in exc.headers:
+            named = _REASON_IN_TEXT.search(exc.text or "")
+            reason = named.group(1) if named else _STATUS_REASONS.get(exc.status, "http_error")
+            if not named:
+                exc.text = f"{(exc.text or exc.reason).strip()} (reason: {reason})"
+            exc.headers[REASON_HEADER] = reason
+        raise
 
 
 @web.middleware
@@ -184,7 +218,7 @@ async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise refuse(web.HTTPForbidden, "csrf_origin", "cross-site request refused: nothing was changed")
     given = request.headers.get(CSRF_HEADER)
     if given is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()
+        form = await form_of(request)
         field = form.get(CSRF_FIELD)
         given = field if isinstance(field, str) else None
     expected = csrf_token(request.app[STATE].secret_key, session_of(request))
@@ -195,4 +229,4 @@ async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def middlewares() -> list[Middleware]:
-    return [headers, redact, host, session, auth, read_only, csrf]
+    return [headers, reasons, redact, host, session, auth, read_only, csrf]

@@ -62,7 +62,7 @@ class ConsoleState:
 
     def check_queue(self, queue: str) -> str:
         if queue not in self.config.queues:
-            raise web.HTTPNotFound(text=f"this console does not watch a queue named {queue!r}")
+            raise web.HTTPNotFound(text=f"this console does not watch a queue named {queue!r} (reason: unknown_queue)")
         return queue
 
     def check_idle(self, queue: str) -> None:

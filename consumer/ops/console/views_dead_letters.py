@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 from multidict import MultiMapping
@@ -18,6 +19,7 @@ from multidict import MultiMapping
 from conveyor.common.codec import strict_json_loads
 from conveyor.common.errors import ConfigurationError, ConveyorError, RejectedMessage
 from conveyor.consumer.ops.console.render import highlight_json, highlight_traceback, page, pretty_json
+from conveyor.consumer.ops.console.security import form_of
 from conveyor.consumer.ops.console.state import STATE
 from conveyor.consumer.ops.dead_letters import DeadLetterFilter, ReplayReport, check_replay_rate, group_counts
 from conveyor.schemas.dead_letter import DeadLetterRecord
@@ -137,7 +139,7 @@ async def show(request: web.Request) -> web.Response:
 async def replay_edited(request: web.Request) -> web.Response:
     state = request.app[STATE]
     queue, entry = state.check_queue(request.match_info["queue"]), request.match_info["entry"]
-    form = await request.post()
+    form = await form_of(request)
     text = str(form.get("payload", ""))
     try:
         data = strict_json_loads(text.encode(), max_bytes=state.max_message_bytes)
@@ -165,7 +167,13 @@ async def replay_edited(request: web.Request) -> web.Response:
                     raise web.HTTPNotFound(text=f"no dead letter {entry!r} in {queue} (reason: not_found)")
     if problems:
         return await _show(request, queue, entry, edited=text, errors=problems, status=422)
-    raise web.HTTPSeeOther(f"/dead-letters?queue={queue}&notice=replayed+{record.job_id}+with+the+edited+payload")
+    raise web.HTTPSeeOther(dead_letters_url(queue, f"replayed {record.job_id} with the edited payload"))
+
+
+def dead_letters_url(queue: str, notice: str) -> str:
+    """The list of ``queue``'s dead letters with a notice; both quoted (a RabbitMQ queue name may
+    hold "#", "&", "+" or a space, which came back as another queue)."""
+    return f"/dead-letters?{urlencode({'queue': queue, 'notice': notice})}"
 
 
 def _rate(value: Any) -> float | None:
@@ -184,7 +192,7 @@ def _rate(value: Any) -> float | None:
 async def _action(request: web.Request) -> tuple[str, MultiMapping[Any], DeadLetterFilter, dict[str, str]]:
     """The queue a state-changing request acts on, its form, and the filter or selection it names."""
     queue = request.app[STATE].check_queue(request.match_info["queue"])
-    form = await request.post()
+    form = await form_of(request)
     flt, raw = parse_filter(form)
     return queue, form, flt, raw
 
@@ -219,4 +227,4 @@ async def purge(request: web.Request) -> web.Response:
             return page(request, "purge_confirm.html", queue=queue, matching=matching, filters=raw,
                         ids=sorted(flt.dead_letter_ids or ()), wrong=bool(form.get("confirm")))
         removed = await letters.purge(flt)
-    raise web.HTTPSeeOther(f"/dead-letters?queue={queue}&notice=purged+{removed}+entries")
+    raise web.HTTPSeeOther(dead_letters_url(queue, f"purged {removed} entries"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
@@ -114,4 +114,5 @@ async def cancel(request: web.Request) -> web.Response:
         notice = "it is running: cancel requested" + ("; its worker was told" if broadcast else "")
     else:
         notice = f"cancelled (was {result.previous}); it will not run"
-    raise web.HTTPSeeOther(f"/jobs/{record.job_id}?notice={notice.replace(' ', '+')}")
+    # Quoted whole: a job id may hold "/" (orders/42), which would be another route.
+    raise web.HTTPSeeOther(f"/jobs/{quote(record.job_id, safe='')}?{urlencode({'notice': notice})}")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -87,3 +90,29 @@ def test_demo_console_keeps_the_demos_broker_and_console_up(tmp_path: Path) -> N
     finally:
         demo.stop()
     assert "accounted for" in demo.out.read_text() or "Final accounting" in demo.out.read_text()
+
+
+def test_a_ten_kilobyte_id_gets_its_reason_and_an_oversized_request_line_logs_no_traceback(tmp_path: Path) -> None:
+    # A 10 KB id was refused by aiohttp's parser (its 8 KiB line limit) with a 400 that named no
+    # reason, and every such request wrote a traceback to the console's stderr.
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    console = Process(["console", "--broker", "memory://", "--port", str(port)], {**env, "PYTHONPATH": str(ROOT)},
+                      tmp_path, "console")
+    try:
+        console.wait_for("listening on http://127.0.0.1:")
+        for path in (f"/jobs/{'a' * 10240}", f"/dead-letters/conveyor.default/{'é' * 3000}"):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{urllib.parse.quote(path)}", timeout=10)
+            except urllib.error.HTTPError as refused:
+                assert refused.code == 404 and refused.headers["X-Conveyor-Reason"], path[:30]
+                assert "(reason: " in refused.read().decode()
+            else:
+                raise AssertionError(f"{path[:30]}… was answered")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:  # past any limit
+            raw.sendall(b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert raw.recv(12)[-3:] == b"400"
+    finally:
+        console.stop()
+    err = console.err.read_text()
+    assert "Traceback" not in err and "refused (400, LineTooLong" in err, err[-2000:]
