@@ -76,15 +76,25 @@ __all__ = [
 
 
 class ConveyorError(Exception):
-    """Base of every error Conveyor raises on purpose."""
+    """Base of every error Conveyor raises on purpose.
+
+    Each carries a ``reason`` code, stable for scripts: the CLI prints it beside the message
+    (``TransportError (broker_error): …``), the console in its page, its JSON and the
+    ``X-Conveyor-Reason`` header."""
+
+    reason = "error"
 
 
 class ConfigurationError(ConveyorError):
     """Settings or job options are invalid; raised at start-up, never mid-run."""
 
+    reason = "invalid_configuration"
+
 
 class TransportError(ConveyorError):
     """The broker could not be reached, or it answered in a way we cannot use."""
+
+    reason = "broker_error"
 
 
 class QueueNotFound(TransportError):
@@ -101,14 +111,20 @@ class AccessRefused(TransportError):
     ``publish`` names one error for "the broker did not take it".
     """
 
+    reason = "access_refused"
+
 
 class TlsError(TransportError):
     """The broker's certificate was not trusted or not valid for the host name, or the TLS
     handshake failed otherwise. Nothing was sent over the connection; it is not retried."""
 
+    reason = "tls_error"
+
 
 class PublishNotConfirmed(TransportError):
     """The broker refused the message (nack, no write permission) or could not route it (return)."""
+
+    reason = "publish_not_confirmed"
 
 
 class PublishNacked(PublishNotConfirmed):
@@ -116,13 +132,19 @@ class PublishNacked(PublishNotConfirmed):
     with ``reject-publish``, a broker-side failure) or a Pulsar backlog quota. Unlike a missing
     route or permission, the same message may be taken a little later."""
 
+    reason = "publish_nacked"
+
 
 class PublishOutcomeUnknown(TransportError):
     """No confirm arrived in time; retry with the *same* job id, never a new one."""
 
+    reason = "publish_outcome_unknown"
+
 
 class AlreadySettled(TransportError):
     """A delivery may be settled exactly once."""
+
+    reason = "already_settled"
 
 
 class RejectedMessage(ConveyorError):
@@ -187,6 +209,8 @@ class PayloadIntegrityError(RejectedMessage):
 class JobFailure(ConveyorError):
     """Raise a subclass from a handler to choose the outcome explicitly."""
 
+    reason = "job_failed"
+
 
 class RetryableError(JobFailure):
     """A transient failure: the job is retried after a backoff delay."""
@@ -199,13 +223,19 @@ class PermanentError(JobFailure):
 class JobTimeout(ConveyorError):
     """The handler exceeded its time limit and was cancelled; retried like any failure."""
 
+    reason = "timeout"
+
 
 class PayloadStoreUnavailable(ConveyorError):
     """The payload store could not be reached, timed out or failed; worth another try."""
 
+    reason = "payload_store_unavailable"
+
 
 class CircuitOpen(ConveyorError):
     """A circuit breaker is open; the job was not attempted."""
+
+    reason = "circuit_open"
 
 
 class CrashLoop(RejectedMessage):
@@ -221,6 +251,8 @@ class IdempotencyConflict(RejectedMessage):
 class IdempotencyStoreUnavailable(ConveyorError):
     """The processed-key database could not be reached or failed; worth another try."""
 
+    reason = "idempotency_store_unavailable"
+
 
 class UnknownJob(ConveyorError):
     """No job with this id in the job-state store (a typo, or expired by retention). Not a
@@ -232,13 +264,19 @@ class UnknownJob(ConveyorError):
 class JobStateStoreUnavailable(ConveyorError):
     """The job-state database could not be reached or failed; the writer keeps and retries."""
 
+    reason = "job_state_store_unavailable"
+
 
 class JobCancelled(ConveyorError):
     """The job was cancelled by an operator: it is acked, never retried or dead-lettered."""
 
+    reason = "cancelled"
+
 
 class JobNotSucceeded(ConveyorError):
     """A job's result was asked for, but it ended without one (dead-lettered or cancelled)."""
+
+    reason = "job_not_succeeded"
 
     def __init__(self, message: str, *, state: str) -> None:
         super().__init__(message)

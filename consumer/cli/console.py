@@ -81,7 +81,7 @@ def console(broker: str | None, queues: tuple[str, ...], workers: tuple[str, ...
     config = ConsoleConfig(host=host, port=port, queues=tuple(dict.fromkeys(watched)), workers=workers,
                            read_only=read_only, auth=auth, refresh=refresh, broker_label=mask_url(url))
     redact = _page_redactor(settings, url, auth.secrets if auth else ())
-    run(_serve(config, url, settings, registry, schemas_dir, redact), settings)
+    run(_serve(config, url, settings, registry, schemas_dir, redact), settings, serving=True)
 
 
 def _page_redactor(settings: Settings, url: str, auth_secrets: tuple[str, ...]) -> Redactor:

@@ -56,7 +56,7 @@ def _url(database_url: str | None) -> str:
     return database_url
 
 
-def _run(work: Callable[[], Awaitable[T]], settings: Any = None) -> T:
+def _run(work: Callable[[], Awaitable[T]], settings: Any = None, *, serving: bool = False) -> T:
     """Run ``work`` with the command's secrets (--database-url too) masked; a database failure is one line."""
     settings = settings or support.settings_from()
 
@@ -71,7 +71,7 @@ def _run(work: Callable[[], Awaitable[T]], settings: Any = None) -> T:
                 redactor()(f"database error ({type(exc).__name__}): {exc}".splitlines()[0])
             ) from None
 
-    return support.run(guarded(), settings)
+    return support.run(guarded(), settings, serving=serving)
 
 
 async def _connect(url: str) -> Any:
@@ -227,4 +227,4 @@ def relay(database_url: str | None, table: str, broker: str | None, batch_size: 
             if store is not None:
                 await store.close()
 
-    _run(go, settings)
+    _run(go, settings, serving=True)

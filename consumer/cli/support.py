@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import math
 import sys
 from collections.abc import Coroutine
@@ -89,10 +90,18 @@ def command_line() -> list[str]:
     return list(click.get_current_context().meta.get(_ARGV, sys.argv[1:]))
 
 
-def run(coro: Coroutine[Any, Any, T], settings: Settings | None) -> T:
+def run(coro: Coroutine[Any, Any, T], settings: Settings | None, *, serving: bool = False) -> T:
     """Run a command's coroutine; first, mask every secret it knows: its ``settings`` (from the
     environment and secret files, read once by the command) and its flags. ``None``: a command
-    that touches no secrets (the demo)."""
+    that touches no secrets (the demo).
+
+    ``serving``: a long-running command (worker, console, relay), whose log is its record. A
+    one-shot command answers in one line: aiormq's own log of the failed connect (the same
+    failure, as a second line on stderr) is muted while it runs."""
+    client_log = logging.getLogger("aiormq.connection")
+    level = client_log.level
+    if not serving:
+        client_log.setLevel(logging.CRITICAL)
     try:
         if settings is not None:
             params = click.get_current_context().params
@@ -100,9 +109,9 @@ def run(coro: Coroutine[Any, Any, T], settings: Settings | None) -> T:
                     params.get("job_state_url"))
         return asyncio.run(coro)
     except ConveyorError as exc:  # one line: the error's type (and reason code) and message
-        reason = getattr(exc, "reason", None)
-        kind = f"{type(exc).__name__} ({reason})" if reason else type(exc).__name__
-        raise click.ClickException(redactor()(f"{kind}: {exc}")) from None
+        raise click.ClickException(redactor()(f"{type(exc).__name__} ({exc.reason}): {exc}")) from None
+    finally:
+        client_log.setLevel(level)
 
 
 def settings_from(**overrides: Any) -> Settings:

@@ -94,7 +94,7 @@ def worker(target: str, broker: str | None, processes: int, **overrides: Any) ->
 
     # Before the loop: the git revision is a subprocess.
     run_info = (code_version(settings.code_version), config_hash(settings))
-    run(_worker_main(registry, url, settings, run_info), settings)
+    run(_worker_main(registry, url, settings, run_info), settings, serving=True)
 
 
 def restart_policy(settings: Settings) -> RestartPolicy:
@@ -115,7 +115,7 @@ def _supervise(processes: int, settings: Settings) -> None:
         http_host=settings.http_host, http_port=settings.http_port, policy=restart_policy(settings),
         announce=click.echo,
     )
-    code = run(supervisor.run(), settings)
+    code = run(supervisor.run(), settings, serving=True)
     if supervisor.error is not None:
         raise click.ClickException(supervisor.error)
     click.echo("stopped")
