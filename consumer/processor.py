@@ -6,6 +6,7 @@ decision table to carry out and bad input can never escape as a traceback loop.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -55,10 +56,19 @@ _CLASSIFICATION: tuple[tuple[type[BaseException], OutcomeKind, str | None], ...]
     (RejectedMessage, OutcomeKind.DEAD, None),  # bad input, or a middleware's verdict (idempotency conflict)
     (PermanentError, OutcomeKind.DEAD, "permanent"),
     (JobTimeout, OutcomeKind.RETRY, "timeout"),
-    (Exception, OutcomeKind.RETRY, None),
+    (BaseException, OutcomeKind.RETRY, None),  # any other failure, the handler's BaseException too
 )
 DEFAULT_HANDLER_THREADS = 4  # a Processor used without a worker's pool
 _REMEMBERED_CLASSES = 256  # exception types whose classification is remembered
+
+
+def _cancelled_from_outside(exc: BaseException) -> bool:
+    """A ``CancelledError`` that cancels this task (a drain, the worker stopping), not one a
+    handler raised of its own accord: only then has someone asked to cancel the task."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class Processor:
@@ -87,7 +97,7 @@ class Processor:
         self._middlewares = tuple(middlewares)
         self._chain = build_consume_chain(middlewares, self._invoke)
         self._limits: dict[float, TimeLimit] = {}  # by a job's timeout: few distinct values
-        self._classes: dict[type[Exception], tuple[OutcomeKind, str | None]] = {}  # see _classification
+        self._classes: dict[type[BaseException], tuple[OutcomeKind, str | None]] = {}  # see _classification
 
     async def process(self, delivery: Delivery) -> Outcome:
         started = self._clock.now()
@@ -116,6 +126,14 @@ class Processor:
         try:
             await self._chain(ctx)
         except Exception as exc:
+            return self._classified(ctx.envelope, exc, started, otherwise="error", begin=begin)
+        except BaseException as exc:
+            if _cancelled_from_outside(exc):
+                raise  # a drain or shutdown: the delivery goes back unspent (Worker._on_delivery)
+            # The handler's own KeyboardInterrupt, SystemExit, GeneratorExit or CancelledError
+            # (a sync handler's comes from its thread): a failed attempt like any other. Let
+            # through, it took the worker down (KeyboardInterrupt, SystemExit), left the message
+            # unsettled for good (the others) or gave it back unspent, at once, for ever.
             return self._classified(ctx.envelope, exc, started, otherwise="error", begin=begin)
         return Outcome(
             OutcomeKind.SUCCEEDED,
@@ -197,7 +215,7 @@ class Processor:
         return found
 
     def _classified(
-        self, envelope: Envelope, exc: Exception, started: datetime, *, otherwise: str, begin: float | None = None
+        self, envelope: Envelope, exc: BaseException, started: datetime, *, otherwise: str, begin: float | None = None
     ) -> Outcome:
         """The outcome ``_CLASSIFICATION`` gives ``exc``; ``otherwise``: the reason of a plain failure."""
         kind, reason = self._classification(type(exc))
@@ -208,7 +226,7 @@ class Processor:
         outcome = self._failed(kind, envelope, exc, started, reason=reason, begin=begin)
         return replace(outcome, timed_out=True) if isinstance(exc, JobTimeout) else outcome
 
-    def _classification(self, error: type[Exception]) -> tuple[OutcomeKind, str | None]:
+    def _classification(self, error: type[BaseException]) -> tuple[OutcomeKind, str | None]:
         """``_CLASSIFICATION``'s first match for ``error``, remembered per exception type: every
         failed attempt asks, and a handler raises few distinct types (a bounded number is kept,
         so classes made on the fly cannot grow it)."""
