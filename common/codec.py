@@ -363,7 +363,8 @@ def check_json_data(value: Any, *, levels: int = MAX_DEPTH) -> None:
 
     Refused with ``MalformedMessage`` naming where (the path of keys, never a value): NaN and
     infinity (encoders would write ``null`` without a word), integers beyond ±(2**53-1), strings
-    or keys with lone surrogates (no encoder writes them), deeper nesting. Other Python types
+    or keys with lone surrogates (no encoder writes them), keys that are not strings (written
+    as ``str(key)``, ``{1: "a", "1": "b"}`` would lose a value), deeper nesting. Other Python types
     are left to the encoder (a ``datetime`` becomes its ISO string).
     """
     if _written_clean(value, levels) or _json_ok(value, levels):  # the path is only looked for on failure
@@ -436,7 +437,7 @@ def _json_ok(value: Any, levels: int) -> bool:
         for container in level:
             if isinstance(container, dict):
                 for key in container:
-                    if type(key) is str and not key.isascii() and not _encodable(key):
+                    if not isinstance(key, str) or (not key.isascii() and not _encodable(key)):
                         return False
                 items = container.values()
             else:
@@ -473,6 +474,9 @@ def _json_problem(value: Any, levels: int, path: tuple[Any, ...]) -> tuple[str, 
             return f"nested deeper than {MAX_DEPTH} levels (the envelope's included)", path
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
+            if isinstance(value, dict) and not isinstance(key, str):
+                # pydantic would write str(key): 1 and "1" (or None and "None") become one key
+                return f"a key that is not a string ({type(key).__name__})", path
             if isinstance(key, str) and not (key.isascii() or _encodable(key)):
                 return "a key with a lone surrogate", path
             problem = _json_problem(item, levels - 1, (*path, key))

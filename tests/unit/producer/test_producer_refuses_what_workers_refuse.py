@@ -37,6 +37,10 @@ HOSTILE: dict[str, tuple[Any, str]] = {
     "a lone surrogate in a key": ({"caf\udc80": 1}, "payload: a key with a lone surrogate"),
     "nesting one level too deep": ({"x": nested(MAX_DEPTH - 2)}, "nested deeper than"),
     "a model holding NaN": (Reading(value=math.nan), "payload.value: NaN or infinity"),
+    # Sent as str(key): {1: "a", "1": "b"} arrived as {"1": "b"}, None as "None", without a word.
+    "an int key beside its string twin": ({"meta": {1: "a", "1": "b"}}, "payload.meta: a key that is not a string (int)"),
+    "a None key in a list": ({"items": [{None: 1}]}, "payload.items[0]: a key that is not a string (NoneType)"),
+    "a tuple key": ({"meta": {(1, 2): 1}}, "payload.meta: a key that is not a string (tuple)"),
 }
 
 
