@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from pydantic_core import CoreConfig, SchemaValidator
+from pydantic_core import CoreConfig, SchemaValidator, to_json
 
 from conveyor.common.errors import MalformedMessage, MessageTooLarge
 from conveyor.schemas.dead_letter import DeadLetterRecord
@@ -41,6 +41,7 @@ __all__ = [
     "decode_dead_letter",
     "decode_envelope",
     "dumps",
+    "encode_data",
     "encode_envelope",
     "encode_model",
     "json_safe_text",
@@ -511,3 +512,18 @@ def json_safe_text(text: str) -> str:
 
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
+
+
+def encode_data(data: Any) -> bytes:
+    """A payload's data as JSON, written as ``encode_envelope`` writes it inside an envelope:
+    orjson, else pydantic-core for what orjson has no encoding for (``bytes``, a ``set``, a
+    ``Decimal``), so a payload that travels inline also travels as a claim check.
+    ``MalformedMessage`` for data neither can write (an arbitrary object, bytes not UTF-8)."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:  # orjson.JSONEncodeError
+        pass
+    try:
+        return to_json(data)
+    except ValueError as exc:  # PydanticSerializationError
+        raise MalformedMessage(f"the job cannot be encoded as JSON ({type(exc).__name__})") from None
