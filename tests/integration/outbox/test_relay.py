@@ -382,3 +382,26 @@ async def test_a_row_that_does_not_decode_is_marked_failed_and_slows_nothing(dat
     row = await db.fetchrow(f"SELECT failed_at, last_error FROM {table} WHERE job_id = 'hand-written'")
     assert row["failed_at"] is not None and row["last_error"].startswith("MalformedMessage")
     assert [j for j, _ in log] == good  # the key's order holds around the refused row
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    ((b'"to":"0@example.com"', b'"to":NaN'), "JSON constant NaN is not allowed"),
+    ((b'"to":"0@example.com"', b'"to":"0@example.com","to":"admin@example.com"'), "duplicate JSON object key"),
+    ((b'"to":"0@example.com"', b'"to":123456789012345678901234567890'), "integer out of range"),
+], ids=["NaN", "a duplicate key", "a huge integer"])
+async def test_a_row_a_worker_would_refuse_is_marked_failed_not_sent_as_another_job(
+        database_url: str, table: str, db: asyncpg.Connection, edit: tuple[bytes, bytes], says: str) -> None:
+    # Read leniently, NaN went out as null and the last duplicate key won (the job that ran was
+    # not the one in the row); a huge integer went out for every worker to dead-letter.
+    [job_id] = _add(database_url, table, 1)
+    old, new = (part.decode() for part in edit)
+    await db.execute(f"UPDATE {table} SET envelope = replace(envelope, $1, $2) WHERE job_id = $3", old, new, job_id)
+    log: list[tuple[str, str]] = []
+    relay = _relay(database_url, table, Recording(MemoryBroker(), log))
+    async with relay:
+        assert await relay.relay_once() == 0
+        assert relay.failures == 0, "a refused row must not put the relay into backoff"
+    row = await db.fetchrow(f"SELECT failed_at, last_error FROM {table} WHERE job_id = $1", job_id)
+    assert row["failed_at"] is not None and row["last_error"].startswith("MalformedMessage"), row["last_error"]
+    assert says in row["last_error"]
+    assert log == []
