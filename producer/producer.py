@@ -231,7 +231,10 @@ class Producer:
         version = self._validate(job_type, data, version)
         now = self._clock.now()
         if isinstance(deadline, timedelta):
-            deadline = now + deadline
+            try:
+                deadline = now + deadline
+            except OverflowError:  # past year 9999 (or before year 1): the builtin's error was all one got
+                raise MalformedMessage("not a valid job: deadline: out of range") from None
         headers = dict(headers) if headers else {}
         if self._code_version and len(headers) < MAX_ENVELOPE_HEADERS:
             headers.setdefault(PRODUCER_VERSION, self._code_version)

@@ -5,6 +5,7 @@ one line saying where, never a traceback from deep inside an encoder, never a qu
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -97,6 +98,8 @@ ENVELOPE_FIELDS: dict[str, tuple[str, dict[str, Any], str]] = {
     "a job type of 10,000 characters": ("j" * 10_000, {}, "job_type: string_pattern_mismatch"),
     "an idempotency key of 1,000 characters": ("t.reading", {"idempotency_key": "k" * 1000}, "idempotency_key"),
     "a header name with a space": ("t.reading", {"headers": {"a b": "c"}}, "headers"),
+    "a deadline past year 9999": ("t.reading", {"deadline": timedelta(days=10**8)}, "deadline: out of range"),
+    "a deadline before year 1": ("t.reading", {"deadline": -timedelta(days=10**8)}, "deadline: out of range"),
 }
 
 
