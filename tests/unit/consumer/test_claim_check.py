@@ -119,6 +119,20 @@ async def test_a_large_payload_travels_as_a_structured_reference_and_comes_back_
     assert h.store.objects == {}, "a succeeded job's object is deleted after the ack"
 
 
+@pytest.mark.parametrize(("over", "kind"), [(-1, "inline"), (0, "inline"), (1, "ref")])
+async def test_the_threshold_is_the_largest_encoded_payload_that_stays_inline(over: int, kind: str) -> None:
+    h = Harness()
+    room = THRESHOLD + over - len(b'{"text":""}')
+    text = "é" * (room // 2) + "x" * (room % 2)  # é is two bytes of UTF-8
+    assert len(orjson.dumps({"text": text})) == THRESHOLD + over
+    async with h.producer() as producer:
+        await producer.publish("t.blob", Blob(text=text))
+    assert (await published_envelope(h)).payload.kind == kind
+    async with await h.worker() as worker:
+        await until(lambda: worker.counts["succeeded"] == 1)
+    assert h.seen == [text]
+
+
 async def test_a_tampered_object_goes_to_the_dlq_after_one_delivery_and_the_handler_never_runs() -> None:
     h = Harness()
     async with h.producer() as producer:
