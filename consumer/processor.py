@@ -193,8 +193,15 @@ class Processor:
             limit = self._limits[spec.timeout] = TimeLimit(spec.timeout)
         try:
             if spec.is_async:
-                with limit(ctx):
-                    return await spec.handler(ctx.payload, ctx)
+                limited = limit(ctx)
+                with limited:
+                    result = await spec.handler(ctx.payload, ctx)
+                if limited.expired:
+                    # Cancelled at its limit, the handler swallowed the cancel and returned: its
+                    # work was cut short, so a timeout, as a sync handler's late return is. It was
+                    # acked as a success, a job whose effect may never have happened.
+                    raise TimeoutError
+                return result
             # Sync handlers run in the worker's threads so the loop (and AMQP heartbeats) never
             # starve; an overrun keeps its slot until its thread returns (consumer.threads).
             call = functools.partial(spec.handler, ctx.payload, ctx)

@@ -82,6 +82,32 @@ async def test_job_timeout_cancels_the_handler_and_counts_as_retryable() -> None
     assert worker.metrics.failed.labels("t.slow", "timeout")._value.get() == 1
 
 
+async def test_an_async_handler_that_swallows_its_timeout_and_returns_is_a_timeout_not_a_success() -> None:
+    # Its work was cut short at the limit; it said "done" and was acked as a success, the job's
+    # effect never made. A sync handler's late return has always been a timeout.
+    broker = MemoryBroker()
+    finished: list[int] = []
+    jobs = JobRegistry()
+
+    @jobs.job("t.slow", timeout=0.05, retry=RetryPolicy(max_attempts=2, base=0.01, jitter=0))
+    async def slow(payload: Job, ctx: JobContext) -> str:
+        try:
+            await asyncio.sleep(10)
+            finished.append(ctx.attempt)
+        except asyncio.CancelledError:
+            pass  # the mistake: the cancel is swallowed, and the handler returns as if done
+        return "done"
+
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer, Worker(transport, jobs) as worker:
+        await producer.publish("t.slow", Job(n=1))
+        await broker.join(DEFAULT_QUEUE)
+    assert finished == []
+    assert (worker.counts["succeeded"], worker.counts["retried"], worker.counts["dead_lettered"]) == (0, 1, 1)
+    assert worker.metrics.failed.labels("t.slow", "timeout")._value.get() == 2
+
+
 async def test_sync_handlers_run_off_the_event_loop() -> None:
     import threading
 
