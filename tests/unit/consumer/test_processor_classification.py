@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 
 import pytest
 from pydantic import BaseModel
@@ -19,7 +20,7 @@ from conveyor.common.errors import (
     RetryableError,
 )
 from conveyor.common.jobs.context import JobContext
-from conveyor.common.jobs.outcome import OutcomeKind
+from conveyor.common.jobs.outcome import Outcome, OutcomeKind
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.base import Delivery
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
@@ -103,21 +104,33 @@ async def test_a_handlers_own_base_exception_is_a_failed_attempt_never_a_crash_o
     # GeneratorExit and BaseException left the delivery unsettled for good, and a handler's own
     # CancelledError gave the message back unspent: redelivered at once, for ever.
     jobs = JobRegistry()
+    entered, release = threading.Event(), threading.Event()
 
     def raising(payload: _Ping, ctx: JobContext) -> None:
+        entered.set()
+        release.wait(10)  # until the loop waits for this thread: asyncio hands the error over then
         raise error("raised by the handler itself")
 
     async def raising_async(payload: _Ping, ctx: JobContext) -> None:
-        raising(payload, ctx)
+        raise error("raised by the handler itself")
 
     jobs.job("t.ping", model=_Ping)(raising if sync else raising_async)
     processor = Processor(registry=jobs, middlewares=[], payloads=PayloadResolver.for_store(None),
                           clock=SystemClock(), worker_id="w", max_message_bytes=1 << 20, threads=HandlerThreads(1))
     delivery = await _one_delivery(jobs)
-    try:
-        outcome = await processor.process(delivery)
-    except BaseException as exc:  # caught here, inside the test's task: asyncio never sees it
-        pytest.fail(f"process() let the handler's {type(exc).__name__} through")
+
+    async def processed() -> Outcome | BaseException:  # a task of its own, as the worker's deliveries
+        try:
+            return await processor.process(delivery)
+        except BaseException as exc:  # caught inside the task: asyncio never sees it
+            return exc
+
+    task = asyncio.create_task(processed())
+    if sync:
+        assert await asyncio.to_thread(entered.wait, 10)
+        release.set()
+    outcome = await task
+    assert isinstance(outcome, Outcome), f"process() let the handler's {type(outcome).__name__} through"
     assert (outcome.kind, outcome.reason, outcome.error_type) == (OutcomeKind.RETRY, "error", error.__name__)
     assert outcome.error_message == "raised by the handler itself"
 
