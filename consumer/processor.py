@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -201,13 +202,20 @@ class Processor:
                     # work was cut short, so a timeout, as a sync handler's late return is. It was
                     # acked as a success, a job whose effect may never have happened.
                     raise TimeoutError
-                return result
-            # Sync handlers run in the worker's threads so the loop (and AMQP heartbeats) never
-            # starve; an overrun keeps its slot until its thread returns (consumer.threads).
-            call = functools.partial(spec.handler, ctx.payload, ctx)
-            return await self._threads.run(call, limit=limit, job_id=ctx.job_id, job_type=spec.job_type)
+            else:
+                # Sync handlers run in the worker's threads so the loop (and AMQP heartbeats) never
+                # starve; an overrun keeps its slot until its thread returns (consumer.threads).
+                call = functools.partial(spec.handler, ctx.payload, ctx)
+                result = await self._threads.run(call, limit=limit, job_id=ctx.job_id, job_type=spec.job_type)
         except TimeoutError:
             raise JobTimeout(f"{spec.job_type} exceeded its {spec.timeout:g}s timeout") from None
+        if type(result) is types.CoroutineType:
+            # A def or lambda around an async def (``lambda p, ctx: send(p)``) returns the work
+            # unrun: it was acked as a success, the coroutine never awaited. One type check per job.
+            result.close()  # no "never awaited" warning: the error says it
+            raise PermanentError(f"{spec.job_type}: its handler returned a coroutine it never awaited, so the "
+                                 "job's work never happened (a def or lambda around an async def?)")
+        return result
 
     def overdue(self) -> list[Overrun]:
         """Async handlers cancelled at their time limit that go on: they swallowed the cancel

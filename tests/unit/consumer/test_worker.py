@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
+import warnings
 
 from pydantic import BaseModel
 
@@ -280,3 +282,32 @@ def test_the_worker_id_names_the_deploys_code_version() -> None:
         except ValidationError:
             continue
         raise AssertionError(f"{bad!r} was accepted as a code version")
+
+
+async def test_a_handler_that_returns_its_work_unawaited_is_dead_lettered_not_acked_as_done() -> None:
+    # lambda p, ctx: send(p) around an async def returned the coroutine unrun: acked as a
+    # success, "coroutine was never awaited" in the log, the job's work never done.
+    broker = MemoryBroker()
+    sent: list[int] = []
+    jobs = JobRegistry()
+
+    async def send(payload: Job) -> None:
+        sent.append(payload.n)
+
+    async def forgets_to_await(payload: Job, ctx: JobContext) -> object:
+        return send(payload)
+
+    jobs.job("t.lambda", model=Job)(lambda payload, ctx: send(payload))
+    jobs.job("t.forgets", model=Job)(forgets_to_await)
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a coroutine never awaited warns when it is collected
+        async with Producer.for_registry(MemoryTransport(broker), jobs) as producer, Worker(transport, jobs) as worker:
+            await producer.publish("t.lambda", Job(n=1))
+            await producer.publish("t.forgets", Job(n=2))
+            await broker.join(DEFAULT_QUEUE)
+        gc.collect()
+    assert sent == []
+    assert (worker.counts["succeeded"], worker.counts["dead_lettered"]) == (0, 2)
+    assert worker.metrics.failed.labels("t.lambda", "permanent")._value.get() == 1
