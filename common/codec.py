@@ -29,9 +29,17 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import CoreConfig, SchemaValidator, to_json
 
-from conveyor.common.errors import MalformedMessage, MessageTooLarge
+from conveyor.common.errors import MalformedMessage, MessageTooLarge, RejectedMessage
 from conveyor.schemas.dead_letter import DeadLetterRecord
-from conveyor.schemas.envelope import MAX_DEPTH, RFC3339_PATTERN, Envelope, InlinePayload, _rfc3339, _whole_number
+from conveyor.schemas.envelope import (
+    MAX_DEPTH,
+    MAX_HISTORY,
+    RFC3339_PATTERN,
+    Envelope,
+    InlinePayload,
+    _rfc3339,
+    _whole_number,
+)
 from conveyor.schemas.registry import describe_validation_error
 
 __all__ = [
@@ -203,15 +211,43 @@ def _validate(model: type[BaseModel], data: Any) -> Any:
         ) from None
 
 
+# An attempt record's JSON is at most this long: its strings are bounded (worker id 128, error
+# type 200, error message 1,000 characters, each at most 6 bytes written), the rest is fixed.
+MAX_RECORD_BYTES = 8 * 1024
+HISTORY_ALLOWANCE = MAX_HISTORY * MAX_RECORD_BYTES
+
+
 def decode_envelope(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Envelope:
-    """The envelope in ``body``, strictly (module docs); ``MalformedMessage`` or ``MessageTooLarge``."""
+    """The envelope in ``body``, strictly (module docs); ``MalformedMessage`` or ``MessageTooLarge``.
+
+    ``max_bytes`` bounds the job as its producer sent it: the attempt history that workers add to
+    their retry and deferral copies is not counted (at most ``HISTORY_ALLOWANCE`` bytes more).
+    Counted, a job sent near the limit came back from its first retry ``oversize``, dead-lettered
+    with its retries unspent, and no replay could run it again."""
     if len(body) > max_bytes:
-        raise MessageTooLarge(f"message is {len(body)} bytes, limit is {max_bytes}")
+        return _over_the_limit(body, max_bytes)
     envelope = _envelope_at_once(body)
     if envelope is not None:
         return envelope
     result: Envelope = _validate(Envelope, strict_json_loads(body, max_bytes=max_bytes))
     return result
+
+
+def _over_the_limit(body: bytes, max_bytes: int) -> Envelope:
+    """``body`` is over ``max_bytes``: an envelope whose size without its history is within it."""
+    too_large = MessageTooLarge(f"message is {len(body)} bytes, limit is {max_bytes}")
+    if len(body) > max_bytes + HISTORY_ALLOWANCE:
+        raise too_large  # checked before parsing
+    try:
+        envelope = decode_envelope(body, max_bytes=max_bytes + HISTORY_ALLOWANCE)
+    except RejectedMessage:
+        raise too_large from None  # not a job within the limit, whatever else is wrong with it
+    history = orjson.dumps([record.__dict__ for record in envelope.history], option=_UTC_Z)
+    # What the copies added: the records (a new job has "[]"), and the attempt counter's digits.
+    grown = len(history) - len(b"[]") + len(str(envelope.attempt)) - len("1")
+    if len(body) - grown > max_bytes:
+        raise too_large
+    return envelope
 
 
 # The data of an inline payload sits below the envelope and the payload (see _keys_and_exactness).

@@ -14,9 +14,10 @@ import itertools
 
 import orjson
 import pytest
+from pydantic import BaseModel
 
 from conveyor.common.backoff import RetryPolicy
-from conveyor.common.codec import MAX_DEPTH, encode_model
+from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, MAX_DEPTH, encode_envelope, encode_model
 from conveyor.common.errors import RetryableError
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
@@ -232,3 +233,27 @@ async def test_bodies_another_publisher_put_on_the_queue_are_each_dead_lettered_
     assert [job_id for job_id, _, _ in calls.seen] == [valid.job_id], "the handler saw the valid job only"
     reasons = {record.original_headers["x-marker"]: record.reason for record in await dead_letters(backend)}
     assert reasons == {marker: reason for marker, (_, reason) in bodies.items()}
+
+
+async def test_a_job_sent_right_at_the_size_limit_keeps_its_retries(backend: Backend) -> None:
+    # Each retry copy carries one more attempt record: counted against the limit, the first
+    # copy came back "oversize", dead-lettered with its retries unspent, and unreplayable.
+    runs: list[int] = []
+    jobs = JobRegistry()
+
+    @jobs.job("test.blob", queue=backend.queue, retry=RetryPolicy(max_attempts=3, base=0.2, jitter=0.0), timeout=10)
+    async def fails_twice(payload: Blob, ctx: JobContext) -> None:
+        runs.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise RetryableError("x" * 1000)  # the longest error message a record keeps
+
+    producer = await producer_for(backend, jobs)
+    empty = len(encode_envelope(producer.build_envelope("test.blob", Blob(text=""))))
+    receipt = await producer.publish("test.blob", Blob(text="t" * (DEFAULT_MAX_MESSAGE_BYTES - empty)))
+    async with Worker(await backend.transport(), jobs, config=fast_config()) as worker:
+        await wait_until(lambda: worker.counts["succeeded"] == 1, timeout=30, what="the third attempt")
+    assert runs == [1, 2, 3] and worker.counts["dead_lettered"] == 0, receipt.job_id
+
+
+class Blob(BaseModel):
+    text: str
