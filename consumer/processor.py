@@ -217,6 +217,17 @@ class Processor:
                                  "job's work never happened (a def or lambda around an async def?)")
         return result
 
+    def closed(self, delivery: Delivery, exc: BaseException) -> Outcome:
+        """The outcome of a delivery whose processing asyncio closed by throwing ``exc`` (a
+        ``GeneratorExit`` the handler awaited) into its task: a failed attempt, decided again
+        from the delivery alone, as nothing in that task could finish (``Worker._settle_closed``)."""
+        started = self._clock.now()
+        try:
+            envelope = decode_envelope(delivery.body, max_bytes=self._max_bytes)
+        except RejectedMessage as rejected:  # it decoded once; decided as process() would
+            return self._failed(OutcomeKind.DEAD, None, rejected, started, reason=rejected.reason)
+        return self._classified(envelope.bounded_by_history(), exc, started, otherwise="error")
+
     def overdue(self) -> list[Overrun]:
         """Async handlers cancelled at their time limit that go on: they swallowed the cancel
         (``except BaseException``, a retry loop around ``CancelledError``). Read by the

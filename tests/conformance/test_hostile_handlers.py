@@ -5,7 +5,7 @@ in exactly one of succeeded or dead-lettered, and the worker keeps running.
 itself and a bare ``BaseException`` are failed attempts like any other: retried, then
 dead-lettered as ``exhausted``. (Let through, the first two took the worker down, the next gave
 the message back unspent, to be redelivered at once for ever, and the others left it
-unsettled until the connection closed.)
+unsettled until the connection closed.) So is one raised in a thread or task the handler awaits.
 """
 
 from __future__ import annotations
@@ -37,8 +37,14 @@ def hostile_jobs(backend: Backend, runs: list[tuple[str, int]]) -> JobRegistry:
     async def raise_for_async(payload: Ping, ctx: JobContext) -> None:
         raise_for(payload, ctx)
 
+    async def awaits_a_thread_that_raises(payload: Ping, ctx: JobContext) -> None:
+        # asyncio throws what the awaited future holds into the job's task: a GeneratorExit so
+        # thrown closed every frame of it, and the message stayed unsettled.
+        await asyncio.to_thread(raise_for, payload, ctx)
+
     jobs.job("test.sync", queue=backend.queue, retry=retry, timeout=10, model=Ping)(raise_for)
     jobs.job("test.async", queue=backend.queue, retry=retry, timeout=10, model=Ping)(raise_for_async)
+    jobs.job("test.awaits", queue=backend.queue, retry=retry, timeout=10, model=Ping)(awaits_a_thread_that_raises)
     return jobs
 
 
@@ -49,7 +55,7 @@ async def test_handlers_raising_base_exceptions_are_retried_then_dead_lettered_a
     jobs = hostile_jobs(backend, runs)
     producer = await producer_for(backend, jobs)
     hostile = {(job_type, n): (await producer.publish(job_type, Ping(n=n))).job_id
-               for job_type in ("test.sync", "test.async") for n in range(len(RAISED))}
+               for job_type in ("test.sync", "test.async", "test.awaits") for n in range(len(RAISED))}
     async with Worker(await backend.transport(), jobs, config=fast_config()) as worker:
         await wait_until(lambda: worker.counts["dead_lettered"] == len(hostile), timeout=30,
                          what="every hostile job dead-lettered")
