@@ -27,11 +27,19 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from pydantic_core import CoreConfig, SchemaValidator
+from pydantic_core import CoreConfig, SchemaValidator, to_json
 
-from conveyor.common.errors import MalformedMessage, MessageTooLarge
+from conveyor.common.errors import MalformedMessage, MessageTooLarge, RejectedMessage
 from conveyor.schemas.dead_letter import DeadLetterRecord
-from conveyor.schemas.envelope import MAX_DEPTH, RFC3339_PATTERN, Envelope, InlinePayload, _rfc3339, _whole_number
+from conveyor.schemas.envelope import (
+    MAX_DEPTH,
+    MAX_HISTORY,
+    RFC3339_PATTERN,
+    Envelope,
+    InlinePayload,
+    _rfc3339,
+    _whole_number,
+)
 from conveyor.schemas.registry import describe_validation_error
 
 __all__ = [
@@ -41,6 +49,7 @@ __all__ = [
     "decode_dead_letter",
     "decode_envelope",
     "dumps",
+    "encode_data",
     "encode_envelope",
     "encode_model",
     "json_safe_text",
@@ -202,15 +211,43 @@ def _validate(model: type[BaseModel], data: Any) -> Any:
         ) from None
 
 
+# An attempt record's JSON is at most this long: its strings are bounded (worker id 128, error
+# type 200, error message 1,000 characters, each at most 6 bytes written), the rest is fixed.
+MAX_RECORD_BYTES = 8 * 1024
+HISTORY_ALLOWANCE = MAX_HISTORY * MAX_RECORD_BYTES
+
+
 def decode_envelope(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Envelope:
-    """The envelope in ``body``, strictly (module docs); ``MalformedMessage`` or ``MessageTooLarge``."""
+    """The envelope in ``body``, strictly (module docs); ``MalformedMessage`` or ``MessageTooLarge``.
+
+    ``max_bytes`` bounds the job as its producer sent it: the attempt history that workers add to
+    their retry and deferral copies is not counted (at most ``HISTORY_ALLOWANCE`` bytes more).
+    Counted, a job sent near the limit came back from its first retry ``oversize``, dead-lettered
+    with its retries unspent, and no replay could run it again."""
     if len(body) > max_bytes:
-        raise MessageTooLarge(f"message is {len(body)} bytes, limit is {max_bytes}")
+        return _over_the_limit(body, max_bytes)
     envelope = _envelope_at_once(body)
     if envelope is not None:
         return envelope
     result: Envelope = _validate(Envelope, strict_json_loads(body, max_bytes=max_bytes))
     return result
+
+
+def _over_the_limit(body: bytes, max_bytes: int) -> Envelope:
+    """``body`` is over ``max_bytes``: an envelope whose size without its history is within it."""
+    too_large = MessageTooLarge(f"message is {len(body)} bytes, limit is {max_bytes}")
+    if len(body) > max_bytes + HISTORY_ALLOWANCE:
+        raise too_large  # checked before parsing
+    try:
+        envelope = decode_envelope(body, max_bytes=max_bytes + HISTORY_ALLOWANCE)
+    except RejectedMessage:
+        raise too_large from None  # not a job within the limit, whatever else is wrong with it
+    history = orjson.dumps([record.__dict__ for record in envelope.history], option=_UTC_Z)
+    # What the copies added: the records (a new job has "[]"), and the attempt counter's digits.
+    grown = len(history) - len(b"[]") + len(str(envelope.attempt)) - len("1")
+    if len(body) - grown > max_bytes:
+        raise too_large
+    return envelope
 
 
 # The data of an inline payload sits below the envelope and the payload (see _keys_and_exactness).
@@ -363,7 +400,8 @@ def check_json_data(value: Any, *, levels: int = MAX_DEPTH) -> None:
 
     Refused with ``MalformedMessage`` naming where (the path of keys, never a value): NaN and
     infinity (encoders would write ``null`` without a word), integers beyond ±(2**53-1), strings
-    or keys with lone surrogates (no encoder writes them), deeper nesting. Other Python types
+    or keys with lone surrogates (no encoder writes them), keys that are not strings (written
+    as ``str(key)``, ``{1: "a", "1": "b"}`` would lose a value), deeper nesting. Other Python types
     are left to the encoder (a ``datetime`` becomes its ISO string).
     """
     if _written_clean(value, levels) or _json_ok(value, levels):  # the path is only looked for on failure
@@ -436,7 +474,7 @@ def _json_ok(value: Any, levels: int) -> bool:
         for container in level:
             if isinstance(container, dict):
                 for key in container:
-                    if type(key) is str and not key.isascii() and not _encodable(key):
+                    if not isinstance(key, str) or (not key.isascii() and not _encodable(key)):
                         return False
                 items = container.values()
             else:
@@ -473,6 +511,9 @@ def _json_problem(value: Any, levels: int, path: tuple[Any, ...]) -> tuple[str, 
             return f"nested deeper than {MAX_DEPTH} levels (the envelope's included)", path
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:
+            if isinstance(value, dict) and not isinstance(key, str):
+                # pydantic would write str(key): 1 and "1" (or None and "None") become one key
+                return f"a key that is not a string ({type(key).__name__})", path
             if isinstance(key, str) and not (key.isascii() or _encodable(key)):
                 return "a key with a lone surrogate", path
             problem = _json_problem(item, levels - 1, (*path, key))
@@ -507,3 +548,18 @@ def json_safe_text(text: str) -> str:
 
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
+
+
+def encode_data(data: Any) -> bytes:
+    """A payload's data as JSON, written as ``encode_envelope`` writes it inside an envelope:
+    orjson, else pydantic-core for what orjson has no encoding for (``bytes``, a ``set``, a
+    ``Decimal``), so a payload that travels inline also travels as a claim check.
+    ``MalformedMessage`` for data neither can write (an arbitrary object, bytes not UTF-8)."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:  # orjson.JSONEncodeError
+        pass
+    try:
+        return to_json(data)
+    except ValueError as exc:  # PydanticSerializationError
+        raise MalformedMessage(f"the job cannot be encoded as JSON ({type(exc).__name__})") from None

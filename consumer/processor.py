@@ -6,8 +6,10 @@ decision table to carry out and bad input can never escape as a traceback loop.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -55,10 +57,19 @@ _CLASSIFICATION: tuple[tuple[type[BaseException], OutcomeKind, str | None], ...]
     (RejectedMessage, OutcomeKind.DEAD, None),  # bad input, or a middleware's verdict (idempotency conflict)
     (PermanentError, OutcomeKind.DEAD, "permanent"),
     (JobTimeout, OutcomeKind.RETRY, "timeout"),
-    (Exception, OutcomeKind.RETRY, None),
+    (BaseException, OutcomeKind.RETRY, None),  # any other failure, the handler's BaseException too
 )
 DEFAULT_HANDLER_THREADS = 4  # a Processor used without a worker's pool
 _REMEMBERED_CLASSES = 256  # exception types whose classification is remembered
+
+
+def _cancelled_from_outside(exc: BaseException) -> bool:
+    """A ``CancelledError`` that cancels this task (a drain, the worker stopping), not one a
+    handler raised of its own accord: only then has someone asked to cancel the task."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class Processor:
@@ -87,7 +98,7 @@ class Processor:
         self._middlewares = tuple(middlewares)
         self._chain = build_consume_chain(middlewares, self._invoke)
         self._limits: dict[float, TimeLimit] = {}  # by a job's timeout: few distinct values
-        self._classes: dict[type[Exception], tuple[OutcomeKind, str | None]] = {}  # see _classification
+        self._classes: dict[type[BaseException], tuple[OutcomeKind, str | None]] = {}  # see _classification
 
     async def process(self, delivery: Delivery) -> Outcome:
         started = self._clock.now()
@@ -116,6 +127,14 @@ class Processor:
         try:
             await self._chain(ctx)
         except Exception as exc:
+            return self._classified(ctx.envelope, exc, started, otherwise="error", begin=begin)
+        except BaseException as exc:
+            if _cancelled_from_outside(exc):
+                raise  # a drain or shutdown: the delivery goes back unspent (Worker._on_delivery)
+            # The handler's own KeyboardInterrupt, SystemExit, GeneratorExit or CancelledError
+            # (a sync handler's comes from its thread): a failed attempt like any other. Let
+            # through, it took the worker down (KeyboardInterrupt, SystemExit), left the message
+            # unsettled for good (the others) or gave it back unspent, at once, for ever.
             return self._classified(ctx.envelope, exc, started, otherwise="error", begin=begin)
         return Outcome(
             OutcomeKind.SUCCEEDED,
@@ -175,14 +194,39 @@ class Processor:
             limit = self._limits[spec.timeout] = TimeLimit(spec.timeout)
         try:
             if spec.is_async:
-                with limit(ctx):
-                    return await spec.handler(ctx.payload, ctx)
-            # Sync handlers run in the worker's threads so the loop (and AMQP heartbeats) never
-            # starve; an overrun keeps its slot until its thread returns (consumer.threads).
-            call = functools.partial(spec.handler, ctx.payload, ctx)
-            return await self._threads.run(call, limit=limit, job_id=ctx.job_id, job_type=spec.job_type)
+                limited = limit(ctx)
+                with limited:
+                    result = await spec.handler(ctx.payload, ctx)
+                if limited.expired:
+                    # Cancelled at its limit, the handler swallowed the cancel and returned: its
+                    # work was cut short, so a timeout, as a sync handler's late return is. It was
+                    # acked as a success, a job whose effect may never have happened.
+                    raise TimeoutError
+            else:
+                # Sync handlers run in the worker's threads so the loop (and AMQP heartbeats) never
+                # starve; an overrun keeps its slot until its thread returns (consumer.threads).
+                call = functools.partial(spec.handler, ctx.payload, ctx)
+                result = await self._threads.run(call, limit=limit, job_id=ctx.job_id, job_type=spec.job_type)
         except TimeoutError:
             raise JobTimeout(f"{spec.job_type} exceeded its {spec.timeout:g}s timeout") from None
+        if type(result) is types.CoroutineType:
+            # A def or lambda around an async def (``lambda p, ctx: send(p)``) returns the work
+            # unrun: it was acked as a success, the coroutine never awaited. One type check per job.
+            result.close()  # no "never awaited" warning: the error says it
+            raise PermanentError(f"{spec.job_type}: its handler returned a coroutine it never awaited, so the "
+                                 "job's work never happened (a def or lambda around an async def?)")
+        return result
+
+    def closed(self, delivery: Delivery, exc: BaseException) -> Outcome:
+        """The outcome of a delivery whose processing asyncio closed by throwing ``exc`` (a
+        ``GeneratorExit`` the handler awaited) into its task: a failed attempt, decided again
+        from the delivery alone, as nothing in that task could finish (``Worker._settle_closed``)."""
+        started = self._clock.now()
+        try:
+            envelope = decode_envelope(delivery.body, max_bytes=self._max_bytes)
+        except RejectedMessage as rejected:  # it decoded once; decided as process() would
+            return self._failed(OutcomeKind.DEAD, None, rejected, started, reason=rejected.reason)
+        return self._classified(envelope.bounded_by_history(), exc, started, otherwise="error")
 
     def overdue(self) -> list[Overrun]:
         """Async handlers cancelled at their time limit that go on: they swallowed the cancel
@@ -197,7 +241,7 @@ class Processor:
         return found
 
     def _classified(
-        self, envelope: Envelope, exc: Exception, started: datetime, *, otherwise: str, begin: float | None = None
+        self, envelope: Envelope, exc: BaseException, started: datetime, *, otherwise: str, begin: float | None = None
     ) -> Outcome:
         """The outcome ``_CLASSIFICATION`` gives ``exc``; ``otherwise``: the reason of a plain failure."""
         kind, reason = self._classification(type(exc))
@@ -208,7 +252,7 @@ class Processor:
         outcome = self._failed(kind, envelope, exc, started, reason=reason, begin=begin)
         return replace(outcome, timed_out=True) if isinstance(exc, JobTimeout) else outcome
 
-    def _classification(self, error: type[Exception]) -> tuple[OutcomeKind, str | None]:
+    def _classification(self, error: type[BaseException]) -> tuple[OutcomeKind, str | None]:
         """``_CLASSIFICATION``'s first match for ``error``, remembered per exception type: every
         failed attempt asks, and a handler raises few distinct types (a bounded number is kept,
         so classes made on the fly cannot grow it)."""

@@ -101,7 +101,12 @@ class HandlerThreads:
 
         def call() -> T:
             loop.call_soon_threadsafe(_resolve, started, threading.get_ident())
-            return context.run(func)
+            try:
+                return context.run(func)
+            except Exception:
+                raise
+            except BaseException as exc:
+                raise _Carried(exc) from None
 
         future = loop.run_in_executor(self._pool(), call)
         first: set[asyncio.Future[Any]] = {started, future}
@@ -119,6 +124,8 @@ class HandlerThreads:
         except TimeoutError:
             if not deadline.expired:
                 raise  # the handler's own TimeoutError (a socket's, say)
+        except _Carried as carried:
+            raise carried.error from None  # here, in this frame: an exception like any other
         await self._outlast(future, Overrun(next(self._keys), job_id, job_type, started.result(), limit.seconds,
                                             time.monotonic()))
         raise TimeoutError
@@ -143,6 +150,18 @@ class HandlerThreads:
 
             self._executor = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="conveyor-job")
         return self._executor
+
+
+class _Carried(Exception):  # a wrapper, unwrapped in run()
+    """A handler's ``BaseException`` that is not an ``Exception`` (``GeneratorExit``,
+    ``KeyboardInterrupt``, ``SystemExit``), carried from its thread to the loop inside an
+    ``Exception``. Left bare in the future, a ``GeneratorExit`` was thrown into the delivery's
+    task by asyncio, and a coroutine that is thrown ``GeneratorExit`` is closed, frame after
+    frame, past every ``except``: the processor's outcome was lost and the message left unsettled."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(type(error).__name__)
+        self.error = error
 
 
 def _resolve(future: asyncio.Future[int], value: int) -> None:

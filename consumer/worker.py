@@ -273,6 +273,7 @@ class Worker:
             self.metrics.count_in_flight(queue, functools.partial(self._in_flight, queue))
         self._processing: set[asyncio.Task[object]] = set()
         self._timers: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Task[None]] = set()  # see _settle_closed
         self._monitor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one start() ran on
         self.watchdog = StallWatchdog(
@@ -328,6 +329,8 @@ class Worker:
                     task.cancel()  # _on_delivery releases its delivery on cancellation
             if still_running:
                 await asyncio.wait(still_running, timeout=15.0)  # settling: bounded by confirms
+        if self._settling:
+            await asyncio.wait(set(self._settling), timeout=15.0)
         log.info("worker drained", extra={"worker_id": self.config.worker_id, "cut_short": len(pending)})
 
     async def stop(self, grace_period: float | None = None) -> None:
@@ -390,6 +393,9 @@ class Worker:
                 self._processing.add(task)
                 try:
                     outcome = await self._process(runner, delivery)
+                except GeneratorExit as exc:
+                    self._settle_closed(delivery, exc)
+                    raise
                 finally:
                     self._processing.discard(task)
                 self._observe_start(delivery, outcome)
@@ -405,6 +411,16 @@ class Worker:
                 self._active.pop(task, None)
         finally:
             slots.give()
+
+    def _settle_closed(self, delivery: Delivery, exc: GeneratorExit) -> None:
+        """A ``GeneratorExit`` a handler awaited (from a thread or a task it started) is thrown by
+        asyncio into the delivery's task, which closes every frame of it: nothing there may await,
+        and the processor's outcome is lost. The delivery is settled from a task of its own, as
+        a failed attempt; left, it stayed unsettled until the connection closed."""
+        assert self._loop is not None
+        settling = self._loop.create_task(self._settle(delivery, self.processor.closed(delivery, exc)))
+        self._settling.add(settling)  # kept referenced; drain waits for it
+        settling.add_done_callback(self._settling.discard)
 
     def _may_run(self, runner: QueueRunner, probe: bool) -> bool:
         return not self._draining and (runner.accepting or (probe and runner.paused))

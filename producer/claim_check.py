@@ -8,9 +8,8 @@ size, content type): never a URL. The bytes hashed are exactly the bytes uploade
 
 from __future__ import annotations
 
-import orjson
-
 from conveyor.common.clock import Clock
+from conveyor.common.codec import encode_data
 from conveyor.common.errors import ConfigurationError, MessageTooLarge
 from conveyor.common.payload_store.base import DEFAULT_PAYLOAD_THRESHOLD, PayloadStore
 from conveyor.schemas.envelope import Envelope, InlinePayload, PayloadReference
@@ -30,7 +29,7 @@ class ClaimCheck:
         """The envelope to send: unchanged if small (or already a reference), else a claim check."""
         if not isinstance(envelope.payload, InlinePayload):
             return envelope
-        data = orjson.dumps(envelope.payload.data)
+        data = encode_data(envelope.payload.data)  # orjson alone refused bytes and sets: a bare TypeError
         if len(data) <= self.threshold:
             return envelope
         if len(data) > self.store.max_bytes:

@@ -183,13 +183,16 @@ class SyncProducer:
     def close(self, timeout: float | None = None) -> None:
         """Close the producer and its connection, stop the loop thread. Idempotent; later
         publishes raise ``ConfigurationError``."""
+        # Checked before anything changes: a bad timeout raised after the runner was taken and
+        # its finaliser detached, and the loop thread and connection then lived on unclosed.
+        limit = self._exit_timeout if timeout is None else bounds.seconds("timeout", timeout, zero_ok=True)
         with self._lock:
             self._closed = True
             runner, self._runner = self._runner, None
             finalizer, self._finalizer = self._finalizer, None
         if runner is None or finalizer is None or finalizer.detach() is None:
             return  # never started, or already shut down (by another close, or at exit)
-        _shut_down(runner, self._exit_timeout if timeout is None else bounds.seconds("timeout", timeout, zero_ok=True))
+        _shut_down(runner, limit)
 
     def _warn_if_on_a_loop(self) -> None:
         """Once: a publish from a coroutine blocks its whole loop until the confirm (retries

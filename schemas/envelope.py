@@ -28,8 +28,10 @@ __all__ = [
     "AttemptRecord",
     "Envelope",
     "InlinePayload",
+    "JOB_TYPE_PATTERN",
     "MAX_DEPTH",
     "MAX_HISTORY",
+    "MAX_SCHEMA_VERSION",
     "Payload",
     "PayloadReference",
     "RFC3339_PATTERN",
@@ -66,13 +68,15 @@ def _whole_number(value: Any) -> Any:
 WholeNumber = BeforeValidator(_whole_number)
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@/-]{1,128}$")]
-JobType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,127}$")]
+JOB_TYPE_PATTERN = r"^[a-z][a-z0-9_.-]{0,127}$"
+JobType = Annotated[str, StringConstraints(pattern=JOB_TYPE_PATTERN)]
+MAX_SCHEMA_VERSION = 10_000  # and of attempts: ``Count``
 HEADER_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 HeaderName = Annotated[str, StringConstraints(pattern=HEADER_NAME_PATTERN)]
 HeaderValue = Annotated[str, StringConstraints(max_length=1024)]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 # Strict: "1" is not an attempt number; a producer sending strings for counters is broken.
-Count = Annotated[int, Field(strict=True, ge=1, le=10_000), WholeNumber]  # 2.0 first, then strict
+Count = Annotated[int, Field(strict=True, ge=1, le=MAX_SCHEMA_VERSION), WholeNumber]  # 2.0 first, then strict
 
 # RFC 3339 date-time (§5.6), years 0001-9999, no leap second: what Python's datetime can hold.
 # ASCII digits only ([0-9], not \d: Unicode digits in some regex engines).
@@ -288,9 +292,9 @@ class Envelope(_Frozen):
 # patterns refuse, an unusual type) goes through ``Envelope(...)``, which raises the same
 # error as ever. A unit test holds both ways to equal envelopes and equal JSON.
 _IDENTIFIER = re.compile(r"[A-Za-z0-9._:@/-]{1,128}")
-_JOB_TYPE = re.compile(r"[a-z][a-z0-9_.-]{0,127}")
+_JOB_TYPE = re.compile(JOB_TYPE_PATTERN.removeprefix("^").removesuffix("$"))
 _HEADER_NAME = re.compile(HEADER_NAME_PATTERN.removeprefix("^").removesuffix("$"))
-_MAX_VERSION = 10_000
+_MAX_VERSION = MAX_SCHEMA_VERSION
 _object_setattr = object.__setattr__
 
 

@@ -11,8 +11,10 @@ registered in the registry's ``SchemaRegistry``, which producers share to valida
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+import re
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,11 +24,13 @@ from pydantic import BaseModel
 
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import ConfigurationError, UnknownJobType
+from conveyor.schemas.envelope import JOB_TYPE_PATTERN, MAX_SCHEMA_VERSION
 from conveyor.schemas.registry import SchemaRegistry
 
 __all__ = ["DEFAULT_QUEUE", "Handler", "JobRegistry", "JobSpec"]
 
 DEFAULT_QUEUE = "conveyor.default"
+_JOB_TYPE = re.compile(JOB_TYPE_PATTERN)
 Handler = Callable[..., Any]
 
 
@@ -44,10 +48,40 @@ class JobSpec:
     options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        _check_wire_names(self.job_type, self.version)
         _check_timeout(self.job_type, self.timeout)
+        if not (isinstance(self.model, type) and issubclass(self.model, BaseModel)):
+            raise ConfigurationError(f"{self.job_type}: the payload model must be a pydantic model class")
 
     def option(self, name: str, default: Any = None) -> Any:
         return dict(self.options).get(name, default)
+
+
+def _check_wire_names(job_type: str, version: int) -> None:
+    # What every envelope carries (schemas.envelope): a handler for a type or version outside
+    # them was registered, and every publish of it then refused as malformed.
+    if not (type(job_type) is str and _JOB_TYPE.fullmatch(job_type)):
+        raise ConfigurationError(f"job type {job_type!r}: use 1 to 128 of a-z 0-9 _ . - starting with a letter")
+    if not (type(version) is int and 1 <= version <= MAX_SCHEMA_VERSION):
+        raise ConfigurationError(f"{job_type}: version must be a whole number from 1 to {MAX_SCHEMA_VERSION}, "
+                                 f"not {version!r}")
+
+
+def _check_handler(job_type: str, handler: Handler) -> None:
+    # A generator's body runs only when it is iterated: its job was acked as a success unrun.
+    if inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler):
+        raise ConfigurationError(f"{job_type}: the handler is a generator (it yields); a handler returns")
+
+
+def _is_async(handler: Handler) -> bool:
+    # An object whose __call__ is an async def is called like one: run in a thread, its coroutine
+    # was never awaited, and the job acked as a success unrun.
+    if inspect.iscoroutinefunction(handler):
+        return True
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    call = None if inspect.isroutine(handler) else inspect.getattr_static(type(handler), "__call__", None)
+    return inspect.iscoroutinefunction(call)
 
 
 def _check_timeout(job_type: str, timeout: float) -> None:
@@ -75,9 +109,11 @@ class JobRegistry:
         breaker: str | None = None,
         **options: Any,
     ) -> Callable[[Handler], Handler]:
-        _check_timeout(job_type, timeout)  # at once, not when the handler is decorated
+        _check_wire_names(job_type, version)  # at once, not when the handler is decorated
+        _check_timeout(job_type, timeout)
 
         def decorate(handler: Handler) -> Handler:
+            _check_handler(job_type, handler)
             resolved = model or _model_from_annotation(handler)
             if resolved is None:
                 raise ConfigurationError(
@@ -93,7 +129,7 @@ class JobRegistry:
                     timeout=timeout,
                     retry=retry or RetryPolicy(),
                     breaker=breaker,
-                    is_async=inspect.iscoroutinefunction(handler),
+                    is_async=_is_async(handler),
                     options=tuple(sorted(options.items())),
                 )
             )

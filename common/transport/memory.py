@@ -241,6 +241,8 @@ class MemoryBroker:
             await consumer.handler(delivery)
         except Exception:  # the worker settles; a handler bug must not kill the broker
             log.exception("delivery handler raised; message stays unsettled")
+        except GeneratorExit:
+            pass  # a job's, thrown into this task by asyncio: the worker settles it apart (_settle_closed)
 
     def _settle(self, delivery: _MemoryDelivery, *, requeue: bool) -> None:
         q = self._require(delivery.queue)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.errors import ConfigurationError, JobCancelled
@@ -305,7 +306,7 @@ class JobStateMiddleware(Middleware):
 
     def _with_result(self, transition: Transition, result: Any) -> None:
         try:
-            data = orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
+            data = orjson.dumps(result, default=_model_data, option=orjson.OPT_SERIALIZE_NUMPY)
         except TypeError:
             log.info("job result is not JSON; not kept", extra={"job_id": transition.job_id})
             self.writer.record(transition)
@@ -386,3 +387,11 @@ def _reason(outcome: Outcome, state: JobState) -> str | None:
     if not state.final:
         return None
     return outcome.dead_letter_reason or outcome.reason
+
+
+def _model_data(value: object) -> object:
+    """orjson's ``default``: a pydantic model returned by a handler is kept as its JSON (orjson
+    writes dataclasses itself; without this a model result was dropped as "not JSON")."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(type(value).__name__)

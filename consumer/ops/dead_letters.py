@@ -306,7 +306,8 @@ class DeadLetters:
                     continue
                 envelope = self.original_envelope(record)
                 edited = envelope.model_copy(update={"payload": InlinePayload(data=data)})
-                if len(encode_model(edited)) > self._max_bytes:
+                # The job as a producer would send it: its history is not counted (codec.decode_envelope).
+                if len(encode_model(edited.model_copy(update={"history": (), "attempt": 1}))) > self._max_bytes:
                     raise MessageTooLarge(f"the edited job is over the job limit of {self._max_bytes} bytes")
                 await self._publish_copy(record, edited)
                 await delivery.ack()

@@ -42,6 +42,7 @@ from typing import Any
 
 from conveyor.common import bounds
 from conveyor.common.backoff import compute_backoff
+from conveyor.common.codec import decode_envelope
 from conveyor.common.errors import (
     ConfigurationError,
     MalformedMessage,
@@ -93,11 +94,16 @@ class _Batch:
 
 
 def _decoded(row: Any) -> Envelope:
-    """The row's envelope; a row that does not decode (written by hand, or by a broken writer)
-    is a refusal for good, never a retry that would back the relay off on every batch."""
+    """The row's envelope, read as strictly as a worker reads a message (``decode_envelope``);
+    a row that does not decode (written by hand, or by a broken writer) is a refusal for good,
+    never a retry that would back the relay off on every batch. Read leniently, NaN went out
+    as ``null`` and the last of duplicate keys won: a job other than the one in the row."""
     try:
-        return Envelope.model_validate_json(row["envelope"])
-    except ValueError as exc:  # pydantic's ValidationError, invalid JSON
+        body = row["envelope"].encode()
+        return decode_envelope(body, max_bytes=len(body))  # its size was judged at add
+    except RejectedMessage as exc:
+        raise MalformedMessage(f"the row's envelope does not decode: {exc}") from None
+    except ValueError as exc:  # not UTF-8 text
         raise MalformedMessage(f"the row's envelope does not decode ({type(exc).__name__})") from None
 
 

@@ -10,11 +10,14 @@ the original bytes are dead-lettered once (``settlement_failed``) instead.
 from __future__ import annotations
 
 import asyncio
+import itertools
 
+import orjson
 import pytest
+from pydantic import BaseModel
 
 from conveyor.common.backoff import RetryPolicy
-from conveyor.common.codec import MAX_DEPTH, encode_model
+from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, MAX_DEPTH, encode_envelope, encode_model
 from conveyor.common.errors import RetryableError
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import JobRegistry
@@ -23,7 +26,7 @@ from conveyor.consumer.settlement import DeferPolicy
 from conveyor.consumer.worker import Worker
 from conveyor.producer.producer import Producer
 from conveyor.schemas.envelope import Envelope, InlinePayload
-from tests.conformance.test_job_lifecycle import Calls, Ping, dead_letters, fast_config, registry_for
+from tests.conformance.test_job_lifecycle import Calls, Ping, dead_letters, fast_config, producer_for, registry_for
 from tests.conftest import wait_until
 from tests.support.backends import Backend
 
@@ -178,3 +181,79 @@ async def test_a_job_published_at_attempt_999_with_no_history_gets_its_full_retr
     assert worker.counts["retried"] == 2
     [record] = await dead_letters(backend)
     assert (record.reason, record.attempt, [h.attempt for h in record.history]) == ("exhausted", 3, [1, 2, 3])
+
+
+def foreign_bodies(jobs: JobRegistry) -> dict[str, tuple[bytes, str]]:
+    """What another publisher may put on a work queue, and the reason each is dead-lettered with."""
+    envelope = Producer.for_registry(None, jobs).build_envelope("test.ping", Ping(n=1))  # type: ignore[arg-type]
+    sample = orjson.loads(encode_model(envelope))
+    ids = itertools.count()
+
+    def changed(**fields: object) -> bytes:
+        return orjson.dumps({**sample, "job_id": f"foreign-{next(ids)}", **fields})
+
+    return {
+        "an empty body": (b"", "malformed"),
+        "only spaces": (b"   ", "malformed"),
+        "text, not JSON": (b"hello", "malformed"),
+        "a JSON array": (b"[1, 2]", "malformed"),
+        "JSON null": (b"null", "malformed"),
+        "a JSON number": (b"42", "malformed"),
+        "an empty object": (b"{}", "malformed"),
+        "data that is a list": (changed(payload={"kind": "inline", "data": [1]}), "malformed"),
+        "a payload without its kind": (changed(payload={"data": {"n": 1}}), "malformed"),
+        "schema version 0": (changed(schema_version=0), "malformed"),
+        "schema version as a string": (changed(schema_version="2"), "malformed"),
+        "a version older than any upcaster": (changed(schema_version=1), "unknown_version"),
+        "a payload of the wrong shape": (changed(payload={"kind": "inline", "data": {"n": "one"}}), "invalid_payload"),
+    }
+
+
+async def test_bodies_another_publisher_put_on_the_queue_are_each_dead_lettered_once_with_their_reason(
+    backend: Backend,
+) -> None:
+    calls = Calls()
+    jobs = JobRegistry()  # version 2 only: a v1 message has no upcaster
+
+    async def handler(payload: Ping, ctx: JobContext) -> None:
+        calls.add(ctx)
+
+    jobs.job("test.ping", version=2, queue=backend.queue, timeout=10, model=Ping)(handler)
+    bodies = foreign_bodies(jobs)
+    sender = await backend.transport()
+    await sender.declare(backend.queue)
+    for marker, (body, _) in bodies.items():
+        await sender.publish(backend.queue, OutgoingMessage(body=body, message_id=marker, headers={"x-marker": marker}))
+    valid = await (await producer_for(backend, jobs)).publish("test.ping", Ping(n=7))
+    async with Worker(await backend.transport(), jobs, config=fast_config()) as worker:
+        await wait_until(lambda: worker.counts["dead_lettered"] == len(bodies) and worker.counts["succeeded"] == 1,
+                         what="every foreign body in the DLQ and the valid job run", timeout=30)
+        await asyncio.sleep(0.3)
+        assert (worker.counts["released"], worker.counts["retried"], worker.counts["deferred"]) == (0, 0, 0)
+    assert [job_id for job_id, _, _ in calls.seen] == [valid.job_id], "the handler saw the valid job only"
+    reasons = {record.original_headers["x-marker"]: record.reason for record in await dead_letters(backend)}
+    assert reasons == {marker: reason for marker, (_, reason) in bodies.items()}
+
+
+async def test_a_job_sent_right_at_the_size_limit_keeps_its_retries(backend: Backend) -> None:
+    # Each retry copy carries one more attempt record: counted against the limit, the first
+    # copy came back "oversize", dead-lettered with its retries unspent, and unreplayable.
+    runs: list[int] = []
+    jobs = JobRegistry()
+
+    @jobs.job("test.blob", queue=backend.queue, retry=RetryPolicy(max_attempts=3, base=0.2, jitter=0.0), timeout=10)
+    async def fails_twice(payload: Blob, ctx: JobContext) -> None:
+        runs.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise RetryableError("x" * 1000)  # the longest error message a record keeps
+
+    producer = await producer_for(backend, jobs)
+    empty = len(encode_envelope(producer.build_envelope("test.blob", Blob(text=""))))
+    receipt = await producer.publish("test.blob", Blob(text="t" * (DEFAULT_MAX_MESSAGE_BYTES - empty)))
+    async with Worker(await backend.transport(), jobs, config=fast_config()) as worker:
+        await wait_until(lambda: worker.counts["succeeded"] == 1, timeout=30, what="the third attempt")
+    assert runs == [1, 2, 3] and worker.counts["dead_lettered"] == 0, receipt.job_id
+
+
+class Blob(BaseModel):
+    text: str

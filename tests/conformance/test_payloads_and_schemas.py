@@ -128,6 +128,38 @@ async def test_a_reference_escaping_the_bucket_is_dead_lettered_without_a_reques
     assert seen == []
 
 
+async def test_references_to_a_missing_a_corrupted_or_an_oversized_object_are_each_dead_lettered_once(
+    backend: Backend, s3: S3PayloadStore
+) -> None:
+    seen: list[str] = []
+    jobs = blob_jobs(backend, seen)
+    producer = Producer.for_registry(await backend.transport(), jobs, manage_transport=False)
+    stored = b'{"text":"' + b"s" * 4096 + b'"}'
+    real = await s3.put_payload("test.blob", "real", stored, producer.build_envelope("test.blob", Blob(text="")).created_at)
+    wrong = {
+        "missing": ({"key": real.key.replace(".json", "-gone.json")}, "payload_missing"),
+        "corrupted": ({"sha256": "0" * 64}, "payload_integrity"),
+        "longer than it says": ({"size": real.size // 2}, "payload_integrity"),
+        "shorter than it says": ({"size": real.size * 2}, "payload_integrity"),
+        "over the store's limit": ({"size": s3.max_bytes + 1}, "payload_reference_invalid"),
+    }
+    sender = await backend.transport()
+    await sender.declare(backend.queue)
+    for marker, (change, _) in wrong.items():
+        envelope = producer.build_envelope("test.blob", Blob(text=""))
+        hostile = envelope.model_copy(update={"payload": real.model_copy(update=change)})
+        await sender.publish(backend.queue, OutgoingMessage(body=encode_model(hostile), message_id=hostile.job_id,
+                                                            headers={"x-marker": marker}))
+    async with Worker(await backend.transport(), jobs, config=fast_config(), payload_store=s3) as worker:
+        await wait_until(lambda: worker.counts["dead_lettered"] == len(wrong), what="every bad reference in the DLQ")
+        await asyncio.sleep(0.3)
+        assert (worker.counts["retried"], worker.counts["released"], worker.counts["succeeded"]) == (0, 0, 0)
+    reasons = {record.original_headers["x-marker"]: record.reason for record in await dead_letters(backend)}
+    assert reasons == {marker: reason for marker, (_, reason) in wrong.items()}
+    assert seen == []
+    assert await stored_keys(s3) == [real.key], "a dead-lettered reference deletes nothing"
+
+
 def ping_v1_jobs(backend: Backend, seen: list[tuple[str, int, str]]) -> JobRegistry:
     jobs = JobRegistry()
 

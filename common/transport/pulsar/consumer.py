@@ -240,6 +240,8 @@ class PulsarConsumer(ConsumerHandle):
             await self._handler(delivery)
         except Exception:  # the worker settles; a handler bug must not kill the consumer
             log.exception("delivery handler raised; message stays unsettled", extra={"queue": self._queue})
+        except GeneratorExit:
+            pass  # a job's, thrown into this task by asyncio: the worker settles it apart (_settle_closed)
         finally:
             if done is not None:
                 done.set_result(None)

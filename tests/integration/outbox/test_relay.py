@@ -13,15 +13,22 @@ from pathlib import Path
 import asyncpg
 import psycopg
 import pytest
+from pydantic import BaseModel
 
 from conveyor.common.errors import TransportError
+from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.common.payload_store.base import PayloadStore
 from conveyor.common.payload_store.filesystem import FileSystemPayloadStore
+from conveyor.common.payload_store.s3 import S3PayloadStore
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.factory import transport_from_url
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
+from conveyor.consumer.ops.dead_letters import DeadLetters
+from conveyor.consumer.worker import Worker
 from conveyor.producer.outbox import Outbox, OutboxRelay, RelayConfig, failed_rows, requeue_failed
 from conveyor.producer.producer import Producer
 from conveyor.schemas.envelope import Envelope, PayloadReference
+from tests.support.ports import free_port
 from tests.unit.producer.test_producer import jobs
 
 
@@ -382,3 +389,82 @@ async def test_a_row_that_does_not_decode_is_marked_failed_and_slows_nothing(dat
     row = await db.fetchrow(f"SELECT failed_at, last_error FROM {table} WHERE job_id = 'hand-written'")
     assert row["failed_at"] is not None and row["last_error"].startswith("MalformedMessage")
     assert [j for j, _ in log] == good  # the key's order holds around the refused row
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    ((b'"to":"0@example.com"', b'"to":NaN'), "JSON constant NaN is not allowed"),
+    ((b'"to":"0@example.com"', b'"to":"0@example.com","to":"admin@example.com"'), "duplicate JSON object key"),
+    ((b'"to":"0@example.com"', b'"to":123456789012345678901234567890'), "integer out of range"),
+], ids=["NaN", "a duplicate key", "a huge integer"])
+async def test_a_row_a_worker_would_refuse_is_marked_failed_not_sent_as_another_job(
+        database_url: str, table: str, db: asyncpg.Connection, edit: tuple[bytes, bytes], says: str) -> None:
+    # Read leniently, NaN went out as null and the last duplicate key won (the job that ran was
+    # not the one in the row); a huge integer went out for every worker to dead-letter.
+    [job_id] = _add(database_url, table, 1)
+    old, new = (part.decode() for part in edit)
+    await db.execute(f"UPDATE {table} SET envelope = replace(envelope, $1, $2) WHERE job_id = $3", old, new, job_id)
+    log: list[tuple[str, str]] = []
+    relay = _relay(database_url, table, Recording(MemoryBroker(), log))
+    async with relay:
+        assert await relay.relay_once() == 0
+        assert relay.failures == 0, "a refused row must not put the relay into backoff"
+    row = await db.fetchrow(f"SELECT failed_at, last_error FROM {table} WHERE job_id = $1", job_id)
+    assert row["failed_at"] is not None and row["last_error"].startswith("MalformedMessage"), row["last_error"]
+    assert says in row["last_error"]
+    assert log == []
+
+
+async def test_a_row_whose_store_is_unreachable_waits_unsent_and_goes_out_once_it_is_back(
+        database_url: str, table: str, db: asyncpg.Connection, tmp_path: Path) -> None:
+    outbox = Outbox(jobs=jobs(), table=table, max_message_bytes=None)
+    with psycopg.connect(database_url) as connection, connection.transaction():
+        big = outbox.add(connection, "email.send", {"to": "x" * 300_000})
+        small = outbox.add(connection, "email.send", {"to": "y"})
+    bodies: list[bytes] = []
+    unreachable = S3PayloadStore("conveyor-test", prefix="h", endpoint_url=f"http://127.0.0.1:{free_port()}",
+                                 access_key="a", secret_key="b", timeout=5)
+    stores: list[PayloadStore] = [unreachable]
+    relay = OutboxRelay(database_url, lambda: Producer(Bodies(MemoryBroker(), bodies), allow_unregistered=True,
+                                                       payload_store=stores[-1]), config=RelayConfig(table=table))
+    try:
+        async with relay:
+            assert await relay.relay_once() == 1, "the small row is not held back"
+            assert relay.failures == 1
+            row = await db.fetchrow(f"SELECT sent_at, failed_at, last_error FROM {table} WHERE job_id = $1", big)
+            assert row["sent_at"] is None and row["failed_at"] is None
+            assert row["last_error"].startswith("PayloadStoreUnavailable")
+            stores.append(FileSystemPayloadStore(tmp_path))  # the store is back
+            assert await relay.relay_once() == 1
+    finally:
+        await unreachable.close()
+    sent = [Envelope.model_validate_json(body) for body in bodies]
+    assert [e.job_id for e in sent] == [small, big] and isinstance(sent[1].payload, PayloadReference)
+
+
+async def test_a_row_whose_payload_no_longer_validates_is_published_and_dead_lettered_by_the_worker(
+        database_url: str, table: str) -> None:
+    # The row was valid when committed: the job exists. The relay does not judge it again; the
+    # worker that cannot run it dead-letters it with its reason, where it can be edited and replayed.
+    [job_id] = _add(database_url, table, 1)
+
+    class Stricter(BaseModel):
+        to: str
+        subject: str  # a required field added under the same version
+
+    now = JobRegistry()
+    now.job("email.send", model=Stricter)(_ignored)
+    broker = MemoryBroker()
+    relay = OutboxRelay(database_url, lambda: Producer.for_registry(MemoryTransport(broker), now),
+                        config=RelayConfig(table=table))
+    async with relay:
+        assert await relay.relay_once() == 1
+    async with MemoryTransport(broker) as transport, Worker(transport, now) as worker:
+        await broker.join(DEFAULT_QUEUE)
+    assert worker.counts["dead_lettered"] == 1
+    async with MemoryTransport(broker) as reader:
+        [record] = await DeadLetters(reader, DEFAULT_QUEUE).list()
+    assert (record.job_id, record.reason) == (job_id, "invalid_payload")
+
+
+async def _ignored(payload: BaseModel, ctx: object) -> None:
+    return None

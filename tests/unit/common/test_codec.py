@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
-from conveyor.common.codec import decode_envelope, encode_model, strict_json_loads
+from conveyor.common.codec import MAX_RECORD_BYTES, decode_envelope, encode_envelope, encode_model, strict_json_loads
 from conveyor.common.errors import MalformedMessage, MessageTooLarge
-from conveyor.schemas.envelope import Envelope, InlinePayload
+from conveyor.schemas.envelope import MAX_HISTORY, AttemptRecord, Envelope, InlinePayload
 
 
 def _envelope(**overrides) -> dict:
@@ -231,3 +233,45 @@ def test_json_safe_text_escapes_lone_surrogates_and_returns_anything_else_itself
         assert safe == text.encode("utf-8", "backslashreplace").decode("utf-8") and safe != text
     else:
         assert safe is text
+
+
+def _worst_record(attempt: int) -> AttemptRecord:
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    # Every string at its longest, in characters written six bytes each (\u0001).
+    return AttemptRecord(attempt=attempt, worker_id="\x01" * 128, started_at=when, finished_at=when,
+                         outcome="timeout", error_type="\x01" * 200, error_message="\x01" * 1000)
+
+
+def test_an_attempt_record_is_never_longer_than_the_history_allowance_assumes() -> None:
+    written = len(encode_model(_worst_record(10_000)))
+    assert 7 * 1024 < written <= MAX_RECORD_BYTES
+
+
+def _at_the_limit(limit: int) -> Envelope:
+    sent = Envelope.model_validate(_envelope())
+    pad = limit - len(encode_envelope(sent))
+    return sent.model_copy(update={"payload": InlinePayload(data={"to": "a" * (len("a@example.com") + pad)})})
+
+
+def test_a_job_at_the_limit_is_read_back_with_all_the_history_its_copies_gather() -> None:
+    # Counted, a job sent near the limit came back from its first retry "oversize".
+    limit = 4096
+    copy = _at_the_limit(limit)
+    assert len(encode_envelope(copy)) == limit
+    for attempt in range(1, MAX_HISTORY + 1):
+        copy = copy.next_attempt(_worst_record(attempt))
+    body = encode_envelope(copy)
+    assert len(body) > limit + MAX_HISTORY * 7 * 1024
+    assert decode_envelope(body, max_bytes=limit) == copy
+
+
+def test_a_job_over_the_limit_without_its_history_is_still_oversize() -> None:
+    limit = 4096
+    one_over = _at_the_limit(limit + 1)
+    with pytest.raises(MessageTooLarge):
+        decode_envelope(encode_envelope(one_over), max_bytes=limit)
+    with pytest.raises(MessageTooLarge):  # its history does not excuse the rest
+        decode_envelope(encode_envelope(one_over.next_attempt(_worst_record(1))), max_bytes=limit)
+    for garbage in (b"{" * (limit + 1), b'{"pad": "' + b"x" * limit + b'"}'):  # oversize, not malformed
+        with pytest.raises(MessageTooLarge):
+            decode_envelope(garbage, max_bytes=limit)

@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 import orjson
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.codec import decode_envelope, encode_model
-from conveyor.common.errors import MessageTooLarge, PublishNotConfirmed
+from conveyor.common.errors import MalformedMessage, MessageTooLarge, PublishNotConfirmed
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.payload_store.memory import MemoryPayloadStore
@@ -117,6 +117,20 @@ async def test_a_large_payload_travels_as_a_structured_reference_and_comes_back_
         await until(lambda: worker.counts["succeeded"] == 1)
     assert h.seen == [text]
     assert h.store.objects == {}, "a succeeded job's object is deleted after the ack"
+
+
+@pytest.mark.parametrize(("over", "kind"), [(-1, "inline"), (0, "inline"), (1, "ref")])
+async def test_the_threshold_is_the_largest_encoded_payload_that_stays_inline(over: int, kind: str) -> None:
+    h = Harness()
+    room = THRESHOLD + over - len(b'{"text":""}')
+    text = "é" * (room // 2) + "x" * (room % 2)  # é is two bytes of UTF-8
+    assert len(orjson.dumps({"text": text})) == THRESHOLD + over
+    async with h.producer() as producer:
+        await producer.publish("t.blob", Blob(text=text))
+    assert (await published_envelope(h)).payload.kind == kind
+    async with await h.worker() as worker:
+        await until(lambda: worker.counts["succeeded"] == 1)
+    assert h.seen == [text]
 
 
 async def test_a_tampered_object_goes_to_the_dlq_after_one_delivery_and_the_handler_never_runs() -> None:
@@ -267,6 +281,47 @@ async def test_a_payload_over_the_store_limit_is_refused_before_upload() -> None
         with pytest.raises(MessageTooLarge):
             await producer.publish("t.blob", Blob(text="o" * 5000))
     assert h.store.requests == []
+
+
+@pytest.mark.parametrize("size", [10, 2000], ids=["small, inline", "large, a claim check"])
+async def test_data_the_inline_path_writes_the_claim_check_writes_too(size: int) -> None:
+    # With a store, every publish went through orjson first, which has no encoding for bytes or
+    # a set: a bare TypeError, even for a small payload that never needed the store.
+    h = Harness()
+    jobs = JobRegistry()
+    seen: list[dict[str, object]] = []
+
+    @jobs.job("t.loose", queue=DEFAULT_QUEUE)
+    async def handle(payload: Loose, ctx: JobContext) -> None:
+        seen.append(payload.model_dump())
+
+    h.jobs = jobs
+    async with h.producer() as producer:
+        await producer.publish("t.loose", {"raw": b"bytes", "tags": {"only"}, "text": "t" * size})
+    envelope = await published_envelope(h)
+    assert isinstance(envelope.payload, PayloadReference if size > THRESHOLD else InlinePayload)
+    async with await h.worker() as worker:
+        await until(lambda: worker.counts["succeeded"] == 1)
+    assert seen == [{"raw": "bytes", "tags": ["only"], "text": "t" * size}], "the same data either way"
+
+
+async def test_data_no_encoder_can_write_is_a_typed_error_and_uploads_nothing() -> None:
+    h = Harness()
+    h.jobs = JobRegistry()
+    h.jobs.job("t.loose", queue=DEFAULT_QUEUE)(_loose_handler)
+    async with h.producer() as producer:
+        for data in ({"raw": object(), "text": "t" * 2000}, {"raw": b"\xff not UTF-8", "text": "t" * 2000}):
+            with pytest.raises(MalformedMessage, match="cannot be encoded as JSON"):
+                await producer.publish("t.loose", data)
+    assert h.store.requests == []
+
+
+class Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+async def _loose_handler(payload: Loose, ctx: JobContext) -> None:
+    return None
 
 
 async def test_a_newer_version_is_deferred_without_fetching_its_payload() -> None:

@@ -6,13 +6,14 @@ from pydantic import BaseModel
 
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.clock import FakeClock
+from conveyor.common.codec import encode_envelope
 from conveyor.common.errors import PermanentError, RetryableError
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
 from conveyor.common.transport.base import OutgoingMessage
 from conveyor.common.transport.memory import MemoryBroker, MemoryTransport
 from conveyor.consumer.ops.dead_letters import DeadLetterFilter, DeadLetters
-from conveyor.consumer.worker import Worker
+from conveyor.consumer.worker import Worker, WorkerConfig
 from conveyor.producer.producer import Producer
 
 
@@ -223,3 +224,45 @@ async def test_entries_another_reader_holds_are_left_for_the_next_replay() -> No
         await delivery.release()
     second = await letters.replay()
     assert second.matched == 3 and first.replayed + second.replayed == 5
+
+
+async def test_a_job_sent_at_the_limit_is_retried_dead_lettered_replayed_and_edited_whole() -> None:
+    # Its retry copy came back "oversize" (the copy's history counted against the job limit),
+    # replay skipped it as undecodable, and an edit of the same size was refused.
+    broker = MemoryBroker()
+    runs: list[int] = []
+    fixed = {"now": False}
+    jobs = JobRegistry()
+
+    @jobs.job("t.big", retry=RetryPolicy(max_attempts=2, base=0.01, jitter=0))
+    async def handler(payload: Text, ctx: JobContext) -> None:
+        runs.append(ctx.attempt)
+        if not fixed["now"]:
+            raise RetryableError("e" * 1000)
+
+    limit = 64 * 1024
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(broker), jobs, max_message_bytes=limit) as producer:
+        empty = len(encode_envelope(producer.build_envelope("t.big", Text(text=""))))
+        await producer.publish("t.big", Text(text="a" * (limit - empty)))
+        await producer.publish("t.big", Text(text="b" * (limit - empty)))
+        async with Worker(transport, jobs, config=WorkerConfig(max_message_bytes=limit)):
+            await broker.join(DEFAULT_QUEUE)
+            assert sorted(runs) == [1, 1, 2, 2]
+            reader = MemoryTransport(broker)
+            await reader.connect()
+            letters = DeadLetters(reader, DEFAULT_QUEUE, clock=FakeClock(), max_message_bytes=limit)
+            records = await letters.list()
+            assert [r.reason for r in records] == ["exhausted", "exhausted"]
+            fixed["now"] = True
+            first, second = records
+            assert await letters.replay_edited(first.dead_letter_id, {"text": "c" * (limit - empty)}) is not None
+            report = await letters.replay(DeadLetterFilter(dead_letter_id=second.dead_letter_id))
+            assert (report.replayed, report.skipped_unreplayable) == (1, 0)
+            await broker.join(DEFAULT_QUEUE)
+    assert runs[4:] == [1, 1] and await letters.depth() == 0
+
+
+class Text(BaseModel):
+    text: str

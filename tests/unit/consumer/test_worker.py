@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
+import warnings
 
 from pydantic import BaseModel
 
@@ -80,6 +82,32 @@ async def test_job_timeout_cancels_the_handler_and_counts_as_retryable() -> None
     assert cancelled.is_set()
     assert worker.counts["dead_lettered"] == 1
     assert worker.metrics.failed.labels("t.slow", "timeout")._value.get() == 1
+
+
+async def test_an_async_handler_that_swallows_its_timeout_and_returns_is_a_timeout_not_a_success() -> None:
+    # Its work was cut short at the limit; it said "done" and was acked as a success, the job's
+    # effect never made. A sync handler's late return has always been a timeout.
+    broker = MemoryBroker()
+    finished: list[int] = []
+    jobs = JobRegistry()
+
+    @jobs.job("t.slow", timeout=0.05, retry=RetryPolicy(max_attempts=2, base=0.01, jitter=0))
+    async def slow(payload: Job, ctx: JobContext) -> str:
+        try:
+            await asyncio.sleep(10)
+            finished.append(ctx.attempt)
+        except asyncio.CancelledError:
+            pass  # the mistake: the cancel is swallowed, and the handler returns as if done
+        return "done"
+
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    async with Producer.for_registry(MemoryTransport(broker), jobs) as producer, Worker(transport, jobs) as worker:
+        await producer.publish("t.slow", Job(n=1))
+        await broker.join(DEFAULT_QUEUE)
+    assert finished == []
+    assert (worker.counts["succeeded"], worker.counts["retried"], worker.counts["dead_lettered"]) == (0, 1, 1)
+    assert worker.metrics.failed.labels("t.slow", "timeout")._value.get() == 2
 
 
 async def test_sync_handlers_run_off_the_event_loop() -> None:
@@ -254,3 +282,32 @@ def test_the_worker_id_names_the_deploys_code_version() -> None:
         except ValidationError:
             continue
         raise AssertionError(f"{bad!r} was accepted as a code version")
+
+
+async def test_a_handler_that_returns_its_work_unawaited_is_dead_lettered_not_acked_as_done() -> None:
+    # lambda p, ctx: send(p) around an async def returned the coroutine unrun: acked as a
+    # success, "coroutine was never awaited" in the log, the job's work never done.
+    broker = MemoryBroker()
+    sent: list[int] = []
+    jobs = JobRegistry()
+
+    async def send(payload: Job) -> None:
+        sent.append(payload.n)
+
+    async def forgets_to_await(payload: Job, ctx: JobContext) -> object:
+        return send(payload)
+
+    jobs.job("t.lambda", model=Job)(lambda payload, ctx: send(payload))
+    jobs.job("t.forgets", model=Job)(forgets_to_await)
+    transport = MemoryTransport(broker)
+    await transport.connect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a coroutine never awaited warns when it is collected
+        async with Producer.for_registry(MemoryTransport(broker), jobs) as producer, Worker(transport, jobs) as worker:
+            await producer.publish("t.lambda", Job(n=1))
+            await producer.publish("t.forgets", Job(n=2))
+            await broker.join(DEFAULT_QUEUE)
+        gc.collect()
+    assert sent == []
+    assert (worker.counts["succeeded"], worker.counts["dead_lettered"]) == (0, 2)
+    assert worker.metrics.failed.labels("t.lambda", "permanent")._value.get() == 1

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from conveyor.common.clock import FakeClock, SystemClock
 from conveyor.common.errors import (
+    ConfigurationError,
     InvalidPayload,
     MalformedMessage,
     MessageTooLarge,
@@ -204,3 +205,29 @@ def test_a_version_of_another_type_is_judged_as_before_the_latest_version_shortc
     else:
         envelope = producer.build_envelope("email.send", {"to": "a@example.com"}, version=version)  # type: ignore[arg-type]
         assert envelope.schema_version == 1 and type(envelope.schema_version) is int
+
+
+class Counted(MemoryTransport):
+    def __init__(self, broker: MemoryBroker) -> None:
+        super().__init__(broker)
+        self.publishes = 0
+
+    async def publish(self, queue: str, message: OutgoingMessage) -> None:
+        self.publishes += 1
+        await super().publish(queue, message)
+
+
+async def test_a_producer_used_after_its_close_says_so_at_once_and_sends_nothing() -> None:
+    # Its transport's "not connected" was a TransportError, retried as an outage: 4 tries, ~1.7 s.
+    transport = Counted(MemoryBroker())
+    producer = Producer.for_registry(transport, jobs())
+    async with producer:
+        await producer.publish("email.send", {"to": "x"})
+    for publish in (lambda: producer.publish("email.send", {"to": "y"}),
+                    lambda: producer.publish_envelope(producer.build_envelope("email.send", {"to": "z"}))):
+        with pytest.raises(ConfigurationError, match="closed"):
+            await publish()
+    assert transport.publishes == 1
+    async with producer:  # opened again, it publishes again
+        await producer.publish("email.send", {"to": "w"})
+    assert transport.publishes == 2

@@ -5,6 +5,7 @@ one line saying where, never a traceback from deep inside an encoder, never a qu
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -37,6 +38,10 @@ HOSTILE: dict[str, tuple[Any, str]] = {
     "a lone surrogate in a key": ({"caf\udc80": 1}, "payload: a key with a lone surrogate"),
     "nesting one level too deep": ({"x": nested(MAX_DEPTH - 2)}, "nested deeper than"),
     "a model holding NaN": (Reading(value=math.nan), "payload.value: NaN or infinity"),
+    # Sent as str(key): {1: "a", "1": "b"} arrived as {"1": "b"}, None as "None", without a word.
+    "an int key beside its string twin": ({"meta": {1: "a", "1": "b"}}, "payload.meta: a key that is not a string (int)"),
+    "a None key in a list": ({"items": [{None: 1}]}, "payload.items[0]: a key that is not a string (NoneType)"),
+    "a tuple key": ({"meta": {(1, 2): 1}}, "payload.meta: a key that is not a string (tuple)"),
 }
 
 
@@ -93,6 +98,8 @@ ENVELOPE_FIELDS: dict[str, tuple[str, dict[str, Any], str]] = {
     "a job type of 10,000 characters": ("j" * 10_000, {}, "job_type: string_pattern_mismatch"),
     "an idempotency key of 1,000 characters": ("t.reading", {"idempotency_key": "k" * 1000}, "idempotency_key"),
     "a header name with a space": ("t.reading", {"headers": {"a b": "c"}}, "headers"),
+    "a deadline past year 9999": ("t.reading", {"deadline": timedelta(days=10**8)}, "deadline: out of range"),
+    "a deadline before year 1": ("t.reading", {"deadline": -timedelta(days=10**8)}, "deadline: out of range"),
 }
 
 

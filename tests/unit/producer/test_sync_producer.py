@@ -124,6 +124,24 @@ def test_close_is_idempotent_closes_the_connection_and_refuses_later_publishes(f
         producer.publish("email.send", {"to": "x"})
 
 
+@pytest.mark.parametrize("timeout", [float("nan"), -1.0, float("inf")])
+def test_a_close_with_a_bad_timeout_raises_and_leaves_the_producer_to_a_later_close(
+    factory: Counting, timeout: float
+) -> None:
+    # The timeout was checked after the loop thread had been taken and its finaliser detached:
+    # the bad close raised, every later close did nothing, and the connection stayed open.
+    producer = SyncProducer(factory)
+    producer.publish("email.send", {"to": "x"})
+    loop_thread = next(t for t in threading.enumerate() if t.name == "conveyor-producer")
+    with pytest.raises(ConfigurationError, match="timeout"):
+        producer.close(timeout=timeout)
+    assert producer.publish("email.send", {"to": "y"}).tries == 1, "still open"
+    producer.close()
+    assert not loop_thread.is_alive()
+    transport = factory.made[0][1].transport
+    assert isinstance(transport, MemoryTransport) and not transport.connected
+
+
 class NeverConfirms(MemoryTransport):
     waiting = threading.Event()  # a publish is inside the transport, waiting for its confirm
 

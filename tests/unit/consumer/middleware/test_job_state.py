@@ -421,6 +421,37 @@ async def test_a_job_that_times_out_is_timed_out_then_dead_lettered_with_timeout
     assert [a.outcome for a in record.attempts] == ["timeout", "timeout"]
 
 
+class Report(BaseModel):
+    pages: int
+    title: str
+
+
+class _Opaque:
+    pass
+
+
+@pytest.mark.parametrize(("returned", "kept"), [
+    (Report(pages=3, title="q3"), {"pages": 3, "title": "q3"}),  # was dropped as "not JSON"
+    ([Report(pages=1, title="a"), {"n": 2}], [{"pages": 1, "title": "a"}, {"n": 2}]),
+    (_Opaque(), None),  # no JSON for it: the job succeeds, no result is kept
+    ({"when": {1, 2}}, None),
+], ids=["a model", "models in a list", "an object", "a set"])
+async def test_a_result_is_kept_as_json_a_model_included_and_one_without_json_is_dropped_not_fatal(
+    rig: Rig, jobs: JobRegistry, returned: object, kept: object
+) -> None:
+    @jobs.job("t.report")
+    async def report(payload: Job, ctx: JobContext) -> object:
+        return returned
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.report", Job(n=1))
+    async with rig.worker:
+        await rig.drain()
+    assert rig.worker.counts["succeeded"] == 1
+    assert await handle.result(timeout=5) == kept
+    assert (await handle.status()).state is JobState.SUCCEEDED
+
+
 async def test_a_result_over_the_cap_goes_to_the_payload_store_by_reference() -> None:
     from conveyor.common.payload_store.memory import MemoryPayloadStore
     from conveyor.schemas.envelope import PayloadReference
