@@ -17,7 +17,10 @@ MAX_DELAY = 30 * 24 * 3600.0
 
 
 def check_delay(delay: float) -> None:
-    """Refuse a delay longer than ``MAX_DELAY`` (or NaN) with a one-line ``ConfigurationError``."""
+    """Refuse a delay longer than ``MAX_DELAY`` (or NaN, or not a number) with a one-line
+    ``ConfigurationError``."""
+    if isinstance(delay, bool) or not isinstance(delay, int | float):  # "5" compared with a float: TypeError
+        raise ConfigurationError(f"a delay must be a number of seconds, not {type(delay).__name__}")
     if delay != delay:  # NaN: "a delay of nans is longer than …" said the opposite of the problem
         raise ConfigurationError("a delay must be a number of seconds, not NaN")
     if not delay <= MAX_DELAY:

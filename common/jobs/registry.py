@@ -86,7 +86,7 @@ def _is_async(handler: Handler) -> bool:
 
 def _check_timeout(job_type: str, timeout: float) -> None:
     # inf or NaN would be no time limit at all: a hung handler would hold its message forever.
-    if not 0 < timeout < math.inf:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
         raise ConfigurationError(f"{job_type}: timeout must be a positive number of seconds, not {timeout}")
 
 

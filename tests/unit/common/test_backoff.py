@@ -36,7 +36,8 @@ def test_policy_rejects_bad_options_with_the_projects_configuration_error(option
 
 
 @pytest.mark.parametrize(("delay", "says"), [(float("nan"), "not NaN"), (float("inf"), "longer than the longest"),
-                                              (31 * 86400.0, "longer than the longest")])
+                                              (31 * 86400.0, "longer than the longest"), ("5", "not str"),
+                                              (None, "not NoneType"), (True, "not bool")])
 def test_a_delay_no_broker_keeps_is_refused_saying_why(delay: float, says: str) -> None:
     # `conveyor publish --delay nan` said "a delay of nans is longer than the longest Conveyor honours".
     from conveyor.common.backoff import check_delay

@@ -87,3 +87,11 @@ async def test_an_object_with_an_async_call_runs_as_an_async_handler() -> None:
             await producer.publish("t.partial", {"n": 2})
         await broker.join(DEFAULT_QUEUE)
     assert sorted(handle.ran) == [1, 2] and worker.counts["succeeded"] == 2
+
+
+@pytest.mark.parametrize("timeout", ["5", None, True, float("nan"), float("inf"), 0, -1])
+def test_a_timeout_that_is_no_positive_number_is_refused_at_registration(timeout: object) -> None:
+    """A string timeout was a bare TypeError from the comparison, not the one-line error."""
+    jobs = JobRegistry()
+    with pytest.raises(ConfigurationError, match="timeout must be a positive number"):
+        jobs.job("t.timeout", model=Ping, timeout=timeout)(handler)  # type: ignore[arg-type]
