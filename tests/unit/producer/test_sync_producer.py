@@ -273,6 +273,9 @@ def test_threads_that_publish_during_a_failed_connect_share_it_and_the_next_publ
         for publisher in publishers:
             publisher.start()
         _until(lambda: len(calls) == 1)
+        # Released only once all four wait for that one connect (in its future's result()): a
+        # thread that a loaded machine started after the failure would rightly connect again.
+        _until(lambda: _waiting_for_the_connect(producer) == 4)
         gate.set()
         for publisher in publishers:
             publisher.join(30)
@@ -280,6 +283,12 @@ def test_threads_that_publish_during_a_failed_connect_share_it_and_the_next_publ
         assert len(calls) == 1, "each waiting thread made a connect of its own"
         producer.publish("email.send", {"to": "x"})
     assert len(calls) == 2 and broker.depth("conveyor.default") == 1
+
+
+def _waiting_for_the_connect(producer: SyncProducer) -> int:
+    runner = producer._runner
+    opening = runner.opening if runner is not None else None
+    return 0 if opening is None else len(opening._condition._waiters)  # type: ignore[attr-defined]
 
 
 def test_publishing_from_the_loop_thread_itself_is_refused(producer: SyncProducer) -> None:
