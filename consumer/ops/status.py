@@ -110,7 +110,7 @@ def _queue_row(queue: str, first: QueueStats | ConveyorError, second: QueueStats
                interval: float) -> QueueStatus:
     if isinstance(second, ConveyorError):
         error = f"{type(second).__name__}: {second}"
-        return QueueStatus(queue=queue, error=error, reason=getattr(second, "reason", None))
+        return QueueStatus(queue=queue, error=error, reason=second.reason)
     row = QueueStatus(
         queue=queue,
         ready=second.ready,
@@ -128,7 +128,7 @@ async def _group_dead_letters(transport: Transport, row: QueueStatus, limit: int
     try:
         records = await DeadLetters(transport, row.queue).list(limit=limit)
     except ConveyorError as exc:
-        row.error, row.reason = f"cannot browse the DLQ: {type(exc).__name__}: {exc}", getattr(exc, "reason", None)
+        row.error, row.reason = f"cannot browse the DLQ: {type(exc).__name__}: {exc}", exc.reason
         return
     row.dead_letters_scanned = len(records)
     row.dead_letters_by_reason = dict(collections.Counter(r.reason for r in records).most_common())

@@ -92,7 +92,7 @@ async def broker_errors(request: web.Request, handler: Any) -> web.StreamRespons
         answer.headers[REASON_HEADER] = "busy"
         return answer
     except ConveyorError as exc:
-        reason = getattr(exc, "reason", "broker_error")
+        reason = exc.reason
         # A queue the broker does not have is a wrong address, not the broker being down.
         status = 404 if isinstance(exc, QueueNotFound) else 503
         message = f"{type(exc).__name__}: {exc}"
