@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
+from dataclasses import dataclass
 
 import pytest
 
@@ -23,6 +25,51 @@ def pytest_report_header(config: pytest.Config) -> str | None:
         return None  # reported when the suites are collected
     missing = left_out(names)
     return f"conformance backends: {','.join(names)}" + (f" (left out: {', '.join(missing)})" if missing else "")
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """Under CI a broken run ends early and says why: the CI's own limit kills pytest before it
+    prints a single failure, and a run that cannot land is worth nothing after its first
+    failures. Outside CI a run goes to the end unless these are set."""
+
+    max_failures: int | None
+    budget: float | None
+    started: float
+
+
+_RUN_LIMITS = pytest.StashKey[RunLimits]()
+
+
+def run_limits(environ: dict[str, str] | os._Environ[str], now: float) -> RunLimits:
+    under_ci = environ.get("CI") == "true"
+    failures = environ.get("CONVEYOR_TEST_MAX_FAILURES") or ("25" if under_ci else "")
+    budget = environ.get("CONVEYOR_TEST_BUDGET") or ("4800" if under_ci else "")
+    try:
+        return RunLimits(int(failures) if failures else None, float(budget) if budget else None, now)
+    except ValueError as exc:
+        raise pytest.UsageError(f"CONVEYOR_TEST_MAX_FAILURES / CONVEYOR_TEST_BUDGET: not a number ({exc})") from None
+
+
+def stop_reason(limits: RunLimits, failed: int, now: float) -> str | None:
+    if limits.max_failures is not None and failed >= limits.max_failures:
+        return f"{failed} tests failed (CONVEYOR_TEST_MAX_FAILURES={limits.max_failures}); the rest was not run"
+    if limits.budget is not None and now - limits.started > limits.budget:
+        return (f"the run took over {limits.budget:.0f} s (CONVEYOR_TEST_BUDGET); the rest was not run "
+                "(see the machine line and the slowest tests)")
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_RUN_LIMITS] = run_limits(os.environ, time.monotonic())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    yield
+    reason = stop_reason(item.config.stash[_RUN_LIMITS], item.session.testsfailed, time.monotonic())
+    if reason is not None and not item.session.shouldstop:
+        item.session.shouldstop = reason
 
 
 @pytest.fixture
