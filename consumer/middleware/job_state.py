@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -311,6 +313,14 @@ class JobStateMiddleware(Middleware):
             log.info("job result is not JSON; not kept", extra={"job_id": transition.job_id})
             self.writer.record(transition)
             return
+        # orjson (and pydantic) write NaN and infinity as null: a result kept that way would read
+        # back as a different value, so it is "not JSON" like any other. null is rare enough in
+        # results that only those holding one pay for the walk.
+        if b"null" in data and _holds_non_finite(result):
+            log.info("job result holds NaN or infinity, which JSON cannot carry; not kept",
+                     extra={"job_id": transition.job_id})
+            self.writer.record(transition)
+            return
         if len(data) <= self.config.max_result_bytes:
             self.writer.record(replace(transition, result=data.decode()))
             return
@@ -387,6 +397,26 @@ def _reason(outcome: Outcome, state: JobState) -> str | None:
     if not state.final:
         return None
     return outcome.dead_letter_reason or outcome.reason
+
+
+def _holds_non_finite(value: object) -> bool:
+    """Whether a result orjson could write holds a float that is NaN or infinite (numpy's too).
+    Its depth is bounded: orjson refused anything deeper than it nests."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_holds_non_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_non_finite(item) for item in value)
+    if isinstance(value, BaseModel):
+        return _holds_non_finite(value.model_dump())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _holds_non_finite(dataclasses.asdict(value))
+    dtype = getattr(value, "dtype", None)  # a numpy float32 or array (OPT_SERIALIZE_NUMPY)
+    if getattr(dtype, "kind", None) == "f":
+        tolist = getattr(value, "tolist", None)
+        return tolist is not None and _holds_non_finite(tolist())
+    return False
 
 
 def _model_data(value: object) -> object:

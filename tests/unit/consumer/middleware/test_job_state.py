@@ -426,6 +426,10 @@ class Report(BaseModel):
     title: str
 
 
+class Score(BaseModel):
+    value: float
+
+
 class _Opaque:
     pass
 
@@ -435,7 +439,12 @@ class _Opaque:
     ([Report(pages=1, title="a"), {"n": 2}], [{"pages": 1, "title": "a"}, {"n": 2}]),
     (_Opaque(), None),  # no JSON for it: the job succeeds, no result is kept
     ({"when": {1, 2}}, None),
-], ids=["a model", "models in a list", "an object", "a set"])
+    ({"ratio": float("nan")}, None),  # orjson wrote null: read back, it was another value
+    ([1.0, [float("-inf")]], None),
+    (Score(value=float("inf")), None),
+    ({"ratio": 0.5, "none": None}, {"ratio": 0.5, "none": None}),  # a null of its own is kept
+], ids=["a model", "models in a list", "an object", "a set", "NaN", "infinity nested", "infinity in a model",
+        "a real null"])
 async def test_a_result_is_kept_as_json_a_model_included_and_one_without_json_is_dropped_not_fatal(
     rig: Rig, jobs: JobRegistry, returned: object, kept: object
 ) -> None:
