@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
@@ -62,6 +64,13 @@ def stop_reason(limits: RunLimits, failed: int, now: float) -> str | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_RUN_LIMITS] = run_limits(os.environ, time.monotonic())
+    # The workers and CLI commands the tests start keep crash journals and job-state files in
+    # the state directory. Its default (~/.local/state/conveyor) is the developer's own and
+    # outlives the run: a run killed half way left journals there for the next run's workers
+    # to claim. Each run gets its own, removed at the end.
+    state = tempfile.mkdtemp(prefix="conveyor-test-state-")
+    config.add_cleanup(lambda: shutil.rmtree(state, ignore_errors=True))
+    os.environ["XDG_STATE_HOME"] = state
 
 
 @pytest.hookimpl(hookwrapper=True)

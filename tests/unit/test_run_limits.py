@@ -3,6 +3,7 @@ printed instead of being killed at the CI's limit with nothing said."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -52,3 +53,13 @@ def test_a_run_past_its_failure_limit_stops_prints_its_failures_and_fails(tmp_pa
     assert "2 tests failed (CONVEYOR_TEST_MAX_FAILURES=2)" in run.stdout
     assert "FAILED test_broken.py::test_one" in run.stdout and "FAILED test_broken.py::test_two" in run.stdout
     assert "test_three" not in run.stdout
+
+
+def test_a_run_keeps_its_state_directory_to_itself() -> None:
+    # Set by tests/conftest.py before any test: workers started by tests write their crash
+    # journals there, not in the developer's ~/.local/state.
+    from conveyor.common.settings import Settings
+
+    state = Path(os.environ["XDG_STATE_HOME"])
+    assert state.name.startswith("conveyor-test-state-") and state.is_dir()
+    assert Settings(state_dir=None).effective_state_dir == state / "conveyor"
