@@ -313,6 +313,20 @@ ensure_cookie() {
     done
 }
 
+# CONVEYOR_SCRATCH_SERVER=1 (scripts/test sets it for its own `up` calls only) marks the node
+# as a test run's scratch. A node that is not running starts from an empty data dir: what a run
+# that was killed left there (half-written quorum-queue logs, its queues, its policies) must not
+# decide the next run. And it starts without syncing its quorum-queue log to disk (see
+# start_node). A running node, and every `up` the tests make to restart one (they expect
+# its durable queues back), keep their data.
+wipe_data_unless_running() {
+    [[ ${CONVEYOR_SCRATCH_SERVER:-} == 1 ]] || return 0
+    [[ -z $(node_pids) ]] || return 0
+    log "starting ${NODENAME} from an empty data dir (CONVEYOR_SCRATCH_SERVER=1)"
+    "${SUDO[@]}" find "${ROOT}${MNESIA_BASE}" -mindepth 1 -maxdepth 1 -name "${NODENAME}*" \
+        -exec rm -rf {} +
+}
+
 # epmd on the host's port 4369: the host's if it runs one, else the root's.
 ensure_epmd() {
     (exec 3<>"/dev/tcp/127.0.0.1/${EPMD_PORT}") 2>/dev/null && return 0
@@ -441,6 +455,11 @@ print_log_tail() {
     done
 }
 
+# A scratch node's quorum queues write their log without fsync (Ra's wal_sync_method none): the
+# tests kill brokers, never the machine, and a killed VM's writes are in the page cache already,
+# so nothing they check changes; a CI machine with a slow disk would otherwise stall every
+# confirm behind its fsync.
+
 start_node() {
     if accepts_tcp && [[ -z $(node_pids) ]]; then
         die "port ${PORT} on ${HOST} is taken by $(port_owner), not by this script's RabbitMQ ${NODENAME}"
@@ -453,10 +472,14 @@ start_node() {
     # limit if that is lower. The limit is set before chroot and inherited across it. The
     # launcher's output (the detached VM's goes nowhere) goes to startup_log/startup_err.
     # shellcheck disable=SC2016  # expanded by the inner shell
+    local scratch=()
+    if [[ ${CONVEYOR_SCRATCH_SERVER:-} == 1 ]]; then
+        scratch=("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-ra wal_sync_method none")
+    fi
     "${SUDO[@]}" bash -c 'ulimit -n "$1" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
         shift; exec "$@"' _ "$OPEN_FILES" \
         timeout 60 chroot --userspec="$(rmq_ids)" --groups="$(rmq_ids | cut -d: -f2)" "$ROOT" \
-        /usr/bin/env -i "${NODE_ENV[@]}" /bin/sh -c \
+        /usr/bin/env -i "${NODE_ENV[@]}" "${scratch[@]}" /bin/sh -c \
         'cd "$HOME" && exec "$@" >"$RABBITMQ_LOG_BASE/startup_log" 2>"$RABBITMQ_LOG_BASE/startup_err"' \
         _ "${RMQ_BIN}/rabbitmq-server" -detached 9>&- \
         || { print_log_tail; die "rabbitmq-server -detached failed"; }

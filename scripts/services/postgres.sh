@@ -168,6 +168,8 @@ init_cluster() {
 
 # Rewritten on every `up`, so a changed port takes effect at the next start.
 write_config() {
+    local fsync=on
+    [[ ${CONVEYOR_SCRATCH_SERVER:-} == 1 ]] && fsync=off
     as_svc mkdir -p "$SOCKET_DIR"
     as_svc chmod 700 "$SOCKET_DIR"
     as_svc tee "$DATA_DIR/conveyor.conf" >/dev/null <<EOF
@@ -178,8 +180,11 @@ unix_socket_permissions = 0700
 password_encryption = 'scram-sha-256'
 max_connections = 200
 shared_buffers = '128MB'
-# Stay durable (the tests check what survives), but do not stall a CI run on checkpoints.
-fsync = on
+# Commits are written to the OS before they return (the tests kill sessions and workers, and
+# check what survives), but a scratch cluster (CONVEYOR_SCRATCH_SERVER=1, scripts/test's) does
+# not fsync: only a machine crash could lose what the OS holds, and on a CI machine with a slow
+# disk every commit would otherwise wait for one. No checkpoint stalls a CI run either.
+fsync = ${fsync}
 synchronous_commit = on
 checkpoint_timeout = '15min'
 max_wal_size = '1GB'
@@ -297,6 +302,13 @@ cmd_up() {
     take_lock
     install_package
     resolve_layout
+    # CONVEYOR_SCRATCH_SERVER=1 (scripts/test's own `up` only): a cluster that is not running starts
+    # empty. Its data is the tests' scratch, and a run killed half way must not leave the next
+    # one its tables, rows or a half-recovered cluster.
+    if [[ ${CONVEYOR_SCRATCH_SERVER:-} == 1 && -z $(server_pid) && -d $DATA_DIR ]]; then
+        log "starting from an empty cluster (CONVEYOR_SCRATCH_SERVER=1): removing ${DATA_DIR}"
+        rm -rf "$DATA_DIR"
+    fi
     init_cluster
     write_config
     local running_port

@@ -161,6 +161,21 @@ start_nodes() {
     done
 }
 
+# CONVEYOR_SCRATCH_SERVER=1 (see wipe_data_unless_running): only when no node runs, all three start
+# empty and form the cluster anew; a node wiped while its peers run would come back a stranger
+# they still list as a member.
+fresh_cluster() {
+    local n
+    for n in "${NODES[@]}"; do
+        use_node "$n"
+        [[ -z $(node_pids) ]] || return 0
+    done
+    for n in "${NODES[@]}"; do
+        use_node "$n"
+        wipe_data_unless_running
+    done
+}
+
 # Node $1 (not node 1) joins node 1's cluster when it is not a member yet.
 join_node() {
     local n=$1
@@ -191,6 +206,7 @@ cmd_up() {
     bash "$(dirname "${BASH_SOURCE[0]}")/rabbitmq.sh" build-root >&2 || die "the trixie root could not be built"
     prepare_root
     configure_nodes
+    fresh_cluster
     start_nodes "${NODES[@]}"
     join_node 2
     join_node 3

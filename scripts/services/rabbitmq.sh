@@ -205,6 +205,7 @@ cmd_up() {
         fi
     fi
     if ((!serving)); then
+        wipe_data_unless_running
         start_unless_up || true # a VM from an earlier run that does not answer ping is killed first
         wait_ready
     fi

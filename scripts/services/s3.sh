@@ -265,6 +265,12 @@ cmd_up() {
         log "already running (pid $pid)"
     else
         rm -f "$PID_FILE"
+        # CONVEYOR_SCRATCH_SERVER=1 (scripts/test's own `up` only): a store that is not running starts
+        # empty; what a killed run left (half-written objects among them) is scratch.
+        if [[ ${CONVEYOR_SCRATCH_SERVER:-} == 1 && -d $DATA_DIR ]]; then
+            log "starting from an empty store (CONVEYOR_SCRATCH_SERVER=1): removing ${DATA_DIR}"
+            rm -rf "$DATA_DIR"
+        fi
         start_server
     fi
     wait_ready
