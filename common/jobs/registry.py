@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from conveyor.common.backoff import RetryPolicy
 from conveyor.common.errors import ConfigurationError, UnknownJobType
+from conveyor.common.queue_names import check_portable_queue_name
 from conveyor.schemas.envelope import JOB_TYPE_PATTERN, MAX_SCHEMA_VERSION
 from conveyor.schemas.registry import SchemaRegistry
 
@@ -50,6 +51,7 @@ class JobSpec:
     def __post_init__(self) -> None:
         _check_wire_names(self.job_type, self.version)
         _check_timeout(self.job_type, self.timeout)
+        check_portable_queue_name(self.queue, what=f"{self.job_type}: queue")
         if not (isinstance(self.model, type) and issubclass(self.model, BaseModel)):
             raise ConfigurationError(f"{self.job_type}: the payload model must be a pydantic model class")
 
@@ -111,6 +113,7 @@ class JobRegistry:
     ) -> Callable[[Handler], Handler]:
         _check_wire_names(job_type, version)  # at once, not when the handler is decorated
         _check_timeout(job_type, timeout)
+        check_portable_queue_name(queue, what=f"{job_type}: queue")
 
         def decorate(handler: Handler) -> Handler:
             _check_handler(job_type, handler)

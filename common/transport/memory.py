@@ -18,6 +18,7 @@ from typing import Any
 
 from conveyor.common.clock import Clock, SystemClock
 from conveyor.common.errors import PublishNotConfirmed, QueueNotFound, TransportError
+from conveyor.common.queue_names import check_portable_queue_name
 from conveyor.common.tasks import TaskSet
 from conveyor.common.transport.base import (
     ConsumerHandle,
@@ -328,6 +329,7 @@ class MemoryTransport(Transport):
 
     async def declare(self, queue: str) -> None:
         self._check()
+        check_portable_queue_name(queue)  # what a real broker would refuse, this one refuses too
         self.broker.declare(queue)
         self.broker.declare(self.dead_letter_queue(queue))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator
 
@@ -70,7 +71,8 @@ def pulsar_url() -> str:
 @pytest.fixture
 def queue_name(request: pytest.FixtureRequest) -> str:
     """A queue name no other test (or concurrent test run) uses."""
-    return f"test.{request.node.name[:40]}.{uuid.uuid4().hex[:12]}"
+    name = re.sub(r"[^A-Za-z0-9_.:-]", "-", request.node.name[:40])  # ids hold '[', ' ' …
+    return f"test.{name}.{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
