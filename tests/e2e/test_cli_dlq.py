@@ -166,6 +166,22 @@ async def test_every_dlq_command_on_a_mistyped_queue_is_one_line_and_creates_not
                 await transport.depth(name)
 
 
+async def test_status_of_a_mistyped_queue_exits_1_with_queue_not_found_and_creates_nothing(broker_url: str) -> None:
+    # Scripts read the exit code: a row that could not be read must not look like an empty queue.
+    typo = f"e2e.status.typo.{uuid.uuid4().hex[:10]}"
+    result = conveyor("status", "--queue", typo, "--interval", "0", env={"CONVEYOR_BROKER_URL": broker_url})
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: status (queue_not_found): "), line
+    as_json = conveyor("status", "--queue", typo, "--interval", "0", "--json", env={"CONVEYOR_BROKER_URL": broker_url})
+    assert as_json.returncode == 1, (as_json.stdout, as_json.stderr)
+    [row] = json.loads(as_json.stdout)["queues"]
+    assert (row["queue"], row["reason"], row["ready"]) == (typo, "queue_not_found", None), row
+    async with transport_from_url(broker_url) as transport:
+        with pytest.raises(QueueNotFound):
+            await transport.depth(typo)
+
+
 @pytest.mark.parametrize("name", ["é✓💥", "q" * 300])
 async def test_a_queue_name_the_broker_cannot_hold_is_one_line_for_every_dlq_command_and_status(broker_url: str,
                                                                                                 name: str) -> None:
