@@ -22,7 +22,18 @@ import orjson
 
 from conveyor.common.secrets import mask_secrets
 
-__all__ = ["JobLogContext", "JsonFormatter", "TextFormatter", "configure_logging", "job_log_fields", "mask_secrets"]
+__all__ = [
+    "PULSAR_NATIVE_LOGGER",
+    "JobLogContext",
+    "JsonFormatter",
+    "TextFormatter",
+    "configure_logging",
+    "job_log_fields",
+    "mask_secrets",
+]
+
+# The Pulsar client's native log follows this logger's level (common/transport/pulsar/transport.py).
+PULSAR_NATIVE_LOGGER = "conveyor.pulsar.native"
 
 # The job being handled in this task: its fields are added to every log line written while
 # it runs, including the handler's own ``logging`` calls. A ContextVar, so concurrent jobs

@@ -18,6 +18,7 @@ import click
 
 from conveyor.common.errors import ConveyorError
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.common.logging import PULSAR_NATIVE_LOGGER
 from conveyor.common.settings import Settings
 from conveyor.common.transport.base import Transport
 from conveyor.common.transport.factory import transport_from_url
@@ -96,12 +97,14 @@ def run(coro: Coroutine[Any, Any, T], settings: Settings | None, *, serving: boo
     that touches no secrets (the demo).
 
     ``serving``: a long-running command (worker, console, relay), whose log is its record. A
-    one-shot command answers in one line: aiormq's own log of the failed connect (the same
-    failure, as a second line on stderr) is muted while it runs."""
-    client_log = logging.getLogger("aiormq.connection")
-    level = client_log.level
+    one-shot command answers in one line: the clients' own logs of the failed connect (aiormq's,
+    and the Pulsar client's native lines: the same failure, many more lines on stderr) are muted
+    while it runs."""
+    client_logs = [logging.getLogger("aiormq.connection"), logging.getLogger(PULSAR_NATIVE_LOGGER)]
+    levels = [client_log.level for client_log in client_logs]
     if not serving:
-        client_log.setLevel(logging.CRITICAL)
+        for client_log in client_logs:
+            client_log.setLevel(logging.CRITICAL + 1)
     try:
         if settings is not None:
             params = click.get_current_context().params
@@ -111,7 +114,8 @@ def run(coro: Coroutine[Any, Any, T], settings: Settings | None, *, serving: boo
     except ConveyorError as exc:  # one line: the error's type (and reason code) and message
         raise click.ClickException(redactor()(f"{type(exc).__name__} ({exc.reason}): {exc}")) from None
     finally:
-        client_log.setLevel(level)
+        for client_log, level in zip(client_logs, levels, strict=True):
+            client_log.setLevel(level)
 
 
 def settings_from(**overrides: Any) -> Settings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -168,3 +169,22 @@ def test_a_payload_file_over_the_limit_names_the_setting_and_one_at_the_limit_is
     published = conveyor_without_broker("publish", "e2e.nap", "--payload", f"@{fits}", "--broker", "memory://", **limit)
     assert published.returncode == 0, published.stderr
     assert json.loads(published.stdout)["confirmed"] is True
+
+
+ONE_SHOT = [name for name in BROKER_COMMANDS if name != "worker"]
+
+
+@pytest.mark.parametrize(("scheme", "command"), [
+    *(("amqp", name) for name in ONE_SHOT),
+    ("pulsar", "status"), ("pulsar", "publish"),  # ten seconds each: the client's connect timeout
+])
+def test_an_unreachable_broker_is_one_line_for_one_shot_commands(scheme: str, command: str) -> None:
+    # The clients log the failed connect themselves: aiormq a line, the Pulsar client's native
+    # logger a line per retry (nine in ten seconds), all before the command's own one line.
+    with socket.socket() as held:  # bound, never listening: refused, and no other test takes it
+        held.bind(("127.0.0.1", 0))
+        url = f"{scheme}://127.0.0.1:{held.getsockname()[1]}"
+        result = conveyor_without_broker(*BROKER_COMMANDS[command], CONVEYOR_BROKER_URL=url)
+    line = assert_one_line_error(result, 1, "TransportError (broker_error): cannot connect to ")
+    assert result.stdout == "", result.stdout
+    assert url.split("://")[1] in line

@@ -82,6 +82,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import ssl
 from collections.abc import Coroutine
 from datetime import timedelta
@@ -101,6 +102,7 @@ from conveyor.common.errors import (
     TlsError,
     TransportError,
 )
+from conveyor.common.logging import PULSAR_NATIVE_LOGGER
 from conveyor.common.secrets import mask_url, scrub_error
 from conveyor.common.tasks import Slots, TaskSet
 from conveyor.common.tls import TlsConfig, check_scheme, probe_handshake
@@ -138,11 +140,27 @@ log = logging.getLogger(__name__)
 # its console logger writes to stdout, which the CLI's --json output owns, and a Python logger
 # is unavailable while the interpreter exits, when the client falls back to that console logger.
 # The client is only ever given the credential-free service URL, so its lines hold no secret.
+# How much it writes follows this Python logger's level, read when a client is made: the CLI's
+# --log-level, and a one-shot command mutes it as it mutes aiormq's (one failure, one line).
 _CLIENT_LOG_FILE = "/dev/stderr"
+_NATIVE_LEVELS = (
+    (logging.DEBUG, pulsar.LoggerLevel.Debug),
+    (logging.INFO, pulsar.LoggerLevel.Info),
+    (logging.WARNING, pulsar.LoggerLevel.Warn),
+    (logging.ERROR, pulsar.LoggerLevel.Error),
+)
 _CLOSE_GRACE = 0.05  # seconds; see PulsarTransport.close
 _OWN_DELAYED_LIMIT = 10_000  # delayed copies remembered for passing on (oldest forgotten first)
 _TOPIC_CACHE = 4096  # queues whose topic name is remembered (a worker has a handful)
 _Result = pulsar.Result
+
+
+def _native_logger() -> pulsar.FileLogger:
+    python_log = logging.getLogger(PULSAR_NATIVE_LOGGER)
+    for python_level, native_level in _NATIVE_LEVELS:
+        if python_log.isEnabledFor(python_level):
+            return pulsar.FileLogger(native_level, _CLIENT_LOG_FILE)
+    return pulsar.FileLogger(pulsar.LoggerLevel.Error, os.devnull)
 
 
 class PulsarTransport(Transport):
@@ -302,7 +320,7 @@ class PulsarTransport(Transport):
                 authentication=authentication,
                 operation_timeout_seconds=max(1, round(self.operation_timeout)),
                 connection_timeout_ms=max(1, round(self.connect_timeout * 1000)),
-                logger=pulsar.FileLogger(pulsar.LoggerLevel.Warn, _CLIENT_LOG_FILE),
+                logger=_native_logger(),
                 **self._client_tls,
             )
         except (ValueError, pulsar.PulsarException) as exc:
