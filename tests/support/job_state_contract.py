@@ -6,6 +6,7 @@ A test module imports the ``test_*`` functions below (pytest collects them there
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import datetime, timedelta
 
@@ -29,6 +30,7 @@ __all__ = [
     "test_expire_deletes_only_finished_jobs_older_than_the_cutoff",
     "test_the_idempotency_key_is_kept_from_the_first_writer_and_lists_every_job_with_it",
     "test_list_filters_by_state_type_and_time_newest_first",
+    "test_an_operation_cancelled_at_any_step_leaves_the_store_usable",
     "test_every_filter_lists_exactly_the_jobs_its_matches_accepts",
     "test_states_never_go_backwards",
     "test_text_no_id_holds_in_an_id_type_or_key_finds_nothing_and_is_no_outage",
@@ -291,6 +293,27 @@ async def test_expire_deletes_only_finished_jobs_older_than_the_cutoff(store: Jo
     assert await store.get("old-done") is None
     assert await store.get("old-waiting") is not None and await store.get("new-done") is not None
     assert await store.expire(timedelta(minutes=30)) == 0
+
+
+async def test_an_operation_cancelled_at_any_step_leaves_the_store_usable(
+        store: JobStateStore, clock: FakeClock) -> None:
+    # A caller's timeout (``handle.result(timeout=…)``, a shutdown's bounded close) cancels a read
+    # or a write wherever it is. SQLite's BEGIN runs on aiosqlite's thread and opened its
+    # transaction even when the await was cancelled: every later operation on that store failed
+    # "cannot start a transaction within a transaction", for the life of the process.
+    await store.apply([_t(clock, "c-1", JobState.QUEUED)])
+    for steps in range(25):  # every point of the operation, from before its BEGIN to after its COMMIT
+        for operation in (store.get("c-1"), store.apply([_t(clock, f"c-{steps}", JobState.QUEUED)])):
+            task = asyncio.ensure_future(operation)
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            record = await store.get("c-1")
+            assert record is not None and record.state is JobState.QUEUED, steps
+    await store.apply([_t(clock, "c-1", JobState.SUCCEEDED)])
+    done = await store.get("c-1")
+    assert done is not None and done.state is JobState.SUCCEEDED
 
 
 def _fields(t: Transition) -> dict[str, object]:
