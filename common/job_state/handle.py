@@ -48,13 +48,19 @@ class JobHandle(PublishReceipt):
         none or its result was too large to keep inline (then ``status().result_ref`` names it).
 
         ``JobNotSucceeded`` (with ``.state``) if it ended dead-lettered or cancelled;
-        ``TimeoutError`` after ``timeout`` seconds (``None``: wait as long as it takes)."""
+        ``TimeoutError`` after ``timeout`` seconds (``None``: wait as long as it takes). The
+        record is read at least once, so ``timeout=0`` answers a finished job and times out a
+        running one (the read itself is bounded by the store's own timeouts)."""
         if timeout is not None:  # NaN timed out at the first wait, whatever the job's state
             bounds.seconds("timeout", timeout, zero_ok=True, at_most=math.inf)
-        async with asyncio.timeout(timeout):
-            pause = _FIRST_POLL
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        # The first read is not cut by the deadline: under asyncio.timeout(0) it never finished on a
+        # SQL store (its I/O yields), and a job that had long succeeded raised TimeoutError.
+        record = await self.status()
+        pause = _FIRST_POLL
+        async with asyncio.timeout_at(deadline):
             while True:
-                record = await self.status()
                 if record.final and record.state is not JobState.SUCCEEDED:
                     raise JobNotSucceeded(
                         f"job {self.job_id} ended {record.state}"
@@ -65,3 +71,4 @@ class JobHandle(PublishReceipt):
                     return None if record.result is None else orjson.loads(record.result)
                 await asyncio.sleep(pause)
                 pause = min(_MAX_POLL, pause * 2)
+                record = await self.status()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.common.clock import FakeClock
-from conveyor.common.errors import JobStateStoreUnavailable
+from conveyor.common.errors import JobNotSucceeded, JobStateStoreUnavailable
 from conveyor.common.job_state import (
     JobState,
     JobStateStore,
@@ -24,6 +24,7 @@ from conveyor.common.job_state import (
     SQLiteJobStateStore,
     Transition,
 )
+from conveyor.common.job_state.handle import JobHandle
 from conveyor.common.job_state.states import generation_of
 from tests.support.job_state_contract import *  # noqa: F403 - the shared contract tests
 
@@ -154,3 +155,28 @@ async def test_a_v1_table_is_upgraded_in_place_at_open_and_keeps_its_rows(
     finally:
         async with make() as cleanup:
             await cleanup.drop_schema()
+
+
+async def test_result_with_timeout_zero_answers_a_finished_job_and_times_out_a_waiting_one(
+        store: JobStateStore, clock: FakeClock) -> None:
+    # asyncio.timeout(0) cut the first read of a database store (its I/O yields), so a job that
+    # had long succeeded raised TimeoutError: "is it done?" could not be asked without waiting.
+    created = clock.now()
+    generation = generation_of(created, None)
+    await store.apply([
+        Transition("done", JobState.SUCCEEDED, clock.now(), generation, created_at=created, result='{"pages": 3}'),
+        Transition("dead", JobState.DEAD_LETTERED, clock.now(), generation, created_at=created, reason="exhausted"),
+        Transition("waiting", JobState.QUEUED, clock.now(), generation, created_at=created),
+    ])
+
+    def handle(job_id: str) -> JobHandle:
+        return JobHandle(job_id=job_id, queue="q", confirmed_at=created, tries=1, store=store)
+
+    assert await handle("done").result(timeout=0) == {"pages": 3}
+    with pytest.raises(JobNotSucceeded, match="exhausted"):
+        await handle("dead").result(timeout=0)
+    with pytest.raises(TimeoutError):
+        await handle("waiting").result(timeout=0)
+    with pytest.raises(TimeoutError):
+        await handle("waiting").result(timeout=0.05)
+    assert await handle("done").result(timeout=0.05) == {"pages": 3}
