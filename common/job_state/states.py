@@ -40,6 +40,7 @@ __all__ = [
     "JobRecord",
     "JobState",
     "Transition",
+    "ends_cancel",
     "generation_of",
     "merge",
     "merge_attempt",
@@ -195,6 +196,14 @@ def _forward(record: JobRecord, t: Transition) -> bool:
     return (t.generation, t.rank) > (record.generation, record.rank)
 
 
+def ends_cancel(generation: int, rank: int, new_generation: int) -> bool:
+    """Whether a write of ``new_generation`` retires the cancel requested of a record at
+    ``(generation, rank)``: its run had ended by its worker's account (a cancel that came too
+    late was moot) and this is a new run of it (a DLQ replay, the id published again). A cancel
+    of a job waiting for its retry (rank 8, no worker's end yet) outlives the retry copy."""
+    return new_generation > generation and rank >= FINAL_RANK
+
+
 def merge(record: JobRecord | None, t: Transition) -> JobRecord:
     """``record`` after ``t``: the reference semantics every store's SQL implements.
 
@@ -225,8 +234,8 @@ def merge(record: JobRecord | None, t: Transition) -> JobRecord:
     return JobRecord(
         r.job_id, t.state, t.generation, t.rank, t.attempt, updated_at, *filled, finished_at, t.reason, t.error,
         t.result or r.result, t.result_ref or r.result_ref, producer_version, t.code_version or r.code_version,
-        t.config_hash or r.config_hash, t.dead_letter_id or r.dead_letter_id, r.cancel_requested_at, r.attempts,
-        key,
+        t.config_hash or r.config_hash, t.dead_letter_id or r.dead_letter_id,
+        None if ends_cancel(r.generation, r.rank, t.generation) else r.cancel_requested_at, r.attempts, key,
     )
 
 

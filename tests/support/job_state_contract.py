@@ -26,6 +26,7 @@ __all__ = [
     "test_an_abandoned_attempt_gives_way_to_the_redelivery",
     "test_cancel_of_an_unknown_job_is_an_unknown_job_error",
     "test_cancelling_a_running_job_marks_it_and_the_worker_records_the_end",
+    "test_a_cancel_outlives_a_retry_but_not_a_run_that_ended",
     "test_cancelling_a_waiting_job_cancels_it_at_once_and_twice_is_idempotent",
     "test_expire_deletes_only_finished_jobs_older_than_the_cutoff",
     "test_the_idempotency_key_is_kept_from_the_first_writer_and_lists_every_job_with_it",
@@ -179,6 +180,30 @@ async def test_cancelling_a_running_job_marks_it_and_the_worker_records_the_end(
     record = await store.get("run")
     assert record is not None and record.state is JobState.CANCELLED and record.attempts[0].outcome == "cancelled"
     assert await store.pending_cancels() == set()
+
+
+async def test_a_cancel_outlives_a_retry_but_not_a_run_that_ended(store: JobStateStore, clock: FakeClock) -> None:
+    created = clock.now()
+    # Cancelled while it ran, but its worker ended it first (dead-lettered before its poll came):
+    # the cancel was moot. An operator then replays the dead letter, a later generation. Its
+    # worker's poll found the old cancel still pending and stopped the replay it had asked for.
+    await store.apply([_t(clock, "dl", JobState.RUNNING, worker_id="w", created_at=created)])
+    await store.request_cancel("dl")
+    await store.apply([_t(clock, "dl", JobState.DEAD_LETTERED, worker_id="w", attempt_outcome="failed",
+                          created_at=created, reason="permanent")])
+    clock.advance(5)
+    replayed = clock.now()
+    await store.apply([_t(clock, "dl", JobState.RUNNING, worker_id="w2", created_at=created, gen=replayed)])
+    assert await store.pending_cancels() == set()
+    record = await store.get("dl")
+    assert record is not None and record.state is JobState.RUNNING and record.cancel_requested_at is None
+    assert (await store.request_cancel("dl")).changed  # the replay itself can be cancelled
+    assert await store.pending_cancels() == {"dl"}
+    # Cancelled while it waited for its retry: the retry copy (a later generation) must not run.
+    await store.apply([_t(clock, "rt", JobState.RETRYING, worker_id="w", attempt_outcome="failed", created_at=created)])
+    assert (await store.request_cancel("rt")).state is JobState.CANCELLED
+    await store.apply([_t(clock, "rt", JobState.RUNNING, worker_id="w2", created_at=created, gen=clock.now())])
+    assert await store.pending_cancels() == {"dl", "rt"}
 
 
 async def test_the_worker_outcome_wins_over_an_operator_cancel_it_raced(store: JobStateStore, clock: FakeClock) -> None:
