@@ -123,6 +123,7 @@ class Outbox:
         """Insert the job in ``connection``'s current transaction; its job id. Options as ``row``."""
         row = self.row(job_type, payload, **options)
         if _is_sqlalchemy(connection):
+            _check_transactional(connection)
             if _is_async(connection):
                 raise ConfigurationError("an async SQLAlchemy session: use 'await outbox.add_async(...)'")
             from sqlalchemy import text
@@ -144,6 +145,8 @@ class Outbox:
     ) -> str:
         """``add`` for asyncpg connections and SQLAlchemy ``AsyncSession``/``AsyncConnection``."""
         row = self.row(job_type, payload, **options)
+        if _is_sqlalchemy(connection):
+            _check_transactional(connection)
         if _is_sqlalchemy(connection) and _is_async(connection):
             from sqlalchemy import text
 
@@ -168,6 +171,17 @@ def _awaits(connection: Any) -> bool:
 
 def _is_sqlalchemy(connection: Any) -> bool:
     return type(connection).__module__.startswith("sqlalchemy")
+
+
+def _check_transactional(connection: Any) -> None:
+    """A SQLAlchemy ``Engine`` (or ``AsyncEngine``) holds no transaction of the application's:
+    the row could only commit on its own, outside the writes it belongs with. It failed with
+    ``AttributeError: 'Engine' object has no attribute 'execute'``."""
+    if not hasattr(connection, "execute"):
+        raise ConfigurationError(
+            f"cannot write the outbox through a SQLAlchemy {type(connection).__name__}: it is not in your "
+            "transaction; pass the Session or Connection your rows are written with"
+        )
 
 
 def _is_async(connection: Any) -> bool:

@@ -50,6 +50,25 @@ def test_add_refuses_a_connection_it_cannot_write_through() -> None:
         Outbox(jobs=jobs()).add(42, "email.send", {"to": "x"})
 
 
+async def test_add_refuses_a_sqlalchemy_engine_which_is_in_no_transaction() -> None:
+    # An Engine is not the application's transaction: the row could only commit on its own.
+    # It was an AttributeError traceback ("'Engine' object has no attribute 'execute'").
+    from sqlalchemy import create_engine
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    outbox = Outbox(jobs=jobs())
+    engine = create_engine("sqlite://")  # never connected
+    with pytest.raises(ConfigurationError, match="SQLAlchemy Engine: it is not in your transaction"):
+        outbox.add(engine, "email.send", {"to": "x"})
+    async_engine = create_async_engine("sqlite+aiosqlite://")
+    with pytest.raises(ConfigurationError, match="SQLAlchemy AsyncEngine: it is not in your transaction"):
+        await outbox.add_async(async_engine, "email.send", {"to": "x"})
+    with pytest.raises(ConfigurationError, match="SQLAlchemy AsyncEngine: it is not in your transaction"):
+        outbox.add(async_engine, "email.send", {"to": "x"})
+    engine.dispose()
+    await async_engine.dispose()
+
+
 async def test_add_async_refuses_a_sync_connection() -> None:
     with pytest.raises(ConfigurationError, match="use 'outbox.add"):
         await Outbox(jobs=jobs()).add_async(object(), "email.send", {"to": "x"})
