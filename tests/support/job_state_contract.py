@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -31,6 +31,7 @@ __all__ = [
     "test_expire_deletes_only_finished_jobs_older_than_the_cutoff",
     "test_the_idempotency_key_is_kept_from_the_first_writer_and_lists_every_job_with_it",
     "test_list_filters_by_state_type_and_time_newest_first",
+    "test_since_at_the_ends_of_time_or_without_a_zone_is_a_filter_not_an_outage",
     "test_an_operation_cancelled_at_any_step_leaves_the_store_usable",
     "test_every_filter_lists_exactly_the_jobs_its_matches_accepts",
     "test_states_never_go_backwards",
@@ -257,6 +258,20 @@ async def test_list_filters_by_state_type_and_time_newest_first(store: JobStateS
     assert [r.job_id for r in await store.list_jobs(since=start + timedelta(seconds=4))] == ["l5", "l4"]
     assert [r.job_id for r in await store.list_jobs(limit=2)] == ["l5", "l4"]
     assert await store.list_jobs(job_type="zzz") == []
+
+
+async def test_since_at_the_ends_of_time_or_without_a_zone_is_a_filter_not_an_outage(
+        store: JobStateStore, clock: FakeClock) -> None:
+    # `jobs list --since 0001-01-01T00:00:00+14:00` is before year 1 in UTC: PostgreSQL refused it
+    # ("date value out of range") and the CLI said the store was unavailable.
+    await store.apply([_t(clock, "e-1", JobState.QUEUED)])
+    first = datetime.min.replace(tzinfo=timezone(timedelta(hours=14)))
+    last = datetime.max.replace(tzinfo=timezone(timedelta(hours=-14)))
+    assert [r.job_id for r in await store.list_jobs(since=first)] == ["e-1"]
+    assert await store.list_jobs(since=last) == []
+    naive = clock.now().astimezone(UTC).replace(tzinfo=None)  # a time without a zone is UTC
+    assert [r.job_id for r in await store.list_jobs(since=naive)] == ["e-1"]
+    assert await store.list_jobs(since=naive + timedelta(seconds=1)) == []
 
 
 async def test_every_filter_lists_exactly_the_jobs_its_matches_accepts(store: JobStateStore, clock: FakeClock) -> None:
