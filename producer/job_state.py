@@ -7,6 +7,7 @@ store outage never fails a publish (see ``common.job_state.writer``).
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
@@ -19,6 +20,8 @@ from conveyor.common.jobs.command import PublishCommand
 from conveyor.common.middleware import Middleware, PublishNext
 
 __all__ = ["JobStateRecorder"]
+
+log = logging.getLogger(__name__)
 
 
 class JobStateRecorder(Middleware):
@@ -37,7 +40,13 @@ class JobStateRecorder(Middleware):
         self.writer = JobStateWriter(store, flush_interval=flush_interval, registry=registry, role="producer")
 
     async def startup(self) -> None:
-        await self.store.open()
+        try:
+            await self.store.open()
+        except Exception as exc:
+            # As in the worker: a store that is down must not stop publishing (the producer did not
+            # start at all). The writer keeps the transitions and opens the store with its retries.
+            log.warning("job-state store unavailable at start-up; states are kept and written later",
+                        extra={"error_type": type(exc).__name__})
         self.writer.start()
 
     async def shutdown(self) -> None:

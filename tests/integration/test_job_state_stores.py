@@ -12,9 +12,11 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from conveyor import MemoryBroker, MemoryTransport, Producer
 from conveyor.common.clock import FakeClock
 from conveyor.common.errors import JobNotSucceeded, JobStateStoreUnavailable
 from conveyor.common.job_state import (
@@ -26,6 +28,7 @@ from conveyor.common.job_state import (
 )
 from conveyor.common.job_state.handle import JobHandle
 from conveyor.common.job_state.states import generation_of
+from tests.faults.proxy import FaultProxy
 from tests.support.job_state_contract import *  # noqa: F403 - the shared contract tests
 
 
@@ -180,3 +183,28 @@ async def test_result_with_timeout_zero_answers_a_finished_job_and_times_out_a_w
     with pytest.raises(TimeoutError):
         await handle("waiting").result(timeout=0.05)
     assert await handle("done").result(timeout=0.05) == {"pages": 3}
+
+
+async def test_a_producer_starts_and_publishes_while_its_job_state_store_is_down(database_url: str) -> None:
+    # README "Store down": every process keeps its transitions and writes them later. The
+    # producer opened its store at start and raised: with PostgreSQL down, nothing could be published.
+    parts = urlsplit(database_url)
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        proxy.refuse()
+        store = PostgresJobStateStore(proxy.rewrite_url(database_url), table_prefix=prefix, connect_timeout=2.0,
+                                      min_size=0)
+        async with Producer(MemoryTransport(MemoryBroker()), allow_unregistered=True, job_state=store) as producer:
+            handles = [await producer.publish("t.down", {"n": n}) for n in range(3)]
+            proxy.accept()
+            async with PostgresJobStateStore(database_url, table_prefix=prefix) as reader:
+                try:
+                    for _ in range(100):  # the writer's backoff is at most 5 s
+                        records = [await reader.get(h.job_id) for h in handles]
+                        if all(r is not None for r in records):
+                            break
+                        await asyncio.sleep(0.1)
+                    assert all(r is not None and r.state is JobState.QUEUED for r in records), records
+                finally:
+                    await reader.drop_schema()
+        await store.close()
