@@ -17,6 +17,7 @@ import click
 import orjson
 from rich.table import Table
 
+from conveyor.common.errors import JobAlreadyEnded
 from conveyor.common.job_state.base import JobStateStore
 from conveyor.common.job_state.states import JobRecord, JobState
 from conveyor.common.settings import Settings
@@ -188,7 +189,8 @@ def jobs_list(job_state_url: str | None, state: str | None, job_type: str | None
 def jobs_cancel(job_id: str, job_state_url: str | None, broker: str | None, as_json: bool) -> None:
     """Cancel a job: a waiting one never runs; a running one is stopped on its worker.
 
-    Idempotent; a job that already finished is left as it ended."""
+    Idempotent; a job that already succeeded or was dead-lettered is left as it ended, and
+    the command fails (reason job_ended)."""
     from conveyor.consumer.ops.jobs import cancel_job
 
     settings = _settings(job_state_url)
@@ -200,6 +202,13 @@ def jobs_cancel(job_id: str, job_state_url: str | None, broker: str | None, as_j
             return await cancel_job(store, job_id, control=transport)
 
     result, broadcast = _with_store(settings, go)
+    if not result.changed and result.state in (JobState.SUCCEEDED, JobState.DEAD_LETTERED):
+        # A cancel that cannot take effect: said on stdout with exit 0, a script took it for done.
+        hint = " (conveyor jobs show names its dead letter)" if result.state is JobState.DEAD_LETTERED else ""
+        raise click.ClickException(
+            f"JobAlreadyEnded ({JobAlreadyEnded.reason}): job {job_id} already ended {result.state}; "
+            f"nothing was cancelled{hint}"
+        )
     if as_json:
         click.echo(orjson.dumps({
             "job_id": job_id, "previous": str(result.previous), "state": str(result.state),
