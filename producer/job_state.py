@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from conveyor.common.clock import Clock
 from conveyor.common.job_state.base import JobStateStore
-from conveyor.common.job_state.states import JobState, Transition, generation_of
+from conveyor.common.job_state.states import JobState, Transition, generation_of_envelope
 from conveyor.common.job_state.writer import JobStateWriter
 from conveyor.common.jobs.command import PublishCommand
 from conveyor.common.middleware import Middleware, PublishNext
@@ -56,12 +56,11 @@ class JobStateRecorder(Middleware):
         await call_next(cmd)
         envelope = cmd.envelope
         now = self.clock.now()
-        history = envelope.history
         self.writer.record(Transition(
             job_id=envelope.job_id,
             state=JobState.SCHEDULED if cmd.delay > 0 else JobState.QUEUED,
             at=now,
-            generation=generation_of(envelope.created_at, history[-1].finished_at if history else None, len(history)),
+            generation=generation_of_envelope(envelope),
             attempt=envelope.attempt,
             job_type=envelope.job_type,
             queue=cmd.queue,

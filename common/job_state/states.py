@@ -12,8 +12,8 @@ if its position is greater than the stored one (fields nobody wrote yet, such as
 producer's ``queued_at`` arriving after the worker's ``running``, are filled in either way).
 So writes batched by several processes may arrive in any order: the result is the same.
 
-- ``generation`` is a run of the job's message: microseconds of the newest entry of the
-  envelope's attempt history (of ``created_at`` before any) plus the history's length. A retry, a deferral and a DLQ
+- ``generation`` is a run of the job's message: microseconds of the latest time in the
+  envelope (``created_at``, its attempt history's finish times) plus the history's length. A retry, a deferral and a DLQ
   replay all add an entry, so each copy of a job has a later generation than the one before; a
   redelivery of the same message (a worker died) has the same one.
 - ``rank`` orders the states within one generation: waiting (queued, scheduled) 0, running 1,
@@ -32,6 +32,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conveyor.schemas.envelope import Envelope
 
 __all__ = [
     "CANCEL_REQUESTED_RANK",
@@ -42,6 +46,7 @@ __all__ = [
     "Transition",
     "ends_cancel",
     "generation_of",
+    "generation_of_envelope",
     "merge",
     "merge_attempt",
     "rank_of",
@@ -83,9 +88,21 @@ def rank_of(state: JobState) -> int:
 
 
 def generation_of(created_at: datetime, history_finished: datetime | None, history_length: int = 0) -> int:
-    """The generation of a job's message: µs of its newest history entry (else of ``created_at``)
-    plus the number of entries, so a copy made within the same microsecond still comes later."""
-    return int((history_finished or created_at).timestamp() * 1_000_000) + history_length
+    """The generation of a job's message: µs of the latest of ``created_at`` and its history's
+    finish times, plus the number of entries, so a copy made within the same microsecond still
+    comes later. The latest, not the newest entry's: a worker whose clock is behind the
+    producer's wrote a finish time before ``created_at``, and the retry or DLQ replay then had
+    an *earlier* generation than the message it copied: its states were never applied (a
+    replay that succeeded stayed ``dead_lettered``)."""
+    latest = created_at if history_finished is None or history_finished < created_at else history_finished
+    return int(latest.timestamp() * 1_000_000) + history_length
+
+
+def generation_of_envelope(envelope: Envelope) -> int:
+    """``generation_of`` a job's envelope: what its producer and every worker record it under."""
+    history = envelope.history
+    finished = max((entry.finished_at for entry in history), default=None)
+    return generation_of(envelope.created_at, finished, len(history))
 
 
 @dataclass(frozen=True, slots=True)
