@@ -27,6 +27,7 @@ __all__ = ["JobHandle"]
 
 _FIRST_POLL = 0.02
 _MAX_POLL = 0.5
+_FIRST_READ = 1.0  # seconds the first read may take, however short the timeout
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,17 @@ class JobHandle(PublishReceipt):
 
         ``JobNotSucceeded`` (with ``.state``) if it ended dead-lettered or cancelled;
         ``TimeoutError`` after ``timeout`` seconds (``None``: wait as long as it takes). The
-        record is read at least once, so ``timeout=0`` answers a finished job and times out a
-        running one (the read itself is bounded by the store's own timeouts)."""
+        record is read at least once (given up to a second), so ``timeout=0`` answers a finished
+        job and times out a running one."""
         if timeout is not None:  # NaN timed out at the first wait, whatever the job's state
             bounds.seconds("timeout", timeout, zero_ok=True, at_most=math.inf)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        # The first read is not cut by the deadline: under asyncio.timeout(0) it never finished on a
-        # SQL store (its I/O yields), and a job that had long succeeded raised TimeoutError.
-        record = await self.status()
+        # The first read may outlast a deadline shorter than _FIRST_READ: under asyncio.timeout(0) it
+        # never finished on a SQL store (its I/O yields), and a job that had long succeeded raised
+        # TimeoutError. It is still bounded: a store that hangs must not hold the caller for long.
+        async with asyncio.timeout(None if timeout is None else max(timeout, _FIRST_READ)):
+            record = await self.status()
         pause = _FIRST_POLL
         async with asyncio.timeout_at(deadline):
             while True:
