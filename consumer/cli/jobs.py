@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 import orjson
+from rich.markup import escape
 from rich.table import Table
 
 from conveyor.common.errors import JobAlreadyEnded
@@ -111,17 +112,17 @@ def jobs_show(job_id: str, job_state_url: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(record.to_dict()).decode())
         return
-    table = Table(title=f"job {record.job_id}", show_header=False)
+    table = Table(title=f"job {escape(record.job_id)}", show_header=False)
     for name, value in _summary(record):
-        table.add_row(name, value)
+        table.add_row(name, escape(value))  # what jobs wrote is text, never rich markup (a "[/x]" was a traceback)
     console.print(table)
     if record.attempts:
         attempts = Table(title="attempts")
         for column in ("#", "worker", "started", "finished", "outcome", "error", "code version"):
             attempts.add_column(column)
         for a in record.attempts:
-            attempts.add_row(str(a.attempt), a.worker_id, _when(a.started_at), _when(a.finished_at),
-                             a.outcome or "running", (a.error or "")[:80], a.code_version or "—")
+            attempts.add_row(*map(escape, (str(a.attempt), a.worker_id, _when(a.started_at), _when(a.finished_at),
+                                           a.outcome or "running", (a.error or "")[:80], a.code_version or "—")))
         console.print(attempts)
 
 
@@ -176,8 +177,8 @@ def jobs_list(job_state_url: str | None, state: str | None, job_type: str | None
     for column in ("job id", "type", "state", "attempt", "created", "finished", "reason"):
         table.add_column(column)
     for r in records:
-        table.add_row(r.job_id, r.job_type or "—", str(r.state), str(r.attempt), _when(r.created_at),
-                      _when(r.finished_at), r.reason or "—")
+        table.add_row(*map(escape, (r.job_id, r.job_type or "—", str(r.state), str(r.attempt), _when(r.created_at),
+                                    _when(r.finished_at), r.reason or "—")))
     console.print(table)
 
 
