@@ -27,6 +27,7 @@
     ├── PayloadStoreUnavailable     the payload store is unreachable or failed (retryable)
     ├── IdempotencyStoreUnavailable the processed-key database failed (retryable)
     ├── UnknownJob                  reason ``unknown_job``: no such job id in the job-state store
+    ├── JobAlreadyEnded             reason ``job_ended``: a cancel of a job that succeeded or was dead-lettered
     ├── JobStateStoreUnavailable    the job-state database failed (writes are buffered and retried)
     ├── JobCancelled                an operator cancelled the job: acked, never retried or dead-lettered
     ├── JobNotSucceeded             ``handle.result()`` of a job that ended dead-lettered or cancelled
@@ -49,6 +50,7 @@ __all__ = [
     "ConveyorError",
     "CrashLoop",
     "InvalidPayload",
+    "JobAlreadyEnded",
     "JobCancelled",
     "JobNotSucceeded",
     "JobStateStoreUnavailable",
@@ -259,6 +261,13 @@ class UnknownJob(ConveyorError):
     message rejection (no message is involved), but it carries a reason code all the same."""
 
     reason = "unknown_job"
+
+
+class JobAlreadyEnded(ConveyorError):
+    """An operator cancelled a job that had already succeeded or been dead-lettered: nothing was
+    changed (its record stays as it ended). A second cancel of a cancelled job is not this."""
+
+    reason = "job_ended"
 
 
 class JobStateStoreUnavailable(ConveyorError):

@@ -140,7 +140,15 @@ class SQLiteStore(_Database):
         import sqlite3
 
         with self._mapped("begin"):
-            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                # Cancelled (a caller's timeout) while aiosqlite's thread ran the BEGIN: it still opens
+                # the transaction, and every later BEGIN on this connection failed ("cannot start a
+                # transaction within a transaction") for good. The ROLLBACK is queued behind it.
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                raise
         try:
             yield conn
             with self._mapped("commit"):

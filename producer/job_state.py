@@ -7,18 +7,21 @@ store outage never fails a publish (see ``common.job_state.writer``).
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
 
 from conveyor.common.clock import Clock
 from conveyor.common.job_state.base import JobStateStore
-from conveyor.common.job_state.states import JobState, Transition, generation_of
+from conveyor.common.job_state.states import JobState, Transition, generation_of_envelope
 from conveyor.common.job_state.writer import JobStateWriter
 from conveyor.common.jobs.command import PublishCommand
 from conveyor.common.middleware import Middleware, PublishNext
 
 __all__ = ["JobStateRecorder"]
+
+log = logging.getLogger(__name__)
 
 
 class JobStateRecorder(Middleware):
@@ -37,7 +40,13 @@ class JobStateRecorder(Middleware):
         self.writer = JobStateWriter(store, flush_interval=flush_interval, registry=registry, role="producer")
 
     async def startup(self) -> None:
-        await self.store.open()
+        try:
+            await self.store.open()
+        except Exception as exc:
+            # As in the worker: a store that is down must not stop publishing (the producer did not
+            # start at all). The writer keeps the transitions and opens the store with its retries.
+            log.warning("job-state store unavailable at start-up; states are kept and written later",
+                        extra={"error_type": type(exc).__name__})
         self.writer.start()
 
     async def shutdown(self) -> None:
@@ -47,12 +56,11 @@ class JobStateRecorder(Middleware):
         await call_next(cmd)
         envelope = cmd.envelope
         now = self.clock.now()
-        history = envelope.history
         self.writer.record(Transition(
             job_id=envelope.job_id,
             state=JobState.SCHEDULED if cmd.delay > 0 else JobState.QUEUED,
             at=now,
-            generation=generation_of(envelope.created_at, history[-1].finished_at if history else None, len(history)),
+            generation=generation_of_envelope(envelope),
             attempt=envelope.attempt,
             job_type=envelope.job_type,
             queue=cmd.queue,

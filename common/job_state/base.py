@@ -25,7 +25,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from conveyor.common.clock import Clock
 from conveyor.common.errors import ConfigurationError
@@ -85,7 +85,7 @@ class JobStateStore(Store):
         idempotency_key: str | None = None,
         limit: int = DEFAULT_LIST_LIMIT,
     ) -> list[JobRecord]:
-        return await self._list(JobFilter(state, job_type, since, idempotency_key), self._check_limit(limit))
+        return await self._list(JobFilter(state, job_type, _utc(since), idempotency_key), self._check_limit(limit))
 
     @abc.abstractmethod
     async def _list(self, selected: JobFilter, limit: int) -> list[JobRecord]:
@@ -109,3 +109,18 @@ class JobStateStore(Store):
         if not 1 <= limit <= 10_000:
             raise ConfigurationError(f"limit must be between 1 and 10000, not {limit}")
         return limit
+
+
+def _utc(since: datetime | None) -> datetime | None:
+    """``since`` in UTC (naive: taken as UTC, as the CLI reads a time without a zone), so every
+    store compares the same instant. One UTC cannot hold (0001-01-01 at +14:00, 9999-12-31 at
+    -14:00) is clamped to the first or last: PostgreSQL refused it as "date value out of range",
+    which ``jobs list --since`` reported as the store being unavailable."""
+    if since is None:
+        return None
+    if since.tzinfo is None:
+        return since.replace(tzinfo=UTC)
+    try:
+        return since.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if since.year == datetime.min.year else datetime.max).replace(tzinfo=UTC)

@@ -27,6 +27,7 @@ __all__ = ["JobHandle"]
 
 _FIRST_POLL = 0.02
 _MAX_POLL = 0.5
+_FIRST_READ = 1.0  # seconds the first read may take, however short the timeout
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,21 @@ class JobHandle(PublishReceipt):
         none or its result was too large to keep inline (then ``status().result_ref`` names it).
 
         ``JobNotSucceeded`` (with ``.state``) if it ended dead-lettered or cancelled;
-        ``TimeoutError`` after ``timeout`` seconds (``None``: wait as long as it takes)."""
+        ``TimeoutError`` after ``timeout`` seconds (``None``: wait as long as it takes). The
+        record is read at least once (given up to a second), so ``timeout=0`` answers a finished
+        job and times out a running one."""
         if timeout is not None:  # NaN timed out at the first wait, whatever the job's state
             bounds.seconds("timeout", timeout, zero_ok=True, at_most=math.inf)
-        async with asyncio.timeout(timeout):
-            pause = _FIRST_POLL
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        # The first read may outlast a deadline shorter than _FIRST_READ: under asyncio.timeout(0) it
+        # never finished on a SQL store (its I/O yields), and a job that had long succeeded raised
+        # TimeoutError. It is still bounded: a store that hangs must not hold the caller for long.
+        async with asyncio.timeout(None if timeout is None else max(timeout, _FIRST_READ)):
+            record = await self.status()
+        pause = _FIRST_POLL
+        async with asyncio.timeout_at(deadline):
             while True:
-                record = await self.status()
                 if record.final and record.state is not JobState.SUCCEEDED:
                     raise JobNotSucceeded(
                         f"job {self.job_id} ended {record.state}"
@@ -65,3 +74,4 @@ class JobHandle(PublishReceipt):
                     return None if record.result is None else orjson.loads(record.result)
                 await asyncio.sleep(pause)
                 pause = min(_MAX_POLL, pause * 2)
+                record = await self.status()

@@ -171,6 +171,10 @@ class SqlJobStateStore(JobStateStore):
         sets += [f"{c} = CASE WHEN {forward} THEN excluded.{c} ELSE {j}.{c} END" for c in _FORWARD_TAKEN]
         sets += [f"{c} = CASE WHEN {forward} THEN COALESCE(excluded.{c}, {j}.{c}) ELSE {j}.{c} END"
                  for c in _FORWARD_KEPT]
+        sets.append(  # states.ends_cancel: a new run of a job that had ended drops the old run's cancel
+            f"cancel_requested_at = CASE WHEN excluded.generation > {j}.generation AND {j}.rank >= {FINAL_RANK}"
+            f" THEN NULL ELSE {j}.cancel_requested_at END"
+        )
         return (
             f"INSERT INTO {j} ({', '.join(columns)}) VALUES ({values})"
             f" ON CONFLICT (job_id) DO UPDATE SET {', '.join(sets)}"

@@ -12,8 +12,8 @@ if its position is greater than the stored one (fields nobody wrote yet, such as
 producer's ``queued_at`` arriving after the worker's ``running``, are filled in either way).
 So writes batched by several processes may arrive in any order: the result is the same.
 
-- ``generation`` is a run of the job's message: microseconds of the newest entry of the
-  envelope's attempt history (of ``created_at`` before any) plus the history's length. A retry, a deferral and a DLQ
+- ``generation`` is a run of the job's message: microseconds of the latest time in the
+  envelope (``created_at``, its attempt history's finish times) plus the history's length. A retry, a deferral and a DLQ
   replay all add an entry, so each copy of a job has a later generation than the one before; a
   redelivery of the same message (a worker died) has the same one.
 - ``rank`` orders the states within one generation: waiting (queued, scheduled) 0, running 1,
@@ -32,6 +32,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conveyor.schemas.envelope import Envelope
 
 __all__ = [
     "CANCEL_REQUESTED_RANK",
@@ -40,7 +44,9 @@ __all__ = [
     "JobRecord",
     "JobState",
     "Transition",
+    "ends_cancel",
     "generation_of",
+    "generation_of_envelope",
     "merge",
     "merge_attempt",
     "rank_of",
@@ -82,9 +88,21 @@ def rank_of(state: JobState) -> int:
 
 
 def generation_of(created_at: datetime, history_finished: datetime | None, history_length: int = 0) -> int:
-    """The generation of a job's message: µs of its newest history entry (else of ``created_at``)
-    plus the number of entries, so a copy made within the same microsecond still comes later."""
-    return int((history_finished or created_at).timestamp() * 1_000_000) + history_length
+    """The generation of a job's message: µs of the latest of ``created_at`` and its history's
+    finish times, plus the number of entries, so a copy made within the same microsecond still
+    comes later. The latest, not the newest entry's: a worker whose clock is behind the
+    producer's wrote a finish time before ``created_at``, and the retry or DLQ replay then had
+    an *earlier* generation than the message it copied: its states were never applied (a
+    replay that succeeded stayed ``dead_lettered``)."""
+    latest = created_at if history_finished is None or history_finished < created_at else history_finished
+    return int(latest.timestamp() * 1_000_000) + history_length
+
+
+def generation_of_envelope(envelope: Envelope) -> int:
+    """``generation_of`` a job's envelope: what its producer and every worker record it under."""
+    history = envelope.history
+    finished = max((entry.finished_at for entry in history), default=None)
+    return generation_of(envelope.created_at, finished, len(history))
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +213,14 @@ def _forward(record: JobRecord, t: Transition) -> bool:
     return (t.generation, t.rank) > (record.generation, record.rank)
 
 
+def ends_cancel(generation: int, rank: int, new_generation: int) -> bool:
+    """Whether a write of ``new_generation`` retires the cancel requested of a record at
+    ``(generation, rank)``: its run had ended by its worker's account (a cancel that came too
+    late was moot) and this is a new run of it (a DLQ replay, the id published again). A cancel
+    of a job waiting for its retry (rank 8, no worker's end yet) outlives the retry copy."""
+    return new_generation > generation and rank >= FINAL_RANK
+
+
 def merge(record: JobRecord | None, t: Transition) -> JobRecord:
     """``record`` after ``t``: the reference semantics every store's SQL implements.
 
@@ -225,8 +251,8 @@ def merge(record: JobRecord | None, t: Transition) -> JobRecord:
     return JobRecord(
         r.job_id, t.state, t.generation, t.rank, t.attempt, updated_at, *filled, finished_at, t.reason, t.error,
         t.result or r.result, t.result_ref or r.result_ref, producer_version, t.code_version or r.code_version,
-        t.config_hash or r.config_hash, t.dead_letter_id or r.dead_letter_id, r.cancel_requested_at, r.attempts,
-        key,
+        t.config_hash or r.config_hash, t.dead_letter_id or r.dead_letter_id,
+        None if ends_cancel(r.generation, r.rank, t.generation) else r.cancel_requested_at, r.attempts, key,
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import click
 import orjson
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -83,9 +84,10 @@ def dlq_list(broker: str | None, queue: str, reason: str | None, job_type: str |
     for column in ("id", "job id", "job type", "reason", "error", "attempts", "when"):
         table.add_column(column)
     for r in records:
-        table.add_row(r.dead_letter_id, r.job_id or "—", r.job_type or "—", r.reason,
-                      f"{r.error_type or ''}: {(r.error_message or '')[:60]}", str(len(r.history)),
-                      r.dead_lettered_at.isoformat(timespec="seconds"))
+        table.add_row(*map(escape, (  # what jobs wrote is text, never rich markup (a "[/x]" was a traceback)
+            r.dead_letter_id, r.job_id or "—", r.job_type or "—", r.reason,
+            f"{r.error_type or ''}: {(r.error_message or '')[:60]}", str(len(r.history)),
+            r.dead_lettered_at.isoformat(timespec="seconds"))))
     console.print(table)
 
 

@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 import click
 import orjson
+from rich.markup import escape
 from rich.table import Table
 
+from conveyor.common.errors import JobAlreadyEnded
 from conveyor.common.job_state.base import JobStateStore
 from conveyor.common.job_state.states import JobRecord, JobState
 from conveyor.common.settings import Settings
@@ -110,17 +112,17 @@ def jobs_show(job_id: str, job_state_url: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(record.to_dict()).decode())
         return
-    table = Table(title=f"job {record.job_id}", show_header=False)
+    table = Table(title=f"job {escape(record.job_id)}", show_header=False)
     for name, value in _summary(record):
-        table.add_row(name, value)
+        table.add_row(name, escape(value))  # what jobs wrote is text, never rich markup (a "[/x]" was a traceback)
     console.print(table)
     if record.attempts:
         attempts = Table(title="attempts")
         for column in ("#", "worker", "started", "finished", "outcome", "error", "code version"):
             attempts.add_column(column)
         for a in record.attempts:
-            attempts.add_row(str(a.attempt), a.worker_id, _when(a.started_at), _when(a.finished_at),
-                             a.outcome or "running", (a.error or "")[:80], a.code_version or "—")
+            attempts.add_row(*map(escape, (str(a.attempt), a.worker_id, _when(a.started_at), _when(a.finished_at),
+                                           a.outcome or "running", (a.error or "")[:80], a.code_version or "—")))
         console.print(attempts)
 
 
@@ -175,8 +177,8 @@ def jobs_list(job_state_url: str | None, state: str | None, job_type: str | None
     for column in ("job id", "type", "state", "attempt", "created", "finished", "reason"):
         table.add_column(column)
     for r in records:
-        table.add_row(r.job_id, r.job_type or "—", str(r.state), str(r.attempt), _when(r.created_at),
-                      _when(r.finished_at), r.reason or "—")
+        table.add_row(*map(escape, (r.job_id, r.job_type or "—", str(r.state), str(r.attempt), _when(r.created_at),
+                                    _when(r.finished_at), r.reason or "—")))
     console.print(table)
 
 
@@ -188,7 +190,8 @@ def jobs_list(job_state_url: str | None, state: str | None, job_type: str | None
 def jobs_cancel(job_id: str, job_state_url: str | None, broker: str | None, as_json: bool) -> None:
     """Cancel a job: a waiting one never runs; a running one is stopped on its worker.
 
-    Idempotent; a job that already finished is left as it ended."""
+    Idempotent; a job that already succeeded or was dead-lettered is left as it ended, and
+    the command fails (reason job_ended)."""
     from conveyor.consumer.ops.jobs import cancel_job
 
     settings = _settings(job_state_url)
@@ -200,6 +203,13 @@ def jobs_cancel(job_id: str, job_state_url: str | None, broker: str | None, as_j
             return await cancel_job(store, job_id, control=transport)
 
     result, broadcast = _with_store(settings, go)
+    if not result.changed and result.state in (JobState.SUCCEEDED, JobState.DEAD_LETTERED):
+        # A cancel that cannot take effect: said on stdout with exit 0, a script took it for done.
+        hint = " (conveyor jobs show names its dead letter)" if result.state is JobState.DEAD_LETTERED else ""
+        raise click.ClickException(
+            f"JobAlreadyEnded ({JobAlreadyEnded.reason}): job {job_id} already ended {result.state}; "
+            f"nothing was cancelled{hint}"
+        )
     if as_json:
         click.echo(orjson.dumps({
             "job_id": job_id, "previous": str(result.previous), "state": str(result.state),

@@ -42,7 +42,7 @@ from conveyor.common.errors import ConfigurationError, JobCancelled
 from conveyor.common.headers import PRODUCER_VERSION
 from conveyor.common.job_state.base import MAX_RESULT_BYTES, JobStateStore
 from conveyor.common.job_state.spill import SpillFile
-from conveyor.common.job_state.states import JobState, Transition, generation_of
+from conveyor.common.job_state.states import JobState, Transition, generation_of_envelope
 from conveyor.common.job_state.writer import JobStateWriter
 from conveyor.common.jobs.outcome import OutcomeKind, SettleAction
 from conveyor.common.middleware import ConsumeNext, Middleware
@@ -75,11 +75,6 @@ class JobStateConfig:
 def cancel_message(job_id: str) -> bytes:
     """The control-channel message that cancels ``job_id`` on every worker."""
     return orjson.dumps({"cancel": job_id})
-
-
-def generation_of_envelope(envelope: Envelope) -> int:
-    history = envelope.history
-    return generation_of(envelope.created_at, history[-1].finished_at if history else None, len(history))
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+from rich.markup import escape
 from rich.table import Table
 
 from conveyor.common.errors import ConveyorError
@@ -209,14 +210,15 @@ def _queue_table(report: StatusReport, broker: str) -> Table:
         table.add_column(column, justify="left" if column in ("queue", "by reason") else "right")
     for q in report.queues:
         if q.error:
-            table.add_row(q.queue, *["—"] * 6, f"[red]{q.error}[/]")
+            table.add_row(escape(q.queue), *["—"] * 6, f"[red]{escape(q.error)}[/]")
             continue
         reasons = ", ".join(f"{reason} {n}" for reason, n in q.dead_letters_by_reason.items())
         if q.dead_letters and q.dead_letters_scanned < q.dead_letters:
             reasons += f" (first {q.dead_letters_scanned})"
         rate = q.ready_rate_per_second
-        table.add_row(q.queue, _number(q.ready), "—" if rate is None else f"{rate:+g}", _number(q.delayed),
-                      _number(q.oldest_age_seconds, "s"), _number(q.consumers), _number(q.dead_letters), reasons)
+        table.add_row(escape(q.queue), _number(q.ready), "—" if rate is None else f"{rate:+g}", _number(q.delayed),
+                      _number(q.oldest_age_seconds, "s"), _number(q.consumers), _number(q.dead_letters),
+                      escape(reasons))
     return table
 
 
@@ -226,6 +228,7 @@ def _worker_table(report: StatusReport) -> Table:
         table.add_column(column)
     for w in report.workers:
         breakers = ", ".join(f"{name} {state}" for name, state in sorted(w.breakers.items())) or "—"
-        table.add_row(w.url, "yes" if w.up else f"[red]no: {w.error}[/]", _number(w.in_flight if w.up else None),
-                      _number(w.consumers_attached if w.up else None), _number(w.jobs_per_second), breakers)
+        up = "yes" if w.up else f"[red]no: {escape(w.error or '')}[/]"  # an error's text is never markup
+        table.add_row(escape(w.url), up, _number(w.in_flight if w.up else None),
+                      _number(w.consumers_attached if w.up else None), _number(w.jobs_per_second), escape(breakers))
     return table

@@ -30,6 +30,7 @@ from conveyor.common.clock import Clock
 from conveyor.common.codec import DEFAULT_MAX_MESSAGE_BYTES, encode_model
 from conveyor.common.errors import ConfigurationError, MessageTooLarge
 from conveyor.common.jobs.registry import DEFAULT_QUEUE, JobRegistry
+from conveyor.common.queue_names import check_portable_queue_name
 from conveyor.common.transport.memory import MemoryTransport
 from conveyor.producer.options import EnvelopeOptions, OutboxOptions
 from conveyor.producer.outbox.schema import DEFAULT_TABLE, table_name
@@ -108,12 +109,16 @@ class Outbox:
                 f"encoded job is {len(encoded)} bytes, limit is {self._max_bytes} (max_message_bytes=None "
                 "if the relay offloads large payloads)"
             )
+        # Checked here, in the application's transaction, as the job registry checks its queues:
+        # a queue no broker takes (or a dead-letter queue's name) was written, and then refused
+        # by the relay (a failed row for an operator) or, on RabbitMQ, sent into a DLQ.
+        target = check_portable_queue_name(queue or self._routes.get(job_type, self._default_queue))
         return OutboxRow(
             job_id=envelope.job_id,
             job_type=job_type,
-            queue=queue or self._routes.get(job_type, self._default_queue),
+            queue=target,
             delay_seconds=max(0.0, delay),
-            ordering_key=ordering_key,
+            ordering_key=_checked_key(ordering_key),
             envelope=encoded.decode(),
         )
 
@@ -123,6 +128,7 @@ class Outbox:
         """Insert the job in ``connection``'s current transaction; its job id. Options as ``row``."""
         row = self.row(job_type, payload, **options)
         if _is_sqlalchemy(connection):
+            _check_transactional(connection)
             if _is_async(connection):
                 raise ConfigurationError("an async SQLAlchemy session: use 'await outbox.add_async(...)'")
             from sqlalchemy import text
@@ -144,6 +150,8 @@ class Outbox:
     ) -> str:
         """``add`` for asyncpg connections and SQLAlchemy ``AsyncSession``/``AsyncConnection``."""
         row = self.row(job_type, payload, **options)
+        if _is_sqlalchemy(connection):
+            _check_transactional(connection)
         if _is_sqlalchemy(connection) and _is_async(connection):
             from sqlalchemy import text
 
@@ -162,12 +170,38 @@ class Outbox:
         return row.job_id
 
 
+def _checked_key(key: str | None) -> str | None:
+    """An ordering key is non-empty text PostgreSQL can store. An empty one was a key to the
+    relay's lock but no key to its grouping (its rows went out concurrently, out of order);
+    NUL or a lone surrogate failed in the driver, with its own exception type."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or "\x00" in key:
+        raise ConfigurationError(f"ordering_key {key!r:.80}: must be non-empty text without NUL")
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        raise ConfigurationError(f"ordering_key {key!r:.80}: not UTF-8 text") from None
+    return key
+
+
 def _awaits(connection: Any) -> bool:
     return inspect.iscoroutinefunction(getattr(connection, "execute", None))
 
 
 def _is_sqlalchemy(connection: Any) -> bool:
     return type(connection).__module__.startswith("sqlalchemy")
+
+
+def _check_transactional(connection: Any) -> None:
+    """A SQLAlchemy ``Engine`` (or ``AsyncEngine``) holds no transaction of the application's:
+    the row could only commit on its own, outside the writes it belongs with. It failed with
+    ``AttributeError: 'Engine' object has no attribute 'execute'``."""
+    if not hasattr(connection, "execute"):
+        raise ConfigurationError(
+            f"cannot write the outbox through a SQLAlchemy {type(connection).__name__}: it is not in your "
+            "transaction; pass the Session or Connection your rows are written with"
+        )
 
 
 def _is_async(connection: Any) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from conveyor.common.errors import ConfigurationError
 
-__all__ = ["COLUMNS", "DEFAULT_TABLE", "check_schema", "migrate", "migration_sql", "table_name"]
+__all__ = ["COLUMNS", "DEFAULT_TABLE", "check_schema", "migrate", "migration_sql", "require_table", "table_name"]
 
 DEFAULT_TABLE = "conveyor_outbox"
 COLUMNS = frozenset({
@@ -47,11 +47,17 @@ async def migrate(connection: Any, table: str = DEFAULT_TABLE) -> None:
         await connection.execute(sql)
 
 
-async def check_schema(connection: Any, table: str = DEFAULT_TABLE) -> None:
-    """Raise ``ConfigurationError`` naming what is missing; return if the schema is complete."""
+async def require_table(connection: Any, table: str) -> str:
+    """``table``, checked to exist: else the one-line ``ConfigurationError`` that says what to run."""
     table = table_name(table)
     if await connection.fetchval("SELECT to_regclass($1) IS NULL", table):
         raise ConfigurationError(f"outbox table {table!r} does not exist: run 'conveyor outbox migrate'")
+    return table
+
+
+async def check_schema(connection: Any, table: str = DEFAULT_TABLE) -> None:
+    """Raise ``ConfigurationError`` naming what is missing; return if the schema is complete."""
+    table = await require_table(connection, table)
     rows = await connection.fetch(
         "SELECT column_name FROM information_schema.columns WHERE table_name = $1 "
         "AND table_schema = (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = to_regclass($1))",

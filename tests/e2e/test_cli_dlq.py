@@ -38,12 +38,13 @@ async def queue(broker_url: str) -> AsyncIterator[str]:
         await transport.delete(name)
 
 
-async def plant_dead_letters(broker_url: str, queue: str, count: int) -> list[DeadLetterRecord]:
+async def plant_dead_letters(broker_url: str, queue: str, count: int, *,
+                             error_message: str = "boom") -> list[DeadLetterRecord]:
     """Dead letters written straight into ``queue``'s DLQ, each with its own dead-letter and job id."""
     records = [
         DeadLetterRecord(
             dead_letter_id=f"dl-{uuid.uuid4()}", queue=queue, reason="permanent", error_type="ValueError",
-            error_message="boom", dead_lettered_at=datetime.now(UTC), worker_id="e2e", job_id=str(uuid.uuid4()),
+            error_message=error_message, dead_lettered_at=datetime.now(UTC), worker_id="e2e", job_id=str(uuid.uuid4()),
             job_type="e2e.nap", attempt=1, original_body_b64=DeadLetterRecord.encode_body(b'{"n": %d}' % n),
         )
         for n in range(count)
@@ -56,6 +57,14 @@ async def plant_dead_letters(broker_url: str, queue: str, count: int) -> list[De
                 OutgoingMessage(body=encode_model(record), message_id=record.dead_letter_id, kind="dead_letter"),
             )
     return records
+
+
+async def test_dlq_list_prints_an_error_with_brackets_as_it_is(broker_url: str, queue: str) -> None:
+    # A job's error text went to rich as markup: "[/x]" was a MarkupError traceback, "[bold]" vanished.
+    await plant_dead_letters(broker_url, queue, 1, error_message="bad [/tmp/x] and [bold]y[/]")
+    listed = conveyor("dlq", "list", "--queue", queue, env={"CONVEYOR_BROKER_URL": broker_url, "COLUMNS": "250"})
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr[-800:]
+    assert "bad [/tmp/x] and [bold]y[/]" in listed.stdout, listed.stdout
 
 
 async def test_dlq_show_finds_an_entry_by_dead_letter_id_and_by_job_id(broker_url: str, queue: str) -> None:

@@ -172,3 +172,60 @@ def test_a_postgresql_url_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     done = conveyor("jobs", "show", "x", env={"CONVEYOR_JOB_STATE_URL": bad})
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-1500:]
     assert "is not UTF-8 text" in done.stderr and "CONVEYOR_JOB_STATE_URL" in done.stderr
+
+
+def test_cancel_of_a_job_that_ended_fails_in_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    # "job X is succeeded: nothing to cancel" with exit 0: a script took the cancel for done.
+    from datetime import UTC, datetime
+
+    from conveyor.common.job_state import JobState, Transition
+
+    url = sqlite_store(tmp_path / "state.db")
+    now = datetime.now(UTC)
+
+    async def seed() -> None:
+        async with job_state_store_from_url(url) as store:
+            await store.apply([Transition("ok-1", JobState.SUCCEEDED, now, 1, created_at=now),
+                               Transition("dl-1", JobState.DEAD_LETTERED, now, 1, created_at=now, reason="exhausted",
+                                          dead_letter_id="d-1"),
+                               Transition("q-1", JobState.QUEUED, now, 1, created_at=now)])
+
+    asyncio.run(seed())
+    env = {"CONVEYOR_JOB_STATE_URL": url}
+    for job_id, state in (("ok-1", "succeeded"), ("dl-1", "dead_lettered")):
+        before = _json("jobs", "show", job_id, env=env)
+        for json_flag in ((), ("--json",)):
+            done = conveyor("jobs", "cancel", job_id, *json_flag, env=env)
+            assert done.returncode == 1 and done.stdout == "", done.stdout
+            [line] = done.stderr.strip().splitlines()
+            assert "(job_ended)" in line and f"already ended {state}" in line, line
+        assert _json("jobs", "show", job_id, env=env) == before  # its record as it ended
+    assert _json("jobs", "cancel", "q-1", env=env)["changed"] is True
+    again = conveyor("jobs", "cancel", "q-1", env=env)  # a cancel twice is still idempotent
+    assert again.returncode == 0 and "nothing to cancel" in again.stdout, again.stderr
+
+
+def test_show_and_list_print_what_jobs_wrote_with_brackets_as_it_is(tmp_path: Path) -> None:
+    # A job's error, result or worker id went to rich as markup: "[/x]" was a MarkupError
+    # traceback, and "[bold]" vanished from what the operator read.
+    from datetime import UTC, datetime
+
+    from conveyor.common.job_state import JobState, Transition
+
+    url = sqlite_store(tmp_path / "state.db")
+    now = datetime.now(UTC)
+    error = "ValueError: no [/tmp/x] and [bold]y[/]"
+
+    async def seed() -> None:
+        async with job_state_store_from_url(url) as store:
+            await store.apply([Transition("j-[/]", JobState.DEAD_LETTERED, now, 1, created_at=now, reason="permanent",
+                                          error=error, worker_id="w[/]", attempt_outcome="failed", job_type="t.x"),
+                               Transition("ok-1", JobState.SUCCEEDED, now, 1, created_at=now, result='{"a": "[/]"}')])
+
+    asyncio.run(seed())
+    env = {"CONVEYOR_JOB_STATE_URL": url, "COLUMNS": "250"}
+    for args, expected in ((("jobs", "show", "j-[/]"), (error, "w[/]")), (("jobs", "show", "ok-1"), ('"[/]"',)),
+                           (("jobs", "list"), ("j-[/]",))):
+        done = conveyor(*args, env=env)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-800:]
+        assert all(text in done.stdout for text in expected), done.stdout

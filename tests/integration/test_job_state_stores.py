@@ -12,11 +12,13 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from conveyor import MemoryBroker, MemoryTransport, Producer
 from conveyor.common.clock import FakeClock
-from conveyor.common.errors import JobStateStoreUnavailable
+from conveyor.common.errors import JobNotSucceeded, JobStateStoreUnavailable
 from conveyor.common.job_state import (
     JobState,
     JobStateStore,
@@ -24,7 +26,9 @@ from conveyor.common.job_state import (
     SQLiteJobStateStore,
     Transition,
 )
+from conveyor.common.job_state.handle import JobHandle
 from conveyor.common.job_state.states import generation_of
+from tests.faults.proxy import FaultProxy
 from tests.support.job_state_contract import *  # noqa: F403 - the shared contract tests
 
 
@@ -154,3 +158,53 @@ async def test_a_v1_table_is_upgraded_in_place_at_open_and_keeps_its_rows(
     finally:
         async with make() as cleanup:
             await cleanup.drop_schema()
+
+
+async def test_result_with_timeout_zero_answers_a_finished_job_and_times_out_a_waiting_one(
+        store: JobStateStore, clock: FakeClock) -> None:
+    # asyncio.timeout(0) cut the first read of a database store (its I/O yields), so a job that
+    # had long succeeded raised TimeoutError: "is it done?" could not be asked without waiting.
+    created = clock.now()
+    generation = generation_of(created, None)
+    await store.apply([
+        Transition("done", JobState.SUCCEEDED, clock.now(), generation, created_at=created, result='{"pages": 3}'),
+        Transition("dead", JobState.DEAD_LETTERED, clock.now(), generation, created_at=created, reason="exhausted"),
+        Transition("waiting", JobState.QUEUED, clock.now(), generation, created_at=created),
+    ])
+
+    def handle(job_id: str) -> JobHandle:
+        return JobHandle(job_id=job_id, queue="q", confirmed_at=created, tries=1, store=store)
+
+    assert await handle("done").result(timeout=0) == {"pages": 3}
+    with pytest.raises(JobNotSucceeded, match="exhausted"):
+        await handle("dead").result(timeout=0)
+    with pytest.raises(TimeoutError):
+        await handle("waiting").result(timeout=0)
+    with pytest.raises(TimeoutError):
+        await handle("waiting").result(timeout=0.05)
+    assert await handle("done").result(timeout=0.05) == {"pages": 3}
+
+
+async def test_a_producer_starts_and_publishes_while_its_job_state_store_is_down(database_url: str) -> None:
+    # README "Store down": every process keeps its transitions and writes them later. The
+    # producer opened its store at start and raised: with PostgreSQL down, nothing could be published.
+    parts = urlsplit(database_url)
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        proxy.refuse()
+        store = PostgresJobStateStore(proxy.rewrite_url(database_url), table_prefix=prefix, connect_timeout=2.0,
+                                      min_size=0)
+        async with Producer(MemoryTransport(MemoryBroker()), allow_unregistered=True, job_state=store) as producer:
+            handles = [await producer.publish("t.down", {"n": n}) for n in range(3)]
+            proxy.accept()
+            async with PostgresJobStateStore(database_url, table_prefix=prefix) as reader:
+                try:
+                    for _ in range(100):  # the writer's backoff is at most 5 s
+                        records = [await reader.get(h.job_id) for h in handles]
+                        if all(r is not None for r in records):
+                            break
+                        await asyncio.sleep(0.1)
+                    assert all(r is not None and r.state is JobState.QUEUED for r in records), records
+                finally:
+                    await reader.drop_schema()
+        await store.close()

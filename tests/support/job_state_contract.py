@@ -6,8 +6,9 @@ A test module imports the ``test_*`` functions below (pytest collects them there
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -25,10 +26,13 @@ __all__ = [
     "test_an_abandoned_attempt_gives_way_to_the_redelivery",
     "test_cancel_of_an_unknown_job_is_an_unknown_job_error",
     "test_cancelling_a_running_job_marks_it_and_the_worker_records_the_end",
+    "test_a_cancel_outlives_a_retry_but_not_a_run_that_ended",
     "test_cancelling_a_waiting_job_cancels_it_at_once_and_twice_is_idempotent",
     "test_expire_deletes_only_finished_jobs_older_than_the_cutoff",
     "test_the_idempotency_key_is_kept_from_the_first_writer_and_lists_every_job_with_it",
     "test_list_filters_by_state_type_and_time_newest_first",
+    "test_since_at_the_ends_of_time_or_without_a_zone_is_a_filter_not_an_outage",
+    "test_an_operation_cancelled_at_any_step_leaves_the_store_usable",
     "test_every_filter_lists_exactly_the_jobs_its_matches_accepts",
     "test_states_never_go_backwards",
     "test_text_no_id_holds_in_an_id_type_or_key_finds_nothing_and_is_no_outage",
@@ -179,6 +183,30 @@ async def test_cancelling_a_running_job_marks_it_and_the_worker_records_the_end(
     assert await store.pending_cancels() == set()
 
 
+async def test_a_cancel_outlives_a_retry_but_not_a_run_that_ended(store: JobStateStore, clock: FakeClock) -> None:
+    created = clock.now()
+    # Cancelled while it ran, but its worker ended it first (dead-lettered before its poll came):
+    # the cancel was moot. An operator then replays the dead letter, a later generation. Its
+    # worker's poll found the old cancel still pending and stopped the replay it had asked for.
+    await store.apply([_t(clock, "dl", JobState.RUNNING, worker_id="w", created_at=created)])
+    await store.request_cancel("dl")
+    await store.apply([_t(clock, "dl", JobState.DEAD_LETTERED, worker_id="w", attempt_outcome="failed",
+                          created_at=created, reason="permanent")])
+    clock.advance(5)
+    replayed = clock.now()
+    await store.apply([_t(clock, "dl", JobState.RUNNING, worker_id="w2", created_at=created, gen=replayed)])
+    assert await store.pending_cancels() == set()
+    record = await store.get("dl")
+    assert record is not None and record.state is JobState.RUNNING and record.cancel_requested_at is None
+    assert (await store.request_cancel("dl")).changed  # the replay itself can be cancelled
+    assert await store.pending_cancels() == {"dl"}
+    # Cancelled while it waited for its retry: the retry copy (a later generation) must not run.
+    await store.apply([_t(clock, "rt", JobState.RETRYING, worker_id="w", attempt_outcome="failed", created_at=created)])
+    assert (await store.request_cancel("rt")).state is JobState.CANCELLED
+    await store.apply([_t(clock, "rt", JobState.RUNNING, worker_id="w2", created_at=created, gen=clock.now())])
+    assert await store.pending_cancels() == {"dl", "rt"}
+
+
 async def test_the_worker_outcome_wins_over_an_operator_cancel_it_raced(store: JobStateStore, clock: FakeClock) -> None:
     # The store still says queued (the worker's running write is in its buffer) when the cancel comes.
     await store.apply([_t(clock, "race", JobState.QUEUED)])
@@ -230,6 +258,20 @@ async def test_list_filters_by_state_type_and_time_newest_first(store: JobStateS
     assert [r.job_id for r in await store.list_jobs(since=start + timedelta(seconds=4))] == ["l5", "l4"]
     assert [r.job_id for r in await store.list_jobs(limit=2)] == ["l5", "l4"]
     assert await store.list_jobs(job_type="zzz") == []
+
+
+async def test_since_at_the_ends_of_time_or_without_a_zone_is_a_filter_not_an_outage(
+        store: JobStateStore, clock: FakeClock) -> None:
+    # `jobs list --since 0001-01-01T00:00:00+14:00` is before year 1 in UTC: PostgreSQL refused it
+    # ("date value out of range") and the CLI said the store was unavailable.
+    await store.apply([_t(clock, "e-1", JobState.QUEUED)])
+    first = datetime.min.replace(tzinfo=timezone(timedelta(hours=14)))
+    last = datetime.max.replace(tzinfo=timezone(timedelta(hours=-14)))
+    assert [r.job_id for r in await store.list_jobs(since=first)] == ["e-1"]
+    assert await store.list_jobs(since=last) == []
+    naive = clock.now().astimezone(UTC).replace(tzinfo=None)  # a time without a zone is UTC
+    assert [r.job_id for r in await store.list_jobs(since=naive)] == ["e-1"]
+    assert await store.list_jobs(since=naive + timedelta(seconds=1)) == []
 
 
 async def test_every_filter_lists_exactly_the_jobs_its_matches_accepts(store: JobStateStore, clock: FakeClock) -> None:
@@ -291,6 +333,27 @@ async def test_expire_deletes_only_finished_jobs_older_than_the_cutoff(store: Jo
     assert await store.get("old-done") is None
     assert await store.get("old-waiting") is not None and await store.get("new-done") is not None
     assert await store.expire(timedelta(minutes=30)) == 0
+
+
+async def test_an_operation_cancelled_at_any_step_leaves_the_store_usable(
+        store: JobStateStore, clock: FakeClock) -> None:
+    # A caller's timeout (``handle.result(timeout=…)``, a shutdown's bounded close) cancels a read
+    # or a write wherever it is. SQLite's BEGIN runs on aiosqlite's thread and opened its
+    # transaction even when the await was cancelled: every later operation on that store failed
+    # "cannot start a transaction within a transaction", for the life of the process.
+    await store.apply([_t(clock, "c-1", JobState.QUEUED)])
+    for steps in range(25):  # every point of the operation, from before its BEGIN to after its COMMIT
+        for operation in (store.get("c-1"), store.apply([_t(clock, f"c-{steps}", JobState.QUEUED)])):
+            task = asyncio.ensure_future(operation)
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            record = await store.get("c-1")
+            assert record is not None and record.state is JobState.QUEUED, steps
+    await store.apply([_t(clock, "c-1", JobState.SUCCEEDED)])
+    done = await store.get("c-1")
+    assert done is not None and done.state is JobState.SUCCEEDED
 
 
 def _fields(t: Transition) -> dict[str, object]:

@@ -48,3 +48,20 @@ async def test_the_check_names_everything_that_is_missing(db: asyncpg.Connection
 def test_a_table_name_that_is_not_a_plain_identifier_is_refused(name: str) -> None:
     with pytest.raises(ConfigurationError, match="not a lower-case SQL identifier"):
         migration_sql(name)
+
+
+async def test_failed_and_requeue_on_a_missing_table_say_to_migrate(db: asyncpg.Connection, bare_table: str) -> None:
+    # `conveyor outbox failed|requeue` on a table not created yet answered PostgreSQL's
+    # "relation … does not exist", where `check` and the relay say what to run.
+    from conveyor.producer.outbox.admin import failed_rows, requeue_failed
+
+    expected = f"outbox table '{bare_table}' does not exist: run 'conveyor outbox migrate'"
+    with pytest.raises(ConfigurationError, match=expected):
+        await failed_rows(db, bare_table)
+    for ids in (None, [1]):
+        with pytest.raises(ConfigurationError, match=expected):
+            await requeue_failed(db, bare_table, ids=ids)
+    await migrate(db, bare_table)
+    assert await failed_rows(db, bare_table) == []
+    assert await requeue_failed(db, bare_table) == 0
+    assert await requeue_failed(db, bare_table) == 0  # again: nothing to requeue, no error

@@ -3,6 +3,7 @@ specific to each (WAL mode, schema versioning, outages, URLs)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -117,3 +118,18 @@ def test_store_from_url_picks_the_store_by_scheme(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as caught:
         store_from_url("redis://user:secret@host/0")
     assert "secret" not in str(caught.value)
+
+
+async def test_a_write_cancelled_at_any_step_leaves_the_store_usable(store: ProcessedKeyStore) -> None:
+    # The worker's writes run under timeouts and shutdowns that cancel them anywhere: a SQLite
+    # BEGIN cancelled on aiosqlite's thread left its transaction open, and every later write
+    # failed "cannot start a transaction within a transaction" (each job retried, then dead-lettered).
+    for steps in range(25):
+        task = asyncio.ensure_future(store.record_success(f"k{steps}", "h", "job-1"))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert await store.record_success(f"after-{steps}", "h", "job-2"), steps
+        record = await store.get(f"after-{steps}")
+        assert record is not None and record.job_id == "job-2"

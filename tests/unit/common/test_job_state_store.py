@@ -55,3 +55,22 @@ async def test_an_outage_raises_the_stores_unavailable_error(store: MemoryJobSta
         await store.get("x")
     with pytest.raises(JobStateStoreUnavailable):
         await store.apply([])
+
+
+async def test_result_bounds_its_first_read_when_the_store_hangs(clock: FakeClock) -> None:
+    # The first read is let finish past a zero timeout (a finished job is answered at timeout=0),
+    # but not for ever: a store that hangs (a black-holed database) still ends in TimeoutError.
+    import asyncio
+
+    from conveyor.common.job_state.handle import JobHandle
+
+    class Hanging(MemoryJobStateStore):
+        async def get(self, job_id: str) -> None:
+            await asyncio.Event().wait()
+
+    handle = JobHandle(job_id="j", queue="q", confirmed_at=clock.now(), tries=1, store=Hanging(clock=clock))
+    for timeout in (0, 0.01):
+        waiting = asyncio.ensure_future(handle.result(timeout=timeout))
+        done, _ = await asyncio.wait({waiting}, timeout=30)
+        assert done, "result() waited on a hanging store past its timeout"
+        assert isinstance(waiting.exception(), TimeoutError)

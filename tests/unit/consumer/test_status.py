@@ -127,3 +127,16 @@ def test_status_cli_prints_the_whole_report_and_exits_1_when_a_queue_is_missing(
         "Error: status (queue_not_found): 'q1' could not be read: QueueNotFound: no queue 'q1' (and 1 more)"]
     table = runner.invoke(main, args)
     assert table.exit_code == 1 and "Queues on memory://" in table.stdout
+
+
+def test_status_tables_print_error_texts_with_brackets_as_they_are() -> None:
+    # An error text went to rich inside markup: "[/x]" was a MarkupError traceback.
+    from conveyor.consumer.ops.status import QueueStatus, StatusReport, WorkerStatus
+
+    report = StatusReport(interval=0, queues=[QueueStatus("q1", error="refused [/x] [bold]")],
+                          workers=[WorkerStatus("http://w:9464", error="404 for [/metrics]")])
+    console = Console(file=io.StringIO(), width=200)
+    for table in render_tables(report, "memory://"):
+        console.print(table)
+    text = console.file.getvalue()
+    assert "refused [/x] [bold]" in text and "no: 404 for [/metrics]" in text

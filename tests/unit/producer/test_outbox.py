@@ -45,9 +45,47 @@ def test_what_a_worker_would_refuse_is_refused_at_add(payload: dict[str, object]
         Outbox(jobs=jobs()).row(job_type, payload, **options)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("options", "match"), [
+    ({"queue": "orders queue"}, "queue 'orders queue'"),
+    ({"queue": "orders.dlq"}, "dead-letter queues"),
+    ({"queue": "amq.orders"}, "reserved by RabbitMQ"),
+    ({"queue": "q" * 200}, "use 1 to 121"),
+    ({"ordering_key": ""}, "ordering_key"),
+    ({"ordering_key": "user\x00-1"}, "ordering_key"),
+    ({"ordering_key": "\udcff"}, "ordering_key"),
+])
+def test_a_row_the_relay_could_not_send_as_asked_is_refused_at_add(options: dict[str, object], match: str) -> None:
+    # Accepted at add, these failed later: the relay's publish was refused (a failed row for an
+    # operator) or, on RabbitMQ, declared a work queue of a dead-letter queue's name; an empty
+    # key locked like a key but went out unordered; NUL failed in the database driver.
+    with pytest.raises(ConfigurationError, match=match):
+        Outbox(jobs=jobs()).row("email.send", {"to": "x"}, **options)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        Outbox(jobs=jobs(), routes={"email.send": "mail.dlq"}).row("email.send", {"to": "x"})
+
+
 def test_add_refuses_a_connection_it_cannot_write_through() -> None:
     with pytest.raises(ConfigurationError, match="cannot write the outbox through a int"):
         Outbox(jobs=jobs()).add(42, "email.send", {"to": "x"})
+
+
+async def test_add_refuses_a_sqlalchemy_engine_which_is_in_no_transaction() -> None:
+    # An Engine is not the application's transaction: the row could only commit on its own.
+    # It was an AttributeError traceback ("'Engine' object has no attribute 'execute'").
+    from sqlalchemy import create_engine
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    outbox = Outbox(jobs=jobs())
+    engine = create_engine("sqlite://")  # never connected
+    with pytest.raises(ConfigurationError, match="SQLAlchemy Engine: it is not in your transaction"):
+        outbox.add(engine, "email.send", {"to": "x"})
+    async_engine = create_async_engine("sqlite+aiosqlite://")
+    with pytest.raises(ConfigurationError, match="SQLAlchemy AsyncEngine: it is not in your transaction"):
+        await outbox.add_async(async_engine, "email.send", {"to": "x"})
+    with pytest.raises(ConfigurationError, match="SQLAlchemy AsyncEngine: it is not in your transaction"):
+        outbox.add(async_engine, "email.send", {"to": "x"})
+    engine.dispose()
+    await async_engine.dispose()
 
 
 async def test_add_async_refuses_a_sync_connection() -> None:

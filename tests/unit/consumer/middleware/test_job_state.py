@@ -592,3 +592,32 @@ async def test_shutdown_is_bounded_when_the_control_subscription_never_closes() 
                                                         close_timeout=0.01))
     await recorder.startup()
     await asyncio.wait_for(recorder.shutdown(), 30)  # hung for ever before the fix
+
+
+async def test_a_copy_written_by_a_worker_whose_clock_is_behind_is_still_a_later_generation() -> None:
+    # The worker's clock 4 s behind the producer's: the failed attempt's finish time came before
+    # the job's created_at, so the DLQ replay (and a retry copy) had an *earlier* generation than
+    # the message it copied. Its states were never applied: a replay that succeeded stayed
+    # dead_lettered, and handle.result() raised JobNotSucceeded.
+    from datetime import timedelta
+
+    from conveyor import MemoryJobStateStore, MemoryTransport, Producer
+    from conveyor.common.clock import FakeClock
+    from conveyor.common.job_state.states import Transition
+    from conveyor.consumer.middleware.job_state import generation_of_envelope
+    from conveyor.schemas.envelope import new_attempt_record
+
+    clock = FakeClock()
+    original = Producer(MemoryTransport(), allow_unregistered=True, clock=clock).build_envelope("t.x", {"n": 1})
+    behind = original.created_at - timedelta(seconds=4)
+    failed = new_attempt_record(attempt=1, worker_id="w", started_at=behind, finished_at=behind, outcome="failed",
+                                error_type="PermanentError", error_message="no")
+    replayed = original.with_history(failed)
+    assert generation_of_envelope(replayed) > generation_of_envelope(original)
+    again = replayed.with_history(failed)  # a second copy finished at the same skewed instant
+    assert generation_of_envelope(again) > generation_of_envelope(replayed)
+    store = MemoryJobStateStore(clock=clock)
+    await store.apply([Transition("j", JobState.DEAD_LETTERED, clock.now(), generation_of_envelope(original)),
+                       Transition("j", JobState.SUCCEEDED, clock.now(), generation_of_envelope(replayed))])
+    record = await store.get("j")
+    assert record is not None and record.state is JobState.SUCCEEDED
