@@ -123,7 +123,11 @@ class JobStateWriter:
             async with asyncio.timeout(timeout):
                 await self.flush()
         if self._buffer:
-            log.warning("job-state transitions not written at shutdown; the next worker here writes them",
+            # With a spill file (a worker's state directory) the next process there writes them;
+            # without one (a producer's) they are gone, and the workers' own states follow.
+            kept = self.spill is not None
+            log.warning("job-state transitions not written at shutdown; "
+                        + ("the next worker here writes them" if kept else "they are lost (no state directory)"),
                         extra={"count": len(self._buffer)})
         if self.spill is not None:
             self.spill.close(keep=bool(self._buffer))

@@ -113,3 +113,20 @@ async def test_an_outage_longer_than_the_buffer_keeps_the_file_to_what_the_buffe
         "the heir gets every transition the buffer still held, in order"
     )
     assert len(claimed) <= 2 * 1_000 + 100
+
+
+@pytest.mark.parametrize(("with_spill", "said"), [(True, "the next worker here writes them"),
+                                                  (False, "they are lost (no state directory)")])
+async def test_shutdown_with_the_store_down_says_whether_the_transitions_are_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, with_spill: bool, said: str
+) -> None:
+    # A producer has no state directory: its log said a worker would write what it had not.
+    store = MemoryJobStateStore()
+    store.fail_with = OSError("down")
+    writer = JobStateWriter(store, spill=SpillFile(tmp_path) if with_spill else None)
+    if with_spill:
+        assert writer.spill is not None and writer.spill.open() == []
+    writer.record(_t(FakeClock(), "a", JobState.QUEUED))
+    await writer.close(timeout=0.5)
+    [record] = [r for r in caplog.records if "not written at shutdown" in r.getMessage()]
+    assert record.getMessage().endswith(said)
