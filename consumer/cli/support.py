@@ -127,7 +127,8 @@ def settings_from(**overrides: Any) -> Settings:
             else error["msg"]  # a rule between settings: its message names them
             for error in exc.errors()
         )
-        raise click.UsageError(f"invalid configuration: {problems}") from None
+        # The reason code every Conveyor error line carries; still a usage error (exit 2).
+        raise click.UsageError(f"ConfigurationError (invalid_configuration): {problems}") from None
 
 
 def load_registry(target: str, param_hint: str) -> JobRegistry:

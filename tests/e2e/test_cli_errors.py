@@ -168,3 +168,15 @@ def test_a_payload_file_over_the_limit_names_the_setting_and_one_at_the_limit_is
     published = conveyor_without_broker("publish", "e2e.nap", "--payload", f"@{fits}", "--broker", "memory://", **limit)
     assert published.returncode == 0, published.stderr
     assert json.loads(published.stdout)["confirmed"] is True
+
+
+@pytest.mark.parametrize(("variable", "value"), [("CONVEYOR_CRASH_LIMIT", "99999999999999999999999"),
+                                                 ("CONVEYOR_MAX_MESSAGE_BYTES", "99999999999999999999999"),
+                                                 ("CONVEYOR_HTTP_HOST", "")])
+def test_a_setting_no_worker_can_honour_is_a_one_line_usage_error_with_its_reason_code(variable: str,
+                                                                                      value: str) -> None:
+    # A count past 64 bits was orjson's TypeError traceback at the worker's start; an empty
+    # CONVEYOR_HTTP_HOST served /metrics on every interface.
+    result = conveyor_without_broker("worker", "tests.e2e.app:jobs", "--broker", "memory://", **{variable: value})
+    assert_one_line_error(result, 2, variable, "(invalid_configuration)")
+    assert result.stdout == ""

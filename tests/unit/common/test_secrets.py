@@ -166,7 +166,7 @@ def test_a_bad_setting_is_a_usage_error_naming_it_never_a_traceback_or_its_value
     monkeypatch.setenv("CONVEYOR_CONCURRENCY", CANARY)
     result = CliRunner().invoke(main, command)
     assert result.exit_code == 2, result.output
-    assert "invalid configuration: CONVEYOR_CONCURRENCY" in result.output
+    assert "ConfigurationError (invalid_configuration): CONVEYOR_CONCURRENCY" in result.output
     assert CANARY not in result.output
     assert isinstance(result.exception, SystemExit)  # click's usage exit, not an error escaping
 
