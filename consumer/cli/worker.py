@@ -40,22 +40,37 @@ if TYPE_CHECKING:
 __all__ = ["Processes", "restart_policy", "worker"]
 
 
+# Each worker process is a whole interpreter with its own broker connections: more than this
+# is a typo, and a count like 10**20 hung the supervisor building its slots (memory growing).
+MAX_PROCESSES = 1024
+
+
 class Processes(click.ParamType[int, Any]):
-    """A whole number ≥ 1, or ``auto``: ``os.cpu_count()``."""
+    """A whole number from 1 to ``MAX_PROCESSES``, or ``auto``: ``os.cpu_count()``."""
 
     name = "N|auto"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_PROCESSES:
             return value
         text = str(value).strip().lower()
         if text == "auto":
             return os.cpu_count() or 1
         if not text.lstrip("-").isdigit():
-            self.fail(f"{value!r} is not a number of processes or 'auto'", param, ctx)
-        if int(text) < 1:
-            self.fail(f"{value!r}: at least 1 worker process (or 'auto': one per core)", param, ctx)
+            self.fail(f"{value!r} is not a number of processes or 'auto'{_source(param, ctx)}", param, ctx)
+        if not 1 <= int(text) <= MAX_PROCESSES:
+            self.fail(f"{value!r}: from 1 to {MAX_PROCESSES} worker processes (or 'auto': one per core)"
+                      f"{_source(param, ctx)}", param, ctx)
         return int(text)
+
+
+def _source(param: click.Parameter | None, ctx: click.Context | None) -> str:
+    """Where a bad value came from when it was the environment: click names only the flag."""
+    if param is None or ctx is None or param.name is None:
+        return ""
+    if ctx.get_parameter_source(param.name) is click.core.ParameterSource.ENVIRONMENT:
+        return f" (from {param.envvar})"
+    return ""
 
 
 @click.command()

@@ -346,10 +346,19 @@ def test_a_metrics_port_in_use_is_a_one_line_error(amqp: str, processes: str) ->
     assert "address already in use" in line.lower(), line
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5", ""])
+# 99999999999999999999 hung the supervisor building that many slots, its memory growing.
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5", "", "1025", "99999999999999999999"])
 def test_a_bad_process_count_is_a_one_line_usage_error(value: str) -> None:
-    result = conveyor("worker", APP, "--processes", value, env={"CONVEYOR_BROKER_URL": "memory://", "E2E_QUEUE": "q"})
+    result = conveyor("worker", APP, "--processes", value, env={"CONVEYOR_BROKER_URL": "memory://", "E2E_QUEUE": "q"},
+                      timeout=30)
     assert_one_line_error(result, 2, "--processes", repr(value))
+
+
+def test_a_bad_process_count_in_the_environment_names_the_variable_and_the_flag_wins() -> None:
+    env = {"CONVEYOR_BROKER_URL": "memory://", "E2E_QUEUE": "q", "CONVEYOR_PROCESSES": "-1"}
+    assert_one_line_error(conveyor("worker", APP, env=env, timeout=30), 2, "--processes", "CONVEYOR_PROCESSES")
+    # A flag wins over the variable: --processes 2 is refused for memory://, not for its -1.
+    assert_one_line_error(conveyor("worker", APP, "--processes", "2", env=env, timeout=30), 2, "memory://")
 
 
 def test_several_processes_on_the_in_memory_broker_is_a_one_line_usage_error() -> None:
