@@ -1,4 +1,4 @@
-"""``conveyor worker MODULE[:ATTR]``: run a registry's handlers until SIGTERM/SIGINT, then drain.
+"""``conveyor worker MODULE[:ATTR]``: run a registry's handlers until SIGTERM/SIGINT/SIGHUP, then drain.
 
 ``--processes N`` (N > 1, or ``auto``: one per core) runs N such workers under a supervisor
 (``conveyor.consumer.supervisor``); each is this same command, marked as a child.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +90,7 @@ def _source(param: click.Parameter | None, ctx: click.Context | None) -> str:
                    "CONVEYOR_IDEMPOTENCY_URL_FILE; off]")
 @job_state_option
 def worker(target: str, broker: str | None, processes: int, **overrides: Any) -> None:
-    """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT."""
+    """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT/SIGHUP."""
     from conveyor.consumer.supervisor import child_index
 
     child = child_index()
@@ -142,14 +141,14 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
     from dataclasses import replace
 
     from conveyor.consumer.http import HealthServer
-    from conveyor.consumer.supervisor import Beacon
+    from conveyor.consumer.supervisor import STOP_SIGNALS, Beacon
     from conveyor.consumer.worker import Worker, WorkerConfig, freeze_startup_heap
 
     config = replace(WorkerConfig.from_settings(settings), code_version=run_info[0], config_hash=run_info[1])
     middlewares, tracer_provider = tracing(settings, "conveyor-worker")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     transport = transport_for(broker, settings)
     store = payload_store_for(settings)

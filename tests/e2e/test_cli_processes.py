@@ -326,6 +326,21 @@ async def test_worker_processes_of_a_supervisor_killed_with_sigkill_drain_and_ex
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+async def test_sighup_drains_like_sigterm_and_the_jobs_in_flight_finish(amqp: str, queue: str, processes: str,
+                                                                        start: Callable[..., Run]) -> None:
+    # SIGHUP (a closed terminal or ssh session) killed the worker mid-job: the job came back,
+    # but the crash journal counted the death against it (crash_loop after a few hang-ups).
+    ids = await publish(amqp, queue, 2, 1.5)
+    run = start(amqp, queue, "--processes", processes, "--concurrency", "2")
+    run.wait(lambda: len(run.lines("start")) == 2, "both jobs in flight")
+    stdout, stderr = run.stop(sig=signal.SIGHUP)
+    assert run.process.returncode == 0, stderr
+    assert "draining" in stdout
+    assert sorted(run.done_ids()) == sorted(ids), "the jobs in flight finished before the exit"
+    assert "worker died" not in stderr
+
+
 def _alive(pid: int) -> bool:
     """Still running (a zombie waiting for init to reap it counts as gone)."""
     try:
