@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -194,6 +195,21 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
     if tracer_provider is not None:
         tracer_provider.shutdown()  # flush the last spans
     click.echo("stopped")
+    if abandoned := worker.threads.running():
+        _exit_without_joining(abandoned)
+
+
+def _exit_without_joining(threads: int) -> None:
+    """End the process now: sync handlers still run past the grace period, their messages
+    given back to the broker. A normal exit joins their threads, so each handler ran to its
+    end (its side effects) while its redelivery ran on another worker; the drain is done and
+    the crash journal closed, so nothing else is left to finish."""
+    log = logging.getLogger("conveyor.consumer.worker")
+    log.warning("sync handlers still running past the grace period: their jobs went back to the broker; "
+                "exiting without waiting for their threads", extra={"threads": threads})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _refresh(running: Any) -> None:
