@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 import math
 import sys
@@ -156,10 +157,14 @@ def load_registry(target: str, param_hint: str) -> JobRegistry:
     value: Any = getattr(module, attr, _MISSING)
     if value is _MISSING:
         raise bad(f"module {module_name!r} has no attribute {attr!r}")
+    # A factory, but not a class: one was called too (a pydantic model's ValidationError
+    # traceback; JobRegistry itself, an empty registry).
+    if inspect.isclass(value):
+        raise bad(f"{target!r} is a class, not a JobRegistry (or a function returning one)")
     if callable(value) and not isinstance(value, JobRegistry):
         value = value()
     if not isinstance(value, JobRegistry):
-        raise click.ClickException(f"{target} is not a JobRegistry")
+        raise bad(f"{target!r} is a {type(value).__name__}, not a JobRegistry (or a function returning one)")
     return value
 
 

@@ -100,6 +100,11 @@ def worker(target: str, broker: str | None, processes: int, **overrides: Any) ->
     settings = settings_from(**{k: v for k, v in overrides.items() if v is not None})
     url = require_broker(broker)
     registry = load_registry(target, "TARGET")
+    if not registry.specs():
+        # It would consume nothing and report ready for good while its queues fill: the
+        # modules whose decorators register the jobs were never imported.
+        raise click.BadParameter(f"{target!r} has no jobs registered (are the modules that register them "
+                                 "imported by it?)", param_hint="TARGET")
     if processes > 1 and child is None:
         if url.startswith("memory:"):
             raise click.UsageError("--processes needs a real broker: memory:// lives inside one process")

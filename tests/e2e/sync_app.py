@@ -31,3 +31,8 @@ def jobs() -> JobRegistry:
         _note("done", ctx)
 
     return registry
+
+
+def no_jobs() -> JobRegistry:
+    """A registry whose jobs were never registered (their modules not imported)."""
+    return JobRegistry()

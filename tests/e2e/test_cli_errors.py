@@ -80,6 +80,11 @@ MISUSES = {
                                       "tests.e2e.no_such_app"),
     "publish --app: no such attribute": (["publish", "e2e.nap", "--payload", "{}", "--app",
                                           "tests.e2e.app:no_such_registry"], "no_such_registry"),
+    "worker: a class (it was called: a ValidationError traceback)": (["worker", "tests.e2e.app:Nap"], "is a class"),
+    "worker: a module, not a registry": (["worker", "tests.e2e.app:os"], "is a module, not a JobRegistry"),
+    "worker: no jobs registered (it consumed nothing and was ready for good)": (
+        ["worker", "tests.e2e.sync_app:no_jobs", "--http-port", "0"], "no jobs registered"),
+    "publish --app: a class": (["publish", "e2e.nap", "--payload", "{}", "--app", "tests.e2e.app:Nap"], "--app"),
     "--payload: not JSON": (["publish", "e2e.nap", "--payload", "{not json"], "--payload"),
     "--payload: no such @file": (["publish", "e2e.nap", "--payload", "@/no/such/payload.json"],
                                  "/no/such/payload.json"),
