@@ -120,11 +120,16 @@ def settings_from(**overrides: Any) -> Settings:
     the setting, never a traceback and never the value (it may be a secret)."""
     from pydantic import ValidationError
 
+    def source(name: str) -> str:
+        # A flag's value is named as the flag: "--concurrency 0" was reported as
+        # CONVEYOR_CONCURRENCY, a variable the user had not set (or had set right).
+        return f"--{name.replace('_', '-')}" if name in overrides else f"CONVEYOR_{name.upper()}"
+
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"CONVEYOR_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" if error["loc"]
+            f"{source('_'.join(str(p) for p in error['loc']))}: {error['msg']}" if error["loc"]
             else error["msg"]  # a rule between settings: its message names them
             for error in exc.errors()
         )

@@ -175,6 +175,13 @@ def test_a_payload_file_over_the_limit_names_the_setting_and_one_at_the_limit_is
     assert json.loads(published.stdout)["confirmed"] is True
 
 
+def test_a_bad_flag_is_named_as_the_flag_and_wins_over_a_good_variable() -> None:
+    result = conveyor_without_broker("worker", "tests.e2e.app:jobs", "--broker", "memory://", "--concurrency", "0",
+                                     CONVEYOR_CONCURRENCY="8")
+    line = assert_one_line_error(result, 2, "(invalid_configuration): --concurrency:")
+    assert "CONVEYOR_CONCURRENCY" not in line, "the variable is fine; the flag is what the user got wrong"
+
+
 @pytest.mark.parametrize(("variable", "value"), [("CONVEYOR_CRASH_LIMIT", "99999999999999999999999"),
                                                  ("CONVEYOR_MAX_MESSAGE_BYTES", "99999999999999999999999"),
                                                  ("CONVEYOR_HTTP_HOST", "")])
