@@ -251,6 +251,14 @@ def transport_for(broker: str | None, settings: Settings) -> Transport:
 
 
 def payload_store_for(settings: Settings) -> Any:
+    """The claim-check store the settings name, not opened; None when there is none. A
+    location that does not parse is a usage error naming the setting: it was a ConfigurationError
+    (exit 1) that named neither CONVEYOR_PAYLOAD_STORE nor --payload-store."""
     from conveyor.common.payload_store.factory import store_from_settings
 
-    return store_from_settings(settings)
+    try:
+        return store_from_settings(settings)
+    except ConveyorError as exc:
+        raise click.UsageError(redactor()(f"{type(exc).__name__} ({exc.reason}): the payload store "
+                                          f"(CONVEYOR_PAYLOAD_STORE or --payload-store, CONVEYOR_S3_*): {exc}"),
+                               ctx=click.get_current_context(silent=True)) from None

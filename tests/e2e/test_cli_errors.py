@@ -192,3 +192,17 @@ def test_a_setting_no_worker_can_honour_is_a_one_line_usage_error_with_its_reaso
     result = conveyor_without_broker("worker", "tests.e2e.app:jobs", "--broker", "memory://", **{variable: value})
     assert_one_line_error(result, 2, variable, "(invalid_configuration)")
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(("command", "store"), [
+    (["worker", "tests.e2e.app:jobs", "--http-port", "0"], "garbage"),
+    (["publish", "e2e.nap", "--payload", "{}"], "s3://"),
+    (["payloads", "sweep", "--older-than", "7d"], "file://relative/path"),
+])
+def test_a_payload_store_that_does_not_parse_is_a_usage_error_naming_the_setting(command: list[str],
+                                                                                  store: str) -> None:
+    # It was exit 1 with the store's own words, naming neither the variable nor the flag.
+    broker = [] if command[0] == "payloads" else ["--broker", "memory://"]
+    result = conveyor_without_broker(*command, *broker, CONVEYOR_PAYLOAD_STORE=store)
+    assert_one_line_error(result, 2, "(invalid_configuration)", "CONVEYOR_PAYLOAD_STORE", "--payload-store")
+    assert result.stdout == ""
