@@ -194,6 +194,12 @@ def test_a_setting_no_worker_can_honour_is_a_one_line_usage_error_with_its_reaso
     assert result.stdout == ""
 
 
+def test_an_idempotency_url_that_does_not_parse_is_a_usage_error_naming_the_setting() -> None:
+    result = conveyor_without_broker("worker", "tests.e2e.app:jobs", "--http-port", "0", "--broker", "memory://",
+                                     CONVEYOR_IDEMPOTENCY_URL="garbage")
+    assert_one_line_error(result, 2, "(invalid_configuration)", "CONVEYOR_IDEMPOTENCY_URL", "--idempotency-url")
+
+
 @pytest.mark.parametrize(("command", "store"), [
     (["worker", "tests.e2e.app:jobs", "--http-port", "0"], "garbage"),
     (["publish", "e2e.nap", "--payload", "{}"], "s3://"),
