@@ -232,7 +232,9 @@ def scrub_error(exc: BaseException, url: str, *secrets: str | None) -> str:
     text = str(exc) or type(exc).__name__
     password = url_password(url)
     for secret in (password, *secrets):
-        if secret:
+        # As the Redactor: a password of "p" turned "unexpectedly" into "unex***ectedly" in
+        # every connection error (the URL itself is still masked whole, below).
+        if secret and len(secret) >= MIN_SECRET_LENGTH:
             text = text.replace(secret, MASK)
     return text.replace(url, mask_url(url))
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import (
@@ -44,6 +44,14 @@ from conveyor.common.tls import TlsConfig
 __all__ = ["LOG_LEVELS", "Settings"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# Upper bounds of the counts and sizes that had none: a value past 64 bits (a typo, a pasted
+# byte count) was a traceback from orjson at the worker's start, and a huge crash limit or
+# breaker threshold is the same as none. 512 MiB is RabbitMQ's largest message; an S3 object
+# is at most 10,000 parts of the store's 8 MiB.
+MAX_MESSAGE_BYTES_LIMIT = 512 * 1024 * 1024
+MAX_PAYLOAD_BYTES_LIMIT = 10_000 * 8 * 1024 * 1024
+MAX_FAILURE_COUNT = 10_000
 
 
 class SecretFilesSource(PydanticBaseSettingsSource):
@@ -90,7 +98,8 @@ class Settings(BaseSettings):
     http_host: str = Field(default=DEFAULT_HTTP_HOST, description="Address of /healthz, /readyz, /metrics")
     http_port: int = Field(default=DEFAULT_HTTP_PORT, ge=0, le=65535, description="Port of the HTTP endpoints (0: off)")
     max_message_bytes: int = Field(
-        default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024, description="Size limit, checked before parsing"
+        default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024, le=MAX_MESSAGE_BYTES_LIMIT,
+        description="Size limit, checked before parsing",
     )
     # The one default of the log level and format: the CLI's options take theirs from here.
     log_level: str = Field(
@@ -102,7 +111,7 @@ class Settings(BaseSettings):
     )
     breaker_consecutive_failures: int = Field(
         default=DEFAULT_BREAKER_CONSECUTIVE_FAILURES,
-        ge=1,
+        ge=1, le=MAX_FAILURE_COUNT,
         description="Consecutive failures that open a job's circuit breaker",
     )
     breaker_reset_timeout: float = Field(
@@ -128,7 +137,7 @@ class Settings(BaseSettings):
     )
     crash_limit: int = Field(
         default=DEFAULT_CRASH_LIMIT,
-        ge=1,
+        ge=1, le=MAX_FAILURE_COUNT,
         description="Worker deaths a job may be running in before it is dead-lettered as crash_loop",
     )
     code_version: str | None = Field(
@@ -159,9 +168,12 @@ class Settings(BaseSettings):
         default=None, description="Claim-check store: file:///path, s3://bucket/prefix, memory:// (unset: off)"
     )
     payload_threshold_bytes: int = Field(
-        default=DEFAULT_PAYLOAD_THRESHOLD, ge=1024, description="Encoded payloads above this go to the store"
+        default=DEFAULT_PAYLOAD_THRESHOLD, ge=1024, le=MAX_MESSAGE_BYTES_LIMIT,
+        description="Encoded payloads above this go to the store",
     )
-    payload_max_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=1024, description="Largest payload stored")
+    payload_max_bytes: int = Field(
+        default=DEFAULT_MAX_PAYLOAD_BYTES, ge=1024, le=MAX_PAYLOAD_BYTES_LIMIT, description="Largest payload stored"
+    )
     payload_timeout: float = Field(
         default=DEFAULT_STORE_TIMEOUT, gt=0, le=86400, description="Seconds per upload/download"
     )
@@ -191,6 +203,17 @@ class Settings(BaseSettings):
 
     def broker(self) -> str | None:
         return None if self.broker_url is None else self.broker_url.get_secret_value()
+
+    @field_validator("http_host", "state_dir", "tls_ca_file", "tls_cert_file", "tls_key_file", "s3_endpoint_url",
+                     "s3_access_key", "s3_region", mode="before")
+    @classmethod
+    def _not_blank(cls, value: Any) -> Any:
+        # An empty variable (a template's unset ${VAR}) meant something else than unset: ""
+        # as the HTTP host listened on every interface, and "" as a path was "." (the
+        # crash journal in the working directory).
+        if isinstance(value, str) and not value.strip():
+            raise PydanticCustomError("blank", "must not be empty (leave it unset for the default)")
+        return value
 
     @model_validator(mode="after")
     def _stall_limits_in_order(self) -> Settings:

@@ -28,6 +28,7 @@ from conveyor.common.headers import check_content_labels
 from conveyor.common.jobs.context import JobContext
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind
 from conveyor.common.jobs.registry import JobRegistry, JobSpec
+from conveyor.common.logging import job_log_fields
 from conveyor.common.middleware import Middleware, build_consume_chain
 from conveyor.common.secrets import mask_secrets
 from conveyor.common.transport.base import Delivery
@@ -40,6 +41,7 @@ from conveyor.schemas.registry import SchemaTooNew
 __all__ = ["Processor"]
 
 log = logging.getLogger(__name__)
+_jobs_log = logging.getLogger("conveyor.jobs")  # the logger of every "job attempt failed" line
 
 
 class _SucceededBefore(Exception):
@@ -61,6 +63,17 @@ _CLASSIFICATION: tuple[tuple[type[BaseException], OutcomeKind, str | None], ...]
 )
 DEFAULT_HANDLER_THREADS = 4  # a Processor used without a worker's pool
 _REMEMBERED_CLASSES = 256  # exception types whose classification is remembered
+
+
+def _attempt_failed_before_the_chain(envelope: Envelope, exc: Exception) -> None:
+    """LogContextMiddleware's warning (the same logger, line and job fields) for an attempt
+    that failed before the middlewares ran; type only, as there (messages may hold secrets)."""
+    token = job_log_fields.set({"job_id": envelope.job_id, "job_type": envelope.job_type,
+                                "attempt": envelope.attempt, "correlation_id": envelope.correlation_id})
+    try:
+        _jobs_log.warning("job attempt failed", extra={"error_type": type(exc).__name__})
+    finally:
+        job_log_fields.reset(token)
 
 
 def _cancelled_from_outside(exc: BaseException) -> bool:
@@ -119,7 +132,12 @@ class Processor:
                      extra={"job_id": envelope.job_id})
             return Outcome(OutcomeKind.SUCCEEDED, envelope, started_at=started, finished_at=self._clock.now())
         except Exception as exc:  # e.g. the payload store is down: worth another try
-            return self._classified(envelope, exc, started, otherwise="payload_unavailable")
+            outcome = self._classified(envelope, exc, started, otherwise="payload_unavailable")
+            if outcome.kind is OutcomeKind.RETRY:
+                # The chain's LogContextMiddleware never saw it: a store outage or wrong S3
+                # credentials spent every job's attempts without a line until its dead letter.
+                _attempt_failed_before_the_chain(envelope, exc)
+            return outcome
         ctx.headers = dict(delivery.headers)
         ctx.redelivered = delivery.redelivered or delivery.delivery_count > 1
         # The chain runs here rather than in a coroutine of its own: one less per job.

@@ -26,7 +26,8 @@ What happens now:
   crash journal counts the job, so one that hangs every time is dead-lettered as ``crash_loop``.
   An embedded worker without ``exit_after`` keeps holding the message until it stops.
 * At shutdown the grace period wins: a handler still running when it ends cannot be stopped;
-  its message is given back and its thread's result discarded (the process exit ends it).
+  its message is given back and its thread's result discarded (the process exit ends it:
+  ``conveyor worker`` exits without joining such a thread, see ``running``).
 """
 
 from __future__ import annotations
@@ -80,6 +81,18 @@ class HandlerThreads:
         self._executor: ThreadPoolExecutor | None = None
         self._overruns: dict[int, Overrun] = {}
         self._keys = itertools.count()
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def running(self) -> int:
+        """Handler calls whose thread is running now, whether or not their job still waits.
+
+        After a drain, one is a job whose message went back to the broker: the interpreter's
+        exit would join its thread (``concurrent.futures`` does), so the handler ran on to the
+        end while its redelivery ran elsewhere, the double run this module exists to prevent.
+        """
+        with self._lock:
+            return self._running
 
     def overruns(self) -> list[Overrun]:
         """The threads past their limit now (safe to call from another thread)."""
@@ -100,6 +113,8 @@ class HandlerThreads:
         context = contextvars.copy_context()
 
         def call() -> T:
+            with self._lock:
+                self._running += 1
             loop.call_soon_threadsafe(_resolve, started, threading.get_ident())
             try:
                 return context.run(func)
@@ -107,6 +122,9 @@ class HandlerThreads:
                 raise
             except BaseException as exc:
                 raise _Carried(exc) from None
+            finally:
+                with self._lock:
+                    self._running -= 1
 
         future = loop.run_in_executor(self._pool(), call)
         first: set[asyncio.Future[Any]] = {started, future}

@@ -137,6 +137,10 @@ class FileSystemPayloadStore(PayloadStore):
             yield item
 
     def _scan(self) -> list[StoredObject]:
+        # An upload makes the root; a listing never does. A root that is not there is a typo
+        # (S3's NoSuchBucket), not an empty store: the sweep said "0 objects" and exited 0.
+        if not self.root.is_dir():
+            raise PayloadStoreUnavailable(f"the store's root {self.root} is not a directory; nothing was stored there")
         base = self.root / self.bucket
         top = base / self.prefix
         found = []

@@ -207,7 +207,8 @@ def relay(database_url: str | None, table: str, broker: str | None, batch_size: 
 
         def producer() -> Producer:
             return Producer(support.transport_for(broker_url, settings), allow_unregistered=True,
-                            payload_store=store, payload_threshold=settings.payload_threshold_bytes)
+                            payload_store=store, payload_threshold=settings.payload_threshold_bytes,
+                            max_message_bytes=settings.max_message_bytes)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

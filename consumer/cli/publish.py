@@ -40,7 +40,10 @@ def publish(job_type: str, payload: str, broker: str | None, app: str | None, qu
     overrides = {"payload_store": payload_store, "job_state_url": job_state_url}
     settings = support.settings_from(**{k: v for k, v in overrides.items() if v})
     url = support.require_broker(broker)
-    store_options = {"payload_threshold": settings.payload_threshold_bytes}
+    # CONVEYOR_MAX_MESSAGE_BYTES is the workers' limit of a job as sent: the producer's too (it
+    # refused past the 1 MiB default whatever the setting said).
+    store_options = {"payload_threshold": settings.payload_threshold_bytes,
+                     "max_message_bytes": settings.max_message_bytes}
 
     version = None
     if support.job_state_store_for(settings) is not None:  # before the loop: the git revision is a subprocess
@@ -97,8 +100,8 @@ def _payload(payload: str, largest: tuple[int, str]) -> dict[str, Any]:
     duplicate keys, huge numbers) is a usage error with its reason code. A file is read no
     further than the largest payload that could be sent: ``@/dev/zero`` is an error, not a
     process that eats the machine's memory."""
+    limit, setting = largest
     if payload.startswith("@"):
-        limit, setting = largest
         try:
             with Path(payload[1:]).open("rb") as file:
                 raw = file.read(limit + 1)
@@ -110,7 +113,9 @@ def _payload(payload: str, largest: tuple[int, str]) -> dict[str, Any]:
     else:  # the bytes the shell gave, as a file's: not UTF-8 is the codec's "malformed", not a traceback
         raw = payload.encode("utf-8", "surrogateescape")
     try:
-        data = strict_json_loads(raw)
+        # The largest payload, not the parser's 1 MiB default: a payload for the store (up to
+        # CONVEYOR_PAYLOAD_MAX_BYTES) was refused as oversize before it could be uploaded.
+        data = strict_json_loads(raw, max_bytes=limit)
     except RejectedMessage as exc:
         raise _bad(f"{exc.reason}: {exc}", "--payload") from None
     if not isinstance(data, dict):

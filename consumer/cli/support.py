@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 import math
 import sys
@@ -123,15 +124,21 @@ def settings_from(**overrides: Any) -> Settings:
     the setting, never a traceback and never the value (it may be a secret)."""
     from pydantic import ValidationError
 
+    def source(name: str) -> str:
+        # A flag's value is named as the flag: "--concurrency 0" was reported as
+        # CONVEYOR_CONCURRENCY, a variable the user had not set (or had set right).
+        return f"--{name.replace('_', '-')}" if name in overrides else f"CONVEYOR_{name.upper()}"
+
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(
-            f"CONVEYOR_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}" if error["loc"]
+            f"{source('_'.join(str(p) for p in error['loc']))}: {error['msg']}" if error["loc"]
             else error["msg"]  # a rule between settings: its message names them
             for error in exc.errors()
         )
-        raise click.UsageError(f"invalid configuration: {problems}") from None
+        # The reason code every Conveyor error line carries; still a usage error (exit 2).
+        raise click.UsageError(f"ConfigurationError (invalid_configuration): {problems}") from None
 
 
 def load_registry(target: str, param_hint: str) -> JobRegistry:
@@ -159,10 +166,14 @@ def load_registry(target: str, param_hint: str) -> JobRegistry:
     value: Any = getattr(module, attr, _MISSING)
     if value is _MISSING:
         raise bad(f"module {module_name!r} has no attribute {attr!r}")
+    # A factory, but not a class: one was called too (a pydantic model's ValidationError
+    # traceback; JobRegistry itself, an empty registry).
+    if inspect.isclass(value):
+        raise bad(f"{target!r} is a class, not a JobRegistry (or a function returning one)")
     if callable(value) and not isinstance(value, JobRegistry):
         value = value()
     if not isinstance(value, JobRegistry):
-        raise click.ClickException(f"{target} is not a JobRegistry")
+        raise bad(f"{target!r} is a {type(value).__name__}, not a JobRegistry (or a function returning one)")
     return value
 
 
@@ -244,6 +255,14 @@ def transport_for(broker: str | None, settings: Settings) -> Transport:
 
 
 def payload_store_for(settings: Settings) -> Any:
+    """The claim-check store the settings name, not opened; None when there is none. A
+    location that does not parse is a usage error naming the setting: it was a ConfigurationError
+    (exit 1) that named neither CONVEYOR_PAYLOAD_STORE nor --payload-store."""
     from conveyor.common.payload_store.factory import store_from_settings
 
-    return store_from_settings(settings)
+    try:
+        return store_from_settings(settings)
+    except ConveyorError as exc:
+        raise click.UsageError(redactor()(f"{type(exc).__name__} ({exc.reason}): the payload store "
+                                          f"(CONVEYOR_PAYLOAD_STORE or --payload-store, CONVEYOR_S3_*): {exc}"),
+                               ctx=click.get_current_context(silent=True)) from None

@@ -1,4 +1,4 @@
-"""``conveyor worker MODULE[:ATTR]``: run a registry's handlers until SIGTERM/SIGINT, then drain.
+"""``conveyor worker MODULE[:ATTR]``: run a registry's handlers until SIGTERM/SIGINT/SIGHUP, then drain.
 
 ``--processes N`` (N > 1, or ``auto``: one per core) runs N such workers under a supervisor
 (``conveyor.consumer.supervisor``); each is this same command, marked as a child.
@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -40,22 +40,37 @@ if TYPE_CHECKING:
 __all__ = ["Processes", "restart_policy", "worker"]
 
 
+# Each worker process is a whole interpreter with its own broker connections: more than this
+# is a typo, and a count like 10**20 hung the supervisor building its slots (memory growing).
+MAX_PROCESSES = 1024
+
+
 class Processes(click.ParamType[int, Any]):
-    """A whole number ≥ 1, or ``auto``: ``os.cpu_count()``."""
+    """A whole number from 1 to ``MAX_PROCESSES``, or ``auto``: ``os.cpu_count()``."""
 
     name = "N|auto"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_PROCESSES:
             return value
         text = str(value).strip().lower()
         if text == "auto":
             return os.cpu_count() or 1
         if not text.lstrip("-").isdigit():
-            self.fail(f"{value!r} is not a number of processes or 'auto'", param, ctx)
-        if int(text) < 1:
-            self.fail(f"{value!r}: at least 1 worker process (or 'auto': one per core)", param, ctx)
+            self.fail(f"{value!r} is not a number of processes or 'auto'{_source(param, ctx)}", param, ctx)
+        if not 1 <= int(text) <= MAX_PROCESSES:
+            self.fail(f"{value!r}: from 1 to {MAX_PROCESSES} worker processes (or 'auto': one per core)"
+                      f"{_source(param, ctx)}", param, ctx)
         return int(text)
+
+
+def _source(param: click.Parameter | None, ctx: click.Context | None) -> str:
+    """Where a bad value came from when it was the environment: click names only the flag."""
+    if param is None or ctx is None or param.name is None:
+        return ""
+    if ctx.get_parameter_source(param.name) is click.core.ParameterSource.ENVIRONMENT:
+        return f" (from {param.envvar})"
+    return ""
 
 
 @click.command()
@@ -76,7 +91,7 @@ class Processes(click.ParamType[int, Any]):
                    "CONVEYOR_IDEMPOTENCY_URL_FILE; off]")
 @job_state_option
 def worker(target: str, broker: str | None, processes: int, **overrides: Any) -> None:
-    """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT."""
+    """Run the handlers registered in TARGET (module[:attr]) until SIGTERM/SIGINT/SIGHUP."""
     from conveyor.consumer.supervisor import child_index
 
     child = child_index()
@@ -85,6 +100,11 @@ def worker(target: str, broker: str | None, processes: int, **overrides: Any) ->
     settings = settings_from(**{k: v for k, v in overrides.items() if v is not None})
     url = require_broker(broker)
     registry = load_registry(target, "TARGET")
+    if not registry.specs():
+        # It would consume nothing and report ready for good while its queues fill: the
+        # modules whose decorators register the jobs were never imported.
+        raise click.BadParameter(f"{target!r} has no jobs registered (are the modules that register them "
+                                 "imported by it?)", param_hint="TARGET")
     if processes > 1 and child is None:
         if url.startswith("memory:"):
             raise click.UsageError("--processes needs a real broker: memory:// lives inside one process")
@@ -127,22 +147,18 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
     from dataclasses import replace
 
     from conveyor.consumer.http import HealthServer
-    from conveyor.consumer.supervisor import Beacon
+    from conveyor.consumer.supervisor import STOP_SIGNALS, Beacon
     from conveyor.consumer.worker import Worker, WorkerConfig, freeze_startup_heap
 
     config = replace(WorkerConfig.from_settings(settings), code_version=run_info[0], config_hash=run_info[1])
     middlewares, tracer_provider = tracing(settings, "conveyor-worker")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     transport = transport_for(broker, settings)
     store = payload_store_for(settings)
-    keys = None
-    if settings.idempotency_url is not None:
-        from conveyor.common.idempotency import store_from_url
-
-        keys = store_from_url(settings.idempotency_url.get_secret_value())
+    keys = _idempotency_store_for(settings)
     states = job_state_store_for(settings)
     state_config = None
     if states is not None:  # the job-state middleware's modules load only when a store is configured
@@ -180,6 +196,36 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
     if tracer_provider is not None:
         tracer_provider.shutdown()  # flush the last spans
     click.echo("stopped")
+    if abandoned := worker.threads.running():
+        _exit_without_joining(abandoned)
+
+
+def _exit_without_joining(threads: int) -> None:
+    """End the process now: sync handlers still run past the grace period, their messages
+    given back to the broker. A normal exit joins their threads, so each handler ran to its
+    end (its side effects) while its redelivery ran on another worker; the drain is done and
+    the crash journal closed, so nothing else is left to finish."""
+    log = logging.getLogger("conveyor.consumer.worker")
+    log.warning("sync handlers still running past the grace period: their jobs went back to the broker; "
+                "exiting without waiting for their threads", extra={"threads": threads})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _idempotency_store_for(settings: Settings) -> Any:
+    """The processed-key store, not opened; None when unset. A URL that does not parse is a
+    usage error naming the setting (it was exit 1 naming neither the variable nor the flag)."""
+    if settings.idempotency_url is None:
+        return None
+    from conveyor.common.errors import ConveyorError
+    from conveyor.common.idempotency import store_from_url
+
+    try:
+        return store_from_url(settings.idempotency_url.get_secret_value())
+    except ConveyorError as exc:
+        raise click.UsageError(redactor()(f"{type(exc).__name__} ({exc.reason}): CONVEYOR_IDEMPOTENCY_URL "
+                                          f"(or --idempotency-url): {exc}")) from None
 
 
 def _refresh(running: Any) -> None:

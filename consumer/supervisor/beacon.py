@@ -12,15 +12,20 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Callable, Mapping
 
-__all__ = ["CHILD_ENV", "FD_ENV", "INTERVAL", "Beacon", "child_index"]
+__all__ = ["CHILD_ENV", "FD_ENV", "INTERVAL", "STOP_SIGNALS", "Beacon", "child_index"]
 
 log = logging.getLogger(__name__)
 
 CHILD_ENV = "CONVEYOR_WORKER_CHILD"  # the worker process's index under the supervisor (0…N-1)
 FD_ENV = "CONVEYOR_SUPERVISOR_FD"
 INTERVAL = 1.0
+# What drains a worker or a supervisor. SIGHUP (a closed terminal or ssh session) killed one
+# mid-job: the job came back, but the crash journal counted the death against it, so a few
+# hang-ups dead-lettered a healthy job as crash_loop. There is nothing to reload.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def child_index(environ: Mapping[str, str] = os.environ) -> int | None:

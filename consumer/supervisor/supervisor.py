@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.multiprocess import mark_process_dead
 
-from conveyor.consumer.supervisor.beacon import CHILD_ENV, FD_ENV, INTERVAL
+from conveyor.consumer.supervisor.beacon import CHILD_ENV, FD_ENV, INTERVAL, STOP_SIGNALS
 from conveyor.consumer.supervisor.http import SupervisorHttp
 from conveyor.consumer.supervisor.policy import RestartPolicy
 
@@ -107,7 +107,7 @@ class Supervisor:
         return [slot.state(now) for slot in self.slots]
 
     def stop(self) -> None:
-        """Drain every worker process and return from ``run`` (SIGTERM and SIGINT call this)."""
+        """Drain every worker process and return from ``run`` (``STOP_SIGNALS`` call this)."""
         self._stopping.set()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -118,7 +118,7 @@ class Supervisor:
         directory = Path(tempfile.mkdtemp(prefix="conveyor-supervisor-"))
         self._metrics_dir = directory
         http = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.stop)
         try:
             if self._http_port:
@@ -140,7 +140,7 @@ class Supervisor:
                 self._signal_all(signal.SIGKILL)
                 await asyncio.wait(pending, timeout=10.0)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
             if http is not None:
                 await http.stop()

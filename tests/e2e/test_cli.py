@@ -82,6 +82,45 @@ def test_worker_drains_on_sigterm_and_exits_zero(amqp: str, queue: str, tmp_path
     assert all(attempt == "1" for _, attempt in finished), "drained jobs must not spend an attempt"
 
 
+def test_a_sync_job_past_the_grace_period_goes_back_and_its_thread_ends_with_the_worker(amqp: str, queue: str,
+                                                                                       tmp_path: Path) -> None:
+    # The interpreter's exit joined the handler's thread: the worker lived on past "stopped"
+    # until the handler ended, so the job ran to its end while its message, given back at
+    # the grace period, ran again elsewhere: two runs of one job at once.
+    out = tmp_path / "ledger.txt"
+    env = {"E2E_QUEUE": queue, "E2E_OUT": str(out), "CONVEYOR_BROKER_URL": amqp, "PYTHONPATH": str(ROOT)}
+    app = "tests.e2e.sync_app:jobs"
+    published = conveyor("publish", "e2e.sync_nap", "--payload", '{"seconds": 3}', "--app", app, env=env)
+    assert published.returncode == 0, published.stderr
+    job_id = json.loads(published.stdout)["job_id"]
+    command = [sys.executable, "-m", "conveyor", "worker", app, "--http-port", "0"]
+    worker = subprocess.Popen([*command, "--grace-period", "0.2"], cwd=ROOT, env={**os.environ, **env},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not out.exists() or "start" not in out.read_text():
+            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()[1]
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGTERM)
+        stdout, stderr = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert out.read_text().split("\n")[:-1] == [f"start {job_id} 1"], "the handler ended with its process"
+    assert worker.returncode == 0, stderr
+    assert "stopped" in stdout and "went back to the broker" in stderr
+    # Its message went back unspent: the next worker runs it to the end, as attempt 1.
+    second = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        while f"done {job_id} 1" not in out.read_text():
+            assert second.poll() is None and time.monotonic() < deadline + 30, second.communicate()[1]
+            time.sleep(0.1)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=30)
+
+
 def test_dlq_replay_dry_run_changes_nothing(amqp: str, queue: str) -> None:
     env = {"CONVEYOR_BROKER_URL": amqp}
     planted = conveyor("publish", "e2e.nap", "--payload", '{"seconds": "not a number"}', "--queue", queue, env=env)

@@ -81,6 +81,11 @@ MISUSES = {
                                       "tests.e2e.no_such_app"),
     "publish --app: no such attribute": (["publish", "e2e.nap", "--payload", "{}", "--app",
                                           "tests.e2e.app:no_such_registry"], "no_such_registry"),
+    "worker: a class (it was called: a ValidationError traceback)": (["worker", "tests.e2e.app:Nap"], "is a class"),
+    "worker: a module, not a registry": (["worker", "tests.e2e.app:os"], "is a module, not a JobRegistry"),
+    "worker: no jobs registered (it consumed nothing and was ready for good)": (
+        ["worker", "tests.e2e.sync_app:no_jobs", "--http-port", "0"], "no jobs registered"),
+    "publish --app: a class": (["publish", "e2e.nap", "--payload", "{}", "--app", "tests.e2e.app:Nap"], "--app"),
     "--payload: not JSON": (["publish", "e2e.nap", "--payload", "{not json"], "--payload"),
     "--payload: no such @file": (["publish", "e2e.nap", "--payload", "@/no/such/payload.json"],
                                  "/no/such/payload.json"),
@@ -188,3 +193,42 @@ def test_an_unreachable_broker_is_one_line_for_one_shot_commands(scheme: str, co
     line = assert_one_line_error(result, 1, "TransportError (broker_error): cannot connect to ")
     assert result.stdout == "", result.stdout
     assert url.split("://")[1] in line
+
+
+def test_a_bad_flag_is_named_as_the_flag_and_wins_over_a_good_variable() -> None:
+    result = conveyor_without_broker("worker", "tests.e2e.app:jobs", "--broker", "memory://", "--concurrency", "0",
+                                     CONVEYOR_CONCURRENCY="8")
+    line = assert_one_line_error(result, 2, "(invalid_configuration): --concurrency:")
+    assert "CONVEYOR_CONCURRENCY" not in line, "the variable is fine; the flag is what the user got wrong"
+
+
+@pytest.mark.parametrize(("variable", "value"), [("CONVEYOR_CRASH_LIMIT", "99999999999999999999999"),
+                                                 ("CONVEYOR_MAX_MESSAGE_BYTES", "99999999999999999999999"),
+                                                 ("CONVEYOR_HTTP_HOST", "")])
+def test_a_setting_no_worker_can_honour_is_a_one_line_usage_error_with_its_reason_code(variable: str,
+                                                                                      value: str) -> None:
+    # A count past 64 bits was orjson's TypeError traceback at the worker's start; an empty
+    # CONVEYOR_HTTP_HOST served /metrics on every interface.
+    result = conveyor_without_broker("worker", "tests.e2e.app:jobs", "--broker", "memory://", **{variable: value})
+    assert_one_line_error(result, 2, variable, "(invalid_configuration)")
+    assert result.stdout == ""
+
+
+def test_an_idempotency_url_that_does_not_parse_is_a_usage_error_naming_the_setting() -> None:
+    result = conveyor_without_broker("worker", "tests.e2e.app:jobs", "--http-port", "0", "--broker", "memory://",
+                                     CONVEYOR_IDEMPOTENCY_URL="garbage")
+    assert_one_line_error(result, 2, "(invalid_configuration)", "CONVEYOR_IDEMPOTENCY_URL", "--idempotency-url")
+
+
+@pytest.mark.parametrize(("command", "store"), [
+    (["worker", "tests.e2e.app:jobs", "--http-port", "0"], "garbage"),
+    (["publish", "e2e.nap", "--payload", "{}"], "s3://"),
+    (["payloads", "sweep", "--older-than", "7d"], "file://relative/path"),
+])
+def test_a_payload_store_that_does_not_parse_is_a_usage_error_naming_the_setting(command: list[str],
+                                                                                  store: str) -> None:
+    # It was exit 1 with the store's own words, naming neither the variable nor the flag.
+    broker = [] if command[0] == "payloads" else ["--broker", "memory://"]
+    result = conveyor_without_broker(*command, *broker, CONVEYOR_PAYLOAD_STORE=store)
+    assert_one_line_error(result, 2, "(invalid_configuration)", "CONVEYOR_PAYLOAD_STORE", "--payload-store")
+    assert result.stdout == ""

@@ -187,3 +187,35 @@ def test_relay_with_a_broker_url_of_no_known_kind_exits_in_one_line_instead_of_r
     relayed = conveyor("outbox", "relay", "--table", table, "--http-port", "0", "--broker", "bogus://host/",
                        CONVEYOR_OUTBOX_DATABASE_URL=database_url)
     assert_one_line_error(relayed, 1, "ConfigurationError", "unsupported broker URL")
+
+
+def test_the_relay_sends_a_job_up_to_the_configured_message_limit(database_url: str, table: str,
+                                                                   amqp_url: str) -> None:  # noqa: F811
+    # The relay's producer kept the 1 MiB default: a 2 MB row the outbox took under a raised
+    # CONVEYOR_MAX_MESSAGE_BYTES was refused and marked failed at every relay.
+    limit = 4 * 1024 * 1024
+    assert conveyor("outbox", "migrate", "--table", table, CONVEYOR_OUTBOX_DATABASE_URL=database_url).returncode == 0
+    queue = f"e2e.outbox.{uuid.uuid4().hex[:8]}"
+    outbox = Outbox(jobs=jobs(), table=table, max_message_bytes=limit)
+    with psycopg.connect(database_url) as connection, connection.transaction():
+        outbox.add(connection, "email.send", {"to": "x" * 2_000_000}, queue=queue)
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "outbox", "relay", "--table", table, "--http-port", "0"],
+        cwd=ROOT, env={**os.environ, "CONVEYOR_OUTBOX_DATABASE_URL": database_url, "CONVEYOR_BROKER_URL": amqp_url,
+                       "CONVEYOR_MAX_MESSAGE_BYTES": str(limit)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        with psycopg.connect(database_url, autocommit=True) as connection:
+            while True:
+                sent, failed = connection.execute(
+                    f"SELECT count(sent_at), count(failed_at) FROM {table}").fetchone() or (0, 0)
+                if sent or failed or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        assert (sent, failed) == (1, 0)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.communicate(timeout=30)
+        asyncio.run(_delete(amqp_url, queue))

@@ -326,6 +326,21 @@ async def test_worker_processes_of_a_supervisor_killed_with_sigkill_drain_and_ex
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+async def test_sighup_drains_like_sigterm_and_the_jobs_in_flight_finish(amqp: str, queue: str, processes: str,
+                                                                        start: Callable[..., Run]) -> None:
+    # SIGHUP (a closed terminal or ssh session) killed the worker mid-job: the job came back,
+    # but the crash journal counted the death against it (crash_loop after a few hang-ups).
+    ids = await publish(amqp, queue, 2, 1.5)
+    run = start(amqp, queue, "--processes", processes, "--concurrency", "2")
+    run.wait(lambda: len(run.lines("start")) == 2, "both jobs in flight")
+    stdout, stderr = run.stop(sig=signal.SIGHUP)
+    assert run.process.returncode == 0, stderr
+    assert "draining" in stdout
+    assert sorted(run.done_ids()) == sorted(ids), "the jobs in flight finished before the exit"
+    assert "worker died" not in stderr
+
+
 def _alive(pid: int) -> bool:
     """Still running (a zombie waiting for init to reap it counts as gone)."""
     try:
@@ -346,10 +361,19 @@ def test_a_metrics_port_in_use_is_a_one_line_error(amqp: str, processes: str) ->
     assert "address already in use" in line.lower(), line
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5", ""])
+# 99999999999999999999 hung the supervisor building that many slots, its memory growing.
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5", "", "1025", "99999999999999999999"])
 def test_a_bad_process_count_is_a_one_line_usage_error(value: str) -> None:
-    result = conveyor("worker", APP, "--processes", value, env={"CONVEYOR_BROKER_URL": "memory://", "E2E_QUEUE": "q"})
+    result = conveyor("worker", APP, "--processes", value, env={"CONVEYOR_BROKER_URL": "memory://", "E2E_QUEUE": "q"},
+                      timeout=30)
     assert_one_line_error(result, 2, "--processes", repr(value))
+
+
+def test_a_bad_process_count_in_the_environment_names_the_variable_and_the_flag_wins() -> None:
+    env = {"CONVEYOR_BROKER_URL": "memory://", "E2E_QUEUE": "q", "CONVEYOR_PROCESSES": "-1"}
+    assert_one_line_error(conveyor("worker", APP, env=env, timeout=30), 2, "--processes", "CONVEYOR_PROCESSES")
+    # A flag wins over the variable: --processes 2 is refused for memory://, not for its -1.
+    assert_one_line_error(conveyor("worker", APP, "--processes", "2", env=env, timeout=30), 2, "memory://")
 
 
 def test_several_processes_on_the_in_memory_broker_is_a_one_line_usage_error() -> None:

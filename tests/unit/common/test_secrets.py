@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from conveyor.common.errors import ConfigurationError
 from conveyor.common.logging import JsonFormatter, TextFormatter, configure_logging
-from conveyor.common.secrets import Redactor, mask_secrets, mask_url, secret_fields, url_credentials
+from conveyor.common.secrets import Redactor, mask_secrets, mask_url, scrub_error, secret_fields, url_credentials
 from conveyor.common.settings import Settings
 from conveyor.consumer.cli import main
 
@@ -88,6 +88,13 @@ def test_redactor_masks_known_values_and_the_parts_of_urls() -> None:
     assert CANARY not in masked and "unknown" not in masked
     assert masked.endswith(" abc") and "tenant" not in masked
     assert CANARY not in repr(redact)
+
+
+def test_a_transport_error_is_not_garbled_by_a_password_too_short_to_mask() -> None:
+    url = "amqp://u:p@127.0.0.1:1/"
+    error = RuntimeError(f"Server connection unexpectedly closed; cannot reach {url}")
+    assert scrub_error(error, url) == "Server connection unexpectedly closed; cannot reach amqp://u:***@127.0.0.1:1/"
+    assert scrub_error(RuntimeError("rejected tok-secret"), "pulsar://h:6650", "tok-secret", "pw") == "rejected ***"
 
 
 def test_redactor_from_settings_knows_every_secret_setting_and_flag_values() -> None:
@@ -166,7 +173,7 @@ def test_a_bad_setting_is_a_usage_error_naming_it_never_a_traceback_or_its_value
     monkeypatch.setenv("CONVEYOR_CONCURRENCY", CANARY)
     result = CliRunner().invoke(main, command)
     assert result.exit_code == 2, result.output
-    assert "invalid configuration: CONVEYOR_CONCURRENCY" in result.output
+    assert "ConfigurationError (invalid_configuration): CONVEYOR_CONCURRENCY" in result.output
     assert CANARY not in result.output
     assert isinstance(result.exception, SystemExit)  # click's usage exit, not an error escaping
 

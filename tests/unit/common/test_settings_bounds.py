@@ -157,3 +157,40 @@ async def test_a_call_with_a_timeout_it_cannot_honour_is_refused_before_it_waits
             await worker.drain(grace_period=math.nan)  # cut every job in flight short at once
     with pytest.raises(ConfigurationError, match="exit_timeout"):
         SyncProducer.from_url("memory://", exit_timeout=math.inf)
+
+
+COUNTS = [name for name, field in Settings.model_fields.items() if field.annotation in (int, int | None)]
+
+
+def test_the_counts_are_the_settings_that_need_a_top() -> None:
+    assert {"max_message_bytes", "crash_limit", "breaker_consecutive_failures", "payload_threshold_bytes",
+            "payload_max_bytes", "concurrency", "prefetch", "http_port"} <= set(COUNTS)
+
+
+@pytest.mark.parametrize("name", COUNTS)
+def test_every_count_setting_refuses_a_number_past_its_top_naming_it(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past 64 bits, CONVEYOR_MAX_MESSAGE_BYTES, _CRASH_LIMIT, _BREAKER_CONSECUTIVE_FAILURES and
+    # _PAYLOAD_*_BYTES were taken, and the worker died at start with orjson's TypeError traceback.
+    monkeypatch.setenv(f"CONVEYOR_{name.upper()}", "99999999999999999999999")
+    with pytest.raises(ValidationError, match=name):
+        Settings()
+
+
+BLANK_REFUSED = ["http_host", "state_dir", "tls_ca_file", "tls_cert_file", "tls_key_file", "s3_endpoint_url",
+                 "s3_access_key", "s3_region"]
+
+
+@pytest.mark.parametrize("name", BLANK_REFUSED)
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_address_or_path_variable_is_refused_not_taken(name: str, value: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # CONVEYOR_HTTP_HOST="" listened on every interface (0.0.0.0 and ::) instead of 127.0.0.1;
+    # an empty path was "." (the crash journal in the working directory).
+    monkeypatch.setenv(f"CONVEYOR_{name.upper()}", value)
+    with pytest.raises(ValidationError, match=f"{name}\\n.*must not be empty"):
+        Settings()
+
+
+def test_an_unset_address_or_path_keeps_its_default() -> None:
+    settings = Settings()
+    assert settings.http_host == "127.0.0.1" and settings.state_dir is None and settings.tls_ca_file is None

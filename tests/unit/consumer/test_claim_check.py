@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+import logging
 import re
 from collections.abc import Callable
 
@@ -358,3 +360,33 @@ async def test_a_redelivered_claim_check_job_that_already_succeeded_is_acked_wit
     assert h.seen == ["c" * 2000], "the handler ran once"
     assert await h.dead_letters() == []
     assert all(op != "get" for op, *_ in h.store.requests[requests:]), "no fetch for the redelivery"
+
+
+async def test_a_failed_fetch_is_a_failed_attempt_warning_with_the_jobs_fields() -> None:
+    # The fetch runs before the middlewares: a store outage (or wrong S3 credentials) spent
+    # every job's attempts without a line until its dead letter.
+    from conveyor.common.logging import JsonFormatter
+
+    h = Harness()
+    async with h.producer() as producer:
+        receipt = await producer.publish("t.blob", Blob(text="f" * 2000))
+    h.store.fail_with = ConnectionError("store down")
+    worker = await h.worker()
+    reader = MemoryTransport(h.broker)
+    await reader.connect()
+    delivery = await reader.get(DEFAULT_QUEUE)
+    assert delivery is not None
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.setFormatter(JsonFormatter())  # formatted as it is emitted: the job's fields are set then
+    jobs_log = logging.getLogger("conveyor.jobs")
+    jobs_log.addHandler(handler)
+    try:
+        outcome = await worker.processor.process(delivery)
+    finally:
+        jobs_log.removeHandler(handler)
+    assert outcome.kind.name == "RETRY"
+    [line] = [orjson.loads(text) for text in written.getvalue().splitlines()]
+    assert (line["level"], line["msg"], line["error_type"]) == ("warning", "job attempt failed", "PayloadStoreUnavailable")
+    assert (line["job_id"], line["job_type"], line["attempt"]) == (receipt.job_id, "t.blob", 1)
+    await delivery.release()

@@ -76,6 +76,20 @@ def test_the_sweep_command_reports_and_deletes(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "conveyor").rglob("*.json")) == [new.rsplit("/", 1)[1]]
 
 
+def test_a_sweep_of_a_store_root_that_is_not_there_fails_instead_of_finding_nothing(tmp_path: Path) -> None:
+    typo = tmp_path / "payloadz"
+    result = CliRunner().invoke(main, ["payloads", "sweep", "--older-than", "7d", "--payload-store", f"file://{typo}"])
+    assert result.exit_code == 1, result.output
+    assert "PayloadStoreUnavailable (payload_store_unavailable)" in result.output and str(typo) in result.output
+    assert "scanned" not in result.output and not typo.exists()
+
+
+async def test_a_root_with_nothing_stored_yet_under_it_is_an_empty_store(tmp_path: Path) -> None:
+    store = FileSystemPayloadStore(tmp_path)  # the root is there; its bucket and prefix are not yet
+    report = await sweep(store, timedelta(days=7), now=datetime.now(UTC))
+    assert (report.scanned, report.deleted) == (0, 0)
+
+
 def test_the_sweep_command_needs_a_store() -> None:
     result = CliRunner().invoke(main, ["payloads", "sweep", "--older-than", "7d"], env={"CONVEYOR_PAYLOAD_STORE": ""})
     assert result.exit_code != 0 and "no payload store configured" in result.output

@@ -40,7 +40,7 @@ def test_the_process_count_is_a_positive_number_or_auto(value: object, expected:
     assert Processes().convert(value, None, None) == expected
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "abc", "", "2.5", 0, True])
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "", "2.5", 0, True, "1025", 10**20, "99999999999999999999"])
 def test_any_other_process_count_is_refused(value: object) -> None:
     with pytest.raises(click.BadParameter):
         Processes().convert(value, None, None)

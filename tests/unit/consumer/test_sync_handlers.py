@@ -86,6 +86,27 @@ async def test_the_time_limit_starts_when_the_thread_starts_not_when_the_call_wa
         threads.shutdown()
 
 
+async def test_running_counts_handler_threads_still_running_after_their_wait_was_cancelled() -> None:
+    # What ``conveyor worker`` reads after a drain: a cancelled wait does not stop the thread.
+    threads = HandlerThreads(2)
+    release = threading.Event()
+    try:
+        call = asyncio.ensure_future(threads.run(release.wait, limit=TimeLimit(10), job_id="a", job_type="t"))
+        while threads.running() == 0:
+            await asyncio.sleep(0.01)
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+        assert threads.running() == 1, "the drain gave the job back; its thread still runs"
+        release.set()
+        while threads.running():
+            await asyncio.sleep(0.01)
+        assert await threads.run(lambda: "after", limit=TimeLimit(10), job_id="b", job_type="t") == "after"
+        assert threads.running() == 0
+    finally:
+        release.set()
+        threads.shutdown()
+
+
 async def test_a_sync_job_that_overruns_its_limit_never_overlaps_its_retry(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
