@@ -73,6 +73,16 @@ def _check_handler(job_type: str, handler: Handler) -> None:
     # A generator's body runs only when it is iterated: its job was acked as a success unrun.
     if inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler):
         raise ConfigurationError(f"{job_type}: the handler is a generator (it yields); a handler returns")
+    # Every job calls handler(payload, ctx): one that cannot take them failed each attempt with
+    # a TypeError, retried to the DLQ, instead of once here.
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):  # no signature to read (a builtin): the first job will tell
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError as exc:
+        raise ConfigurationError(f"{job_type}: the handler must take (payload, ctx): {exc}") from None
 
 
 def _is_async(handler: Handler) -> bool:

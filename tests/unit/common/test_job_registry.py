@@ -64,6 +64,39 @@ def test_a_generator_handler_is_refused_its_body_would_never_run(generator: Any)
         jobs.job("t.ping")(generator)
 
 
+async def _payload_only(payload: Ping) -> None:
+    pass
+
+
+def _three_required(payload: Ping, ctx: JobContext, extra: int) -> None:
+    pass
+
+
+async def _keyword_required(payload: Ping, ctx: JobContext, *, retries: int) -> None:
+    pass
+
+
+@pytest.mark.parametrize("handler", [_payload_only, _three_required, _keyword_required],
+                         ids=["payload only", "a third argument", "a required keyword"])
+def test_a_handler_that_cannot_take_payload_and_ctx_is_refused_at_registration(handler: Any) -> None:
+    # Every job calls handler(payload, ctx): it failed each attempt with a TypeError to the DLQ.
+    jobs = JobRegistry()
+    with pytest.raises(ConfigurationError, match=r"t.ping: the handler must take \(payload, ctx\)") as caught:
+        jobs.job("t.ping", model=Ping)(handler)
+    assert "\n" not in str(caught.value)
+    assert jobs.specs() == []
+
+
+def _defaults_and_extras(payload: Ping, ctx: JobContext | None = None, *rest: object, **options: object) -> None:
+    pass
+
+
+def test_a_handler_with_defaults_or_extras_after_payload_and_ctx_is_taken() -> None:
+    jobs = JobRegistry()
+    jobs.job("t.ping")(_defaults_and_extras)
+    assert [spec.job_type for spec in jobs.specs()] == ["t.ping"]
+
+
 class AsyncCallable:
     def __init__(self) -> None:
         self.ran: list[int] = []

@@ -9,7 +9,7 @@ import math
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from conveyor import ConfigurationError, JobRegistry, RetryPolicy
+from conveyor import ConfigurationError, JobContext, JobRegistry, RetryPolicy
 from conveyor.common.settings import Settings
 
 SECONDS = ["grace_period", "metrics_interval", "breaker_reset_timeout", "stall_warn_after", "stall_exit_after",
@@ -50,7 +50,7 @@ def test_a_job_time_limit_is_a_positive_finite_number_of_seconds(timeout: float)
     jobs = JobRegistry()
     with pytest.raises(ConfigurationError, match="timeout must be a positive number of seconds"):
         @jobs.job("naps.take", timeout=timeout)
-        async def nap(payload: Nap) -> None: ...
+        async def nap(payload: Nap, ctx: JobContext) -> None: ...
 
 
 def _producer(**options: float) -> object:
@@ -144,7 +144,7 @@ async def test_a_call_with_a_timeout_it_cannot_honour_is_refused_before_it_waits
     broker, jobs = MemoryBroker(), JobRegistry()
 
     @jobs.job("naps.take")
-    async def nap(payload: Nap) -> None: ...
+    async def nap(payload: Nap, ctx: JobContext) -> None: ...
 
     async with Producer.for_registry(MemoryTransport(broker), jobs, job_state=MemoryJobStateStore()) as producer:
         handle = await producer.publish("naps.take", Nap())
