@@ -471,15 +471,24 @@ start_node() {
     # handshake. 65536 is what the package's systemd unit sets (LimitNOFILE); we take the hard
     # limit if that is lower. The limit is set before chroot and inherited across it. The
     # launcher's output (the detached VM's goes nowhere) goes to startup_log/startup_err.
-    # shellcheck disable=SC2016  # expanded by the inner shell
-    local scratch=()
+    # The node's own environment, plus (scratch) Ra's wal_sync_method, added to the Erlang
+    # arguments the node may already have (a cluster node's net_ticktime and source address:
+    # a second RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS would replace them).
+    local env=("${NODE_ENV[@]}") i extra=0
     if [[ ${CONVEYOR_SCRATCH_SERVER:-} == 1 ]]; then
-        scratch=("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-ra wal_sync_method none")
+        for i in "${!env[@]}"; do
+            if [[ ${env[$i]} == RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=* ]]; then
+                env[i]+=" -ra wal_sync_method none"
+                extra=1
+            fi
+        done
+        ((extra)) || env+=("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-ra wal_sync_method none")
     fi
+    # shellcheck disable=SC2016  # expanded by the inner shell
     "${SUDO[@]}" bash -c 'ulimit -n "$1" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
         shift; exec "$@"' _ "$OPEN_FILES" \
         timeout 60 chroot --userspec="$(rmq_ids)" --groups="$(rmq_ids | cut -d: -f2)" "$ROOT" \
-        /usr/bin/env -i "${NODE_ENV[@]}" "${scratch[@]}" /bin/sh -c \
+        /usr/bin/env -i "${env[@]}" /bin/sh -c \
         'cd "$HOME" && exec "$@" >"$RABBITMQ_LOG_BASE/startup_log" 2>"$RABBITMQ_LOG_BASE/startup_err"' \
         _ "${RMQ_BIN}/rabbitmq-server" -detached 9>&- \
         || { print_log_tail; die "rabbitmq-server -detached failed"; }
