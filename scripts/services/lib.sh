@@ -316,7 +316,7 @@ ensure_cookie() {
 # CONVEYOR_SCRATCH_SERVER=1 (scripts/test sets it for its own `up` calls only) marks the node
 # as a test run's scratch. A node that is not running starts from an empty data dir: what a run
 # that was killed left there (half-written quorum-queue logs, its queues, its policies) must not
-# decide the next run. And it starts without syncing its quorum-queue log to disk (see
+# decide the next run. Its quorum-queue log is not synced to disk (CONVEYOR_NO_FSYNC, see
 # start_node). A running node, and every `up` the tests make to restart one (they expect
 # its durable queues back), keep their data.
 wipe_data_unless_running() {
@@ -455,10 +455,11 @@ print_log_tail() {
     done
 }
 
-# A scratch node's quorum queues write their log without fsync (Ra's wal_sync_method none): the
-# tests kill brokers, never the machine, and a killed VM's writes are in the page cache already,
-# so nothing they check changes; a CI machine with a slow disk would otherwise stall every
-# confirm behind its fsync.
+# With CONVEYOR_NO_FSYNC=1 (scripts/test exports it to the whole run, so a node a test restarts
+# keeps it) or on a scratch start, the quorum queues write their log without fsync (Ra's
+# wal_sync_method none): the tests kill brokers, never the machine, and a killed VM's writes are
+# in the page cache already, so nothing they check changes; on a CI machine with a slow disk
+# every confirm would otherwise wait for an fsync.
 
 start_node() {
     if accepts_tcp && [[ -z $(node_pids) ]]; then
@@ -475,7 +476,7 @@ start_node() {
     # arguments the node may already have (a cluster node's net_ticktime and source address:
     # a second RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS would replace them).
     local env=("${NODE_ENV[@]}") i extra=0
-    if [[ ${CONVEYOR_SCRATCH_SERVER:-} == 1 ]]; then
+    if [[ ${CONVEYOR_NO_FSYNC:-} == 1 || ${CONVEYOR_SCRATCH_SERVER:-} == 1 ]]; then
         for i in "${!env[@]}"; do
             if [[ ${env[$i]} == RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=* ]]; then
                 env[i]+=" -ra wal_sync_method none"
