@@ -456,7 +456,7 @@ print_log_tail() {
 }
 
 # With CONVEYOR_NO_FSYNC=1 (scripts/test exports it to the whole run, so a node a test restarts
-# keeps it) or on a scratch start, the quorum queues write their log without fsync (Ra's
+# keeps it), the quorum queues write their log without fsync (Ra's
 # wal_sync_method none): the tests kill brokers, never the machine, and a killed VM's writes are
 # in the page cache already, so nothing they check changes; on a CI machine with a slow disk
 # every confirm would otherwise wait for an fsync.
@@ -472,11 +472,11 @@ start_node() {
     # handshake. 65536 is what the package's systemd unit sets (LimitNOFILE); we take the hard
     # limit if that is lower. The limit is set before chroot and inherited across it. The
     # launcher's output (the detached VM's goes nowhere) goes to startup_log/startup_err.
-    # The node's own environment, plus (scratch) Ra's wal_sync_method, added to the Erlang
+    # The node's own environment, plus (no fsync) Ra's wal_sync_method, added to the Erlang
     # arguments the node may already have (a cluster node's net_ticktime and source address:
     # a second RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS would replace them).
     local env=("${NODE_ENV[@]}") i extra=0
-    if [[ ${CONVEYOR_NO_FSYNC:-} == 1 || ${CONVEYOR_SCRATCH_SERVER:-} == 1 ]]; then
+    if [[ ${CONVEYOR_NO_FSYNC:-} == 1 ]]; then
         for i in "${!env[@]}"; do
             if [[ ${env[$i]} == RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=* ]]; then
                 env[i]+=" -ra wal_sync_method none"

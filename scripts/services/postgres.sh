@@ -169,7 +169,7 @@ init_cluster() {
 # Rewritten on every `up`, so a changed port takes effect at the next start.
 write_config() {
     local fsync=on
-    [[ ${CONVEYOR_NO_FSYNC:-} == 1 || ${CONVEYOR_SCRATCH_SERVER:-} == 1 ]] && fsync=off
+    [[ ${CONVEYOR_NO_FSYNC:-} == 1 ]] && fsync=off
     as_svc mkdir -p "$SOCKET_DIR"
     as_svc chmod 700 "$SOCKET_DIR"
     as_svc tee "$DATA_DIR/conveyor.conf" >/dev/null <<EOF
@@ -181,7 +181,7 @@ password_encryption = 'scram-sha-256'
 max_connections = 200
 shared_buffers = '128MB'
 # Commits are written to the OS before they return (the tests kill sessions and workers, and
-# check what survives), but a test run's cluster (CONVEYOR_NO_FSYNC=1 or a scratch start) does
+# check what survives), but a test run's cluster (CONVEYOR_NO_FSYNC=1, exported by scripts/test) does
 # not fsync: only a machine crash could lose what the OS holds, and on a CI machine with a slow
 # disk every commit would otherwise wait for one. No checkpoint stalls a CI run either.
 fsync = ${fsync}
