@@ -110,6 +110,7 @@ from typing import Any
 from conveyor.common import bounds
 from conveyor.common.backoff import MAX_DELAY, check_delay
 from conveyor.common.errors import ConfigurationError
+from conveyor.common.queue_names import MAX_QUEUE_NAME
 
 __all__ = [
     "CONSUMER_TIMEOUT",
@@ -371,7 +372,7 @@ def consumer_timeout_advice(queue: str, vhost: str, *, legacy: bool) -> str:
 # (pamqp refuses any other with a bare ValueError). A queue lends its name to its exchanges,
 # the longest ``<q>.retry``; its tier queues' (``<q>.retry.<tier>s``) stay far below 256.
 _NAME = re.compile(r"[a-zA-Z0-9_.:@#,/+ -]+")
-_MAX_NAME = 127 - len(".retry")
+_MAX_NAME = MAX_QUEUE_NAME  # the <q>.retry exchange's bound, shared with the portable-name rule
 
 
 def check_queue_name(queue: str) -> None:
