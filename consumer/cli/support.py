@@ -263,6 +263,24 @@ def payload_store_for(settings: Settings) -> Any:
     try:
         return store_from_settings(settings)
     except ConveyorError as exc:
-        raise click.UsageError(redactor()(f"{type(exc).__name__} ({exc.reason}): the payload store "
-                                          f"(CONVEYOR_PAYLOAD_STORE or --payload-store, CONVEYOR_S3_*): {exc}"),
-                               ctx=click.get_current_context(silent=True)) from None
+        raise setting_error(exc, "the payload store (CONVEYOR_PAYLOAD_STORE or --payload-store, CONVEYOR_S3_*)",
+                            ctx=click.get_current_context(silent=True)) from None
+
+
+def idempotency_store_for(settings: Settings) -> Any:
+    """The processed-key store, not opened; None when unset. A URL that does not parse is a
+    usage error naming the setting (it was exit 1 naming neither the variable nor the flag)."""
+    if settings.idempotency_url is None:
+        return None
+    from conveyor.common.idempotency import store_from_url
+
+    try:
+        return store_from_url(settings.idempotency_url.get_secret_value())
+    except ConveyorError as exc:
+        raise setting_error(exc, "CONVEYOR_IDEMPOTENCY_URL (or --idempotency-url)") from None
+
+
+def setting_error(exc: ConveyorError, setting: str, ctx: click.Context | None = None) -> click.UsageError:
+    """A store location that does not parse, as a usage error (exit 2): its error's type and
+    reason code, the setting that gave it, and the message, masked."""
+    return click.UsageError(redactor()(f"{type(exc).__name__} ({exc.reason}): {setting}: {exc}"), ctx=ctx)

@@ -22,6 +22,7 @@ from conveyor.consumer.cli.secrets import redactor, warn_if_credentials
 from conveyor.consumer.cli.support import (
     broker_option,
     command_line,
+    idempotency_store_for,
     job_state_option,
     job_state_store_for,
     load_registry,
@@ -158,7 +159,7 @@ async def _worker_main(registry: JobRegistry, broker: str, settings: Settings, r
         loop.add_signal_handler(sig, stop.set)
     transport = transport_for(broker, settings)
     store = payload_store_for(settings)
-    keys = _idempotency_store_for(settings)
+    keys = idempotency_store_for(settings)
     states = job_state_store_for(settings)
     state_config = None
     if states is not None:  # the job-state middleware's modules load only when a store is configured
@@ -211,21 +212,6 @@ def _exit_without_joining(threads: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-def _idempotency_store_for(settings: Settings) -> Any:
-    """The processed-key store, not opened; None when unset. A URL that does not parse is a
-    usage error naming the setting (it was exit 1 naming neither the variable nor the flag)."""
-    if settings.idempotency_url is None:
-        return None
-    from conveyor.common.errors import ConveyorError
-    from conveyor.common.idempotency import store_from_url
-
-    try:
-        return store_from_url(settings.idempotency_url.get_secret_value())
-    except ConveyorError as exc:
-        raise click.UsageError(redactor()(f"{type(exc).__name__} ({exc.reason}): CONVEYOR_IDEMPOTENCY_URL "
-                                          f"(or --idempotency-url): {exc}")) from None
 
 
 def _refresh(running: Any) -> None:
