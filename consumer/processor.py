@@ -25,7 +25,7 @@ from conveyor.common.errors import (
     RejectedMessage,
 )
 from conveyor.common.headers import check_content_labels
-from conveyor.common.jobs.context import JobContext
+from conveyor.common.jobs.context import JobContext, envelope_log_fields
 from conveyor.common.jobs.outcome import Outcome, OutcomeKind
 from conveyor.common.jobs.registry import JobRegistry, JobSpec
 from conveyor.common.logging import job_log_fields
@@ -68,8 +68,7 @@ _REMEMBERED_CLASSES = 256  # exception types whose classification is remembered
 def _attempt_failed_before_the_chain(envelope: Envelope, exc: Exception) -> None:
     """LogContextMiddleware's warning (the same logger, line and job fields) for an attempt
     that failed before the middlewares ran; type only, as there (messages may hold secrets)."""
-    token = job_log_fields.set({"job_id": envelope.job_id, "job_type": envelope.job_type,
-                                "attempt": envelope.attempt, "correlation_id": envelope.correlation_id})
+    token = job_log_fields.set(envelope_log_fields(envelope))
     try:
         _jobs_log.warning("job attempt failed", extra={"error_type": type(exc).__name__})
     finally:

@@ -13,7 +13,7 @@ from conveyor.schemas.envelope import Envelope
 if TYPE_CHECKING:
     from conveyor.common.jobs.registry import JobSpec
 
-__all__ = ["Checkpoints", "JobContext"]
+__all__ = ["Checkpoints", "JobContext", "envelope_log_fields"]
 
 
 class Checkpoints(Protocol):
@@ -76,10 +76,15 @@ class JobContext:
         return self.envelope.correlation_id
 
     def log_fields(self) -> dict[str, Any]:
-        envelope = self.envelope  # read directly: four property calls less per job
-        return {
-            "job_id": envelope.job_id,
-            "job_type": envelope.job_type,
-            "attempt": envelope.attempt,
-            "correlation_id": envelope.correlation_id,
-        }
+        return envelope_log_fields(self.envelope)  # the envelope's, not four property calls per job
+
+
+def envelope_log_fields(envelope: Envelope) -> dict[str, Any]:
+    """The fields every log line about a job carries (``job_log_fields``), from its envelope:
+    also for a job whose context was never built (its payload fetch failed)."""
+    return {
+        "job_id": envelope.job_id,
+        "job_type": envelope.job_type,
+        "attempt": envelope.attempt,
+        "correlation_id": envelope.correlation_id,
+    }
