@@ -150,9 +150,10 @@ class Outbox:
     ) -> str:
         """``add`` for asyncpg connections and SQLAlchemy ``AsyncSession``/``AsyncConnection``."""
         row = self.row(job_type, payload, **options)
-        if _is_sqlalchemy(connection):
+        sqlalchemy = _is_sqlalchemy(connection)
+        if sqlalchemy:
             _check_transactional(connection)
-        if _is_sqlalchemy(connection) and _is_async(connection):
+        if sqlalchemy and _is_async(connection):
             from sqlalchemy import text
 
             await connection.execute(text(self._insert_named), dict(zip(_FIELDS, row.values(), strict=True)))
