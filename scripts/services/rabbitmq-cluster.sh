@@ -82,9 +82,10 @@ use_node() {
         RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel net_ticktime 10 -kernel inet_dist_connect_options [{ip,{127,0,0,1${n}}}] -rabbit dead_letter_worker_publisher_confirm_timeout 10000"
 }
 # dead_letter_worker_publisher_confirm_timeout (ms; RabbitMQ's default is 180,000): a quorum
-# queue's at-least-once dead-lettering (our retry tiers) re-sends an unconfirmed message only
-# after it. A tier that dead-lettered into a queue whose leader was on a cut-off node held those
-# retries for three minutes after the heal (the cut-off scenario: 9 jobs not settled in 240 s).
+# queue's at-least-once dead-lettering (our retry tiers) re-sends a message its target did not
+# confirm only after it, and a target whose leader was on a cut-off node confirms nothing. It was
+# set while chasing the cut-off scenario's intermittent stall (9 jobs unsettled 240 s after the
+# heal); that stall was seen again with it, so it is not the stall's cause, only a shorter wait.
 
 log() { printf 'rabbitmq-cluster: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
