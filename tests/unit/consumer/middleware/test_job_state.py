@@ -461,6 +461,21 @@ async def test_a_result_is_kept_as_json_a_model_included_and_one_without_json_is
     assert (await handle.status()).state is JobState.SUCCEEDED
 
 
+async def test_a_sync_handlers_nan_result_is_not_kept_either(rig: Rig, jobs: JobRegistry) -> None:
+    # A sync handler's return value reaches the same recording from its thread.
+    @jobs.job("t.ratio")
+    def ratio(payload: Job, ctx: JobContext) -> dict[str, float]:
+        return {"ratio": float("nan")}
+
+    await rig.ready()
+    handle = await rig.producer.publish("t.ratio", Job(n=1))
+    async with rig.worker:
+        await rig.drain()
+    assert rig.worker.counts["succeeded"] == 1
+    assert await handle.result(timeout=5) is None
+    assert (await handle.status()).result is None
+
+
 async def test_a_result_over_the_cap_goes_to_the_payload_store_by_reference() -> None:
     from conveyor.common.payload_store.memory import MemoryPayloadStore
     from conveyor.schemas.envelope import PayloadReference
